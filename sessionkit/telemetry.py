@@ -1,0 +1,544 @@
+"""GPU telemetry around every step, read from NVML (nvidia-ml-py).
+
+The runner calls::
+
+    handle = start_telemetry(db, step_id, interval_s=0.1, notice=print_notice)
+    ...                      # the step runs
+    summary = handle.stop()  # dict of the recorded summary metrics, or None without telemetry
+
+A sampler thread reads each GPU the step can see (``CUDA_VISIBLE_DEVICES``: indices, GPU- or MIG-
+UUIDs) every ``interval_s`` seconds and writes ``telemetry_samples`` rows in batches through its OWN
+database connection. When the step ends it flushes what is left and records the summary metrics
+(subject ``telemetry``) on the step. Without NVML, without a GPU, or with ``SESSIONKIT_TELEMETRY=0``
+the step runs on after one notice.
+
+``pynvml`` is imported inside functions only, so that importing this module stays cheap. Tests inject a
+fake NVML module through the ``nvml`` argument.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+# Clock-event ("throttle") reason bits, as NVML defines them.
+REASON_GPU_IDLE = 0x1
+REASON_APP_CLOCKS = 0x2
+REASON_SW_POWER_CAP = 0x4
+REASON_HW_SLOWDOWN = 0x8
+REASON_SYNC_BOOST = 0x10
+REASON_SW_THERMAL = 0x20
+REASON_HW_THERMAL = 0x40
+REASON_HW_POWER_BRAKE = 0x80
+REASON_DISPLAY_CLOCKS = 0x100
+
+# A sample counts as throttled when the clocks are held down by power or heat. Idle, the
+# application-clocks setting, sync boost and display clocks are not throttling.
+THROTTLE_MASK = (REASON_HW_SLOWDOWN | REASON_HW_THERMAL | REASON_HW_POWER_BRAKE
+                 | REASON_SW_THERMAL | REASON_SW_POWER_CAP)
+
+REASON_NAMES = {
+    REASON_GPU_IDLE: "idle",
+    REASON_APP_CLOCKS: "app_clocks",
+    REASON_SW_POWER_CAP: "sw_power_cap",
+    REASON_HW_SLOWDOWN: "hw_slowdown",
+    REASON_SYNC_BOOST: "sync_boost",
+    REASON_SW_THERMAL: "sw_thermal",
+    REASON_HW_THERMAL: "hw_thermal",
+    REASON_HW_POWER_BRAKE: "hw_power_brake",
+    REASON_DISPLAY_CLOCKS: "display_clocks",
+}
+
+FLUSH_EVERY_S = 1.0
+FLUSH_EVERY_ROWS = 50
+
+SUMMARY_UNITS = {
+    "power_mean_w": "W",
+    "power_max_w": "W",
+    "energy_j": "J",
+    "temp_max_c": "C",
+    "sm_clock_min_mhz": "MHz",
+    "sm_clock_max_mhz": "MHz",
+    "throttled_share": "fraction",
+    "samples": "count",
+}
+
+
+class TelemetryUnavailable(Exception):
+    """NVML or the GPUs cannot be read; the message is the reason shown to the user."""
+
+
+def is_throttled(reasons: int | None) -> bool | None:
+    if reasons is None:
+        return None
+    return bool(int(reasons) & THROTTLE_MASK)
+
+
+def reason_names(reasons: int | None) -> list[str]:
+    if not reasons:
+        return []
+    return [name for bit, name in REASON_NAMES.items() if int(reasons) & bit]
+
+
+# --------------------------------------------------------------------------------------------
+# NVML access
+
+
+def load_nvml():
+    """Import and initialise pynvml, or raise TelemetryUnavailable with the reason."""
+    try:
+        import pynvml
+    except ImportError:
+        raise TelemetryUnavailable("nvidia-ml-py is not installed") from None
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        raise TelemetryUnavailable(f"NVML did not initialise ({_nvml_text(exc)})") from None
+    return pynvml
+
+
+def _nvml_text(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+@dataclass
+class Device:
+    """One GPU the step can see: ``handle`` reads power/clocks/heat, ``mem_handle`` memory use."""
+
+    index: int  # NVML index of the physical GPU
+    handle: Any
+    mem_handle: Any
+    label: str  # what CUDA_VISIBLE_DEVICES said, or the index
+
+
+def _call(fn, *args):
+    """An NVML reading, or None when this GPU or driver does not support it."""
+    try:
+        return fn(*args)
+    except Exception:
+        return None
+
+
+def _uuid(nvml, handle) -> str:
+    value = _call(nvml.nvmlDeviceGetUUID, handle) or ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parent(nvml, handle):
+    """The physical GPU of a MIG device handle; the handle itself otherwise."""
+    is_mig = getattr(nvml, "nvmlDeviceIsMigDeviceHandle", None)
+    get_parent = getattr(nvml, "nvmlDeviceGetDeviceHandleFromMigDeviceHandle", None)
+    if is_mig and get_parent and _call(is_mig, handle):
+        parent = _call(get_parent, handle)
+        if parent is not None:
+            return parent
+    return handle
+
+
+def parse_visible_devices(text: str | None) -> list[str] | None:
+    """``CUDA_VISIBLE_DEVICES`` as a list of entries; None when unset (all GPUs)."""
+    if text is None:
+        return None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def resolve_devices(nvml, visible: str | None = None, *, use_env: bool = True) -> list[Device]:
+    """The GPUs a CUDA program started now would use, as NVML handles.
+
+    Follows CUDA's reading of ``CUDA_VISIBLE_DEVICES``: integer indices, ``GPU-`` UUIDs or unique
+    UUID prefixes, ``MIG-`` UUIDs; the list ends at the first entry that matches nothing. Integer
+    indices are NVML's (PCI bus) order, which is CUDA's order with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` or
+    on hosts with one GPU model. MIG devices are read through their parent GPU (power, clocks and
+    temperature are per physical GPU) and their own memory use.
+    """
+    if use_env and visible is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    count = int(nvml.nvmlDeviceGetCount())
+    physical = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+    uuids = [_uuid(nvml, h) for h in physical]
+    entries = parse_visible_devices(visible)
+    if entries is None:
+        return [Device(i, h, h, str(i)) for i, h in enumerate(physical)]
+
+    devices: list[Device] = []
+    seen: set[tuple[int, str]] = set()
+    for entry in entries:
+        found = _resolve_entry(nvml, entry, physical, uuids)
+        if found is None:
+            break  # CUDA ignores this entry and everything after it
+        index, handle, mem_handle = found
+        key = (index, _uuid(nvml, mem_handle))
+        if key in seen:
+            break  # a repeated device makes CUDA stop as well
+        seen.add(key)
+        devices.append(Device(index, handle, mem_handle, entry))
+    return devices
+
+
+def _resolve_entry(nvml, entry: str, physical: list, uuids: list[str]):
+    if entry.lstrip("-").isdigit():
+        i = int(entry)
+        if 0 <= i < len(physical):
+            return i, physical[i], physical[i]
+        return None
+    if entry.upper().startswith("MIG-"):
+        mig = _call(nvml.nvmlDeviceGetHandleByUUID, entry)
+        if mig is None and entry.upper().startswith("MIG-GPU-"):
+            # Old form MIG-GPU-<uuid>/<gi>/<ci>: read the parent GPU.
+            parent_uuid = entry[4:].split("/")[0]
+            matches = [i for i, u in enumerate(uuids) if u.lower() == parent_uuid.lower()]
+            if len(matches) == 1:
+                i = matches[0]
+                return i, physical[i], physical[i]
+            return None
+        if mig is None:
+            return None
+        parent = _parent(nvml, mig)
+        parent_uuid = _uuid(nvml, parent)
+        index = uuids.index(parent_uuid) if parent_uuid in uuids else 0
+        return index, parent, mig
+    prefix = entry if entry.upper().startswith("GPU-") else f"GPU-{entry}"
+    matches = [i for i, u in enumerate(uuids) if u.lower().startswith(prefix.lower())]
+    if len(matches) != 1:
+        return None
+    i = matches[0]
+    return i, physical[i], physical[i]
+
+
+def read_sample(nvml, device: Device, t_unix_s: float | None = None) -> dict:
+    """One telemetry row for one GPU (step_id is added by the sampler). Unsupported fields are None."""
+    h = device.handle
+    power_mw = _call(nvml.nvmlDeviceGetPowerUsage, h)
+    energy_mj = _call(nvml.nvmlDeviceGetTotalEnergyConsumption, h)
+    sm = _call(nvml.nvmlDeviceGetClockInfo, h, nvml.NVML_CLOCK_SM)
+    mem = _call(nvml.nvmlDeviceGetClockInfo, h, nvml.NVML_CLOCK_MEM)
+    temp = _call(nvml.nvmlDeviceGetTemperature, h, nvml.NVML_TEMPERATURE_GPU)
+    util = _call(nvml.nvmlDeviceGetUtilizationRates, h)
+    meminfo = _call(nvml.nvmlDeviceGetMemoryInfo, device.mem_handle)
+    reasons_fn = (getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+                  or getattr(nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
+    reasons = _call(reasons_fn, h) if reasons_fn else None
+    throttled = is_throttled(reasons)
+    return {
+        "gpu_index": device.index,
+        "t_unix_s": time.time() if t_unix_s is None else t_unix_s,
+        "power_w": None if power_mw is None else power_mw / 1000.0,
+        "energy_mj": None if energy_mj is None else float(energy_mj),
+        "sm_clock_mhz": None if sm is None else float(sm),
+        "mem_clock_mhz": None if mem is None else float(mem),
+        "temp_c": None if temp is None else float(temp),
+        "gpu_util_pct": None if util is None else float(getattr(util, "gpu", util)),
+        "mem_used_mib": None if meminfo is None else getattr(meminfo, "used", 0) / (1024 * 1024),
+        "throttle_reasons": None if reasons is None else int(reasons),
+        "throttled": None if throttled is None else int(throttled),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+
+
+class Summary:
+    """Running aggregate of samples, so that long steps do not keep every sample in memory.
+
+    Power figures are for all GPUs of the step together: samples taken at one tick (same
+    ``t_unix_s``) are summed. Energy is the energy counter's delta per GPU when every sample of that
+    GPU has one, else the trapezoidal integral of its power.
+    """
+
+    def __init__(self):
+        self.rows = 0
+        self.throttled_rows = 0
+        self.throttle_known = 0
+        self.temp_max: float | None = None
+        self.sm_min: float | None = None
+        self.sm_max: float | None = None
+        self._tick_t: float | None = None
+        self._tick_power: float | None = None
+        self.tick_power_sum = 0.0
+        self.tick_power_n = 0
+        self.tick_power_max: float | None = None
+        # per GPU: first/last energy counter, whether any sample lacked it, power integral
+        self._gpu: dict[int, dict] = {}
+
+    def add(self, s: dict) -> None:
+        self.rows += 1
+        if s.get("throttled") is not None:
+            self.throttle_known += 1
+            self.throttled_rows += int(bool(s["throttled"]))
+        temp = s.get("temp_c")
+        if temp is not None:
+            self.temp_max = temp if self.temp_max is None else max(self.temp_max, temp)
+        sm = s.get("sm_clock_mhz")
+        if sm is not None:
+            self.sm_min = sm if self.sm_min is None else min(self.sm_min, sm)
+            self.sm_max = sm if self.sm_max is None else max(self.sm_max, sm)
+
+        t = s["t_unix_s"]
+        power = s.get("power_w")
+        if t != self._tick_t:
+            self._close_tick()
+            self._tick_t, self._tick_power = t, None
+        if power is not None:
+            self._tick_power = power if self._tick_power is None else self._tick_power + power
+
+        g = self._gpu.setdefault(s.get("gpu_index", 0), {
+            "e_first": None, "e_last": None, "e_missing": False, "last_t": None, "last_p": None,
+            "integral_j": 0.0})
+        energy = s.get("energy_mj")
+        if energy is None:
+            g["e_missing"] = True
+        else:
+            if g["e_first"] is None:
+                g["e_first"] = energy
+            g["e_last"] = energy
+        if power is not None:
+            if g["last_t"] is not None and t > g["last_t"]:
+                g["integral_j"] += 0.5 * (power + g["last_p"]) * (t - g["last_t"])
+            g["last_t"], g["last_p"] = t, power
+
+    def _close_tick(self) -> None:
+        if self._tick_power is not None:
+            self.tick_power_sum += self._tick_power
+            self.tick_power_n += 1
+            if self.tick_power_max is None or self._tick_power > self.tick_power_max:
+                self.tick_power_max = self._tick_power
+        self._tick_power = None
+
+    def energy_j(self) -> float | None:
+        total, any_value = 0.0, False
+        for g in self._gpu.values():
+            if not g["e_missing"] and g["e_first"] is not None and g["e_last"] >= g["e_first"]:
+                total += (g["e_last"] - g["e_first"]) / 1000.0
+                any_value = True
+            elif g["last_t"] is not None:
+                total += g["integral_j"]
+                any_value = True
+        return total if any_value else None
+
+    def result(self) -> dict:
+        """The summary metrics (keys of SUMMARY_UNITS); None values for what was never read."""
+        power_sum, power_n, power_max = self.tick_power_sum, self.tick_power_n, self.tick_power_max
+        if self._tick_power is not None:  # the tick still open counts too
+            power_sum += self._tick_power
+            power_n += 1
+            power_max = self._tick_power if power_max is None else max(power_max, self._tick_power)
+        return {
+            "power_mean_w": power_sum / power_n if power_n else None,
+            "power_max_w": power_max,
+            "energy_j": self.energy_j(),
+            "temp_max_c": self.temp_max,
+            "sm_clock_min_mhz": self.sm_min,
+            "sm_clock_max_mhz": self.sm_max,
+            "throttled_share": (self.throttled_rows / self.throttle_known) if self.throttle_known
+            else None,
+            "samples": self.rows,
+        }
+
+
+def summarize(samples: list[dict]) -> dict:
+    """Summary metrics of a list of sample dicts (see :class:`Summary`)."""
+    agg = Summary()
+    for s in sorted(samples, key=lambda r: (r["t_unix_s"], r.get("gpu_index", 0))):
+        agg.add(s)
+    return agg.result()
+
+
+def record_summary(db, step_id: str, summary: dict) -> None:
+    rows = [
+        {"step_id": step_id, "key": key, "value": None if summary.get(key) is None else
+         float(summary[key]), "unit": unit, "subject": "telemetry"}
+        for key, unit in SUMMARY_UNITS.items()
+        if summary.get(key) is not None
+    ]
+    if rows:
+        with db.conn:
+            db["metrics"].insert_all(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Sampler
+
+
+class TelemetryHandle:
+    """Returned by :func:`start_telemetry`. ``stop()`` ends sampling and returns the summary."""
+
+    def stop(self) -> dict | None:
+        return None
+
+    @property
+    def active(self) -> bool:
+        return False
+
+
+class _Off(TelemetryHandle):
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+class Sampler(TelemetryHandle):
+    def __init__(self, *, nvml, devices: list[Device], db_path, step_id: str, interval_s: float,
+                 notice: Callable[[str], None], clock: Callable[[], float] = time.time,
+                 owns_nvml: bool = True):
+        self.nvml = nvml
+        self.devices = devices
+        self.db_path = db_path
+        self.step_id = step_id
+        self.interval_s = max(0.001, float(interval_s))
+        self.notice = notice
+        self.clock = clock
+        self.owns_nvml = owns_nvml
+        self.summary = Summary()
+        self.written = 0
+        self.write_failed: str | None = None
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._result: dict | None = None
+        self._thread = threading.Thread(target=self._main, name="sessionkit-telemetry", daemon=True)
+        self._stopped = False
+
+    @property
+    def active(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict | None:
+        if not self._stopped:
+            self._stopped = True
+            self._stop.set()
+            self._thread.join(timeout=30)
+        return self._result
+
+    def tick(self) -> list[dict]:
+        t = self.clock()
+        rows = []
+        for device in self.devices:
+            row = read_sample(self.nvml, device, t)
+            row["step_id"] = self.step_id
+            rows.append(row)
+            self.summary.add(row)
+        return rows
+
+    def _main(self) -> None:
+        db = None
+        pending: list[dict] = []
+        last_flush = time.monotonic()
+        try:
+            from .db import open_db
+
+            try:
+                db = open_db(self.db_path)
+            except Exception as exc:
+                self.write_failed = f"cannot open the database ({exc})"
+            next_t = time.monotonic()
+            while True:
+                pending.extend(self.tick())
+                now = time.monotonic()
+                if len(pending) >= FLUSH_EVERY_ROWS or now - last_flush >= FLUSH_EVERY_S:
+                    self._flush(db, pending)
+                    pending = []
+                    last_flush = now
+                next_t += self.interval_s
+                if next_t < now:  # fell behind (a slow NVML call): do not burst to catch up
+                    next_t = now + self.interval_s
+                if self._stop.wait(max(0.0, next_t - time.monotonic())):
+                    break
+            pending.extend(self.tick())  # one last reading at the end of the step
+            self._flush(db, pending)
+            pending = []
+            result = self.summary.result()
+            if db is not None and self.write_failed is None:
+                try:
+                    record_summary(db, self.step_id, result)
+                except Exception as exc:
+                    self.write_failed = f"summary not recorded ({exc})"
+            self._result = result
+        except Exception as exc:  # never let telemetry break a step
+            self.notice(f"telemetry stopped: {_nvml_text(exc)}")
+        finally:
+            if self.write_failed:
+                self.notice(f"telemetry not saved: {self.write_failed}")
+            if db is not None:
+                try:
+                    db.conn.close()
+                except Exception:
+                    pass
+            if self.owns_nvml:
+                _call(getattr(self.nvml, "nvmlShutdown", lambda: None))
+            self._done.set()
+
+    def _flush(self, db, rows: list[dict]) -> None:
+        if not rows or db is None or self.write_failed:
+            return
+        try:
+            with db.conn:
+                db["telemetry_samples"].insert_all(rows)
+            self.written += len(rows)
+        except Exception as exc:
+            self.write_failed = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _telemetry_disabled() -> str | None:
+    value = os.environ.get("SESSIONKIT_TELEMETRY", "").strip().lower()
+    if value in ("0", "off", "no", "false"):
+        return "SESSIONKIT_TELEMETRY is off"
+    return None
+
+
+def start_telemetry(db, step_id: str, *, interval_s: float = 0.1,
+                    notice: Callable[[str], None] = lambda text: None, nvml=None,
+                    visible: str | None = None, clock: Callable[[], float] = time.time
+                    ) -> TelemetryHandle:
+    """Start sampling the step's GPUs; returns a handle whose ``stop()`` gives the summary.
+
+    Never raises for a missing NVML or GPU: it calls ``notice("telemetry off: <reason>")`` once
+    and returns a handle whose ``stop()`` returns None. ``nvml`` is a pynvml-like module (a fake in
+    tests); it is initialised here and shut down when sampling ends.
+    """
+    reason = _telemetry_disabled()
+    if reason is None and interval_s is not None and float(interval_s) <= 0:
+        reason = "interval is 0"
+    if reason:
+        notice(f"telemetry off: {reason}")
+        return _Off(reason)
+    try:
+        if nvml is None:
+            nvml = load_nvml()
+        else:
+            try:
+                nvml.nvmlInit()
+            except Exception as exc:
+                raise TelemetryUnavailable(f"NVML did not initialise ({_nvml_text(exc)})") from None
+        try:
+            devices = resolve_devices(nvml, visible)
+        except Exception as exc:
+            _call(getattr(nvml, "nvmlShutdown", lambda: None))
+            raise TelemetryUnavailable(f"cannot list GPUs ({_nvml_text(exc)})") from None
+        if not devices:
+            _call(getattr(nvml, "nvmlShutdown", lambda: None))
+            raise TelemetryUnavailable("no GPU visible to this step")
+    except TelemetryUnavailable as exc:
+        notice(f"telemetry off: {exc}")
+        return _Off(str(exc))
+    db_path = getattr(db, "path", None)
+    if db_path is None:
+        notice("telemetry off: the database has no file path")
+        _call(getattr(nvml, "nvmlShutdown", lambda: None))
+        return _Off("database has no path")
+    return Sampler(nvml=nvml, devices=devices, db_path=db_path, step_id=step_id,
+                   interval_s=interval_s, notice=notice, clock=clock).start()
+
+
+def step_summary(db, step_id: str) -> dict:
+    """The recorded telemetry summary of a step (for reports), {} when none."""
+    rows = db.execute(
+        "SELECT key, value FROM metrics WHERE step_id = ? AND subject = 'telemetry'", [step_id]
+    ).fetchall()
+    return {key: value for key, value in rows}
