@@ -1,0 +1,3 @@
+from sessionkit.cli import main
+
+main()

@@ -1,0 +1,60 @@
+"""The command line. Commands parse, call one library function and print.
+
+Typed :class:`~sessionkit.errors.SessionkitError`\\ s become ``Error: ...`` here, in one place.
+Heavy modules (torch, jinja2, pynvml) are imported only inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from ..errors import SessionkitError, StepInterrupted
+
+# Each module defines ``register(cli)``; one module per command group.
+COMMAND_MODULES = [
+    "sessionkit.cli.session",
+    "sessionkit.cli.step",
+]
+
+
+class SessionkitGroup(click.Group):
+    """Turns library errors into one-line ``Error: ...`` messages with the right exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SessionkitError as exc:
+            err = click.ClickException(str(exc))
+            err.exit_code = exc.exit_code
+            raise err from None
+        except StepInterrupted as exc:
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=SessionkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sessionkit", message="sessionkit %(version)s")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), envvar="SESSIONKIT_DB",
+              help="SQLite database (default: $SESSIONKIT_DB, else .sessionkit/sessions.db "
+                   "found upward from here).")
+@click.pass_context
+def cli(ctx, db_path):
+    """sessionkit: make each GPU kernel optimization session count.
+
+    Open a session, run tracked steps with step-counted progress, telemetry, timings and costs,
+    and render reports from what was measured.
+    """
+    ctx.obj = {"db_path": db_path}
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(cli)
+
+
+def main():
+    cli(prog_name="sessionkit")

@@ -1,0 +1,39 @@
+"""Small helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def db_option(fn):
+    """``--db PATH`` on a subcommand too: ``sessionkit status --db x.db`` works like ``--db`` first."""
+
+    def store(ctx, _param, value):
+        if value:
+            ctx.ensure_object(dict)
+            ctx.find_root().obj["db_path"] = value
+        return value
+
+    return click.option("--db", "db_override", type=click.Path(dir_okay=False), expose_value=False,
+                        callback=store, help="SQLite database to use.")(fn)
+
+
+def json_option(fn):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
+
+
+def open_db(ctx: click.Context, *, create: bool = False):
+    """Open the database named by --db / $SESSIONKIT_DB / search, and mark stale steps."""
+    from ..db import open_db as _open
+    from ..liveness import reap_dead_steps
+
+    db = _open(ctx.find_root().obj.get("db_path"), create=create)
+    for notice in reap_dead_steps(db):
+        click.echo(notice, err=True)
+    return db
+
+
+def echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))

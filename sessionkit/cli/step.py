@@ -1,0 +1,99 @@
+"""``sessionkit step ...``: every registered step is a subcommand, plus ``run`` and ``list``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .common import db_option, echo_json, json_option, open_db
+
+
+def _run_registered(ctx, step, options: dict, *, name=None, kind="builtin", command=None):
+    from ..config import load_config
+    from ..runner import exit_code_for, run_step
+    from ..sessions import get_open_session
+
+    db = open_db(ctx)
+    session = get_open_session(db)
+    cfg = load_config()
+    row = run_step(db, session, step, options, name=name, kind=kind, command=command,
+                   telemetry_interval_s=cfg.telemetry_interval_s)
+    code = exit_code_for(row)
+    if code:
+        sys.exit(code)
+
+
+@click.command("run", context_settings={"ignore_unknown_options": True,
+                                        "allow_interspersed_args": False})
+@click.argument("name")
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+@db_option
+@click.pass_context
+def run_command(ctx, name, argv):
+    """Run any command as a tracked step: sessionkit step run NAME -- CMD ARGS..."""
+    from ..errors import UsageError
+    from ..steps import get_step
+
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if name.startswith("-"):
+        raise UsageError(f"bad step name {name!r}: sessionkit step run NAME -- CMD ARGS...")
+    if not argv:
+        raise UsageError("no command given after --: sessionkit step run NAME -- CMD ARGS...")
+    _run_registered(ctx, get_step("run"), {"argv": list(argv)}, name=name, kind="command",
+                    command=list(argv))
+
+
+@click.command("list")
+@json_option
+def list_command(as_json):
+    """List the registered steps."""
+    from ..steps import REGISTRY, get_step
+    from ..timefmt import fmt_duration
+    from ..views import table
+
+    steps = [get_step(name) for name in REGISTRY]
+    rows = [{"name": s.name, "description": s.description, "budget_s": s.budget_s} for s in steps]
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(table(["step", "budget", "description"],
+                     [[r["name"], fmt_duration(r["budget_s"]), r["description"]] for r in rows]))
+
+
+class StepGroup(click.Group):
+    """Builds one subcommand per registered step, importing step modules only when asked."""
+
+    def list_commands(self, ctx):
+        from ..steps import REGISTRY
+
+        return ["list", "run"] + sorted(n for n in REGISTRY if n != "run")
+
+    def get_command(self, ctx, name):
+        if name == "list":
+            return list_command
+        if name == "run":
+            return run_command
+        from ..steps import REGISTRY, get_step
+
+        if name not in REGISTRY:
+            return None
+        step = get_step(name)
+
+        @click.pass_context
+        def callback(ctx, **options):
+            _run_registered(ctx, step, options)
+
+        command = click.Command(name, params=list(step.params), callback=callback,
+                                help=step.description, short_help=step.description.split(". ")[0])
+        return db_option(command)
+
+
+@click.group("step", cls=StepGroup)
+def step_group():
+    """Run a step inside the open session (step list shows them)."""
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(step_group)

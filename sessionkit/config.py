@@ -1,0 +1,103 @@
+"""``[tool.sessionkit]`` from the nearest pyproject.toml: defaults for sessions and steps.
+
+Example::
+
+    [tool.sessionkit]
+    plan = ["preflight", "build", "correctness", "bench"]
+    budget = "2h"
+    gpu_rate = 2.49          # USD per hour
+    ai_rate = 6.00           # USD per hour
+    telemetry_interval = "100ms"
+
+    [tool.sessionkit.step_budgets]
+    build = "60s"
+
+    [tool.sessionkit.hooks]
+    after = [["gcloud", "compute", "instances", "stop", "my-h100"]]
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, UsageError
+from .timefmt import parse_duration, parse_rate
+
+
+@dataclass
+class Config:
+    path: Path | None = None
+    plan: list[str] = field(default_factory=list)
+    budget_s: float | None = None
+    gpu_rate: float | None = None
+    ai_rate: float | None = None
+    step_budgets: dict[str, float] = field(default_factory=dict)
+    telemetry_interval_s: float = 0.1
+    raw: dict = field(default_factory=dict)
+
+
+def find_pyproject(start: Path | None = None) -> Path | None:
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def parse_plan(value) -> list[str]:
+    """``"preflight,build"`` or ``["preflight", "build"]`` -> list of step names."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise UsageError(f"bad plan {value!r}: give step names separated by commas")
+    plan = [i.strip() for i in items if i.strip()]
+    for name in plan:
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise UsageError(f"bad step name {name!r} in plan")
+    return plan
+
+
+def parse_step_budgets(items) -> dict[str, float]:
+    """``["build=60s", "bench=5m"]`` or ``{"build": "60s"}`` -> {name: seconds}."""
+    if isinstance(items, dict):
+        pairs = list(items.items())
+    else:
+        pairs = []
+        for item in items or []:
+            name, sep, value = str(item).partition("=")
+            if not sep or not name.strip():
+                raise UsageError(f"bad step budget {item!r}: use NAME=DURATION, e.g. build=60s")
+            pairs.append((name.strip(), value.strip()))
+    return {name: parse_duration(value) for name, value in pairs}
+
+
+def load_config(start: Path | None = None) -> Config:
+    path = find_pyproject(start)
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    raw = data.get("tool", {}).get("sessionkit", {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[tool.sessionkit] in {path} must be a table")
+    try:
+        cfg = Config(
+            path=path,
+            plan=parse_plan(raw.get("plan")),
+            budget_s=parse_duration(raw["budget"]) if "budget" in raw else None,
+            gpu_rate=parse_rate(raw.get("gpu_rate"), "gpu_rate"),
+            ai_rate=parse_rate(raw.get("ai_rate"), "ai_rate"),
+            step_budgets=parse_step_budgets(raw.get("step_budgets", {})),
+            telemetry_interval_s=parse_duration(raw.get("telemetry_interval", "100ms")),
+            raw=raw,
+        )
+    except UsageError as exc:
+        raise ConfigError(f"[tool.sessionkit] in {path}: {exc}") from None
+    return cfg

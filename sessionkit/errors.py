@@ -1,0 +1,53 @@
+"""Typed errors. The library raises these; the CLI turns them into ``Error: ...`` once."""
+
+
+class SessionkitError(Exception):
+    """Base class: a problem the user can act on. The message is one line."""
+
+    exit_code = 1
+
+
+class UsageError(SessionkitError):
+    """Bad input on the command line or in configuration (exit status 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """``[tool.sessionkit]`` holds something unusable."""
+
+
+class DatabaseError(SessionkitError):
+    """The database is missing, unreadable, not SQLite or not writable."""
+
+
+class NoDatabaseError(DatabaseError):
+    """No database was found where one was looked for."""
+
+
+class SessionNotFound(SessionkitError):
+    """An id, number or name matched no session."""
+
+
+class NoOpenSession(SessionkitError):
+    """A command needs an open session and there is none."""
+
+
+class SessionAlreadyOpen(SessionkitError):
+    """``start`` was asked while another session is open."""
+
+
+class StepNotFound(SessionkitError):
+    """No registered step has that name."""
+
+
+class StepFailed(SessionkitError):
+    """A step ran and failed; the message says where its log is."""
+
+
+class StepInterrupted(BaseException):
+    """A step was stopped by Ctrl-C or SIGTERM after its record was saved; exit with ``exit_code``."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"interrupted (exit {exit_code})")
+        self.exit_code = exit_code

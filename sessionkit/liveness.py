@@ -1,0 +1,96 @@
+"""Detecting steps whose process died without a word (kill -9, preemption, a lost SSH session).
+
+A running step records its host, pid, the pid's start time and a heartbeat timestamp refreshed every
+few seconds. Any later sessionkit command calls :func:`reap_dead_steps`: on the same host a step whose
+process is gone (or whose pid now belongs to another process) is dead; on another host, a step whose
+heartbeat is older than :data:`STALE_AFTER_S` is dead. Dead steps become ``interrupted``; nothing else
+is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import deque
+from pathlib import Path
+
+from .timefmt import now_iso, parse_iso, seconds_between, utcnow
+
+HEARTBEAT_S = 5.0
+STALE_AFTER_S = 120.0
+TAIL_LINES = 200
+
+
+def process_start_time(pid: int) -> float | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read().decode(errors="replace")
+        return float(data.rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_alive(pid: int, started: float | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    if started is not None:
+        now_started = process_start_time(pid)
+        if now_started is not None and now_started != started:
+            return False
+    return True
+
+
+def tail_of_file(path: str | Path, lines: int = TAIL_LINES) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 256 * 1024))
+            data = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    return "\n".join(deque(data.splitlines(), maxlen=lines))
+
+
+def is_dead(step: dict, *, host: str | None = None) -> bool:
+    host = host or socket.gethostname()
+    if step["host"] == host:
+        return not process_alive(int(step["pid"]), step.get("pid_started"))
+    beat = parse_iso(step.get("heartbeat_at") or step["started_at"])
+    return (utcnow() - beat).total_seconds() > STALE_AFTER_S
+
+
+def reap_dead_steps(db) -> list[str]:
+    """Mark dead running steps ``interrupted``; return one notice per step marked."""
+    notices = []
+    running = [dict(r) for r in db.query("SELECT * FROM steps WHERE status = 'running'")]
+    for step in running:
+        if not is_dead(step):
+            continue
+        last_seen = step.get("heartbeat_at") or step["started_at"]
+        log = db.execute("SELECT path FROM artifacts WHERE step_id = ? AND kind = 'log' LIMIT 1",
+                         [step["id"]]).fetchone()
+        tail = tail_of_file(log[0]) if log else None
+        message = (f"process {step['pid']} on {step['host']} ended without a word "
+                   f"(last heartbeat {last_seen[:19].replace('T', ' ')} UTC)")
+        with db.conn:
+            # Only touch it if it is still running: another process may have reaped it meanwhile.
+            db.execute(
+                "UPDATE steps SET status = 'interrupted', ended_at = ?, duration_s = ?, message = ?,"
+                " output_tail = COALESCE(output_tail, ?) WHERE id = ? AND status = 'running'",
+                [last_seen, seconds_between(step["started_at"], last_seen), message, tail, step["id"]])
+        number = db.execute("SELECT number FROM sessions WHERE id = ?", [step["session_id"]]).fetchone()
+        notices.append(f"Notice: step {step['name']!r} of session {number[0] if number else '?'} "
+                       f"was marked interrupted: {message}")
+    return notices
+
+
+def touch_heartbeat(db, step_id: str) -> None:
+    with db.conn:
+        db.execute("UPDATE steps SET heartbeat_at = ? WHERE id = ? AND status = 'running'",
+                   [now_iso(), step_id])

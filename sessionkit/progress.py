@@ -1,0 +1,99 @@
+"""Step-counted progress that reads at a glance, on a terminal or in a plain log file.
+
+    [2/4] build - expected about 45 s (median of 5 earlier runs), budget 60 s
+    [2/4] build ... 1m30s, expected 45 s
+    [2/4] build passed in 38 s (budget 60 s)
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import threading
+
+import click
+
+from .timefmt import fmt_duration
+
+_COLOURS = {"passed": "green", "skipped": "yellow", "failed": "red", "interrupted": "red"}
+
+
+def heartbeat_every_s() -> float:
+    return float(os.environ.get("SESSIONKIT_PROGRESS_EVERY", "30"))
+
+
+def estimate_from_history(db, name: str, *, exclude_step: str | None = None, last: int = 10):
+    """(median seconds, runs) over the last passed runs of a step name, or (None, 0)."""
+    rows = db.execute(
+        "SELECT duration_s FROM steps WHERE name = ? AND status = 'passed' AND duration_s IS NOT NULL"
+        " AND id != ? ORDER BY started_at DESC LIMIT ?",
+        [name, exclude_step or "", last]).fetchall()
+    if not rows:
+        return None, 0
+    return statistics.median(r[0] for r in rows), len(rows)
+
+
+class Progress:
+    """Prints the lines of one step. ``note`` and ``update`` are what steps call."""
+
+    def __init__(self, label: str, name: str, *, stream=None, color: bool | None = None):
+        self.label = label  # "[2/4]" or "[5]"
+        self.name = name
+        self.stream = stream or sys.stdout
+        self.color = self.stream.isatty() if color is None else color
+        self.expected_s: float | None = None
+        self._lock = threading.Lock()
+        self._last_update = ""
+
+    def _echo(self, text: str, *, err: bool = False) -> None:
+        with self._lock:
+            click.echo(text, file=sys.stderr if err else self.stream)
+
+    def _style(self, text: str, status: str) -> str:
+        if not self.color:
+            return text
+        return click.style(text, fg=_COLOURS.get(status), bold=status != "passed")
+
+    def start(self, *, expected_s: float | None, runs: int, budget_s: float | None) -> None:
+        self.expected_s = expected_s
+        if expected_s is None:
+            guess = "no earlier runs to estimate from"
+        else:
+            plural = "run" if runs == 1 else "runs"
+            guess = f"expected about {fmt_duration(expected_s)} (median of {runs} earlier {plural})"
+        budget = f", budget {fmt_duration(budget_s)}" if budget_s else ""
+        self._echo(f"{self.label} {self.name} - {guess}{budget}")
+
+    def heartbeat(self, elapsed_s: float) -> None:
+        expected = f", expected {fmt_duration(self.expected_s)}" if self.expected_s else ""
+        self._echo(f"{self.label} {self.name} ... {fmt_duration(elapsed_s)}{expected}")
+
+    def note(self, text: str) -> None:
+        """An indented line under the step (findings, tables, notices)."""
+        for line in str(text).splitlines() or [""]:
+            self._echo(f"    {line}")
+
+    def update(self, done: int, total: int, label: str = "") -> None:
+        """Counted progress inside a step: ``    12/48 bf16 D128 S4096``. Printed when it changes."""
+        text = f"    {done}/{total} {label}".rstrip()
+        if text != self._last_update:
+            self._last_update = text
+            self._echo(text)
+
+    def end(self, status: str, duration_s: float, *, budget_s: float | None, exit_code=None,
+            message: str = "", log: str | None = None) -> None:
+        budget = f" (budget {fmt_duration(budget_s)})" if budget_s else ""
+        if status == "passed":
+            line = f"{self.label} {self.name} {self._style('passed', status)} in {fmt_duration(duration_s)}{budget}"
+        elif status == "skipped":
+            line = f"{self.label} {self.name} {self._style('skipped', status)}"
+        else:
+            word = self._style(status.upper(), status)
+            code = f" (exit {exit_code})" if exit_code not in (None, 0) else ""
+            line = f"{self.label} {self.name} {word}{code} in {fmt_duration(duration_s)}"
+        if message:
+            line += f": {message}"
+        if log and status in ("failed", "interrupted"):
+            line += f"; log: {log}"
+        self._echo(line)

@@ -1,0 +1,222 @@
+"""Running one step: record it, keep it alive in the DB, sample telemetry, and store what it did.
+
+The step row is written *before* the step starts, then refreshed by a heartbeat thread, so that a
+process killed without a word (kill -9, preemption) leaves a row that the next command marks
+``interrupted`` (see :mod:`sessionkit.liveness`). Ctrl-C and SIGTERM mark the step ``interrupted`` here,
+with what it had, and the CLI exits 130 or 143.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+from .errors import SessionkitError, StepInterrupted
+from .liveness import HEARTBEAT_S, process_start_time, touch_heartbeat
+from .progress import Progress, estimate_from_history, heartbeat_every_s
+from .steps import Step, StepContext, StepResult, record_artifact
+from .timefmt import now_iso
+
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+def artifacts_dir(db, session: dict, seq: int, name: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return Path(db.path).resolve().parent / "artifacts" / f"session-{session['number']}" / f"{seq:02d}-{safe}"
+
+
+def step_position(session: dict, name: str, seq: int, index=None, total=None) -> str:
+    plan = session.get("plan") or []
+    if index is None and name in plan:
+        index, total = plan.index(name) + 1, len(plan)
+    if index is None:
+        return f"[{seq}]"
+    return f"[{index}/{total}]" if total else f"[{index}]"
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes the step's heartbeat in the DB and prints a progress line every 30 s."""
+
+    def __init__(self, db_path, step_id: str, progress: Progress, started: float):
+        super().__init__(daemon=True, name="sessionkit-heartbeat")
+        self.db_path, self.step_id, self.progress, self.started = db_path, step_id, progress, started
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        from .db import open_db
+
+        db = None
+        every = heartbeat_every_s()
+        next_print = self.started + every
+        tick = min(HEARTBEAT_S, every)
+        while not self.stop_event.wait(tick):
+            now = time.monotonic()
+            try:
+                db = db or open_db(self.db_path)
+                touch_heartbeat(db, self.step_id)
+            except Exception:  # a busy or vanished DB must not kill the step; liveness uses the pid
+                db = None
+            if now >= next_print:
+                self.progress.heartbeat(now - self.started)
+                next_print += every
+        if db is not None:
+            db.conn.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=10)
+
+
+def _start_telemetry(db, step_id: str, interval_s: float, progress: Progress):
+    try:
+        from .telemetry import start_telemetry
+    except ImportError:
+        return None
+    return start_telemetry(db, step_id, interval_s=interval_s, notice=progress.note)
+
+
+class _Signals:
+    """SIGTERM -> StepInterrupted(143) in the main thread, restored afterwards."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            def on_term(signum, frame):
+                raise StepInterrupted(EXIT_SIGTERM)
+            self.previous = signal.signal(signal.SIGTERM, on_term)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
+def run_step(db, session: dict, step: Step, options: dict | None = None, *, name: str | None = None,
+             kind: str = "builtin", command: list[str] | None = None, index: int | None = None,
+             total: int | None = None, budget_s: float | None = None,
+             telemetry_interval_s: float | None = None, stream=None) -> dict:
+    """Run ``step`` inside ``session`` and return the finished step row.
+
+    Raises :class:`StepInterrupted` (after recording) on Ctrl-C or SIGTERM.
+    """
+    from .sessions import session_steps
+
+    options = dict(options or {})
+    name = name or step.name
+    if session["status"] != "open":
+        raise SessionkitError(f"session {session['number']} is {session['status']}; start a new one")
+    seq = (db.execute("SELECT COALESCE(MAX(seq), 0) FROM steps WHERE session_id = ?",
+                      [session["id"]]).fetchone()[0]) + 1
+    budgets = session.get("step_budgets") or {}
+    budget = budget_s or budgets.get(name) or step.budget_s
+    step_id = str(uuid.uuid4())
+    progress = Progress(step_position(session, name, seq, index, total), name, stream=stream)
+    expected, runs = estimate_from_history(db, name)
+    workdir = artifacts_dir(db, session, seq, name)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with db.conn:
+        db["steps"].insert({
+            "id": step_id, "session_id": session["id"], "seq": seq, "name": name, "kind": kind,
+            "command": json.dumps(command) if command is not None else None,
+            "options": json.dumps(options, default=str), "status": "running",
+            "started_at": now_iso(), "budget_s": budget, "host": socket.gethostname(),
+            "pid": os.getpid(), "pid_started": process_start_time(os.getpid()),
+            "heartbeat_at": now_iso(),
+        })
+    progress.start(expected_s=expected, runs=runs, budget_s=budget)
+    context = StepContext(db=db, session=session, step_id=step_id, seq=seq, progress=progress,
+                          options=options, workdir=workdir)
+
+    started = time.monotonic()
+    heartbeat = _Heartbeat(db.path, step_id, progress, started)
+    heartbeat.start()
+    interval = telemetry_interval_s or float(os.environ.get("SESSIONKIT_TELEMETRY_INTERVAL", "0.1"))
+    telemetry = _start_telemetry(db, step_id, interval, progress)
+    interrupted: BaseException | None = None
+    exit_code = None
+    try:
+        with _Signals():
+            result = step.run(context)
+        if not isinstance(result, StepResult):
+            raise TypeError(f"step {name!r} returned {type(result).__name__}, not StepResult")
+        status, message, exit_code = result.status, result.message, result.exit_code
+    except KeyboardInterrupt as exc:
+        interrupted, status, exit_code = exc, "interrupted", EXIT_SIGINT
+        message, result = "interrupted by Ctrl-C", None
+    except StepInterrupted as exc:
+        interrupted, status, exit_code = exc, "interrupted", exc.exit_code
+        message, result = "interrupted by SIGTERM", None
+    except SessionkitError as exc:
+        status, message, result = "failed", str(exc), None
+    except Exception as exc:  # a bug in a step: keep the traceback as an artifact, not on screen
+        crash = workdir / "crash.txt"
+        crash.write_text(traceback.format_exc())
+        record_artifact(db, step_id, crash, "traceback")
+        status, result = "failed", None
+        message = f"step crashed: {type(exc).__name__}: {exc} (traceback: {crash})"
+    finally:
+        duration = time.monotonic() - started
+        heartbeat.stop()
+        if telemetry is not None:
+            try:
+                telemetry.stop()
+            except Exception as exc:  # telemetry must never cost the step's record
+                progress.note(f"telemetry could not be saved: {exc}")
+
+    # Ctrl-C during the bookkeeping below must not lose the record: hold SIGINT until it is written.
+    with _DeferSigint():
+        if result is not None:
+            context.metrics(result.metrics)
+            for art in result.artifacts:
+                record_artifact(db, step_id, Path(art.path), art.kind)
+        log = db.execute("SELECT path FROM artifacts WHERE step_id = ? AND kind = 'log' LIMIT 1",
+                         [step_id]).fetchone()
+        update = {"status": status, "ended_at": now_iso(), "duration_s": duration,
+                  "exit_code": exit_code, "message": message,
+                  "summary": json.dumps(result.summary if result else {}, default=str)}
+        tail = getattr(step, "output_tail", None)
+        if tail is not None:
+            update["output_tail"] = tail
+        with db.conn:
+            db["steps"].update(step_id, update)
+        progress.end(status, duration, budget_s=budget, exit_code=exit_code, message=message,
+                     log=log[0] if log else None)
+    if interrupted is not None:
+        raise StepInterrupted(exit_code) from None
+    return next(s for s in session_steps(db, session["id"]) if s["id"] == step_id)
+
+
+class _DeferSigint:
+    def __enter__(self):
+        self.pending = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            def hold(signum, frame):
+                self.pending = True
+            self.previous = signal.signal(signal.SIGINT, hold)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            if self.pending:
+                raise KeyboardInterrupt
+        return False
+
+
+def exit_code_for(step_row: dict) -> int:
+    """The process exit status that reports a finished step."""
+    if step_row["status"] in ("passed", "skipped"):
+        return 0
+    if step_row["status"] == "interrupted":
+        return step_row.get("exit_code") or EXIT_SIGINT
+    code = step_row.get("exit_code")
+    return code if isinstance(code, int) and 0 < code < 256 else 1

@@ -1,0 +1,153 @@
+"""The core schema. Migrations are append-only: never edit one that has shipped; add a new one.
+
+Units are in the column names (``_s``, ``_w``, ``_mhz``, ``_usd_per_h``...). Timestamps are ISO 8601
+text in UTC. Ids are UUIDs so that databases from several GPU hosts can be merged.
+"""
+
+from __future__ import annotations
+
+
+def m001_core(db) -> None:
+    db.execute(
+        """
+        CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            number INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            objective TEXT,
+            status TEXT NOT NULL DEFAULT 'open'
+                CHECK (status IN ('open', 'passed', 'failed', 'abandoned')),
+            outcome TEXT,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            budget_s REAL,
+            gpu_rate_usd_per_h REAL,
+            ai_rate_usd_per_h REAL,
+            plan TEXT NOT NULL DEFAULT '[]',
+            step_budgets TEXT NOT NULL DEFAULT '{}',
+            host TEXT,
+            cwd TEXT,
+            git_commit TEXT
+        )"""
+    )
+    db.execute("CREATE UNIQUE INDEX idx_sessions_number ON sessions(number)")
+    db.execute(
+        """
+        CREATE TABLE steps (
+            id TEXT PRIMARY KEY,
+            session_id TEXT NOT NULL REFERENCES sessions(id),
+            seq INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL DEFAULT 'builtin' CHECK (kind IN ('builtin', 'command', 'hook')),
+            command TEXT,
+            options TEXT NOT NULL DEFAULT '{}',
+            status TEXT NOT NULL DEFAULT 'running'
+                CHECK (status IN ('running', 'passed', 'failed', 'interrupted', 'skipped')),
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            duration_s REAL,
+            budget_s REAL,
+            exit_code INTEGER,
+            message TEXT,
+            summary TEXT NOT NULL DEFAULT '{}',
+            output_tail TEXT,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            pid_started REAL,
+            heartbeat_at TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX idx_steps_session ON steps(session_id, seq)")
+    db.execute("CREATE INDEX idx_steps_name_status ON steps(name, status)")
+    db.execute("CREATE INDEX idx_steps_status ON steps(status)")
+    db.execute(
+        """
+        CREATE TABLE metrics (
+            id INTEGER PRIMARY KEY,
+            step_id TEXT NOT NULL REFERENCES steps(id),
+            key TEXT NOT NULL,
+            value REAL,
+            unit TEXT,
+            subject TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX idx_metrics_step ON metrics(step_id, key)")
+    db.execute(
+        """
+        CREATE TABLE artifacts (
+            id INTEGER PRIMARY KEY,
+            step_id TEXT NOT NULL REFERENCES steps(id),
+            path TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            sha256 TEXT,
+            size_bytes INTEGER,
+            created_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX idx_artifacts_step ON artifacts(step_id)")
+    db.execute(
+        """
+        CREATE TABLE env_snapshots (
+            id INTEGER PRIMARY KEY,
+            session_id TEXT REFERENCES sessions(id),
+            step_id TEXT REFERENCES steps(id),
+            taken_at TEXT NOT NULL,
+            host TEXT,
+            python_version TEXT,
+            torch_version TEXT,
+            torch_cuda TEXT,
+            nvcc_version TEXT,
+            driver_version TEXT,
+            gpu_name TEXT,
+            gpu_cc TEXT,
+            git_commit TEXT,
+            data TEXT NOT NULL DEFAULT '{}'
+        )"""
+    )
+    db.execute("CREATE INDEX idx_env_session ON env_snapshots(session_id)")
+    db.execute(
+        """
+        CREATE TABLE telemetry_samples (
+            id INTEGER PRIMARY KEY,
+            step_id TEXT NOT NULL REFERENCES steps(id),
+            gpu_index INTEGER NOT NULL DEFAULT 0,
+            t_unix_s REAL NOT NULL,
+            power_w REAL,
+            energy_mj REAL,
+            sm_clock_mhz REAL,
+            mem_clock_mhz REAL,
+            temp_c REAL,
+            gpu_util_pct REAL,
+            mem_used_mib REAL,
+            throttle_reasons INTEGER,
+            throttled INTEGER
+        )"""
+    )
+    db.execute("CREATE INDEX idx_telemetry_step ON telemetry_samples(step_id, t_unix_s)")
+    db.execute(
+        """
+        CREATE TABLE patterns_applied (
+            id INTEGER PRIMARY KEY,
+            session_id TEXT NOT NULL REFERENCES sessions(id),
+            pattern_id TEXT NOT NULL,
+            note TEXT,
+            applied_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX idx_patterns_session ON patterns_applied(session_id)")
+    db.execute(
+        """
+        CREATE VIEW step_overview AS
+        SELECT s.number AS session_number, s.name AS session_name, st.seq, st.name AS step,
+               st.status, st.started_at, st.duration_s, st.budget_s, st.exit_code, st.message,
+               st.id AS step_id, s.id AS session_id
+        FROM steps st JOIN sessions s ON s.id = st.session_id
+        ORDER BY s.number, st.seq"""
+    )
+    db.execute(
+        """
+        CREATE VIEW metric_overview AS
+        SELECT s.number AS session_number, st.name AS step, st.seq, m.key, m.subject, m.value,
+               m.unit, st.status AS step_status, m.step_id
+        FROM metrics m JOIN steps st ON st.id = m.step_id JOIN sessions s ON s.id = st.session_id"""
+    )

@@ -1,0 +1,231 @@
+"""Session lifecycle: start, end, look up, list, status and export."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import uuid
+
+from .costs import session_costs
+from .errors import NoOpenSession, SessionAlreadyOpen, SessionNotFound, UsageError
+from .timefmt import fmt_duration, now_iso, seconds_between
+
+END_STATUSES = ("passed", "failed", "abandoned")
+
+
+def git_commit(cwd: str | None = None) -> str | None:
+    """The working tree's commit, with ``-dirty`` when it has uncommitted changes; None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                              text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _decode(row: dict) -> dict:
+    row = dict(row)
+    for key in ("plan", "step_budgets"):
+        if isinstance(row.get(key), str):
+            row[key] = json.loads(row[key])
+    return row
+
+
+def open_sessions(db) -> list[dict]:
+    return [_decode(r) for r in db.query(
+        "SELECT * FROM sessions WHERE status = 'open' ORDER BY number DESC")]
+
+
+def get_open_session(db, *, required: bool = True) -> dict | None:
+    found = open_sessions(db)
+    if not found:
+        if required:
+            raise NoOpenSession("no open session; start one with: sessionkit start --objective TEXT")
+        return None
+    return found[0]
+
+
+def start_session(db, name: str | None = None, *, objective: str, plan=None, budget_s=None,
+                  gpu_rate=None, ai_rate=None, step_budgets=None, force: bool = False) -> dict:
+    """Open a new session and return its row.
+
+    Refuses while another session is open, unless ``force``.
+    """
+    if not objective or not objective.strip():
+        raise UsageError("an objective is required: --objective TEXT")
+    if not force:
+        current = get_open_session(db, required=False)
+        if current:
+            raise SessionAlreadyOpen(
+                f"session {current['number']} ({current['name']}) is still open; "
+                "end it with 'sessionkit end --outcome TEXT', or pass --force to open another")
+    for what, rate in (("gpu rate", gpu_rate), ("ai rate", ai_rate)):
+        if rate is not None and rate < 0:
+            raise UsageError(f"{what} must not be negative")
+    with db.conn:
+        number = (db.execute("SELECT COALESCE(MAX(number), 0) FROM sessions").fetchone()[0]) + 1
+        row = {
+            "id": str(uuid.uuid4()),
+            "number": number,
+            "name": (name or "").strip() or f"Session {number}",
+            "objective": objective.strip(),
+            "status": "open",
+            "started_at": now_iso(),
+            "budget_s": budget_s,
+            "gpu_rate_usd_per_h": gpu_rate,
+            "ai_rate_usd_per_h": ai_rate,
+            "plan": json.dumps(list(plan or [])),
+            "step_budgets": json.dumps(dict(step_budgets or {})),
+            "host": socket.gethostname(),
+            "cwd": os.getcwd(),
+            "git_commit": git_commit(),
+        }
+        db["sessions"].insert(row)
+    return _decode(row)
+
+
+def end_session(db, session: dict | None = None, *, outcome: str, status: str = "passed") -> dict:
+    if status not in END_STATUSES:
+        raise UsageError(f"bad status {status!r}: use one of {', '.join(END_STATUSES)}")
+    if not outcome or not outcome.strip():
+        raise UsageError("an outcome is required: --outcome TEXT")
+    session = session or get_open_session(db)
+    if session["status"] != "open":
+        raise UsageError(f"session {session['number']} is already ended ({session['status']})")
+    running = db.execute("SELECT name FROM steps WHERE session_id = ? AND status = 'running'",
+                         [session["id"]]).fetchall()
+    if running:
+        raise UsageError(f"step {running[0][0]!r} is still running in this session; wait for it or stop it")
+    with db.conn:
+        db["sessions"].update(session["id"], {"status": status, "outcome": outcome.strip(),
+                                               "ended_at": now_iso()})
+    return get_session(db, session["id"])
+
+
+def get_session(db, ref: str | int | None = None) -> dict:
+    """A session by UUID (or unique prefix), number, name, ``last`` or ``open``; default: open, else last."""
+    if ref is None or str(ref).strip() == "":
+        found = get_open_session(db, required=False)
+        if found:
+            return found
+        ref = "last"
+    text = str(ref).strip()
+    if text == "last":
+        rows = list(db.query("SELECT * FROM sessions ORDER BY number DESC LIMIT 1"))
+        if not rows:
+            raise SessionNotFound("there are no sessions yet; start one with: sessionkit start --objective TEXT")
+        return _decode(rows[0])
+    if text == "open":
+        return get_open_session(db)
+    if text.isdigit():
+        rows = list(db.query("SELECT * FROM sessions WHERE number = ?", [int(text)]))
+    else:
+        rows = list(db.query("SELECT * FROM sessions WHERE id = ?", [text]))
+        if not rows and len(text) >= 4:
+            rows = list(db.query("SELECT * FROM sessions WHERE id LIKE ?", [text + "%"]))
+        if not rows:
+            rows = list(db.query("SELECT * FROM sessions WHERE name = ?", [text]))
+    if len(rows) > 1:
+        raise SessionNotFound(f"{text!r} matches {len(rows)} sessions; give the number or the full id")
+    if not rows:
+        raise SessionNotFound(f"no session matches {text!r}; see 'sessionkit sessions'")
+    return _decode(rows[0])
+
+
+def session_steps(db, session_id: str) -> list[dict]:
+    rows = db.query("SELECT * FROM steps WHERE session_id = ? ORDER BY seq", [session_id])
+    out = []
+    for row in rows:
+        row = dict(row)
+        for key in ("summary", "options", "command"):
+            if isinstance(row.get(key), str):
+                row[key] = json.loads(row[key])
+        out.append(row)
+    return out
+
+
+def list_sessions(db, limit: int | None = None) -> list[dict]:
+    sql = """
+        SELECT s.*, COUNT(st.id) AS steps,
+               SUM(st.status = 'passed') AS passed, SUM(st.status = 'failed') AS failed,
+               SUM(st.status = 'interrupted') AS interrupted
+        FROM sessions s LEFT JOIN steps st ON st.session_id = s.id
+        GROUP BY s.id ORDER BY s.number DESC"""
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    out = []
+    now = now_iso()
+    for row in db.query(sql):
+        row = _decode(row)
+        row["duration_s"] = seconds_between(row["started_at"], row["ended_at"] or now)
+        for key in ("passed", "failed", "interrupted"):
+            row[key] = row[key] or 0
+        out.append(row)
+    return out
+
+
+def session_status(db, session: dict | None = None) -> dict:
+    """Elapsed time against budget, cost so far, steps done and the next planned one."""
+    session = session or get_open_session(db)
+    steps = session_steps(db, session["id"])
+    now = now_iso()
+    costs = session_costs(session, steps, now=now)
+    done = {s["name"] for s in steps if s["status"] in ("passed", "skipped")}
+    plan = session["plan"]
+    next_step = next((name for name in plan if name not in done), None)
+    elapsed = costs["wall_s"]
+    return {
+        "session": session,
+        "elapsed_s": elapsed,
+        "budget_s": session["budget_s"],
+        "budget_left_s": None if session["budget_s"] is None else session["budget_s"] - elapsed,
+        "costs": costs,
+        "steps": steps,
+        "plan": plan,
+        "next_step": next_step,
+    }
+
+
+def export_session(db, session: dict) -> dict:
+    """Everything recorded for one session, as plain JSON-able data."""
+    steps = session_steps(db, session["id"])
+    ids = [s["id"] for s in steps]
+    marks = ",".join("?" * len(ids))
+
+    def rows(table: str) -> list[dict]:
+        if not ids or not db[table].exists():
+            return []
+        return [dict(r) for r in db.query(f"SELECT * FROM {table} WHERE step_id IN ({marks})", ids)]
+
+    extra = {}
+    for table in db.table_names():
+        if table in ("metrics", "artifacts", "telemetry_samples") or table.startswith("_"):
+            continue
+        cols = {c.name for c in db[table].columns}
+        if "step_id" in cols and table not in ("env_snapshots",):
+            extra[table] = rows(table)
+    return {
+        "session": session,
+        "steps": steps,
+        "metrics": rows("metrics"),
+        "artifacts": rows("artifacts"),
+        "telemetry_samples": rows("telemetry_samples"),
+        "env_snapshots": [dict(r) for r in db.query(
+            "SELECT * FROM env_snapshots WHERE session_id = ? ORDER BY taken_at", [session["id"]])],
+        "patterns_applied": [dict(r) for r in db.query(
+            "SELECT * FROM patterns_applied WHERE session_id = ? ORDER BY applied_at", [session["id"]])],
+        "costs": session_costs(session, steps),
+        **extra,
+    }
+
+
+def describe_elapsed(status: dict) -> str:
+    budget = status["budget_s"]
+    text = fmt_duration(status["elapsed_s"])
+    return f"{text} of {fmt_duration(budget)}" if budget else f"{text} (no budget set)"

@@ -1,0 +1,152 @@
+"""The step interface and the registry.
+
+A step is a small object::
+
+    class Hello(Step):
+        name = "hello"
+        description = "Say hello and record one metric."
+        budget_s = 5.0
+        params = [click.Option(["--who"], default="world")]   # CLI options -> context.options
+
+        def run(self, context: StepContext) -> StepResult:
+            context.progress.note(f"hello {context.options['who']}")
+            context.metric("greetings", 1, unit="count")
+            return StepResult("passed", message="said hello")
+
+The runner (:mod:`sessionkit.runner`) records the step row before ``run`` starts, keeps its heartbeat,
+runs the telemetry sampler around it, and stores the result. A step never exits the process: it
+returns ``failed`` or raises a :class:`~sessionkit.errors.SessionkitError`. Step modules must not import
+torch, jinja2 or pynvml at module level, so that listing steps stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import StepNotFound
+from ..timefmt import now_iso
+
+STATUSES = ("passed", "failed", "skipped", "interrupted")
+
+
+@dataclass
+class Metric:
+    key: str
+    value: float | None
+    unit: str | None = None
+    subject: str | None = None  # what the value is about: a kernel name, a config label...
+
+
+@dataclass
+class Artifact:
+    path: str
+    kind: str  # "log", "csv", "ncu-rep", "report", ...
+
+
+@dataclass
+class StepResult:
+    status: str  # "passed" | "failed" | "skipped"
+    message: str = ""  # one line, shown at the end of the step
+    summary: dict[str, Any] = field(default_factory=dict)  # JSON-able facts for reports
+    metrics: list[Metric] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)
+    exit_code: int | None = None
+
+    def __post_init__(self):
+        if self.status not in ("passed", "failed", "skipped"):
+            raise ValueError(f"bad step status {self.status!r}")
+
+
+class StepContext:
+    """What a running step sees: the session, the DB, the progress printer and its options."""
+
+    def __init__(self, *, db, session: dict, step_id: str, seq: int, progress, options: dict,
+                 workdir: Path):
+        self.db = db
+        self.session = session
+        self.step_id = step_id
+        self.seq = seq
+        self.progress = progress
+        self.options = options
+        self.workdir = workdir
+
+    def metric(self, key: str, value, unit: str | None = None, subject: str | None = None) -> None:
+        """Record one metric now (it survives a crash later in the step)."""
+        self.metrics([Metric(key, value, unit, subject)])
+
+    def metrics(self, metrics: list[Metric]) -> None:
+        rows = [
+            {"step_id": self.step_id, "key": m.key,
+             "value": None if m.value is None else float(m.value), "unit": m.unit,
+             "subject": m.subject}
+            for m in metrics
+        ]
+        if rows:
+            with self.db.conn:
+                self.db["metrics"].insert_all(rows)
+
+    def artifact(self, path: str | Path, kind: str) -> None:
+        """Record a file made by the step, with its size and sha256."""
+        record_artifact(self.db, self.step_id, Path(path), kind)
+
+    def latest_env(self) -> dict:
+        """The newest environment snapshot of this session (preflight findings), or {}."""
+        rows = list(self.db.query(
+            "SELECT data FROM env_snapshots WHERE session_id = ? ORDER BY taken_at DESC LIMIT 1",
+            [self.session["id"]]))
+        return json.loads(rows[0]["data"]) if rows else {}
+
+
+def record_artifact(db, step_id: str, path: Path, kind: str) -> None:
+    sha, size = None, None
+    if path.is_file():
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        sha, size = digest.hexdigest(), path.stat().st_size
+    with db.conn:
+        existing = db.execute("SELECT id FROM artifacts WHERE step_id = ? AND path = ?",
+                              [step_id, str(path)]).fetchone()
+        row = {"step_id": step_id, "path": str(path), "kind": kind, "sha256": sha,
+               "size_bytes": size, "created_at": now_iso()}
+        if existing:
+            db["artifacts"].update(existing[0], row)
+        else:
+            db["artifacts"].insert(row)
+
+
+class Step:
+    """Base class for a registered step. Subclasses set the class attributes and ``run``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    budget_s: ClassVar[float] = 60.0
+    params: ClassVar[list] = []  # click.Option objects; their values arrive in context.options
+
+    def run(self, context: StepContext) -> StepResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+# name -> "module:Class". Built-in steps import lazily so that the CLI starts fast.
+REGISTRY: dict[str, str] = {
+    "run": "sessionkit.steps.command:CommandStep",
+}
+
+
+def step_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_step(name: str) -> Step:
+    target = REGISTRY.get(name)
+    if target is None:
+        known = ", ".join(sorted(REGISTRY))
+        raise StepNotFound(f"no step named {name!r}; registered steps: {known}")
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)()

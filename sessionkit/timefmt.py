@@ -1,0 +1,96 @@
+"""Durations, timestamps and money: parsing and formatting in one place."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import re
+
+from .errors import UsageError
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|min|s|m|h|d)")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in a duration such as ``90``, ``45s``, ``2h``, ``1h30m`` or ``1.5h``.
+
+    >>> parse_duration("1h30m")
+    5400.0
+    """
+    if isinstance(text, bool):
+        raise UsageError(f"bad duration {text!r}: use a form like 45s, 10m, 2h or 1h30m")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        raw = str(text).strip().lower()
+        if re.fullmatch(r"\d+(\.\d+)?", raw):
+            value = float(raw)
+        else:
+            pos, value = 0, 0.0
+            for match in _PART.finditer(raw):
+                if match.start() != pos and raw[pos : match.start()].strip():
+                    break
+                value += float(match.group(1)) * _UNITS[match.group(2)]
+                pos = match.end()
+            if not raw or pos != len(raw) or not _PART.search(raw):
+                raise UsageError(f"bad duration {text!r}: use a form like 45s, 10m, 2h or 1h30m")
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"bad duration {text!r}: it must be a positive length of time")
+    return value
+
+
+def parse_rate(text: str | float | int | None, what: str) -> float | None:
+    """A $/hour rate, ``None`` when not set. Accepts ``2.5`` or ``$2.50``."""
+    if text is None or text == "":
+        return None
+    try:
+        value = float(str(text).strip().lstrip("$"))
+    except ValueError:
+        raise UsageError(f"bad {what} {text!r}: give US dollars per hour, e.g. 2.50") from None
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"bad {what} {text!r}: it must be a non-negative number of dollars per hour")
+    return value
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """``38 s``, ``1m30s``, ``2h05m``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    seconds = float(seconds)
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def fmt_money(value: float | None) -> str:
+    if value is None:
+        return "rate not set"
+    return f"${value:,.2f}"
+
+
+def utcnow() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def now_iso() -> str:
+    return utcnow().isoformat(timespec="microseconds")
+
+
+def parse_iso(text: str | None) -> _dt.datetime | None:
+    if not text:
+        return None
+    return _dt.datetime.fromisoformat(text)
+
+
+def seconds_between(start: str | None, end: str | None) -> float | None:
+    a, b = parse_iso(start), parse_iso(end)
+    if a is None or b is None:
+        return None
+    return (b - a).total_seconds()

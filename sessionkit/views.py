@@ -1,0 +1,93 @@
+"""Plain-text views of sessions for the terminal (the Markdown reports live in sessionkit.report)."""
+
+from __future__ import annotations
+
+from .timefmt import fmt_duration, fmt_money
+
+
+def table(headers: list[str], rows: list[list], *, right: set[int] = frozenset()) -> str:
+    """A plain aligned table that reads well in a log file."""
+    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def fmt(row):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    lines = [fmt(headers), fmt(["-" * w for w in widths])]
+    lines += [fmt(r) for r in cells]
+    return "\n".join(lines)
+
+
+def _steps_table(data: dict) -> str:
+    per_step = data["costs"]["per_step"]
+    rows = []
+    for s in data["steps"]:
+        secs = per_step[s["id"]]["seconds"]
+        delta = None if not s["budget_s"] or s["status"] == "running" else secs - s["budget_s"]
+        rows.append([s["seq"], s["name"], s["status"], fmt_duration(secs), fmt_duration(s["budget_s"]),
+                     "-" if delta is None else ("+" if delta > 0 else "-") + fmt_duration(abs(delta)),
+                     fmt_money(per_step[s["id"]]["total_usd"]) if data["costs"]["total_usd"] is not None else "-",
+                     (s.get("message") or "")[:60]])
+    if not rows:
+        return "  no steps yet"
+    return table(["#", "step", "status", "actual", "budget", "delta", "cost", "note"], rows,
+                 right={0, 3, 4, 5, 6})
+
+
+def _cost_line(costs: dict) -> str:
+    return (f"GPU {fmt_money(costs['gpu_usd'])}, AI {fmt_money(costs['ai_usd'])}, "
+            f"total {fmt_money(costs['total_usd'])}")
+
+
+def format_status(data: dict) -> str:
+    s = data["session"]
+    lines = [f"Session {s['number']}: {s['name']} (open)",
+             f"  objective: {s['objective']}"]
+    budget = data["budget_s"]
+    elapsed = f"{fmt_duration(data['elapsed_s'])}"
+    if budget:
+        left = data["budget_left_s"]
+        elapsed += f" of {fmt_duration(budget)} budget"
+        elapsed += f" ({fmt_duration(left)} left)" if left >= 0 else f" (OVER by {fmt_duration(-left)})"
+    lines.append(f"  elapsed:   {elapsed}")
+    lines.append(f"  cost:      {_cost_line(data['costs'])}")
+    done = sum(1 for st in data["steps"] if st["status"] != "running")
+    lines.append(f"  steps:     {done} done" + (f" of {len(data['plan'])} planned" if data["plan"] else ""))
+    if data["plan"]:
+        lines.append(f"  next:      {data['next_step'] or 'all planned steps done'}")
+    lines.append("")
+    lines.append(_steps_table(data))
+    return "\n".join(lines)
+
+
+def format_show(data: dict) -> str:
+    s = data["session"]
+    lines = [f"Session {s['number']}: {s['name']}  [{s['status']}]",
+             f"  id:        {s['id']}",
+             f"  objective: {s['objective']}",
+             f"  started:   {s['started_at'][:19].replace('T', ' ')} UTC on {s['host']}",
+             f"  ended:     {(s['ended_at'] or '-')[:19].replace('T', ' ')}",
+             f"  duration:  {fmt_duration(data['elapsed_s'])}"
+             + (f" (budget {fmt_duration(s['budget_s'])})" if s["budget_s"] else ""),
+             f"  commit:    {s['git_commit'] or '-'}",
+             f"  cost:      {_cost_line(data['costs'])}"]
+    if s.get("outcome"):
+        lines.append(f"  outcome:   {s['outcome']}")
+    lines += ["", _steps_table(data)]
+    return "\n".join(lines)
+
+
+def format_session_list(rows: list[dict]) -> str:
+    if not rows:
+        return "No sessions yet. Start one with: sessionkit start --objective TEXT"
+    from .costs import session_costs
+
+    out = []
+    for r in rows:
+        cost = session_costs(r, [])["total_usd"]
+        out.append([r["number"], r["name"][:30], r["status"], r["started_at"][:16].replace("T", " "),
+                    fmt_duration(r["duration_s"]), f"{r['passed']}/{r['failed']}/{r['interrupted']}",
+                    fmt_money(cost) if cost is not None else "rate not set", (r["objective"] or "")[:40]])
+    return table(["#", "name", "status", "started (UTC)", "duration", "ok/fail/int", "cost", "objective"],
+                 out, right={0, 4})
