@@ -111,6 +111,9 @@ def open_db(explicit=None, *, create: bool = False, start: Path | None = None):
         conn.execute("PRAGMA synchronous = NORMAL")
         db = sqlite_utils.Database(conn)
         _migration_set().apply(db)
+        # Fail now, with a clear message, if the file cannot be written (read-only file or folder).
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
     except sqlite3.DatabaseError as exc:
         text = str(exc)
         if "not a database" in text or "file is encrypted" in text:

@@ -7,6 +7,7 @@ Heavy modules (torch, jinja2, pynvml) are imported only inside the commands that
 from __future__ import annotations
 
 import importlib
+import sqlite3
 import sys
 
 import click
@@ -30,6 +31,8 @@ class SessionkitGroup(click.Group):
             err = click.ClickException(str(exc))
             err.exit_code = exc.exit_code
             raise err from None
+        except sqlite3.Error as exc:  # e.g. locked for longer than the busy timeout
+            raise click.ClickException(f"database error: {exc}") from None
         except StepInterrupted as exc:
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:

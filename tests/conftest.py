@@ -1,0 +1,86 @@
+"""Shared fixtures. Every test runs in its own folder with its own database.
+
+GPU tests carry ``@pytest.mark.gpu``; without a CUDA device they are skipped here, in one place, with
+the reason shown in the summary (``-ra``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Run in tmp_path with the DB, build cache and config all pointing inside it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SESSIONKIT_DB", str(tmp_path / "sessions.db"))
+    monkeypatch.setenv("SESSIONKIT_PROGRESS_EVERY", "30")
+    monkeypatch.delenv("SESSIONKIT_TELEMETRY_INTERVAL", raising=False)
+    if not _gpu_reason():  # GPU runs keep the real build cache so the kernel builds once
+        monkeypatch.setenv("SESSIONKIT_BUILD_DIR", str(tmp_path / "build-cache"))
+    return tmp_path
+
+
+@pytest.fixture
+def db(tmp_path):
+    from sessionkit.db import open_db
+
+    return open_db(tmp_path / "sessions.db", create=True)
+
+
+@pytest.fixture
+def session(db):
+    from sessionkit.sessions import start_session
+
+    return start_session(db, "fixture", objective="test the library", plan=["preflight", "build"])
+
+
+@pytest.fixture
+def make_context(db, session):
+    """``make_context(options=None, name="x")`` -> a StepContext on a real running step row."""
+    import os
+    import socket
+    import uuid
+
+    from sessionkit.progress import Progress
+    from sessionkit.runner import artifacts_dir
+    from sessionkit.steps import StepContext
+    from sessionkit.timefmt import now_iso
+
+    def make(options=None, name="x"):
+        step_id = str(uuid.uuid4())
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE session_id = ?",
+                         [session["id"]]).fetchone()[0]
+        db["steps"].insert({"id": step_id, "session_id": session["id"], "seq": seq, "name": name,
+                            "started_at": now_iso(), "host": socket.gethostname(), "pid": os.getpid()})
+        workdir = artifacts_dir(db, session, seq, name)
+        workdir.mkdir(parents=True, exist_ok=True)
+        return StepContext(db=db, session=session, step_id=step_id, seq=seq,
+                           progress=Progress(f"[{seq}]", name), options=dict(options or {}),
+                           workdir=workdir)
+
+    return make
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_reason() -> str | None:
+    """None when a CUDA GPU is usable, else why not."""
+    try:
+        import torch
+    except ImportError:
+        return "needs torch with CUDA (torch is not installed)"
+    if not torch.cuda.is_available():
+        return f"needs a CUDA GPU (torch {torch.__version__}, cuda {torch.version.cuda}: none available)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    reason = _gpu_reason()
+    if reason:
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=reason))

@@ -1,0 +1,155 @@
+"""The session lifecycle through the CLI, checked through the library."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from sessionkit.cli import cli
+from sessionkit.db import open_db
+from sessionkit.sessions import get_session
+
+
+def invoke(*args, **kw):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False, **kw)
+    return result
+
+
+def test_start_status_end_show(tmp_path):
+    r = invoke("start", "tiling", "--objective", "faster D128", "--plan", "build,bench",
+               "--budget", "2h", "--gpu-rate", "2.50", "--ai-rate", "$6", "--step-budget", "build=60s")
+    assert r.exit_code == 0, r.output
+    assert "Started session 1: tiling" in r.output
+    db = open_db()
+    s = get_session(db, "last")
+    assert (s["name"], s["objective"], s["budget_s"]) == ("tiling", "faster D128", 7200.0)
+    assert (s["gpu_rate_usd_per_h"], s["ai_rate_usd_per_h"]) == (2.5, 6.0)
+    assert s["plan"] == ["build", "bench"] and s["step_budgets"] == {"build": 60.0}
+
+    r = invoke("status")
+    assert r.exit_code == 0
+    assert "of 2h00m budget" in r.output and "next:      build" in r.output
+
+    r = invoke("status", "--json")
+    data = json.loads(r.output)
+    assert data["next_step"] == "build" and data["costs"]["rates_set"] == {"gpu": True, "ai": True}
+
+    r = invoke("end", "--outcome", "tile 128x64 wins", "--status", "failed")
+    assert r.exit_code == 0 and "Ended session 1 (tiling): failed" in r.output
+    s = get_session(open_db(), 1)
+    assert (s["status"], s["outcome"]) == ("failed", "tile 128x64 wins") and s["ended_at"]
+
+    r = invoke("show", "last")
+    assert "Session 1: tiling  [failed]" in r.output and "outcome:   tile 128x64 wins" in r.output
+    assert json.loads(invoke("show", "1", "--json").output)["session"]["id"] == s["id"]
+
+
+def test_second_start_refused_unless_forced():
+    assert invoke("start", "--objective", "a").exit_code == 0
+    r = invoke("start", "--objective", "b")
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines()[-1].startswith("Error: session 1 (Session 1) is still open")
+    assert invoke("start", "--objective", "b", "--force").exit_code == 0
+    assert get_session(open_db(), "last")["number"] == 2
+
+
+def test_rates_not_set_are_never_invented():
+    invoke("start", "--objective", "a")
+    r = invoke("status")
+    assert "GPU rate not set, AI rate not set, total rate not set" in r.output
+    assert json.loads(invoke("status", "--json").output)["costs"]["gpu_usd"] is None
+
+
+def test_defaults_from_nearest_pyproject(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.sessionkit]\nplan = ["preflight", "bench"]\nbudget = "90m"\ngpu_rate = 3.0\n'
+        '[tool.sessionkit.step_budgets]\nbench = "5m"\n')
+    sub = tmp_path / "deep" / "er"
+    sub.mkdir(parents=True)
+    monkeypatch.chdir(sub)
+    assert invoke("start", "--objective", "x", "--budget", "1h").exit_code == 0
+    s = get_session(open_db(), "last")
+    assert s["plan"] == ["preflight", "bench"] and s["budget_s"] == 3600.0
+    assert s["gpu_rate_usd_per_h"] == 3.0 and s["step_budgets"] == {"bench": 300.0}
+
+
+def test_bad_pyproject_is_one_line_error(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.sessionkit]\nbudget = "soon"\n')
+    r = invoke("start", "--objective", "x")
+    assert r.exit_code == 2
+    assert r.output.strip() == (f"Error: [tool.sessionkit] in {tmp_path / 'pyproject.toml'}: "
+                                "bad duration 'soon': use a form like 45s, 10m, 2h or 1h30m")
+
+
+@pytest.mark.parametrize("args, message, code", [
+    (["start", "--objective", "x", "--budget", "tomorrow"],
+     "Error: bad duration 'tomorrow': use a form like 45s, 10m, 2h or 1h30m", 2),
+    (["start", "--objective", "x", "--gpu-rate", "cheap"],
+     "Error: bad --gpu-rate 'cheap': give US dollars per hour, e.g. 2.50", 2),
+    (["start", "--objective", "x", "--step-budget", "build"],
+     "Error: bad step budget 'build': use NAME=DURATION, e.g. build=60s", 2),
+    (["start"], "Error: an objective is required: --objective TEXT", 2),
+    (["end", "--outcome", "x"], "Error: no open session; start one with: sessionkit start --objective TEXT", 1),
+])
+def test_bad_input_is_one_line(args, message, code):
+    if args[0] == "end":
+        invoke("start", "--objective", "x")
+        invoke("end", "--outcome", "done")
+    r = invoke(*args)
+    assert r.exit_code == code
+    assert r.output.strip().splitlines()[-1] == message
+
+
+def test_unknown_session_and_missing_db(tmp_path, monkeypatch):
+    r = invoke("show", "7")
+    assert r.exit_code == 1 and "Error: no database at" in r.output
+    invoke("start", "--objective", "x")
+    r = invoke("show", "7")
+    assert r.exit_code == 1 and r.output.strip() == "Error: no session matches '7'; see 'sessionkit sessions'"
+    monkeypatch.delenv("SESSIONKIT_DB")
+    r = invoke("status")
+    assert r.exit_code == 1 and "no sessionkit database here or in any parent folder" in r.output
+
+
+def test_db_that_is_not_sqlite(tmp_path):
+    bad = tmp_path / "x.db"
+    bad.write_text("hello, not a database\n" * 40)
+    r = invoke("--db", str(bad), "status")
+    assert r.exit_code == 1 and r.output.strip() == f"Error: {bad} is not a SQLite database"
+    r = invoke("status", "--db", str(bad))
+    assert r.exit_code == 1 and "is not a SQLite database" in r.output
+
+
+def test_sessions_list_and_export(tmp_path):
+    invoke("start", "one", "--objective", "a")
+    invoke("step", "run", "hello", "--", "echo", "hi")
+    invoke("end", "--outcome", "ok")
+    invoke("start", "two", "--objective", "b")
+    r = invoke("sessions")
+    assert r.exit_code == 0
+    lines = r.output.splitlines()
+    assert lines[2].split()[:2] == ["2", "two"] and lines[3].split()[:2] == ["1", "one"]
+    rows = json.loads(invoke("sessions", "--json").output)
+    assert [row["name"] for row in rows] == ["two", "one"] and rows[1]["passed"] == 1
+    data = json.loads(invoke("export", "1", "--json").output)
+    assert data["session"]["name"] == "one"
+    assert [s["name"] for s in data["steps"]] == ["hello"]
+    assert data["artifacts"][0]["kind"] == "log" and len(data["artifacts"][0]["sha256"]) == 64
+    out = tmp_path / "one.json"
+    assert invoke("export", "1", "-o", str(out)).exit_code == 0
+    assert json.loads(out.read_text())["session"]["id"] == data["session"]["id"]
+
+
+def test_session_ids_are_uuids_and_numbers_sequential():
+    import uuid
+
+    invoke("start", "--objective", "a")
+    invoke("end", "--outcome", "x")
+    invoke("start", "--objective", "b")
+    rows = json.loads(invoke("sessions", "--json").output)
+    assert [r["number"] for r in rows] == [2, 1]
+    for r in rows:
+        assert uuid.UUID(r["id"]).version == 4
+    assert rows[0]["name"] == "Session 2"

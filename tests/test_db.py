@@ -1,0 +1,130 @@
+"""The store: exact schema from blank, connection settings, location rules and DB errors."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import pytest
+
+from sessionkit.db import MIGRATIONS, applied_migrations, find_db, open_db, resolve_db_path
+from sessionkit.errors import DatabaseError, NoDatabaseError
+
+CORE_COLUMNS = {
+    "sessions": ["id", "number", "name", "objective", "status", "outcome", "started_at", "ended_at",
+                 "budget_s", "gpu_rate_usd_per_h", "ai_rate_usd_per_h", "plan", "step_budgets", "host",
+                 "cwd", "git_commit"],
+    "steps": ["id", "session_id", "seq", "name", "kind", "command", "options", "status", "started_at",
+              "ended_at", "duration_s", "budget_s", "exit_code", "message", "summary", "output_tail",
+              "host", "pid", "pid_started", "heartbeat_at"],
+    "metrics": ["id", "step_id", "key", "value", "unit", "subject"],
+    "artifacts": ["id", "step_id", "path", "kind", "sha256", "size_bytes", "created_at"],
+    "env_snapshots": ["id", "session_id", "step_id", "taken_at", "host", "python_version",
+                      "torch_version", "torch_cuda", "nvcc_version", "driver_version", "gpu_name",
+                      "gpu_cc", "git_commit", "data"],
+    "telemetry_samples": ["id", "step_id", "gpu_index", "t_unix_s", "power_w", "energy_mj",
+                          "sm_clock_mhz", "mem_clock_mhz", "temp_c", "gpu_util_pct", "mem_used_mib",
+                          "throttle_reasons", "throttled"],
+    "patterns_applied": ["id", "session_id", "pattern_id", "note", "applied_at"],
+}
+
+
+def test_migrate_from_blank_gives_exact_core_schema(tmp_path):
+    db = open_db(tmp_path / "new.db", create=True)
+    for table, columns in CORE_COLUMNS.items():
+        assert [c.name for c in db[table].columns] == columns, table
+    assert {"step_overview", "metric_overview"} <= set(db.view_names())
+    assert applied_migrations(db) == [name for name, _ in MIGRATIONS]
+    # foreign keys are declared, so Datasette can link rows
+    assert {fk.other_table for fk in db["steps"].foreign_keys} == {"sessions"}
+    assert {fk.other_table for fk in db["metrics"].foreign_keys} == {"steps"}
+
+
+def test_migrations_are_named_ordered_and_unique():
+    names = [name for name, _ in MIGRATIONS]
+    assert names[0] == "m001_core"
+    assert len(names) == len(set(names))
+    numbers = [int(name[1:4]) for name in names]
+    assert len(numbers) == len(set(numbers))
+
+
+def test_connection_settings(tmp_path):
+    db = open_db(tmp_path / "s.db", create=True)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    with pytest.raises(sqlite3.IntegrityError):
+        db["metrics"].insert({"step_id": "no-such-step", "key": "k", "value": 1})
+
+
+def test_reopen_is_idempotent(tmp_path):
+    path = tmp_path / "s.db"
+    open_db(path, create=True)["sessions"].insert(
+        {"id": "a", "number": 1, "name": "n", "started_at": "2026-01-01T00:00:00+00:00"})
+    again = open_db(path)
+    assert again["sessions"].count == 1
+    assert applied_migrations(again) == [name for name, _ in MIGRATIONS]
+
+
+def test_location_explicit_then_env_then_upward(tmp_path, monkeypatch):
+    monkeypatch.delenv("SESSIONKIT_DB")
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    assert find_db(start=nested) is None
+    found = tmp_path / ".sessionkit" / "sessions.db"
+    found.parent.mkdir()
+    open_db(found, create=True)
+    assert find_db(start=nested) == found
+    monkeypatch.setenv("SESSIONKIT_DB", str(tmp_path / "env.db"))
+    assert find_db(start=nested) == tmp_path / "env.db"
+    assert find_db("x.db", start=nested).name == "x.db"
+
+
+def test_create_in_working_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("SESSIONKIT_DB")
+    with pytest.raises(NoDatabaseError, match="sessionkit start"):
+        resolve_db_path(start=tmp_path)
+    assert resolve_db_path(create=True, start=tmp_path) == tmp_path / ".sessionkit" / "sessions.db"
+
+
+def test_not_sqlite(tmp_path):
+    bad = tmp_path / "notes.db"
+    bad.write_text("this is not a database, just some notes\n" * 50)
+    with pytest.raises(DatabaseError, match="is not a SQLite database"):
+        open_db(bad)
+
+
+def test_missing_db(tmp_path):
+    with pytest.raises(NoDatabaseError, match="no database at"):
+        open_db(tmp_path / "missing.db")
+
+
+def test_folder_instead_of_file(tmp_path):
+    with pytest.raises(DatabaseError, match="is a folder"):
+        open_db(tmp_path)
+
+
+def test_location_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(DatabaseError, match="cannot create"):
+        open_db(blocker / "sub" / "s.db", create=True)
+
+
+def test_read_only_filesystem():
+    # /proc accepts no new files, even for root
+    with pytest.raises(DatabaseError, match="cannot open database|read-only"):
+        open_db("/proc/sessionkit-test.db", create=True)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_db(tmp_path):
+    path = tmp_path / "ro.db"
+    open_db(path, create=True)
+    path.chmod(0o444)
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(DatabaseError):
+            open_db(path)["sessions"].insert({"id": "x"})
+    finally:
+        tmp_path.chmod(0o755)
