@@ -60,7 +60,7 @@ def fmt_duration(seconds: float | None) -> str:
     seconds = float(seconds)
     if seconds < 10:
         return f"{seconds:.1f} s"
-    if seconds < 60:
+    if seconds < 60.5:
         return f"{seconds:.0f} s"
     minutes, sec = divmod(int(round(seconds)), 60)
     if minutes < 60:

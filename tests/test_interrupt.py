@@ -1,0 +1,129 @@
+"""Nothing recorded is lost: kill -9, Ctrl-C and SIGTERM against a real sessionkit process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sessionkit.db import open_db
+
+SLEEPER = "import time; print('started', flush=True); time.sleep(60)"
+
+
+def sk(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "sessionkit", *args], capture_output=True, text=True,
+                          env=env or os.environ.copy(), timeout=60, **kw)
+
+
+def spawn_step(name: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sessionkit", "step", "run", name, "--", sys.executable, "-c", SLEEPER],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_running(proc: subprocess.Popen, name: str) -> dict:
+    """Wait until the child printed 'started' and the step row is 'running'."""
+    deadline = time.time() + 30
+    seen = ""
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        seen += line
+        if "started" in line:
+            break
+    else:
+        raise AssertionError(f"step never started: {seen}")
+    db = open_db()
+    row = db.execute("SELECT id, status, pid FROM steps WHERE name = ?", [name]).fetchone()
+    assert row[1] == "running"
+    return {"id": row[0], "pid": row[2]}
+
+
+@pytest.fixture
+def session_with_history():
+    assert sk("start", "--objective", "survive").returncode == 0
+    assert sk("step", "run", "before", "--", "echo", "kept").returncode == 0
+    db = open_db()
+    return [dict(r) for r in db.query("SELECT * FROM steps ORDER BY seq")]
+
+
+def test_kill_9_is_detected_by_next_command(session_with_history):
+    proc = spawn_step("victim")
+    wait_running(proc, "victim")
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, as when a machine is lost
+    proc.wait(timeout=10)
+
+    status = sk("status")
+    assert status.returncode == 0
+    assert "Notice: step 'victim' of session 1 was marked interrupted" in status.stderr
+    victim_line = next(line for line in status.stdout.splitlines() if " victim " in line)
+    assert "interrupted" in victim_line
+
+    db = open_db()
+    rows = [dict(r) for r in db.query("SELECT * FROM steps ORDER BY seq")]
+    assert rows[0] == session_with_history[0]  # earlier rows untouched
+    victim = rows[1]
+    assert victim["status"] == "interrupted" and "ended without a word" in victim["message"]
+    assert "started" in victim["output_tail"]  # recovered from the log on disk
+    assert victim["duration_s"] is not None and victim["duration_s"] >= 0
+    # it is reported once; the next command has nothing to say
+    assert "Notice" not in sk("status").stderr
+
+
+def test_ctrl_c_marks_interrupted_and_exits_130(session_with_history):
+    proc = spawn_step("ctrlc")
+    wait_running(proc, "ctrlc")
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal sends SIGINT to the whole foreground group
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert "[2] ctrlc INTERRUPTED (exit 130)" in out
+    db = open_db()
+    row = dict(next(db.query("SELECT * FROM steps WHERE name = 'ctrlc'")))
+    assert row["status"] == "interrupted" and row["exit_code"] == 130
+    assert row["message"] == "interrupted by Ctrl-C" and "started" in row["output_tail"]
+    assert dict(next(db.query("SELECT * FROM steps WHERE seq = 1"))) == session_with_history[0]
+
+
+def test_sigterm_marks_interrupted_and_exits_143(session_with_history):
+    proc = spawn_step("term")
+    info = wait_running(proc, "term")
+    os.kill(info["pid"], signal.SIGTERM)  # only sessionkit; it must stop its child itself
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 143, out
+    db = open_db()
+    row = dict(next(db.query("SELECT * FROM steps WHERE name = 'term'")))
+    assert (row["status"], row["exit_code"], row["message"]) == ("interrupted", 143, "interrupted by SIGTERM")
+    assert json.loads(row["command"])[-1] == SLEEPER
+
+
+def test_step_on_another_host_is_reaped_only_when_heartbeat_is_stale(db, session):
+    from sessionkit.liveness import STALE_AFTER_S, reap_dead_steps
+    from sessionkit.timefmt import now_iso, utcnow
+    import datetime as dt
+
+    old = (utcnow() - dt.timedelta(seconds=STALE_AFTER_S + 5)).isoformat()
+    for step_id, beat in (("fresh", now_iso()), ("stale", old)):
+        db["steps"].insert({"id": step_id, "session_id": session["id"], "seq": 1 if step_id == "fresh" else 2,
+                            "name": step_id, "started_at": old, "host": "other-gpu-host", "pid": 1,
+                            "heartbeat_at": beat})
+    notices = reap_dead_steps(db)
+    assert len(notices) == 1 and "'stale'" in notices[0] and "other-gpu-host" in notices[0]
+    status = {r["id"]: r["status"] for r in db["steps"].rows}
+    assert status == {"fresh": "running", "stale": "interrupted"}
+
+
+def test_reused_pid_is_not_mistaken_for_the_step(db, session):
+    from sessionkit.liveness import reap_dead_steps
+    from sessionkit.timefmt import now_iso
+    import socket
+
+    # our own pid is alive, but its recorded start time belongs to another process
+    db["steps"].insert({"id": "s", "session_id": session["id"], "seq": 1, "name": "s",
+                        "started_at": now_iso(), "host": socket.gethostname(), "pid": os.getpid(),
+                        "pid_started": 1.0, "heartbeat_at": now_iso()})
+    assert len(reap_dead_steps(db)) == 1

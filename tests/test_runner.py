@@ -1,0 +1,175 @@
+"""The step runner: recording, progress lines, estimates from history, failures and crashes."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from sessionkit import steps as steps_mod
+from sessionkit.cli import cli
+from sessionkit.db import open_db
+from sessionkit.progress import Progress, estimate_from_history
+from sessionkit.runner import exit_code_for, run_step
+from sessionkit.sessions import session_steps
+from sessionkit.steps import Metric, Step, StepResult
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+class Counting(Step):
+    name = "counting"
+    description = "Counts to n and records a metric."
+    budget_s = 5.0
+    params = [click.Option(["--n"], type=int, default=3)]
+
+    def run(self, context):
+        for i in range(context.options["n"]):
+            context.progress.update(i + 1, context.options["n"], "counting")
+        context.metric("counted", context.options["n"], unit="count")
+        return StepResult("passed", message="counted", summary={"n": context.options["n"]},
+                          metrics=[Metric("answer", 42, "count", subject="x")])
+
+
+class Crashing(Step):
+    name = "crashing"
+    description = "Raises a bug."
+
+    def run(self, context):
+        raise ZeroDivisionError("division by zero in step")
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    monkeypatch.setitem(steps_mod.REGISTRY, "counting", f"{__name__}:Counting")
+    monkeypatch.setitem(steps_mod.REGISTRY, "crashing", f"{__name__}:Crashing")
+
+
+def test_registered_step_runs_with_its_options(registered):
+    invoke("start", "--objective", "x", "--plan", "preflight,counting")
+    r = invoke("step", "counting", "--n", "4")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == "[2/2] counting - no earlier runs to estimate from, budget 5.0 s"
+    assert "    4/4 counting" in lines
+    assert lines[-1].startswith("[2/2] counting passed in ") and lines[-1].endswith("(budget 5.0 s): counted")
+    db = open_db()
+    (row,) = session_steps(db, db.execute("SELECT id FROM sessions").fetchone()[0])
+    assert (row["status"], row["summary"], row["options"]) == ("passed", {"n": 4}, {"n": 4})
+    metrics = {(m["key"], m["value"], m["unit"]) for m in db["metrics"].rows}
+    assert metrics == {("counted", 4.0, "count"), ("answer", 42.0, "count")}
+    assert "counting" in invoke("step", "list").output
+    assert "--n" in invoke("step", "counting", "--help").output
+
+
+def test_estimate_comes_from_history(registered):
+    invoke("start", "--objective", "x")
+    for _ in range(3):
+        invoke("step", "counting")
+    db = open_db()
+    expected, runs = estimate_from_history(db, "counting")
+    durations = sorted(r["duration_s"] for r in db["steps"].rows)
+    assert runs == 3 and expected == durations[1]
+    r = invoke("step", "counting")
+    assert "(median of 3 earlier runs), budget 5.0 s" in r.output.splitlines()[0]
+
+
+def test_crash_is_recorded_with_traceback_artifact(registered):
+    invoke("start", "--objective", "x")
+    r = invoke("step", "crashing")
+    assert r.exit_code == 1
+    assert "FAILED" in r.output and "step crashed: ZeroDivisionError: division by zero in step" in r.output
+    assert "Traceback" not in r.output
+    db = open_db()
+    (row,) = db["steps"].rows
+    assert row["status"] == "failed"
+    (art,) = db["artifacts"].rows
+    assert art["kind"] == "traceback"
+    assert "ZeroDivisionError" in open(art["path"]).read()
+
+
+def test_step_run_records_exit_code_tail_and_log():
+    invoke("start", "--objective", "x")
+    script = "import sys\nfor i in range(250): print('line', i)\nsys.exit(3)"
+    r = invoke("step", "run", "noisy", "--", "python3", "-c", script)
+    assert r.exit_code == 3
+    db = open_db()
+    (row,) = db["steps"].rows
+    assert (row["status"], row["exit_code"], row["kind"]) == ("failed", 3, "command")
+    tail = row["output_tail"].splitlines()
+    assert len(tail) == 200 and tail[0] == "line 50" and tail[-1] == "line 249"
+    assert json.loads(row["command"]) == ["python3", "-c", script]
+    (log,) = db["artifacts"].rows
+    assert log["kind"] == "log" and open(log["path"]).read().count("\n") == 250
+
+
+def test_step_run_streams_output_live():
+    invoke("start", "--objective", "x")
+    r = invoke("step", "run", "echo", "--", "echo", "hello world")
+    assert r.exit_code == 0
+    assert "hello world" in r.output
+
+
+def test_step_run_errors():
+    r = invoke("step", "run", "x", "--", "true")
+    assert r.exit_code == 1 and "no database" in r.output
+    invoke("start", "--objective", "x")
+    r = invoke("step", "run", "x", "--")
+    assert r.exit_code == 2
+    assert r.output.strip() == "Error: no command given after --: sessionkit step run NAME -- CMD ARGS..."
+    r = invoke("step", "run", "x", "--", "no-such-command-anywhere")
+    assert r.exit_code == 127 and "command not found: no-such-command-anywhere" in r.output
+    r = invoke("step", "nonexistent")
+    assert r.exit_code == 2 and "No such command 'nonexistent'" in r.output
+
+
+def test_step_needs_open_session():
+    invoke("start", "--objective", "x")
+    invoke("end", "--outcome", "done")
+    r = invoke("step", "run", "x", "--", "true")
+    assert r.exit_code == 1
+    assert r.output.strip() == "Error: no open session; start one with: sessionkit start --objective TEXT"
+
+
+def test_heartbeat_lines_on_long_steps(monkeypatch):
+    monkeypatch.setenv("SESSIONKIT_PROGRESS_EVERY", "0.3")
+    invoke("start", "--objective", "x")
+    r = invoke("step", "run", "sleepy", "--", "sleep", "1.2")
+    beats = [line for line in r.output.splitlines() if line.startswith("[1] sleepy ... ")]
+    assert len(beats) >= 2
+    db = open_db()
+    (row,) = db["steps"].rows
+    assert row["heartbeat_at"] > row["started_at"]
+
+
+def test_progress_line_formats(capsys):
+    p = Progress("[2/4]", "build", color=False)
+    p.start(expected_s=45, runs=5, budget_s=60)
+    p.heartbeat(90)
+    p.end("passed", 38, budget_s=60)
+    p.end("failed", 12, budget_s=60, exit_code=2, log="/tmp/build.log")
+    assert capsys.readouterr().out.splitlines() == [
+        "[2/4] build - expected about 45 s (median of 5 earlier runs), budget 60 s",
+        "[2/4] build ... 1m30s, expected 45 s",
+        "[2/4] build passed in 38 s (budget 60 s)",
+        "[2/4] build FAILED (exit 2) in 12 s; log: /tmp/build.log",
+    ]
+
+
+def test_exit_codes_for_rows():
+    assert exit_code_for({"status": "passed"}) == 0
+    assert exit_code_for({"status": "skipped"}) == 0
+    assert exit_code_for({"status": "failed", "exit_code": 3}) == 3
+    assert exit_code_for({"status": "failed", "exit_code": None}) == 1
+    assert exit_code_for({"status": "interrupted", "exit_code": 143}) == 143
+
+
+def test_library_run_step_without_cli(db, session):
+    from sessionkit.steps.command import CommandStep
+
+    row = run_step(db, session, CommandStep(), {"argv": ["true"]}, name="t", kind="command")
+    assert row["status"] == "passed" and row["seq"] == 1 and row["exit_code"] == 0
