@@ -113,24 +113,30 @@ def run_step(db, session: dict, step: Step, options: dict | None = None, *, name
     name = name or step.name
     if session["status"] != "open":
         raise SessionkitError(f"session {session['number']} is {session['status']}; start a new one")
-    seq = (db.execute("SELECT COALESCE(MAX(seq), 0) FROM steps WHERE session_id = ?",
-                      [session["id"]]).fetchone()[0]) + 1
     budgets = session.get("step_budgets") or {}
     budget = budget_s or budgets.get(name) or step.budget_s
     step_id = str(uuid.uuid4())
+    row = {
+        "id": step_id, "session_id": session["id"], "name": name, "kind": kind,
+        "command": json.dumps(command) if command is not None else None,
+        "options": json.dumps(options, default=str), "status": "running",
+        "started_at": now_iso(), "budget_s": budget, "host": socket.gethostname(),
+        "pid": os.getpid(), "pid_started": process_start_time(os.getpid()),
+        "heartbeat_at": now_iso(),
+    }
+    # One statement, so that two processes recording steps at once never share a seq.
+    columns = ", ".join(row)
+    marks = ", ".join("?" * len(row))
+    with db.conn:
+        db.execute(
+            f"INSERT INTO steps (seq, {columns}) VALUES ("
+            "(SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE session_id = ?), " + marks + ")",
+            [session["id"], *row.values()])
+    seq = db.execute("SELECT seq FROM steps WHERE id = ?", [step_id]).fetchone()[0]
     progress = Progress(step_position(session, name, seq, index, total), name, stream=stream)
-    expected, runs = estimate_from_history(db, name)
+    expected, runs = estimate_from_history(db, name, exclude_step=step_id)
     workdir = artifacts_dir(db, session, seq, name)
     workdir.mkdir(parents=True, exist_ok=True)
-    with db.conn:
-        db["steps"].insert({
-            "id": step_id, "session_id": session["id"], "seq": seq, "name": name, "kind": kind,
-            "command": json.dumps(command) if command is not None else None,
-            "options": json.dumps(options, default=str), "status": "running",
-            "started_at": now_iso(), "budget_s": budget, "host": socket.gethostname(),
-            "pid": os.getpid(), "pid_started": process_start_time(os.getpid()),
-            "heartbeat_at": now_iso(),
-        })
     progress.start(expected_s=expected, runs=runs, budget_s=budget)
     context = StepContext(db=db, session=session, step_id=step_id, seq=seq, progress=progress,
                           options=options, workdir=workdir)

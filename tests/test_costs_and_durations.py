@@ -1,0 +1,77 @@
+"""Costs from rates and wall time; duration parsing and formatting."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sessionkit.costs import session_costs
+from sessionkit.errors import UsageError
+from sessionkit.timefmt import fmt_duration, fmt_money, parse_duration, parse_rate
+
+T0 = "2026-01-01T00:00:00+00:00"
+
+
+def test_costs_are_rate_times_open_wall_time():
+    session = {"started_at": T0, "ended_at": "2026-01-01T02:00:00+00:00",
+               "gpu_rate_usd_per_h": 2.5, "ai_rate_usd_per_h": 6.0}
+    steps = [{"id": "a", "status": "passed", "started_at": T0, "duration_s": 1800.0},
+             {"id": "b", "status": "failed", "started_at": T0, "duration_s": 900.0}]
+    c = session_costs(session, steps)
+    assert (c["gpu_usd"], c["ai_usd"], c["total_usd"]) == (5.0, 12.0, 17.0)
+    assert c["per_step"]["a"] == {"seconds": 1800.0, "gpu_usd": 1.25, "ai_usd": 3.0, "total_usd": 4.25}
+    assert c["per_passed_step_usd"] == 17.0
+
+
+def test_unset_rates_stay_unset():
+    session = {"started_at": T0, "ended_at": "2026-01-01T01:00:00+00:00",
+               "gpu_rate_usd_per_h": None, "ai_rate_usd_per_h": 4.0}
+    c = session_costs(session, [])
+    assert c["gpu_usd"] is None and c["ai_usd"] == 4.0 and c["total_usd"] == 4.0
+    assert c["per_passed_step_usd"] is None
+    none = session_costs({**session, "ai_rate_usd_per_h": None}, [])
+    assert none["total_usd"] is None and fmt_money(none["total_usd"]) == "rate not set"
+
+
+def test_open_session_costs_up_to_now():
+    session = {"started_at": T0, "ended_at": None, "gpu_rate_usd_per_h": 3.6, "ai_rate_usd_per_h": None}
+    assert session_costs(session, [], now="2026-01-01T00:10:00+00:00")["gpu_usd"] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("45s", 45), ("2h", 7200), ("1h30m", 5400),
+                                           ("1.5h", 5400), ("250ms", 0.25), ("10 m", 600), ("1d", 86400)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "0", "-5", "5x", "h", "1h x", "inf", "nan"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(UsageError, match="bad duration"):
+        parse_duration(text)
+
+
+@given(st.text(max_size=20))
+def test_parse_duration_never_raises_anything_else(text):
+    try:
+        assert parse_duration(text) > 0
+    except UsageError:
+        pass
+
+
+@given(st.integers(min_value=1, max_value=10**6))
+def test_duration_round_trip_through_seconds(n):
+    assert parse_duration(f"{n}s") == n
+    assert fmt_duration(n)  # never empty
+
+
+def test_parse_rate():
+    assert parse_rate("$2.50", "gpu rate") == 2.5 and parse_rate(None, "x") is None
+    for bad in ("cheap", "-1", "nan"):
+        with pytest.raises(UsageError):
+            parse_rate(bad, "gpu rate")
+
+
+def test_fmt_duration():
+    assert [fmt_duration(s) for s in (None, 3.25, 45, 60, 90, 3725)] == ["-", "3.2 s", "45 s", "60 s",
+                                                                          "1m30s", "1h02m"]

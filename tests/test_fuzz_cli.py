@@ -1,0 +1,48 @@
+"""Fuzzed command lines never produce a traceback: only usage errors or one-line errors."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sessionkit.cli import cli
+
+COMMANDS = [["start"], ["status"], ["end"], ["sessions"], ["show"], ["export"], ["step", "list"],
+            ["step", "run", "fz", "--", "true"], ["step", "run", "fz", "--", "false"], ["step"]]
+OPTIONS = ["--objective", "--plan", "--budget", "--gpu-rate", "--ai-rate", "--step-budget", "--force",
+           "--outcome", "--status", "--json", "--limit", "--db", "-o", "--session", "-m", "--help"]
+WORDS = st.one_of(
+    st.sampled_from(["1", "0", "-1", "last", "open", "2h", "1h30m", "nan", "inf", "$3", "x=1",
+                     "build=60s", "passed", "abandoned", "", " ", "1e309", "999999999999999999999",
+                     "preflight,,build", "\x00", "é", "--", "-"]),
+    st.text(min_size=0, max_size=12),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(command=st.sampled_from(COMMANDS),
+       extra=st.lists(st.one_of(st.sampled_from(OPTIONS), WORDS), max_size=6),
+       started=st.booleans())
+def test_no_tracebacks(tmp_path, command, extra, started):
+    runner = CliRunner()
+    if started:
+        runner.invoke(cli, ["start", "--objective", "fuzz", "--force"])
+    args = list(command) + list(extra) if command[:2] != ["step", "run"] else list(command)
+    if "--db" in args:  # keep fuzzed paths inside the test folder
+        i = args.index("--db")
+        if i + 1 < len(args):
+            args[i + 1] = str(tmp_path / ("fz" + "".join(c for c in args[i + 1] if c.isalnum())))
+    if "-o" in args:
+        i = args.index("-o")
+        if i + 1 < len(args):
+            args[i + 1] = str(tmp_path / "out.json")
+    result = runner.invoke(cli, args)
+    assert "Traceback" not in result.output
+    if result.exception is not None:
+        assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code in (0, 1, 2), (args, result.exit_code, result.output)
+    if result.exit_code != 0:
+        last = result.output.strip().splitlines()[-1] if result.output.strip() else ""
+        assert last.startswith("Error:") or "Usage:" in result.output or args[:2] == ["step", "run"], \
+            (args, result.output)
