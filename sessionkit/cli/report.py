@@ -1,0 +1,123 @@
+"""Reports: ``report``, ``history``, ``patterns`` and ``pattern apply|list|show``."""
+
+from __future__ import annotations
+
+import click
+
+from .common import db_option, echo_json, json_option, open_db
+
+_out_option = click.option("-o", "--output", "out", type=click.Path(dir_okay=False),
+                           help="Write Markdown to this file (and plots beside it) instead of printing.")
+
+
+def register(cli: click.Group) -> None:
+    for command in (report, history, patterns, pattern):
+        cli.add_command(command)
+
+
+def _emit(result, as_json: bool, data) -> None:
+    if as_json:
+        echo_json(data)
+    elif result.path is not None:
+        for image in result.images:
+            click.echo(f"plot: {image}")
+        click.echo(f"Wrote {result.path}")
+    else:
+        click.echo(result.text, nl=False)
+
+
+@click.command()
+@click.argument("session_ref", metavar="[SESSION]", required=False)
+@_out_option
+@click.option("--no-plots", is_flag=True, help="Do not draw plots (with -o).")
+@db_option
+@json_option
+@click.pass_context
+def report(ctx, session_ref, out, no_plots, as_json):
+    """A session's Markdown report. SESSION: number, id, name or 'last' (default: the open session,
+    else the last one)."""
+    from ..report import session_report
+
+    db = open_db(ctx)
+    result = session_report(db, session_ref, out=None if as_json else out, plots=not no_plots)
+    _emit(result, as_json, result.data)
+
+
+@click.command()
+@_out_option
+@db_option
+@json_option
+@click.pass_context
+def history(ctx, out, as_json):
+    """All sessions in one table, and the trend of the last ones."""
+    from ..report import history_report
+
+    db = open_db(ctx)
+    result = history_report(db, out=None if as_json else out)
+    _emit(result, as_json, result.data)
+
+
+@click.command()
+@_out_option
+@db_option
+@json_option
+@click.pass_context
+def patterns(ctx, out, as_json):
+    """The pattern library, with the sessions that applied each pattern and its measured effect."""
+    from ..report import patterns_report
+
+    db = open_db(ctx)
+    result = patterns_report(db, out=None if as_json else out)
+    _emit(result, as_json, result.data)
+
+
+@click.group()
+def pattern():
+    """Apply, list or show lessons from the pattern library."""
+
+
+@pattern.command("apply")
+@click.argument("pattern_id", metavar="ID")
+@click.option("--note", help="What was done, in a sentence.")
+@db_option
+@json_option
+@click.pass_context
+def pattern_apply(ctx, pattern_id, note, as_json):
+    """Record that the open session applies pattern ID."""
+    from ..report.patterns import apply_pattern, get_pattern
+
+    db = open_db(ctx)
+    row = apply_pattern(db, pattern_id, note)
+    if as_json:
+        echo_json(row)
+        return
+    click.echo(f"Applied {row['pattern_id']} ({get_pattern(row['pattern_id']).title}) to the open session")
+
+
+@pattern.command("list")
+@json_option
+def pattern_list(as_json):
+    """The ids, titles and metrics of all patterns."""
+    from ..report.patterns import load_patterns
+    from ..views import table
+
+    found = load_patterns()
+    if as_json:
+        echo_json([p.as_dict() for p in found])
+        return
+    click.echo(table(["id", "title", "metric"], [[p.id, p.title, p.metric] for p in found]))
+
+
+@pattern.command("show")
+@click.argument("pattern_id", metavar="ID")
+def pattern_show(pattern_id):
+    """Print one pattern in full."""
+    from ..report.patterns import get_pattern
+
+    p = get_pattern(pattern_id)
+    click.echo(f"{p.title} ({p.id})\n")
+    for label, text in (("problem", p.problem), ("solution", p.solution), ("when", p.when),
+                        ("metric", f"{p.metric} ({p.better} is better)")):
+        click.echo(f"{label + ':':10} {text}")
+    click.echo("")
+    click.echo(p.body)

@@ -1,0 +1,76 @@
+"""Reports: a session's Markdown report, the history of all sessions, and the pattern library.
+
+Data first (:mod:`.data`, :mod:`.history`, :mod:`.patterns` return plain dicts computed from the
+database), then rendering (:mod:`.render`, Jinja templates in ``templates/``), then optional plots
+(:mod:`.plots`, matplotlib). Nothing heavy is imported at package import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Report:
+    text: str
+    path: Path | None = None
+    images: list[Path] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+
+
+def session_report(db, session_ref=None, out: str | Path | None = None, *, plots: bool = True,
+                   now: str | None = None) -> Report:
+    """Render one session's report; with ``out``, write it there with its plots beside it."""
+    from .data import report_data
+    from .render import render
+
+    data = report_data(db, session_ref, now=now)
+    path = Path(out) if out is not None else None
+    if path is None:
+        plot_info = {"state": "stdout", "hint": None, "images": []}
+    elif not plots:
+        plot_info = {"state": "disabled", "hint": None, "images": []}
+    else:
+        from .plots import make_plots
+
+        plot_info = make_plots(data, path.parent, path.stem)
+    text = render("report.md.j2", r=data, plots=plot_info)
+    if path is not None:
+        _write(path, text)
+    images = [path.parent / img["file"] for img in plot_info["images"]] if path else []
+    return Report(text=text, path=path, images=images, data=data)
+
+
+def history_report(db, out: str | Path | None = None, *, now: str | None = None) -> Report:
+    from .history import history_data
+    from .render import render
+
+    data = history_data(db, now=now)
+    text = render("history.md.j2", h=data)
+    path = Path(out) if out is not None else None
+    if path is not None:
+        _write(path, text)
+    return Report(text=text, path=path, data=data)
+
+
+def patterns_report(db, out: str | Path | None = None) -> Report:
+    from .patterns import pattern_evidence
+    from .render import render
+
+    evidence = pattern_evidence(db)
+    text = render("patterns.md.j2", patterns=evidence)
+    path = Path(out) if out is not None else None
+    if path is not None:
+        _write(path, text)
+    return Report(text=text, path=path, data={"patterns": evidence})
+
+
+def _write(path: Path, text: str) -> None:
+    from ..errors import SessionkitError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise SessionkitError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,130 @@
+"""Per-session figures for all sessions at once, each from one aggregate SQL query.
+
+History and the pattern evidence read every session; they use these so that the number of queries
+does not grow with the number of sessions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+
+def table_exists(db, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                      [name]).fetchone() is not None
+
+
+def geomean(values) -> float | None:
+    vals = [float(v) for v in values if v is not None and v > 0]
+    if not vals:
+        return None
+    return math.exp(sum(math.log(v) for v in vals) / len(vals))
+
+
+def median(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def bench_speedups(db) -> dict[str, dict]:
+    """session_id -> {"geomean", "best", "configs", "step_id"} from the session's last bench step.
+
+    Speedups are the ``speedup_vs_sdpa`` of our kernel's ``ok`` rows in ``bench_results``.
+    """
+    if not table_exists(db, "bench_results"):
+        return {}
+    rows = db.execute(
+        """SELECT st.session_id, st.seq, st.id, br.speedup_vs_sdpa
+           FROM bench_results br JOIN steps st ON st.id = br.step_id
+           WHERE br.impl = 'ours' AND br.status = 'ok' AND br.speedup_vs_sdpa IS NOT NULL
+           ORDER BY st.session_id, st.seq""").fetchall()
+    last: dict[str, tuple[int, str, list[float]]] = {}
+    for session_id, seq, step_id, speedup in rows:
+        cur = last.get(session_id)
+        if cur is None or seq > cur[0]:
+            cur = (seq, step_id, [])
+            last[session_id] = cur
+        if seq == cur[0]:
+            cur[2].append(speedup)
+    return {sid: {"geomean": geomean(vals), "best": max(vals), "configs": len(vals), "step_id": step_id}
+            for sid, (_seq, step_id, vals) in last.items()}
+
+
+def correctness_by_session(db) -> dict[str, dict]:
+    """session_id -> the last finished correctness step: {"status", "configs", "passed", "worst_ratio"}."""
+    has_table = table_exists(db, "correctness_results")
+    if has_table:
+        sql = """SELECT st.session_id, st.seq, st.status, COUNT(cr.id), SUM(cr.passed),
+                        MAX(CASE WHEN cr.bound > 0 THEN cr.max_err / cr.bound END)
+                 FROM steps st LEFT JOIN correctness_results cr ON cr.step_id = st.id
+                 WHERE st.name = 'correctness' AND st.status != 'running'
+                 GROUP BY st.id"""
+    else:
+        sql = """SELECT st.session_id, st.seq, st.status, 0, 0, NULL FROM steps st
+                 WHERE st.name = 'correctness' AND st.status != 'running'"""
+    out: dict[str, dict] = {}
+    seqs: dict[str, int] = {}
+    for session_id, seq, status, configs, passed, worst in db.execute(sql).fetchall():
+        if session_id in seqs and seqs[session_id] > seq:
+            continue
+        seqs[session_id] = seq
+        out[session_id] = {"status": status, "configs": configs or 0, "passed": passed or 0,
+                           "worst_ratio": worst}
+    return out
+
+
+def step_counts(db) -> dict[str, dict]:
+    """session_id -> counts of steps by status and seconds lost to interrupted steps."""
+    out = {}
+    for sid, total, passed, failed, interrupted, skipped, lost in db.execute(
+            """SELECT session_id, COUNT(*), SUM(status = 'passed'), SUM(status = 'failed'),
+                      SUM(status = 'interrupted'), SUM(status = 'skipped'),
+                      SUM(CASE WHEN status = 'interrupted' THEN COALESCE(duration_s, 0) ELSE 0 END)
+               FROM steps GROUP BY session_id""").fetchall():
+        out[sid] = {"steps": total, "passed": passed or 0, "failed": failed or 0,
+                    "interrupted": interrupted or 0, "skipped": skipped or 0,
+                    "interrupted_s": lost or 0.0}
+    return out
+
+
+def step_durations(db, name: str) -> dict[str, float]:
+    """session_id -> total seconds spent in finished steps called ``name`` (retries included)."""
+    return {sid: total for sid, total in db.execute(
+        """SELECT session_id, SUM(duration_s) FROM steps
+           WHERE name = ? AND status != 'running' AND duration_s IS NOT NULL
+           GROUP BY session_id""", [name]).fetchall()}
+
+
+def step_failures(db, name: str) -> dict[str, float]:
+    """session_id -> failed runs of step ``name``, for sessions that ran it at least once."""
+    return {sid: float(n or 0) for sid, n in db.execute(
+        """SELECT session_id, SUM(status = 'failed') FROM steps
+           WHERE name = ? AND status != 'running' GROUP BY session_id""", [name]).fetchall()}
+
+
+def step_metric(db, step_name: str, key: str, subject: str | None = None) -> dict[str, float]:
+    """session_id -> the metric ``key`` (and ``subject``) of the last step called ``step_name``."""
+    sql = """SELECT st.session_id, st.seq, m.value FROM metrics m JOIN steps st ON st.id = m.step_id
+             WHERE st.name = ? AND m.key = ? AND m.value IS NOT NULL"""
+    args = [step_name, key]
+    if subject is not None:
+        sql += " AND m.subject = ?"
+        args.append(subject)
+    sql += " ORDER BY st.seq, m.id"
+    out: dict[str, float] = {}
+    for sid, _seq, value in db.execute(sql, args).fetchall():
+        out[sid] = value  # ordered by seq: the last one wins
+    return out
+
+
+def decode_json(text, default=None):
+    if text is None:
+        return default
+    if isinstance(text, (dict, list)):
+        return text
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return default

@@ -1,0 +1,424 @@
+"""What a session report says, as plain data computed from the database.
+
+Everything here returns dicts and lists of numbers and strings read from rows (or computed from
+them in the open, like a geometric mean); the templates only format. A section without data is
+``None`` or an empty list, and the template says so in one line.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..costs import session_costs
+from ..sessions import get_session, session_steps
+from ..timefmt import now_iso, seconds_between
+from . import aggregates
+from .aggregates import decode_json, geomean, table_exists
+
+BUILD_KERNEL_KEYS = ("registers", "smem_bytes", "spill_store_bytes", "spill_load_bytes")
+TELEMETRY_KEYS = ("power_mean_w", "power_max_w", "energy_j", "temp_max_c", "sm_clock_min_mhz",
+                  "sm_clock_max_mhz", "throttled_share", "samples")
+PROFILE_KEYS = ("sm_throughput_pct", "dram_throughput_pct", "tensor_pipe_pct",
+                "achieved_occupancy_pct", "registers_per_thread", "smem_per_block_bytes",
+                "l2_hit_rate_pct", "duration_ms")
+CONFIG_KEYS = ("dtype", "batch_size", "num_heads", "seq_len_q", "seq_len_k", "head_dim", "causal")
+SDPA_IMPLS = ("sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math")
+REGRESSION_THRESHOLD = 0.05  # a change in median latency smaller than this is called "same"
+
+
+def config_label(row: dict) -> str:
+    """``bf16 B2 H16 S4096 D128 causal`` (``Sq1024 Sk4096`` when they differ)."""
+    sq, sk = row.get("seq_len_q"), row.get("seq_len_k")
+    seq = f"S{sq}" if sq == sk else f"Sq{sq} Sk{sk}"
+    parts = [str(row.get("dtype")), f"B{row.get('batch_size')}", f"H{row.get('num_heads')}", seq,
+             f"D{row.get('head_dim')}", "causal" if row.get("causal") else "non-causal"]
+    if row.get("layout"):
+        parts.append(row["layout"])
+    return " ".join(parts)
+
+
+def config_key(row: dict) -> tuple:
+    return tuple(row.get(k) for k in CONFIG_KEYS)
+
+
+def _last_step(steps: list[dict], name: str, *, finished: bool = True) -> dict | None:
+    found = [s for s in steps if s["name"] == name and (not finished or s["status"] != "running")]
+    return found[-1] if found else None
+
+
+def _step_metrics(db, step_id: str) -> list[dict]:
+    return [dict(r) for r in db.query(
+        "SELECT key, value, unit, subject FROM metrics WHERE step_id = ? ORDER BY id", [step_id])]
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+def header_section(session: dict, env: dict | None, now: str) -> dict:
+    end = session.get("ended_at")
+    gpu = None
+    if env:
+        gpus = env["data"].get("gpus") or []
+        gpu = env.get("gpu_name") or (gpus[0].get("name") if gpus else None)
+        if gpu and (env.get("gpu_cc") or (gpus and gpus[0].get("cc"))):
+            gpu = f"{gpu} (cc {env.get('gpu_cc') or gpus[0].get('cc')})"
+    return {
+        "id": session["id"], "number": session["number"], "name": session["name"],
+        "status": session["status"], "objective": session.get("objective"),
+        "outcome": session.get("outcome"), "started_at": session["started_at"], "ended_at": end,
+        "duration_s": seconds_between(session["started_at"], end or now),
+        "open": session["status"] == "open", "budget_s": session.get("budget_s"),
+        "host": session.get("host"), "gpu": gpu, "git_commit": session.get("git_commit"),
+        "plan": session.get("plan") or [],
+    }
+
+
+def steps_section(steps: list[dict], now: str) -> dict:
+    rows = []
+    for s in steps:
+        actual = s.get("duration_s")
+        if actual is None and s["status"] == "running":
+            actual = seconds_between(s["started_at"], now)
+        budget = s.get("budget_s")
+        delta = None if actual is None or not budget or s["status"] == "running" else actual - budget
+        rows.append({"seq": s["seq"], "name": s["name"], "kind": s.get("kind"), "status": s["status"],
+                     "budget_s": budget, "duration_s": actual, "delta_s": delta,
+                     "exit_code": s.get("exit_code"), "message": s.get("message")})
+    counts = {k: sum(1 for r in rows if r["status"] == k)
+              for k in ("passed", "failed", "interrupted", "skipped", "running")}
+    return {"rows": rows, "counts": counts, "total": len(rows)}
+
+
+def _env_rows(db, session_id: str) -> list[dict]:
+    return [dict(r) for r in db.query(
+        "SELECT * FROM env_snapshots WHERE session_id = ? ORDER BY taken_at, id", [session_id])]
+
+
+def _flatten(data, prefix: str = "") -> dict:
+    out = {}
+    if isinstance(data, dict):
+        for key in sorted(data):
+            out.update(_flatten(data[key], f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(data, list) and any(isinstance(x, (dict, list)) for x in data):
+        for i, item in enumerate(data):
+            out.update(_flatten(item, f"{prefix}.{i}"))
+    else:
+        out[prefix] = data
+    return out
+
+
+def diff_snapshots(old: dict, new: dict) -> list[tuple[str, object, object]]:
+    """(key, old, new) for every leaf that differs between two snapshot ``data`` dicts."""
+    try:
+        from ..envinfo import diff_snapshots as shared_diff
+    except ImportError:
+        shared_diff = None
+    if shared_diff is not None:
+        return [(d["key"], d["a"], d["b"]) if isinstance(d, dict) else tuple(d)
+                for d in shared_diff(old, new)]
+    a, b = _flatten(old), _flatten(new)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def environment_section(db, session: dict) -> dict | None:
+    rows = _env_rows(db, session["id"])
+    if not rows:
+        return None
+    latest = rows[-1]
+    data = decode_json(latest["data"], {}) or {}
+    latest = {**latest, "data": data}
+    torch_info = data.get("torch") or {}
+    tool = data.get("toolchain") or {}
+    gpus = data.get("gpus") or []
+    git = data.get("git") or {}
+    facts = [
+        ("Python", latest.get("python_version") or (data.get("python") or {}).get("version")),
+        ("torch", latest.get("torch_version") or torch_info.get("version")),
+        ("torch CUDA", latest.get("torch_cuda") or torch_info.get("cuda")),
+        ("nvcc", latest.get("nvcc_version") or tool.get("nvcc_version")),
+        ("driver", latest.get("driver_version") or data.get("driver")),
+        ("GPU", latest.get("gpu_name") or (gpus[0].get("name") if gpus else None)),
+        ("compute capability", latest.get("gpu_cc") or (gpus[0].get("cc") if gpus else None)),
+        ("GPUs visible", len(gpus) if gpus else None),
+        ("arch", tool.get("arch")),
+        ("ninja", tool.get("ninja")),
+        ("git commit", latest.get("git_commit") or git.get("commit")),
+    ]
+    previous = None
+    prev_rows = list(db.query(
+        """SELECT s.number, s.name, e.data FROM env_snapshots e JOIN sessions s ON s.id = e.session_id
+           WHERE s.number < ? ORDER BY s.number DESC, e.taken_at DESC, e.id DESC LIMIT 1""",
+        [session["number"]]))
+    if prev_rows:
+        prev = prev_rows[0]
+        changes = diff_snapshots(decode_json(prev["data"], {}) or {}, data)
+        previous = {"number": prev["number"], "name": prev["name"],
+                    "changes": [{"key": k, "old": o, "new": n} for k, o, n in changes]}
+    return {"taken_at": latest["taken_at"], "host": latest.get("host"),
+            "facts": [{"name": n, "value": v} for n, v in facts if v not in (None, "")],
+            "snapshots": len(rows), "previous": previous, "data": data}
+
+
+def build_section(db, steps: list[dict]) -> dict | None:
+    step = _last_step(steps, "build")
+    if step is None:
+        return None
+    metrics = _step_metrics(db, step["id"])
+    build_time = next((m["value"] for m in metrics if m["key"] == "build_time_s" and not m["subject"]),
+                      None)
+    kernels: dict[str, dict] = {}
+    for m in metrics:
+        if m["subject"] and m["key"] in BUILD_KERNEL_KEYS:
+            kernels.setdefault(m["subject"], {"name": m["subject"]})[m["key"]] = m["value"]
+    summary = step.get("summary") or {}
+    return {"status": step["status"], "message": step.get("message"), "seq": step["seq"],
+            "duration_s": step.get("duration_s"), "build_time_s": build_time,
+            "cached": summary.get("cached"), "nvcc_version": summary.get("nvcc_version"),
+            "arch": summary.get("arch"), "flags": summary.get("flags") or [],
+            "key": summary.get("key"), "library": summary.get("library"),
+            "kernels": [kernels[k] for k in sorted(kernels)],
+            "runs": sum(1 for s in steps if s["name"] == "build")}
+
+
+def correctness_section(db, steps: list[dict]) -> dict | None:
+    step = _last_step(steps, "correctness")
+    if step is None:
+        return None
+    rows = []
+    if table_exists(db, "correctness_results"):
+        rows = [dict(r) for r in db.query(
+            "SELECT * FROM correctness_results WHERE step_id = ? ORDER BY idx, id", [step["id"]])]
+    summary = step.get("summary") or {}
+    worst = None
+    for r in rows:
+        if r.get("bound") and r.get("max_err") is not None:
+            ratio = r["max_err"] / r["bound"]
+            if worst is None or ratio > worst["ratio"]:
+                worst = {**r, "ratio": ratio, "label": config_label(r)}
+    failures = [{**r, "label": config_label(r)} for r in rows if not r.get("passed")]
+    dtypes = sorted({r["dtype"] for r in rows if r.get("dtype")})
+    return {"status": step["status"], "message": step.get("message"), "seq": step["seq"],
+            "duration_s": step.get("duration_s"), "seed": summary.get("seed"),
+            "configs": len(rows), "passed": sum(1 for r in rows if r.get("passed")),
+            "failed": len(failures), "worst": worst, "failures": failures, "dtypes": dtypes}
+
+
+def _bench_rows(db, step_id: str) -> list[dict]:
+    return [dict(r) for r in db.query(
+        "SELECT * FROM bench_results WHERE step_id = ? ORDER BY id", [step_id])]
+
+
+def bench_section(db, steps: list[dict]) -> dict | None:
+    step = _last_step(steps, "bench")
+    if step is None:
+        return None
+    rows = _bench_rows(db, step["id"]) if table_exists(db, "bench_results") else []
+    configs: dict[tuple, dict] = {}
+    for r in rows:
+        entry = configs.setdefault(config_key(r), {"label": config_label(r), "key": config_key(r),
+                                                   "impls": {}})
+        entry["impls"][r["impl"]] = r
+        for k in CONFIG_KEYS:
+            entry[k] = r[k]
+    table = []
+    for entry in configs.values():
+        ours, sdpa = entry["impls"].get("ours"), entry["impls"].get("sdpa")
+        table.append({
+            "label": entry["label"], "ours": ours, "sdpa": sdpa,
+            "others": [entry["impls"][i] for i in SDPA_IMPLS[1:] if i in entry["impls"]],
+            "speedup": ours.get("speedup_vs_sdpa") if ours else None,
+        })
+    speedups = [t["speedup"] for t in table
+                if t["ours"] and t["ours"].get("status") == "ok" and t["speedup"] is not None]
+    ceiling = next((m["value"] for m in _step_metrics(db, step["id"])
+                    if m["key"] == "matmul_bf16_tflops"), None)
+    summary = step.get("summary") or {}
+    impls = sorted({r["impl"] for r in rows}, key=lambda i: (i != "ours", i))
+    return {"status": step["status"], "message": step.get("message"), "seq": step["seq"],
+            "step_id": step["id"], "duration_s": step.get("duration_s"),
+            "grid": summary.get("grid"), "rows": table, "configs": len(table), "impls": impls,
+            "ceiling_tflops": ceiling, "geomean_speedup": geomean(speedups),
+            "best_speedup": max(speedups) if speedups else None,
+            "not_ok": [t for t in table if t["ours"] and t["ours"].get("status") != "ok"],
+            "raw": rows}
+
+
+def telemetry_section(db, steps: list[dict]) -> list[dict]:
+    ids = [s["id"] for s in steps]
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    per: dict[str, dict] = {}
+    for step_id, key, value in db.execute(
+            f"SELECT step_id, key, value FROM metrics WHERE subject = 'telemetry' AND step_id IN ({marks})",
+            ids).fetchall():
+        per.setdefault(step_id, {})[key] = value
+    return [{"seq": s["seq"], "name": s["name"], "status": s["status"], **per[s["id"]]}
+            for s in steps if s["id"] in per]
+
+
+def cost_section(session: dict, steps: list[dict], now: str) -> dict:
+    costs = session_costs(session, steps, now=now)
+    return {"gpu_usd": costs["gpu_usd"], "ai_usd": costs["ai_usd"], "total_usd": costs["total_usd"],
+            "per_passed_step_usd": costs.get("per_passed_step_usd"),
+            "passed_steps": costs.get("passed_steps"), "wall_s": costs.get("wall_s"),
+            "gpu_rate": session.get("gpu_rate_usd_per_h"), "ai_rate": session.get("ai_rate_usd_per_h")}
+
+
+def _previous_bench_session(db, session: dict) -> dict | None:
+    if not table_exists(db, "bench_results"):
+        return None
+    rows = list(db.query(
+        """SELECT s.id, s.number, s.name, st.id AS step_id, st.seq
+           FROM sessions s JOIN steps st ON st.session_id = s.id
+           WHERE s.number < ? AND st.name = 'bench'
+             AND EXISTS (SELECT 1 FROM bench_results br WHERE br.step_id = st.id AND br.impl = 'ours')
+           ORDER BY s.number DESC, st.seq DESC LIMIT 1""", [session["number"]]))
+    return dict(rows[0]) if rows else None
+
+
+def _samples_by_result(db, result_ids: list[int]) -> dict[int, list[float]]:
+    if not result_ids or not table_exists(db, "bench_samples"):
+        return {}
+    marks = ",".join("?" * len(result_ids))
+    out: dict[int, list[float]] = {}
+    for rid, latency in db.execute(
+            f"SELECT result_id, latency_ms FROM bench_samples WHERE result_id IN ({marks}) ORDER BY idx",
+            result_ids).fetchall():
+        out.setdefault(rid, []).append(latency)
+    return out
+
+
+def comparison_section(db, session: dict, bench: dict | None) -> dict | None:
+    """Our kernel's latency per config against the previous session that benchmarked.
+
+    With raw samples on both sides the verdict is the bench package's test (Mann-Whitney U and a
+    minimum effect of 5 %); without them it is the ratio of the medians against the same 5 %.
+    """
+    if bench is None or not bench["rows"]:
+        return None
+    prev = _previous_bench_session(db, session)
+    if prev is None:
+        return {"previous": None, "rows": []}
+    from ..bench.stats import compare_samples
+
+    before = {config_key(r): r for r in _bench_rows(db, prev["step_id"]) if r["impl"] == "ours"}
+    pairs = []
+    for r in bench["raw"]:
+        old = before.get(config_key(r))
+        if r["impl"] == "ours" and old is not None and old.get("latency_ms") and r.get("latency_ms"):
+            pairs.append((old, r))
+    samples = _samples_by_result(db, [x["id"] for pair in pairs for x in pair])
+    rows = []
+    for old, new in pairs:
+        ratio = new["latency_ms"] / old["latency_ms"]
+        s_old, s_new = samples.get(old["id"], []), samples.get(new["id"], [])
+        p_value = None
+        if len(s_old) >= 2 and len(s_new) >= 2:
+            test = compare_samples(s_old, s_new, min_effect=REGRESSION_THRESHOLD)
+            verdict = {"SLOWER": "regression", "FASTER": "improvement"}.get(test.verdict, "same")
+            p_value, basis = test.p_value, "samples"
+        else:
+            basis = "medians"
+            if ratio > 1 + REGRESSION_THRESHOLD:
+                verdict = "regression"
+            elif ratio < 1 - REGRESSION_THRESHOLD:
+                verdict = "improvement"
+            else:
+                verdict = "same"
+        rows.append({"label": config_label(new), "before_ms": old["latency_ms"],
+                     "after_ms": new["latency_ms"], "ratio": ratio, "verdict": verdict,
+                     "p_value": p_value, "basis": basis,
+                     "samples_before": len(s_old), "samples_after": len(s_new)})
+    order = {"regression": 0, "improvement": 1, "same": 2}
+    rows.sort(key=lambda x: (order[x["verdict"]], -abs(x["ratio"] - 1)))
+    return {"previous": {"number": prev["number"], "name": prev["name"]}, "rows": rows,
+            "threshold": REGRESSION_THRESHOLD,
+            "tested": sum(1 for x in rows if x["basis"] == "samples"),
+            "regressions": sum(1 for x in rows if x["verdict"] == "regression"),
+            "improvements": sum(1 for x in rows if x["verdict"] == "improvement")}
+
+
+def profile_section(db, steps: list[dict]) -> dict | None:
+    step = _last_step(steps, "profile")
+    if step is None:
+        return None
+    metrics = {m["key"]: m for m in _step_metrics(db, step["id"]) if m["key"] in PROFILE_KEYS}
+    summary = step.get("summary") or {}
+    return {"status": step["status"], "message": step.get("message"), "seq": step["seq"],
+            "verdict": summary.get("verdict"), "config": summary.get("config"),
+            "kernel": summary.get("kernel"),
+            "metrics": [{"key": k, **metrics[k]} for k in PROFILE_KEYS if k in metrics],
+            "stalls": [list(s) for s in summary.get("stalls") or []],
+            "suggestions": summary.get("suggestions") or []}
+
+
+def patterns_section(db, session: dict) -> list[dict]:
+    rows = [dict(r) for r in db.query(
+        "SELECT pattern_id, note, applied_at FROM patterns_applied WHERE session_id = ? "
+        "ORDER BY applied_at, id", [session["id"]])]
+    if not rows:
+        return []
+    try:
+        from .patterns import load_patterns
+
+        titles = {p.id: p.title for p in load_patterns()}
+    except Exception:  # a broken pattern file must not stop the report: show the ids
+        titles = {}
+    return [{**r, "title": titles.get(r["pattern_id"])} for r in rows]
+
+
+def telemetry_timeline(db, steps: list[dict]) -> dict | None:
+    """Samples of the longest finished step that has telemetry samples (for the plot)."""
+    ids = [s["id"] for s in steps]
+    if not ids:
+        return None
+    marks = ",".join("?" * len(ids))
+    with_samples = {r[0] for r in db.execute(
+        f"SELECT DISTINCT step_id FROM telemetry_samples WHERE step_id IN ({marks})", ids).fetchall()}
+    candidates = [s for s in steps if s["id"] in with_samples and s.get("duration_s") is not None]
+    if not candidates:
+        return None
+    longest = max(candidates, key=lambda s: s["duration_s"])
+    samples = [dict(r) for r in db.query(
+        "SELECT gpu_index, t_unix_s, power_w, sm_clock_mhz, temp_c, throttled FROM telemetry_samples"
+        " WHERE step_id = ? ORDER BY gpu_index, t_unix_s", [longest["id"]])]
+    return {"step": longest["name"], "seq": longest["seq"], "samples": samples}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def report_data(db, session_ref=None, *, now: str | None = None) -> dict:
+    """All the facts of one session's report. ``session_ref``: id, number, name, 'last', or None."""
+    session = session_ref if isinstance(session_ref, dict) else get_session(db, session_ref)
+    now = now or now_iso()
+    steps = session_steps(db, session["id"])
+    env = environment_section(db, session)
+    latest_env = None
+    if env is not None:
+        latest_env = {**_env_rows(db, session["id"])[-1], "data": env["data"]}
+    bench = bench_section(db, steps)
+    return {
+        "session": header_section(session, latest_env, now),
+        "steps": steps_section(steps, now),
+        "environment": env,
+        "build": build_section(db, steps),
+        "correctness": correctness_section(db, steps),
+        "bench": bench,
+        "telemetry": telemetry_section(db, steps),
+        "cost": cost_section(session, steps, now),
+        "comparison": comparison_section(db, session, bench),
+        "profile": profile_section(db, steps),
+        "patterns": patterns_section(db, session),
+        "timeline": telemetry_timeline(db, steps),
+        "generated_at": now,
+    }
+
+
+def to_json(data: dict) -> str:
+    return json.dumps(data, indent=2, default=str)
+
+
+__all__ = ["report_data", "config_label", "diff_snapshots", "aggregates"]

@@ -1,0 +1,149 @@
+"""Rendering report data with the Jinja templates in ``templates/`` (package ``sessionkit.templates``).
+
+jinja2 is imported here, inside functions, so that the CLI starts without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from ..timefmt import fmt_duration, fmt_money, parse_iso
+
+DASH = "-"
+
+
+def f_dur(seconds) -> str:
+    return DASH if seconds is None else fmt_duration(seconds)
+
+
+def f_delta(seconds) -> str:
+    """``+12 s`` over budget, ``-1m30s`` under."""
+    if seconds is None:
+        return DASH
+    return ("+" if seconds > 0 else "-" if seconds < 0 else "") + fmt_duration(abs(seconds))
+
+
+def f_money(value) -> str:
+    return fmt_money(value)
+
+
+def f_num(value, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    return f"{value:,.{digits}f}"
+
+
+def f_int(value) -> str:
+    if value is None:
+        return DASH
+    return f"{int(round(value)):,}"
+
+
+def f_auto(value) -> str:
+    """A measured number at a sensible precision: integers whole, others to 3 significant digits."""
+    if value is None:
+        return DASH
+    value = float(value)
+    if value.is_integer() and abs(value) < 1e15:
+        return f"{int(value):,}"
+    if abs(value) >= 100:
+        return f"{value:,.1f}"
+    return f"{value:.3g}"
+
+
+def f_pct(fraction, digits: int = 1) -> str:
+    """A fraction (0.25) as ``25.0 %``."""
+    return DASH if fraction is None else f"{fraction * 100:.{digits}f} %"
+
+
+def f_times(value, digits: int = 2) -> str:
+    return DASH if value is None else f"{value:.{digits}f}x"
+
+
+def f_sci(value) -> str:
+    return DASH if value is None else f"{value:.2e}"
+
+
+def f_ts(text) -> str:
+    """ISO timestamp -> ``2026-01-05 10:00:00 UTC``."""
+    if not text:
+        return DASH
+    import datetime as dt
+
+    moment = parse_iso(text)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S") + " UTC"
+
+
+def f_date(text) -> str:
+    return DASH if not text else f_ts(text)[:10]
+
+
+def f_cell(value) -> str:
+    """Safe inside a Markdown table cell: no pipes breaking columns, no newlines."""
+    if value is None or value == "":
+        return DASH
+    text = str(value).replace("\r", " ").replace("\n", " ").replace("|", "\\|")
+    return text
+
+
+def f_short(value, length: int = 80) -> str:
+    text = f_cell(value)
+    return text if len(text) <= length else text[: length - 3].rstrip() + "..."
+
+
+def f_value(value, fmt: str) -> str:
+    """A pattern metric value by its kind: duration, count, ratio or number."""
+    if value is None:
+        return DASH
+    if fmt == "duration":
+        return fmt_duration(value)
+    if fmt == "count":
+        return f"{value:g}"
+    if fmt == "ratio":
+        return f"{value:.2f}x"
+    return f"{value:,.3g}"
+
+
+FILTERS = {"dur": f_dur, "delta": f_delta, "money": f_money, "num": f_num, "auto": f_auto, "int": f_int,
+           "pct": f_pct, "times": f_times, "sci": f_sci, "ts": f_ts, "date": f_date,
+           "cell": f_cell, "short": f_short, "value": f_value}
+
+
+@functools.lru_cache(maxsize=1)
+def environment():
+    import jinja2
+
+    from .resources import templates_dir
+
+    def load(name: str):
+        path = templates_dir() / name
+        if not path.is_file():
+            return None
+        return path.read_text(encoding="utf-8")
+
+    env = jinja2.Environment(loader=jinja2.FunctionLoader(load), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                             autoescape=False)
+    env.filters.update(FILTERS)
+    return env
+
+
+def render(template: str, **context) -> str:
+    """Render ``templates/<template>``; blank-line runs are squeezed so sections read evenly."""
+    text = environment().get_template(template).render(**context)
+    lines, blank = [], False
+    for line in text.splitlines():
+        line = line.rstrip()
+        if not line:
+            if blank or not lines:
+                continue
+            blank = True
+        else:
+            blank = False
+        lines.append(line)
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,299 @@
+"""Session reports: snapshots of the fixture DB, traceability of every figure, plots and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+from click.testing import CliRunner
+from fixtures_db import NOW, assert_snapshot, build_fixture_db, sid, stid
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sessionkit.report import session_report
+from sessionkit.report.data import config_label, report_data
+from sessionkit.report.render import f_cell, f_delta
+
+
+@pytest.fixture
+def fdb(tmp_path):
+    return build_fixture_db(tmp_path / "fixture.db")
+
+
+@pytest.fixture
+def cli_db():
+    """The fixture DB at $SESSIONKIT_DB, where the CLI looks."""
+    return build_fixture_db(os.environ["SESSIONKIT_DB"])
+
+
+def invoke(*args):
+    from sessionkit.cli import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Snapshots
+
+
+@pytest.mark.parametrize("number, name", [(1, "baseline"), (2, "full"), (3, "interrupted"),
+                                          (4, "empty")])
+def test_report_snapshot(fdb, number, name):
+    assert_snapshot(f"report-{name}.md", session_report(fdb, number, now=NOW).text)
+
+
+def test_report_sections_all_present_and_no_jinja_left(fdb):
+    text = session_report(fdb, 4, now=NOW).text
+    for heading in ("## Objective and outcome", "## Steps", "## Environment", "## Build",
+                    "## Correctness", "## Benchmark", "## Telemetry", "## Cost",
+                    "## Compared with the previous benchmark", "## Profile", "## Patterns applied",
+                    "## Plots"):
+        assert heading in text
+    assert "{{" not in text and "{%" not in text and "None" not in text
+
+
+def test_empty_sections_say_so_in_one_line(fdb):
+    text = session_report(fdb, 4, now=NOW).text
+    sections = text.split("\n## ")[2:]  # after the header and the objective
+    for section in sections:
+        heading, *body = [line for line in section.splitlines() if line.strip()]
+        if heading in ("Cost",):
+            continue  # the cost table always shows the rates, set or not
+        assert len(body) == 1, (heading, body)
+    assert "rate not set" in text and "$0.00" not in text
+
+
+def test_interrupted_and_failed_steps_show_as_such(fdb):
+    interrupted = session_report(fdb, 3, now=NOW).text
+    assert "| 2 | build | 2m00s | 1m10s | **INTERRUPTED** (exit 143) | -50 s | interrupted by SIGTERM |" in interrupted
+    failed = session_report(fdb, 2, now=NOW).text
+    assert "**FAILED** (exit 1)" in failed
+    assert "3 passed, **1 failed**" in failed
+
+
+def test_comparison_lists_regressions_first(fdb):
+    data = report_data(fdb, 2, now=NOW)
+    verdicts = [r["verdict"] for r in data["comparison"]["rows"]]
+    assert verdicts == ["regression", "improvement", "improvement", "same"]
+    first = data["comparison"]["rows"][0]
+    assert first["label"] == "bf16 B4 H16 S1024 D128 non-causal"
+    assert first["ratio"] == pytest.approx(0.60 / 0.50)
+    assert data["comparison"]["tested"] == 4  # raw samples on both sides: the U test decided
+    assert report_data(fdb, 1, now=NOW)["comparison"] == {"previous": None, "rows": []}
+
+
+def test_comparison_without_samples_uses_medians(fdb):
+    with fdb.conn:
+        fdb.execute("DELETE FROM bench_samples")
+    rows = report_data(fdb, 2, now=NOW)["comparison"]["rows"]
+    assert {r["basis"] for r in rows} == {"medians"}
+    assert [r["verdict"] for r in rows] == ["regression", "improvement", "improvement", "same"]
+    assert "ratio of medians" in session_report(fdb, 2, now=NOW).text
+
+
+def test_environment_changes_since_previous_session(fdb):
+    env = report_data(fdb, 2, now=NOW)["environment"]
+    changes = {c["key"]: (c["old"], c["new"]) for c in env["previous"]["changes"]}
+    assert changes["driver"] == ("580.82.07", "580.95.05")
+    assert report_data(fdb, 1, now=NOW)["environment"]["previous"] is None
+
+
+def test_default_session_is_the_open_one_then_the_last(fdb):
+    assert report_data(fdb, None, now=NOW)["session"]["number"] == 4
+    with fdb.conn:
+        fdb.execute("UPDATE sessions SET status = 'passed', ended_at = ?, outcome = 'done' WHERE number = 4",
+                    [NOW])
+        fdb.execute("UPDATE sessions SET number = 9 WHERE number = 2")
+    assert report_data(fdb, None, now=NOW)["session"]["number"] == 9
+    assert report_data(fdb, "last", now=NOW)["session"]["number"] == 9
+    assert report_data(fdb, sid(1), now=NOW)["session"]["number"] == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Every figure comes from a row: change the row, the report changes.
+
+S2 = sid(2)
+BENCH2, BUILD2, CORR2, PROFILE2 = stid(2, 4), stid(2, 2), stid(2, 3), stid(2, 5)
+
+TRACE_CASES = [
+    ("UPDATE bench_results SET latency_ms = 0.777 WHERE step_id = ? AND impl = 'ours' AND seq_len_q = 1024 "
+     "AND causal = 0", [BENCH2], "| bf16 B4 H16 S1024 D128 non-causal | 0.777 |"),
+    ("UPDATE bench_results SET speedup_vs_sdpa = 2.5 WHERE step_id = ? AND impl = 'ours' AND seq_len_q = 4096 "
+     "AND causal = 1", [BENCH2], "best: 2.50x"),
+    ("UPDATE bench_results SET tflops = 432.1, pct_peak = 56.9 WHERE step_id = ? AND impl = 'ours' "
+     "AND seq_len_q = 4096 AND causal = 1", [BENCH2], "| 432 | 56.9 |"),
+    ("UPDATE bench_results SET throttled_samples = 7 WHERE step_id = ? AND impl = 'ours' AND seq_len_q = 4096 "
+     "AND causal = 1", [BENCH2], "| 7 | ok |"),
+    ("UPDATE bench_results SET latency_ms = 0.123 WHERE step_id = ? AND impl = 'sdpa_flash' "
+     "AND seq_len_q = 1024 AND causal = 1", [BENCH2], "| 0.123 |"),
+    ("UPDATE metrics SET value = 199 WHERE step_id = ? AND key = 'registers' "
+     "AND subject = 'flash_fwd_bf16_hdim128_causal'", [BUILD2], "| flash_fwd_bf16_hdim128_causal | 199 |"),
+    ("UPDATE metrics SET value = 77.7 WHERE step_id = ? AND key = 'build_time_s'", [BUILD2],
+     "Build time 77.7 s"),
+    ("UPDATE metrics SET value = 4096 WHERE step_id = ? AND key = 'spill_load_bytes' "
+     "AND subject = 'flash_fwd_bf16_hdim128_noncausal'", [BUILD2], "| 48 | 4,096 |"),
+    ("UPDATE metrics SET value = 701 WHERE step_id = ? AND key = 'matmul_bf16_tflops'", [BENCH2],
+     "ceiling: 701 TFLOP/s"),
+    ("UPDATE metrics SET value = 555 WHERE step_id = ? AND key = 'power_mean_w'", [BENCH2],
+     "| 4 | bench | 555 | 700 |"),
+    ("UPDATE metrics SET value = 0.35 WHERE step_id = ? AND key = 'throttled_share'", [BENCH2], "35.0 %"),
+    ("UPDATE metrics SET value = 81.5 WHERE step_id = ? AND key = 'tensor_pipe_pct'", [PROFILE2],
+     "| tensor_pipe_pct | 81.5 % |"),
+    ("UPDATE correctness_results SET max_err = 0.0333 WHERE step_id = ? AND idx = 3", [CORR2],
+     "Worst error 3.33e-02"),
+    ("UPDATE correctness_results SET passed = 1, failure = NULL WHERE step_id = ? AND idx = 3", [CORR2],
+     "4 passed."),
+    ("UPDATE steps SET duration_s = 301 WHERE id = ?", [BENCH2], "| 5m01s | passed | +1.0 s |"),
+    ("UPDATE steps SET budget_s = 600 WHERE id = ?", [BENCH2], "| 10m00s | 5m40s | passed | -4m20s |"),
+    ("UPDATE sessions SET gpu_rate_usd_per_h = 12 WHERE id = ?", [S2], "| GPU | $14.00 ($12.00/h) |"),
+    ("UPDATE sessions SET ai_rate_usd_per_h = NULL WHERE id = ?", [S2], "| AI | rate not set |"),
+    ("UPDATE sessions SET git_commit = 'cafe123' WHERE id = ?", [S2], "`cafe123`"),
+    ("UPDATE sessions SET ended_at = '2026-01-06T16:00:00+00:00' WHERE id = ?", [S2], "| duration | 2h00m"),
+    ("UPDATE env_snapshots SET driver_version = '590.1' WHERE session_id = ?", [S2], "| driver | 590.1 |"),
+    ("UPDATE patterns_applied SET note = 'a new note' WHERE session_id = ? AND pattern_id = 'profile-first'",
+     [S2], "Profile before optimizing: a new note"),
+]
+
+
+@pytest.mark.parametrize("sql, args, expected", TRACE_CASES, ids=[c[2][:40] for c in TRACE_CASES])
+def test_report_figures_trace_to_rows(fdb, sql, args, expected):
+    before = session_report(fdb, 2, now=NOW).text
+    assert expected not in before
+    with fdb.conn:
+        assert fdb.execute(sql, args).rowcount >= 1
+    after = session_report(fdb, 2, now=NOW).text
+    assert expected in after
+
+
+def test_geomean_is_computed_from_the_rows(fdb):
+    bench = report_data(fdb, 2, now=NOW)["bench"]
+    speedups = [0.40 / 0.60, 5.00 / 4.20, 0.25 / 0.29, 2.80 / 2.40]
+    expected = 1.0
+    for s in speedups:
+        expected *= s
+    assert bench["geomean_speedup"] == pytest.approx(expected ** 0.25)
+    assert bench["best_speedup"] == pytest.approx(5.00 / 4.20)
+
+
+def test_bench_row_that_failed_is_shown_with_its_status(fdb):
+    with fdb.conn:
+        fdb.execute("UPDATE bench_results SET status = 'wrong', note = 'max error 0.5', speedup_vs_sdpa = NULL "
+                    "WHERE step_id = ? AND impl = 'ours' AND seq_len_q = 1024 AND causal = 0", [BENCH2])
+    text = session_report(fdb, 2, now=NOW).text
+    assert "| wrong: max error 0.5 |" in text
+    bench = report_data(fdb, 2, now=NOW)["bench"]
+    assert bench["geomean_speedup"] == pytest.approx((5.00 / 4.20 * 0.25 / 0.29 * 2.80 / 2.40) ** (1 / 3))
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+
+
+def _png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_drawn_beside_the_report(fdb, tmp_path):
+    pytest.importorskip("matplotlib", reason="plots need matplotlib (the 'plots' extra)")
+    out = tmp_path / "out" / "session-2.md"
+    result = session_report(fdb, 2, out=out, now=NOW)
+    names = sorted(p.name for p in result.images)
+    assert names == ["session-2-telemetry.png", "session-2-tflops-bf16-d128-causal.png",
+                     "session-2-tflops-bf16-d128-non-causal.png"]
+    for image in result.images:
+        assert image.parent == out.parent and _png(image)
+        assert f"]({image.name})" in out.read_text()
+
+
+def test_no_plots_when_nothing_to_plot(fdb, tmp_path):
+    pytest.importorskip("matplotlib", reason="plots need matplotlib (the 'plots' extra)")
+    result = session_report(fdb, 4, out=tmp_path / "r4.md", now=NOW)
+    assert result.images == []
+    assert "Nothing to plot: no benchmark results and no telemetry samples." in result.text
+
+
+def test_without_matplotlib_the_report_says_how_to_get_plots(fdb, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    result = session_report(fdb, 2, out=tmp_path / "r.md", now=NOW)
+    assert result.images == []
+    assert "Plots need matplotlib: `pip install 'sessionkit[plots]'`" in result.text
+    assert list(tmp_path.glob("*.png")) == []
+
+
+def test_timeline_picks_the_longest_step_with_samples(fdb):
+    timeline = report_data(fdb, 2, now=NOW)["timeline"]
+    assert (timeline["step"], timeline["seq"], len(timeline["samples"])) == ("bench", 4, 30)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_report_prints_markdown(cli_db):
+    result = invoke("report", "2")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("# Session 2: pipelined softmax\n")
+
+
+def test_cli_report_writes_file(cli_db, tmp_path):
+    result = invoke("report", "last", "-o", str(tmp_path / "rep" / "last.md"), "--no-plots")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(f"Wrote {tmp_path / 'rep' / 'last.md'}")
+    assert "Plots were turned off (--no-plots)." in (tmp_path / "rep" / "last.md").read_text()
+
+
+def test_cli_report_json(cli_db):
+    result = invoke("report", "1", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["session"]["name"] == "baseline"
+    assert data["bench"]["configs"] == 4 and data["cost"]["ai_usd"] is None
+
+
+@pytest.mark.parametrize("ref", ["99", "no-such-session"])
+def test_cli_report_unknown_session_is_one_line(cli_db, ref):
+    result = invoke("report", ref)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: no session matches")
+
+
+def test_cli_report_without_database_is_one_line(tmp_path):
+    result = invoke("report")
+    assert result.exit_code != 0
+    assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("Error:")
+    assert "Traceback" not in result.output
+
+
+def test_cli_report_unwritable_output_is_one_line(cli_db, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = invoke("report", "1", "-o", str(blocker / "r.md"), "--no-plots")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cannot write") and len(result.output.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting helpers
+
+
+@given(st.one_of(st.none(), st.text(), st.integers(), st.floats(allow_nan=False)))
+def test_cells_never_break_a_table_row(value):
+    cell = f_cell(value)
+    assert "\n" not in cell and "\r" not in cell
+    assert cell.replace("\\|", "").count("|") == 0
+    assert cell  # an empty cell would read as a missing column
+
+
+@given(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False))
+def test_delta_sign_matches(value):
+    text = f_delta(value)
+    assert text.startswith("+") == (value > 0) and text.startswith("-") == (value < 0)
+
+
+def test_config_label():
+    row = {"dtype": "bf16", "batch_size": 2, "num_heads": 8, "seq_len_q": 128, "seq_len_k": 4096,
+           "head_dim": 64, "causal": 1}
+    assert config_label(row) == "bf16 B2 H8 Sq128 Sk4096 D64 causal"
