@@ -18,6 +18,7 @@ from ..errors import SessionkitError, StepInterrupted
 COMMAND_MODULES = [
     "sessionkit.cli.session",
     "sessionkit.cli.step",
+    "sessionkit.cli.doctor",
     "sessionkit.cli.report",
 ]
 
