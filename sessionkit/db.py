@@ -19,6 +19,7 @@ BUSY_TIMEOUT_MS = 30_000
 # Ordered (name, "module:function"). Append only; never reorder, rename or edit a shipped entry.
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_core", "sessionkit.schema:m001_core"),
+    ("m003_correctness", "sessionkit.kernels.correctness:m003_correctness"),
 ]
 
 
