@@ -51,6 +51,16 @@ def resolve_db_path(explicit=None, *, create: bool = False, start: Path | None =
     return path
 
 
+def _pending(conn) -> bool:
+    """True when some migration has not been applied (checked without importing any of them)."""
+    try:
+        done = {row[0] for row in conn.execute(
+            "SELECT name FROM _sqlite_migrations WHERE migration_set = 'sessionkit'")}
+    except sqlite3.OperationalError:  # no migrations table yet: a new database
+        return True
+    return any(name not in done for name, _ in MIGRATIONS)
+
+
 def _migration_set():
     import importlib
 
@@ -110,8 +120,10 @@ def open_db(explicit=None, *, create: bool = False, start: Path | None = None):
         if mode.lower() != "wal":
             conn.execute("PRAGMA journal_mode")  # read-only DBs stay in their mode
         conn.execute("PRAGMA synchronous = NORMAL")
-        db = sqlite_utils.Database(conn)
-        _migration_set().apply(db)
+        # sqlite-utils plugins are for its own CLI; loading them costs start-up time here.
+        db = sqlite_utils.Database(conn, execute_plugins=False)
+        if _pending(conn):
+            _migration_set().apply(db)
         # Fail now, with a clear message, if the file cannot be written (read-only file or folder).
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("ROLLBACK")
