@@ -1,0 +1,175 @@
+// Torch binding of the FlashAttention forward kernels: input checks, dispatch, op registration.
+//
+// Ops (namespace sessionkit):
+//   flash_attn_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale) -> (Tensor, Tensor)
+//   flash_attn_fwd_out(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse,
+//                      bool causal, float scale) -> ()
+// q: (B, H, Sq, D), k and v: (B, H, Sk, D), any strides with a contiguous last dimension.
+// out: (B, H, Sq, D) in the input dtype, lse: (B, H, Sq) float32, natural log.
+//
+// Only light headers here (no <torch/extension.h>) so that the binding compiles quickly.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <limits>
+#include <tuple>
+
+#include "flash_fwd.h"
+#include "static_switch.h"
+
+namespace sessionkit {
+namespace {
+
+bool aligned(const at::Tensor& t, int64_t bytes) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % bytes == 0;
+}
+
+void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+              "flash_attn_fwd: q, k and v must be 4-D (batch, heads, seq, head_dim); got ranks ",
+              q.dim(), ", ", k.dim(), ", ", v.dim());
+  TORCH_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(),
+              "flash_attn_fwd: q, k and v must be CUDA tensors; got ", q.device(), ", ",
+              k.device(), ", ", v.device());
+  TORCH_CHECK(q.device() == k.device() && q.device() == v.device(),
+              "flash_attn_fwd: q, k and v must be on the same device; got ", q.device(), ", ",
+              k.device(), ", ", v.device());
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16,
+              "flash_attn_fwd: dtype must be float16 or bfloat16; got ", dtype);
+  TORCH_CHECK(k.scalar_type() == dtype && v.scalar_type() == dtype,
+              "flash_attn_fwd: q, k and v must share one dtype; got ", dtype, ", ",
+              k.scalar_type(), ", ", v.scalar_type());
+  const int64_t d = q.size(3);
+  TORCH_CHECK(d == 64 || d == 128, "flash_attn_fwd: head_dim ", d,
+              " is not supported; supported head dims are 64 and 128");
+  TORCH_CHECK(k.size(3) == d && v.size(3) == d, "flash_attn_fwd: q, k and v must share head_dim; got ",
+              d, ", ", k.size(3), ", ", v.size(3));
+  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0),
+              "flash_attn_fwd: batch sizes differ: q ", q.size(0), ", k ", k.size(0), ", v ",
+              v.size(0));
+  TORCH_CHECK(k.size(1) == q.size(1) && v.size(1) == q.size(1),
+              "flash_attn_fwd: head counts differ: q ", q.size(1), ", k ", k.size(1), ", v ",
+              v.size(1));
+  TORCH_CHECK(k.size(2) == v.size(2), "flash_attn_fwd: k and v sequence lengths differ: ",
+              k.size(2), " vs ", v.size(2));
+  TORCH_CHECK(k.size(2) > 0,
+              "flash_attn_fwd: k and v have no keys (seq_len_k == 0); softmax over no keys is "
+              "undefined");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
+              "flash_attn_fwd: the last dimension of q, k and v must be contiguous (stride 1)");
+  for (const at::Tensor* t : {&q, &k, &v}) {
+    for (int i = 0; i < 3; ++i) {
+      TORCH_CHECK(t->size(i) <= 1 || t->stride(i) % 8 == 0,
+                  "flash_attn_fwd: strides of q, k and v must be multiples of 8 elements; got ",
+                  t->strides());
+    }
+    TORCH_CHECK(aligned(*t, 16), "flash_attn_fwd: q, k and v must be 16-byte aligned");
+  }
+  constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
+  TORCH_CHECK(q.size(2) <= kMaxInt && k.size(2) <= kMaxInt,
+              "flash_attn_fwd: sequence lengths must fit in 32 bits");
+  TORCH_CHECK(q.size(0) <= 65535 && q.size(1) <= 65535,
+              "flash_attn_fwd: batch and heads must each be at most 65535");
+}
+
+void check_outputs(const at::Tensor& q, const at::Tensor& out, const at::Tensor& lse) {
+  TORCH_CHECK(out.device() == q.device() && lse.device() == q.device(),
+              "flash_attn_fwd_out: out and lse must be on the device of q (", q.device(), ")");
+  TORCH_CHECK(out.scalar_type() == q.scalar_type(), "flash_attn_fwd_out: out must have dtype ",
+              q.scalar_type(), "; got ", out.scalar_type());
+  TORCH_CHECK(lse.scalar_type() == at::kFloat, "flash_attn_fwd_out: lse must be float32; got ",
+              lse.scalar_type());
+  TORCH_CHECK(out.dim() == 4 && out.size(0) == q.size(0) && out.size(1) == q.size(1) &&
+                  out.size(2) == q.size(2) && out.size(3) == q.size(3),
+              "flash_attn_fwd_out: out must have the shape of q ", q.sizes(), "; got ",
+              out.sizes());
+  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) &&
+                  lse.size(2) == q.size(2),
+              "flash_attn_fwd_out: lse must have shape (batch, heads, seq_len_q) = [", q.size(0),
+              ", ", q.size(1), ", ", q.size(2), "]; got ", lse.sizes());
+  bool even_strides = true;
+  for (int i = 0; i < 3; ++i) even_strides = even_strides && (out.size(i) <= 1 || out.stride(i) % 2 == 0);
+  TORCH_CHECK(out.stride(3) == 1 && even_strides && aligned(out, 4),
+              "flash_attn_fwd_out: out needs a contiguous last dimension, even strides and 4-byte "
+              "alignment; got strides ",
+              out.strides());
+}
+
+void launch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+            const at::Tensor& lse, bool causal, double scale) {
+  if (q.size(0) == 0 || q.size(1) == 0 || q.size(2) == 0) return;  // nothing to compute
+  FlashFwdParams p{};
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  p.q_batch_stride = q.stride(0);
+  p.q_head_stride = q.stride(1);
+  p.q_row_stride = q.stride(2);
+  p.k_batch_stride = k.stride(0);
+  p.k_head_stride = k.stride(1);
+  p.k_row_stride = k.stride(2);
+  p.v_batch_stride = v.stride(0);
+  p.v_head_stride = v.stride(1);
+  p.v_row_stride = v.stride(2);
+  p.o_batch_stride = out.stride(0);
+  p.o_head_stride = out.stride(1);
+  p.o_row_stride = out.stride(2);
+  p.lse_batch_stride = lse.stride(0);
+  p.lse_head_stride = lse.stride(1);
+  p.lse_row_stride = lse.stride(2);
+  p.batch = static_cast<int>(q.size(0));
+  p.heads = static_cast<int>(q.size(1));
+  p.seqlen_q = static_cast<int>(q.size(2));
+  p.seqlen_k = static_cast<int>(k.size(2));
+  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+
+  c10::cuda::CUDAGuard guard(q.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const bool is_bf16 = q.scalar_type() == at::kBFloat16;
+  const int head_dim = static_cast<int>(q.size(3));
+  cudaError_t err = SK_DTYPE_SWITCH(is_bf16, kDtype, [&] {
+    return SK_HEADDIM_SWITCH(head_dim, kHeadDim, [&] {
+      return SK_BOOL_SWITCH(causal, kCausal,
+                            [&] { return run_flash_fwd<kDtype, kHeadDim, kCausal>(p, stream); });
+    });
+  });
+  TORCH_CHECK(err == cudaSuccess, "flash_attn_fwd: kernel launch failed: ", cudaGetErrorString(err));
+}
+
+std::tuple<at::Tensor, at::Tensor> flash_attn_fwd(const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v, bool causal, double scale) {
+  check_qkv(q, k, v);
+  at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
+  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  launch(q, k, v, out, lse, causal, scale);
+  return {out, lse};
+}
+
+void flash_attn_fwd_out(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const at::Tensor& out, const at::Tensor& lse, bool causal, double scale) {
+  check_qkv(q, k, v);
+  check_outputs(q, out, lse);
+  launch(q, k, v, out, lse, causal, scale);
+}
+
+}  // namespace
+}  // namespace sessionkit
+
+TORCH_LIBRARY(sessionkit, m) {
+  m.def("flash_attn_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale) -> (Tensor, Tensor)");
+  m.def(
+      "flash_attn_fwd_out(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse, bool causal, "
+      "float scale) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(sessionkit, CUDA, m) {
+  m.impl("flash_attn_fwd", &sessionkit::flash_attn_fwd);
+  m.impl("flash_attn_fwd_out", &sessionkit::flash_attn_fwd_out);
+}

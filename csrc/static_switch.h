@@ -1,0 +1,38 @@
+// Compile-time dispatch: turn runtime dtype / head dim / causal values into template arguments.
+#pragma once
+
+#include "flash_fwd.h"
+
+#define SK_BOOL_SWITCH(COND, CONST_NAME, ...) \
+  [&] {                                       \
+    if (COND) {                               \
+      constexpr bool CONST_NAME = true;       \
+      return __VA_ARGS__();                   \
+    } else {                                  \
+      constexpr bool CONST_NAME = false;      \
+      return __VA_ARGS__();                   \
+    }                                         \
+  }()
+
+// HDIM must already be validated as 64 or 128.
+#define SK_HEADDIM_SWITCH(HDIM, CONST_NAME, ...) \
+  [&] {                                          \
+    if ((HDIM) == 64) {                          \
+      constexpr int CONST_NAME = 64;             \
+      return __VA_ARGS__();                      \
+    } else {                                     \
+      constexpr int CONST_NAME = 128;            \
+      return __VA_ARGS__();                      \
+    }                                            \
+  }()
+
+#define SK_DTYPE_SWITCH(IS_BF16, CONST_NAME, ...)                                \
+  [&] {                                                                          \
+    if (IS_BF16) {                                                               \
+      constexpr ::sessionkit::DType CONST_NAME = ::sessionkit::DType::kBFloat16; \
+      return __VA_ARGS__();                                                      \
+    } else {                                                                     \
+      constexpr ::sessionkit::DType CONST_NAME = ::sessionkit::DType::kFloat16;  \
+      return __VA_ARGS__();                                                      \
+    }                                                                            \
+  }()
