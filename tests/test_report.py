@@ -74,23 +74,25 @@ def test_interrupted_and_failed_steps_show_as_such(fdb):
 
 
 def test_comparison_lists_regressions_first(fdb):
-    data = report_data(fdb, 2, now=NOW)
-    verdicts = [r["verdict"] for r in data["comparison"]["rows"]]
-    assert verdicts == ["regression", "improvement", "improvement", "same"]
-    first = data["comparison"]["rows"][0]
-    assert first["label"] == "bf16 B4 H16 S1024 D128 non-causal"
-    assert first["ratio"] == pytest.approx(0.60 / 0.50)
-    assert data["comparison"]["tested"] == 4  # raw samples on both sides: the U test decided
+    cmp = report_data(fdb, 2, now=NOW)["comparison"]
+    assert cmp["previous"] == {"number": 1, "name": "baseline"}
+    ours = [(r["config"], r["verdict"]) for r in cmp["rows"] if r["impl"] == "ours"]
+    assert ours[0] == ("bf16 B4 H16 S1024 D128 full", "SLOWER")
+    assert cmp["rows"][0]["impl"] == "ours" and cmp["rows"][0]["verdict"] == "SLOWER"
+    assert (cmp["regressions"], cmp["improvements"]) == (1, 2)
+    assert {r["verdict"] for r in cmp["rows"] if r["impl"] != "ours"} == {"SAME"}
     assert report_data(fdb, 1, now=NOW)["comparison"] == {"previous": None, "rows": []}
+    text = session_report(fdb, 2, now=NOW).text
+    assert "| bf16 B4 H16 S1024 D128 full | ours | 0.500 | 0.600 | 1.200 |" in text
 
 
-def test_comparison_without_samples_uses_medians(fdb):
+def test_comparison_reports_a_broken_kernel(fdb):
     with fdb.conn:
-        fdb.execute("DELETE FROM bench_samples")
-    rows = report_data(fdb, 2, now=NOW)["comparison"]["rows"]
-    assert {r["basis"] for r in rows} == {"medians"}
-    assert [r["verdict"] for r in rows] == ["regression", "improvement", "improvement", "same"]
-    assert "ratio of medians" in session_report(fdb, 2, now=NOW).text
+        fdb.execute("UPDATE bench_results SET status = 'wrong', note = 'max error 0.5' WHERE step_id = ? "
+                    "AND impl = 'ours' AND seq_len_q = 4096 AND causal = 1", [stid(2, 4)])
+    cmp = report_data(fdb, 2, now=NOW)["comparison"]
+    assert cmp["rows"][0]["verdict"] == "BROKEN" and cmp["regressions"] == 2
+    assert "| **broken**: B is wrong: max error 0.5 |" in session_report(fdb, 2, now=NOW).text
 
 
 def test_environment_changes_since_previous_session(fdb):
@@ -119,7 +121,7 @@ BENCH2, BUILD2, CORR2, PROFILE2 = stid(2, 4), stid(2, 2), stid(2, 3), stid(2, 5)
 
 TRACE_CASES = [
     ("UPDATE bench_results SET latency_ms = 0.777 WHERE step_id = ? AND impl = 'ours' AND seq_len_q = 1024 "
-     "AND causal = 0", [BENCH2], "| bf16 B4 H16 S1024 D128 non-causal | 0.777 |"),
+     "AND causal = 0", [BENCH2], "| bf16 B4 H16 S1024 D128 full | 0.777 |"),
     ("UPDATE bench_results SET speedup_vs_sdpa = 2.5 WHERE step_id = ? AND impl = 'ours' AND seq_len_q = 4096 "
      "AND causal = 1", [BENCH2], "best: 2.50x"),
     ("UPDATE bench_results SET tflops = 432.1, pct_peak = 56.9 WHERE step_id = ? AND impl = 'ours' "
@@ -201,7 +203,7 @@ def test_plots_drawn_beside_the_report(fdb, tmp_path):
     result = session_report(fdb, 2, out=out, now=NOW)
     names = sorted(p.name for p in result.images)
     assert names == ["session-2-telemetry.png", "session-2-tflops-bf16-d128-causal.png",
-                     "session-2-tflops-bf16-d128-non-causal.png"]
+                     "session-2-tflops-bf16-d128-full.png"]
     for image in result.images:
         assert image.parent == out.parent and _png(image)
         assert f"]({image.name})" in out.read_text()

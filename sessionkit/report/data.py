@@ -31,7 +31,7 @@ def config_label(row: dict) -> str:
     sq, sk = row.get("seq_len_q"), row.get("seq_len_k")
     seq = f"S{sq}" if sq == sk else f"Sq{sq} Sk{sk}"
     parts = [str(row.get("dtype")), f"B{row.get('batch_size')}", f"H{row.get('num_heads')}", seq,
-             f"D{row.get('head_dim')}", "causal" if row.get("causal") else "non-causal"]
+             f"D{row.get('head_dim')}", "causal" if row.get("causal") else "full"]
     if row.get("layout"):
         parts.append(row["layout"])
     return " ".join(parts)
@@ -278,66 +278,24 @@ def _previous_bench_session(db, session: dict) -> dict | None:
     return dict(rows[0]) if rows else None
 
 
-def _samples_by_result(db, result_ids: list[int]) -> dict[int, list[float]]:
-    if not result_ids or not table_exists(db, "bench_samples"):
-        return {}
-    marks = ",".join("?" * len(result_ids))
-    out: dict[int, list[float]] = {}
-    for rid, latency in db.execute(
-            f"SELECT result_id, latency_ms FROM bench_samples WHERE result_id IN ({marks}) ORDER BY idx",
-            result_ids).fetchall():
-        out.setdefault(rid, []).append(latency)
-    return out
-
-
 def comparison_section(db, session: dict, bench: dict | None) -> dict | None:
-    """Our kernel's latency per config against the previous session that benchmarked.
+    """Each config and implementation against the previous session that benchmarked.
 
-    With raw samples on both sides the verdict is the bench package's test (Mann-Whitney U and a
-    minimum effect of 5 %); without them it is the ratio of the medians against the same 5 %.
+    The verdicts are the bench package's (:func:`sessionkit.bench.compare.compare_sessions`): a
+    Mann-Whitney U test on the raw samples together with a minimum change of 5 %; regressions first.
     """
     if bench is None or not bench["rows"]:
         return None
     prev = _previous_bench_session(db, session)
     if prev is None:
         return {"previous": None, "rows": []}
-    from ..bench.stats import compare_samples
+    from ..bench.compare import compare_sessions
 
-    before = {config_key(r): r for r in _bench_rows(db, prev["step_id"]) if r["impl"] == "ours"}
-    pairs = []
-    for r in bench["raw"]:
-        old = before.get(config_key(r))
-        if r["impl"] == "ours" and old is not None and old.get("latency_ms") and r.get("latency_ms"):
-            pairs.append((old, r))
-    samples = _samples_by_result(db, [x["id"] for pair in pairs for x in pair])
-    rows = []
-    for old, new in pairs:
-        ratio = new["latency_ms"] / old["latency_ms"]
-        s_old, s_new = samples.get(old["id"], []), samples.get(new["id"], [])
-        p_value = None
-        if len(s_old) >= 2 and len(s_new) >= 2:
-            test = compare_samples(s_old, s_new, min_effect=REGRESSION_THRESHOLD)
-            verdict = {"SLOWER": "regression", "FASTER": "improvement"}.get(test.verdict, "same")
-            p_value, basis = test.p_value, "samples"
-        else:
-            basis = "medians"
-            if ratio > 1 + REGRESSION_THRESHOLD:
-                verdict = "regression"
-            elif ratio < 1 - REGRESSION_THRESHOLD:
-                verdict = "improvement"
-            else:
-                verdict = "same"
-        rows.append({"label": config_label(new), "before_ms": old["latency_ms"],
-                     "after_ms": new["latency_ms"], "ratio": ratio, "verdict": verdict,
-                     "p_value": p_value, "basis": basis,
-                     "samples_before": len(s_old), "samples_after": len(s_new)})
-    order = {"regression": 0, "improvement": 1, "same": 2}
-    rows.sort(key=lambda x: (order[x["verdict"]], -abs(x["ratio"] - 1)))
-    return {"previous": {"number": prev["number"], "name": prev["name"]}, "rows": rows,
-            "threshold": REGRESSION_THRESHOLD,
-            "tested": sum(1 for x in rows if x["basis"] == "samples"),
-            "regressions": sum(1 for x in rows if x["verdict"] == "regression"),
-            "improvements": sum(1 for x in rows if x["verdict"] == "improvement")}
+    result = compare_sessions(db, prev["id"], session["id"], min_effect=REGRESSION_THRESHOLD)
+    return {"previous": {"number": prev["number"], "name": prev["name"]}, "rows": result["rows"],
+            "min_effect": result["min_effect"], "alpha": result["alpha"],
+            "regressions": result["regressions"], "improvements": result["improvements"],
+            "only_before": result["only_in_a"], "only_now": result["only_in_b"]}
 
 
 def profile_section(db, steps: list[dict]) -> dict | None:

@@ -51,7 +51,7 @@ def plot_bench(rows: list[dict], out_dir: Path, stem: str, ceiling: float | None
 
     images = []
     for (dtype, head_dim, causal), series in sorted(bench_groups(rows).items()):
-        mask = "causal" if causal else "non-causal"
+        mask = "causal" if causal else "full"
         title = f"TFLOP/s vs sequence length: {dtype}, D{head_dim}, {mask}"
         fig = Figure(figsize=(7, 4.2), layout="constrained")
         ax = fig.subplots()

@@ -1,0 +1,140 @@
+"""How long ``sessionkit history`` takes on a large database.
+
+Generates a database of N sessions x S steps x M metrics per step (default 1,000 x 10 x 100, i.e.
+a million metric rows), with correctness and bench results on the matching steps, then times
+``history_report`` (data and rendering) several times and prints the figures.
+
+    python benchmarks/history_speed.py                    # default size, temporary database
+    python benchmarks/history_speed.py --sessions 5000 --check 1.0
+
+``--check SECONDS`` exits with status 1 when the median exceeds SECONDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+STEP_NAMES = ["preflight", "build", "correctness", "bench", "profile"]
+BENCH_CONFIGS = [(s, c) for s in (512, 1024, 2048, 4096, 8192, 16384) for c in (0, 1)]
+
+
+def generate(path: Path, sessions: int, steps: int, metrics: int) -> dict:
+    from sessionkit.db import open_db
+
+    db = open_db(path, create=True)
+    for table, target in (("correctness_results", "sessionkit.kernels.correctness:m003_correctness"),
+                          ("bench_results", "sessionkit.bench.schema:m004_bench")):
+        if not db[table].exists():  # until the owner's migration is registered
+            import importlib
+
+            module, func = target.split(":")
+            getattr(importlib.import_module(module), func)(db)
+    conn = db.conn
+    counts = {"sessions": 0, "steps": 0, "metrics": 0, "bench_results": 0, "correctness_results": 0}
+    conn.execute("BEGIN")
+    for n in range(1, sessions + 1):
+        sid = str(uuid.uuid4())
+        day, hour = divmod(n, 24)
+        started = f"2025-{1 + day // 28 % 12:02d}-{1 + day % 28:02d}T{hour:02d}:00:00+00:00"
+        ended = f"2025-{1 + day // 28 % 12:02d}-{1 + day % 28:02d}T{hour:02d}:{10 + n % 50:02d}:00+00:00"
+        conn.execute(
+            "INSERT INTO sessions (id, number, name, objective, status, outcome, started_at, ended_at,"
+            " gpu_rate_usd_per_h, ai_rate_usd_per_h, host) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [sid, n, f"session {n}", "speed up the forward kernel", "passed" if n % 7 else "failed",
+             f"outcome of session {n}", started, ended, 2.49, 6.0 if n % 3 else None, "gen-host"])
+        counts["sessions"] += 1
+        step_rows, metric_rows = [], []
+        for seq in range(1, steps + 1):
+            step_id = str(uuid.uuid4())
+            name = STEP_NAMES[(seq - 1) % len(STEP_NAMES)]
+            status = "failed" if (n + seq) % 11 == 0 else "passed"
+            conn.execute(
+                "INSERT INTO steps (id, session_id, seq, name, status, started_at, ended_at, duration_s,"
+                " budget_s, host, pid) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [step_id, sid, seq, name, status, started, ended, 10.0 + seq, 60.0, "gen-host", 1])
+            step_rows.append(step_id)
+            metric_rows += [[step_id, f"m{k}", float(k * seq), "x", None] for k in range(metrics)]
+            if name == "correctness":
+                conn.executemany(
+                    "INSERT INTO correctness_results (step_id, idx, dtype, batch_size, num_heads,"
+                    " seq_len_q, seq_len_k, head_dim, causal, layout, seed, max_err, bound, passed)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [[step_id, i, "bf16", 2, 16, s, s, 128, c, "bhsd", 0, 0.001 * (1 + i), 0.02, 1]
+                     for i, (s, c) in enumerate(BENCH_CONFIGS)])
+                counts["correctness_results"] += len(BENCH_CONFIGS)
+            if name == "bench":
+                rows = []
+                for s, c in BENCH_CONFIGS:
+                    for impl, ms in (("ours", 1.0 + (n % 13) / 10), ("sdpa", 1.2)):
+                        rows.append([step_id, impl, "bf16", 4, 16, s, s, 128, c, ms, 0.01, 9,
+                                     300.0, 40.0, 1.2 / ms, "ok"])
+                conn.executemany(
+                    "INSERT INTO bench_results (step_id, impl, dtype, batch_size, num_heads, seq_len_q,"
+                    " seq_len_k, head_dim, causal, latency_ms, iqr_ms, samples, tflops, pct_peak,"
+                    " speedup_vs_sdpa, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                counts["bench_results"] += len(rows)
+        conn.executemany("INSERT INTO metrics (step_id, key, value, unit, subject) VALUES (?,?,?,?,?)",
+                         metric_rows)
+        counts["steps"] += len(step_rows)
+        counts["metrics"] += len(metric_rows)
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return counts
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--metrics", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--db", type=Path, help="keep the generated database here (default: temporary)")
+    parser.add_argument("--check", type=float, metavar="SECONDS",
+                        help="exit 1 when the median time exceeds SECONDS")
+    args = parser.parse_args(argv)
+
+    from sessionkit.db import open_db
+    from sessionkit.report import history_report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.db or Path(tmp) / "history.db"
+        if path.exists():
+            sys.exit(f"{path} exists; give a new path")
+        t0 = time.perf_counter()
+        counts = generate(path, args.sessions, args.steps, args.metrics)
+        gen_s = time.perf_counter() - t0
+        size_mb = path.stat().st_size / 1e6
+        times = []
+        lines = 0
+        for _ in range(args.repeat):
+            db = open_db(path)  # a fresh connection each time, as each CLI call has
+            t0 = time.perf_counter()
+            report = history_report(db)
+            times.append(time.perf_counter() - t0)
+            lines = report.text.count("\n")
+            db.conn.close()
+
+    print(f"database: {counts['sessions']:,} sessions, {counts['steps']:,} steps, "
+          f"{counts['metrics']:,} metrics, {counts['bench_results']:,} bench rows, "
+          f"{counts['correctness_results']:,} correctness rows; {size_mb:.0f} MB, generated in {gen_s:.1f} s")
+    print(f"history ({lines:,} lines of Markdown), {args.repeat} runs: median {statistics.median(times):.3f} s, "
+          f"min {min(times):.3f} s, max {max(times):.3f} s")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    if args.check is not None and statistics.median(times) > args.check:
+        print(f"SLOWER than {args.check} s")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
