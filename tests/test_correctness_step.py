@@ -98,7 +98,7 @@ def test_step_modules_do_not_import_torch():
 
 def test_passes_with_a_correct_kernel(open_session, inject):
     inject(cpu_kernel())
-    r = invoke("step", "correctness", "--seed", "1234", "--max-seq-len", "128")
+    r = invoke("step", "correctness", "--seed", "1234", "--max-seq-len", "64")
     assert r.exit_code == 0, r.output
     assert "seed 1234 (64 configs; repeat with --seed 1234) on cpu" in r.output
     assert "    64/64 #63 " in r.output
@@ -114,7 +114,7 @@ def test_passes_with_a_correct_kernel(open_session, inject):
     assert [r["idx"] for r in rows] == list(range(64))
     assert all(r["passed"] == 1 and r["failure"] is None for r in rows)
     assert all(r["max_err"] <= r["bound"] and r["lse_err"] <= 1e-3 for r in rows)
-    assert max(r["seq_len_q"] for r in rows) == 128 and min(r["seq_len_k"] for r in rows) == 1
+    assert max(r["seq_len_q"] for r in rows) == 64 and min(r["seq_len_k"] for r in rows) == 1
     assert {r["layout"] for r in rows} == {"bhsd", "bshd"}
     assert summary["worst_ratio"] == pytest.approx(max(r["max_err"] / r["bound"] for r in rows))
     db = open_db()
@@ -124,7 +124,7 @@ def test_passes_with_a_correct_kernel(open_session, inject):
     assert metrics["worst_err_ratio"] == pytest.approx(summary["worst_ratio"])
 
     # the same seed gives the same configs and inputs again
-    r = invoke("step", "correctness", "--seed", "1234", "--max-seq-len", "128")
+    r = invoke("step", "correctness", "--seed", "1234", "--max-seq-len", "64")
     assert r.exit_code == 0, r.output
     again = results_for(step_rows()[1]["id"])
     keys = ("dtype", "batch_size", "num_heads", "seq_len_q", "seq_len_k", "head_dim", "causal",
@@ -149,7 +149,7 @@ def test_fails_and_names_the_worst_element(open_session, inject):
             out[0, 0, out.shape[2] - 1, 5] += 2.0
 
     inject(cpu_kernel(corrupt))
-    r = invoke("step", "correctness", "--seed", "99", "--max-seq-len", "113")
+    r = invoke("step", "correctness", "--seed", "99", "--max-seq-len", "64")
     assert r.exit_code == 1, r.output
     (step,) = step_rows()
     assert step["status"] == "failed" and step["exit_code"] == 1
