@@ -136,6 +136,7 @@ class Step:
 # name -> "module:Class". Built-in steps import lazily so that the CLI starts fast.
 REGISTRY: dict[str, str] = {
     "run": "sessionkit.steps.command:CommandStep",
+    "profile": "sessionkit.profile:ProfileStep",
     "build": "sessionkit.kernels.build:BuildStep",
     "correctness": "sessionkit.kernels.correctness:CorrectnessStep",
     "preflight": "sessionkit.preflight:PreflightStep",
