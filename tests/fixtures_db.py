@@ -256,8 +256,13 @@ def _session_2(db):
              "failed", "2026-01-06T14:00:00+00:00", "2026-01-06T15:10:00+00:00",
              "Faster on long sequences, but the fp16 causal config is wrong and short sequences got slower.",
              gpu_rate=3.0, ai_rate=6.0, commit="2222222bbbbbbb-dirty")
+    checks = [{"name": "gpu", "status": "pass", "finding": "NVIDIA H100 80GB HBM3 (cc 9.0)", "fix": None},
+              {"name": "clocks", "status": "warn", "finding": "SM clock 1755 MHz at idle, below 1980 MHz",
+               "fix": "wait for other work on the GPU to finish"},
+              {"name": "nvcc", "status": "pass", "finding": "nvcc 13.0", "fix": None}]
     pre = _step(db, 2, 1, "preflight", "passed", "2026-01-06T14:00:05+00:00",
-                "2026-01-06T14:00:16+00:00", 11.0, 30.0, message="environment ready")
+                "2026-01-06T14:00:16+00:00", 11.0, 30.0, message="environment ready",
+                summary={"checks": checks, "passed": 2, "warned": 1, "failed": 0})
     _snapshot(db, 2, pre, "2026-01-06T14:00:15+00:00", "580.95.05", "2222222bbbbbbb")
     b = _step(db, 2, 2, "build", "passed", "2026-01-06T14:01:00+00:00", "2026-01-06T14:03:10+00:00",
               130.0, 120.0, message="built 2 kernels",

@@ -63,6 +63,8 @@ def header_section(session: dict, env: dict | None, now: str) -> dict:
         gpu = env.get("gpu_name") or (gpus[0].get("name") if gpus else None)
         if gpu and (env.get("gpu_cc") or (gpus and gpus[0].get("cc"))):
             gpu = f"{gpu} (cc {env.get('gpu_cc') or gpus[0].get('cc')})"
+    if env and not gpu:
+        gpu = "none found by preflight"
     return {
         "id": session["id"], "number": session["number"], "name": session["name"],
         "status": session["status"], "objective": session.get("objective"),
@@ -77,7 +79,7 @@ def header_section(session: dict, env: dict | None, now: str) -> dict:
 def steps_section(steps: list[dict], now: str) -> dict:
     rows = []
     for s in steps:
-        actual = s.get("duration_s")
+        actual = s.get("duration_s") if s["status"] != "skipped" else None
         if actual is None and s["status"] == "running":
             actual = seconds_between(s["started_at"], now)
         budget = s.get("budget_s")
@@ -158,6 +160,21 @@ def environment_section(db, session: dict) -> dict | None:
     return {"taken_at": latest["taken_at"], "host": latest.get("host"),
             "facts": [{"name": n, "value": v} for n, v in facts if v not in (None, "")],
             "snapshots": len(rows), "previous": previous, "data": data}
+
+
+def preflight_section(steps: list[dict]) -> dict | None:
+    """The last preflight's checks that did not pass, failures first, with their fixes."""
+    step = _last_step(steps, "preflight")
+    if step is None:
+        return None
+    summary = step.get("summary") or {}
+    checks = [c for c in summary.get("checks") or [] if isinstance(c, dict)]
+    order = {"fail": 0, "warn": 1}
+    problems = sorted((c for c in checks if c.get("status") in order),
+                      key=lambda c: order[c["status"]])
+    return {"seq": step["seq"], "status": step["status"], "message": step.get("message"),
+            "checks": len(checks), "passed": summary.get("passed"), "warned": summary.get("warned"),
+            "failed": summary.get("failed"), "problems": problems}
 
 
 def build_section(db, steps: list[dict]) -> dict | None:
@@ -362,6 +379,7 @@ def report_data(db, session_ref=None, *, now: str | None = None) -> dict:
         "session": header_section(session, latest_env, now),
         "steps": steps_section(steps, now),
         "environment": env,
+        "preflight": preflight_section(steps),
         "build": build_section(db, steps),
         "correctness": correctness_section(db, steps),
         "bench": bench,

@@ -1,0 +1,56 @@
+"""``sessionkit run``: start, preflight, build, correctness, bench, end and report in one command."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .common import db_option, open_db
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(run)
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("--objective", "-m", help="What this session is for (required; or set in pyproject).")
+@click.option("--grid", default="quick", show_default=True, help="Bench grid (quick, standard, ...).")
+@click.option("--plan", help="Steps to run, comma separated (default: preflight,build,correctness,bench).")
+@click.option("--budget", help="Session time budget, e.g. 2h or 90m.")
+@click.option("--step-budget", "step_budgets", multiple=True, metavar="NAME=DURATION",
+              help="Budget for one step, e.g. build=60s (repeatable).")
+@click.option("--gpu-rate", help="GPU cost in USD per hour.")
+@click.option("--ai-rate", help="AI assistant cost in USD per hour.")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False),
+              help="Report file (default: reports/session-N.md beside the database).")
+@click.option("--keep-going", is_flag=True, help="Run every step even when one it needs did not pass.")
+@click.option("--no-hooks", is_flag=True, help="Leave out the [tool.sessionkit.hooks] commands.")
+@click.option("--no-plots", is_flag=True, help="Do not draw plots in the report.")
+@db_option
+@click.pass_context
+def run(ctx, name, objective, grid, plan, budget, step_budgets, gpu_rate, ai_rate, out, keep_going,
+        no_hooks, no_plots):
+    """Run a whole session: start, preflight, build, correctness, bench, end, report.
+
+    Steps that need a step which did not pass are recorded as skipped, with the reason. The exit
+    status is 0 only when every step passed. Hooks in [tool.sessionkit.hooks] (before = [...],
+    after = [...]) run as steps of kind 'hook'; after hooks run even when a step failed.
+    """
+    from ..config import load_config, parse_plan
+    from ..session_defaults import resolve_start_options
+    from ..session_run import DEFAULT_PLAN, Hooks, parse_hooks, run_session
+
+    cfg = load_config()
+    hooks = Hooks() if no_hooks else parse_hooks(cfg.raw.get("hooks"))
+    opts = resolve_start_options(objective=objective, plan=None, budget=budget,
+                                 step_budgets=step_budgets, gpu_rate=gpu_rate, ai_rate=ai_rate)
+    opts.pop("plan", None)
+    steps = parse_plan(plan) if plan is not None else list(DEFAULT_PLAN)
+    db = open_db(ctx, create=True)
+    result = run_session(db, name=name, plan=steps, grid=grid, hooks=hooks, start_options=opts,
+                         report_path=out, plots=not no_plots, keep_going=keep_going,
+                         telemetry_interval_s=cfg.telemetry_interval_s)
+    if result.exit_code:
+        sys.exit(result.exit_code)
