@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "sessionkit.cli.step",
     "sessionkit.cli.doctor",
     "sessionkit.cli.report",
+    "sessionkit.cli.run",
 ]
 
 
