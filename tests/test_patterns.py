@@ -191,7 +191,7 @@ def test_cli_pattern_apply_list_show(tmp_path):
     assert invoke("start", "--objective", "try patterns").exit_code == 0
     result = invoke("pattern", "apply", "static-asserts", "--note", "asserted tile shapes")
     assert result.exit_code == 0, result.output
-    assert "Applied static-asserts (Static assertions for kernel invariants)" in result.output
+    assert result.output.strip() == "Applied static-asserts (Static assertions for kernel invariants) to session 1"
     listed = invoke("pattern", "list")
     assert all(pid in listed.output for pid in SEEDED)
     shown = invoke("pattern", "show", "static-asserts")

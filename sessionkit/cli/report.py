@@ -84,14 +84,14 @@ def pattern():
 @click.pass_context
 def pattern_apply(ctx, pattern_id, note, as_json):
     """Record that the open session applies pattern ID."""
-    from ..report.patterns import apply_pattern, get_pattern
+    from ..report.patterns import apply_pattern
 
     db = open_db(ctx)
     row = apply_pattern(db, pattern_id, note)
     if as_json:
         echo_json(row)
         return
-    click.echo(f"Applied {row['pattern_id']} ({get_pattern(row['pattern_id']).title}) to the open session")
+    click.echo(f"Applied {row['pattern_id']} ({row['title']}) to session {row['session_number']}")
 
 
 @pattern.command("list")

@@ -183,7 +183,7 @@ def apply_pattern(db, pattern_id: str, note: str | None = None, *, session: dict
            "note": (note or "").strip() or None, "applied_at": now_iso()}
     with db.conn:
         row["id"] = db["patterns_applied"].insert(row).last_pk
-    return row
+    return {**row, "session_number": session["number"], "title": pattern.title}
 
 
 def selector_format(selector: Selector) -> str:
