@@ -20,6 +20,7 @@ BUSY_TIMEOUT_MS = 30_000
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_core", "sessionkit.schema:m001_core"),
     ("m003_correctness", "sessionkit.kernels.correctness:m003_correctness"),
+    ("m004_bench", "sessionkit.bench.schema:m004_bench"),
 ]
 
 

@@ -400,6 +400,9 @@ class Sampler(TelemetryHandle):
         self._result: dict | None = None
         self._thread = threading.Thread(target=self._main, name="sessionkit-telemetry", daemon=True)
         self._stopped = False
+        self.ticks = 0
+        self.tick_s = 0.0  # wall time spent reading NVML
+        self.cpu_s = 0.0  # CPU time of the sampler thread
 
     @property
     def active(self) -> bool:
@@ -417,6 +420,7 @@ class Sampler(TelemetryHandle):
         return self._result
 
     def tick(self) -> list[dict]:
+        t0 = time.perf_counter()
         t = self.clock()
         rows = []
         for device in self.devices:
@@ -424,12 +428,15 @@ class Sampler(TelemetryHandle):
             row["step_id"] = self.step_id
             rows.append(row)
             self.summary.add(row)
+        self.ticks += 1
+        self.tick_s += time.perf_counter() - t0
         return rows
 
     def _main(self) -> None:
         db = None
         pending: list[dict] = []
         last_flush = time.monotonic()
+        cpu0 = time.thread_time()
         try:
             from .db import open_db
 
@@ -463,6 +470,7 @@ class Sampler(TelemetryHandle):
         except Exception as exc:  # never let telemetry break a step
             self.notice(f"telemetry stopped: {_nvml_text(exc)}")
         finally:
+            self.cpu_s = time.thread_time() - cpu0
             if self.write_failed:
                 self.notice(f"telemetry not saved: {self.write_failed}")
             if db is not None:

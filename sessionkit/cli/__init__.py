@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "sessionkit.cli.doctor",
     "sessionkit.cli.report",
     "sessionkit.cli.run",
+    "sessionkit.cli.compare",
 ]
 
 

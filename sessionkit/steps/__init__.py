@@ -140,6 +140,7 @@ REGISTRY: dict[str, str] = {
     "build": "sessionkit.kernels.build:BuildStep",
     "correctness": "sessionkit.kernels.correctness:CorrectnessStep",
     "preflight": "sessionkit.preflight:PreflightStep",
+    "bench": "sessionkit.bench.step:BenchStep",
 }
 
 

@@ -1,0 +1,97 @@
+"""Check the bench step's timing method on a GPU.
+
+    python benchmarks/bench_agreement.py agree  [--grid quick]
+        SDPA default timed by sessionkit and by triton.testing.do_bench (median mode, three runs
+        to show its own spread); configs of 0.2 ms and more must agree within 5 %.
+
+    python benchmarks/bench_agreement.py repeat [--grid quick] [--db PATH] [--csv PATH]
+        Two back-to-back 'bench' steps in one session; per config and implementation, the
+        difference of the medians (bar: <= 3 % each at >= 0.2 ms, <= 1.5 % median over configs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+
+def agree(args) -> int:
+    from sessionkit.bench.agreement import agreement_rows, format_rows
+    from sessionkit.bench.grids import load_grid
+
+    rows = agreement_rows(load_grid(args.grid), repeats=args.repeats,
+                          progress=lambda i, n, label: print(f"  {i}/{n} {label}", flush=True))
+    print(format_rows(rows, threshold_ms=args.threshold_ms, tolerance_pct=args.tolerance))
+    bad = [r for r in rows if r["do_bench_ms"] >= args.threshold_ms
+           and abs(r["diff_pct"]) > args.tolerance]
+    return 1 if bad else 0
+
+
+def repeat(args) -> int:
+    from sessionkit.bench.step import BenchStep
+    from sessionkit.db import open_db
+    from sessionkit.runner import run_step
+    from sessionkit.sessions import start_session
+
+    path = Path(args.db) if args.db else Path(tempfile.mkdtemp()) / "sessions.db"
+    db = open_db(path, create=True)
+    session = start_session(db, "repeat", objective="back-to-back bench reproducibility",
+                            force=True)
+    options = {"grid": args.grid, "configs": (), "impls": (), "time_limit": args.time_limit,
+               "graph": False, "csv_path": None}
+    steps = [run_step(db, session, BenchStep(), dict(options, csv_path=args.csv)),
+             run_step(db, session, BenchStep(), options)]
+    a, b = ({(r["dtype"], r["batch_size"], r["num_heads"], r["seq_len_q"], r["seq_len_k"],
+              r["head_dim"], r["causal"], r["impl"]): r
+             for r in db.query("SELECT * FROM bench_results WHERE step_id = ?", [s["id"]])}
+            for s in steps)
+    print(f"database: {path}")
+    print(f"{'config':<40} {'impl':<15} {'run 1 ms':>9} {'run 2 ms':>9} {'diff %':>7}")
+    gated = []
+    for key, ra in a.items():
+        rb = b.get(key)
+        if not rb or ra["status"] != "ok" or rb["status"] != "ok":
+            continue
+        diff = 100.0 * (rb["latency_ms"] - ra["latency_ms"]) / ra["latency_ms"]
+        dtype, bs, h, sq, sk, d, causal, impl = key
+        label = f"{dtype} B{bs} H{h} S{sq}/{sk} D{d} {'causal' if causal else 'full'}"
+        mark = "" if ra["latency_ms"] >= args.threshold_ms else "  (< 0.2 ms)"
+        print(f"{label:<40} {impl:<15} {ra['latency_ms']:>9.4f} {rb['latency_ms']:>9.4f} "
+              f"{diff:>+7.2f}{mark}")
+        if ra["latency_ms"] >= args.threshold_ms:
+            gated.append(abs(diff))
+    if not gated:
+        print("no config of 0.2 ms or more")
+        return 1
+    worst, mid = max(gated), statistics.median(gated)
+    print(f"configs >= {args.threshold_ms} ms: {len(gated)}; worst |diff| {worst:.2f} %, "
+          f"median |diff| {mid:.2f} %")
+    print(f"step times: {steps[0]['duration_s']:.1f} s and {steps[1]['duration_s']:.1f} s")
+    return 0 if worst <= 3.0 and mid <= 1.5 else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("agree")
+    p.add_argument("--grid", default="quick")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threshold-ms", type=float, default=0.2)
+    p.add_argument("--tolerance", type=float, default=5.0)
+    p.set_defaults(fn=agree)
+    p = sub.add_parser("repeat")
+    p.add_argument("--grid", default="quick")
+    p.add_argument("--db")
+    p.add_argument("--time-limit", default="150s")
+    p.add_argument("--csv", help="CSV of the first run")
+    p.add_argument("--threshold-ms", type=float, default=0.2)
+    p.set_defaults(fn=repeat)
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Compare the bench results of two sessions, config by config and implementation by
+implementation, on their raw samples.
+
+Each pair gets the ratio of medians (B over A: above 1 is slower) and a verdict from the
+Mann-Whitney U test together with a minimum effect: FASTER or SLOWER only when the difference is
+both significant and at least ``min_effect``. An implementation that ran in A but is wrong or fails
+in B is BROKEN. Regressions (SLOWER, BROKEN) come first.
+"""
+
+from __future__ import annotations
+
+from ..errors import SessionkitError, UsageError
+from .grids import BenchConfig
+from .stats import compare_samples, median, usable_samples
+
+REGRESSIONS = ("BROKEN", "SLOWER")
+ORDER = {"BROKEN": 0, "SLOWER": 1, "FASTER": 2, "FIXED": 3, "SAME": 4, "N/A": 5}
+
+
+class RegressionFound(SessionkitError):
+    """``compare --fail-on-regression`` found at least one regression."""
+
+
+def benchmarked_sessions(db) -> list[dict]:
+    """Sessions with at least one bench result, newest first."""
+    return [dict(r) for r in db.query(
+        "SELECT DISTINCT se.id, se.number, se.name FROM sessions se "
+        "JOIN steps st ON st.session_id = se.id JOIN bench_results br ON br.step_id = st.id "
+        "ORDER BY se.number DESC")]
+
+
+def latest_bench_step(db, session_id: str) -> dict | None:
+    rows = list(db.query(
+        "SELECT st.id, st.seq, st.started_at FROM steps st WHERE st.session_id = ? AND EXISTS "
+        "(SELECT 1 FROM bench_results br WHERE br.step_id = st.id) ORDER BY st.seq DESC LIMIT 1",
+        [session_id]))
+    return dict(rows[0]) if rows else None
+
+
+def load_step_results(db, step_id: str) -> dict[tuple, dict]:
+    """(config key, impl) -> result row with its ``samples`` (clean ones when enough)."""
+    out = {}
+    for row in db.query("SELECT * FROM bench_results WHERE step_id = ? ORDER BY id", [step_id]):
+        row = dict(row)
+        samples = db.execute("SELECT latency_ms, throttled FROM bench_samples WHERE result_id = ? "
+                             "ORDER BY idx", [row["id"]]).fetchall()
+        row["samples_used"], _ = usable_samples([s for s, _ in samples], [t for _, t in samples])
+        key = (row["dtype"], row["batch_size"], row["num_heads"], row["seq_len_q"],
+               row["seq_len_k"], row["head_dim"], row["causal"])
+        out[(key, row["impl"])] = row  # a later row of the same pair wins
+    return out
+
+
+def _label(key: tuple) -> str:
+    dtype, b, h, sq, sk, d, causal = key
+    return BenchConfig(b, h, sq, sk, d, dtype, bool(causal)).label
+
+
+def _session_ref(db, ref, benchmarked: list[dict]) -> dict:
+    from ..sessions import get_session
+
+    session = get_session(db, ref)
+    return {"id": session["id"], "number": session["number"], "name": session["name"]}
+
+
+def compare_sessions(db, a=None, b=None, *, min_effect: float = 0.05, alpha: float = 0.01) -> dict:
+    """Compare the latest bench step of session ``a`` (old) with that of ``b`` (new).
+
+    Defaults: the two most recent sessions that benchmarked (``a`` the older). With only ``a``,
+    ``b`` is the most recent other session that benchmarked.
+    """
+    if not 0 <= min_effect < 1:
+        raise UsageError(f"--min-effect must be within [0, 1), got {min_effect}")
+    if not 0 < alpha < 1:
+        raise UsageError(f"--alpha must be within (0, 1), got {alpha}")
+    benchmarked = benchmarked_sessions(db)
+    if b is None:
+        if a is None:
+            if len(benchmarked) < 2:
+                raise SessionkitError(
+                    f"need two sessions with bench results to compare; found {len(benchmarked)}"
+                    " (run 'sessionkit step bench' in another session)")
+            sa, sb = benchmarked[1], benchmarked[0]
+        else:
+            sa = _session_ref(db, a, benchmarked)
+            others = [s for s in benchmarked if s["id"] != sa["id"]]
+            if not others:
+                raise SessionkitError("no other session with bench results to compare with")
+            sb = others[0]
+            if sb["number"] < sa["number"]:
+                sa, sb = sb, sa
+    else:
+        sa = _session_ref(db, a, benchmarked) if a is not None else None
+        sb = _session_ref(db, b, benchmarked)
+        if sa is None:
+            raise UsageError("give session A as well as B")
+    if sa["id"] == sb["id"]:
+        raise UsageError(f"both sides are session {sa['number']}; give two different sessions")
+    step_a, step_b = latest_bench_step(db, sa["id"]), latest_bench_step(db, sb["id"])
+    for sess, step in ((sa, step_a), (sb, step_b)):
+        if step is None:
+            raise SessionkitError(f"session {sess['number']} has no bench results; "
+                                  "run 'sessionkit step bench' in it")
+    res_a, res_b = load_step_results(db, step_a["id"]), load_step_results(db, step_b["id"])
+    rows = [compare_pair(key, impl, res_a[(key, impl)], res_b[(key, impl)],
+                         min_effect=min_effect, alpha=alpha)
+            for key, impl in res_a if (key, impl) in res_b]
+    rows.sort(key=lambda r: (ORDER[r["verdict"]], -(r["ratio"] or 0) if r["verdict"] == "SLOWER"
+                             else (r["ratio"] or 0), r["config"], r["impl"]))
+    only_a = sorted(f"{_label(k)} {i}" for k, i in res_a if (k, i) not in res_b)
+    only_b = sorted(f"{_label(k)} {i}" for k, i in res_b if (k, i) not in res_a)
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in ORDER}
+    return {
+        "a": {**sa, "step_id": step_a["id"]}, "b": {**sb, "step_id": step_b["id"]},
+        "min_effect": min_effect, "alpha": alpha, "rows": rows,
+        "regressions": counts["SLOWER"] + counts["BROKEN"], "improvements": counts["FASTER"],
+        "counts": counts, "only_in_a": only_a, "only_in_b": only_b,
+    }
+
+
+def compare_pair(key: tuple, impl: str, ra: dict, rb: dict, *, min_effect: float,
+                 alpha: float) -> dict:
+    row = {"config": _label(key), "impl": impl, "a_ms": None, "b_ms": None, "ratio": None,
+           "p_value": None, "a_samples": len(ra["samples_used"]),
+           "b_samples": len(rb["samples_used"]), "a_status": ra["status"],
+           "b_status": rb["status"], "reason": ""}
+    ok_a = ra["status"] == "ok" and ra["samples_used"]
+    ok_b = rb["status"] == "ok" and rb["samples_used"]
+    if ok_a:
+        row["a_ms"] = median(ra["samples_used"])
+    if ok_b:
+        row["b_ms"] = median(rb["samples_used"])
+    if ok_a and not ok_b:
+        row["verdict"], row["reason"] = ("BROKEN" if rb["status"] in ("wrong", "error") else "N/A",
+                                         f"B is {rb['status']}: {rb['note'] or ''}".rstrip(": "))
+        return row
+    if ok_b and not ok_a:
+        row["verdict"], row["reason"] = ("FIXED" if ra["status"] in ("wrong", "error") else "N/A",
+                                         f"A was {ra['status']}")
+        return row
+    if not ok_a and not ok_b:
+        row["verdict"], row["reason"] = "N/A", f"A {ra['status']}, B {rb['status']}"
+        return row
+    verdict = compare_samples(ra["samples_used"], rb["samples_used"], min_effect=min_effect,
+                              alpha=alpha)
+    row.update(verdict=verdict.verdict, ratio=verdict.ratio, p_value=verdict.p_value,
+               reason=verdict.reason)
+    return row
+
+
+def format_comparison(result: dict) -> str:
+    """The comparison as a text table, regressions first."""
+    a, b = result["a"], result["b"]
+    lines = [f"A = session {a['number']} ({a['name']}), B = session {b['number']} ({b['name']}); "
+             f"ratio = B/A median latency, verdict needs p < {result['alpha']:g} and "
+             f"|ratio - 1| >= {result['min_effect']:.0%}"]
+    if not result["rows"]:
+        lines.append("no config and implementation was measured in both")
+    else:
+        width = max(len(r["config"]) for r in result["rows"])
+        lines.append(f"{'config':<{width}}  {'impl':<14} {'A ms':>9} {'B ms':>9} {'B/A':>7} "
+                     f"{'p':>8}  verdict")
+        for r in result["rows"]:
+            a_ms = f"{r['a_ms']:.4f}" if r["a_ms"] is not None else r["a_status"]
+            b_ms = f"{r['b_ms']:.4f}" if r["b_ms"] is not None else r["b_status"]
+            ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else "-"
+            p = f"{r['p_value']:.1e}" if r["p_value"] is not None else "-"
+            lines.append(f"{r['config']:<{width}}  {r['impl']:<14} {a_ms:>9} {b_ms:>9} {ratio:>7} "
+                         f"{p:>8}  {r['verdict']}")
+    c = result["counts"]
+    lines.append(f"{result['regressions']} regression(s) ({c['SLOWER']} slower, {c['BROKEN']} broken), "
+                 f"{c['FASTER']} faster, {c['SAME']} same")
+    for side, key in (("A", "only_in_a"), ("B", "only_in_b")):
+        if result[key]:
+            lines.append(f"only in {side}: {len(result[key])} (e.g. {result[key][0]})")
+    return "\n".join(lines)

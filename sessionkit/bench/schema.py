@@ -1,0 +1,50 @@
+"""Tables of the bench step: one row per (implementation, config) and every raw timing sample."""
+
+from __future__ import annotations
+
+IMPLS = ("ours", "sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math")
+RESULT_STATUSES = ("ok", "wrong", "unsupported", "error")
+
+
+def m004_bench(db) -> None:
+    db.execute(
+        """
+        CREATE TABLE bench_results (
+            id INTEGER PRIMARY KEY,
+            step_id TEXT NOT NULL REFERENCES steps(id),
+            impl TEXT NOT NULL,
+            dtype TEXT NOT NULL,
+            batch_size INTEGER NOT NULL,
+            num_heads INTEGER NOT NULL,
+            seq_len_q INTEGER NOT NULL,
+            seq_len_k INTEGER NOT NULL,
+            head_dim INTEGER NOT NULL,
+            causal INTEGER NOT NULL,
+            latency_ms REAL,
+            iqr_ms REAL,
+            samples INTEGER,
+            tflops REAL,
+            pct_peak REAL,
+            memory_mb REAL,
+            throttled_samples INTEGER,
+            speedup_vs_sdpa REAL,
+            speedup_vs_best REAL,
+            status TEXT NOT NULL CHECK (status IN ('ok', 'wrong', 'unsupported', 'error')),
+            note TEXT,
+            launches_per_sample INTEGER,
+            max_abs_err REAL,
+            stop_reason TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX idx_bench_results_step ON bench_results(step_id)")
+    db.execute(
+        """
+        CREATE TABLE bench_samples (
+            id INTEGER PRIMARY KEY,
+            result_id INTEGER NOT NULL REFERENCES bench_results(id),
+            idx INTEGER NOT NULL,
+            latency_ms REAL NOT NULL,
+            throttled INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute("CREATE INDEX idx_bench_samples_result ON bench_samples(result_id)")

@@ -1,0 +1,621 @@
+"""GPU timing of attention implementations with CUDA events.
+
+The method, per sample:
+
+1. a short spin kernel (``torch.cuda._sleep``) holds the GPU while the CPU queues the rest, so that
+   host launch latency never lands between the events;
+2. L2 is flushed by writing a buffer twice the size of the device's L2;
+3. start event, ``k`` launches back to back (``k`` = 1 for kernels of 0.25 ms and more, enough to
+   fill about 0.25 ms for small ones), each launch on its own input set, end event. Input sets
+   rotate from sample to sample, so that one unlucky placement in memory does not set the result;
+4. one CUDA-graph replay instead of the ``k`` launches in graph mode.
+
+Implementations of one config are interleaved round by round (the first one rotates), the SM clock
+is warmed until NVML reads it steady, NVML's clock-event reasons are read around every round to flag
+throttled samples, and sampling stops per implementation when the median is known well enough
+(:class:`~sessionkit.bench.stats.StopRule`) or the config's time is up.
+
+torch is imported inside functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import telemetry
+from .grids import BenchConfig
+from .stats import StopRule, iqr, median, usable_samples
+
+TARGET_SAMPLE_MS = 0.25  # small kernels are batched up to about this much work per event pair
+BATCH_MS = 25.0  # GPU work queued between two host synchronisations
+HOLD_MARGIN_MS = 0.05
+HOST_OVERHEAD_MS = 0.03  # host time of a sample besides its launches (events, flush, hold)
+MAX_LAUNCHES = 512
+INPUT_SETS = 4  # rotating input sets (placements) per config, memory allowing
+INPUT_MEMORY_CAP = 2 << 30  # bytes for all input sets of one config
+MATH_SCORES_CAP = 1 << 28  # the math backend only when B*H*Sq*Sk*4 bytes stays under this
+
+
+def launches_for(latency_ms: float, target_ms: float = TARGET_SAMPLE_MS,
+                 max_launches: int = MAX_LAUNCHES) -> int:
+    """How many back-to-back launches one sample should time for a kernel of ``latency_ms``."""
+    if latency_ms <= 0 or not math.isfinite(latency_ms):
+        return max_launches
+    return max(1, min(max_launches, math.ceil(target_ms / latency_ms)))
+
+
+def input_sets_for(set_bytes: int, launches: int, *, cap: int = INPUT_MEMORY_CAP,
+                   minimum: int = INPUT_SETS) -> int:
+    """Input sets to allocate: one per launch of a sample (at least ``minimum``), within ``cap``."""
+    want = max(minimum, launches)
+    return max(1, min(want, cap // max(1, set_bytes)))
+
+
+def summarize_samples(samples: list[float], throttled: list[bool], *, min_clean: int = 5
+                      ) -> dict:
+    """Median and IQR over :func:`~sessionkit.bench.stats.usable_samples`, with the throttled
+    count."""
+    used, with_throttled = usable_samples(samples, throttled, min_clean=min_clean)
+    return {
+        "latency_ms": median(used) if used else None,
+        "iqr_ms": iqr(used) if used else None,
+        "samples": len(samples),
+        "throttled_samples": sum(bool(t) for t in throttled),
+        "used_throttled": with_throttled,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# NVML probe: clock and throttle state of the benchmarked GPU
+
+
+class Probe:
+    """SM clock and throttle reasons of one GPU through NVML, or nothing without NVML."""
+
+    def __init__(self, nvml=None, device=None, reason: str | None = None):
+        self.nvml = nvml
+        self.device = device
+        self.reason = reason
+
+    @classmethod
+    def for_torch_device(cls, index: int) -> "Probe":
+        try:
+            nvml = telemetry.load_nvml()
+        except telemetry.TelemetryUnavailable as exc:
+            return cls(reason=str(exc))
+        try:
+            devices = telemetry.resolve_devices(nvml)
+        except Exception as exc:
+            return cls(reason=f"cannot list GPUs ({exc})")
+        if index >= len(devices):
+            nvml.nvmlShutdown()
+            return cls(reason="the GPU is not visible to NVML")
+        return cls(nvml, devices[index])
+
+    @property
+    def available(self) -> bool:
+        return self.device is not None
+
+    def sm_clock(self) -> float | None:
+        if not self.available:
+            return None
+        try:
+            return float(self.nvml.nvmlDeviceGetClockInfo(self.device.handle,
+                                                          self.nvml.NVML_CLOCK_SM))
+        except Exception:
+            return None
+
+    def reasons(self) -> int | None:
+        if not self.available:
+            return None
+        fn = (getattr(self.nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+              or getattr(self.nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
+        try:
+            return int(fn(self.device.handle)) if fn else None
+        except Exception:
+            return None
+
+    def throttled(self) -> bool:
+        return bool(telemetry.is_throttled(self.reasons()))
+
+    def close(self) -> None:
+        if self.nvml is not None:
+            try:
+                self.nvml.nvmlShutdown()
+            except Exception:
+                pass
+            self.nvml = None
+            self.device = None
+
+
+# --------------------------------------------------------------------------------------------
+# Implementations
+
+
+@dataclass
+class Impl:
+    name: str
+    launch: Callable  # launch(q, k, v) -> output tensor
+    reference: bool = False  # outputs compared against this one
+
+
+def _torch_dtype(torch, name: str):
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def sdpa_impls(torch, config: BenchConfig) -> list[Impl]:
+    """SDPA default and each backend (math only for small shapes)."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    causal = config.causal
+
+    def default(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    def backend(which):
+        def run(q, k, v):
+            with sdpa_kernel(which):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return run
+
+    impls = [Impl("sdpa", default, reference=True),
+             Impl("sdpa_flash", backend(SDPBackend.FLASH_ATTENTION)),
+             Impl("sdpa_cudnn", backend(SDPBackend.CUDNN_ATTENTION)),
+             Impl("sdpa_efficient", backend(SDPBackend.EFFICIENT_ATTENTION))]
+    scores = config.batch_size * config.num_heads * config.seq_len_q * config.seq_len_k * 4
+    if scores <= MATH_SCORES_CAP:
+        impls.append(Impl("sdpa_math", backend(SDPBackend.MATH)))
+    return impls
+
+
+def ours_impl(torch, config: BenchConfig) -> tuple[Impl | None, str | None]:
+    """The project's kernel, or (None, why not)."""
+    try:
+        from .. import kernels
+
+        fn = getattr(kernels, "flash_attention", None)
+        into = None if fn is not None else getattr(kernels, "flash_attention_into", None)
+    except Exception as exc:  # not built yet, or a broken extension
+        return None, f"sessionkit.kernels is not available ({type(exc).__name__}: {error_line(exc)})"
+    scale = 1.0 / math.sqrt(config.head_dim)
+    causal = config.causal
+    if fn is not None:
+        def launch(q, k, v):
+            out = fn(q, k, v, causal=causal, scale=scale)
+            return out[0] if isinstance(out, (tuple, list)) else out
+        return Impl("ours", launch), None
+    if into is not None:
+        buffers = {}
+
+        def launch(q, k, v):
+            key = (q.shape, q.dtype, q.device)
+            if key not in buffers:  # outputs allocated once, as a caller of the _into form would
+                b, h, sq, _ = q.shape
+                buffers[key] = (torch.empty_like(q),
+                                torch.empty(b, h, sq, device=q.device, dtype=torch.float32))
+            out, lse = buffers[key]
+            into(q, k, v, out, lse, causal=causal, scale=scale)
+            return out
+        return Impl("ours", launch), None
+    return None, "sessionkit.kernels has no flash_attention entry point"
+
+
+def error_line(exc: BaseException, limit: int = 160) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text[:limit]
+
+
+# --------------------------------------------------------------------------------------------
+# The timer
+
+
+@dataclass
+class ImplRun:
+    """Measurements of one implementation on one config."""
+
+    name: str
+    status: str = "ok"  # ok | wrong | unsupported | error
+    note: str = ""
+    samples: list[float] = field(default_factory=list)
+    throttled: list[bool] = field(default_factory=list)
+    launches: int = 1
+    stop_reason: str = ""
+    memory_mb: float | None = None
+    max_abs_err: float | None = None
+    estimate_ms: float | None = None
+    host_ms: float = 0.05  # host time to queue one launch
+    graph: object = None
+    done: bool = False
+
+
+class Timer:
+    """CUDA-event timing on one device, with an L2 flush and a launch-latency shield."""
+
+    def __init__(self, torch, device=None, *, probe: Probe | None = None, graph: bool = False):
+        self.torch = torch
+        self.device = torch.device("cuda", torch.cuda.current_device()) if device is None else device
+        props = torch.cuda.get_device_properties(self.device)
+        self.l2_bytes = int(getattr(props, "L2_cache_size", 0) or 50 << 20)
+        self.flush_buf = torch.empty(max(2 * self.l2_bytes, 8 << 20) // 4, dtype=torch.int32,
+                                     device=self.device)
+        self.probe = probe or Probe(reason="no probe")
+        self.graph = graph
+        self.cycles_per_ms = self._calibrate_sleep()
+        self.flush_ms = self._time_flush()
+
+    # -- building blocks
+
+    def flush(self) -> None:
+        self.flush_buf.zero_()
+
+    def _calibrate_sleep(self) -> float:
+        torch = self.torch
+        torch.cuda.synchronize(self.device)
+        best = None
+        for _ in range(3):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            torch.cuda._sleep(1_000_000)
+            end.record()
+            end.synchronize()
+            ms = start.elapsed_time(end)
+            rate = 1_000_000 / ms if ms > 0 else 2e6
+            best = rate if best is None else max(best, rate)
+        return best
+
+    def _time_flush(self) -> float:
+        times = []
+        for _ in range(5):
+            start, end = self.events()
+            start.record()
+            self.flush()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return median(times)
+
+    def hold(self, ms: float) -> None:
+        """Keep the GPU busy for about ``ms`` so that what the CPU queues next runs back to back."""
+        if ms > 0:
+            self.torch.cuda._sleep(int(ms * self.cycles_per_ms))
+
+    def events(self):
+        torch = self.torch
+        return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    # -- one sample
+
+    def enqueue(self, impl: Impl, run: ImplRun, sets: list, first_set: int, hold_ms: float):
+        """Queue one sample (no sync) and return its event pair."""
+        start, end = self.events()
+        self.hold(hold_ms)
+        self.flush()
+        if run.graph is not None:
+            graph = run.graph[first_set % len(run.graph)]
+            start.record()
+            graph.replay()
+            end.record()
+        else:
+            n = len(sets)
+            start.record()
+            for i in range(run.launches):
+                q, k, v = sets[(first_set + i) % n]
+                impl.launch(q, k, v)
+            end.record()
+        return start, end
+
+    def capture(self, impl: Impl, run: ImplRun, sets: list) -> None:
+        """Capture the sample's launches as CUDA graphs (one per starting input set)."""
+        torch = self.torch
+        graphs = []
+        n = len(sets)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for i in range(run.launches):  # warm the allocator on the side stream
+                impl.launch(*sets[i % n])
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        for first in range(min(n, INPUT_SETS)):
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for i in range(run.launches):
+                    impl.launch(*sets[(first + i) % n])
+            graphs.append(g)
+        torch.cuda.synchronize(self.device)
+        run.graph = graphs
+
+    # -- the interleaved loop over implementations of one config
+
+    def measure(self, impls: list[Impl], sets: list, *, rule: StopRule, deadline: float,
+                warmup_s: float = 0.05, warmup_cap_s: float = 1.0,
+                check: Callable | None = None, memory_set_bytes: int = 0) -> list[ImplRun]:
+        """Measure ``impls`` on the input ``sets`` interleaved; returns one ImplRun each.
+
+        ``check(name, out, ref) -> (ok, max_abs_err, note)`` compares each output with the
+        reference implementation's on input set 0; a wrong one gets no timing.
+        """
+        torch = self.torch
+        runs = {impl.name: ImplRun(impl.name) for impl in impls}
+        live: list[Impl] = []
+        ref_out = None
+        ordered = sorted(impls, key=lambda i: not i.reference)  # reference first
+        for impl in ordered:
+            run = runs[impl.name]
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    out = impl.launch(*sets[0])
+                    torch.cuda.synchronize(self.device)
+            except RuntimeError as exc:
+                text = error_line(exc)
+                run.status = "unsupported" if _looks_unsupported(text) else "error"
+                run.note = text
+                torch.cuda.synchronize(self.device)
+                continue
+            if impl.reference:
+                ref_out = out
+            elif check is not None and ref_out is not None:
+                ok, err, note = check(impl.name, out, ref_out)
+                run.max_abs_err = err
+                if not ok:
+                    run.status, run.note = "wrong", note
+                    continue
+            del out
+            run.memory_mb = self._peak_memory_mb(impl, sets[0], memory_set_bytes)
+            run.estimate_ms, run.host_ms = self._estimate(impl, sets)
+            run.launches = launches_for(run.estimate_ms)
+            live.append(impl)
+        del ref_out
+
+        if self.graph:
+            for impl in list(live):
+                try:
+                    self.capture(impl, runs[impl.name], sets)
+                except Exception as exc:  # not capturable: time it eagerly
+                    runs[impl.name].graph = None
+                    runs[impl.name].note = f"eager (graph capture failed: {error_line(exc, 80)})"
+                    torch.cuda.synchronize(self.device)
+
+        self._warm(live, runs, sets, warmup_s, warmup_cap_s)
+
+        started = time.monotonic()
+        round_no = 0
+        while live:
+            before = self.probe.throttled()
+            pending, round_no = self._batch(live, runs, sets, round_no)
+            pending[-1][1][1].synchronize()
+            after = self.probe.throttled()
+            for run, (start, end) in pending:
+                run.samples.append(start.elapsed_time(end) / run.launches)
+                run.throttled.append(before or after)
+            now = time.monotonic()
+            still = []
+            for impl in live:
+                run = runs[impl.name]
+                clean = [s for s, t in zip(run.samples, run.throttled) if not t]
+                use = clean if len(clean) >= rule.min_samples else run.samples
+                stop, reason = rule.decide(use, now - started)
+                if not stop and now >= deadline and len(run.samples) >= min(3, rule.min_samples):
+                    stop, reason = True, "deadline"
+                if stop:
+                    run.stop_reason, run.done = reason, True
+                else:
+                    still.append(impl)
+            live = still
+        for run in runs.values():
+            run.graph = None
+        return [runs[impl.name] for impl in impls]
+
+    def _batch(self, live, runs, sets, round_no: int):
+        """Queue whole rounds (each live implementation once, the first one rotating) until about
+        BATCH_MS of GPU work is queued; returns ([(run, (start, end))], next round number).
+
+        Between the samples of a batch the GPU does not idle: only the first sample is held back
+        until the host is ahead, and later ones only when their launches take the host longer
+        than the GPU (small kernels), so that the clocks see a steady load as in real use."""
+        pending = []
+        queued_ms = 0.0
+        first = True
+        while True:
+            rot = round_no % len(live)
+            for impl in live[rot:] + live[:rot]:
+                run = runs[impl.name]
+                hold = self._hold_ms(run, first)
+                first = False
+                pending.append((run, self.enqueue(impl, run, sets, round_no, hold)))
+                queued_ms += hold + self.flush_ms + (run.estimate_ms or 0.0) * run.launches
+            round_no += 1
+            if queued_ms >= BATCH_MS:
+                return pending, round_no
+
+    def _hold_ms(self, run: ImplRun, first: bool) -> float:
+        """GPU hold before a sample (see :meth:`_batch`)."""
+        if run.graph is not None:
+            return HOLD_MARGIN_MS if first else 0.0
+        host = run.host_ms * run.launches + HOST_OVERHEAD_MS
+        gpu = (run.estimate_ms or 0.0) * run.launches + self.flush_ms
+        if first or gpu < 1.5 * host:
+            return HOLD_MARGIN_MS + 2.0 * host
+        return 0.0
+
+    def _estimate(self, impl: Impl, sets: list) -> tuple[float, float]:
+        """Rough (GPU ms, host ms) of one launch: medians of a few timed launches."""
+        times, host = [], []
+        for i in range(5):
+            start, end = self.events()
+            self.hold(0.5)
+            start.record()
+            t0 = time.perf_counter()
+            impl.launch(*sets[i % len(sets)])
+            host.append((time.perf_counter() - t0) * 1e3)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return median(times), median(host)
+
+    def _peak_memory_mb(self, impl: Impl, inputs, set_bytes: int) -> float:
+        """Peak device memory of one call, inputs included (MB)."""
+        torch = self.torch
+        torch.cuda.synchronize(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        out = impl.launch(*inputs)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        del out
+        return (peak - base + set_bytes) / 1e6
+
+    def _warm(self, live, runs, sets, warmup_s: float, cap_s: float) -> None:
+        """Run batches of the implementations until the SM clock holds steady (NVML),
+        ``warmup_s`` at least and ``cap_s`` at most."""
+        if not live:
+            return
+        start = time.monotonic()
+        clocks: list[float] = []
+        round_no = 0
+        while True:
+            pending, round_no = self._batch(live, runs, sets, round_no)
+            pending[-1][1][1].synchronize()
+            elapsed = time.monotonic() - start
+            clock = self.probe.sm_clock()
+            if clock is not None:
+                clocks.append(clock)
+            if elapsed >= cap_s:
+                return
+            if elapsed < warmup_s:
+                continue
+            if clock is None:
+                return
+            recent = clocks[-4:]
+            if len(recent) == 4 and (max(recent) - min(recent)) <= 0.01 * max(recent):
+                return
+
+
+def _looks_unsupported(text: str) -> bool:
+    text = text.lower()
+    return any(key in text for key in ("no available kernel", "not supported", "unsupported",
+                                       "only supports", "does not support", "not implemented"))
+
+
+def make_input_sets(torch, config: BenchConfig, device, count: int, seed: int = 0) -> list:
+    """``count`` sets of (q, k, v) in (B, H, S, D) layout, normal values, fixed seed."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    dtype = _torch_dtype(torch, config.dtype)
+    b, h, d = config.batch_size, config.num_heads, config.head_dim
+    sets = []
+    for _ in range(count):
+        q = torch.randn(b, h, config.seq_len_q, d, generator=gen, device=device, dtype=dtype)
+        k = torch.randn(b, h, config.seq_len_k, d, generator=gen, device=device, dtype=dtype)
+        v = torch.randn(b, h, config.seq_len_k, d, generator=gen, device=device, dtype=dtype)
+        sets.append((q, k, v))
+    return sets
+
+
+def input_set_bytes(config: BenchConfig) -> int:
+    size = {"fp16": 2, "bf16": 2, "fp32": 4}[config.dtype]
+    b, h, d = config.batch_size, config.num_heads, config.head_dim
+    return size * b * h * d * (config.seq_len_q + 2 * config.seq_len_k)
+
+
+def output_tolerance(dtype: str) -> float:
+    """Max abs difference allowed between two attention outputs of unit-normal inputs."""
+    return {"fp16": 4e-3, "bf16": 3e-2, "fp32": 1e-4}[dtype]
+
+
+def make_check(torch, config: BenchConfig):
+    tol = output_tolerance(config.dtype)
+
+    def check(name, out, ref):
+        if out is None or tuple(out.shape) != tuple(ref.shape):
+            return False, None, f"output shape {tuple(getattr(out, 'shape', ()))} != {tuple(ref.shape)}"
+        diff = (out.float() - ref.float()).abs()
+        if not torch.isfinite(out.float()).all():
+            return False, None, "output has NaN or Inf"
+        err = float(diff.max())
+        if err > tol:
+            return False, err, f"max abs error {err:.3g} vs SDPA exceeds {tol:g}"
+        return True, err, ""
+
+    return check
+
+
+def temperature(probe: Probe) -> float | None:
+    if not probe.available:
+        return None
+    try:
+        return float(probe.nvml.nvmlDeviceGetTemperature(probe.device.handle,
+                                                         probe.nvml.NVML_TEMPERATURE_GPU))
+    except Exception:
+        return None
+
+
+def preheat(timer: Timer, *, cap_s: float = 45.0, min_s: float = 3.0, window_s: float = 6.0,
+            rise_c: float = 1.0, n: int = 8192) -> dict:
+    """Load the GPU with bf16 matmuls until its temperature levels off.
+
+    Under a power cap the clocks, and so every latency, depend on the chip's temperature; a
+    cold GPU warms by 20-30 C during its first half-minute of full load. Measuring only once
+    the temperature has risen less than ``rise_c`` over the last ``window_s`` (at least
+    ``min_s``, at most ``cap_s``) makes runs comparable. Without NVML it runs ``min_s`` plus a
+    window. Returns {"seconds", "temp_start_c", "temp_end_c", "steady"}.
+    """
+    torch = timer.torch
+    gen = torch.Generator(device=timer.device)
+    gen.manual_seed(1)
+    a = torch.randn(n, n, generator=gen, device=timer.device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, generator=gen, device=timer.device, dtype=torch.bfloat16)
+    start = time.monotonic()
+    first = temperature(timer.probe)
+    readings: list[tuple[float, float]] = []
+    steady = False
+    while True:
+        for _ in range(16):
+            torch.matmul(a, b)
+        torch.cuda.synchronize(timer.device)
+        now = time.monotonic() - start
+        temp = temperature(timer.probe)
+        if temp is not None:
+            readings.append((now, temp))
+        if now >= cap_s:
+            break
+        if now < min_s:
+            continue
+        if temp is None:
+            if now >= min_s + window_s:
+                break
+            continue
+        past = [t for when, t in readings if when <= now - window_s]
+        if past and temp - past[-1] < rise_c:
+            steady = True
+            break
+    del a, b
+    return {"seconds": time.monotonic() - start, "temp_start_c": first,
+            "temp_end_c": temperature(timer.probe), "steady": steady}
+
+
+def matmul_ceiling(timer: Timer, *, n: int = 8192, samples: int = 30, time_cap_s: float = 3.0
+                   ) -> tuple[float, float]:
+    """Measured bf16 ``n^3`` matmul throughput: (TFLOP/s from the median, median ms)."""
+    torch = timer.torch
+    gen = torch.Generator(device=timer.device)
+    gen.manual_seed(0)
+    a = torch.randn(n, n, generator=gen, device=timer.device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, generator=gen, device=timer.device, dtype=torch.bfloat16)
+    impl = Impl("matmul", lambda x, y, _z: torch.matmul(x, y), reference=True)
+    sets = [(a, b, None)]
+    rule = StopRule(target_rel=0.002, min_samples=min(samples, 20), max_samples=samples,
+                    time_limit_s=time_cap_s)
+    (run,) = timer.measure([impl], sets, rule=rule, deadline=time.monotonic() + time_cap_s,
+                           warmup_s=0.3, warmup_cap_s=2.0)
+    if run.status != "ok":
+        raise RuntimeError(run.note)
+    stats = summarize_samples(run.samples, run.throttled)
+    ms = stats["latency_ms"]
+    return 2 * n ** 3 / (ms * 1e-3) / 1e12, ms

@@ -1,0 +1,41 @@
+"""``sessionkit compare [A] [B]``: benchmark results of two sessions, regressions first."""
+
+from __future__ import annotations
+
+import click
+
+from .common import db_option, echo_json, json_option, open_db
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(compare)
+
+
+@click.command()
+@click.argument("a", required=False)
+@click.argument("b", required=False)
+@click.option("--min-effect", type=float, default=0.05, show_default=True,
+              help="Smallest relative change of the median that counts as faster or slower.")
+@click.option("--alpha", type=float, default=0.01, show_default=True,
+              help="Significance level of the Mann-Whitney U test on the raw samples.")
+@click.option("--fail-on-regression", is_flag=True,
+              help="Exit with status 1 when anything got slower or broke.")
+@db_option
+@json_option
+@click.pass_context
+def compare(ctx, a, b, min_effect, alpha, fail_on_regression, as_json):
+    """Compare the bench results of session A (older) with session B (newer).
+
+    A and B are session numbers, names or ids; by default the last two sessions that benchmarked.
+    """
+    from ..bench.compare import RegressionFound, compare_sessions, format_comparison
+
+    db = open_db(ctx)
+    result = compare_sessions(db, a, b, min_effect=min_effect, alpha=alpha)
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(format_comparison(result))
+    if fail_on_regression and result["regressions"]:
+        raise RegressionFound(f"{result['regressions']} regression(s) from session "
+                              f"{result['a']['number']} to {result['b']['number']}")

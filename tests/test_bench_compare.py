@@ -1,0 +1,122 @@
+"""``sessionkit compare``: per config and implementation, verdicts from raw samples."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from sessionkit.bench import compare as cmp
+from sessionkit.bench import step as bench_step
+from sessionkit.bench.grids import BenchConfig
+from sessionkit.bench.timing import ImplRun
+from sessionkit.cli import cli
+from sessionkit.errors import SessionkitError, UsageError
+from sessionkit.sessions import end_session, start_session
+
+BIG = BenchConfig(4, 16, 4096, 4096, 128, "bf16", True)
+SMALL = BenchConfig(1, 8, 512, 512, 64, "fp16", False)
+
+
+def _samples(center, n=40):
+    return [center * (1 + 0.002 * ((i * 7) % 11 - 5)) for i in range(n)]
+
+
+def _bench(db, name, timings, status=None):
+    """A session with one bench step; timings = {(config, impl): center ms}."""
+    import os
+    import socket
+    import uuid
+
+    from sessionkit.timefmt import now_iso
+
+    for open_one in db.query("SELECT * FROM sessions WHERE status = 'open'"):
+        end_session(db, dict(open_one), outcome="done")
+    session = start_session(db, name, objective="compare test")
+    step_id = str(uuid.uuid4())
+    db["steps"].insert({"id": step_id, "session_id": session["id"], "seq": 1, "name": "bench",
+                        "started_at": now_iso(), "host": socket.gethostname(),
+                        "pid": os.getpid(), "status": "passed"})
+    status = status or {}
+    for config in {c for c, _ in timings}:
+        runs = []
+        for (c, impl), center in timings.items():
+            if c != config:
+                continue
+            st = status.get((c, impl), "ok")
+            runs.append(ImplRun(impl, status=st, samples=_samples(center) if st == "ok" else [],
+                                throttled=[False] * (40 if st == "ok" else 0)))
+        rows = bench_step.result_rows(config, runs, ceiling=None)
+        bench_step.store_config(db, step_id, rows, runs)
+    return session
+
+
+@pytest.fixture
+def two(db):
+    a = _bench(db, "before", {(BIG, "ours"): 1.0, (BIG, "sdpa"): 0.8, (SMALL, "ours"): 0.02,
+                              (SMALL, "sdpa"): 0.03, (SMALL, "sdpa_flash"): 0.05})
+    b = _bench(db, "after", {(BIG, "ours"): 1.2, (BIG, "sdpa"): 0.801, (SMALL, "ours"): 0.015,
+                             (SMALL, "sdpa"): 0.03, (SMALL, "sdpa_flash"): 0.05},
+               status={(SMALL, "sdpa_flash"): "wrong"})
+    return a, b
+
+
+def test_defaults_are_the_last_two_benchmarked_sessions(db, two):
+    a, b = two
+    result = cmp.compare_sessions(db)
+    assert result["a"]["number"] == a["number"] and result["b"]["number"] == b["number"]
+    verdicts = [(r["config"], r["impl"], r["verdict"]) for r in result["rows"]]
+    # regressions first: broken, then slower; then faster; then same
+    assert verdicts[0] == (SMALL.label, "sdpa_flash", "BROKEN")
+    assert verdicts[1] == (BIG.label, "ours", "SLOWER")
+    assert verdicts[2] == (SMALL.label, "ours", "FASTER")
+    assert {v for _, _, v in verdicts[3:]} == {"SAME"}
+    assert result["regressions"] == 2 and result["improvements"] == 1
+    slower = result["rows"][1]
+    assert slower["ratio"] == pytest.approx(1.2, rel=1e-3) and slower["p_value"] < 1e-6
+
+
+def test_min_effect_turns_small_changes_into_same(db, two):
+    result = cmp.compare_sessions(db, min_effect=0.5)
+    assert [r["verdict"] for r in result["rows"]].count("SAME") == 4
+    assert result["regressions"] == 1  # BROKEN does not depend on the effect size
+
+
+def test_explicit_sessions_and_one_argument(db, two):
+    a, b = two
+    c = _bench(db, "third", {(BIG, "ours"): 1.0})
+    result = cmp.compare_sessions(db, str(a["number"]), "after")
+    assert (result["a"]["name"], result["b"]["name"]) == ("before", "after")
+    one = cmp.compare_sessions(db, str(a["number"]))
+    assert one["b"]["number"] == c["number"]
+    assert len(one["only_in_a"]) == 4
+
+
+def test_errors(db):
+    with pytest.raises(SessionkitError, match="need two sessions with bench results"):
+        cmp.compare_sessions(db)
+    s = _bench(db, "only", {(BIG, "ours"): 1.0})
+    with pytest.raises(UsageError, match="two different sessions"):
+        cmp.compare_sessions(db, str(s["number"]), str(s["number"]))
+    with pytest.raises(UsageError, match="min-effect"):
+        cmp.compare_sessions(db, min_effect=2)
+
+
+def test_cli_table_json_and_fail_on_regression(db, two):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["compare"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "BROKEN" in lines[2] and "SLOWER" in lines[3]
+    assert "2 regression(s)" in result.output
+    as_json = runner.invoke(cli, ["compare", "--json"])
+    data = json.loads(as_json.output)
+    assert data["regressions"] == 2 and len(data["rows"]) == 5
+    failing = runner.invoke(cli, ["compare", "--fail-on-regression"])
+    assert failing.exit_code == 1
+    assert "Error: 2 regression(s)" in failing.output
+    fine = runner.invoke(cli, ["compare", "--fail-on-regression", "--min-effect", "0.5"])
+    assert fine.exit_code == 1  # the broken one remains
+    bad = runner.invoke(cli, ["compare", "nope"])
+    assert bad.exit_code != 0 and "Error:" in bad.output and "Traceback" not in bad.output

@@ -1,0 +1,137 @@
+"""Grids: built-in ones, ``--config`` parsing and ``[tool.sessionkit.grids]`` loading."""
+
+from __future__ import annotations
+
+import pytest
+
+from sessionkit.bench import grids
+from sessionkit.bench.grids import BenchConfig, load_grid, parse_config, select_configs
+from sessionkit.errors import UsageError
+
+
+def test_standard_grid_is_the_documented_48():
+    configs = load_grid("standard")
+    assert len(configs) == len(set(configs)) == 48
+    for c in configs:
+        assert c.batch_size * c.seq_len_q == 16384 and c.seq_len_q == c.seq_len_k
+        assert c.num_heads * c.head_dim == 2048
+    assert {c.dtype for c in configs} == {"fp16", "bf16"}
+    assert {c.head_dim for c in configs} == {64, 128}
+    assert {c.causal for c in configs} == {True, False}
+    assert {c.seq_len_q for c in configs} == {512, 1024, 2048, 4096, 8192, 16384}
+
+
+def test_seeds_and_quick():
+    seeds = load_grid("seeds")
+    assert [c.seq_len_q for c in seeds] == [32, 64, 128, 256, 512]
+    assert all((c.batch_size, c.num_heads, c.head_dim, c.dtype) == (1, 8, 64, "fp16")
+               for c in seeds)
+    quick = load_grid("quick")
+    assert len(quick) == 8
+    # a spread: tiny to over a TFLOP of work, both masks, Sq != Sk present
+    flops = sorted(c.flops for c in quick)
+    assert flops[0] < 1e9 < 1e12 < flops[-1]
+    assert any(c.causal for c in quick) and any(not c.causal for c in quick)
+    assert any(c.seq_len_q != c.seq_len_k for c in quick)
+
+
+def test_parse_config():
+    c = parse_config("4,16,4096,2048,128,bfloat16,causal")
+    assert c == BenchConfig(4, 16, 4096, 2048, 128, "bf16", True)
+    assert c.spec == "4,16,4096,2048,128,bf16,1"
+    assert parse_config(c.spec) == c
+    assert c.label == "bf16 B4 H16 Sq4096 Sk2048 D128 causal"
+    assert parse_config(" 1, 8, 512, 512, 64, fp16, 0 ").causal is False
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("1,2,3", "expected B,H,Sq,Sk,D,dtype,causal"),
+    ("0,8,512,512,64,fp16,0", "positive integer"),
+    ("1,8,x,512,64,fp16,0", "positive integer"),
+    ("1,8,512,512,64,int8,0", "unknown dtype"),
+    ("1,8,512,512,64,fp16,maybe", "bad causal"),
+])
+def test_bad_configs_are_usage_errors(text, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        parse_config(text)
+
+
+def test_select_configs():
+    assert select_configs(None)[0] == "quick"
+    label, configs = select_configs(None, ["1,8,512,512,64,fp16,0", "1,8,512,512,64,fp16,0"])
+    assert label == "custom" and len(configs) == 1
+    label, configs = select_configs("seeds", ["1,8,1024,1024,64,fp16,0"])
+    assert label == "seeds+custom" and len(configs) == 6
+
+
+def _pyproject(tmp_path, body: str):
+    (tmp_path / "pyproject.toml").write_text("[tool.sessionkit]\nplan = []\n\n" + body)
+
+
+def test_project_grids_list_and_table(tmp_path):
+    _pyproject(tmp_path, """
+[tool.sessionkit.grids]
+mine = ["1,16,8192,8192,128,bf16,1"]
+
+[tool.sessionkit.grids.long]
+dtype = ["bf16", "fp16"]
+head_dim = 128
+seq_len = [8192, 16384]
+tokens = 16384
+hidden = 2048
+causal = [true, false]
+
+[tool.sessionkit.grids.decode]
+dtype = "bf16"
+head_dim = [64]
+seq_len_q = [1, 16]
+seq_len_k = [4096]
+batch_size = [8]
+num_heads = 32
+""")
+    assert load_grid("mine", tmp_path) == [BenchConfig(1, 16, 8192, 8192, 128, "bf16", True)]
+    long = load_grid("long", tmp_path)
+    assert len(long) == 8
+    assert BenchConfig(2, 16, 8192, 8192, 128, "fp16", False) in long
+    decode = load_grid("decode", tmp_path)
+    assert [(c.seq_len_q, c.seq_len_k) for c in decode] == [(1, 4096), (16, 4096)]
+    assert set(grids.grid_names(tmp_path)) == {"quick", "seeds", "standard", "mine", "long",
+                                               "decode"}
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ('[tool.sessionkit.grids]\nbad = "x"\n', "must be a list"),
+    ('[tool.sessionkit.grids]\nbad = []\n', "empty list"),
+    ('[tool.sessionkit.grids]\nbad = [1, 2]\n', "config strings"),
+    ('[tool.sessionkit.grids]\nbad = ["1,2,3"]\n', "expected B,H"),
+    ('[tool.sessionkit.grids.bad]\ndtype="bf16"\nhead_dim=64\nseq_len=8\nbatch_size=1\n'
+     'num_heads=1\nfoo=1\n', "unknown key 'foo'"),
+    ('[tool.sessionkit.grids.bad]\ndtype="bf16"\nseq_len=8\nbatch_size=1\nnum_heads=1\n',
+     "missing 'head_dim'"),
+    ('[tool.sessionkit.grids.bad]\ndtype="bf16"\nhead_dim=64\nseq_len=8\nnum_heads=1\n',
+     "exactly one of 'batch_size' and 'tokens'"),
+    ('[tool.sessionkit.grids.bad]\ndtype="bf16"\nhead_dim=64\nseq_len=8\nbatch_size=1\n'
+     'hidden=100\n', "not a multiple"),
+    ('[tool.sessionkit.grids.bad]\ndtype="bf16"\nhead_dim=64\nseq_len=[8, -1]\nbatch_size=1\n'
+     'num_heads=2\n', "bad seq_len"),
+    ('[tool.sessionkit]\ngrids = 3\n', "must be a table"),
+])
+def test_bad_project_grids_are_one_line_usage_errors(tmp_path, body, fragment):
+    if body.startswith("[tool.sessionkit]\n"):
+        (tmp_path / "pyproject.toml").write_text(body)
+    else:
+        _pyproject(tmp_path, body)
+    with pytest.raises(UsageError, match=fragment) as info:
+        load_grid("quick", tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_grid_lists_known_ones(tmp_path):
+    with pytest.raises(UsageError, match="known grids: quick, seeds, standard"):
+        load_grid("nope", tmp_path)
+
+
+def test_broken_toml_is_a_usage_error(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[tool.sessionkit\n")
+    with pytest.raises(UsageError, match="cannot read"):
+        load_grid("quick", tmp_path)

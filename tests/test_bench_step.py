@@ -1,0 +1,171 @@
+"""The bench step's CPU-side parts: option parsing, result rows, speedups, CSV, table, skip."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from sessionkit.bench import step as bench_step
+from sessionkit.bench.grids import BenchConfig
+from sessionkit.bench.timing import ImplRun, input_sets_for, launches_for, summarize_samples
+from sessionkit.errors import UsageError
+
+CFG = BenchConfig(4, 16, 4096, 4096, 128, "bf16", True)
+
+
+def _run(name, samples, throttled=None, status="ok", note=""):
+    return ImplRun(name, status=status, note=note, samples=list(samples),
+                   throttled=list(throttled or [False] * len(samples)), launches=1,
+                   memory_mb=100.0)
+
+
+def test_parse_impls():
+    assert bench_step.parse_impls(()) is None
+    assert bench_step.parse_impls(["sdpa, sdpa_flash", "ours", "sdpa"]) == ["sdpa", "sdpa_flash",
+                                                                             "ours"]
+    with pytest.raises(UsageError, match="unknown implementation 'fa3'"):
+        bench_step.parse_impls(["fa3"])
+
+
+def test_result_rows_speedups_and_peak():
+    runs = [_run("ours", [0.50] * 30), _run("sdpa", [1.00] * 30),
+            _run("sdpa_flash", [0.80] * 30), _run("sdpa_efficient", [], status="unsupported",
+                                                   note="No available kernel")]
+    rows = bench_step.result_rows(CFG, runs, ceiling=700.0)
+    by = {r["impl"]: r for r in rows}
+    assert by["ours"]["speedup_vs_sdpa"] == pytest.approx(2.0)
+    assert by["ours"]["speedup_vs_best"] == pytest.approx(0.8 / 0.5)  # flash is the best SDPA
+    assert by["sdpa"]["speedup_vs_sdpa"] == pytest.approx(1.0)
+    assert by["sdpa_flash"]["speedup_vs_best"] == pytest.approx(1.0)
+    expected_tflops = CFG.flops / 0.5e-3 / 1e12
+    assert by["ours"]["tflops"] == pytest.approx(expected_tflops)
+    assert by["ours"]["pct_peak"] == pytest.approx(100 * expected_tflops / 700.0)
+    eff = by["sdpa_efficient"]
+    assert eff["status"] == "unsupported" and eff["latency_ms"] is None
+    assert eff["tflops"] is None and eff["note"] == "No available kernel"
+
+
+def test_wrong_kernel_gets_no_speed():
+    runs = [_run("ours", [], status="wrong", note="max abs error 0.5"), _run("sdpa", [1.0] * 5)]
+    by = {r["impl"]: r for r in bench_step.result_rows(CFG, runs, ceiling=None)}
+    assert by["ours"]["latency_ms"] is None and by["ours"]["speedup_vs_sdpa"] is None
+    assert by["sdpa"]["pct_peak"] is None  # no ceiling, no percentage
+
+
+def test_throttled_samples_are_left_out_of_the_median():
+    samples = [1.0] * 10 + [2.0] * 4
+    throttled = [False] * 10 + [True] * 4
+    stats = summarize_samples(samples, throttled)
+    assert stats["latency_ms"] == 1.0 and stats["throttled_samples"] == 4
+    assert not stats["used_throttled"]
+    # throttled most of the time: that is the steady state, so all samples count
+    stats = summarize_samples([1.0] * 4 + [2.0] * 10, [False] * 4 + [True] * 10)
+    assert stats["latency_ms"] == 2.0 and stats["used_throttled"]
+    rows = bench_step.result_rows(CFG, [_run("sdpa", [1.0] * 4 + [2.0] * 10,
+                                             [False] * 4 + [True] * 10)], ceiling=None)
+    assert rows[0]["throttled_samples"] == 10 and "median of all" in rows[0]["note"]
+
+
+def test_launch_batching_and_input_sets():
+    assert launches_for(1.0) == 1 and launches_for(0.25) == 1
+    assert launches_for(0.1) == 3
+    assert launches_for(0.005) == 50
+    assert launches_for(0.0) == launches_for(float("nan")) == 512
+    assert input_sets_for(1 << 20, 50) == 50
+    assert input_sets_for(1 << 30, 1) == 2  # 2 GiB cap
+    assert input_sets_for(4 << 30, 1) == 1
+
+
+def test_csv_has_the_documented_columns(tmp_path):
+    runs = [_run("ours", [0.5] * 3), _run("sdpa", [1.0] * 3)]
+    rows = bench_step.result_rows(CFG, runs, ceiling=700.0)
+    path = bench_step.write_csv(tmp_path / "out" / "bench.csv", rows)
+    with open(path) as fh:
+        lines = list(csv.DictReader(fh))
+    assert len(lines) == 2
+    for col in ("implementation", "dtype", "batch_size", "seq_len_q", "seq_len_k", "head_dim",
+                "num_heads", "causal", "latency_ms", "iqr_ms", "samples", "tflops", "pct_peak",
+                "memory_mb", "throttled_samples"):
+        assert col in lines[0]
+    assert lines[0]["implementation"] == "ours" and lines[0]["causal"] == "1"
+    assert float(lines[1]["latency_ms"]) == 1.0 and lines[1]["samples"] == "3"
+
+
+def test_csv_unwritable_is_a_usage_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match="cannot write"):
+        bench_step.write_csv(tmp_path / "file" / "x.csv", [])
+
+
+def test_results_table():
+    rows = bench_step.result_rows(CFG, [_run("ours", [0.5] * 3), _run("sdpa", [1.0] * 3),
+                                        _run("sdpa_cudnn", [], status="wrong")], ceiling=None)
+    table = bench_step.results_table(rows)
+    header, line = table.splitlines()
+    assert header.split()[-4:] == ["ours", "sdpa", "cudnn", "ours/sdpa"]
+    assert line.startswith("bf16 B4 H16 S4096 D128 causal")
+    assert "WRONG" in line and line.endswith("2.00x")
+    assert f"{CFG.flops / 0.5e-3 / 1e12:.0f}" in line
+
+
+def test_session_ceiling_reuse(make_context, db):
+    ctx = make_context(name="bench")
+    assert bench_step.session_ceiling(db, ctx.session["id"]) is None
+    ctx.metric("matmul_bf16_tflops", 712.5, unit="TFLOP/s", subject="ceiling")
+    ctx.metric("matmul_bf16_tflops", 1.0, unit="TFLOP/s", subject="something else")
+    assert bench_step.session_ceiling(db, ctx.session["id"]) == 712.5
+
+
+def test_store_config_keeps_every_sample(make_context, db):
+    ctx = make_context(name="bench")
+    runs = [_run("sdpa", [1.0, 1.1, 0.9], [False, True, False]),
+            _run("sdpa_flash", [], status="unsupported")]
+    rows = bench_step.result_rows(CFG, runs, ceiling=None)
+    bench_step.store_config(db, ctx.step_id, rows, runs)
+    stored = bench_step.step_rows(db, ctx.step_id)
+    assert [r["impl"] for r in stored] == ["sdpa", "sdpa_flash"]
+    samples = list(db.query("SELECT idx, latency_ms, throttled FROM bench_samples "
+                            "WHERE result_id = ? ORDER BY idx", [stored[0]["id"]]))
+    assert [(s["latency_ms"], s["throttled"]) for s in samples] == [(1.0, 0), (1.1, 1), (0.9, 0)]
+
+
+def test_step_skips_without_cuda(make_context):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this checks the CPU-only path")
+    result = bench_step.BenchStep().run(make_context({"grid": "quick"}, name="bench"))
+    assert result.status == "skipped" and "CUDA" in result.message
+
+
+def test_step_rejects_bad_options_before_touching_the_gpu(make_context):
+    with pytest.raises(UsageError, match="no grid named"):
+        bench_step.BenchStep().run(make_context({"grid": "nope"}, name="bench"))
+    with pytest.raises(UsageError, match="must be positive"):
+        bench_step.run_bench(make_context(name="bench"), grid=None, time_limit_s=-1)
+
+
+def test_cli_step_bench_is_registered_and_skips(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this checks the CPU-only path")
+    from click.testing import CliRunner
+
+    from sessionkit.cli import cli
+
+    runner = CliRunner()
+    assert runner.invoke(cli, ["start", "-m", "bench on cpu"]).exit_code == 0
+    result = runner.invoke(cli, ["step", "bench", "--config", "1,8,128,128,64,fp16,0"])
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.output and "CUDA" in result.output
+    bad = runner.invoke(cli, ["step", "bench", "--config", "1,8"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    assert "bad config" in bad.output
+
+
+def test_preheat_option():
+    assert bench_step.parse_preheat(None) == bench_step.DEFAULT_PREHEAT_S
+    assert bench_step.parse_preheat("0") == 0.0 and bench_step.parse_preheat("off") == 0.0
+    assert bench_step.parse_preheat("20s") == 20.0
+    with pytest.raises(UsageError, match="bad duration"):
+        bench_step.parse_preheat("soon")
