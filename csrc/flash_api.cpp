@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <tuple>
 
 #include "flash_fwd.h"
@@ -24,80 +25,106 @@
 namespace sessionkit {
 namespace {
 
+// Error messages are built with std::string and std::to_string only, and handed to TORCH_CHECK as
+// one string: c10::str with several arguments formats through an ostringstream inside this library,
+// which crashed (SIGSEGV in the number formatting of the iostream locale) when the extension was
+// linked by a toolchain whose libstdc++ differs from torch's. The message is built only on failure.
+#define SK_CHECK(COND, MSG)               \
+  do {                                    \
+    if (!(COND)) {                        \
+      TORCH_CHECK(false, std::string(MSG)); \
+    }                                     \
+  } while (0)
+
+std::string num(int64_t x) { return std::to_string(x); }
+
+std::string list(c10::IntArrayRef xs) {
+  std::string s = "[";
+  for (size_t i = 0; i < xs.size(); ++i) s += (i ? ", " : "") + std::to_string(xs[i]);
+  return s + "]";
+}
+
+std::string dev(const at::Tensor& t) { return t.device().str(); }
+
+std::string dtype(const at::Tensor& t) { return c10::toString(t.scalar_type()); }
+
 bool aligned(const at::Tensor& t, int64_t bytes) {
   return reinterpret_cast<uintptr_t>(t.data_ptr()) % bytes == 0;
 }
 
 void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
-              "flash_attn_fwd: q, k and v must be 4-D (batch, heads, seq, head_dim); got ranks ",
-              q.dim(), ", ", k.dim(), ", ", v.dim());
-  TORCH_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(),
-              "flash_attn_fwd: q, k and v must be CUDA tensors; got ", q.device(), ", ",
-              k.device(), ", ", v.device());
-  TORCH_CHECK(q.device() == k.device() && q.device() == v.device(),
-              "flash_attn_fwd: q, k and v must be on the same device; got ", q.device(), ", ",
-              k.device(), ", ", v.device());
-  const auto dtype = q.scalar_type();
-  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16,
-              "flash_attn_fwd: dtype must be float16 or bfloat16; got ", dtype);
-  TORCH_CHECK(k.scalar_type() == dtype && v.scalar_type() == dtype,
-              "flash_attn_fwd: q, k and v must share one dtype; got ", dtype, ", ",
-              k.scalar_type(), ", ", v.scalar_type());
+  SK_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+           "flash_attn_fwd: q, k and v must be 4-D (batch, heads, seq, head_dim); got ranks " +
+               num(q.dim()) + ", " + num(k.dim()) + ", " + num(v.dim()));
+  SK_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(),
+           "flash_attn_fwd: q, k and v must be CUDA tensors; got " + dev(q) + ", " + dev(k) + ", " +
+               dev(v));
+  SK_CHECK(q.device() == k.device() && q.device() == v.device(),
+           "flash_attn_fwd: q, k and v must be on the same device; got " + dev(q) + ", " + dev(k) +
+               ", " + dev(v));
+  const auto st = q.scalar_type();
+  SK_CHECK(st == at::kHalf || st == at::kBFloat16,
+           "flash_attn_fwd: dtype must be float16 or bfloat16; got " + dtype(q));
+  SK_CHECK(k.scalar_type() == st && v.scalar_type() == st,
+           "flash_attn_fwd: q, k and v must share one dtype; got " + dtype(q) + ", " + dtype(k) +
+               ", " + dtype(v));
   const int64_t d = q.size(3);
-  TORCH_CHECK(d == 64 || d == 128, "flash_attn_fwd: head_dim ", d,
-              " is not supported; supported head dims are 64 and 128");
-  TORCH_CHECK(k.size(3) == d && v.size(3) == d, "flash_attn_fwd: q, k and v must share head_dim; got ",
-              d, ", ", k.size(3), ", ", v.size(3));
-  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0),
-              "flash_attn_fwd: batch sizes differ: q ", q.size(0), ", k ", k.size(0), ", v ",
-              v.size(0));
-  TORCH_CHECK(k.size(1) == q.size(1) && v.size(1) == q.size(1),
-              "flash_attn_fwd: head counts differ: q ", q.size(1), ", k ", k.size(1), ", v ",
-              v.size(1));
-  TORCH_CHECK(k.size(2) == v.size(2), "flash_attn_fwd: k and v sequence lengths differ: ",
-              k.size(2), " vs ", v.size(2));
-  TORCH_CHECK(k.size(2) > 0,
-              "flash_attn_fwd: k and v have no keys (seq_len_k == 0); softmax over no keys is "
-              "undefined");
-  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
-              "flash_attn_fwd: the last dimension of q, k and v must be contiguous (stride 1)");
+  SK_CHECK(d == 64 || d == 128, "flash_attn_fwd: head_dim " + num(d) +
+                                    " is not supported; supported head dims are 64 and 128");
+  SK_CHECK(k.size(3) == d && v.size(3) == d,
+           "flash_attn_fwd: q, k and v must share head_dim; got " + num(d) + ", " + num(k.size(3)) +
+               ", " + num(v.size(3)));
+  SK_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0),
+           "flash_attn_fwd: batch sizes differ: q " + num(q.size(0)) + ", k " + num(k.size(0)) +
+               ", v " + num(v.size(0)));
+  SK_CHECK(k.size(1) == q.size(1) && v.size(1) == q.size(1),
+           "flash_attn_fwd: head counts differ: q " + num(q.size(1)) + ", k " + num(k.size(1)) +
+               ", v " + num(v.size(1)));
+  SK_CHECK(k.size(2) == v.size(2), "flash_attn_fwd: k and v sequence lengths differ: " +
+                                       num(k.size(2)) + " vs " + num(v.size(2)));
+  SK_CHECK(k.size(2) > 0,
+           "flash_attn_fwd: k and v have no keys (seq_len_k == 0); softmax over no keys is "
+           "undefined");
+  SK_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
+           "flash_attn_fwd: the last dimension of q, k and v must be contiguous (stride 1)");
   for (const at::Tensor* t : {&q, &k, &v}) {
     for (int i = 0; i < 3; ++i) {
-      TORCH_CHECK(t->size(i) <= 1 || t->stride(i) % 8 == 0,
-                  "flash_attn_fwd: strides of q, k and v must be multiples of 8 elements; got ",
-                  t->strides());
+      SK_CHECK(t->size(i) <= 1 || t->stride(i) % 8 == 0,
+               "flash_attn_fwd: strides of q, k and v must be multiples of 8 elements; got " +
+                   list(t->strides()));
     }
-    TORCH_CHECK(aligned(*t, 16), "flash_attn_fwd: q, k and v must be 16-byte aligned");
+    SK_CHECK(aligned(*t, 16), "flash_attn_fwd: q, k and v must be 16-byte aligned");
   }
   constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
-  TORCH_CHECK(q.size(2) <= kMaxInt && k.size(2) <= kMaxInt,
-              "flash_attn_fwd: sequence lengths must fit in 32 bits");
-  TORCH_CHECK(q.size(0) <= 65535 && q.size(1) <= 65535,
-              "flash_attn_fwd: batch and heads must each be at most 65535");
+  SK_CHECK(q.size(2) <= kMaxInt && k.size(2) <= kMaxInt,
+           "flash_attn_fwd: sequence lengths must fit in 32 bits");
+  SK_CHECK(q.size(0) <= 65535 && q.size(1) <= 65535,
+           "flash_attn_fwd: batch and heads must each be at most 65535");
 }
 
 void check_outputs(const at::Tensor& q, const at::Tensor& out, const at::Tensor& lse) {
-  TORCH_CHECK(out.device() == q.device() && lse.device() == q.device(),
-              "flash_attn_fwd_out: out and lse must be on the device of q (", q.device(), ")");
-  TORCH_CHECK(out.scalar_type() == q.scalar_type(), "flash_attn_fwd_out: out must have dtype ",
-              q.scalar_type(), "; got ", out.scalar_type());
-  TORCH_CHECK(lse.scalar_type() == at::kFloat, "flash_attn_fwd_out: lse must be float32; got ",
-              lse.scalar_type());
-  TORCH_CHECK(out.dim() == 4 && out.size(0) == q.size(0) && out.size(1) == q.size(1) &&
-                  out.size(2) == q.size(2) && out.size(3) == q.size(3),
-              "flash_attn_fwd_out: out must have the shape of q ", q.sizes(), "; got ",
-              out.sizes());
-  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) &&
-                  lse.size(2) == q.size(2),
-              "flash_attn_fwd_out: lse must have shape (batch, heads, seq_len_q) = [", q.size(0),
-              ", ", q.size(1), ", ", q.size(2), "]; got ", lse.sizes());
+  SK_CHECK(out.device() == q.device() && lse.device() == q.device(),
+           "flash_attn_fwd_out: out and lse must be on the device of q (" + dev(q) + ")");
+  SK_CHECK(out.scalar_type() == q.scalar_type(),
+           "flash_attn_fwd_out: out must have dtype " + dtype(q) + "; got " + dtype(out));
+  SK_CHECK(lse.scalar_type() == at::kFloat,
+           "flash_attn_fwd_out: lse must be float32; got " + dtype(lse));
+  SK_CHECK(out.dim() == 4 && out.size(0) == q.size(0) && out.size(1) == q.size(1) &&
+               out.size(2) == q.size(2) && out.size(3) == q.size(3),
+           "flash_attn_fwd_out: out must have the shape of q " + list(q.sizes()) + "; got " +
+               list(out.sizes()));
+  SK_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) &&
+               lse.size(2) == q.size(2),
+           "flash_attn_fwd_out: lse must have shape (batch, heads, seq_len_q) = " +
+               list(q.sizes().slice(0, 3)) + "; got " + list(lse.sizes()));
   bool even_strides = true;
-  for (int i = 0; i < 3; ++i) even_strides = even_strides && (out.size(i) <= 1 || out.stride(i) % 2 == 0);
-  TORCH_CHECK(out.stride(3) == 1 && even_strides && aligned(out, 4),
-              "flash_attn_fwd_out: out needs a contiguous last dimension, even strides and 4-byte "
-              "alignment; got strides ",
-              out.strides());
+  for (int i = 0; i < 3; ++i) {
+    even_strides = even_strides && (out.size(i) <= 1 || out.stride(i) % 2 == 0);
+  }
+  SK_CHECK(out.stride(3) == 1 && even_strides && aligned(out, 4),
+           "flash_attn_fwd_out: out needs a contiguous last dimension, even strides and 4-byte "
+           "alignment; got strides " +
+               list(out.strides()));
 }
 
 void launch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
@@ -140,7 +167,8 @@ void launch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
                             [&] { return run_flash_fwd<kDtype, kHeadDim, kCausal>(p, stream); });
     });
   });
-  TORCH_CHECK(err == cudaSuccess, "flash_attn_fwd: kernel launch failed: ", cudaGetErrorString(err));
+  SK_CHECK(err == cudaSuccess,
+           std::string("flash_attn_fwd: kernel launch failed: ") + cudaGetErrorString(err));
 }
 
 std::tuple<at::Tensor, at::Tensor> flash_attn_fwd(const at::Tensor& q, const at::Tensor& k,

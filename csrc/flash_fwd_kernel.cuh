@@ -31,15 +31,27 @@ struct Elem<DType::kBFloat16> {
   using type = __nv_bfloat16;
 };
 
-// Tile shapes. kBlockN is larger for D=64 so that each warp does as much mma work per softmax pass.
+// Tuning knobs, overridable with -D for experiments (the defaults are what ships).
+#ifndef SK_FWD_STAGES
+#define SK_FWD_STAGES 2
+#endif
+#ifndef SK_FWD_BLOCK_N_D64
+#define SK_FWD_BLOCK_N_D64 128
+#endif
+#ifndef SK_FWD_BLOCK_N_D128
+#define SK_FWD_BLOCK_N_D128 128
+#endif
+
+// Tile shapes: 128 query rows (8 warps of 16) by 128 keys for both head dims (v2; v1 used 64 keys at
+// D=128, measured 8% slower; see docs/kernel-notes.md).
 template <int kHeadDim_>
 struct Traits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = 128;
-  static constexpr int kBlockN = kHeadDim == 64 ? 128 : 64;
+  static constexpr int kBlockN = kHeadDim == 64 ? SK_FWD_BLOCK_N_D64 : SK_FWD_BLOCK_N_D128;
   static constexpr int kWarps = kBlockM / 16;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kStages = 2;
+  static constexpr int kStages = SK_FWD_STAGES;
   static constexpr int kRowBytes = kHeadDim * 2;
   static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
   static constexpr int kQBytes = kBlockM * kRowBytes;

@@ -127,6 +127,13 @@ def build_key(*, sources_sha256: str, torch_version: str, torch_cuda: str | None
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
+def extra_nvcc_flags() -> list[str]:
+    """Experiment flags from $SESSIONKIT_NVCC_FLAGS (e.g. ``-DSK_FWD_STAGES=3``); part of the key."""
+    import shlex
+
+    return shlex.split(os.environ.get("SESSIONKIT_NVCC_FLAGS", ""))
+
+
 def read_manifest(folder: Path) -> dict | None:
     """The manifest of a finished build whose library is present, else None."""
     try:
@@ -305,7 +312,7 @@ def build_extension(progress=None, *, nvcc: str | None = None,
     if capability is None:
         capability = tuple(torch.cuda.get_device_capability())
     arch = toolchain.arch_label(capability)
-    cuda_flags = CUDA_FLAGS + toolchain.arch_flags(capability)
+    cuda_flags = CUDA_FLAGS + toolchain.arch_flags(capability) + extra_nvcc_flags()
     cflags = list(CXX_FLAGS)
     root = csrc_dir()
     files = source_files(root)

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# One pass over the kernels on a GPU machine: clean build (timed), cached reload (timed), the build
+# step through the CLI, the GPU tests, compute-sanitizer memcheck + racecheck on a small run, and the
+# speed table. Logs go to $OUT (default /tmp/sessionkit-gpu-check); a short summary prints last.
+#
+#   bash benchmarks/gpu_check.sh [build] [tests] [cppchecks] [sanitize] [bench] [variants]
+#   (no argument: build tests sanitize bench)
+# variants: rebuilds with each set of -D flags in $VARIANTS (separated by ';') and times them.
+#
+# Builds into $SESSIONKIT_BUILD_DIR (default ./.skbuild) so that a run starts from a clean cache.
+set -u
+OUT=${OUT:-/tmp/sessionkit-gpu-check}
+mkdir -p "$OUT"
+export SESSIONKIT_BUILD_DIR=${SESSIONKIT_BUILD_DIR:-$PWD/.skbuild}
+export PYTHONUNBUFFERED=1
+STAGES=${*:-build tests sanitize bench}
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+note() { echo "$*" | tee -a "$SUMMARY"; }
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+
+note "gpu: $(nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,temperature.gpu \
+  --format=csv,noheader 2>&1)"
+note "torch: $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)')"
+note "nvcc: $(nvcc --version | grep -o 'release [0-9.]*')"
+
+if has build; then
+  rm -rf "$SESSIONKIT_BUILD_DIR"
+  python3 - <<'EOF' 2>&1 | tee "$OUT/build.txt"
+import time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+from sessionkit.kernels.build import build_extension
+
+class P:
+    def note(self, text): print("  ", text, flush=True)
+    def update(self, done, total, label=""): pass
+
+info = build_extension(progress=P())
+t2 = time.perf_counter()
+print(f"clean build: compile {info.build_time_s:.1f} s, build_extension {t2 - t1:.1f} s, "
+      f"import torch {t1 - t0:.1f} s, cached={info.cached}")
+for name, row in sorted(info.kernels.items()):
+    print(f"   {name:<34} regs {row['registers']:>3}  smem {row['smem_bytes']:>6}  "
+          f"spills {row['spill_store_bytes']}/{row['spill_load_bytes']}  stack {row['stack_frame_bytes']}")
+EOF
+  grep "clean build" "$OUT/build.txt" >> "$SUMMARY"
+  grep "regs" "$OUT/build.txt" >> "$SUMMARY"
+  cp "$SESSIONKIT_BUILD_DIR"/*/build.log "$OUT/ninja_build.log" 2>/dev/null
+  # Nothing changed: a fresh process must only load the library.
+  python3 - <<'EOF' 2>&1 | tee -a "$SUMMARY"
+import time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+from sessionkit.kernels import load_extension
+info = load_extension()
+t2 = time.perf_counter()
+print(f"rebuild (nothing changed): load_extension {t2 - t1:.2f} s (library load {info.load_time_s:.2f} s), "
+      f"import torch {t1 - t0:.2f} s, cached={info.cached}")
+EOF
+  # The step through the CLI, on a scratch database.
+  export SESSIONKIT_DB=/tmp/sk-gpu-check.db
+  rm -f "$SESSIONKIT_DB"
+  { python3 -m sessionkit start --objective "gpu check" && python3 -m sessionkit step build; } \
+    > /tmp/cli_build.txt 2>&1
+  note "cli step build: exit $? | $(grep -E 'build (passed|failed|skipped)' /tmp/cli_build.txt | tail -n 1)"
+  cat /tmp/cli_build.txt >> "$OUT/build.txt"
+fi
+
+if has tests; then
+  python3 -m pytest -m gpu tests/test_kernel_gpu.py -q -rs -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
+  note "pytest: $(tail -n 1 "$OUT/pytest.txt")"
+  grep -E "^(FAILED|ERROR)" "$OUT/pytest.txt" | head -n 15 | tee -a "$SUMMARY"
+fi
+
+if has cppchecks; then
+  # The C++ argument checks in a process of their own, under cuda-gdb so that a crash leaves a stack.
+  python3 -c "import tests.test_kernel_gpu as t; print(t.CPP_CHECKS)" > /tmp/sk_cpp_checks.py
+  timeout 200 cuda-gdb -batch -ex run -ex bt --args python3 /tmp/sk_cpp_checks.py > "$OUT/diag.txt" 2>&1
+  note "cpp checks under cuda-gdb: exit $? | $(grep -c '^ERROR' "$OUT/diag.txt") errors raised, $(grep -c 'SIGSEGV' "$OUT/diag.txt") SIGSEGV"
+fi
+
+if has sanitize; then
+  cat > /tmp/sk_sanitize.py <<'EOF'
+import torch
+from sessionkit.kernels import flash_attention, load_extension
+load_extension()
+torch.manual_seed(0)
+for dtype in (torch.float16, torch.bfloat16):
+    for dim in (64, 128):
+        for causal in (False, True):
+            for sq, sk in ((1, 1), (17, 113), (130, 70), (200, 257)):
+                q = torch.randn(1, 2, sq, dim, device="cuda", dtype=dtype)
+                k = torch.randn(1, 2, sk, dim, device="cuda", dtype=dtype)
+                v = torch.randn(1, 2, sk, dim, device="cuda", dtype=dtype)
+                out = flash_attention(q, k, v, causal=causal)
+                assert not torch.isnan(out).any()
+torch.cuda.synchronize()
+print("sanitize run done")
+EOF
+  for tool in memcheck racecheck; do
+    timeout 240 compute-sanitizer --tool "$tool" python3 /tmp/sk_sanitize.py > /tmp/sanitizer_$tool.txt 2>&1
+    note "compute-sanitizer $tool: exit $? | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' /tmp/sanitizer_$tool.txt | tail -n 1)"
+    cat /tmp/sanitizer_$tool.txt >> "$OUT/sanitizer.txt"
+  done
+fi
+
+if has bench; then
+  python3 benchmarks/attention_speed.py --reps 40 > "$OUT/speed.txt" 2>&1
+  note "speed: exit $?"
+  sed -n '/^B=/,$p' "$OUT/speed.txt" >> "$SUMMARY"
+  tail -n 5 "$OUT/speed.txt" | grep -i -E "error|Traceback" >> "$SUMMARY"
+fi
+
+if has variants; then
+  IFS=';' read -ra SETS <<< "${VARIANTS:-}"
+  for flags in "${SETS[@]}"; do
+    note "variant [$flags]:"
+    SESSIONKIT_NVCC_FLAGS="$flags" python3 benchmarks/attention_speed.py --reps 30 ${VARIANT_ONLY:+--only $VARIANT_ONLY} \
+      > /tmp/variant.txt 2>&1
+    grep -E "^(fp16|bf16)-" /tmp/variant.txt | tee -a "$SUMMARY"
+    { echo "== variant [$flags]"; cat /tmp/variant.txt; } >> "$OUT/variants.txt"
+  done
+fi
+
+echo
+echo "==== summary ===="
+cat "$SUMMARY"

@@ -1,0 +1,312 @@
+"""The FlashAttention kernels against SDPA and an fp32 reference, on a CUDA GPU.
+
+Rule per config: max|out - ref_fp32| <= 2 * max|sdpa_same_dtype - ref_fp32| + 1e-5, and the LSE
+within 1e-3 of the fp32 logsumexp. Output buffers are filled with NaN before every run, so an
+unwritten element fails. Skipped (with the reason) without torch+CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+F = pytest.importorskip("torch.nn.functional")
+
+pytestmark = pytest.mark.gpu
+
+LSE_TOL = 1e-3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from sessionkit.kernels import load_extension
+
+    load_extension()
+
+
+def _reference(q, k, v, causal, scale):
+    """fp32 attention and natural-log LSE, with SDPA's top-left causal mask."""
+    q32, k32, v32 = q.float(), k.float(), v.float()
+    scores = torch.matmul(q32, k32.transpose(-1, -2)) * scale
+    if causal:
+        sq, sk = q.shape[2], k.shape[2]
+        mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.matmul(torch.softmax(scores, dim=-1), v32)
+    return out, lse
+
+
+def _make(batch, heads, seq_q, seq_k, dim, dtype, layout="bhsd", seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+
+    def one(seq):
+        if layout == "bshd":  # (B, S, H, D) storage seen as (B, H, S, D) without a copy
+            x = torch.randn(batch, seq, heads, dim, device="cuda", dtype=dtype, generator=gen)
+            return x.transpose(1, 2)
+        return torch.randn(batch, heads, seq, dim, device="cuda", dtype=dtype, generator=gen)
+
+    return one(seq_q), one(seq_k), one(seq_k)
+
+
+def _check(q, k, v, causal, scale=None):
+    from sessionkit.kernels import flash_attention_into
+
+    dim = q.shape[-1]
+    eff_scale = 1.0 / math.sqrt(dim) if scale is None else scale
+    out = torch.full(q.shape, float("nan"), device="cuda", dtype=q.dtype)
+    lse = torch.full(q.shape[:3], float("nan"), device="cuda", dtype=torch.float32)
+    flash_attention_into(q, k, v, out, lse, causal=causal, scale=scale)
+    torch.cuda.synchronize()
+    ref, ref_lse = _reference(q, k, v, causal, eff_scale)
+    if eff_scale < 0:
+        # Some SDPA backends take the row max before scaling, which breaks for a negative scale;
+        # scale * q.k == (-scale) * q.(-k) exactly, so compare with that.
+        sdpa = F.scaled_dot_product_attention(q, -k, v, is_causal=causal, scale=-eff_scale)
+    else:
+        sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=eff_scale)
+    assert not torch.isnan(out).any(), "output has unwritten (NaN) elements"
+    assert not torch.isnan(lse).any(), "lse has unwritten (NaN) elements"
+    err = (out.float() - ref).abs().max().item()
+    sdpa_err = (sdpa.float() - ref).abs().max().item()
+    bound = 2 * sdpa_err + 1e-5
+    assert err <= bound, f"max error {err:.3g} > bound {bound:.3g} (sdpa error {sdpa_err:.3g})"
+    lse_err = (lse - ref_lse).abs().max().item()
+    assert lse_err <= LSE_TOL, f"lse error {lse_err:.3g} > {LSE_TOL}"
+    return out, lse
+
+
+SEQS = [1, 17, 64, 113, 128, 1000, 2048, 4097]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("seq", SEQS)
+def test_square_lengths(seq, dtype, dim, causal):
+    heads = 2 if seq >= 2048 else 3
+    q, k, v = _make(1 if seq >= 2048 else 2, heads, seq, seq, dim, dtype, seed=seq)
+    _check(q, k, v, causal)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize("seq_q,seq_k", [(1, 300), (113, 1000), (256, 17), (1000, 113), (77, 4097),
+                                         (4097, 129), (128, 64), (64, 128)])
+def test_different_lengths(seq_q, seq_k, dim, causal):
+    q, k, v = _make(2, 2, seq_q, seq_k, dim, torch.bfloat16, seed=seq_q * 7 + seq_k)
+    _check(q, k, v, causal)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_bshd_views(dtype, dim, causal):
+    q, k, v = _make(2, 4, 333, 517, dim, dtype, layout="bshd", seed=dim)
+    assert not q.is_contiguous()
+    _check(q, k, v, causal)
+
+
+def test_mixed_layouts_and_expanded_heads():
+    q, _, _ = _make(2, 4, 200, 200, 128, torch.float16, layout="bshd", seed=1)
+    k = torch.randn(2, 1, 300, 128, device="cuda", dtype=torch.float16).expand(2, 4, 300, 128)
+    v = torch.randn(2, 300, 4, 128, device="cuda", dtype=torch.float16).transpose(1, 2)
+    _check(q, k, v, causal=True)
+
+
+@pytest.mark.parametrize("scale", [0.05, 0.3, 1.0, -0.2])
+def test_scale(scale):
+    q, k, v = _make(2, 2, 257, 300, 64, torch.bfloat16, seed=11)
+    _check(q, k, v, causal=False, scale=scale)
+    _check(q, k, v, causal=True, scale=scale)
+
+
+def test_large_values_do_not_overflow():
+    q, k, v = _make(1, 2, 500, 700, 128, torch.float16, seed=5)
+    _check(q * 8, k * 8, v, causal=False)
+
+
+def test_flash_attention_returns_out_and_lse():
+    from sessionkit.kernels import flash_attention
+
+    q, k, v = _make(2, 3, 190, 250, 128, torch.bfloat16, seed=2)
+    out = flash_attention(q, k, v, causal=True)
+    out2, lse = flash_attention(q, k, v, causal=True, return_lse=True)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert lse.shape == (2, 3, 190) and lse.dtype == torch.float32
+    assert torch.equal(out, out2), "two runs on the same input differ (a race?)"
+    ref, ref_lse = _reference(q, k, v, True, 1 / math.sqrt(128))
+    assert (lse - ref_lse).abs().max().item() <= LSE_TOL
+
+
+def test_repeatable_bitwise():
+    from sessionkit.kernels import flash_attention
+
+    q, k, v = _make(4, 8, 1000, 1000, 64, torch.float16, seed=9)
+    first = flash_attention(q, k, v)
+    for _ in range(3):
+        assert torch.equal(flash_attention(q, k, v), first)
+
+
+def test_unaligned_views_are_copied():
+    from sessionkit.kernels import flash_attention
+
+    base = torch.randn(2, 2, 100, 136, device="cuda", dtype=torch.float16)
+    q = base[..., 3:131]  # offset 3 elements: not 16-byte aligned
+    k = torch.randn(2, 2, 90, 128, device="cuda", dtype=torch.float16)
+    v = torch.randn(2, 2, 90, 128, device="cuda", dtype=torch.float16)
+    out = flash_attention(q, k, v)
+    ref, _ = _reference(q, k, v, False, 1 / math.sqrt(128))
+    assert (out.float() - ref).abs().max().item() < 1e-2
+
+
+def test_into_strided_out():
+    from sessionkit.kernels import flash_attention_into
+
+    q, k, v = _make(2, 3, 150, 150, 64, torch.bfloat16, seed=4)
+    store = torch.full((2, 150, 3, 64), float("nan"), device="cuda", dtype=torch.bfloat16)
+    out = store.transpose(1, 2)
+    lse = torch.full((2, 3, 150), float("nan"), device="cuda")
+    flash_attention_into(q, k, v, out, lse)
+    ref, ref_lse = _reference(q, k, v, False, 1 / 8)
+    assert not torch.isnan(store).any()
+    assert (out.float() - ref).abs().max().item() < 2e-2
+    assert (lse - ref_lse).abs().max().item() <= LSE_TOL
+
+
+@pytest.mark.parametrize("shape_q,shape_k", [((0, 2, 10, 64), (0, 2, 10, 64)),
+                                             ((2, 0, 10, 64), (2, 0, 10, 64)),
+                                             ((2, 2, 0, 64), (2, 2, 10, 64))])
+def test_empty_outputs(shape_q, shape_k):
+    from sessionkit.kernels import flash_attention
+
+    q = torch.randn(shape_q, device="cuda", dtype=torch.float16)
+    k = torch.randn(shape_k, device="cuda", dtype=torch.float16)
+    out, lse = flash_attention(q, k, k, return_lse=True)
+    assert out.shape == q.shape and lse.shape == q.shape[:3]
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+def _good():
+    return _make(1, 2, 16, 16, 64, torch.float16)
+
+
+@pytest.mark.parametrize("case,exc,words", [
+    ("cpu", ValueError, "CUDA"),
+    ("dtype", TypeError, "float32"),
+    ("mixed_dtype", TypeError, "share one dtype"),
+    ("head_dim", ValueError, "supported head dims are 64, 128"),
+    ("rank", ValueError, "4-D"),
+    ("batch", ValueError, "batch sizes differ"),
+    ("heads", ValueError, "head counts differ"),
+    ("kv_len", ValueError, "sequence lengths differ"),
+    ("last_dim", ValueError, "contiguous"),
+    ("no_keys", ValueError, "no keys"),
+    ("device_mix", ValueError, "different devices"),
+])
+def test_bad_inputs(case, exc, words):
+    from sessionkit.kernels import flash_attention
+
+    q, k, v = _good()
+    if case == "cpu":
+        q, k, v = q.cpu(), k.cpu(), v.cpu()
+    elif case == "dtype":
+        q, k, v = q.float(), k.float(), v.float()
+    elif case == "mixed_dtype":
+        k = k.bfloat16()
+    elif case == "head_dim":
+        q, k, v = (torch.randn(1, 2, 16, 96, device="cuda", dtype=torch.float16) for _ in range(3))
+    elif case == "rank":
+        q = q[0]
+    elif case == "batch":
+        k = torch.cat([k, k])
+    elif case == "heads":
+        v = v[:, :1]
+    elif case == "kv_len":
+        v = v[:, :, :8]
+    elif case == "last_dim":
+        q = torch.randn(1, 2, 64, 16, device="cuda", dtype=torch.float16).transpose(2, 3)
+    elif case == "no_keys":
+        k, v = k[:, :, :0], v[:, :, :0]
+    elif case == "device_mix":
+        k = k.cpu()
+    with pytest.raises(exc, match=words):
+        flash_attention(q, k, v)
+
+
+CPP_CHECKS = """
+import torch
+from sessionkit.kernels import load_extension
+load_extension()
+q, k, v = (torch.randn(1, 2, 16, 64, device="cuda", dtype=torch.float16) for _ in range(3))
+bad = torch.randn(1, 2, 16, 96, device="cuda", dtype=torch.float16)
+out = torch.empty_like(q)
+cases = [
+    lambda: torch.ops.sessionkit.flash_attn_fwd(bad, bad, bad, False, 0.1),
+    lambda: torch.ops.sessionkit.flash_attn_fwd(q, k[:, :1], v[:, :1], False, 0.1),
+    lambda: torch.ops.sessionkit.flash_attn_fwd(q.cpu(), k.cpu(), v.cpu(), False, 0.1),
+    lambda: torch.ops.sessionkit.flash_attn_fwd_out(
+        q, k, v, out, torch.empty(1, 2, 16, device="cuda", dtype=torch.float16), False, 0.1),
+]
+for case in cases:
+    try:
+        case()
+        print("NO ERROR")
+    except RuntimeError as exc:
+        print("ERROR:", str(exc).splitlines()[0])
+"""
+
+
+def test_op_checks_in_cpp_too():
+    """The C++ checks reject bad input with a RuntimeError naming it (run apart: a crash fails here)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    proc = subprocess.run([sys.executable, "-c", CPP_CHECKS], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("ERROR", "NO ERROR"))]
+    assert len(lines) == 4, proc.stdout
+    assert "head_dim 96 is not supported" in lines[0]
+    assert "head counts differ" in lines[1]
+    assert "must be CUDA tensors" in lines[2] or "CPU" in lines[2]
+    assert "lse must be float32" in lines[3]
+
+
+# -- torch integration ----------------------------------------------------------------------------
+
+def test_opcheck():
+    q, k, v = _make(2, 2, 70, 90, 64, torch.bfloat16, seed=3)
+    torch.library.opcheck(torch.ops.sessionkit.flash_attn_fwd.default, (q, k, v, True, 0.125))
+    out = torch.empty_like(q)
+    lse = torch.empty(q.shape[:3], device="cuda", dtype=torch.float32)
+    torch.library.opcheck(torch.ops.sessionkit.flash_attn_fwd_out.default,
+                          (q, k, v, out, lse, False, 0.125))
+
+
+def test_torch_compile():
+    from sessionkit.kernels import flash_attention
+
+    q, k, v = _make(2, 4, 300, 300, 128, torch.float16, seed=8)
+
+    def block(q, k, v):
+        out = torch.ops.sessionkit.flash_attn_fwd(q * 1.0, k, v, True, 0.1)[0]
+        return out * 2.0 + 1.0
+
+    compiled = torch.compile(block, fullgraph=True)
+    expected = block(q, k, v)
+    assert torch.allclose(compiled(q, k, v), expected, atol=1e-3, rtol=1e-3)
+
+    def wrapper(q, k, v):
+        return flash_attention(q, k, v, causal=False).sum(dim=-1)
+
+    compiled2 = torch.compile(wrapper)
+    assert torch.allclose(compiled2(q, k, v), wrapper(q, k, v), atol=1e-2, rtol=1e-3)
