@@ -39,11 +39,12 @@ struct Elem<DType::kBFloat16> {
 #define SK_FWD_BLOCK_N_D64 128
 #endif
 #ifndef SK_FWD_BLOCK_N_D128
-#define SK_FWD_BLOCK_N_D128 128
+#define SK_FWD_BLOCK_N_D128 64
 #endif
 
-// Tile shapes: 128 query rows (8 warps of 16) by 128 keys for both head dims (v2; v1 used 64 keys at
-// D=128, measured 8% slower; see docs/kernel-notes.md).
+// Tile shapes: 128 query rows (8 warps of 16); 128 keys per tile at D=64, 64 at D=128. 128-key tiles
+// at D=128 (-DSK_FWD_BLOCK_N_D128=128, 250-255 registers, no spills) measured 8% faster but have not
+// been through the full GPU test suite yet; see docs/kernel-notes.md.
 template <int kHeadDim_>
 struct Traits {
   static constexpr int kHeadDim = kHeadDim_;
