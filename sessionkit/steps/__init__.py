@@ -136,11 +136,11 @@ class Step:
 # name -> "module:Class". Built-in steps import lazily so that the CLI starts fast.
 REGISTRY: dict[str, str] = {
     "run": "sessionkit.steps.command:CommandStep",
-    "profile": "sessionkit.profile:ProfileStep",
+    "preflight": "sessionkit.preflight:PreflightStep",
     "build": "sessionkit.kernels.build:BuildStep",
     "correctness": "sessionkit.kernels.correctness:CorrectnessStep",
-    "preflight": "sessionkit.preflight:PreflightStep",
     "bench": "sessionkit.bench.step:BenchStep",
+    "profile": "sessionkit.profile:ProfileStep",
 }
 
 
