@@ -83,6 +83,38 @@ class NvmlUnavailable(Exception):
 # Probes
 
 
+_TORCH_FACTS = """
+import json, torch
+facts = {"version": str(torch.__version__), "cuda": getattr(torch.version, "cuda", None),
+         "hip": getattr(torch.version, "hip", None), "available": False, "devices": [], "cudnn": None}
+if torch.cuda.is_available():
+    facts["available"] = True
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        facts["devices"].append({"name": p.name, "major": p.major, "minor": p.minor,
+                                 "total_memory": p.total_memory, "uuid": str(getattr(p, "uuid", ""))})
+    try:
+        facts["cudnn"] = torch.backends.cudnn.version()
+    except Exception:
+        pass
+print(json.dumps(facts))
+"""
+
+
+def _torch_stand_in(facts: dict):
+    """The few attributes of the torch module that the checks read, from a child's report."""
+    from types import SimpleNamespace as NS
+
+    devices = [NS(**d) for d in facts["devices"]]
+    return NS(
+        __version__=facts["version"],
+        version=NS(cuda=facts["cuda"], hip=facts["hip"]),
+        cuda=NS(is_available=lambda: facts["available"], device_count=lambda: len(devices),
+                get_device_properties=lambda i: devices[i]),
+        backends=NS(cudnn=NS(version=lambda: facts["cudnn"])),
+    )
+
+
 class Probe:
     """The machine as the checks see it. Tests subclass it and answer with canned facts."""
 
@@ -117,9 +149,17 @@ class Probe:
         return done.returncode, (done.stdout or "") + (done.stderr or "")
 
     def import_torch(self):
-        import torch
+        """torch's facts, read in a child process and returned as a small stand-in module.
 
-        return torch
+        Importing torch takes seconds; in a child process it runs beside the other checks instead of
+        holding this process's interpreter lock, and this process never loads CUDA.
+        """
+        code, out = self.run([sys.executable, "-c", _TORCH_FACTS], timeout=120)
+        lines = out.strip().splitlines()
+        if code != 0 or not lines:
+            last = lines[-1] if lines else f"exit status {code}"
+            raise ImportError(f"cannot import torch: {last}")
+        return _torch_stand_in(json.loads(lines[-1]))
 
     def nvml(self) -> dict:
         """Driver and GPU facts from NVML (see :func:`read_nvml`); raises NvmlUnavailable."""
@@ -920,7 +960,7 @@ CHECKS: list[tuple[str, Callable[[Facts], tuple]]] = [
 ]
 
 # Facts that wait on subprocesses or NVML: gathered in threads while torch imports.
-PREFETCH = ["nvml", "nvcc", "host_compiler", "cxx", "ninja", "git", "packages"]
+PREFETCH = ["torch", "nvml", "nvcc", "host_compiler", "cxx", "ninja", "git", "packages"]
 
 
 def run_check(name: str, fn, facts: Facts) -> Check:
