@@ -39,12 +39,12 @@ struct Elem<DType::kBFloat16> {
 #define SK_FWD_BLOCK_N_D64 128
 #endif
 #ifndef SK_FWD_BLOCK_N_D128
-#define SK_FWD_BLOCK_N_D128 64
+#define SK_FWD_BLOCK_N_D128 128
 #endif
 
-// Tile shapes: 128 query rows (8 warps of 16); 128 keys per tile at D=64, 64 at D=128. 128-key tiles
-// at D=128 (-DSK_FWD_BLOCK_N_D128=128, 250-255 registers, no spills) measured 8% faster but have not
-// been through the full GPU test suite yet; see docs/kernel-notes.md.
+// Tile shapes: 128 query rows (8 warps of 16), 128 keys per tile. At D=128 the 128-key tile needs
+// 250-255 registers (no spills) and measured 8-10% faster than 64-key tiles (v3 in
+// docs/kernel-notes.md); -DSK_FWD_BLOCK_N_D128=64 builds the earlier shape.
 template <int kHeadDim_>
 struct Traits {
   static constexpr int kHeadDim = kHeadDim_;
