@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import threading
 
@@ -31,6 +30,8 @@ def estimate_from_history(db, name: str, *, exclude_step: str | None = None, las
         [name, exclude_step or "", last]).fetchall()
     if not rows:
         return None, 0
+    import statistics
+
     return statistics.median(r[0] for r in rows), len(rows)
 
 

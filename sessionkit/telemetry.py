@@ -19,6 +19,7 @@ fake NVML module through the ``nvml`` argument.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -87,8 +88,17 @@ def reason_names(reasons: int | None) -> list[str]:
 # NVML access
 
 
+def no_nvidia_driver() -> bool:
+    """True on a Linux machine with no NVIDIA kernel driver (checked without loading NVML)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    return not any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/usr/lib/wsl/lib"))
+
+
 def load_nvml():
     """Import and initialise pynvml, or raise TelemetryUnavailable with the reason."""
+    if no_nvidia_driver():
+        raise TelemetryUnavailable("no NVIDIA driver on this machine")
     try:
         import pynvml
     except ImportError:

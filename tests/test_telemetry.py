@@ -322,3 +322,17 @@ def test_summary_properties(readings):
     assert min(powers) - 1e-9 <= out["power_mean_w"] <= max(powers) + 1e-9
     assert math.isclose(out["energy_j"], (energy - samples[0]["energy_mj"]) / 1000, abs_tol=1e-6)
     assert out["throttled_share"] == sum(t for _, _, t in readings) / len(readings)
+
+
+def test_no_driver_is_detected_without_loading_nvml(monkeypatch):
+    import sys
+
+    from sessionkit import telemetry
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(telemetry.os.path, "exists", lambda path: False)
+    assert telemetry.no_nvidia_driver()
+    with pytest.raises(telemetry.TelemetryUnavailable, match="no NVIDIA driver on this machine"):
+        telemetry.load_nvml()
+    monkeypatch.setattr(telemetry.os.path, "exists", lambda path: path == "/dev/nvidiactl")
+    assert not telemetry.no_nvidia_driver()

@@ -21,7 +21,6 @@ torch, jinja2 or pynvml at module level, so that listing steps stays fast.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 from dataclasses import dataclass, field
@@ -103,6 +102,8 @@ class StepContext:
 
 
 def record_artifact(db, step_id: str, path: Path, kind: str) -> None:
+    import hashlib
+
     sha, size = None, None
     if path.is_file():
         digest = hashlib.sha256()
