@@ -299,3 +299,20 @@ def test_config_label():
     row = {"dtype": "bf16", "batch_size": 2, "num_heads": 8, "seq_len_q": 128, "seq_len_k": 4096,
            "head_dim": 64, "causal": 1}
     assert config_label(row) == "bf16 B2 H8 Sq128 Sk4096 D64 causal"
+
+
+def test_plot_lines_follow_each_implementation_across_lengths():
+    from sessionkit.report.plots import bench_groups
+
+    # the standard grid keeps B*S fixed, so the batch changes with the length
+    rows = [{"status": "ok", "tflops": 100.0 + s / 512, "dtype": "bf16", "head_dim": 128, "causal": 0,
+             "impl": impl, "seq_len_k": s, "batch_size": 16384 // s, "num_heads": 16}
+            for impl in ("ours", "sdpa") for s in (512, 1024, 2048)]
+    groups = bench_groups(rows)
+    assert list(groups) == [("bf16", 128, False)]
+    series = groups[("bf16", 128, False)]
+    assert sorted(series) == ["ours", "sdpa"]
+    assert [x for x, _ in series["ours"]] == [512, 1024, 2048]
+    # two shapes at one length for one implementation: those lines are told apart
+    rows.append({**rows[0], "batch_size": 1, "tflops": 50.0})
+    assert "ours B32 H16" in bench_groups(rows)[("bf16", 128, False)]

@@ -24,20 +24,23 @@ def _slug(text: str) -> str:
 
 
 def bench_groups(rows: list[dict]) -> dict[tuple, dict]:
-    """(dtype, head_dim, causal) -> {series label: [(seq_len, tflops), ...]} from bench_results rows."""
+    """(dtype, head_dim, causal) -> {series label: [(seq_len, tflops), ...]} from bench_results rows.
+
+    One line per implementation across sequence lengths (a grid such as ``standard`` changes the
+    batch with the length). Only where one implementation has two shapes at the same length are the
+    lines split by batch and heads.
+    """
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("tflops") is not None]
+    lengths: dict[tuple, list] = {}
+    for r in ok:
+        key = (r["dtype"], r["head_dim"], bool(r["causal"]), r["impl"])
+        lengths.setdefault(key, []).append(r["seq_len_k"])
     groups: dict[tuple, dict] = {}
-    shapes: dict[tuple, set] = {}
-    for r in rows:
-        if r.get("status") != "ok" or r.get("tflops") is None:
-            continue
+    for r in ok:
         key = (r["dtype"], r["head_dim"], bool(r["causal"]))
-        shapes.setdefault(key, set()).add((r["batch_size"], r["num_heads"]))
-    for r in rows:
-        if r.get("status") != "ok" or r.get("tflops") is None:
-            continue
-        key = (r["dtype"], r["head_dim"], bool(r["causal"]))
+        seen = lengths[key + (r["impl"],)]
         label = r["impl"]
-        if len(shapes[key]) > 1:
+        if len(seen) != len(set(seen)):
             label += f" B{r['batch_size']} H{r['num_heads']}"
         groups.setdefault(key, {}).setdefault(label, []).append((r["seq_len_k"], r["tflops"]))
     for series in groups.values():
