@@ -262,3 +262,13 @@ def test_checks_fuzzed(shapes, dims, dtypes):
     with pytest.raises((TypeError, ValueError)) as info:
         check_inputs(*tensors)
     assert str(info.value).startswith("flash_attention: ")
+
+
+def test_fakes_are_registered_when_the_build_step_loaded_the_library_first(monkeypatch):
+    from sessionkit.kernels import api, build
+
+    calls = []
+    monkeypatch.setattr(build, "loaded", lambda: "already loaded by the build step")
+    monkeypatch.setattr(api, "_register_fakes", lambda: calls.append("fakes"))
+    assert api.load_extension() == "already loaded by the build step"
+    assert calls == ["fakes"]

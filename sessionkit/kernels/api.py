@@ -36,9 +36,9 @@ def load_extension(progress=None, *, force: bool = False):
     from . import build
 
     info = build.loaded()
-    if info is not None and not force:
-        return info
-    info = build.build_extension(progress=progress or _LineProgress(), force=force)
+    if info is None or force:
+        info = build.build_extension(progress=progress or _LineProgress(), force=force)
+    # Also when the build step loaded the library first: the op needs its fake implementations.
     _register_fakes()
     return info
 
