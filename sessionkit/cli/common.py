@@ -37,3 +37,17 @@ def open_db(ctx: click.Context, *, create: bool = False):
 
 def echo_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def session_options(fn):
+    """The options that open a session, shared by ``start`` and ``run``."""
+    for option in reversed([
+        click.option("--objective", "-m", help="What this session is for (required; or set in pyproject)."),
+        click.option("--budget", help="Session time budget, e.g. 2h or 90m."),
+        click.option("--step-budget", "step_budgets", multiple=True, metavar="NAME=DURATION",
+                     help="Budget for one step, e.g. build=60s (repeatable)."),
+        click.option("--gpu-rate", help="GPU cost in USD per hour."),
+        click.option("--ai-rate", help="AI assistant cost in USD per hour."),
+    ]):
+        fn = option(fn)
+    return fn

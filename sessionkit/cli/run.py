@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .common import db_option, open_db
+from .common import db_option, open_db, session_options
 
 
 def register(cli: click.Group) -> None:
@@ -15,14 +15,9 @@ def register(cli: click.Group) -> None:
 
 @click.command()
 @click.argument("name", required=False)
-@click.option("--objective", "-m", help="What this session is for (required; or set in pyproject).")
+@session_options
 @click.option("--grid", default="quick", show_default=True, help="Bench grid (quick, standard, ...).")
 @click.option("--plan", help="Steps to run, comma separated (default: preflight,build,correctness,bench).")
-@click.option("--budget", help="Session time budget, e.g. 2h or 90m.")
-@click.option("--step-budget", "step_budgets", multiple=True, metavar="NAME=DURATION",
-              help="Budget for one step, e.g. build=60s (repeatable).")
-@click.option("--gpu-rate", help="GPU cost in USD per hour.")
-@click.option("--ai-rate", help="AI assistant cost in USD per hour.")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False),
               help="Report file (default: reports/session-N.md beside the database).")
 @click.option("--keep-going", is_flag=True, help="Run every step even when one it needs did not pass.")

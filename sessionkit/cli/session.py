@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import db_option, echo_json, json_option, open_db
+from .common import db_option, echo_json, json_option, open_db, session_options
 
 
 def register(cli: click.Group) -> None:
@@ -14,13 +14,8 @@ def register(cli: click.Group) -> None:
 
 @click.command()
 @click.argument("name", required=False)
-@click.option("--objective", "-m", help="What this session is for (required; or set in pyproject).")
+@session_options
 @click.option("--plan", help="Planned steps, comma separated, e.g. preflight,build,correctness,bench.")
-@click.option("--budget", help="Session time budget, e.g. 2h or 90m.")
-@click.option("--step-budget", "step_budgets", multiple=True, metavar="NAME=DURATION",
-              help="Budget for one step, e.g. build=60s (repeatable).")
-@click.option("--gpu-rate", help="GPU cost in USD per hour.")
-@click.option("--ai-rate", help="AI assistant cost in USD per hour.")
 @click.option("--force", is_flag=True, help="Open even if another session is still open.")
 @db_option
 @json_option
