@@ -210,6 +210,16 @@ def export_session(db, session: dict) -> dict:
         cols = {c.name for c in db[table].columns}
         if "step_id" in cols and table not in ("env_snapshots",):
             extra[table] = rows(table)
+    # Rows one level further down, such as bench_samples -> bench_results -> steps.
+    for table in db.table_names():
+        if table in extra or table.startswith("_"):
+            continue
+        for fk in db[table].foreign_keys:
+            if fk.other_table in extra and fk.other_table not in ("steps", "sessions"):
+                extra[table] = [dict(r) for r in db.query(
+                    f"SELECT * FROM [{table}] WHERE [{fk.column}] IN (SELECT [{fk.other_column}]"
+                    f" FROM [{fk.other_table}] WHERE step_id IN ({marks}))", ids)]
+                break
     return {
         "session": session,
         "steps": steps,

@@ -153,3 +153,20 @@ def test_session_ids_are_uuids_and_numbers_sequential():
     for r in rows:
         assert uuid.UUID(r["id"]).version == 4
     assert rows[0]["name"] == "Session 2"
+
+
+def test_export_follows_rows_below_the_steps(tmp_path):
+    from sessionkit.sessions import export_session
+
+    db = open_db(tmp_path / "x.db", create=True)
+    invoke("--db", str(tmp_path / "x.db"), "start", "--objective", "a")
+    invoke("--db", str(tmp_path / "x.db"), "step", "run", "s", "--", "true")
+    step_id = db.execute("SELECT id FROM steps").fetchone()[0]
+    result = db["bench_results"].insert({
+        "step_id": step_id, "impl": "sdpa", "dtype": "bf16", "batch_size": 1, "num_heads": 1,
+        "seq_len_q": 1, "seq_len_k": 1, "head_dim": 64, "causal": 0, "status": "ok"}).last_pk
+    db["bench_samples"].insert_all({"result_id": result, "idx": i, "latency_ms": 0.1 * i, "throttled": 0}
+                                   for i in range(3))
+    data = export_session(db, get_session(db, "last"))
+    assert len(data["bench_results"]) == 1
+    assert [s["idx"] for s in data["bench_samples"]] == [0, 1, 2]
