@@ -431,25 +431,10 @@ class Facts:
         return info
 
     def _cuda_home_for(self, nvcc_path: str) -> str:
-        """The toolkit folder of an nvcc, following a wrapper script (``exec /usr/local/cuda-X/bin/nvcc``)."""
-        home = toolchain.cuda_home_for(nvcc_path)
-        if self._is_toolkit(home):
-            return home
-        try:
-            text = self.probe.read_text(nvcc_path, limit=4096)
-        except OSError:
-            text = ""
-        if "\0" not in text:
-            for m in re.finditer(r"(/[^\s\"';]+)/bin/nvcc\b", text):
-                if self._is_toolkit(m.group(1)):
-                    return m.group(1)
-        env_home = self.get("env").get("CUDA_HOME") or self.get("env").get("CUDA_PATH")
-        if env_home and self._is_toolkit(env_home):
-            return env_home
-        return home
-
-    def _is_toolkit(self, home: str) -> bool:
-        return self.probe.is_file(Path(home) / "include" / "cuda_runtime.h")
+        """The toolkit folder of an nvcc, read through the probe (see toolchain.cuda_home_for)."""
+        return toolchain.cuda_home_for(
+            nvcc_path, read_text=lambda path: self.probe.read_text(path, limit=4096),
+            is_file=self.probe.is_file, env=self.get("env"))
 
     def _host_limits(self) -> dict:
         """Host compiler limits from the toolkit's include/crt/host_config.h, when readable."""

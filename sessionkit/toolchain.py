@@ -43,9 +43,41 @@ def find_cuda_tool(tool: str) -> Found:
     return Found(None, False, "nowhere")
 
 
-def cuda_home_for(nvcc_path: str) -> str:
-    """CUDA_HOME that goes with an nvcc binary (its bin/ folder's parent)."""
-    return str(Path(nvcc_path).resolve().parent.parent)
+def _read_head(path: str, limit: int = 4096) -> str:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return fh.read(limit)
+
+
+def cuda_home_for(nvcc_path: str, *, read_text=_read_head, is_file=os.path.isfile,
+                  env: dict | None = None) -> str:
+    """The CUDA toolkit folder (with ``include/cuda_runtime.h``) that goes with an nvcc.
+
+    Usually the parent of nvcc's ``bin/``. An nvcc that is a wrapper script outside a toolkit
+    (``/usr/local/bin/nvcc`` doing ``exec /usr/local/cuda-13.0/bin/nvcc "$@"``) is followed to the
+    toolkit it runs; then ``$CUDA_HOME``, ``$CUDA_PATH`` and ``/usr/local/cuda`` are tried. When none has headers, the plain
+    parent is returned and callers report the missing headers. ``read_text``, ``is_file`` and
+    ``env`` let tests substitute the file system.
+    """
+    env = os.environ if env is None else env
+
+    def is_toolkit(home: str | None) -> bool:
+        return bool(home) and is_file(str(Path(home) / "include" / "cuda_runtime.h"))
+
+    home = str(Path(nvcc_path).resolve().parent.parent)
+    if is_toolkit(home):
+        return home
+    try:
+        text = read_text(nvcc_path)
+    except OSError:
+        text = ""
+    if "\0" not in text:
+        for match in re.finditer(r"(/[^\s\"';]+)/bin/nvcc\b", text):
+            if is_toolkit(match.group(1)):
+                return match.group(1)
+    for candidate in (env.get("CUDA_HOME"), env.get("CUDA_PATH"), "/usr/local/cuda"):
+        if is_toolkit(candidate):
+            return candidate
+    return home
 
 
 _NVCC_RELEASE = re.compile(r"release (\d+)\.(\d+)")

@@ -207,19 +207,13 @@ def _resolve_nvcc(nvcc: str | None) -> str:
 
 
 def _cuda_home(nvcc: str) -> str:
-    """The toolkit folder for a build: the one holding this nvcc if it has headers, else another.
-
-    torch's extension builder runs ``$CUDA_HOME/bin/nvcc`` with ``$CUDA_HOME/include``; an nvcc that
-    is a wrapper script outside a toolkit (``/usr/local/bin/nvcc``) needs the real toolkit beside it.
-    """
-    candidates = [toolchain.cuda_home_for(nvcc), os.environ.get("CUDA_HOME"),
-                  os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    for home in candidates:
-        if home and (Path(home) / "bin" / "nvcc").is_file() and \
-                (Path(home) / "include" / "cuda_runtime.h").is_file():
-            return home
-    raise BuildError(f"no CUDA toolkit with headers found for {nvcc} (looked in "
-                     f"{', '.join(c for c in candidates if c)}); set CUDA_HOME")
+    """The toolkit folder for a build (torch's builder runs ``$CUDA_HOME/bin/nvcc`` with
+    ``$CUDA_HOME/include``), following a wrapper nvcc to the toolkit it runs."""
+    home = toolchain.cuda_home_for(nvcc)
+    if (Path(home) / "bin" / "nvcc").is_file() and (Path(home) / "include" / "cuda_runtime.h").is_file():
+        return home
+    raise BuildError(f"no CUDA toolkit with headers found for {nvcc} (looked in {home}, "
+                     "$CUDA_HOME, $CUDA_PATH and /usr/local/cuda); set CUDA_HOME")
 
 
 def _library_smem(library: str, names: list[str]) -> dict[str, int]:
