@@ -41,7 +41,7 @@ def repeat(args) -> int:
     session = start_session(db, "repeat", objective="back-to-back bench reproducibility",
                             force=True)
     options = {"grid": args.grid, "configs": (), "impls": (), "time_limit": args.time_limit,
-               "graph": False, "csv_path": None}
+               "graph": False, "csv_path": None, "passes": args.passes}
     steps = [run_step(db, session, BenchStep(), dict(options, csv_path=args.csv)),
              run_step(db, session, BenchStep(), options)]
     a, b = ({(r["dtype"], r["batch_size"], r["num_heads"], r["seq_len_q"], r["seq_len_k"],
@@ -49,7 +49,8 @@ def repeat(args) -> int:
              for r in db.query("SELECT * FROM bench_results WHERE step_id = ?", [s["id"]])}
             for s in steps)
     print(f"database: {path}")
-    print(f"{'config':<40} {'impl':<15} {'run 1 ms':>9} {'run 2 ms':>9} {'diff %':>7}")
+    print(f"{'config':<40} {'impl':<15} {'run 1 ms':>9} {'run 2 ms':>9} {'diff %':>7} "
+          f"{'MHz 1':>6} {'MHz 2':>6} {'pass spread % 1/2':>18}")
     gated = []
     for key, ra in a.items():
         rb = b.get(key)
@@ -59,18 +60,25 @@ def repeat(args) -> int:
         dtype, bs, h, sq, sk, d, causal, impl = key
         label = f"{dtype} B{bs} H{h} S{sq}/{sk} D{d} {'causal' if causal else 'full'}"
         mark = "" if ra["latency_ms"] >= args.threshold_ms else "  (< 0.2 ms)"
+        spreads = "/".join("-" if r.get("pass_spread_pct") is None else f"{r['pass_spread_pct']:.1f}"
+                           for r in (ra, rb))
         print(f"{label:<40} {impl:<15} {ra['latency_ms']:>9.4f} {rb['latency_ms']:>9.4f} "
-              f"{diff:>+7.2f}{mark}")
+              f"{diff:>+7.2f} {_mhz(ra):>6} {_mhz(rb):>6} {spreads:>18}{mark}")
         if ra["latency_ms"] >= args.threshold_ms:
             gated.append(abs(diff))
     if not gated:
         print("no config of 0.2 ms or more")
         return 1
     worst, mid = max(gated), statistics.median(gated)
-    print(f"configs >= {args.threshold_ms} ms: {len(gated)}; worst |diff| {worst:.2f} %, "
-          f"median |diff| {mid:.2f} %")
+    over = sum(d > 3.0 for d in gated)
+    print(f"(impl, config) pairs >= {args.threshold_ms} ms: {len(gated)}; worst |diff| "
+          f"{worst:.2f} %, median |diff| {mid:.2f} %, over 3 %: {over}")
     print(f"step times: {steps[0]['duration_s']:.1f} s and {steps[1]['duration_s']:.1f} s")
     return 0 if worst <= 3.0 and mid <= 1.5 else 1
+
+
+def _mhz(row) -> str:
+    return "-" if row.get("sm_clock_mhz") is None else f"{row['sm_clock_mhz']:.0f}"
 
 
 def main(argv=None) -> int:
@@ -87,6 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--db")
     p.add_argument("--time-limit", default="150s")
     p.add_argument("--csv", help="CSV of the first run")
+    p.add_argument("--passes", type=int, default=3)
     p.add_argument("--threshold-ms", type=float, default=0.2)
     p.set_defaults(fn=repeat)
     args = parser.parse_args(argv)

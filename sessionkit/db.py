@@ -21,6 +21,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m001_core", "sessionkit.schema:m001_core"),
     ("m003_correctness", "sessionkit.kernels.correctness:m003_correctness"),
     ("m004_bench", "sessionkit.bench.schema:m004_bench"),
+    ("m005_bench_passes", "sessionkit.bench.schema:m005_bench_passes"),
 ]
 
 

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from sessionkit.bench import compare as cmp
 from sessionkit.bench import step as bench_step
 from sessionkit.bench.grids import BenchConfig
+from sessionkit.bench.passes import ResultStore
 from sessionkit.bench.timing import ImplRun
 from sessionkit.cli import cli
 from sessionkit.errors import SessionkitError, UsageError
@@ -48,7 +49,7 @@ def _bench(db, name, timings, status=None):
             runs.append(ImplRun(impl, status=st, samples=_samples(center) if st == "ok" else [],
                                 throttled=[False] * (40 if st == "ok" else 0)))
         rows = bench_step.result_rows(config, runs, ceiling=None)
-        bench_step.store_config(db, step_id, rows, runs)
+        ResultStore(db, step_id).save(config, rows, runs)
     return session
 
 

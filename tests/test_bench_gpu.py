@@ -49,6 +49,10 @@ def test_bench_step_records_results_samples_ceiling_and_csv(make_context, db, tm
         count = db.execute("SELECT COUNT(*) FROM bench_samples WHERE result_id = ?",
                            [r["id"]]).fetchone()[0]
         assert count == r["samples"] >= 3
+        assert r["passes"] == 3 and r["pass_spread_pct"] is not None
+        passes = {p for (p,) in db.execute("SELECT DISTINCT pass FROM bench_samples "
+                                           "WHERE result_id = ?", [r["id"]])}
+        assert passes == {0, 1, 2}
         assert r["latency_ms"] > 0 and r["tflops"] > 0 and r["memory_mb"] > 0
         assert r["pct_peak"] == pytest.approx(100 * r["tflops"] / result.summary["ceiling_tflops"])
     small = [r for r in rows if r["seq_len_q"] == 128]

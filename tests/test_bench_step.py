@@ -117,19 +117,6 @@ def test_session_ceiling_reuse(make_context, db):
     assert bench_step.session_ceiling(db, ctx.session["id"]) == 712.5
 
 
-def test_store_config_keeps_every_sample(make_context, db):
-    ctx = make_context(name="bench")
-    runs = [_run("sdpa", [1.0, 1.1, 0.9], [False, True, False]),
-            _run("sdpa_flash", [], status="unsupported")]
-    rows = bench_step.result_rows(CFG, runs, ceiling=None)
-    bench_step.store_config(db, ctx.step_id, rows, runs)
-    stored = bench_step.step_rows(db, ctx.step_id)
-    assert [r["impl"] for r in stored] == ["sdpa", "sdpa_flash"]
-    samples = list(db.query("SELECT idx, latency_ms, throttled FROM bench_samples "
-                            "WHERE result_id = ? ORDER BY idx", [stored[0]["id"]]))
-    assert [(s["latency_ms"], s["throttled"]) for s in samples] == [(1.0, 0), (1.1, 1), (0.9, 0)]
-
-
 def test_step_skips_without_cuda(make_context):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
@@ -143,6 +130,9 @@ def test_step_rejects_bad_options_before_touching_the_gpu(make_context):
         bench_step.BenchStep().run(make_context({"grid": "nope"}, name="bench"))
     with pytest.raises(UsageError, match="must be positive"):
         bench_step.run_bench(make_context(name="bench"), grid=None, time_limit_s=-1)
+    for bad in (0, 21, 2.5):
+        with pytest.raises(UsageError, match="--passes must be a whole number"):
+            bench_step.run_bench(make_context(name="bench"), grid=None, passes=bad)
 
 
 def test_cli_step_bench_is_registered_and_skips(tmp_path):

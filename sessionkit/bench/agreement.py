@@ -18,7 +18,7 @@ def agreement_rows(configs: list[BenchConfig], *, repeats: int = 3, budget_s: fl
     import triton.testing
 
     from . import timing
-    from .step import bench_config, stop_rule
+    from .step import bench_config, result_rows, stop_rule
 
     device = torch.device("cuda", torch.cuda.current_device())
     probe = timing.Probe.for_torch_device(device.index)
@@ -40,10 +40,9 @@ def agreement_rows(configs: list[BenchConfig], *, repeats: int = 3, budget_s: fl
 
             def run_ours():
                 nonlocal ours_ms
-                res, _ = bench_config(timer, torch, config, sdpa, stop_rule(budget_s),
-                                      deadline=time.monotonic() + budget_s, ceiling=None,
-                                      first=(n == 0))
-                ours_ms = res[0]["latency_ms"]
+                runs = bench_config(timer, torch, config, sdpa, stop_rule(budget_s),
+                                    deadline=time.monotonic() + budget_s, first=(n == 0))
+                ours_ms = result_rows(config, runs, ceiling=None)[0]["latency_ms"]
 
             def run_theirs():
                 theirs.append(float(triton.testing.do_bench(fn, return_mode="median")))

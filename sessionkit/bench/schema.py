@@ -48,3 +48,13 @@ def m004_bench(db) -> None:
         )"""
     )
     db.execute("CREATE INDEX idx_bench_samples_result ON bench_samples(result_id)")
+
+
+def m005_bench_passes(db) -> None:
+    """Grids are measured in passes: each sample keeps its pass and the SM clock read after it;
+    each result keeps its pass count, the spread of its per-pass medians and its median clock."""
+    db.execute("ALTER TABLE bench_samples ADD COLUMN pass INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE bench_samples ADD COLUMN sm_clock_mhz REAL")
+    db.execute("ALTER TABLE bench_results ADD COLUMN passes INTEGER")
+    db.execute("ALTER TABLE bench_results ADD COLUMN pass_spread_pct REAL")
+    db.execute("ALTER TABLE bench_results ADD COLUMN sm_clock_mhz REAL")

@@ -17,16 +17,19 @@ from ..errors import UsageError
 from ..steps import Step, StepContext, StepResult
 from .flops import tflops as to_tflops
 from .grids import BenchConfig, select_configs
+from .passes import ResultStore, measure_grid
 from .schema import IMPLS
 from .stats import StopRule, geomean
 
 DEFAULT_TIME_LIMIT_S = 150.0
 DEFAULT_PREHEAT_S = 45.0
-MAX_CONFIG_S = 6.0
+DEFAULT_PASSES = 3
+MAX_PASSES = 20
+MAX_CONFIG_S = 6.0  # per config, all passes together
 CSV_COLUMNS = ["implementation", "dtype", "batch_size", "num_heads", "seq_len_q", "seq_len_k",
                "head_dim", "causal", "latency_ms", "iqr_ms", "samples", "tflops", "pct_peak",
-               "memory_mb", "throttled_samples", "speedup_vs_sdpa", "speedup_vs_best", "status",
-               "note"]
+               "memory_mb", "throttled_samples", "speedup_vs_sdpa", "speedup_vs_best", "passes",
+               "pass_spread_pct", "sm_clock_mhz", "status", "note"]
 SDPA_IMPLS = tuple(i for i in IMPLS if i.startswith("sdpa"))
 
 
@@ -66,25 +69,33 @@ def session_ceiling(db, session_id: str) -> float | None:
 
 def result_rows(config: BenchConfig, runs, *, ceiling: float | None) -> list[dict]:
     """bench_results rows (without step_id) for one config, speedups filled in."""
+    from .passes import DRIFT_NOTE_PCT, median_clock, pass_spread_pct
     from .timing import summarize_samples
 
     rows = []
     for run in runs:
+        passes = len(set(run.passes)) if run.passes else (1 if run.samples else 0)
         row = {"impl": run.name, **config.as_row(), "latency_ms": None, "iqr_ms": None,
                "samples": len(run.samples), "tflops": None, "pct_peak": None,
                "memory_mb": run.memory_mb, "throttled_samples": sum(run.throttled),
                "speedup_vs_sdpa": None, "speedup_vs_best": None, "status": run.status,
                "note": run.note or None, "launches_per_sample": run.launches,
-               "max_abs_err": run.max_abs_err, "stop_reason": run.stop_reason or None}
+               "max_abs_err": run.max_abs_err, "stop_reason": run.stop_reason or None,
+               "passes": passes, "pass_spread_pct": None, "sm_clock_mhz": median_clock(run)}
         if run.status == "ok" and run.samples:
             stats = summarize_samples(run.samples, run.throttled)
             row["latency_ms"], row["iqr_ms"] = stats["latency_ms"], stats["iqr_ms"]
             row["tflops"] = to_tflops(config.flops, stats["latency_ms"])
             if ceiling and row["tflops"] is not None:
                 row["pct_peak"] = 100.0 * row["tflops"] / ceiling
+            notes = [row["note"]]
             if stats["used_throttled"]:
-                row["note"] = "; ".join(filter(None, [row["note"],
-                                                      "throttled most of the time: median of all"]))
+                notes.append("throttled most of the time: median of all")
+            spread = pass_spread_pct(run)
+            row["pass_spread_pct"] = spread
+            if spread is not None and spread > DRIFT_NOTE_PCT:
+                notes.append(f"per-pass medians differ by {spread:.1f} %")
+            row["note"] = "; ".join(filter(None, notes)) or None
         rows.append(row)
     fill_speedups(rows)
     return rows
@@ -167,20 +178,10 @@ def results_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def store_config(db, step_id: str, rows: list[dict], runs) -> None:
-    samples_of = {run.name: run for run in runs}
-    with db.conn:
-        for row in rows:
-            result_id = db["bench_results"].insert({"step_id": step_id, **row}).last_pk
-            run = samples_of[row["impl"]]
-            db["bench_samples"].insert_all(
-                {"result_id": result_id, "idx": i, "latency_ms": s, "throttled": int(t)}
-                for i, (s, t) in enumerate(zip(run.samples, run.throttled)))
-
-
 def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
               time_limit_s: float = DEFAULT_TIME_LIMIT_S, graph: bool = False,
-              csv_path: str | None = None, preheat_s: float = DEFAULT_PREHEAT_S) -> StepResult:
+              csv_path: str | None = None, preheat_s: float = DEFAULT_PREHEAT_S,
+              passes: int = DEFAULT_PASSES) -> StepResult:
     """The bench step's work (see the module docstring)."""
     grid_label, chosen = select_configs(grid, configs)
     wanted = parse_impls(impls)
@@ -188,6 +189,8 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
         raise UsageError("--time-limit must be positive")
     if preheat_s is None or preheat_s < 0:
         raise UsageError("--preheat must be 0 or a positive duration")
+    if not isinstance(passes, int) or not 1 <= passes <= MAX_PASSES:
+        raise UsageError(f"--passes must be a whole number from 1 to {MAX_PASSES}")
     try:
         import torch
     except ImportError:
@@ -228,18 +231,18 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
             progress.note(f"matmul ceiling: bf16 8192^3 in {ms:.3f} ms = {ceiling:.0f} TFLOP/s")
         context.metric("matmul_bf16_tflops", ceiling, unit="TFLOP/s", subject="ceiling")
 
-        all_rows: list[dict] = []
         deadline_total = started + (time_limit_s or DEFAULT_TIME_LIMIT_S)
         n = len(chosen)
-        for i, config in enumerate(chosen):
-            progress.update(i + 1, n, config.label)
+        ours_missing = [ours_note]
+
+        def impls_for(config):
             impls_here = []
             if wanted is None or "ours" in wanted:
                 ours, why = timing.ours_impl(torch, config)
                 if ours is not None:
                     impls_here.append(ours)
-                elif ours_note is None:
-                    ours_note = why
+                elif ours_missing[0] is None:
+                    ours_missing[0] = why
                     progress.note(f"ours skipped: {why}")
             impls_here += [imp for imp in timing.sdpa_impls(torch, config)
                            if wanted is None or imp.name in wanted]
@@ -247,13 +250,18 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
                 # the reference still runs for the correctness check and speedups
                 impls_here = [imp for imp in timing.sdpa_impls(torch, config)
                               if imp.name == "sdpa"] + impls_here
-            now = time.monotonic()
-            budget = min(MAX_CONFIG_S, max(0.5, (deadline_total - now) / (n - i)))
-            rule = stop_rule(budget)
-            rows, runs = bench_config(timer, torch, config, impls_here, rule,
-                                      deadline=now + budget, ceiling=ceiling, first=(i == 0))
-            store_config(db, context.step_id, rows, runs)
-            all_rows.extend(rows)
+            return impls_here
+
+        def visit(config, known, budget, first):
+            return bench_config(timer, torch, config, impls_for(config), stop_rule(budget, passes),
+                                deadline=time.monotonic() + budget, first=first,
+                                revisit=bool(known), known=known)
+
+        all_rows = measure_grid(
+            ResultStore(db, context.step_id), chosen, visit, passes=passes,
+            deadline=deadline_total, max_visit_s=MAX_CONFIG_S / passes, progress=progress,
+            rows_for=lambda config, runs: result_rows(config, runs, ceiling=ceiling))
+        ours_note = ours_missing[0]
     finally:
         probe.close()
 
@@ -271,7 +279,7 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
         "grid": grid_label, "configs": n, "ceiling_tflops": ceiling, "ceiling_reused": reused,
         "geomean_speedup_vs_sdpa": geomean(speedups),
         "best_speedup_vs_sdpa": max(speedups) if speedups else None,
-        "impls": sorted({r["impl"] for r in all_rows}), "graph": bool(graph),
+        "impls": sorted({r["impl"] for r in all_rows}), "graph": bool(graph), "passes": passes,
         "ours": "measured" if ours_rows else (ours_note or "not requested"),
         "elapsed_s": round(time.monotonic() - started, 1),
         "preheat": heat,
@@ -288,28 +296,39 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
     return StepResult("passed", message, summary=summary)
 
 
-def stop_rule(budget_s: float) -> StopRule:
-    """The sampling rule of one config given its time budget."""
-    return StopRule(target_rel=0.002, min_samples=30, max_samples=5000,
-                    time_limit_s=budget_s * 0.8, min_time_s=min(1.0, budget_s * 0.4))
+def stop_rule(budget_s: float, passes: int = 1) -> StopRule:
+    """The sampling rule of one visit to a config given its time budget; the minimum sample
+    count (30 per config) is shared by the passes."""
+    passes = max(1, passes)
+    return StopRule(target_rel=0.002, min_samples=max(10, -(-30 // passes)),
+                    max_samples=max(100, 5000 // passes), time_limit_s=budget_s * 0.8,
+                    min_time_s=min(1.0, budget_s * 0.4))
 
 
 def bench_config(timer, torch, config: BenchConfig, impls, rule: StopRule, *, deadline: float,
-                 ceiling: float | None, first: bool):
-    """Time ``impls`` on one config: (bench_results rows, ImplRuns with the raw samples)."""
+                 first: bool, revisit: bool = False, known=None):
+    """Time ``impls`` on one config: their ImplRuns with the raw samples.
+
+    ``first`` warms the GPU longer (the first config of a run); a ``revisit`` (a later pass)
+    warms briefly, as the GPU is already loaded, and reuses what ``known`` learned."""
     from . import timing
 
     guess_ms = config.flops / 300e12 * 1e3
     set_bytes = timing.input_set_bytes(config)
     count = timing.input_sets_for(set_bytes, timing.launches_for(guess_ms))
     sets = timing.make_input_sets(torch, config, timer.device, count)
+    if first:
+        warm, cap = 0.5, 2.0
+    elif revisit:
+        warm, cap = 0.05, 0.2
+    else:
+        warm, cap = 0.1, 0.3
     try:
-        runs = timer.measure(impls, sets, rule=rule, deadline=deadline,
-                             warmup_s=0.5 if first else 0.1, warmup_cap_s=2.0 if first else 0.3,
-                             check=timing.make_check(torch, config), memory_set_bytes=set_bytes)
+        return timer.measure(impls, sets, rule=rule, deadline=deadline, warmup_s=warm,
+                             warmup_cap_s=cap, check=timing.make_check(torch, config),
+                             memory_set_bytes=set_bytes, known=known)
     finally:
         del sets
-    return result_rows(config, runs, ceiling=ceiling), runs
 
 
 class BenchStep(Step):
@@ -331,6 +350,10 @@ class BenchStep(Step):
                      help="Time for all configs together; each stops early once its medians "
                           "are steady."),
         click.Option(["--graph"], is_flag=True, help="Time CUDA-graph replays of the launches."),
+        click.Option(["--passes"], type=click.IntRange(1, MAX_PASSES), default=DEFAULT_PASSES,
+                     show_default=True,
+                     help="Visit every config this many times, spread over the run (forward, "
+                          "then backward); each median is over the samples of all passes."),
         click.Option(["--preheat"], default="45s", show_default=True,
                      help="Load the GPU until its temperature levels off, for at most this long "
                           "(0 to skip); counts against --time-limit."),
@@ -346,4 +369,5 @@ class BenchStep(Step):
                          impls=opts.get("impls") or (),
                          time_limit_s=parse_duration(limit) if limit else DEFAULT_TIME_LIMIT_S,
                          graph=bool(opts.get("graph")), csv_path=opts.get("csv_path"),
-                         preheat_s=parse_preheat(preheat))
+                         preheat_s=parse_preheat(preheat),
+                         passes=opts.get("passes") or DEFAULT_PASSES)
