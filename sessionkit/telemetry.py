@@ -41,6 +41,12 @@ REASON_DISPLAY_CLOCKS = 0x100
 THROTTLE_MASK = (REASON_HW_SLOWDOWN | REASON_HW_THERMAL | REASON_HW_POWER_BRAKE
                  | REASON_SW_THERMAL | REASON_SW_POWER_CAP)
 
+# Of those, the ones imposed from outside the kernel: heat, a hardware slowdown signal, the power
+# brake. Timing samples taken under them are left out of medians. The software power cap is not
+# among them: a GPU under load sits at its power limit most of the time, and the clock it then
+# holds depends on the power the kernel itself draws, which is part of the kernel's speed.
+SLOWDOWN_MASK = THROTTLE_MASK & ~REASON_SW_POWER_CAP
+
 REASON_NAMES = {
     REASON_GPU_IDLE: "idle",
     REASON_APP_CLOCKS: "app_clocks",
@@ -76,6 +82,11 @@ def is_throttled(reasons: int | None) -> bool | None:
     if reasons is None:
         return None
     return bool(int(reasons) & THROTTLE_MASK)
+
+
+def is_slowdown(reasons: int | None) -> bool:
+    """Whether clock-event ``reasons`` include a slowdown imposed from outside the kernel."""
+    return bool(reasons) and bool(int(reasons) & SLOWDOWN_MASK)
 
 
 def reason_names(reasons: int | None) -> list[str]:

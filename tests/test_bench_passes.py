@@ -17,9 +17,10 @@ B = BenchConfig(4, 16, 4096, 4096, 128, "bf16", True)
 C = BenchConfig(2, 16, 2048, 2048, 128, "bf16", False)
 
 
-def _run(name, samples, *, status="ok", note="", clocks=None, err=None):
+def _run(name, samples, *, status="ok", note="", clocks=None, err=None, reasons=None):
     return ImplRun(name, status=status, note=note, samples=list(samples),
-                   throttled=[False] * len(samples), clocks=list(clocks or []), launches=2,
+                   throttled=[bool(r) for r in reasons] if reasons else [False] * len(samples),
+                   reasons=list(reasons or []), clocks=list(clocks or []), launches=2,
                    memory_mb=10.0, max_abs_err=err, estimate_ms=1.0, stop_reason="time")
 
 
@@ -49,6 +50,7 @@ def test_visit_order_alternates_direction():
 def test_merge_appends_samples_with_their_pass_and_clock():
     merged = merge_run(None, _run("ours", [1.0, 1.1], clocks=[1980.0]), 0)
     assert merged.passes == [0, 0] and merged.clocks == [1980.0, None]
+    assert merged.reasons == [None, None]
     merged = merge_run(merged, _run("ours", [1.2, 1.3, 1.4], clocks=[1755.0] * 3, err=0.01), 1)
     assert merged.samples == [1.0, 1.1, 1.2, 1.3, 1.4]
     assert merged.passes == [0, 0, 1, 1, 1]
@@ -98,7 +100,7 @@ def _fake_visit(calls, *, values=None):
         calls.append((config, {k: v.launches for k, v in known.items()}, budget, first))
         n = len(calls)
         base = (values or {}).get(config, 1.0)
-        return [_run("ours", [base + 0.01 * n] * 3, clocks=[1900.0 + n] * 3),
+        return [_run("ours", [base + 0.01 * n] * 3, clocks=[1900.0 + n] * 3, reasons=[4, 0, 4]),
                 _run("sdpa", [2 * base] * 4)]
 
     return visit
@@ -140,6 +142,10 @@ def test_measure_grid_stores_every_visit_and_merges(db, make_context):
     assert ours_a["samples"] == 9 and ours_a["latency_ms"] == pytest.approx(1.04)
     assert ours_a["pass_spread_pct"] == pytest.approx(100 * 0.04 / 1.04)
     assert ours_a["sm_clock_mhz"] == 1904.0
+    assert ours_a["throttled_samples"] == 6  # at the power cap: counted, not left out
+    reasons = [r for (r,) in db.execute("SELECT clock_reasons FROM bench_samples WHERE result_id = ?"
+                                        " ORDER BY idx", [ours_a["id"]])]
+    assert reasons == [4, 0, 4] * 3
     assert ours_a["speedup_vs_sdpa"] == pytest.approx(2.0 / 1.04)
 
 

@@ -53,18 +53,32 @@ def test_wrong_kernel_gets_no_speed():
     assert by["sdpa"]["pct_peak"] is None  # no ceiling, no percentage
 
 
-def test_throttled_samples_are_left_out_of_the_median():
+def test_slowed_samples_are_left_out_and_power_capped_ones_kept():
+    from sessionkit.telemetry import REASON_HW_SLOWDOWN, REASON_SW_POWER_CAP, REASON_SW_THERMAL
+
     samples = [1.0] * 10 + [2.0] * 4
-    throttled = [False] * 10 + [True] * 4
-    stats = summarize_samples(samples, throttled)
+    # heat: the four slow samples are left out; the power cap: they stay in, counted
+    heat = [0] * 10 + [REASON_SW_THERMAL] * 4
+    stats = summarize_samples(samples, [r != 0 for r in heat], heat)
     assert stats["latency_ms"] == 1.0 and stats["throttled_samples"] == 4
-    assert not stats["used_throttled"]
-    # throttled most of the time: that is the steady state, so all samples count
-    stats = summarize_samples([1.0] * 4 + [2.0] * 10, [False] * 4 + [True] * 10)
-    assert stats["latency_ms"] == 2.0 and stats["used_throttled"]
-    rows = bench_step.result_rows(CFG, [_run("sdpa", [1.0] * 4 + [2.0] * 10,
-                                             [False] * 4 + [True] * 10)], ceiling=None)
+    assert stats["left_out"] == 4 and not stats["used_slowed"]
+    capped = [REASON_SW_POWER_CAP] * 14
+    stats = summarize_samples(samples, [True] * 14, capped)
+    assert stats["latency_ms"] == 1.0 and stats["throttled_samples"] == 14
+    assert stats["left_out"] == 0 and stats["slowed_samples"] == 0
+    # slowed most of the time: that is the steady state, so all samples count
+    slowed = [0] * 4 + [REASON_HW_SLOWDOWN | REASON_SW_POWER_CAP] * 10
+    stats = summarize_samples([1.0] * 4 + [2.0] * 10, [r != 0 for r in slowed], slowed)
+    assert stats["latency_ms"] == 2.0 and stats["used_slowed"]
+    # rows stored without reasons fall back to the throttled flag
+    stats = summarize_samples(samples, [False] * 10 + [True] * 4)
+    assert stats["latency_ms"] == 1.0 and stats["left_out"] == 4
+    runs = [ImplRun("sdpa", samples=[1.0] * 4 + [2.0] * 10, throttled=[r != 0 for r in slowed],
+                    reasons=slowed),
+            ImplRun("sdpa_flash", samples=samples, throttled=[r != 0 for r in heat], reasons=heat)]
+    rows = bench_step.result_rows(CFG, runs, ceiling=None)
     assert rows[0]["throttled_samples"] == 10 and "median of all" in rows[0]["note"]
+    assert rows[1]["note"] == "4 samples under a heat or hardware slowdown left out"
 
 
 def test_launch_batching_and_input_sets():

@@ -12,6 +12,7 @@ from __future__ import annotations
 from ..errors import SessionkitError, UsageError
 from .grids import BenchConfig
 from .stats import compare_samples, median, usable_samples
+from .timing import slowdown_flags
 
 REGRESSIONS = ("BROKEN", "SLOWER")
 ORDER = {"BROKEN": 0, "SLOWER": 1, "FASTER": 2, "FIXED": 3, "SAME": 4, "N/A": 5}
@@ -42,9 +43,10 @@ def load_step_results(db, step_id: str) -> dict[tuple, dict]:
     out = {}
     for row in db.query("SELECT * FROM bench_results WHERE step_id = ? ORDER BY id", [step_id]):
         row = dict(row)
-        samples = db.execute("SELECT latency_ms, throttled FROM bench_samples WHERE result_id = ? "
-                             "ORDER BY idx", [row["id"]]).fetchall()
-        row["samples_used"], _ = usable_samples([s for s, _ in samples], [t for _, t in samples])
+        samples = db.execute("SELECT latency_ms, throttled, clock_reasons FROM bench_samples "
+                             "WHERE result_id = ? ORDER BY idx", [row["id"]]).fetchall()
+        flags = slowdown_flags([t for _, t, _ in samples], [r for _, _, r in samples])
+        row["samples_used"], _ = usable_samples([s for s, _, _ in samples], flags)
         key = (row["dtype"], row["batch_size"], row["num_heads"], row["seq_len_q"],
                row["seq_len_k"], row["head_dim"], row["causal"])
         out[(key, row["impl"])] = row  # a later row of the same pair wins

@@ -44,18 +44,21 @@ def merge_run(merged: ImplRun | None, new: ImplRun, pass_no: int) -> ImplRun:
     Samples, throttle flags and clocks are appended with their pass number. A failure in a later
     pass wins over an earlier success: a kernel that is wrong once is wrong, and its row then
     reports no speed."""
-    clocks = list(new.clocks) + [None] * (len(new.samples) - len(new.clocks))
+    n = len(new.samples)
+    clocks = (list(new.clocks) + [None] * n)[:n]
+    reasons = (list(new.reasons) + [None] * n)[:n]
     if merged is None:
-        new.clocks = clocks[:len(new.samples)]
-        new.passes = [pass_no] * len(new.samples)
+        new.clocks, new.reasons = clocks, reasons
+        new.passes = [pass_no] * n
         return new
     if STATUS_RANK.get(new.status, 2) > STATUS_RANK.get(merged.status, 2):
         merged.status = new.status
         merged.note = f"pass {pass_no + 1}: {new.note}" if new.note else f"pass {pass_no + 1}"
     merged.samples.extend(new.samples)
     merged.throttled.extend(new.throttled)
-    merged.clocks.extend(clocks[:len(new.samples)])
-    merged.passes.extend([pass_no] * len(new.samples))
+    merged.clocks.extend(clocks)
+    merged.reasons.extend(reasons)
+    merged.passes.extend([pass_no] * n)
     if new.stop_reason:
         merged.stop_reason = new.stop_reason
     errors = [e for e in (merged.max_abs_err, new.max_abs_err) if e is not None]
@@ -112,13 +115,15 @@ class ResultStore:
                     db["bench_results"].update(result_id, row)
                 run = by_name[row["impl"]]
                 start = self.stored[result_id]
-                passes = run.passes or [0] * len(run.samples)
-                clocks = list(run.clocks) + [None] * (len(run.samples) - len(run.clocks))
+                n = len(run.samples)
+                passes = run.passes or [0] * n
+                clocks = list(run.clocks) + [None] * (n - len(run.clocks))
+                reasons = list(run.reasons) + [None] * (n - len(run.reasons))
                 db["bench_samples"].insert_all(
                     {"result_id": result_id, "idx": i, "latency_ms": run.samples[i],
                      "throttled": int(run.throttled[i]), "pass": passes[i],
-                     "sm_clock_mhz": clocks[i]}
-                    for i in range(start, len(run.samples)))
+                     "sm_clock_mhz": clocks[i], "clock_reasons": reasons[i]}
+                    for i in range(start, n))
                 self.stored[result_id] = len(run.samples)
 
 

@@ -51,10 +51,12 @@ def m004_bench(db) -> None:
 
 
 def m005_bench_passes(db) -> None:
-    """Grids are measured in passes: each sample keeps its pass and the SM clock read after it;
-    each result keeps its pass count, the spread of its per-pass medians and its median clock."""
+    """Grids are measured in passes: each sample keeps its pass, the SM clock read after it and
+    NVML's clock-event reasons around it; each result keeps its pass count, the spread of its
+    per-pass medians and its median clock."""
     db.execute("ALTER TABLE bench_samples ADD COLUMN pass INTEGER NOT NULL DEFAULT 0")
     db.execute("ALTER TABLE bench_samples ADD COLUMN sm_clock_mhz REAL")
+    db.execute("ALTER TABLE bench_samples ADD COLUMN clock_reasons INTEGER")
     db.execute("ALTER TABLE bench_results ADD COLUMN passes INTEGER")
     db.execute("ALTER TABLE bench_results ADD COLUMN pass_spread_pct REAL")
     db.execute("ALTER TABLE bench_results ADD COLUMN sm_clock_mhz REAL")

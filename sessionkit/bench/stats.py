@@ -60,13 +60,13 @@ def median_rel_error(values) -> float | None:
     return MEDIAN_SE_FACTOR * spread / math.sqrt(len(values))
 
 
-def usable_samples(samples, throttled, *, min_clean: int = 5) -> tuple[list[float], bool]:
-    """The samples a median should use: those not flagged throttled, when at least ``min_clean``
-    and at least half of all remain; else all of them (throttling is then the GPU's steady state,
-    and the unthrottled few would be a biased pick). Returns (samples, whether throttled ones are
-    included)."""
+def usable_samples(samples, excluded, *, min_clean: int = 5) -> tuple[list[float], bool]:
+    """The samples a median should use: those not flagged in ``excluded``, when at least
+    ``min_clean`` and at least half of all remain; else all of them (the flagged state is then
+    the GPU's steady state, and the unflagged few would be a biased pick). Returns (samples,
+    whether flagged ones are included)."""
     samples = list(samples)
-    clean = [s for s, t in zip(samples, throttled) if not t]
+    clean = [s for s, t in zip(samples, excluded) if not t]
     if len(clean) == len(samples):
         return samples, False
     if len(clean) >= min_clean and 2 * len(clean) >= len(samples):

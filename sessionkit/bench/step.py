@@ -83,14 +83,17 @@ def result_rows(config: BenchConfig, runs, *, ceiling: float | None) -> list[dic
                "max_abs_err": run.max_abs_err, "stop_reason": run.stop_reason or None,
                "passes": passes, "pass_spread_pct": None, "sm_clock_mhz": median_clock(run)}
         if run.status == "ok" and run.samples:
-            stats = summarize_samples(run.samples, run.throttled)
+            stats = summarize_samples(run.samples, run.throttled, run.reasons)
             row["latency_ms"], row["iqr_ms"] = stats["latency_ms"], stats["iqr_ms"]
             row["tflops"] = to_tflops(config.flops, stats["latency_ms"])
             if ceiling and row["tflops"] is not None:
                 row["pct_peak"] = 100.0 * row["tflops"] / ceiling
             notes = [row["note"]]
-            if stats["used_throttled"]:
-                notes.append("throttled most of the time: median of all")
+            if stats["used_slowed"]:
+                notes.append("slowed down (heat or hardware) most of the time: median of all")
+            elif stats["left_out"]:
+                notes.append(f"{stats['left_out']} samples under a heat or hardware slowdown "
+                             "left out")
             spread = pass_spread_pct(run)
             row["pass_spread_pct"] = spread
             if spread is not None and spread > DRIFT_NOTE_PCT:

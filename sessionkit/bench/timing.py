@@ -11,8 +11,10 @@ The method, per sample:
 4. one CUDA-graph replay instead of the ``k`` launches in graph mode.
 
 Implementations of one config are interleaved round by round (the first one rotates), the SM clock
-is warmed until NVML reads it steady, NVML's clock-event reasons are read around every round to flag
-throttled samples, and sampling stops per implementation when the median is known well enough
+is warmed until NVML reads it steady, and NVML's clock-event reasons are read around every round
+and kept per sample. Samples under an outside slowdown (heat, for one) are left out of the median;
+those at the power cap are counted as throttled but kept, as that clock is set by the kernel's own
+power draw. Sampling stops per implementation when the median is known well enough
 (:class:`~sessionkit.bench.stats.StopRule`) or the config's time is up.
 
 torch is imported inside functions: importing this module is cheap.
@@ -55,17 +57,31 @@ def input_sets_for(set_bytes: int, launches: int, *, cap: int = INPUT_MEMORY_CAP
     return max(1, min(want, cap // max(1, set_bytes)))
 
 
-def summarize_samples(samples: list[float], throttled: list[bool], *, min_clean: int = 5
-                      ) -> dict:
-    """Median and IQR over :func:`~sessionkit.bench.stats.usable_samples`, with the throttled
-    count."""
-    used, with_throttled = usable_samples(samples, throttled, min_clean=min_clean)
+def slowdown_flags(throttled: list[bool], reasons: list[int | None] | None = None) -> list[bool]:
+    """Per sample, whether it was taken under a slowdown imposed from outside the kernel
+    (:data:`~sessionkit.telemetry.SLOWDOWN_MASK`). A sample without recorded reasons (rows
+    stored before reasons were kept) falls back to its throttled flag."""
+    reasons = list(reasons or [])
+    reasons += [None] * (len(throttled) - len(reasons))
+    return [telemetry.is_slowdown(r) if r is not None else bool(t)
+            for t, r in zip(throttled, reasons)]
+
+
+def summarize_samples(samples: list[float], throttled: list[bool],
+                      reasons: list[int | None] | None = None, *, min_clean: int = 5) -> dict:
+    """Median and IQR over the samples not taken under an outside slowdown (when enough are
+    left: :func:`~sessionkit.bench.stats.usable_samples`). Samples at the power cap count as
+    throttled but stay in the median: see :data:`~sessionkit.telemetry.SLOWDOWN_MASK`."""
+    flags = slowdown_flags(throttled, reasons)
+    used, with_slowed = usable_samples(samples, flags, min_clean=min_clean)
     return {
         "latency_ms": median(used) if used else None,
         "iqr_ms": iqr(used) if used else None,
         "samples": len(samples),
         "throttled_samples": sum(bool(t) for t in throttled),
-        "used_throttled": with_throttled,
+        "slowed_samples": sum(flags),
+        "left_out": len(samples) - len(used),
+        "used_slowed": with_slowed,
     }
 
 
@@ -223,6 +239,7 @@ class ImplRun:
     note: str = ""
     samples: list[float] = field(default_factory=list)
     throttled: list[bool] = field(default_factory=list)
+    reasons: list[int | None] = field(default_factory=list)  # NVML clock-event reasons per sample
     clocks: list[float | None] = field(default_factory=list)  # SM MHz read after each sample
     passes: list[int] = field(default_factory=list)  # the pass each sample was taken in
     launches: int = 1
@@ -402,20 +419,24 @@ class Timer:
         started = time.monotonic()
         round_no = 0
         while live:
-            before = self.probe.throttled()
+            before = self.probe.reasons()
             pending, round_no = self._batch(live, runs, sets, round_no)
             pending[-1][1][1].synchronize()
-            after = self.probe.throttled()
+            after = self.probe.reasons()
             clock = self.probe.sm_clock()
+            reasons = None if before is None and after is None else (before or 0) | (after or 0)
+            throttled = bool(telemetry.is_throttled(reasons))
             for run, (start, end) in pending:
                 run.samples.append(start.elapsed_time(end) / run.launches)
-                run.throttled.append(before or after)
+                run.throttled.append(throttled)
+                run.reasons.append(reasons)
                 run.clocks.append(clock)
             now = time.monotonic()
             still = []
             for impl in live:
                 run = runs[impl.name]
-                clean = [s for s, t in zip(run.samples, run.throttled) if not t]
+                slowed = slowdown_flags(run.throttled, run.reasons)
+                clean = [s for s, t in zip(run.samples, slowed) if not t]
                 use = clean if len(clean) >= rule.min_samples else run.samples
                 stop, reason = rule.decide(use, now - started)
                 if not stop and now >= deadline and len(run.samples) >= min(3, rule.min_samples):
@@ -573,8 +594,8 @@ def temperature(probe: Probe) -> float | None:
         return None
 
 
-def preheat(timer: Timer, *, cap_s: float = 45.0, min_s: float = 3.0, window_s: float = 6.0,
-            rise_c: float = 1.0, n: int = 8192) -> dict:
+def preheat(timer: Timer, *, cap_s: float = 45.0, min_s: float = 3.0, window_s: float = 10.0,
+            rise_c: float = 0.5, n: int = 8192) -> dict:
     """Load the GPU with bf16 matmuls until its temperature levels off.
 
     Under a power cap the clocks, and so every latency, depend on the chip's temperature; a
@@ -633,6 +654,6 @@ def matmul_ceiling(timer: Timer, *, n: int = 8192, samples: int = 30, time_cap_s
                            warmup_s=0.3, warmup_cap_s=2.0)
     if run.status != "ok":
         raise RuntimeError(run.note)
-    stats = summarize_samples(run.samples, run.throttled)
+    stats = summarize_samples(run.samples, run.throttled, run.reasons)
     ms = stats["latency_ms"]
     return 2 * n ** 3 / (ms * 1e-3) / 1e12, ms
