@@ -41,7 +41,8 @@ def repeat(args) -> int:
     session = start_session(db, "repeat", objective="back-to-back bench reproducibility",
                             force=True)
     options = {"grid": args.grid, "configs": (), "impls": (), "time_limit": args.time_limit,
-               "graph": False, "csv_path": None, "passes": args.passes}
+               "graph": False, "csv_path": None, "passes": args.passes,
+               "cooldown": args.cooldown}
     steps = [run_step(db, session, BenchStep(), dict(options, csv_path=args.csv)),
              run_step(db, session, BenchStep(), options)]
     a, b = ({(r["dtype"], r["batch_size"], r["num_heads"], r["seq_len_q"], r["seq_len_k"],
@@ -96,6 +97,7 @@ def main(argv=None) -> int:
     p.add_argument("--time-limit", default="150s")
     p.add_argument("--csv", help="CSV of the first run")
     p.add_argument("--passes", type=int, default=3)
+    p.add_argument("--cooldown", type=float, default=1.0)
     p.add_argument("--threshold-ms", type=float, default=0.2)
     p.set_defaults(fn=repeat)
     args = parser.parse_args(argv)

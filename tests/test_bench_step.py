@@ -144,6 +144,9 @@ def test_step_rejects_bad_options_before_touching_the_gpu(make_context):
         bench_step.BenchStep().run(make_context({"grid": "nope"}, name="bench"))
     with pytest.raises(UsageError, match="must be positive"):
         bench_step.run_bench(make_context(name="bench"), grid=None, time_limit_s=-1)
+    for bad in (-0.5, 11, None):
+        with pytest.raises(UsageError, match="--cooldown must be between 0 and 10"):
+            bench_step.run_bench(make_context(name="bench"), grid=None, cooldown=bad)
     for bad in (0, 21, 2.5):
         with pytest.raises(UsageError, match="--passes must be a whole number"):
             bench_step.run_bench(make_context(name="bench"), grid=None, passes=bad)
@@ -173,3 +176,30 @@ def test_preheat_option():
     assert bench_step.parse_preheat("20s") == 20.0
     with pytest.raises(UsageError, match="bad duration"):
         bench_step.parse_preheat("soon")
+
+
+def test_cooldown_rests_the_gpu_in_proportion(monkeypatch):
+    from sessionkit.bench import timing
+
+    slept = []
+    monkeypatch.setattr(timing.time, "sleep", slept.append)
+    timer = timing.Timer.__new__(timing.Timer)  # no GPU needed for the rest logic
+    timer.cooldown = 1.5
+    timer.rest(0.02)
+    timer.rest(0.0)
+    timer.cooldown = 0.0
+    timer.rest(0.02)
+    assert slept == [pytest.approx(0.03)]
+
+
+def test_cli_rejects_bad_cooldown_and_passes(tmp_path):
+    from click.testing import CliRunner
+
+    from sessionkit.cli import cli
+
+    runner = CliRunner()
+    assert runner.invoke(cli, ["start", "-m", "bad options"]).exit_code == 0
+    for args in (["--cooldown", "-1"], ["--cooldown", "x"], ["--passes", "0"],
+                 ["--passes", "21"]):
+        result = runner.invoke(cli, ["step", "bench", *args])
+        assert result.exit_code != 0 and "Traceback" not in result.output, args

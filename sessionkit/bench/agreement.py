@@ -2,7 +2,8 @@
 
 For each config, SDPA default is timed by this package's method and by ``do_bench(...,
 return_mode="median")`` (``repeats`` times, to show do_bench's own spread), alternating which
-goes first, after the GPU's temperature has levelled off (as the bench step does). Used by ``benchmarks/bench_agreement.py`` and the GPU tests.
+goes first, after the GPU's temperature has levelled off, with the bench step's default cooldown.
+Used by ``benchmarks/bench_agreement.py`` and the GPU tests.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ def agreement_rows(configs: list[BenchConfig], *, repeats: int = 3, budget_s: fl
     import triton.testing
 
     from . import timing
-    from .step import bench_config, result_rows, stop_rule
+    from .step import DEFAULT_COOLDOWN, bench_config, result_rows, stop_rule
 
     device = torch.device("cuda", torch.cuda.current_device())
     probe = timing.Probe.for_torch_device(device.index)
     rows = []
     try:
-        timer = timing.Timer(torch, device, probe=probe)
+        timer = timing.Timer(torch, device, probe=probe, cooldown=DEFAULT_COOLDOWN)
         if preheat_s > 0:
             timing.preheat(timer, cap_s=preheat_s)
         for n, config in enumerate(configs):

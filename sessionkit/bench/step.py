@@ -1,8 +1,13 @@
 """``sessionkit step bench``: time our attention kernel against SDPA and its backends.
 
-Every implementation runs on the same inputs in the same run, interleaved. Results and every raw
-sample go to ``bench_results`` / ``bench_samples``; the bf16 matmul ceiling is measured once per
-session (metric ``matmul_bf16_tflops``, subject ``ceiling``).
+Every implementation runs on the same inputs in the same run, interleaved. Each config is visited
+in several passes spread over the run (:mod:`~sessionkit.bench.passes`), and by default the GPU
+rests as long as it works between batches of samples (``--cooldown 1``): under sustained load an
+H100 sits at its power cap, where the clock it holds for a given config differs by up to 8 % from
+one run to the next; below the cap it stays at full boost and medians repeat within 1-2 %.
+
+Results and every raw sample go to ``bench_results`` / ``bench_samples``; the bf16 matmul ceiling
+is measured once per session (metric ``matmul_bf16_tflops``, subject ``ceiling``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ DEFAULT_TIME_LIMIT_S = 150.0
 DEFAULT_PREHEAT_S = 45.0
 DEFAULT_PASSES = 3
 MAX_PASSES = 20
+DEFAULT_COOLDOWN = 1.0
+MAX_COOLDOWN = 10.0
 MAX_CONFIG_S = 6.0  # per config, all passes together
 CSV_COLUMNS = ["implementation", "dtype", "batch_size", "num_heads", "seq_len_q", "seq_len_k",
                "head_dim", "causal", "latency_ms", "iqr_ms", "samples", "tflops", "pct_peak",
@@ -184,7 +191,7 @@ def results_table(rows: list[dict]) -> str:
 def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
               time_limit_s: float = DEFAULT_TIME_LIMIT_S, graph: bool = False,
               csv_path: str | None = None, preheat_s: float = DEFAULT_PREHEAT_S,
-              passes: int = DEFAULT_PASSES) -> StepResult:
+              passes: int = DEFAULT_PASSES, cooldown: float = DEFAULT_COOLDOWN) -> StepResult:
     """The bench step's work (see the module docstring)."""
     grid_label, chosen = select_configs(grid, configs)
     wanted = parse_impls(impls)
@@ -192,6 +199,8 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
         raise UsageError("--time-limit must be positive")
     if preheat_s is None or preheat_s < 0:
         raise UsageError("--preheat must be 0 or a positive duration")
+    if cooldown is None or not 0 <= cooldown <= MAX_COOLDOWN:
+        raise UsageError(f"--cooldown must be between 0 and {MAX_COOLDOWN:g}")
     if not isinstance(passes, int) or not 1 <= passes <= MAX_PASSES:
         raise UsageError(f"--passes must be a whole number from 1 to {MAX_PASSES}")
     try:
@@ -211,7 +220,7 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
         progress.note(f"no throttle flags or clock-steady warm-up: {probe.reason}")
     started = time.monotonic()
     try:
-        timer = timing.Timer(torch, device, probe=probe, graph=graph)
+        timer = timing.Timer(torch, device, probe=probe, graph=graph, cooldown=cooldown)
         ours_note = None
         if (wanted is None or "ours" in wanted) and chosen:
             # Load (and, the first time, build) our kernel before the preheat, so that a build
@@ -283,6 +292,7 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
         "geomean_speedup_vs_sdpa": geomean(speedups),
         "best_speedup_vs_sdpa": max(speedups) if speedups else None,
         "impls": sorted({r["impl"] for r in all_rows}), "graph": bool(graph), "passes": passes,
+        "cooldown": cooldown,
         "ours": "measured" if ours_rows else (ours_note or "not requested"),
         "elapsed_s": round(time.monotonic() - started, 1),
         "preheat": heat,
@@ -357,6 +367,12 @@ class BenchStep(Step):
                      show_default=True,
                      help="Visit every config this many times, spread over the run (forward, "
                           "then backward); each median is over the samples of all passes."),
+        click.Option(["--cooldown"], type=click.FloatRange(0, MAX_COOLDOWN),
+                     default=DEFAULT_COOLDOWN, show_default=True,
+                     help="After each batch of samples, leave the GPU idle this many times the "
+                          "batch's duration, so that it stays under its power cap and at full "
+                          "clock; 0 measures at sustained full load, where the power cap sets "
+                          "the clock and results vary more from run to run."),
         click.Option(["--preheat"], default="45s", show_default=True,
                      help="Load the GPU until its temperature levels off, for at most this long "
                           "(0 to skip); counts against --time-limit."),
@@ -373,4 +389,6 @@ class BenchStep(Step):
                          time_limit_s=parse_duration(limit) if limit else DEFAULT_TIME_LIMIT_S,
                          graph=bool(opts.get("graph")), csv_path=opts.get("csv_path"),
                          preheat_s=parse_preheat(preheat),
-                         passes=opts.get("passes") or DEFAULT_PASSES)
+                         passes=opts.get("passes") or DEFAULT_PASSES,
+                         cooldown=float(DEFAULT_COOLDOWN if opts.get("cooldown") is None
+                                        else opts["cooldown"]))

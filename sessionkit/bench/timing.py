@@ -255,7 +255,8 @@ class ImplRun:
 class Timer:
     """CUDA-event timing on one device, with an L2 flush and a launch-latency shield."""
 
-    def __init__(self, torch, device=None, *, probe: Probe | None = None, graph: bool = False):
+    def __init__(self, torch, device=None, *, probe: Probe | None = None, graph: bool = False,
+                 cooldown: float = 0.0):
         self.torch = torch
         self.device = torch.device("cuda", torch.cuda.current_device()) if device is None else device
         props = torch.cuda.get_device_properties(self.device)
@@ -264,6 +265,7 @@ class Timer:
                                      device=self.device)
         self.probe = probe or Probe(reason="no probe")
         self.graph = graph
+        self.cooldown = max(0.0, float(cooldown))  # idle time per unit of batch time
         self.cycles_per_ms = self._calibrate_sleep()
         self.flush_ms = self._time_flush()
 
@@ -303,6 +305,12 @@ class Timer:
         """Keep the GPU busy for about ``ms`` so that what the CPU queues next runs back to back."""
         if ms > 0:
             self.torch.cuda._sleep(int(ms * self.cycles_per_ms))
+
+    def rest(self, busy_s: float) -> None:
+        """Leave the GPU idle for ``cooldown`` times ``busy_s`` (the last batch's wall time), so
+        that its average power stays below the board's limit and its clock at full boost."""
+        if self.cooldown > 0 and busy_s > 0:
+            time.sleep(self.cooldown * busy_s)
 
     def events(self):
         torch = self.torch
@@ -420,9 +428,11 @@ class Timer:
         round_no = 0
         while live:
             before = self.probe.reasons()
+            t0 = time.perf_counter()
             pending, round_no = self._batch(live, runs, sets, round_no)
             pending[-1][1][1].synchronize()
             after = self.probe.reasons()
+            self.rest(time.perf_counter() - t0)
             clock = self.probe.sm_clock()
             reasons = None if before is None and after is None else (before or 0) | (after or 0)
             throttled = bool(telemetry.is_throttled(reasons))
@@ -518,8 +528,10 @@ class Timer:
         clocks: list[float] = []
         round_no = 0
         while True:
+            t0 = time.perf_counter()
             pending, round_no = self._batch(live, runs, sets, round_no)
             pending[-1][1][1].synchronize()
+            self.rest(time.perf_counter() - t0)
             elapsed = time.monotonic() - start
             clock = self.probe.sm_clock()
             if clock is not None:
