@@ -2,8 +2,8 @@
 
 For each config, SDPA default is timed by this package's method and by ``do_bench(...,
 return_mode="median")`` (``repeats`` times, to show do_bench's own spread), alternating which
-goes first, after the GPU's temperature has levelled off, with the bench step's default cooldown.
-Used by ``benchmarks/bench_agreement.py`` and the GPU tests.
+goes first, after the GPU's temperature has levelled off, with the bench step's default cooldown
+and a 1 s do_bench warm-up. Used by ``benchmarks/bench_agreement.py`` and the GPU tests.
 """
 
 from __future__ import annotations
@@ -12,9 +12,14 @@ import time
 
 from .grids import BenchConfig
 
+# do_bench's own warm-up (25 ms by default) is too short for a GPU coming out of a rest: its power
+# controller first overshoots, and the first ~100 ms run at lower clocks. One second settles it.
+DO_BENCH_WARMUP_MS = 1000.0
+
 
 def agreement_rows(configs: list[BenchConfig], *, repeats: int = 3, budget_s: float = 4.0,
-                   preheat_s: float = 30.0, progress=None) -> list[dict]:
+                   preheat_s: float = 30.0, warmup_ms: float = DO_BENCH_WARMUP_MS,
+                   progress=None) -> list[dict]:
     import torch
     import triton.testing
 
@@ -46,7 +51,8 @@ def agreement_rows(configs: list[BenchConfig], *, repeats: int = 3, budget_s: fl
                 ours_ms = result_rows(config, runs, ceiling=None)[0]["latency_ms"]
 
             def run_theirs():
-                theirs.append(float(triton.testing.do_bench(fn, return_mode="median")))
+                theirs.append(float(triton.testing.do_bench(fn, warmup=warmup_ms,
+                                                            return_mode="median")))
 
             if n % 2 == 0:
                 run_ours()
