@@ -2,7 +2,8 @@
 
     python benchmarks/bench_agreement.py agree  [--grid quick]
         SDPA default timed by sessionkit and by triton.testing.do_bench (median mode, three runs
-        to show its own spread); configs of 0.2 ms and more must agree within 5 %.
+        to show its own spread); configs of 0.2 ms and more must agree within 5 %. Our timer runs
+        without rests (--cooldown 0), as do_bench does; see sessionkit/bench/agreement.py.
 
     python benchmarks/bench_agreement.py repeat [--grid quick] [--db PATH] [--csv PATH]
         Two back-to-back 'bench' steps in one session; per config and implementation, the
@@ -22,7 +23,7 @@ def agree(args) -> int:
     from sessionkit.bench.agreement import agreement_rows, format_rows
     from sessionkit.bench.grids import load_grid
 
-    rows = agreement_rows(load_grid(args.grid), repeats=args.repeats,
+    rows = agreement_rows(load_grid(args.grid), repeats=args.repeats, cooldown=args.cooldown,
                           progress=lambda i, n, label: print(f"  {i}/{n} {label}", flush=True))
     print(format_rows(rows, threshold_ms=args.threshold_ms, tolerance_pct=args.tolerance))
     bad = [r for r in rows if r["do_bench_ms"] >= args.threshold_ms
@@ -88,6 +89,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("agree")
     p.add_argument("--grid", default="quick")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--cooldown", type=float, default=0.0,
+                   help="rests of our timer (0: none, the regime do_bench runs in)")
     p.add_argument("--threshold-ms", type=float, default=0.2)
     p.add_argument("--tolerance", type=float, default=5.0)
     p.set_defaults(fn=agree)
