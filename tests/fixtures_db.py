@@ -140,7 +140,7 @@ def _bench(db, step_id, ours_ms, sdpa_ms, flash_ms, *, throttled=(0, 0, 0, 0), j
                     "throttled_samples": throttled[i] if impl == "ours" else 0,
                     "speedup_vs_sdpa": sdpa_ms[i] / ms if impl != "sdpa" else 1.0,
                     "speedup_vs_best": min(sdpa_ms[i], flash_ms[i]) / ms, "status": "ok",
-                    "note": None,
+                    "note": None, "sm_clock_mhz": 1980.0 - 15 * i if impl == "ours" else 1980.0,
                 }
                 rid = db["bench_results"].insert(row).last_pk
                 db["bench_samples"].insert_all(
@@ -239,7 +239,7 @@ def _session_1(db):
     _correctness(db, c, (0.009, 0.006, 0.0011, 0.0009))
     bn = _step(db, 1, 4, "bench", "passed", "2026-01-05T09:06:00+00:00", "2026-01-05T09:10:10+00:00",
                250.0, 300.0, message="4 configs",
-               summary={"grid": "quick", "configs": 4})
+               summary={"grid": "quick", "configs": 4, "passes": 3, "cooldown": 1.0})
     _bench(db, bn, ours_ms=(0.50, 6.00, 0.30, 3.20), sdpa_ms=(0.40, 5.00, 0.25, 2.80),
            flash_ms=(0.60, 9.00, 0.35, 5.00))
     _metric(db, bn, "matmul_bf16_tflops", 762.0, "TFLOP/s", "ceiling")

@@ -128,6 +128,10 @@ TRACE_CASES = [
      "AND seq_len_q = 4096 AND causal = 1", [BENCH2], "| 432 | 56.9 |"),
     ("UPDATE bench_results SET throttled_samples = 7 WHERE step_id = ? AND impl = 'ours' AND seq_len_q = 4096 "
      "AND causal = 1", [BENCH2], "| 7 | ok |"),
+    ("UPDATE bench_results SET sm_clock_mhz = 1755 WHERE step_id = ? AND impl = 'ours' AND seq_len_q = 4096 "
+     "AND causal = 1", [BENCH2], "| 1,755 | 1 | ok |"),
+    ("UPDATE steps SET summary = json_set(summary, '$.passes', 5, '$.cooldown', 0) WHERE id = ?", [BENCH2],
+     "medians over 5 passes per config, at sustained full load"),
     ("UPDATE bench_results SET latency_ms = 0.123 WHERE step_id = ? AND impl = 'sdpa_flash' "
      "AND seq_len_q = 1024 AND causal = 1", [BENCH2], "| 0.123 |"),
     ("UPDATE metrics SET value = 199 WHERE step_id = ? AND key = 'registers' "

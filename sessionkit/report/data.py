@@ -255,6 +255,7 @@ def bench_section(db, steps: list[dict]) -> dict | None:
     return {"status": step["status"], "message": step.get("message"), "seq": step["seq"],
             "step_id": step["id"], "duration_s": step.get("duration_s"),
             "grid": summary.get("grid"), "rows": table, "configs": len(table), "impls": impls,
+            "passes": summary.get("passes"), "cooldown": summary.get("cooldown"),
             "ceiling_tflops": ceiling, "geomean_speedup": geomean(speedups),
             "best_speedup": max(speedups) if speedups else None,
             "not_ok": [t for t in table if t["ours"] and t["ours"].get("status") != "ok"],
