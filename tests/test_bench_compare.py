@@ -121,3 +121,19 @@ def test_cli_table_json_and_fail_on_regression(db, two):
     assert fine.exit_code == 1  # the broken one remains
     bad = runner.invoke(cli, ["compare", "nope"])
     assert bad.exit_code != 0 and "Error:" in bad.output and "Traceback" not in bad.output
+
+
+def test_clock_note_shows_when_the_power_state_moved(db, two):
+    a, b = two
+    for session, mhz in ((a, 1830.0), (b, 1980.0)):
+        db.execute("UPDATE bench_results SET sm_clock_mhz = ? WHERE impl = 'ours' AND step_id IN "
+                   "(SELECT id FROM steps WHERE session_id = ?)", [mhz, session["id"]])
+    db.execute("UPDATE bench_results SET sm_clock_mhz = 1980 WHERE impl = 'sdpa'")
+    result = cmp.compare_sessions(db)
+    by = {(r["config"], r["impl"]): r for r in result["rows"]}
+    assert by[(BIG.label, "ours")]["clock_note"] == "SM clock 1830 -> 1980 MHz"
+    assert by[(BIG.label, "sdpa")]["clock_note"] == ""
+    text = cmp.format_comparison(result)
+    assert "SLOWER  (SM clock 1830 -> 1980 MHz)" in text
+    assert "2 row(s) ran at SM clocks 2 % or more apart" in text
+    assert cmp.clock_note(1900, 1930) == "" and cmp.clock_note(None, 1980) == ""

@@ -123,6 +123,7 @@ def compare_sessions(db, a=None, b=None, *, min_effect: float = 0.05, alpha: flo
 def compare_pair(key: tuple, impl: str, ra: dict, rb: dict, *, min_effect: float,
                  alpha: float) -> dict:
     row = {"config": _label(key), "impl": impl, "a_ms": None, "b_ms": None, "ratio": None,
+           "clock_note": "",
            "p_value": None, "a_samples": len(ra["samples_used"]),
            "b_samples": len(rb["samples_used"]), "a_status": ra["status"],
            "b_status": rb["status"], "reason": ""}
@@ -147,7 +148,19 @@ def compare_pair(key: tuple, impl: str, ra: dict, rb: dict, *, min_effect: float
                               alpha=alpha)
     row.update(verdict=verdict.verdict, ratio=verdict.ratio, p_value=verdict.p_value,
                reason=verdict.reason)
+    row["clock_note"] = clock_note(ra.get("sm_clock_mhz"), rb.get("sm_clock_mhz"))
     return row
+
+
+CLOCK_NOTE_REL = 0.02
+
+
+def clock_note(a_mhz, b_mhz, *, rel: float = CLOCK_NOTE_REL) -> str:
+    """'SM clock 1830 -> 1980 MHz' when the two results ran at clocks ``rel`` or more apart: a
+    latency change that follows the clock is the GPU's power state, not the code."""
+    if not a_mhz or not b_mhz or abs(b_mhz / a_mhz - 1) < rel:
+        return ""
+    return f"SM clock {a_mhz:.0f} -> {b_mhz:.0f} MHz"
 
 
 def format_comparison(result: dict) -> str:
@@ -167,11 +180,16 @@ def format_comparison(result: dict) -> str:
             b_ms = f"{r['b_ms']:.4f}" if r["b_ms"] is not None else r["b_status"]
             ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else "-"
             p = f"{r['p_value']:.1e}" if r["p_value"] is not None else "-"
+            note = f"  ({r['clock_note']})" if r.get("clock_note") else ""
             lines.append(f"{r['config']:<{width}}  {r['impl']:<14} {a_ms:>9} {b_ms:>9} {ratio:>7} "
-                         f"{p:>8}  {r['verdict']}")
+                         f"{p:>8}  {r['verdict']}{note}")
     c = result["counts"]
     lines.append(f"{result['regressions']} regression(s) ({c['SLOWER']} slower, {c['BROKEN']} broken), "
                  f"{c['FASTER']} faster, {c['SAME']} same")
+    moved = sum(bool(r.get("clock_note")) for r in result["rows"])
+    if moved:
+        lines.append(f"{moved} row(s) ran at SM clocks 2 % or more apart: their change may be the "
+                     "GPU's power state (compare runs with the same --cooldown)")
     for side, key in (("A", "only_in_a"), ("B", "only_in_b")):
         if result[key]:
             lines.append(f"only in {side}: {len(result[key])} (e.g. {result[key][0]})")
