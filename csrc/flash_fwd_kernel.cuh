@@ -13,6 +13,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "flash_fwd.h"
@@ -383,6 +384,24 @@ constexpr int smem_bytes() {
   return Traits<kHeadDim>::kSmemBytes;
 }
 
+// Kernels that use more than 48 KB of dynamic shared memory must raise their limit with
+// cudaFuncSetAttribute, which acts on the current device only. Each kernel keeps one flag per
+// device, so that the attribute is set once on every device it runs on; devices past the table
+// set it on every launch (cheap, and correct).
+constexpr int kMaxTrackedDevices = 64;
+
+template <typename Kernel>
+cudaError_t raise_smem_limit(Kernel kernel, int bytes, std::atomic<bool>* raised) {
+  int device = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status != cudaSuccess) return status;
+  const bool tracked = device >= 0 && device < kMaxTrackedDevices;
+  if (tracked && raised[device].load(std::memory_order_acquire)) return cudaSuccess;
+  status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (status == cudaSuccess && tracked) raised[device].store(true, std::memory_order_release);
+  return status;
+}
+
 }  // namespace fwd
 }  // namespace sessionkit
 
@@ -401,8 +420,8 @@ constexpr int smem_bytes() {
   cudaError_t run_flash_fwd<DTYPE, HDIM, CAUSAL>(const FlashFwdParams& params,                    \
                                                   cudaStream_t stream) {                           \
     using Tr = fwd::Traits<HDIM>;                                                                  \
-    static const cudaError_t attr_status = cudaFuncSetAttribute(                                  \
-        NAME, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);                        \
+    static std::atomic<bool> smem_raised[fwd::kMaxTrackedDevices];                                \
+    const cudaError_t attr_status = fwd::raise_smem_limit(NAME, Tr::kSmemBytes, smem_raised);     \
     if (attr_status != cudaSuccess) return attr_status;                                            \
     const dim3 grid((params.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM, params.heads,               \
                     params.batch);                                                                 \

@@ -118,6 +118,20 @@ def test_mixed_layouts_and_expanded_heads():
     _check(q, k, v, causal=True)
 
 
+def test_every_visible_gpu():
+    """The shared-memory limit is raised per device: the kernel must run on the second GPU too,
+    after the first one, in both head dims (both above the default 48 KB)."""
+    count = torch.cuda.device_count()
+    if count < 2:
+        pytest.skip(f"needs two CUDA GPUs ({count} visible)")
+    for device in list(range(count)) + [0]:
+        with torch.cuda.device(device):
+            for dim in (64, 128):
+                q, k, v = _make(1, 2, 300, 300, dim, torch.bfloat16, seed=device)
+                out, _ = _check(q, k, v, causal=device % 2 == 1)
+                assert out.device.index == device
+
+
 @pytest.mark.parametrize("scale", [0.05, 0.3, 1.0, -0.2])
 def test_scale(scale):
     q, k, v = _make(2, 2, 257, 300, 64, torch.bfloat16, seed=11)
