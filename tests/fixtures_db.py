@@ -243,6 +243,7 @@ def _session_1(db):
     _bench(db, bn, ours_ms=(0.50, 6.00, 0.30, 3.20), sdpa_ms=(0.40, 5.00, 0.25, 2.80),
            flash_ms=(0.60, 9.00, 0.35, 5.00))
     _metric(db, bn, "matmul_bf16_tflops", 762.0, "TFLOP/s", "ceiling")
+    _metric(db, bn, "pass_spread_median_pct", 2.4, "%")
     _telemetry(db, bn, 1767603960.0, 20, 600.0, 1980, 55.0)
     _telemetry_summary(db, bn, 620.0, 640.0, 155000.0, 56.9, 1980, 1980, 0.0, 20)
     _telemetry_summary(db, b, 90.0, 120.0, 8550.0, 41.0, 345, 1980, 0.0, 950)
@@ -282,6 +283,7 @@ def _session_2(db):
     _bench(db, bn, ours_ms=(0.60, 4.20, 0.29, 2.40), sdpa_ms=(0.40, 5.00, 0.25, 2.80),
            flash_ms=(0.60, 9.00, 0.35, 5.00), throttled=(0, 3, 0, 1))
     _metric(db, bn, "matmul_bf16_tflops", 758.5, "TFLOP/s", "ceiling")
+    _metric(db, bn, "pass_spread_median_pct", 0.6, "%")
     _telemetry(db, bn, 1767708420.0, 30, 650.0, 1980, 60.0, throttled_from=24)
     _telemetry_summary(db, bn, 672.0, 700.0, 228480.0, 62.9, 1890, 1980, 0.2, 30)
     p = _step(db, 2, 5, "profile", "passed", "2026-01-06T14:13:00+00:00", "2026-01-06T14:15:00+00:00",
@@ -298,7 +300,9 @@ def _session_2(db):
     _step(db, 2, 6, "run", "passed", "2026-01-06T14:20:00+00:00", "2026-01-06T14:20:03+00:00", 3.0,
           None, kind="command", command=["python", "tools/check_sass.py"], message="exit 0")
     for pid, note, at in (("baseline-first", None, "2026-01-06T14:00:02+00:00"),
-                          ("profile-first", "profiled the S1024 config first", "2026-01-06T14:12:50+00:00")):
+                          ("profile-first", "profiled the S1024 config first", "2026-01-06T14:12:50+00:00"),
+                          ("measure-below-power-cap", "bench with --cooldown 1",
+                           "2026-01-06T14:06:55+00:00")):
         db["patterns_applied"].insert({"session_id": sid(2), "pattern_id": pid, "note": note,
                                        "applied_at": at})
 

@@ -203,3 +203,22 @@ def test_cli_rejects_bad_cooldown_and_passes(tmp_path):
                  ["--passes", "21"]):
         result = runner.invoke(cli, ["step", "bench", *args])
         assert result.exit_code != 0 and "Traceback" not in result.output, args
+
+
+def test_noise_metrics_summarize_the_run():
+    rows = [
+        {"status": "ok", "samples": 100, "throttled_samples": 10, "pass_spread_pct": 0.5,
+         "sm_clock_mhz": 1980.0},
+        {"status": "ok", "samples": 100, "throttled_samples": 30, "pass_spread_pct": 1.5,
+         "sm_clock_mhz": 1950.0},
+        {"status": "ok", "samples": 200, "throttled_samples": 0, "pass_spread_pct": 0.7,
+         "sm_clock_mhz": None},
+        {"status": "wrong", "samples": 0, "throttled_samples": 0, "pass_spread_pct": None,
+         "sm_clock_mhz": None},
+    ]
+    noise = bench_step.noise_metrics(rows)
+    assert noise["pass_spread_median_pct"] == (0.7, "%")
+    assert noise["throttled_sample_share"] == (0.1, "fraction")
+    assert noise["sm_clock_median_mhz"] == (1965.0, "MHz")
+    empty = bench_step.noise_metrics([])
+    assert all(value is None for value, _ in empty.values())

@@ -25,7 +25,8 @@ from sessionkit.report.patterns import (
 
 SEEDED = {"baseline-first", "profile-first", "static-asserts", "explicit-instantiation",
           "detect-preemption", "bisect-last-good", "keep-gpu-warm", "one-tu-per-recipe",
-          "env-validation", "profile-decision-tree", "step-counted-progress"}
+          "env-validation", "profile-decision-tree", "step-counted-progress",
+          "measure-below-power-cap"}
 
 GOOD = """+++
 id = "demo"

@@ -285,6 +285,10 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
         path = write_csv(csv_path, all_rows)
         context.artifact(path, "csv")
 
+    noise = noise_metrics(all_rows)
+    for key, (value, unit) in noise.items():
+        if value is not None:
+            context.metric(key, value, unit=unit)
     ours_rows = [r for r in all_rows if r["impl"] == "ours"]
     speedups = [r["speedup_vs_sdpa"] for r in ours_rows if r["speedup_vs_sdpa"]]
     summary = {
@@ -296,6 +300,7 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
         "ours": "measured" if ours_rows else (ours_note or "not requested"),
         "elapsed_s": round(time.monotonic() - started, 1),
         "preheat": heat,
+        **{key: value for key, (value, _) in noise.items()},
     }
     wrong = [r for r in ours_rows if r["status"] in ("wrong", "error")]
     if wrong:
@@ -307,6 +312,23 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
     else:
         message = f"{n} configs timed ({', '.join(summary['impls'])})"
     return StepResult("passed", message, summary=summary)
+
+
+def noise_metrics(rows: list[dict]) -> dict[str, tuple[float | None, str]]:
+    """How steady the GPU was over a run, from its result rows: the median per-pass spread, the
+    share of samples at a throttle reason and the median SM clock, over the rows that timed."""
+    from .stats import median
+
+    ok = [r for r in rows if r["status"] == "ok" and r["samples"]]
+    spreads = [r["pass_spread_pct"] for r in ok if r.get("pass_spread_pct") is not None]
+    clocks = [r["sm_clock_mhz"] for r in ok if r.get("sm_clock_mhz")]
+    samples = sum(r["samples"] for r in ok)
+    throttled = sum(r["throttled_samples"] or 0 for r in ok)
+    return {
+        "pass_spread_median_pct": (median(spreads) if spreads else None, "%"),
+        "throttled_sample_share": (throttled / samples if samples else None, "fraction"),
+        "sm_clock_median_mhz": (median(clocks) if clocks else None, "MHz"),
+    }
 
 
 def stop_rule(budget_s: float, passes: int = 1) -> StopRule:
