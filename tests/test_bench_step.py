@@ -222,3 +222,20 @@ def test_noise_metrics_summarize_the_run():
     assert noise["sm_clock_median_mhz"] == (1965.0, "MHz")
     empty = bench_step.noise_metrics([])
     assert all(value is None for value, _ in empty.values())
+
+
+def test_preheat_stops_when_the_temperature_levels_off():
+    from sessionkit.bench.timing import plateau
+
+    rule = dict(min_s=3.0, window_s=10.0, rise_c=0.5)
+    rising = [(t, 40.0 + 2.0 * t) for t in range(0, 21)]  # +2 C per second
+    assert plateau(rising[:3], 2.0, True, **rule) == (False, False)  # before min_s
+    assert plateau(rising, 20.0, True, **rule) == (False, False)  # still rising
+    flat = rising[:11] + [(t, 60.2 + 0.02 * (t - 10)) for t in range(11, 25)]
+    # 10 s after t=10 (60 C) the reading is 60.4 C: less than 0.5 C of rise
+    assert plateau(flat[:21], 20.0, True, **rule) == (True, True)
+    # without a reading 10 s back there is nothing to compare with
+    assert plateau(flat[:8], 7.0, True, **rule) == (False, False)
+    # without NVML: min_s plus one window, not steady
+    assert plateau([], 12.9, False, **rule) == (False, False)
+    assert plateau([], 13.0, False, **rule) == (True, False)

@@ -606,6 +606,24 @@ def temperature(probe: Probe) -> float | None:
         return None
 
 
+def plateau(readings: list[tuple[float, float]], now: float, have_temp: bool, *, min_s: float,
+            window_s: float, rise_c: float) -> tuple[bool, bool]:
+    """Whether a preheat may stop at ``now`` (s since it began), and whether it is because the
+    temperature levelled off: (stop, steady).
+
+    ``readings`` are (time, C). With a temperature, stop once ``min_s`` has passed and it rose less
+    than ``rise_c`` since the last reading at least ``window_s`` old. Without one (no NVML), stop
+    after ``min_s + window_s``, not steady."""
+    if now < min_s:
+        return False, False
+    if not have_temp or not readings:
+        return now >= min_s + window_s, False
+    past = [t for when, t in readings if when <= now - window_s]
+    if past and readings[-1][1] - past[-1] < rise_c:
+        return True, True
+    return False, False
+
+
 def preheat(timer: Timer, *, cap_s: float = 45.0, min_s: float = 3.0, window_s: float = 10.0,
             rise_c: float = 0.5, n: int = 8192) -> dict:
     """Load the GPU with bf16 matmuls until its temperature levels off.
@@ -635,15 +653,9 @@ def preheat(timer: Timer, *, cap_s: float = 45.0, min_s: float = 3.0, window_s: 
             readings.append((now, temp))
         if now >= cap_s:
             break
-        if now < min_s:
-            continue
-        if temp is None:
-            if now >= min_s + window_s:
-                break
-            continue
-        past = [t for when, t in readings if when <= now - window_s]
-        if past and temp - past[-1] < rise_c:
-            steady = True
+        done, steady = plateau(readings, now, temp is not None, min_s=min_s, window_s=window_s,
+                               rise_c=rise_c)
+        if done:
             break
     del a, b
     return {"seconds": time.monotonic() - start, "temp_start_c": first,
