@@ -239,3 +239,63 @@ def test_preheat_stops_when_the_temperature_levels_off():
     # without NVML: min_s plus one window, not steady
     assert plateau([], 12.9, False, **rule) == (False, False)
     assert plateau([], 13.0, False, **rule) == (True, False)
+
+
+def test_run_bench_end_to_end_with_a_fake_gpu(make_context, db, monkeypatch, tmp_path):
+    """The whole step on the CPU: a stand-in torch and timer, real passes, storage, CSV, metrics."""
+    import sys
+    import types
+
+    from sessionkit.bench import timing
+
+    fake_torch = types.SimpleNamespace(
+        __version__="0.0-fake",
+        cuda=types.SimpleNamespace(is_available=lambda: True, current_device=lambda: 0),
+        device=lambda kind, index: types.SimpleNamespace(type=kind, index=index))
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    visits = []
+
+    class FakeTimer:
+        def __init__(self, torch, device, *, probe=None, graph=False, cooldown=0.0):
+            self.device, self.cooldown = device, cooldown
+
+        def measure(self, impls, sets, *, rule, deadline, known=None, **_):
+            visits.append(({i.name for i in impls}, bool(known), rule.min_samples))
+            base = 1.0 + 0.01 * len(visits)
+            return [ImplRun(i.name, samples=[base * (2 if i.name == "sdpa" else 1)] * 12,
+                            throttled=[False] * 12, reasons=[0] * 12, clocks=[1980.0] * 12,
+                            launches=1, memory_mb=5.0, estimate_ms=base)
+                    for i in impls]
+
+    monkeypatch.setattr(timing, "Timer", FakeTimer)
+    monkeypatch.setattr(timing.Probe, "for_torch_device", classmethod(
+        lambda cls, index: cls(reason="no NVML in this test")))
+    monkeypatch.setattr(timing, "ours_impl",
+                        lambda torch, config: (timing.Impl("ours", lambda q, k, v: None), None))
+    monkeypatch.setattr(timing, "sdpa_impls", lambda torch, config: [
+        timing.Impl("sdpa", lambda q, k, v: None, reference=True),
+        timing.Impl("sdpa_flash", lambda q, k, v: None)])
+    monkeypatch.setattr(timing, "make_input_sets", lambda *a, **k: [])
+    monkeypatch.setattr(timing, "preheat", lambda timer, cap_s: {
+        "seconds": 1.0, "temp_start_c": None, "temp_end_c": None, "steady": False})
+    monkeypatch.setattr(timing, "matmul_ceiling", lambda timer: (700.0, 1.57))
+
+    ctx = make_context(name="bench")
+    result = bench_step.run_bench(ctx, grid=None, configs=("1,8,512,512,64,fp16,0",
+                                                           "2,8,1024,1024,128,bf16,1"),
+                                  csv_path=str(tmp_path / "b.csv"), passes=3, cooldown=0.5)
+    assert result.status == "passed", result.message
+    assert len(visits) == 6 and [v[1] for v in visits] == [False, False, True, True, True, True]
+    assert all(v[0] == {"ours", "sdpa", "sdpa_flash"} and v[2] == 10 for v in visits)
+    summary = result.summary
+    assert summary["passes"] == 3 and summary["cooldown"] == 0.5
+    assert summary["geomean_speedup_vs_sdpa"] == pytest.approx(2.0)
+    assert summary["sm_clock_median_mhz"] == 1980.0 and summary["throttled_sample_share"] == 0.0
+    rows = bench_step.step_rows(db, ctx.step_id)
+    assert len(rows) == 6 and all(r["samples"] == 36 and r["passes"] == 3 for r in rows)
+    metrics = {m["key"]: m["value"] for m in db.query(
+        "SELECT key, value FROM metrics WHERE step_id = ?", [ctx.step_id])}
+    assert metrics["matmul_bf16_tflops"] == 700.0 and metrics["sm_clock_median_mhz"] == 1980.0
+    assert metrics["pass_spread_median_pct"] > 0
+    with open(tmp_path / "b.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 6
