@@ -163,6 +163,16 @@ TRACE_CASES = [
 ]
 
 
+def test_cached_build_says_nothing_was_compiled(fdb):
+    with fdb.conn:
+        fdb.execute("DELETE FROM metrics WHERE step_id = ? AND key = 'build_time_s'", [BUILD2])
+        fdb.execute("UPDATE steps SET summary = json_set(summary, '$.cached', json('true')) "
+                    "WHERE id = ?", [BUILD2])
+    text = session_report(fdb, 2, now=NOW).text
+    assert "Loaded from the build cache: nothing was compiled (nvcc 13.0" in text
+    assert "recorded no build time" not in text
+
+
 @pytest.mark.parametrize("sql, args, expected", TRACE_CASES, ids=[c[2][:40] for c in TRACE_CASES])
 def test_report_figures_trace_to_rows(fdb, sql, args, expected):
     before = session_report(fdb, 2, now=NOW).text
