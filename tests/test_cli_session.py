@@ -170,3 +170,25 @@ def test_export_follows_rows_below_the_steps(tmp_path):
     data = export_session(db, get_session(db, "last"))
     assert len(data["bench_results"]) == 1
     assert [s["idx"] for s in data["bench_samples"]] == [0, 1, 2]
+
+
+def test_usage_errors_are_one_line():
+    from click.testing import CliRunner
+
+    from sessionkit.cli import cli
+
+    runner = CliRunner()
+    for args, words in ((["--bogus"], "No such option '--bogus'"),
+                        (["nosuch"], "No such command 'nosuch'"),
+                        (["step", "bench", "--passes", "0"], "'--passes': 0 is not in the range"),
+                        (["start", "--budget"], "'--budget' requires an argument")):
+        result = runner.invoke(cli, args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2, (args, result.output)
+        assert len(lines) == 1 and lines[0].startswith("Error:") and words in lines[0], lines
+    result = runner.invoke(cli, ["start", "1", "\x1e"])
+    assert result.output == ("Error: Got unexpected extra argument (\\x1e) "
+                             "(see 'cli start --help')\n")
+    # a group called without a command still shows its help
+    result = runner.invoke(cli, ["step"])
+    assert "Usage: " in result.output and "Commands:" in result.output

@@ -25,12 +25,39 @@ COMMAND_MODULES = [
 ]
 
 
+# Raised when a group is called without a command: click shows the group's help for it.
+_SHOW_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def one_line(exc: click.UsageError) -> click.ClickException:
+    """A usage error as one ``Error: ...`` line that names the help to read, same exit code.
+    Control characters from the command line are shown escaped."""
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in exc.format_message())
+    err = click.ClickException(f"{text}{where}")
+    err.exit_code = exc.exit_code
+    return err
+
+
 class SessionkitGroup(click.Group):
-    """Turns library errors into one-line ``Error: ...`` messages with the right exit code."""
+    """Turns library errors and usage errors into one-line ``Error: ...`` messages with the
+    right exit code."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _SHOW_HELP:
+            raise
+        except click.UsageError as exc:  # a bad option of the top-level command itself
+            raise one_line(exc) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except _SHOW_HELP:
+            raise
+        except click.UsageError as exc:  # bad arguments or options of any subcommand
+            raise one_line(exc) from None
         except SessionkitError as exc:
             err = click.ClickException(str(exc))
             err.exit_code = exc.exit_code
