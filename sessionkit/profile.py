@@ -808,6 +808,10 @@ class ProfileStep(Step):
                      help="Calls before the profiled one."),
     ]
 
+    def check_options(self, options: dict) -> None:
+        if options.get("config"):
+            parse_config(options["config"])
+
     def run(self, context) -> StepResult:
         opts = context.options
         cfg = parse_config(opts.get("config") or DEFAULT_CONFIG)

@@ -108,6 +108,9 @@ def end_session(db, session: dict | None = None, *, outcome: str, status: str = 
     return get_session(db, session["id"])
 
 
+SQLITE_MAX_INT = 2**63 - 1
+
+
 def get_session(db, ref: str | int | None = None) -> dict:
     """A session by UUID (or unique prefix), number, name, ``last`` or ``open``; default: open, else last."""
     if ref is None or str(ref).strip() == "":
@@ -123,8 +126,10 @@ def get_session(db, ref: str | int | None = None) -> dict:
         return _decode(rows[0])
     if text == "open":
         return get_open_session(db)
-    if text.isdigit():
-        rows = list(db.query("SELECT * FROM sessions WHERE number = ?", [int(text)]))
+    if text.isascii() and text.isdigit():
+        number = int(text)  # beyond SQLite's 64-bit integers no session can have it
+        rows = (list(db.query("SELECT * FROM sessions WHERE number = ?", [number]))
+                if number <= SQLITE_MAX_INT else [])
     else:
         rows = list(db.query("SELECT * FROM sessions WHERE id = ?", [text]))
         if not rows and len(text) >= 4:

@@ -236,7 +236,7 @@ def test_a_build_error_is_reported_as_the_build_says(open_session, monkeypatch):
 
 
 @pytest.mark.parametrize("args, text", [
-    (["--configs", "49"], "49 is not in the range x>=50"),
+    (["--configs", "49"], "49 is not in the range 50<=x<=100000"),
     (["--max-seq-len", "0"], "0 is not in the range x>=1"),
     (["--seed", "abc"], "'abc' is not a valid integer"),
 ])

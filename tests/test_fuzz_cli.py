@@ -46,3 +46,13 @@ def test_no_tracebacks(tmp_path, command, extra, started):
         last = result.output.strip().splitlines()[-1] if result.output.strip() else ""
         assert last.startswith("Error:") or "Usage:" in result.output or args[:2] == ["step", "run"], \
             (args, result.output)
+
+
+def test_huge_and_odd_numbers_are_clean_errors(tmp_path):
+    """Numbers past SQLite's 64-bit integers, or digits that are not ASCII, never reach a query."""
+    runner = CliRunner()
+    for args in (["show", "999999999999999999999"], ["show", "²"], ["export", "9" * 30],
+                 ["sessions", "--limit", "9" * 25]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code in (1, 2), (args, result.output)
+        assert result.output.startswith("Error:") and "Traceback" not in result.output, args

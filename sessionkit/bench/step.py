@@ -400,6 +400,16 @@ class BenchStep(Step):
                           "(0 to skip); counts against --time-limit."),
     ]
 
+    def check_options(self, options: dict) -> None:
+        from ..timefmt import parse_duration
+
+        select_configs(options.get("grid"), options.get("configs") or ())
+        parse_impls(options.get("impls") or ())
+        limit = options.get("time_limit")
+        if limit and parse_duration(limit) <= 0:
+            raise UsageError("--time-limit must be positive")
+        parse_preheat(options.get("preheat"))
+
     def run(self, context: StepContext) -> StepResult:
         from ..timefmt import parse_duration
 

@@ -94,7 +94,7 @@ def end(ctx, outcome, end_status, session_ref, as_json):
 
 
 @click.command()
-@click.option("--limit", type=click.IntRange(min=1), help="Show only the newest N sessions.")
+@click.option("--limit", type=click.IntRange(1, 2**63 - 1), help="Show only the newest N sessions.")
 @db_option
 @json_option
 @click.pass_context

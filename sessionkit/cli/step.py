@@ -14,6 +14,7 @@ def _run_registered(ctx, step, options: dict, *, name=None, kind="builtin", comm
     from ..runner import exit_code_for, run_step
     from ..sessions import get_open_session
 
+    step.check_options(options)
     db = open_db(ctx)
     session = get_open_session(db)
     cfg = load_config()

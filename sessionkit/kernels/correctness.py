@@ -18,6 +18,7 @@ from ..steps import Metric, Step, StepContext, StepResult
 
 DEFAULT_CONFIGS = 64
 MIN_CONFIGS = 50
+MAX_CONFIGS = 100_000
 
 
 class KernelUnavailable(SessionkitError):
@@ -115,9 +116,10 @@ class CorrectnessStep(Step):
                    "(fp16/bf16, head dim 64/128, causal or not, strided inputs).")
     budget_s = 180.0
     params = [
-        click.Option(["--seed"], type=int, default=None,
+        click.Option(["--seed"], type=click.IntRange(0, 2**63 - 1), default=None,
                      help="Seed for the configs and inputs (default: a random one, printed)."),
-        click.Option(["--configs"], type=click.IntRange(min=MIN_CONFIGS), default=DEFAULT_CONFIGS,
+        click.Option(["--configs"], type=click.IntRange(MIN_CONFIGS, MAX_CONFIGS),
+                     default=DEFAULT_CONFIGS,
                      show_default=True, help="How many random configs to check."),
         click.Option(["--max-seq-len"], type=click.IntRange(min=1), default=None,
                      help="Leave out sequence lengths above this (for quick runs)."),

@@ -133,6 +133,10 @@ class Step:
     def run(self, context: StepContext) -> StepResult:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def check_options(self, options: dict) -> None:
+        """Reject bad options (raise :class:`~sessionkit.errors.UsageError`) before the step is
+        started and recorded. The default accepts everything; ``run`` checks again."""
+
 
 # name -> "module:Class". Built-in steps import lazily so that the CLI starts fast.
 REGISTRY: dict[str, str] = {
