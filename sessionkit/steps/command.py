@@ -14,8 +14,7 @@ from collections import deque
 
 from . import Step, StepResult
 from ..errors import UsageError
-
-TAIL_LINES = 200
+from ..liveness import TAIL_LINES, tail_of_file
 
 
 class CommandStep(Step):
@@ -53,17 +52,23 @@ class CommandStep(Step):
                         break
                     log.write(chunk)
                     log.flush()
+                    lines = (partial + chunk).split(b"\n")
+                    partial = lines.pop()
+                    tail.extend(line.decode(errors="replace") for line in lines)
                     if out is not None:
                         out.write(chunk)
                         out.flush()
                     else:
                         sys.stdout.write(chunk.decode(errors="replace"))
-                    lines = (partial + chunk).split(b"\n")
-                    partial = lines.pop()
-                    tail.extend(line.decode(errors="replace") for line in lines)
                 code = proc.wait()
             except BaseException:
                 _stop(proc)
+                # An interruption can land between writing a chunk to the log and adding it to
+                # the tail: the log on disk is complete, so the tail comes from it.
+                log.flush()
+                partial = b""
+                tail = deque((tail_of_file(log_path, TAIL_LINES) or "\n".join(tail)).split("\n"),
+                             maxlen=TAIL_LINES)
                 raise
             finally:
                 if partial:
