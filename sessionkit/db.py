@@ -103,6 +103,8 @@ def open_db(explicit=None, *, create: bool = False, start: Path | None = None):
     sqlite_utils = _import_sqlite_utils()
 
     path = resolve_db_path(explicit, create=create, start=start)
+    if "\x00" in str(path):
+        raise DatabaseError(f"bad database path {str(path)!r}: it contains a NUL character")
     if path.exists() and path.is_dir():
         raise DatabaseError(f"database path {path} is a folder, not a file")
     if not path.exists():

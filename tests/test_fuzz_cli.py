@@ -56,3 +56,12 @@ def test_huge_and_odd_numbers_are_clean_errors(tmp_path):
         result = runner.invoke(cli, args)
         assert result.exit_code in (1, 2), (args, result.output)
         assert result.output.startswith("Error:") and "Traceback" not in result.output, args
+
+
+def test_paths_with_a_nul_character_are_usage_errors(tmp_path):
+    runner = CliRunner()
+    for args in (["start", "--db", "\x00"], ["--db", "a\x00b", "status"], ["report", "-o", "x\x00"],
+                 ["step", "bench", "--csv", "\x00"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "contains a NUL character" in result.output and "Traceback" not in result.output

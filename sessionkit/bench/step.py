@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
+from ..paramtypes import FilePath
 from ..steps import Step, StepContext, StepResult
 from .flops import tflops as to_tflops
 from .grids import BenchConfig, select_configs
@@ -376,7 +377,7 @@ class BenchStep(Step):
                           "[tool.sessionkit.grids] in pyproject.toml."),
         click.Option(["--config", "configs"], multiple=True, metavar="B,H,Sq,Sk,D,DTYPE,CAUSAL",
                      help="A config to time (repeatable); alone it replaces the grid."),
-        click.Option(["--csv", "csv_path"], type=click.Path(dir_okay=False), default=None,
+        click.Option(["--csv", "csv_path"], type=FilePath(), default=None,
                      help="Also write the results as CSV."),
         click.Option(["--impl", "impls"], multiple=True,
                      help="Only these implementations (repeatable or comma separated): "

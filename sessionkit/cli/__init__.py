@@ -13,6 +13,7 @@ import sys
 import click
 
 from ..errors import SessionkitError, StepInterrupted
+from ..paramtypes import FilePath
 
 # Each module defines ``register(cli)``; one module per command group.
 COMMAND_MODULES = [
@@ -73,7 +74,7 @@ class SessionkitGroup(click.Group):
 
 @click.group(cls=SessionkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sessionkit", message="sessionkit %(version)s")
-@click.option("--db", "db_path", type=click.Path(dir_okay=False), envvar="SESSIONKIT_DB",
+@click.option("--db", "db_path", type=FilePath(), envvar="SESSIONKIT_DB",
               help="SQLite database (default: $SESSIONKIT_DB, else .sessionkit/sessions.db "
                    "found upward from here).")
 @click.pass_context

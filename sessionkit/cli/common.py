@@ -6,6 +6,8 @@ import json
 
 import click
 
+from ..paramtypes import FilePath
+
 
 def db_option(fn):
     """``--db PATH`` on a subcommand too: ``sessionkit status --db x.db`` works like ``--db`` first."""
@@ -16,7 +18,7 @@ def db_option(fn):
             ctx.find_root().obj["db_path"] = value
         return value
 
-    return click.option("--db", "db_override", type=click.Path(dir_okay=False), expose_value=False,
+    return click.option("--db", "db_override", type=FilePath(), expose_value=False,
                         callback=store, help="SQLite database to use.")(fn)
 
 

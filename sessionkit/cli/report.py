@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
+from ..paramtypes import FilePath
 from .common import db_option, echo_json, json_option, open_db
 
-_out_option = click.option("-o", "--output", "out", type=click.Path(dir_okay=False),
+_out_option = click.option("-o", "--output", "out", type=FilePath(),
                            help="Write Markdown to this file (and plots beside it) instead of printing.")
 
 

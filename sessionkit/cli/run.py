@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ..paramtypes import FilePath
 from .common import db_option, open_db, session_options
 
 
@@ -18,7 +19,7 @@ def register(cli: click.Group) -> None:
 @session_options
 @click.option("--grid", default="quick", show_default=True, help="Bench grid (quick, standard, ...).")
 @click.option("--plan", help="Steps to run, comma separated (default: preflight,build,correctness,bench).")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False),
+@click.option("-o", "--output", "out", type=FilePath(),
               help="Report file (default: reports/session-N.md beside the database).")
 @click.option("--keep-going", is_flag=True, help="Run every step even when one it needs did not pass.")
 @click.option("--no-hooks", is_flag=True, help="Leave out the [tool.sessionkit.hooks] commands.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..paramtypes import FilePath
 from .common import db_option, echo_json, json_option, open_db, session_options
 
 
@@ -126,7 +127,7 @@ def show(ctx, session_ref, as_json):
 @click.argument("session_ref", metavar="[ID|N|last]", required=False)
 @click.option("--json", "as_json", is_flag=True, default=True,
               help="Export as JSON (the only format; the flag is accepted for symmetry).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to FILE.")
+@click.option("-o", "--output", type=FilePath(writable=True), help="Write to FILE.")
 @db_option
 @click.pass_context
 def export(ctx, session_ref, as_json, output):
