@@ -144,6 +144,26 @@ def _call(fn, *args):
         return None
 
 
+def read_sm_clock(nvml, handle) -> float | None:
+    """The SM clock in MHz, or None."""
+    sm = _call(nvml.nvmlDeviceGetClockInfo, handle, nvml.NVML_CLOCK_SM)
+    return None if sm is None else float(sm)
+
+
+def read_temperature(nvml, handle) -> float | None:
+    """The GPU temperature in C, or None."""
+    temp = _call(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU)
+    return None if temp is None else float(temp)
+
+
+def read_reasons(nvml, handle) -> int | None:
+    """The clock-event (throttle) reasons bit mask, under either of NVML's names for it, or None."""
+    fn = (getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+          or getattr(nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
+    reasons = _call(fn, handle) if fn else None
+    return None if reasons is None else int(reasons)
+
+
 def _uuid(nvml, handle) -> str:
     value = _call(nvml.nvmlDeviceGetUUID, handle) or ""
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -235,26 +255,22 @@ def read_sample(nvml, device: Device, t_unix_s: float | None = None) -> dict:
     h = device.handle
     power_mw = _call(nvml.nvmlDeviceGetPowerUsage, h)
     energy_mj = _call(nvml.nvmlDeviceGetTotalEnergyConsumption, h)
-    sm = _call(nvml.nvmlDeviceGetClockInfo, h, nvml.NVML_CLOCK_SM)
     mem = _call(nvml.nvmlDeviceGetClockInfo, h, nvml.NVML_CLOCK_MEM)
-    temp = _call(nvml.nvmlDeviceGetTemperature, h, nvml.NVML_TEMPERATURE_GPU)
     util = _call(nvml.nvmlDeviceGetUtilizationRates, h)
     meminfo = _call(nvml.nvmlDeviceGetMemoryInfo, device.mem_handle)
-    reasons_fn = (getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
-                  or getattr(nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
-    reasons = _call(reasons_fn, h) if reasons_fn else None
+    reasons = read_reasons(nvml, h)
     throttled = is_throttled(reasons)
     return {
         "gpu_index": device.index,
         "t_unix_s": time.time() if t_unix_s is None else t_unix_s,
         "power_w": None if power_mw is None else power_mw / 1000.0,
         "energy_mj": None if energy_mj is None else float(energy_mj),
-        "sm_clock_mhz": None if sm is None else float(sm),
+        "sm_clock_mhz": read_sm_clock(nvml, h),
         "mem_clock_mhz": None if mem is None else float(mem),
-        "temp_c": None if temp is None else float(temp),
+        "temp_c": read_temperature(nvml, h),
         "gpu_util_pct": None if util is None else float(getattr(util, "gpu", util)),
         "mem_used_mib": None if meminfo is None else getattr(meminfo, "used", 0) / (1024 * 1024),
-        "throttle_reasons": None if reasons is None else int(reasons),
+        "throttle_reasons": reasons,
         "throttled": None if throttled is None else int(throttled),
     }
 

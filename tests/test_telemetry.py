@@ -336,3 +336,14 @@ def test_no_driver_is_detected_without_loading_nvml(monkeypatch):
         telemetry.load_nvml()
     monkeypatch.setattr(telemetry.os.path, "exists", lambda path: path == "/dev/nvidiactl")
     assert not telemetry.no_nvidia_driver()
+
+
+def test_bench_probe_reads_through_the_same_nvml_readers():
+    from sessionkit.bench.timing import Probe
+    from sessionkit.telemetry import REASON_SW_POWER_CAP, resolve_devices
+
+    nvml = FakeNVML(gpus=2, reasons=REASON_SW_POWER_CAP)
+    probe = Probe(nvml, resolve_devices(nvml, use_env=False)[1])
+    assert (probe.sm_clock(), probe.temperature(), probe.reasons()) == (1980.0, 41.0, 4)
+    none = Probe(reason="no NVML")
+    assert (none.sm_clock(), none.temperature(), none.reasons()) == (None, None, None)

@@ -117,26 +117,13 @@ class Probe:
         return self.device is not None
 
     def sm_clock(self) -> float | None:
-        if not self.available:
-            return None
-        try:
-            return float(self.nvml.nvmlDeviceGetClockInfo(self.device.handle,
-                                                          self.nvml.NVML_CLOCK_SM))
-        except Exception:
-            return None
+        return telemetry.read_sm_clock(self.nvml, self.device.handle) if self.available else None
 
     def reasons(self) -> int | None:
-        if not self.available:
-            return None
-        fn = (getattr(self.nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
-              or getattr(self.nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
-        try:
-            return int(fn(self.device.handle)) if fn else None
-        except Exception:
-            return None
+        return telemetry.read_reasons(self.nvml, self.device.handle) if self.available else None
 
-    def throttled(self) -> bool:
-        return bool(telemetry.is_throttled(self.reasons()))
+    def temperature(self) -> float | None:
+        return telemetry.read_temperature(self.nvml, self.device.handle) if self.available else None
 
     def close(self) -> None:
         if self.nvml is not None:
@@ -596,16 +583,6 @@ def make_check(torch, config: BenchConfig):
     return check
 
 
-def temperature(probe: Probe) -> float | None:
-    if not probe.available:
-        return None
-    try:
-        return float(probe.nvml.nvmlDeviceGetTemperature(probe.device.handle,
-                                                         probe.nvml.NVML_TEMPERATURE_GPU))
-    except Exception:
-        return None
-
-
 def plateau(readings: list[tuple[float, float]], now: float, have_temp: bool, *, min_s: float,
             window_s: float, rise_c: float) -> tuple[bool, bool]:
     """Whether a preheat may stop at ``now`` (s since it began), and whether it is because the
@@ -640,7 +617,7 @@ def preheat(timer: Timer, *, cap_s: float = 45.0, min_s: float = 3.0, window_s: 
     a = torch.randn(n, n, generator=gen, device=timer.device, dtype=torch.bfloat16)
     b = torch.randn(n, n, generator=gen, device=timer.device, dtype=torch.bfloat16)
     start = time.monotonic()
-    first = temperature(timer.probe)
+    first = timer.probe.temperature()
     readings: list[tuple[float, float]] = []
     steady = False
     while True:
@@ -648,7 +625,7 @@ def preheat(timer: Timer, *, cap_s: float = 45.0, min_s: float = 3.0, window_s: 
             torch.matmul(a, b)
         torch.cuda.synchronize(timer.device)
         now = time.monotonic() - start
-        temp = temperature(timer.probe)
+        temp = timer.probe.temperature()
         if temp is not None:
             readings.append((now, temp))
         if now >= cap_s:
@@ -659,7 +636,7 @@ def preheat(timer: Timer, *, cap_s: float = 45.0, min_s: float = 3.0, window_s: 
             break
     del a, b
     return {"seconds": time.monotonic() - start, "temp_start_c": first,
-            "temp_end_c": temperature(timer.probe), "steady": steady}
+            "temp_end_c": timer.probe.temperature(), "steady": steady}
 
 
 def matmul_ceiling(timer: Timer, *, n: int = 8192, samples: int = 30, time_cap_s: float = 3.0
