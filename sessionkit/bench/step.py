@@ -246,16 +246,16 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
 
         deadline_total = started + (time_limit_s or DEFAULT_TIME_LIMIT_S)
         n = len(chosen)
-        ours_missing = [ours_note]
 
         def impls_for(config):
+            nonlocal ours_note
             impls_here = []
             if wanted is None or "ours" in wanted:
                 ours, why = timing.ours_impl(torch, config)
                 if ours is not None:
                     impls_here.append(ours)
-                elif ours_missing[0] is None:
-                    ours_missing[0] = why
+                elif ours_note is None:
+                    ours_note = why
                     progress.note(f"ours skipped: {why}")
             impls_here += [imp for imp in timing.sdpa_impls(torch, config)
                            if wanted is None or imp.name in wanted]
@@ -267,14 +267,12 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
 
         def visit(config, known, budget, first):
             return bench_config(timer, torch, config, impls_for(config), stop_rule(budget, passes),
-                                deadline=time.monotonic() + budget, first=first,
-                                revisit=bool(known), known=known)
+                                deadline=time.monotonic() + budget, first=first, known=known)
 
         all_rows = measure_grid(
             ResultStore(db, context.step_id), chosen, visit, passes=passes,
             deadline=deadline_total, max_visit_s=MAX_CONFIG_S / passes, progress=progress,
             rows_for=lambda config, runs: result_rows(config, runs, ceiling=ceiling))
-        ours_note = ours_missing[0]
     finally:
         probe.close()
 
@@ -342,11 +340,12 @@ def stop_rule(budget_s: float, passes: int = 1) -> StopRule:
 
 
 def bench_config(timer, torch, config: BenchConfig, impls, rule: StopRule, *, deadline: float,
-                 first: bool, revisit: bool = False, known=None):
+                 first: bool, known=None):
     """Time ``impls`` on one config: their ImplRuns with the raw samples.
 
-    ``first`` warms the GPU longer (the first config of a run); a ``revisit`` (a later pass)
-    warms briefly, as the GPU is already loaded, and reuses what ``known`` learned."""
+    ``first`` warms the GPU longer (the first config of a run); a later pass over the config
+    (``known``: its runs so far) warms briefly, as the GPU is already loaded, and reuses what
+    they learned."""
     from . import timing
 
     guess_ms = config.flops / 300e12 * 1e3
@@ -355,7 +354,7 @@ def bench_config(timer, torch, config: BenchConfig, impls, rule: StopRule, *, de
     sets = timing.make_input_sets(torch, config, timer.device, count)
     if first:
         warm, cap = 0.5, 2.0
-    elif revisit:
+    elif known:
         warm, cap = 0.05, 0.2
     else:
         warm, cap = 0.1, 0.3
