@@ -15,6 +15,7 @@ from .errors import DatabaseError, NoDatabaseError
 DB_DIRNAME = ".sessionkit"
 DB_FILENAME = "sessions.db"
 BUSY_TIMEOUT_MS = 30_000
+SQLITE_MAX_INT = 2**63 - 1  # the largest INTEGER SQLite stores
 
 # Ordered (name, "module:function"). Append only; never reorder, rename or edit a shipped entry.
 MIGRATIONS: list[tuple[str, str]] = [

@@ -9,6 +9,7 @@ import subprocess
 import uuid
 
 from .costs import session_costs
+from .db import SQLITE_MAX_INT
 from .errors import NoOpenSession, SessionAlreadyOpen, SessionNotFound, UsageError
 from .timefmt import fmt_duration, now_iso, seconds_between
 
@@ -106,9 +107,6 @@ def end_session(db, session: dict | None = None, *, outcome: str, status: str = 
         db["sessions"].update(session["id"], {"status": status, "outcome": outcome.strip(),
                                                "ended_at": now_iso()})
     return get_session(db, session["id"])
-
-
-SQLITE_MAX_INT = 2**63 - 1
 
 
 def get_session(db, ref: str | int | None = None) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..db import SQLITE_MAX_INT
 from ..paramtypes import FilePath
 from .common import db_option, echo_json, json_option, open_db, session_options
 
@@ -95,7 +96,7 @@ def end(ctx, outcome, end_status, session_ref, as_json):
 
 
 @click.command()
-@click.option("--limit", type=click.IntRange(1, 2**63 - 1), help="Show only the newest N sessions.")
+@click.option("--limit", type=click.IntRange(1, SQLITE_MAX_INT), help="Show only the newest N sessions.")
 @db_option
 @json_option
 @click.pass_context

@@ -13,6 +13,7 @@ from typing import Callable
 
 import click
 
+from ..db import SQLITE_MAX_INT
 from ..errors import SessionkitError, UsageError
 from ..steps import Metric, Step, StepContext, StepResult
 
@@ -116,7 +117,7 @@ class CorrectnessStep(Step):
                    "(fp16/bf16, head dim 64/128, causal or not, strided inputs).")
     budget_s = 180.0
     params = [
-        click.Option(["--seed"], type=click.IntRange(0, 2**63 - 1), default=None,
+        click.Option(["--seed"], type=click.IntRange(0, SQLITE_MAX_INT), default=None,
                      help="Seed for the configs and inputs (default: a random one, printed)."),
         click.Option(["--configs"], type=click.IntRange(MIN_CONFIGS, MAX_CONFIGS),
                      default=DEFAULT_CONFIGS,
