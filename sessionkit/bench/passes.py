@@ -38,6 +38,12 @@ def visit_order(n_configs: int, passes: int) -> list[tuple[int, int]]:
     return order
 
 
+def per_sample(values, n: int) -> list:
+    """``values`` cut or padded with None to one entry per sample (runs built without NVML, or
+    by hand, may carry fewer)."""
+    return (list(values) + [None] * n)[:n]
+
+
 def merge_run(merged: ImplRun | None, new: ImplRun, pass_no: int) -> ImplRun:
     """Fold one visit's run into the runs of earlier passes (``merged``, or None on the first).
 
@@ -45,8 +51,7 @@ def merge_run(merged: ImplRun | None, new: ImplRun, pass_no: int) -> ImplRun:
     pass wins over an earlier success: a kernel that is wrong once is wrong, and its row then
     reports no speed."""
     n = len(new.samples)
-    clocks = (list(new.clocks) + [None] * n)[:n]
-    reasons = (list(new.reasons) + [None] * n)[:n]
+    clocks, reasons = per_sample(new.clocks, n), per_sample(new.reasons, n)
     if merged is None:
         new.clocks, new.reasons = clocks, reasons
         new.passes = [pass_no] * n
@@ -117,8 +122,7 @@ class ResultStore:
                 start = self.stored[result_id]
                 n = len(run.samples)
                 passes = run.passes or [0] * n
-                clocks = list(run.clocks) + [None] * (n - len(run.clocks))
-                reasons = list(run.reasons) + [None] * (n - len(run.reasons))
+                clocks, reasons = per_sample(run.clocks, n), per_sample(run.reasons, n)
                 db["bench_samples"].insert_all(
                     {"result_id": result_id, "idx": i, "latency_ms": run.samples[i],
                      "throttled": int(run.throttled[i]), "pass": passes[i],
