@@ -4,6 +4,11 @@
 //   flash_attn_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale) -> (Tensor, Tensor)
 //   flash_attn_fwd_out(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse,
 //                      bool causal, float scale) -> ()
+//   flash_attn_family(int device) -> str: "sm90" or "sm80", the family a call on that device runs
+//
+// Dispatch: the sm90 family (TMA + wgmma, sm_90a) on compute capability 9.0, the sm80 family
+// (mma.sync) elsewhere. SESSIONKIT_KERNEL_FAMILY=sm80 forces the sm80 family on every device.
+// Inputs that TMA cannot describe (a zero stride, say) run the sm80 family too.
 // q: (B, H, Sq, D), k and v: (B, H, Sk, D), any strides with a contiguous last dimension.
 // out: (B, H, Sq, D) in the input dtype, lse: (B, H, Sq) float32, natural log.
 //
@@ -14,7 +19,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -127,9 +135,43 @@ void check_outputs(const at::Tensor& q, const at::Tensor& out, const at::Tensor&
                list(out.strides()));
 }
 
-void launch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+enum class Family { kSm80, kSm90 };
+
+// Compute capability 9.0 per device, read once per device (0: not read yet).
+constexpr int kMaxDevices = 64;
+std::atomic<int> g_is_sm90[kMaxDevices] = {};  // 0: unknown, 1: sm_90, 2: other
+
+bool device_is_sm90(int device) {
+  if (device >= 0 && device < kMaxDevices) {
+    const int known = g_is_sm90[device].load(std::memory_order_relaxed);
+    if (known != 0) return known == 1;
+  }
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  const bool sm90 = major == 9 && minor == 0;
+  if (device >= 0 && device < kMaxDevices) g_is_sm90[device].store(sm90 ? 1 : 2);
+  return sm90;
+}
+
+Family family_for(int device) {
+  const char* forced = std::getenv("SESSIONKIT_KERNEL_FAMILY");
+  if (forced != nullptr && std::strcmp(forced, "sm80") == 0) return Family::kSm80;
+  return device_is_sm90(device) ? Family::kSm90 : Family::kSm80;
+}
+
+std::string flash_attn_family(int64_t device) {
+  SK_CHECK(device >= 0, "flash_attn_family: device index must be >= 0; got " + num(device));
+  return family_for(static_cast<int>(device)) == Family::kSm90 ? "sm90" : "sm80";
+}
+
+void launch(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
             const at::Tensor& lse, bool causal, double scale) {
-  if (q.size(0) == 0 || q.size(1) == 0 || q.size(2) == 0) return;  // nothing to compute
+  if (q_in.size(0) == 0 || q_in.size(1) == 0 || q_in.size(2) == 0) return;  // nothing to compute
+  // The kernels take the row max on unscaled scores, which needs scale >= 0: a negative scale
+  // runs as the same attention of -q with -scale (one copy of q, in this rare case only).
+  const at::Tensor q = scale < 0 ? q_in.neg() : q_in;
+  if (scale < 0) scale = -scale;
   FlashFwdParams p{};
   p.q = q.data_ptr();
   p.k = k.data_ptr();
@@ -153,18 +195,27 @@ void launch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
   p.lse_row_stride = lse.stride(2);
   p.batch = static_cast<int>(q.size(0));
   p.heads = static_cast<int>(q.size(1));
+  p.heads_k = static_cast<int>(k.size(1));
+  p.head_ratio = p.heads / p.heads_k;
   p.seqlen_q = static_cast<int>(q.size(2));
   p.seqlen_k = static_cast<int>(k.size(2));
+  p.causal_offset = 0;  // top-left, as SDPA's is_causal
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
 
   c10::cuda::CUDAGuard guard(q.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const bool is_bf16 = q.scalar_type() == at::kBFloat16;
   const int head_dim = static_cast<int>(q.size(3));
+  const Family family = family_for(q.get_device());
   cudaError_t err = SK_DTYPE_SWITCH(is_bf16, kDtype, [&] {
     return SK_HEADDIM_SWITCH(head_dim, kHeadDim, [&] {
-      return SK_BOOL_SWITCH(causal, kCausal,
-                            [&] { return run_flash_fwd<kDtype, kHeadDim, kCausal>(p, stream); });
+      return SK_BOOL_SWITCH(causal, kCausal, [&] {
+        if (family == Family::kSm90) {
+          const cudaError_t status = run_flash_fwd_sm90<kDtype, kHeadDim, kCausal>(p, stream);
+          if (status != cudaErrorNotSupported) return status;
+        }
+        return run_flash_fwd_sm80<kDtype, kHeadDim, kCausal>(p, stream);
+      });
     });
   });
   SK_CHECK(err == cudaSuccess,
@@ -195,6 +246,7 @@ TORCH_LIBRARY(sessionkit, m) {
   m.def(
       "flash_attn_fwd_out(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse, bool causal, "
       "float scale) -> ()");
+  m.def("flash_attn_family(int device) -> str", &sessionkit::flash_attn_family);
 }
 
 TORCH_LIBRARY_IMPL(sessionkit, CUDA, m) {

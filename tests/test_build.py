@@ -88,10 +88,13 @@ def test_first_compile_error_none_on_clean_log():
 def test_sources_are_found_and_named():
     root = build.csrc_dir()
     names = build.kernel_names(root)
-    assert len(names) == 8
-    assert "flash_fwd_bf16_hdim128_causal" in names and "flash_fwd_fp16_hdim64_noncausal" in names
-    files = {p.name for p in build.source_files(root)}
-    assert {"flash_api.cpp", "flash_fwd.h", "flash_fwd_kernel.cuh"} <= files
+    assert len(names) == 16
+    assert "flash_fwd_sm90_bf16_hdim128_causal" in names
+    assert "flash_fwd_sm80_fp16_hdim64_noncausal" in names
+    files = {str(p.relative_to(root)) for p in build.source_files(root)}
+    assert {"flash_api.cpp", "flash_fwd.h", "sm80/kernel.cuh", "sm90/kernel.cuh", "sm90/ptx.cuh",
+            "common/softmax.cuh", "common/mask.cuh",
+            "instantiations/flash_fwd_sm90_bf16_hdim128_causal.cu"} <= files
 
 
 def _key(**over):
@@ -116,6 +119,23 @@ def test_sources_digest_follows_content(tmp_path):
     first = build.sources_digest(files, tmp_path)
     (tmp_path / "b.h").write_text("z")
     assert build.sources_digest(files, tmp_path) != first
+
+
+def test_sources_digest_covers_headers_in_subfolders(tmp_path):
+    """An edit to a header two folders down must give a new build key (it used to keep the old
+    build)."""
+    (tmp_path / "sm90").mkdir()
+    (tmp_path / "common" / "deep").mkdir(parents=True)
+    (tmp_path / "api.cpp").write_text("x")
+    (tmp_path / "sm90" / "kernel.cuh").write_text("y")
+    (tmp_path / "common" / "deep" / "softmax.cuh").write_text("z")
+    (tmp_path / "generate_kernels.py").write_text("not a source")
+    files = build.source_files(tmp_path)
+    assert [str(p.relative_to(tmp_path)) for p in files] == [
+        "api.cpp", "common/deep/softmax.cuh", "sm90/kernel.cuh"]
+    first = build.sources_digest(files, tmp_path)
+    (tmp_path / "common" / "deep" / "softmax.cuh").write_text("z2")
+    assert build.sources_digest(build.source_files(tmp_path), tmp_path) != first
 
 
 def test_manifest_needs_the_library(tmp_path):

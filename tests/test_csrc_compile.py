@@ -1,7 +1,9 @@
 """Each kernel file compiles for sm_90a with no spills and runs on the tensor cores (no GPU needed).
 
-Compiles every ``csrc/flash_fwd_*.cu`` to a cubin with nvcc (device code only, in parallel), reads
-``-Xptxas -v`` and, where cuobjdump is installed, checks the SASS for HMMA instructions.
+Compiles every ``csrc/instantiations/flash_fwd_*.cu`` to a cubin with nvcc (device code only, in
+parallel), reads ``-Xptxas -v`` and, where cuobjdump is installed, checks the SASS: the sm80 family
+must show mma.sync (HMMA), ldmatrix and cp.async; the sm90 family wgmma (HGMMA), TMA loads
+(UTMALDG), mbarrier transactions (SYNCS) and the setmaxnreg register split.
 
 Spill budget: zero bytes. Every register array in the kernel is indexed by compile-time constants
 after unrolling, so any spill or stack frame means a code change pushed state to local memory, which
@@ -46,7 +48,7 @@ def compiled():
                *toolchain.arch_flags((9, 0)), "-D__CUDA_NO_HALF_OPERATORS__",
                "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
                "-D__CUDA_NO_HALF2_OPERATORS__", "-I", str(root), "-o", str(cubin),
-               str(root / f"{name}.cu")]
+               str(root / "instantiations" / f"{name}.cu")]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         return name, proc, cubin
 
@@ -59,7 +61,8 @@ def compiled():
 
 
 def test_every_kernel_compiles_without_spills(compiled):
-    assert len(compiled) == 8
+    # 2 families x {fp16, bf16} x {64, 128} x {causal, non-causal}
+    assert len(compiled) == 16
     for name, proc, _cubin in compiled:
         assert proc.returncode == 0, f"{name} failed to compile:\n{proc.stderr[-3000:]}"
         res = parse_ptxas(proc.stdout + proc.stderr).get(name)
@@ -70,19 +73,65 @@ def test_every_kernel_compiles_without_spills(compiled):
         assert res.stack_frame_bytes == 0, f"{name} uses a {res.stack_frame_bytes}-byte stack frame"
 
 
-def test_kernels_use_tensor_cores(compiled):
+def _sass(cuobjdump: str, cubin: Path) -> str:
+    sass = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True,
+                          timeout=120)
+    if sass.returncode != 0 and "nvdisasm" in sass.stderr:
+        pytest.skip("cuobjdump needs nvdisasm, which is not installed")
+    assert sass.returncode == 0, sass.stderr
+    return sass.stdout
+
+
+def _cuobjdump() -> str:
     cuobjdump = shutil.which("cuobjdump") or toolchain.find_cuda_tool("cuobjdump").path
     if not cuobjdump:
         pytest.skip("cuobjdump not installed: cannot read the SASS")
-    for name, proc, cubin in compiled:
+    return cuobjdump
+
+
+def test_sm80_kernels_use_mma_sync(compiled):
+    cuobjdump = _cuobjdump()
+    family = [c for c in compiled if "_sm80_" in c[0]]
+    assert len(family) == 8
+    for name, proc, cubin in family:
         assert proc.returncode == 0
-        sass = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True,
-                              timeout=120)
-        if sass.returncode != 0 and "nvdisasm" in sass.stderr:
-            pytest.skip("cuobjdump needs nvdisasm, which is not installed")
-        assert sass.returncode == 0, sass.stderr
-        hmma = sum(1 for line in sass.stdout.splitlines() if "HMMA.16816.F32" in line)
+        sass = _sass(cuobjdump, cubin)
+        hmma = sum(1 for line in sass.splitlines() if "HMMA.16816.F32" in line)
         # QK^T and PV per key tile: (D/16)*(BlockN/8) + (BlockN/16)*(D/8) mma = 128 for both dims
         assert hmma >= 128, f"{name}: {hmma} HMMA.16816.F32 instructions"
-        assert "LDSM" in sass.stdout, f"{name}: no ldmatrix in SASS"
-        assert "LDGSTS" in sass.stdout, f"{name}: no cp.async in SASS"
+        assert "LDSM" in sass, f"{name}: no ldmatrix in SASS"
+        assert "LDGSTS" in sass, f"{name}: no cp.async in SASS"
+
+
+def test_sm90_kernels_use_wgmma_tma_and_register_split(compiled):
+    cuobjdump = _cuobjdump()
+    family = [c for c in compiled if "_sm90_" in c[0]]
+    assert len(family) == 8
+    for name, proc, cubin in family:
+        assert proc.returncode == 0
+        sass = _sass(cuobjdump, cubin)
+        lines = sass.splitlines()
+        hgmma = [line for line in lines if "HGMMA.64x" in line]
+        # per key block: D/16 HGMMA for Q K^T (both operands in shared memory) and BlockN/16 for
+        # P V (P from registers, V transposed), so at least 4 + 8 at D=64 and 8 + 8 at D=128
+        head_dim = int(name.split("_hdim")[1].split("_")[0])
+        assert len(hgmma) >= head_dim // 16 + 8, f"{name}: {len(hgmma)} HGMMA instructions"
+        assert any("tnspB" in line for line in hgmma), f"{name}: no HGMMA reading V transposed"
+        assert not any("HMMA." in line for line in lines), f"{name}: mma.sync in a wgmma kernel"
+        assert any("UTMALDG" in line for line in lines), f"{name}: no TMA load in SASS"
+        assert any("SYNCS" in line for line in lines), f"{name}: no mbarrier in SASS"
+        regs = [line for line in lines if "USETMAXREG" in line]
+        assert any("TRY_ALLOC" in line and "0xf0" in line for line in regs), \
+            f"{name}: consumers do not raise their registers to 240: {regs}"
+        assert any("DEALLOC" in line and "0x18" in line for line in regs), \
+            f"{name}: the producer does not drop its registers to 24: {regs}"
+
+
+def test_generated_files_are_current():
+    """The instantiation files and wgmma wrappers match what generate_kernels.py writes."""
+    import sys
+
+    script = csrc_dir() / "generate_kernels.py"
+    proc = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -18,6 +18,18 @@ pytestmark = pytest.mark.gpu
 
 LSE_TOL = 1e-3
 
+FAMILIES = ["auto", "sm80"]  # auto: sm90 on compute capability 9.0; sm80: the fallback, forced
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request, monkeypatch):
+    """Run the test once on the dispatcher's choice and once with the sm80 family forced."""
+    if request.param == "sm80":
+        monkeypatch.setenv("SESSIONKIT_KERNEL_FAMILY", "sm80")
+    else:
+        monkeypatch.delenv("SESSIONKIT_KERNEL_FAMILY", raising=False)
+    return request.param
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _cuda():
@@ -87,7 +99,7 @@ SEQS = [1, 17, 64, 113, 128, 1000, 2048, 4097]
 @pytest.mark.parametrize("dim", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("seq", SEQS)
-def test_square_lengths(seq, dtype, dim, causal):
+def test_square_lengths(seq, dtype, dim, causal, family):
     heads = 2 if seq >= 2048 else 3
     q, k, v = _make(1 if seq >= 2048 else 2, heads, seq, seq, dim, dtype, seed=seq)
     _check(q, k, v, causal)
@@ -97,7 +109,7 @@ def test_square_lengths(seq, dtype, dim, causal):
 @pytest.mark.parametrize("dim", [64, 128])
 @pytest.mark.parametrize("seq_q,seq_k", [(1, 300), (113, 1000), (256, 17), (1000, 113), (77, 4097),
                                          (4097, 129), (128, 64), (64, 128)])
-def test_different_lengths(seq_q, seq_k, dim, causal):
+def test_different_lengths(seq_q, seq_k, dim, causal, family):
     q, k, v = _make(2, 2, seq_q, seq_k, dim, torch.bfloat16, seed=seq_q * 7 + seq_k)
     _check(q, k, v, causal)
 
@@ -105,17 +117,41 @@ def test_different_lengths(seq_q, seq_k, dim, causal):
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dim", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_bshd_views(dtype, dim, causal):
+def test_bshd_views(dtype, dim, causal, family):
     q, k, v = _make(2, 4, 333, 517, dim, dtype, layout="bshd", seed=dim)
     assert not q.is_contiguous()
     _check(q, k, v, causal)
 
 
-def test_mixed_layouts_and_expanded_heads():
+def test_mixed_layouts_and_expanded_heads(family):
     q, _, _ = _make(2, 4, 200, 200, 128, torch.float16, layout="bshd", seed=1)
     k = torch.randn(2, 1, 300, 128, device="cuda", dtype=torch.float16).expand(2, 4, 300, 128)
     v = torch.randn(2, 300, 4, 128, device="cuda", dtype=torch.float16).transpose(1, 2)
     _check(q, k, v, causal=True)
+
+
+def test_family_dispatch(monkeypatch):
+    """Compute capability 9.0 runs the sm90 family; the environment variable forces sm80."""
+    device = torch.cuda.current_device()
+    monkeypatch.delenv("SESSIONKIT_KERNEL_FAMILY", raising=False)
+    expected = "sm90" if torch.cuda.get_device_capability(device) == (9, 0) else "sm80"
+    assert torch.ops.sessionkit.flash_attn_family(device) == expected
+    monkeypatch.setenv("SESSIONKIT_KERNEL_FAMILY", "sm80")
+    assert torch.ops.sessionkit.flash_attn_family(device) == "sm80"
+
+
+def test_families_agree(monkeypatch):
+    """Both families compute the same function: outputs within the rounding of one bf16 ulp
+    budget of each other, LSE within 1e-3."""
+    q, k, v = _make(2, 4, 1000, 1500, 128, torch.bfloat16, seed=5)
+    from sessionkit.kernels import flash_attention
+
+    monkeypatch.delenv("SESSIONKIT_KERNEL_FAMILY", raising=False)
+    out_a, lse_a = flash_attention(q, k, v, causal=True, return_lse=True)
+    monkeypatch.setenv("SESSIONKIT_KERNEL_FAMILY", "sm80")
+    out_b, lse_b = flash_attention(q, k, v, causal=True, return_lse=True)
+    assert (out_a.float() - out_b.float()).abs().max().item() < 2e-2
+    assert (lse_a - lse_b).abs().max().item() < 1e-3
 
 
 def test_every_visible_gpu():

@@ -87,7 +87,7 @@ def csrc_dir() -> Path:
 
         root = files("sessionkit.csrc")
         path = Path(str(root))
-        if path.is_dir() and any(path.glob("*.cu")):
+        if path.is_dir() and any(path.rglob("*.cu")):
             return path
     except (ModuleNotFoundError, TypeError, ValueError):
         pass
@@ -99,13 +99,16 @@ def csrc_dir() -> Path:
 
 
 def source_files(root: Path) -> list[Path]:
-    """Every file that goes into the build, sorted (headers too: they change the result)."""
-    return sorted(p for p in root.iterdir() if p.is_file() and p.suffix in SOURCE_SUFFIXES)
+    """Every file that goes into the build, sorted, subfolders included (headers too: they change
+    the result)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES
+                  and "__pycache__" not in p.parts)
 
 
 def kernel_names(root: Path) -> list[str]:
-    """Kernel symbols: each ``flash_fwd_*.cu`` file defines the kernel named after it."""
-    return sorted(p.stem for p in root.glob("flash_fwd_*.cu"))
+    """Kernel symbols: each generated ``instantiations/flash_fwd_*.cu`` defines the kernel named
+    after its file (``flash_fwd_<family>_<dtype>_hdim<D>_<mask>``)."""
+    return sorted(p.stem for p in (root / "instantiations").glob("flash_fwd_*.cu"))
 
 
 def sources_digest(files: list[Path], root: Path) -> str:

@@ -1,4 +1,5 @@
-// FlashAttention-2 style forward kernel on mma.sync tensor cores (sm_80 and later, built for sm_90a).
+// The sm80 family: a FlashAttention-2 style forward kernel on mma.sync tensor cores. It runs on
+// sm_80 and later, and is the path for GPUs without sm_90a (and for inputs TMA cannot describe).
 //
 // One CTA computes a kBlockM x D tile of the output for one (batch, head). Each of its warps owns 16
 // query rows: its Q fragments stay in registers, and it walks the key/value tiles, computing
@@ -9,28 +10,14 @@
 // No torch headers here: the binding passes a FlashFwdParams and a cudaStream_t.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#include <atomic>
 #include <cstdint>
 
-#include "flash_fwd.h"
+#include "../common/mask.cuh"
+#include "../common/softmax.cuh"
+#include "../common/utils.cuh"
 
 namespace sessionkit {
 namespace fwd {
-
-template <DType kDtype>
-struct Elem;
-template <>
-struct Elem<DType::kFloat16> {
-  using type = __half;
-};
-template <>
-struct Elem<DType::kBFloat16> {
-  using type = __nv_bfloat16;
-};
 
 // Tuning knobs, overridable with -D for experiments (the defaults are what ships).
 #ifndef SK_FWD_STAGES
@@ -70,10 +57,6 @@ struct Traits {
 
 // ---------------------------------------------------------------------------------------------
 // PTX wrappers
-
-__device__ __forceinline__ uint32_t smem_addr(const void* ptr) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
-}
 
 // 16-byte async copy global -> shared; when pred is false the destination is zero-filled and
 // nothing is read (src must still be a valid address).
@@ -121,24 +104,6 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
   }
 }
 
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// Two floats -> one register of two 16-bit values (lo = first).
-template <DType kDtype>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  if constexpr (kDtype == DType::kFloat16) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-  } else {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-}
-
 // Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled tile.
 template <int kRowBytes>
 __device__ __forceinline__ uint32_t swz(int row, int chunk) {
@@ -183,22 +148,28 @@ __device__ __forceinline__ void flash_fwd_body(const FlashFwdParams& p) {
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
   const int lane = tid & 31;
-  // Heaviest (last) query blocks first, so causal work balances across waves.
-  const int m_block = gridDim.x - 1 - blockIdx.x;
-  const int head = blockIdx.y;
+  // The grid is (query blocks x head_ratio, kv heads, batch): blockIdx.y is the key/value head
+  // itself, so that the k and v addresses need no division (grouped-query attention maps query
+  // head h to kv head h / head_ratio). Heaviest (last) query blocks first, so causal work
+  // balances across waves.
+  const int flat = gridDim.x - 1 - blockIdx.x;
+  const int m_block = flat / p.head_ratio;
+  const int head_k = blockIdx.y;
+  const int head = head_k * p.head_ratio + flat % p.head_ratio;
   const int batch = blockIdx.z;
   const int row0 = m_block * kBlockM;
   const int seqlen_q = p.seqlen_q;
   const int seqlen_k = p.seqlen_k;
 
   const T* q = static_cast<const T*>(p.q) + batch * p.q_batch_stride + head * p.q_head_stride;
-  const T* k = static_cast<const T*>(p.k) + batch * p.k_batch_stride + head * p.k_head_stride;
-  const T* v = static_cast<const T*>(p.v) + batch * p.v_batch_stride + head * p.v_head_stride;
+  const T* k = static_cast<const T*>(p.k) + batch * p.k_batch_stride + head_k * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + batch * p.v_batch_stride + head_k * p.v_head_stride;
 
   int n_blocks = (seqlen_k + kBlockN - 1) / kBlockN;
   if constexpr (kCausal) {
-    // Row i sees keys j <= i: this CTA needs keys up to row0 + kBlockM - 1.
-    n_blocks = min(n_blocks, (row0 + kBlockM + kBlockN - 1) / kBlockN);
+    // Row i sees keys j <= i + offset: this CTA needs keys up to row0 + kBlockM - 1 + offset.
+    const int last_key = row0 + kBlockM - 1 + p.causal_offset;
+    n_blocks = last_key < 0 ? 0 : min(n_blocks, last_key / kBlockN + 1);
   }
 
   const uint32_t s_q = smem_addr(smem);
@@ -222,8 +193,8 @@ __device__ __forceinline__ void flash_fwd_body(const FlashFwdParams& p) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc_o[i][j] = 0.f;
   }
-  float row_max[2] = {-INFINITY, -INFINITY};  // base-2 scaled running max of rows g and g+8
-  float row_sum[2] = {0.f, 0.f};              // this thread's share of the running denominators
+  OnlineSoftmax softmax;
+  softmax.init();
   uint32_t q_frag[kQSteps][4];
 
   const int warp_row0 = row0 + warp * 16;
@@ -261,7 +232,7 @@ __device__ __forceinline__ void flash_fwd_body(const FlashFwdParams& p) {
     const int col0 = n * kBlockN;
     if constexpr (kCausal) {
       // All of this warp's rows lie before the tile's first key: nothing to add.
-      if (col0 > warp_row0 + 15) continue;
+      if (col0 > warp_row0 + 15 + p.causal_offset) continue;
     }
     const uint32_t s_k = s_kv + (n % kStages) * Tr::kStageBytes;
     const uint32_t s_v = s_k + Tr::kTileBytes;
@@ -284,64 +255,17 @@ __device__ __forceinline__ void flash_fwd_body(const FlashFwdParams& p) {
       }
     }
 
-    // Scale into base-2 units and mask keys past the end and, when causal, after the row.
-#pragma unroll
-    for (int i = 0; i < kNTiles; ++i) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) acc_s[i][j] *= p.scale_log2;
+    // Mask keys past the end and, when causal, after the row; then the online softmax.
+    if (block_needs_mask<kCausal>(col0, kBlockN, warp_row0, seqlen_k, p.causal_offset)) {
+      apply_mask<kCausal>(acc_s, warp_row0 + g, col0 + 2 * t, seqlen_k, p.causal_offset);
     }
-    const bool need_mask =
-        (col0 + kBlockN > seqlen_k) || (kCausal && col0 + kBlockN - 1 > warp_row0);
-    if (need_mask) {
-#pragma unroll
-      for (int i = 0; i < kNTiles; ++i) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int col = col0 + i * 8 + 2 * t + (j & 1);
-          const int row = warp_row0 + g + (j >> 1) * 8;
-          const bool masked = col >= seqlen_k || (kCausal && col > row);
-          if (masked) acc_s[i][j] = -INFINITY;
-        }
-      }
-    }
-
-    // Online softmax: new running max per row, rescale what was accumulated, exponentiate.
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = row_max[r];
-#pragma unroll
-      for (int i = 0; i < kNTiles; ++i) {
-        mx = fmaxf(mx, fmaxf(acc_s[i][2 * r], acc_s[i][2 * r + 1]));
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      // A row with no visible key so far keeps max -inf; use 0 so that exp2 gives 0, not NaN.
-      const float m_use = mx == -INFINITY ? 0.f : mx;
-      const float correction = fast_exp2(row_max[r] - m_use);
-      row_max[r] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int i = 0; i < kNTiles; ++i) {
-        acc_s[i][2 * r] = fast_exp2(acc_s[i][2 * r] - m_use);
-        acc_s[i][2 * r + 1] = fast_exp2(acc_s[i][2 * r + 1] - m_use);
-        sum += acc_s[i][2 * r] + acc_s[i][2 * r + 1];
-      }
-      row_sum[r] = row_sum[r] * correction + sum;
-#pragma unroll
-      for (int i = 0; i < kDTiles; ++i) {
-        acc_o[i][2 * r] *= correction;
-        acc_o[i][2 * r + 1] *= correction;
-      }
-    }
+    softmax.update(acc_s, acc_o, p.scale_log2);
 
     // O += P V, with P repacked from the S accumulators into A fragments.
 #pragma unroll
     for (int kk = 0; kk < kPSteps; ++kk) {
       uint32_t a[4];
-      a[0] = pack2<kDtype>(acc_s[2 * kk][0], acc_s[2 * kk][1]);
-      a[1] = pack2<kDtype>(acc_s[2 * kk][2], acc_s[2 * kk][3]);
-      a[2] = pack2<kDtype>(acc_s[2 * kk + 1][0], acc_s[2 * kk + 1][1]);
-      a[3] = pack2<kDtype>(acc_s[2 * kk + 1][2], acc_s[2 * kk + 1][3]);
+      probs_to_a_frag<kDtype>(acc_s, kk, a);
 #pragma unroll
       for (int j = 0; j < kDTiles / 2; ++j) {
         uint32_t b[4];
@@ -356,76 +280,22 @@ __device__ __forceinline__ void flash_fwd_body(const FlashFwdParams& p) {
   // Epilogue: finish the row sums across the quad, normalise, store O and the LSE.
   T* out = static_cast<T*>(p.out) + batch * p.o_batch_stride + head * p.o_head_stride;
   float* lse = p.lse + batch * p.lse_batch_stride + head * p.lse_head_stride;
-  constexpr float kLn2 = 0.6931471805599453f;
+  float inv_sum[2], row_lse[2];
+  softmax.finalize(p.scale_log2, inv_sum, row_lse);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    float sum = row_sum[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
     const int row = warp_row0 + g + r * 8;
     if (row < seqlen_q) {
       T* orow = out + static_cast<int64_t>(row) * p.o_row_stride + 2 * t;
 #pragma unroll
       for (int i = 0; i < kDTiles; ++i) {
         *reinterpret_cast<uint32_t*>(orow + i * 8) =
-            pack2<kDtype>(acc_o[i][2 * r] * inv, acc_o[i][2 * r + 1] * inv);
+            pack2<kDtype>(acc_o[i][2 * r] * inv_sum[r], acc_o[i][2 * r + 1] * inv_sum[r]);
       }
-      if (t == 0) {
-        lse[static_cast<int64_t>(row) * p.lse_row_stride] =
-            sum > 0.f ? (row_max[r] + __log2f(sum)) * kLn2 : -INFINITY;
-      }
+      if (t == 0) lse[static_cast<int64_t>(row) * p.lse_row_stride] = row_lse[r];
     }
   }
 }
 
-template <DType kDtype, int kHeadDim, bool kCausal>
-constexpr int smem_bytes() {
-  return Traits<kHeadDim>::kSmemBytes;
-}
-
-// Kernels that use more than 48 KB of dynamic shared memory must raise their limit with
-// cudaFuncSetAttribute, which acts on the current device only. Each kernel keeps one flag per
-// device, so that the attribute is set once on every device it runs on; devices past the table
-// set it on every launch (cheap, and correct).
-constexpr int kMaxTrackedDevices = 64;
-
-template <typename Kernel>
-cudaError_t raise_smem_limit(Kernel kernel, int bytes, std::atomic<bool>* raised) {
-  int device = 0;
-  cudaError_t status = cudaGetDevice(&device);
-  if (status != cudaSuccess) return status;
-  const bool tracked = device >= 0 && device < kMaxTrackedDevices;
-  if (tracked && raised[device].load(std::memory_order_acquire)) return cudaSuccess;
-  status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  if (status == cudaSuccess && tracked) raised[device].store(true, std::memory_order_release);
-  return status;
-}
-
 }  // namespace fwd
 }  // namespace sessionkit
-
-// Defines, in one .cu file, the kernel `NAME` (a plain extern "C" symbol, so that ptxas and the
-// profiler report it by that name), its shared-memory size as `NAME_smem_bytes`, and the launcher
-// run_flash_fwd<DTYPE, HDIM, CAUSAL>.
-#define SESSIONKIT_FLASH_FWD_INSTANCE(NAME, DTYPE, HDIM, CAUSAL)                                   \
-  extern "C" __global__ void __launch_bounds__(                                                    \
-      sessionkit::fwd::Traits<HDIM>::kThreads, sessionkit::fwd::Traits<HDIM>::kMinBlocksPerSm)     \
-      NAME(const __grid_constant__ sessionkit::FlashFwdParams params) {                            \
-    sessionkit::fwd::flash_fwd_body<DTYPE, HDIM, CAUSAL>(params);                                  \
-  }                                                                                                \
-  extern "C" const int NAME##_smem_bytes = sessionkit::fwd::Traits<HDIM>::kSmemBytes;              \
-  namespace sessionkit {                                                                           \
-  template <>                                                                                      \
-  cudaError_t run_flash_fwd<DTYPE, HDIM, CAUSAL>(const FlashFwdParams& params,                    \
-                                                  cudaStream_t stream) {                           \
-    using Tr = fwd::Traits<HDIM>;                                                                  \
-    static std::atomic<bool> smem_raised[fwd::kMaxTrackedDevices];                                \
-    const cudaError_t attr_status = fwd::raise_smem_limit(NAME, Tr::kSmemBytes, smem_raised);     \
-    if (attr_status != cudaSuccess) return attr_status;                                            \
-    const dim3 grid((params.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM, params.heads,               \
-                    params.batch);                                                                 \
-    NAME<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(params);                                  \
-    return cudaGetLastError();                                                                     \
-  }                                                                                                \
-  }

@@ -1,0 +1,100 @@
+// Online softmax in base 2 on score accumulators in the tensor-core C layout (see mask.cuh),
+// shared by both families.
+//
+// Scores stay unscaled, so the row max is taken on raw scores: scale_log2 must be >= 0 (the
+// binding turns a negative scale into a positive one on negated q). The softmax scale is folded into the exponent, so each probability costs
+// one FFMA and one MUFU.EX2: p = 2^(s * scale_log2 - m * scale_log2). Only the row max is reduced
+// across the four threads of a row each block; the row sums stay per thread until finalize().
+// A row that has seen only masked keys keeps max = -inf; the exponent then uses 0 as its max, so
+// that its probabilities are 0 and never NaN. Method: FlashAttention-2 (Dao, 2023), section 3.1.
+#pragma once
+
+#include <cmath>
+
+#include "utils.cuh"
+
+namespace sessionkit {
+namespace fwd {
+
+struct OnlineSoftmax {
+  float row_max[2];  // running max of rows g and g + 8, unscaled
+  float row_sum[2];  // this thread's share of the running denominators
+
+  __device__ __forceinline__ void init() {
+    row_max[0] = row_max[1] = -INFINITY;
+    row_sum[0] = row_sum[1] = 0.f;
+  }
+
+  // Turns the scores of one key block into probabilities in place and rescales what was
+  // accumulated so far (the output accumulators o and the row sums) to the new row max.
+  template <int kNTiles, int kDTiles>
+  __device__ __forceinline__ void update(float (&s)[kNTiles][4], float (&o)[kDTiles][4],
+                                         float scale_log2) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = row_max[r];
+#pragma unroll
+      for (int i = 0; i < kNTiles; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * r], s[i][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
+      // Nothing accumulated yet (max still -inf): the factor is 0, also when scale_log2 is 0.
+      const float correction =
+          row_max[r] == -INFINITY ? 0.f : fast_exp2(row_max[r] * scale_log2 - m_scaled);
+      row_max[r] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int i = 0; i < kNTiles; ++i) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const float p = fast_exp2(fmaf(s[i][2 * r + c], scale_log2, -m_scaled));
+          s[i][2 * r + c] = p;
+          sum += p;
+        }
+      }
+      row_sum[r] = row_sum[r] * correction + sum;
+#pragma unroll
+      for (int i = 0; i < kDTiles; ++i) {
+        o[i][2 * r] *= correction;
+        o[i][2 * r + 1] *= correction;
+      }
+    }
+  }
+
+  // Completes the row sums across the quad. Returns 1/sum per row (0 for a row that saw no key)
+  // and the natural-log LSE, -inf for such a row.
+  __device__ __forceinline__ void finalize(float scale_log2, float (&inv_sum)[2], float (&lse)[2]) {
+    constexpr float kLn2 = 0.6931471805599453f;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float sum = row_sum[r];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const bool empty = !(sum > 0.f);
+      inv_sum[r] = empty ? 0.f : 1.f / sum;
+      lse[r] = empty ? -INFINITY : (row_max[r] * scale_log2 + __log2f(sum)) * kLn2;
+    }
+  }
+};
+
+// P (probabilities, fp32 C layout) -> 16-bit A-operand fragments for the P V product: the C
+// layout of two adjacent n8 tiles is the A layout of one k16 step, so this is a repack only.
+// probs_to_a_frag converts k16 step kk only, so that a caller can let S die step by step.
+template <DType kDtype, int kNTiles>
+__device__ __forceinline__ void probs_to_a_frag(const float (&p)[kNTiles][4], int kk,
+                                                uint32_t (&a)[4]) {
+  a[0] = pack2<kDtype>(p[2 * kk][0], p[2 * kk][1]);
+  a[1] = pack2<kDtype>(p[2 * kk][2], p[2 * kk][3]);
+  a[2] = pack2<kDtype>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+  a[3] = pack2<kDtype>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+}
+
+template <DType kDtype, int kNTiles>
+__device__ __forceinline__ void probs_to_a_frags(const float (&p)[kNTiles][4],
+                                                 uint32_t (&a)[kNTiles / 2][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kNTiles / 2; ++kk) probs_to_a_frag<kDtype>(p, kk, a[kk]);
+}
+
+}  // namespace fwd
+}  // namespace sessionkit

@@ -1,0 +1,116 @@
+// Launch code of the sm90 family: TMA tensor maps on the host, the grid, and the instance macro
+// that each generated .cu file expands once.
+#pragma once
+
+#include <cuda.h>
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
+
+#include <atomic>
+#include <cstdint>
+
+#include "kernel.cuh"
+
+namespace sessionkit {
+namespace sm90 {
+
+// cuTensorMapEncodeTiled from the driver, found through the runtime so that the extension does not
+// link libcuda itself. Null if the driver does not offer it.
+inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+
+// A tensor map for a (batch, heads, seq, head_dim) tensor with element strides (batch, head, row)
+// and a contiguous last dimension, read as boxes of 64 columns x box_rows rows with the 128-byte
+// swizzle. Rows past seq are zero-filled by the hardware. Returns false when TMA cannot describe
+// the tensor (strides must be positive multiples of 16 bytes below 2^40).
+inline bool make_tensor_map(CUtensorMap* map, const void* ptr, bool bf16, int64_t batch,
+                            int64_t heads, int64_t seq, int64_t head_dim, int64_t batch_stride,
+                            int64_t head_stride, int64_t row_stride, int box_rows) {
+  auto encode = tensor_map_encoder();
+  if (encode == nullptr) return false;
+  constexpr int64_t kElem = 2;
+  // A dimension of extent 1 is never stepped over; give it a stride TMA accepts.
+  if (seq == 1) row_stride = head_dim;
+  if (heads == 1) head_stride = row_stride * seq;
+  if (batch == 1) batch_stride = head_stride * heads;
+  const int64_t strides_bytes[3] = {row_stride * kElem, head_stride * kElem, batch_stride * kElem};
+  for (int64_t st : strides_bytes) {
+    if (st <= 0 || st % 16 != 0 || st >= (int64_t(1) << 40)) return false;
+  }
+  if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
+  cuuint64_t dims[4] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(seq),
+                        static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(batch)};
+  cuuint64_t strides[3] = {static_cast<cuuint64_t>(strides_bytes[0]),
+                           static_cast<cuuint64_t>(strides_bytes[1]),
+                           static_cast<cuuint64_t>(strides_bytes[2])};
+  cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_rows), 1, 1};
+  cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  const CUresult res = encode(
+      map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
+      const_cast<void*>(ptr), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return res == CUDA_SUCCESS;
+}
+
+template <DType kDtype, int kHeadDim, typename Kernel>
+cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
+                   std::atomic<bool>* smem_raised) {
+  using Tr = Traits<kHeadDim>;
+  constexpr bool kBf16 = kDtype == DType::kBFloat16;
+  Sm90Args args{};
+  args.p = p;
+  const bool ok =
+      make_tensor_map(&args.tma_q, p.q, kBf16, p.batch, p.heads, p.seqlen_q, kHeadDim,
+                      p.q_batch_stride, p.q_head_stride, p.q_row_stride, Tr::kBlockM) &&
+      make_tensor_map(&args.tma_k, p.k, kBf16, p.batch, p.heads_k, p.seqlen_k, kHeadDim,
+                      p.k_batch_stride, p.k_head_stride, p.k_row_stride, Tr::kBlockN) &&
+      make_tensor_map(&args.tma_v, p.v, kBf16, p.batch, p.heads_k, p.seqlen_k, kHeadDim,
+                      p.v_batch_stride, p.v_head_stride, p.v_row_stride, Tr::kBlockN);
+  if (!ok) return cudaErrorNotSupported;
+  const cudaError_t attr = fwd::raise_smem_limit(kernel, Tr::kSmemBytes, smem_raised);
+  if (attr != cudaSuccess) return attr;
+  const dim3 grid((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM, p.heads, p.batch);
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(args);
+  return cudaGetLastError();
+}
+
+}  // namespace sm90
+}  // namespace sessionkit
+
+// The body is compiled only for sm_90a (wgmma and setmaxnreg need the arch-specific target); for
+// any other target the kernel is empty, and the binding never launches it there.
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, ARGS)
+#else
+#define SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, ARGS) \
+  sessionkit::sm90::flash_fwd_body<DTYPE, HDIM, CAUSAL>(ARGS);
+#endif
+
+// Defines, in one .cu file, the sm90-family kernel `NAME` (a plain extern "C" symbol, so that
+// ptxas and the profiler report it by that name), its shared-memory size as `NAME_smem_bytes`,
+// and the launcher run_flash_fwd_sm90<DTYPE, HDIM, CAUSAL>.
+#define SESSIONKIT_FLASH_FWD_SM90_INSTANCE(NAME, DTYPE, HDIM, CAUSAL)                             \
+  extern "C" __global__ void __launch_bounds__(sessionkit::sm90::Traits<HDIM>::kThreads, 1)     \
+      NAME(const __grid_constant__ sessionkit::sm90::Sm90Args args) {                           \
+    SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, args)                                              \
+  }                                                                                              \
+  extern "C" const int NAME##_smem_bytes = sessionkit::sm90::Traits<HDIM>::kSmemBytes;           \
+  namespace sessionkit {                                                                         \
+  template <>                                                                                    \
+  cudaError_t run_flash_fwd_sm90<DTYPE, HDIM, CAUSAL>(const FlashFwdParams& params,             \
+                                                       cudaStream_t stream) {                   \
+    static std::atomic<bool> smem_raised[fwd::kMaxTrackedDevices];                              \
+    return sm90::launch<DTYPE, HDIM>(NAME, params, stream, smem_raised);                        \
+  }                                                                                              \
+  }
