@@ -25,39 +25,68 @@ struct OnlineSoftmax {
     row_sum[0] = row_sum[1] = 0.f;
   }
 
-  // Turns the scores of one key block into probabilities in place and rescales what was
-  // accumulated so far (the output accumulators o and the row sums) to the new row max.
+  // Row r (0: row g, 1: row g + 8) of one key block: turns its scores into probabilities in
+  // place, updates the running max and sum, and returns the factor by which what was
+  // accumulated before (O) must be scaled.
+  template <int kNTiles>
+  __device__ __forceinline__ float update_row(float (&s)[kNTiles][4], int r, float scale_log2) {
+    float mx = row_max[r];
+#pragma unroll
+    for (int i = 0; i < kNTiles; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * r], s[i][2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
+    // Nothing accumulated yet (max still -inf): the factor is 0, also when scale_log2 is 0.
+    const float correction =
+        row_max[r] == -INFINITY ? 0.f : fast_exp2(row_max[r] * scale_log2 - m_scaled);
+    row_max[r] = mx;
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < kNTiles; ++i) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const float p = fast_exp2(fmaf(s[i][2 * r + c], scale_log2, -m_scaled));
+        s[i][2 * r + c] = p;
+        sum += p;
+      }
+    }
+    row_sum[r] = row_sum[r] * correction + sum;
+    return correction;
+  }
+
+  // One key block, both rows, applying the factors to o at once (o must not be in flight).
   template <int kNTiles, int kDTiles>
   __device__ __forceinline__ void update(float (&s)[kNTiles][4], float (&o)[kDTiles][4],
                                          float scale_log2) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float mx = row_max[r];
-#pragma unroll
-      for (int i = 0; i < kNTiles; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * r], s[i][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
-      // Nothing accumulated yet (max still -inf): the factor is 0, also when scale_log2 is 0.
-      const float correction =
-          row_max[r] == -INFINITY ? 0.f : fast_exp2(row_max[r] * scale_log2 - m_scaled);
-      row_max[r] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int i = 0; i < kNTiles; ++i) {
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const float p = fast_exp2(fmaf(s[i][2 * r + c], scale_log2, -m_scaled));
-          s[i][2 * r + c] = p;
-          sum += p;
-        }
-      }
-      row_sum[r] = row_sum[r] * correction + sum;
+      const float correction = update_row(s, r, scale_log2);
 #pragma unroll
       for (int i = 0; i < kDTiles; ++i) {
         o[i][2 * r] *= correction;
         o[i][2 * r + 1] *= correction;
       }
+    }
+  }
+
+  // One key block, both rows, returning the factors: for a caller whose o is still being written
+  // by an in-flight P V product; it applies them later with rescale().
+  template <int kNTiles>
+  __device__ __forceinline__ void update(float (&s)[kNTiles][4], float scale_log2,
+                                         float (&correction)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) correction[r] = update_row(s, r, scale_log2);
+  }
+
+  template <int kDTiles>
+  __device__ __forceinline__ static void rescale(float (&o)[kDTiles][4],
+                                                 const float (&correction)[2]) {
+#pragma unroll
+    for (int i = 0; i < kDTiles; ++i) {
+      o[i][0] *= correction[0];
+      o[i][1] *= correction[0];
+      o[i][2] *= correction[1];
+      o[i][3] *= correction[1];
     }
   }
 

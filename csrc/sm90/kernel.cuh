@@ -1,19 +1,23 @@
 // The sm90 family: a warp-specialized FlashAttention forward for Hopper (sm_90a).
 //
-// One CTA computes a kBlockM x D output tile for one (batch, head) with three warpgroups:
+// A CTA computes kBlockM x D output tiles, one (batch, head, query block) at a time, with 1 + C
+// warpgroups:
 //   - warpgroup 0, the producer: one thread issues TMA loads of the Q tile and of the K and V
 //     blocks into a kStages-deep shared-memory ring, each slot guarded by a full and an empty
 //     mbarrier. The warpgroup gives most of its registers away (setmaxnreg).
-//   - warpgroups 1 and 2, the consumers: each owns 64 query rows. Per key block it issues
+//   - warpgroups 1..C (C = 2 or 3), the consumers: each owns 64 query rows. Per key block it issues
 //     S = Q K^T as wgmma with both operands in shared memory, runs the online softmax on S in
 //     registers, and issues O += P V as wgmma with P from registers and V (N-major) from shared
 //     memory, then releases the ring slot.
 // Key blocks run from the last to the first, so the blocks that need a mask (the causal diagonal
 // and the seqlen_k tail) come first and the bulk of the loop runs without mask code. Blocks above
-// the causal diagonal are never loaded. CTAs take the heaviest query blocks first.
-//
-// Method: FlashAttention-3 (Shah et al., 2024), sections 3.1-3.2, without (yet) the pingpong
-// schedule between consumers and the intra-warpgroup overlap of softmax and GEMMs.
+// the causal diagonal are never loaded. The grid is persistent: one CTA per SM walks a list of
+// (query block, head, batch) tiles ordered longest first, and its producer loads the next tile's
+// Q and first key blocks while the consumers finish the current one.
+// The consumers take turns on the tensor cores (pingpong, on named barriers), and inside a
+// consumer the next Q K^T is issued before the current P V is waited on, so the softmax of one
+// block runs while GEMMs are in flight. Method: FlashAttention-3 (Shah et al., 2024), sections
+// 3.1-3.2 and Algorithm 2.
 #pragma once
 
 #include <cstdint>
@@ -35,7 +39,24 @@ struct Sm90Args {
   CUtensorMap tma_k;
   CUtensorMap tma_v;
   FlashFwdParams p;
+  int num_m_blocks;  // query blocks per (batch, head)
+  int num_tiles;     // num_m_blocks * heads * batch
 };
+
+// The persistent schedule: CTA i takes tiles i, i + gridDim.x, ... of one list ordered longest
+// first: all (batch, head) pairs of the last query block (under a causal mask the most key
+// blocks), then of the one before, and so on. Query heads that share a key/value head are
+// neighbours in the list, so their K and V are read while still in L2.
+struct Tile {
+  int m_block, head, batch;
+};
+
+__device__ __forceinline__ Tile tile_at(const Sm90Args& args, int index) {
+  const int pairs = args.p.heads * args.p.batch;
+  const int rank = index / pairs;
+  const int pair = index - rank * pairs;
+  return Tile{args.num_m_blocks - 1 - rank, pair % args.p.heads, pair / args.p.heads};
+}
 
 template <class Tr>
 struct SmemPlan {
@@ -43,10 +64,11 @@ struct SmemPlan {
   __device__ __forceinline__ uint32_t k_stage(int s) const { return k + s * Tr::kKVBytes; }
   __device__ __forceinline__ uint32_t v_stage(int s) const { return v + s * Tr::kKVBytes; }
   __device__ __forceinline__ uint32_t q_full() const { return bar; }
-  __device__ __forceinline__ uint32_t k_full(int s) const { return bar + 8 * (1 + s); }
-  __device__ __forceinline__ uint32_t k_empty(int s) const { return bar + 8 * (1 + Tr::kStages + s); }
-  __device__ __forceinline__ uint32_t v_full(int s) const { return bar + 8 * (1 + 2 * Tr::kStages + s); }
-  __device__ __forceinline__ uint32_t v_empty(int s) const { return bar + 8 * (1 + 3 * Tr::kStages + s); }
+  __device__ __forceinline__ uint32_t q_empty() const { return bar + 8; }
+  __device__ __forceinline__ uint32_t k_full(int s) const { return bar + 8 * (2 + s); }
+  __device__ __forceinline__ uint32_t k_empty(int s) const { return bar + 8 * (2 + Tr::kStages + s); }
+  __device__ __forceinline__ uint32_t v_full(int s) const { return bar + 8 * (2 + 2 * Tr::kStages + s); }
+  __device__ __forceinline__ uint32_t v_empty(int s) const { return bar + 8 * (2 + 3 * Tr::kStages + s); }
 };
 
 // How many key blocks the CTA whose first query row is row0 must visit: blocks [0, n).
@@ -80,14 +102,10 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
 
   const int tid = threadIdx.x;
   const int warpgroup = tid / 128;
-  const int m_block = gridDim.x - 1 - blockIdx.x;  // heaviest query blocks first
-  const int head = blockIdx.y;
-  const int batch = blockIdx.z;
-  const int row0 = m_block * kBlockM;
-  const int n_blocks = key_blocks<Tr, kCausal>(p, row0);
 
   if (tid == 0) {
     mbarrier_init(sm.q_full(), 1);
+    mbarrier_init(sm.q_empty(), Tr::kConsumerWarpgroups);
 #pragma unroll
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(sm.k_full(s), 1);
@@ -100,21 +118,32 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   __syncthreads();
 
   if (warpgroup == 0) {
-    // ---- producer ----
+    // ---- producer: one thread walks the same tiles as the consumers and fills the ring ----
     setmaxnreg_dec<Tr::kProducerRegisters>();
-    if (tid == 0 && n_blocks > 0) {
-      prefetch_tensormap(&args.tma_q);
-      prefetch_tensormap(&args.tma_k);
-      prefetch_tensormap(&args.tma_v);
-      const int head_k = head / p.head_ratio;
+    if (tid != 0) return;
+    prefetch_tensormap(&args.tma_q);
+    prefetch_tensormap(&args.tma_k);
+    prefetch_tensormap(&args.tma_v);
+    int it = 0;      // key blocks loaded so far, over all tiles: ring slot and phase
+    int q_round = 0;  // Q tiles loaded so far
+    for (int index = blockIdx.x; index < args.num_tiles; index += gridDim.x) {
+      const Tile tile = tile_at(args, index);
+      const int row0 = tile.m_block * kBlockM;
+      const int n_blocks = key_blocks<Tr, kCausal>(p, row0);
+      if (n_blocks <= 0) continue;
+      const int head_k = tile.head / p.head_ratio;
+      // Q: the consumers release it after their last Q K^T of the previous tile.
+      mbarrier_wait(sm.q_empty(), (q_round & 1) ^ 1);
       mbarrier_arrive_expect_tx(sm.q_full(), Tr::kQBytes);
 #pragma unroll
       for (int c = 0; c < Tr::kChunks; ++c) {
         cp_async_bulk_tensor_4d_global_to_shared(sm.q + c * Tr::kQChunkBytes, &args.tma_q,
-                                                 c * Tr::kChunkCols, row0, head, batch, sm.q_full());
+                                                 c * Tr::kChunkCols, row0, tile.head, tile.batch,
+                                                 sm.q_full());
       }
-      for (int it = 0; it < n_blocks; ++it) {
-        const int n = n_blocks - 1 - it;
+      ++q_round;
+      for (int j = 0; j < n_blocks; ++j, ++it) {
+        const int n = n_blocks - 1 - j;
         const int s = it % kStages;
         const uint32_t phase = (it / kStages) & 1;
         mbarrier_wait(sm.k_empty(s), phase ^ 1);
@@ -123,7 +152,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         for (int c = 0; c < Tr::kChunks; ++c) {
           cp_async_bulk_tensor_4d_global_to_shared(sm.k_stage(s) + c * Tr::kKVChunkBytes,
                                                    &args.tma_k, c * Tr::kChunkCols, n * kBlockN,
-                                                   head_k, batch, sm.k_full(s));
+                                                   head_k, tile.batch, sm.k_full(s));
         }
         mbarrier_wait(sm.v_empty(s), phase ^ 1);
         mbarrier_arrive_expect_tx(sm.v_full(s), Tr::kKVBytes);
@@ -131,7 +160,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         for (int c = 0; c < Tr::kChunks; ++c) {
           cp_async_bulk_tensor_4d_global_to_shared(sm.v_stage(s) + c * Tr::kKVChunkBytes,
                                                    &args.tma_v, c * Tr::kChunkCols, n * kBlockN,
-                                                   head_k, batch, sm.v_full(s));
+                                                   head_k, tile.batch, sm.v_full(s));
         }
       }
     }
@@ -145,87 +174,165 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   const int lane = tid % 32;
   const int g = lane / 4;
   const int t = lane % 4;
-  const int wg_row0 = row0 + consumer * 64;
-  const int row_g = wg_row0 + warp * 16 + g;  // query row of this thread's s[i][0]
   const bool signals = (tid % 128) == 0;     // one thread per warpgroup releases ring slots
-
-  float acc_o[kDTiles][4];
-#pragma unroll
-  for (int i = 0; i < kDTiles; ++i) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) acc_o[i][j] = 0.f;
-  }
-  fwd::OnlineSoftmax softmax;
-  softmax.init();
-
-  if (n_blocks > 0) mbarrier_wait(sm.q_full(), 0);
   const uint32_t q_base = sm.q + consumer * 64 * 128;  // this warpgroup's 64 rows of each chunk
 
-  for (int it = 0; it < n_blocks; ++it) {
-    const int n = n_blocks - 1 - it;
-    const int s = it % kStages;
-    const uint32_t phase = (it / kStages) & 1;
+  float acc_o[kDTiles][4];
+  float acc_s[kNTiles][4];
+  uint32_t p_frag[kPVSteps][4];
+  float correction[2];
+  fwd::OnlineSoftmax softmax;
 
-    // S = Q K^T: both operands K-major in shared memory.
-    float acc_s[kNTiles][4];
-    mbarrier_wait(sm.k_full(s), phase);
+  // S = Q K^T for the key block in ring slot `stage`: both operands K-major in shared memory.
+  auto issue_qk = [&](int stage) {
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kQKSteps; ++kk) {
-      const int c = kk / 4;               // 64-column chunk
+      const int c = kk / 4;                      // 64-column chunk
       const uint32_t col_bytes = (kk % 4) * 32;  // 16 columns of 2 bytes
-      const uint64_t desc_q = make_smem_desc_sw128(q_base + c * Tr::kQChunkBytes + col_bytes, 16, 1024);
+      const uint64_t desc_q =
+          make_smem_desc_sw128(q_base + c * Tr::kQChunkBytes + col_bytes, 16, 1024);
       const uint64_t desc_k =
-          make_smem_desc_sw128(sm.k_stage(s) + c * Tr::kKVChunkBytes + col_bytes, 16, 1024);
+          make_smem_desc_sw128(sm.k_stage(stage) + c * Tr::kKVChunkBytes + col_bytes, 16, 1024);
       wgmma_ss<kDtype, kBlockN, 0>(acc_s, desc_q, desc_k, kk > 0 ? 1 : 0);
     }
     wgmma_commit_group();
-    wgmma_wait_group<0>();
-    fence_registers(acc_s);
-    if (signals) mbarrier_arrive(sm.k_empty(s));
-
-    const int col0 = n * kBlockN;
-    if (fwd::block_needs_mask<kCausal>(col0, kBlockN, wg_row0, p.seqlen_k, p.causal_offset)) {
-      fwd::apply_mask<kCausal>(acc_s, row_g, col0 + 2 * t, p.seqlen_k, p.causal_offset);
-    }
-    softmax.update(acc_s, acc_o, p.scale_log2);
-    uint32_t p_frag[kPVSteps][4];
-    fwd::probs_to_a_frags<kDtype>(acc_s, p_frag);
-
-    // O += P V: P from registers, V N-major (head dim contiguous) in shared memory.
-    mbarrier_wait(sm.v_full(s), phase);
+  };
+  // O += P V for the value block in ring slot `stage`: P from registers, V N-major.
+  auto issue_pv = [&](int stage) {
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kPVSteps; ++kk) {
       const uint64_t desc_v =
-          make_smem_desc_sw128(sm.v_stage(s) + kk * 16 * 128, Tr::kKVChunkBytes, 1024);
+          make_smem_desc_sw128(sm.v_stage(stage) + kk * 16 * 128, Tr::kKVChunkBytes, 1024);
       wgmma_rs<kDtype, kHeadDim, 1>(acc_o, p_frag[kk], desc_v, 1);
     }
     wgmma_commit_group();
-    wgmma_wait_group<0>();
-    fence_registers(acc_o);
-    fence_registers(p_frag);
-    if (signals) mbarrier_arrive(sm.v_empty(s));
-  }
+  };
 
-  // Epilogue: normalise and store O and the LSE. Rows past seqlen_q are not stored.
-  float inv_sum[2], row_lse[2];
-  softmax.finalize(p.scale_log2, inv_sum, row_lse);
-  T* out = static_cast<T*>(p.out) + batch * p.o_batch_stride + head * p.o_head_stride;
-  float* lse = p.lse + batch * p.lse_batch_stride + head * p.lse_head_stride;
+  // Pingpong: consumers take turns, round robin, to issue their GEMMs, so that the tensor cores
+  // serve one while the others run their softmax. Named barrier 1 + c is consumer c's turn; it
+  // passes when the consumer before it has issued. Consumer 0 goes first; every wait is matched
+  // by one arrival, so the barriers are balanced when the CTA exits.
+  constexpr int kConsumers = Tr::kConsumerWarpgroups;
+  const int my_turn = 1 + consumer;
+  const int next_turn = 1 + (consumer + 1) % kConsumers;
+  auto sched_wait = [&] {
+    if constexpr (Tr::kPingpong) bar_sync(my_turn, 256);
+  };
+  auto sched_signal = [&] {
+    if constexpr (Tr::kPingpong) bar_arrive(next_turn, 256);
+  };
+  if (consumer == kConsumers - 1) sched_signal();
+
+  int it = 0;       // key blocks consumed so far, over all tiles: ring slot and phase
+  int q_round = 0;  // Q tiles consumed so far
+  for (int index = blockIdx.x; index < args.num_tiles; index += gridDim.x) {
+    const Tile tile = tile_at(args, index);
+    const int row0 = tile.m_block * kBlockM;
+    const int n_blocks = key_blocks<Tr, kCausal>(p, row0);
+    const int wg_row0 = row0 + consumer * 64;
+    const int row_g = wg_row0 + warp * 16 + g;  // query row of this thread's s[i][0]
+
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = row_g + 8 * r;
-    if (row < p.seqlen_q) {
-      T* orow = out + static_cast<int64_t>(row) * p.o_row_stride + 2 * t;
+    for (int i = 0; i < kDTiles; ++i) {
 #pragma unroll
-      for (int i = 0; i < kDTiles; ++i) {
-        *reinterpret_cast<uint32_t*>(orow + i * 8) =
-            fwd::pack2<kDtype>(acc_o[i][2 * r] * inv_sum[r], acc_o[i][2 * r + 1] * inv_sum[r]);
+      for (int j = 0; j < 4; ++j) acc_o[i][j] = 0.f;
+    }
+    softmax.init();
+
+    // Mask (only where the block needs it) and the online softmax of key block n.
+    auto softmax_block = [&](int n) {
+      const int col0 = n * kBlockN;
+      if (fwd::block_needs_mask<kCausal>(col0, kBlockN, wg_row0, p.seqlen_k, p.causal_offset)) {
+        fwd::apply_mask<kCausal>(acc_s, row_g, col0 + 2 * t, p.seqlen_k, p.causal_offset);
       }
-      if (t == 0) lse[static_cast<int64_t>(row) * p.lse_row_stride] = row_lse[r];
+      softmax.update(acc_s, p.scale_log2, correction);
+    };
+
+    if (n_blocks > 0) {
+      mbarrier_wait(sm.q_full(), q_round & 1);
+      ++q_round;
+      // The first (highest) key block: S only.
+      {
+        const int s = it % kStages;
+        mbarrier_wait(sm.k_full(s), (it / kStages) & 1);
+        sched_wait();
+        issue_qk(s);
+        sched_signal();
+        wgmma_wait_group<0>();
+        fence_registers(acc_s);
+        if (signals) {
+          mbarrier_arrive(sm.k_empty(s));
+          if (n_blocks == 1) mbarrier_arrive(sm.q_empty());  // Q is no longer read
+        }
+        softmax_block(n_blocks - 1);
+        fwd::probs_to_a_frags<kDtype>(acc_s, p_frag);
+      }
+
+      // Each later block: S_j = Q K_j^T and O += P_{j-1} V_{j-1} are both in flight while the
+      // softmax of S_j runs; O is rescaled for block j-1 before its P V is issued.
+      for (int j = 1; j < n_blocks; ++j) {
+        const int s = (it + j) % kStages;
+        const uint32_t phase = ((it + j) / kStages) & 1;
+        const int s_prev = (it + j - 1) % kStages;
+        const uint32_t phase_prev = ((it + j - 1) / kStages) & 1;
+        mbarrier_wait(sm.k_full(s), phase);
+        sched_wait();
+        issue_qk(s);
+        fwd::OnlineSoftmax::rescale(acc_o, correction);
+        mbarrier_wait(sm.v_full(s_prev), phase_prev);
+        issue_pv(s_prev);
+        sched_signal();
+        wgmma_wait_group<1>();  // S_j is done; P V may still run
+        fence_registers(acc_s);
+        if (signals) {
+          mbarrier_arrive(sm.k_empty(s));
+          if (j == n_blocks - 1) mbarrier_arrive(sm.q_empty());
+        }
+        softmax_block(n_blocks - 1 - j);
+        wgmma_wait_group<0>();
+        fence_registers(acc_o);
+        fence_registers(p_frag);
+        if (signals) mbarrier_arrive(sm.v_empty(s_prev));
+        fwd::probs_to_a_frags<kDtype>(acc_s, p_frag);
+      }
+
+      // The last P V.
+      const int last = it + n_blocks - 1;
+      fwd::OnlineSoftmax::rescale(acc_o, correction);
+      mbarrier_wait(sm.v_full(last % kStages), (last / kStages) & 1);
+      sched_wait();
+      issue_pv(last % kStages);
+      sched_signal();
+      wgmma_wait_group<0>();
+      fence_registers(acc_o);
+      if (signals) mbarrier_arrive(sm.v_empty(last % kStages));
+      it += n_blocks;
+    }
+
+    // Epilogue: normalise and store O and the LSE (a row that saw no key gets O = 0 and
+    // LSE = -inf). Rows past seqlen_q are not stored. The producer is meanwhile loading the next
+    // tile's Q and first key blocks.
+    float inv_sum[2], row_lse[2];
+    softmax.finalize(p.scale_log2, inv_sum, row_lse);
+    T* out = static_cast<T*>(p.out) + tile.batch * p.o_batch_stride + tile.head * p.o_head_stride;
+    float* lse = p.lse + tile.batch * p.lse_batch_stride + tile.head * p.lse_head_stride;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = row_g + 8 * r;
+      if (row < p.seqlen_q) {
+        T* orow = out + static_cast<int64_t>(row) * p.o_row_stride + 2 * t;
+#pragma unroll
+        for (int i = 0; i < kDTiles; ++i) {
+          *reinterpret_cast<uint32_t*>(orow + i * 8) =
+              fwd::pack2<kDtype>(acc_o[i][2 * r] * inv_sum[r], acc_o[i][2 * r + 1] * inv_sum[r]);
+        }
+        if (t == 0) lse[static_cast<int64_t>(row) * p.lse_row_stride] = row_lse[r];
+      }
     }
   }
+  if (consumer == 0) sched_wait();  // the last consumer's final arrival
 }
 
 }  // namespace sm90

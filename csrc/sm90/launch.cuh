@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <limits>
 
 #include "kernel.cuh"
 
@@ -80,8 +81,18 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
   if (!ok) return cudaErrorNotSupported;
   const cudaError_t attr = fwd::raise_smem_limit(kernel, Tr::kSmemBytes, smem_raised);
   if (attr != cudaSuccess) return attr;
-  const dim3 grid((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM, p.heads, p.batch);
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(args);
+  // Persistent grid: one CTA per SM (at most one per tile), each walking the tile list.
+  const int64_t num_m_blocks = (p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM;
+  const int64_t num_tiles = num_m_blocks * p.heads * p.batch;
+  if (num_tiles > INT32_MAX) return cudaErrorNotSupported;
+  args.num_m_blocks = static_cast<int>(num_m_blocks);
+  args.num_tiles = static_cast<int>(num_tiles);
+  int device = 0, sms = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status == cudaSuccess) status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (status != cudaSuccess) return status;
+  const int ctas = static_cast<int>(num_tiles < sms ? num_tiles : sms);
+  kernel<<<ctas, Tr::kThreads, Tr::kSmemBytes, stream>>>(args);
   return cudaGetLastError();
 }
 
