@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One pass over the kernels on a GPU machine: clean build (timed), cached reload (timed), the build
-# step through the CLI, the GPU tests, compute-sanitizer memcheck + racecheck on a small run, and the
-# speed table. Logs go to $OUT (default /tmp/sessionkit-gpu-check); a short summary prints last.
+# step through the CLI, the GPU tests, compute-sanitizer memcheck, racecheck and synccheck on a small
+# run of each kernel family, and the speed table. Logs go to $OUT (default /tmp/sessionkit-gpu-check); a short summary prints last.
 #
 #   bash benchmarks/gpu_check.sh [build] [tests] [cppchecks] [sanitize] [bench] [variants]
 #   (no argument: build tests sanitize bench)
@@ -100,11 +100,17 @@ for dtype in (torch.float16, torch.bfloat16):
 torch.cuda.synchronize()
 print("sanitize run done")
 EOF
-  for tool in memcheck racecheck; do
-    timeout 240 compute-sanitizer --tool "$tool" python3 /tmp/sk_sanitize.py > /tmp/sanitizer_$tool.txt 2>&1
-    note "compute-sanitizer $tool: exit $? | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' /tmp/sanitizer_$tool.txt | tail -n 1)"
-    cat /tmp/sanitizer_$tool.txt >> "$OUT/sanitizer.txt"
+  # Both kernel families: the one the dispatcher picks (sm90 on Hopper) and the sm80 fallback.
+  for family in auto sm80; do
+    for tool in memcheck racecheck synccheck; do
+      log=/tmp/sanitizer_${family}_$tool.txt
+      if [ "$family" = sm80 ]; then export SESSIONKIT_KERNEL_FAMILY=sm80; else unset SESSIONKIT_KERNEL_FAMILY; fi
+      timeout 240 compute-sanitizer --tool "$tool" python3 /tmp/sk_sanitize.py > "$log" 2>&1
+      note "compute-sanitizer $tool ($family): exit $? | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"
+      cat "$log" >> "$OUT/sanitizer.txt"
+    done
   done
+  unset SESSIONKIT_KERNEL_FAMILY
 fi
 
 if has bench; then

@@ -120,11 +120,14 @@ def test_sm90_kernels_use_wgmma_tma_and_register_split(compiled):
         assert not any("HMMA." in line for line in lines), f"{name}: mma.sync in a wgmma kernel"
         assert any("UTMALDG" in line for line in lines), f"{name}: no TMA load in SASS"
         assert any("SYNCS" in line for line in lines), f"{name}: no mbarrier in SASS"
+        # setmaxnreg: two consumers take 240 registers and leave the producer 24; three take 160
+        # and leave it 32 (csrc/sm90/traits.cuh)
         regs = [line for line in lines if "USETMAXREG" in line]
-        assert any("TRY_ALLOC" in line and "0xf0" in line for line in regs), \
-            f"{name}: consumers do not raise their registers to 240: {regs}"
-        assert any("DEALLOC" in line and "0x18" in line for line in regs), \
-            f"{name}: the producer does not drop its registers to 24: {regs}"
+        consumer = [r for r in regs if "TRY_ALLOC" in r]
+        producer = [r for r in regs if "DEALLOC" in r]
+        splits = {("0xf0", "0x18"), ("0xa0", "0x20")}
+        assert any(a in consumer[0] and b in producer[0] for a, b in splits) if consumer and producer \
+            else False, f"{name}: no 240/24 or 160/32 register split: {regs}"
 
 
 def test_generated_files_are_current():

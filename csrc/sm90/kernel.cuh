@@ -39,22 +39,31 @@ struct Sm90Args {
   CUtensorMap tma_k;
   CUtensorMap tma_v;
   FlashFwdParams p;
-  int num_m_blocks;  // query blocks per (batch, head)
-  int num_tiles;     // num_m_blocks * heads * batch
+  int num_m_blocks;   // query blocks per (batch, head)
+  int num_tiles;      // num_m_blocks * heads * batch
+  int section_pairs;  // (batch, head) pairs per L2 section (see tile_at)
 };
 
-// The persistent schedule: CTA i takes tiles i, i + gridDim.x, ... of one list ordered longest
-// first: all (batch, head) pairs of the last query block (under a causal mask the most key
-// blocks), then of the one before, and so on. Query heads that share a key/value head are
-// neighbours in the list, so their K and V are read while still in L2.
+// The persistent schedule: CTA i takes tiles i, i + gridDim.x, ... of one list. The (batch, head)
+// pairs are cut into L2 sections of section_pairs pairs whose K and V fit in L2 together; the
+// list runs section by section, and inside a section longest first: the section's pairs of the
+// last query block (under a causal mask the most key blocks), then of the one before, and so on.
+// The CTAs running at one time thus share the K and V of a few heads, read from L2, and the long
+// causal tiles start first. Query heads that share a key/value head are neighbours. Method:
+// FlashAttention-3's dynamic persistent scheduler (longest first, L2 sections), made static.
 struct Tile {
   int m_block, head, batch;
 };
 
 __device__ __forceinline__ Tile tile_at(const Sm90Args& args, int index) {
   const int pairs = args.p.heads * args.p.batch;
-  const int rank = index / pairs;
-  const int pair = index - rank * pairs;
+  const int section_tiles = args.num_m_blocks * args.section_pairs;
+  const int section = index / section_tiles;
+  const int within = index - section * section_tiles;
+  const int first_pair = section * args.section_pairs;
+  const int section_size = min(args.section_pairs, pairs - first_pair);
+  const int rank = within / section_size;
+  const int pair = first_pair + (within - rank * section_size);
   return Tile{args.num_m_blocks - 1 - rank, pair % args.p.heads, pair / args.p.heads};
 }
 
@@ -84,7 +93,7 @@ __device__ __forceinline__ int key_blocks(const FlashFwdParams& p, int row0) {
 
 template <DType kDtype, int kHeadDim, bool kCausal>
 __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
-  using Tr = Traits<kHeadDim>;
+  using Tr = Traits<kHeadDim, kCausal>;
   using T = typename fwd::Elem<kDtype>::type;
   constexpr int kBlockM = Tr::kBlockM;
   constexpr int kBlockN = Tr::kBlockN;

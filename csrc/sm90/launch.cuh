@@ -6,6 +6,7 @@
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
 #include <atomic>
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
@@ -64,10 +65,10 @@ inline bool make_tensor_map(CUtensorMap* map, const void* ptr, bool bf16, int64_
   return res == CUDA_SUCCESS;
 }
 
-template <DType kDtype, int kHeadDim, typename Kernel>
+template <DType kDtype, int kHeadDim, bool kCausal, typename Kernel>
 cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
                    std::atomic<bool>* smem_raised) {
-  using Tr = Traits<kHeadDim>;
+  using Tr = Traits<kHeadDim, kCausal>;
   constexpr bool kBf16 = kDtype == DType::kBFloat16;
   Sm90Args args{};
   args.p = p;
@@ -87,6 +88,15 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
   if (num_tiles > INT32_MAX) return cudaErrorNotSupported;
   args.num_m_blocks = static_cast<int>(num_m_blocks);
   args.num_tiles = static_cast<int>(num_tiles);
+  // L2 sections: as many (batch, head) pairs as keep their K and V within kL2SectionBytes (query
+  // heads of one key/value head share it), rounded down to a power of two.
+  constexpr int64_t kL2SectionBytes = int64_t(32) << 20;
+  const int64_t kv_bytes_per_pair =
+      std::max<int64_t>(1, int64_t(p.seqlen_k) * kHeadDim * 2 * 2 / p.head_ratio);
+  const int64_t fit = std::max<int64_t>(1, kL2SectionBytes / kv_bytes_per_pair);
+  int64_t pow2 = 1;
+  while (pow2 * 2 <= fit) pow2 *= 2;
+  args.section_pairs = static_cast<int>(std::min<int64_t>(pow2, int64_t(p.heads) * p.batch));
   int device = 0, sms = 0;
   cudaError_t status = cudaGetDevice(&device);
   if (status == cudaSuccess) status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
@@ -112,16 +122,16 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
 // ptxas and the profiler report it by that name), its shared-memory size as `NAME_smem_bytes`,
 // and the launcher run_flash_fwd_sm90<DTYPE, HDIM, CAUSAL>.
 #define SESSIONKIT_FLASH_FWD_SM90_INSTANCE(NAME, DTYPE, HDIM, CAUSAL)                             \
-  extern "C" __global__ void __launch_bounds__(sessionkit::sm90::Traits<HDIM>::kThreads, 1)     \
+  extern "C" __global__ void __launch_bounds__(sessionkit::sm90::Traits<HDIM, CAUSAL>::kThreads, 1)     \
       NAME(const __grid_constant__ sessionkit::sm90::Sm90Args args) {                           \
     SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, args)                                              \
   }                                                                                              \
-  extern "C" const int NAME##_smem_bytes = sessionkit::sm90::Traits<HDIM>::kSmemBytes;           \
+  extern "C" const int NAME##_smem_bytes = sessionkit::sm90::Traits<HDIM, CAUSAL>::kSmemBytes;           \
   namespace sessionkit {                                                                         \
   template <>                                                                                    \
   cudaError_t run_flash_fwd_sm90<DTYPE, HDIM, CAUSAL>(const FlashFwdParams& params,             \
                                                        cudaStream_t stream) {                   \
     static std::atomic<bool> smem_raised[fwd::kMaxTrackedDevices];                              \
-    return sm90::launch<DTYPE, HDIM>(NAME, params, stream, smem_raised);                        \
+    return sm90::launch<DTYPE, HDIM, CAUSAL>(NAME, params, stream, smem_raised);                        \
   }                                                                                              \
   }

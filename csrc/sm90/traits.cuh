@@ -6,33 +6,48 @@
 namespace sessionkit {
 namespace sm90 {
 
-// Tuning knobs, overridable with -D for experiments (the defaults are what ships).
-#ifndef SK_SM90_BLOCK_N_D64
-#define SK_SM90_BLOCK_N_D64 128
+// Tile shapes per (head dim, mask), chosen by measurement on an H200 (docs/kernel-notes.md):
+// consumers (warpgroups of 64 query rows) and the key block. Each is overridable with -D for
+// experiments; the defaults are what ships.
+#ifndef SK_SM90_CONSUMERS_D64_FULL
+#define SK_SM90_CONSUMERS_D64_FULL 3
 #endif
-#ifndef SK_SM90_BLOCK_N_D128
-#define SK_SM90_BLOCK_N_D128 128
+#ifndef SK_SM90_BLOCK_N_D64_FULL
+#define SK_SM90_BLOCK_N_D64_FULL 128
 #endif
-#ifndef SK_SM90_STAGES
-#define SK_SM90_STAGES 2
+#ifndef SK_SM90_CONSUMERS_D64_CAUSAL
+#define SK_SM90_CONSUMERS_D64_CAUSAL 2
 #endif
-#ifndef SK_SM90_CONSUMERS_D64
-#define SK_SM90_CONSUMERS_D64 2
+#ifndef SK_SM90_BLOCK_N_D64_CAUSAL
+#define SK_SM90_BLOCK_N_D64_CAUSAL 192
 #endif
 #ifndef SK_SM90_CONSUMERS_D128
 #define SK_SM90_CONSUMERS_D128 2
+#endif
+#ifndef SK_SM90_BLOCK_N_D128_FULL
+#define SK_SM90_BLOCK_N_D128_FULL 128
+#endif
+#ifndef SK_SM90_BLOCK_N_D128_CAUSAL
+#define SK_SM90_BLOCK_N_D128_CAUSAL 128
+#endif
+#ifndef SK_SM90_STAGES
+#define SK_SM90_STAGES 2
 #endif
 #ifndef SK_SM90_PINGPONG
 #define SK_SM90_PINGPONG 1
 #endif
 
-template <int kHeadDim_>
+template <int kHeadDim_, bool kCausal_>
 struct Traits {
   static constexpr int kHeadDim = kHeadDim_;
+  static constexpr bool kCausal = kCausal_;
   static constexpr int kConsumerWarpgroups =
-      kHeadDim == 64 ? SK_SM90_CONSUMERS_D64 : SK_SM90_CONSUMERS_D128;
+      kHeadDim == 64 ? (kCausal ? SK_SM90_CONSUMERS_D64_CAUSAL : SK_SM90_CONSUMERS_D64_FULL)
+                     : SK_SM90_CONSUMERS_D128;
   static constexpr int kBlockM = 64 * kConsumerWarpgroups;  // 64 query rows per consumer warpgroup
-  static constexpr int kBlockN = kHeadDim == 64 ? SK_SM90_BLOCK_N_D64 : SK_SM90_BLOCK_N_D128;
+  static constexpr int kBlockN =
+      kHeadDim == 64 ? (kCausal ? SK_SM90_BLOCK_N_D64_CAUSAL : SK_SM90_BLOCK_N_D64_FULL)
+                     : (kCausal ? SK_SM90_BLOCK_N_D128_CAUSAL : SK_SM90_BLOCK_N_D128_FULL);
   static constexpr int kStages = SK_SM90_STAGES;
   static constexpr bool kPingpong = SK_SM90_PINGPONG != 0;  // consumers take turns on the GEMMs
   static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);  // warpgroup 0 produces
