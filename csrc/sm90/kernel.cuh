@@ -44,7 +44,9 @@ struct Sm90Args {
   int section_pairs;  // (batch, head) pairs per L2 section (see tile_at)
 };
 
-// The persistent schedule: CTA i takes tiles i, i + gridDim.x, ... of one list. The (batch, head)
+// The persistent schedule: in round r, CTA i takes tile r * gridDim.x + i of one list when r is
+// even and r * gridDim.x + (gridDim.x - 1 - i) when r is odd, so that a CTA that got one of the
+// longest tiles of a round gets one of the shortest of the next. The (batch, head)
 // pairs are cut into L2 sections of section_pairs pairs whose K and V fit in L2 together; the
 // list runs section by section, and inside a section longest first: the section's pairs of the
 // last query block (under a causal mask the most key blocks), then of the one before, and so on.
@@ -54,6 +56,11 @@ struct Sm90Args {
 struct Tile {
   int m_block, head, batch;
 };
+
+__device__ __forceinline__ int tile_index(int round) {
+  const int slot = (round & 1) ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  return round * gridDim.x + slot;
+}
 
 __device__ __forceinline__ Tile tile_at(const Sm90Args& args, int index) {
   const int pairs = args.p.heads * args.p.batch;
@@ -135,7 +142,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     prefetch_tensormap(&args.tma_v);
     int it = 0;      // key blocks loaded so far, over all tiles: ring slot and phase
     int q_round = 0;  // Q tiles loaded so far
-    for (int index = blockIdx.x; index < args.num_tiles; index += gridDim.x) {
+    for (int round = 0;; ++round) {
+      const int index = tile_index(round);
+      if (index >= args.num_tiles) break;
       const Tile tile = tile_at(args, index);
       const int row0 = tile.m_block * kBlockM;
       const int n_blocks = key_blocks<Tr, kCausal>(p, row0);
@@ -236,7 +245,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
 
   int it = 0;       // key blocks consumed so far, over all tiles: ring slot and phase
   int q_round = 0;  // Q tiles consumed so far
-  for (int index = blockIdx.x; index < args.num_tiles; index += gridDim.x) {
+  for (int round = 0;; ++round) {
+    const int index = tile_index(round);
+    if (index >= args.num_tiles) break;
     const Tile tile = tile_at(args, index);
     const int row0 = tile.m_block * kBlockM;
     const int n_blocks = key_blocks<Tr, kCausal>(p, row0);

@@ -85,7 +85,8 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
   // Persistent grid: one CTA per SM (at most one per tile), each walking the tile list.
   const int64_t num_m_blocks = (p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM;
   const int64_t num_tiles = num_m_blocks * p.heads * p.batch;
-  if (num_tiles > INT32_MAX) return cudaErrorNotSupported;
+  // Tile indices (plus one round of slack) must fit in 32 bits.
+  if (num_tiles > INT32_MAX - 4096) return cudaErrorNotSupported;
   args.num_m_blocks = static_cast<int>(num_m_blocks);
   args.num_tiles = static_cast<int>(num_tiles);
   // L2 sections: as many (batch, head) pairs as keep their K and V within kL2SectionBytes (query
