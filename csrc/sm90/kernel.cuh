@@ -38,7 +38,9 @@ struct Sm90Args {
   CUtensorMap tma_q;
   CUtensorMap tma_k;
   CUtensorMap tma_v;
+  CUtensorMap tma_o;  // valid when tma_store: O is then stored by TMA from shared memory
   FlashFwdParams p;
+  int tma_store;      // 0: O goes out in plain 4-byte stores (strides TMA cannot describe)
   int num_m_blocks;   // query blocks per (batch, head)
   int num_tiles;      // num_m_blocks * heads * batch
   int section_pairs;  // (batch, head) pairs per L2 section (see tile_at)
@@ -115,6 +117,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   const uint32_t base = (fwd::smem_addr(smem_raw) + 1023u) & ~1023u;
   const SmemPlan<Tr> sm{base + Tr::kQOffset, base + Tr::kKOffset, base + Tr::kVOffset,
                         base + Tr::kBarrierOffset};
+  const uint32_t o_smem_base = base + Tr::kOOffset;
 
   const int tid = threadIdx.x;
   const int warpgroup = tid / 128;
@@ -140,6 +143,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     prefetch_tensormap(&args.tma_q);
     prefetch_tensormap(&args.tma_k);
     prefetch_tensormap(&args.tma_v);
+    if (Tr::kTmaStoreO && args.tma_store) prefetch_tensormap(&args.tma_o);
     int it = 0;      // key blocks loaded so far, over all tiles: ring slot and phase
     int q_round = 0;  // Q tiles loaded so far
     for (int round = 0;; ++round) {
@@ -194,6 +198,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   const int t = lane % 4;
   const bool signals = (tid % 128) == 0;     // one thread per warpgroup releases ring slots
   const uint32_t q_base = sm.q + consumer * 64 * 128;  // this warpgroup's 64 rows of each chunk
+  constexpr int kEpilogueBarrier0 = 4;  // named barriers 4.. (1..3 are the pingpong turns)
 
   float acc_o[kDTiles][4];
   float acc_s[kNTiles][4];
@@ -336,22 +341,61 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     // tile's Q and first key blocks.
     float inv_sum[2], row_lse[2];
     softmax.finalize(p.scale_log2, inv_sum, row_lse);
-    T* out = static_cast<T*>(p.out) + tile.batch * p.o_batch_stride + tile.head * p.o_head_stride;
     float* lse = p.lse + tile.batch * p.lse_batch_stride + tile.head * p.lse_head_stride;
+    if (Tr::kTmaStoreO && args.tma_store) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = row_g + 8 * r;
-      if (row < p.seqlen_q) {
-        T* orow = out + static_cast<int64_t>(row) * p.o_row_stride + 2 * t;
+      for (int r = 0; r < 2; ++r) {
+        const int row = row_g + 8 * r;
+        if (t == 0 && row < p.seqlen_q) lse[static_cast<int64_t>(row) * p.lse_row_stride] = row_lse[r];
+      }
+      const uint32_t o_base = o_smem_base + consumer * Tr::kOBytesPerConsumer;
+      // Through shared memory (the 128-byte swizzle TMA expects: 16-byte chunk c of row r sits
+      // at c ^ (r % 8), so the quad's four 4-byte writes of 8 rows hit 32 different banks), then
+      // one TMA store per 64-column chunk; the tensor map clips rows past seqlen_q.
+      if (signals) cp_async_bulk_wait_group_read<0>();  // the previous tile's store has read it
+      bar_sync(kEpilogueBarrier0 + consumer, 128);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = warp * 16 + g + 8 * r;  // within this consumer's 64 rows
 #pragma unroll
         for (int i = 0; i < kDTiles; ++i) {
-          *reinterpret_cast<uint32_t*>(orow + i * 8) =
+          const uint32_t addr = o_base + (i / 8) * Tr::kOChunkBytes + row * 128 +
+                                (((i % 8) ^ (row % 8)) << 4) + 4 * t;
+          const uint32_t packed =
               fwd::pack2<kDtype>(acc_o[i][2 * r] * inv_sum[r], acc_o[i][2 * r + 1] * inv_sum[r]);
+          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(packed) : "memory");
         }
-        if (t == 0) lse[static_cast<int64_t>(row) * p.lse_row_stride] = row_lse[r];
+      }
+      fence_proxy_async_shared_cta();
+      bar_sync(kEpilogueBarrier0 + consumer, 128);
+      if (signals) {
+#pragma unroll
+        for (int c = 0; c < Tr::kChunks; ++c) {
+          cp_async_bulk_tensor_4d_shared_to_global(&args.tma_o, c * Tr::kChunkCols, wg_row0,
+                                                   tile.head, tile.batch,
+                                                   o_base + c * Tr::kOChunkBytes);
+        }
+        cp_async_bulk_commit_group();
+      }
+    } else {
+      T* out = static_cast<T*>(p.out) + tile.batch * p.o_batch_stride + tile.head * p.o_head_stride;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = row_g + 8 * r;
+        if (row < p.seqlen_q) {
+          T* orow = out + static_cast<int64_t>(row) * p.o_row_stride + 2 * t;
+#pragma unroll
+          for (int i = 0; i < kDTiles; ++i) {
+            *reinterpret_cast<uint32_t*>(orow + i * 8) = fwd::pack2<kDtype>(
+                acc_o[i][2 * r] * inv_sum[r], acc_o[i][2 * r + 1] * inv_sum[r]);
+          }
+          if (t == 0) lse[static_cast<int64_t>(row) * p.lse_row_stride] = row_lse[r];
+        }
       }
     }
   }
+  // Shared memory must outlive the last TMA store's reads of it.
+  if (Tr::kTmaStoreO && args.tma_store && signals) cp_async_bulk_wait_group_read<0>();
   if (consumer == 0) sched_wait();  // the last consumer's final arrival
 }
 

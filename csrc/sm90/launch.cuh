@@ -80,6 +80,12 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
       make_tensor_map(&args.tma_v, p.v, kBf16, p.batch, p.heads_k, p.seqlen_k, kHeadDim,
                       p.v_batch_stride, p.v_head_stride, p.v_row_stride, Tr::kBlockN);
   if (!ok) return cudaErrorNotSupported;
+  // O through TMA when its strides allow it (allocated by the binding they always do; a
+  // caller's out may not), else plain stores.
+  args.tma_store = Tr::kTmaStoreO && make_tensor_map(&args.tma_o, p.out, kBf16, p.batch, p.heads, p.seqlen_q,
+                                   kHeadDim, p.o_batch_stride, p.o_head_stride, p.o_row_stride, 64)
+                       ? 1
+                       : 0;
   const cudaError_t attr = fwd::raise_smem_limit(kernel, Tr::kSmemBytes, smem_raised);
   if (attr != cudaSuccess) return attr;
   // Persistent grid: one CTA per SM (at most one per tile), each walking the tile list.

@@ -67,6 +67,30 @@ __device__ __forceinline__ void cp_async_bulk_tensor_4d_global_to_shared(
       : "memory");
 }
 
+// Copies one box from shared memory to a 4-D tensor; elements outside the tensor are skipped.
+__device__ __forceinline__ void cp_async_bulk_tensor_4d_shared_to_global(
+    const CUtensorMap* map, int c0, int c1, int c2, int c3, uint32_t src) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group [%0, {%1, %2, %3, %4}], [%5];\n"
+      ::"l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(src)
+      : "memory");
+}
+
+__device__ __forceinline__ void cp_async_bulk_commit_group() {
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+
+// Waits until at most kPending bulk groups of this thread still read their shared memory.
+template <int kPending>
+__device__ __forceinline__ void cp_async_bulk_wait_group_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
+}
+
+// Makes this thread's ordinary shared-memory writes visible to the async proxy (TMA, wgmma).
+__device__ __forceinline__ void fence_proxy_async_shared_cta() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
 // ---- wgmma bookkeeping (the shapes themselves are in wgmma.cuh) -----------------------------
 
 // Orders earlier register writes (accumulators, A fragments) before the next wgmma reads them.

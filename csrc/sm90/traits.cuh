@@ -67,7 +67,15 @@ struct Traits {
   static constexpr int kQOffset = 0;
   static constexpr int kKOffset = kQOffset + kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKVBytes;
-  static constexpr int kBarrierOffset = kVOffset + kStages * kKVBytes;
+  // O leaves through shared memory and TMA with two consumers; with three, the 160-register
+  // budget has no room for the staging, and O goes out in plain stores.
+  static constexpr bool kTmaStoreO = kConsumerWarpgroups == 2;
+  // The output tile of each consumer (64 rows, chunked and swizzled like Q) for the TMA store.
+  static constexpr int kOChunkBytes = 64 * 128;
+  static constexpr int kOBytesPerConsumer = kOChunkBytes * kChunks;
+  static constexpr int kOOffset = kVOffset + kStages * kKVBytes;
+  static constexpr int kBarrierOffset =
+      kOOffset + (kTmaStoreO ? kConsumerWarpgroups * kOBytesPerConsumer : 0);
   static constexpr int kBarriers = 2 + 4 * kStages;  // q full/empty, k full/empty, v full/empty
   // +1024: the dynamic shared-memory base is rounded up to the 1024-byte swizzle alignment.
   static constexpr int kSmemBytes = kBarrierOffset + 8 * kBarriers + 1024;
