@@ -240,21 +240,28 @@ def _full_fp32_matmul():
             torch.set_float32_matmul_precision(previous)
 
 
-def reference(q, k, v, causal: bool, scale: float, *, block: int = REFERENCE_BLOCK):
-    """fp32 attention on the upcast inputs: (out (B, H, Sq, D), lse (B, H, Sq)), both fp32.
+def reference(q, k, v, causal: bool, scale: float, *, bottom_right: bool = False,
+              block: int = REFERENCE_BLOCK):
+    """fp32 attention on the upcast inputs: (out (B, H_q, Sq, D), lse (B, H_q, Sq)), both fp32.
 
     ``softmax(scale * q @ k^T, masked) @ v`` spelled out, over blocks of heads and query rows of at
-    most ``block`` scores, so memory stays bounded for long sequences. ``causal`` masks key ``j`` for
-    query row ``i`` when ``j > i`` (top-left aligned).
+    most ``block`` scores, so memory stays bounded for long sequences. k and v may have H_kv heads
+    with H_q a multiple of H_kv (query head h reads kv head h // (H_q // H_kv)). ``causal`` masks
+    key ``j`` for query row ``i`` when ``j > i`` (top-left aligned), or with ``bottom_right`` when
+    ``j > i + Sk - Sq``. A row that sees no key gets out 0 and lse -inf.
     """
     import torch
 
     batch, heads, sq, d = q.shape
-    sk = k.shape[2]
+    heads_k, sk = k.shape[1], k.shape[2]
+    if heads_k != heads:
+        k = k.repeat_interleave(heads // heads_k, dim=1)
+        v = v.repeat_interleave(heads // heads_k, dim=1)
+    offset = sk - sq if bottom_right else 0
     n = batch * heads
     qf = q.float().reshape(n, sq, d)
     kf = k.float().reshape(n, sk, d)
-    vf = v.float().reshape(n, sk, d)
+    vf = v.float().reshape(n, sk, v.shape[-1])
     out = torch.empty(n, sq, vf.shape[-1], dtype=torch.float32, device=q.device)
     lse = torch.empty(n, sq, dtype=torch.float32, device=q.device)
     rows = max(1, min(sq, block // max(sk, 1)))
@@ -269,9 +276,10 @@ def reference(q, k, v, causal: bool, scale: float, *, block: int = REFERENCE_BLO
                 scores = torch.matmul(qf[h0:h1, r0:r1], kt) * scale
                 if causal:
                     row_ids = torch.arange(r0, r1, device=q.device)
-                    scores.masked_fill_(cols[None, :] > row_ids[:, None], float("-inf"))
+                    scores.masked_fill_(cols[None, :] > row_ids[:, None] + offset, float("-inf"))
                 row_lse = torch.logsumexp(scores, dim=-1)
                 probs = torch.exp(scores - row_lse[..., None])
+                probs = torch.nan_to_num(probs, nan=0.0)  # rows that see no key: -inf - -inf
                 out[h0:h1, r0:r1] = torch.matmul(probs, vf[h0:h1])
                 lse[h0:h1, r0:r1] = row_lse
     return out.reshape(batch, heads, sq, -1), lse.reshape(batch, heads, sq)
