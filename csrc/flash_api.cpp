@@ -85,6 +85,17 @@ bool aligned(const at::Tensor& t, int64_t bytes) {
   return reinterpret_cast<uintptr_t>(t.data_ptr()) % bytes == 0;
 }
 
+// The kernels read 16-byte chunks: rows must start 16-byte aligned, so the outer strides (of
+// dimensions longer than 1) must be multiples of 8 elements and the data 16-byte aligned. Other
+// inputs (an odd slice, say) are copied once into a contiguous tensor; the common layouts, (B, H,
+// S, D) and (B, S, H, D) seen through .transpose(1, 2), go to the kernel as they are. Done here,
+// not in Python, so that torch.compile needs no storage-offset logic in the traced wrapper.
+at::Tensor kernel_ready(const at::Tensor& t) {
+  bool ok = aligned(t, 16);
+  for (int i = 0; i < 3; ++i) ok = ok && (t.size(i) <= 1 || t.stride(i) % 8 == 0);
+  return ok ? t : t.clone(at::MemoryFormat::Contiguous);
+}
+
 void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   SK_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
            "flash_attn_fwd: q, k and v must be 4-D (batch, heads, seq, head_dim); got ranks " +
@@ -124,14 +135,6 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
            "undefined");
   SK_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
            "flash_attn_fwd: the last dimension of q, k and v must be contiguous (stride 1)");
-  for (const at::Tensor* t : {&q, &k, &v}) {
-    for (int i = 0; i < 3; ++i) {
-      SK_CHECK(t->size(i) <= 1 || t->stride(i) % 8 == 0,
-               "flash_attn_fwd: strides of q, k and v must be multiples of 8 elements; got " +
-                   list(t->strides()));
-    }
-    SK_CHECK(aligned(*t, 16), "flash_attn_fwd: q, k and v must be 16-byte aligned");
-  }
   constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
   SK_CHECK(q.size(2) <= kMaxInt && k.size(2) <= kMaxInt,
            "flash_attn_fwd: sequence lengths must fit in 32 bits");
@@ -234,9 +237,13 @@ cudaError_t run_sm90(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
   return err;
 }
 
-void launch(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-            const at::Tensor& lse, bool causal, double scale, bool bottom_right) {
-  if (q_in.size(0) == 0 || q_in.size(1) == 0 || q_in.size(2) == 0) return;  // nothing to compute
+void launch(const at::Tensor& q_given, const at::Tensor& k_given, const at::Tensor& v_given,
+            const at::Tensor& out, const at::Tensor& lse, bool causal, double scale,
+            bool bottom_right) {
+  if (q_given.size(0) == 0 || q_given.size(1) == 0 || q_given.size(2) == 0) return;  // nothing to do
+  const at::Tensor q_in = kernel_ready(q_given);
+  const at::Tensor k = kernel_ready(k_given);
+  const at::Tensor v = kernel_ready(v_given);
   // The kernels take the row max on unscaled scores, which needs scale >= 0: a negative scale
   // runs as the same attention of -q with -scale (one copy of q, in this rare case only).
   const at::Tensor q = scale < 0 ? q_in.neg() : q_in;

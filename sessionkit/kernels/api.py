@@ -9,7 +9,6 @@ use, and attaches the backward of :mod:`sessionkit.kernels.backward`.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 import sys
@@ -22,19 +21,25 @@ DEVICE_TYPES = ("cuda",)  # devices the ops have kernels for
 _INSTANCE = re.compile(r"flash_fwd_(?P<family>[a-z0-9]+)_(?:fp16|bf16)_hdim(?P<dim>[0-9]+)_")
 
 
-@functools.lru_cache(maxsize=None)
+_HEAD_DIMS: dict[str, tuple[int, ...]] | None = None  # read once (a plain global: torch.compile
+# reads it as a constant, where it could not trace the file listing)
+
+
 def head_dims_by_family() -> dict[str, tuple[int, ...]]:
     """The head dims each kernel family has kernels for, read from the shipped instantiation files
     (``csrc/instantiations/flash_fwd_<family>_<dtype>_hdim<D>_<mask>.cu``), e.g.
     ``{"sm80": (64, 128), "sm90": (64, 128)}``. csrc/flash_api.cpp holds the same table."""
-    from .build import csrc_dir, kernel_names
+    global _HEAD_DIMS
+    if _HEAD_DIMS is None:
+        from .build import csrc_dir, kernel_names
 
-    found: dict[str, set[int]] = {}
-    for name in kernel_names(csrc_dir()):
-        match = _INSTANCE.match(name)
-        if match:
-            found.setdefault(match["family"], set()).add(int(match["dim"]))
-    return {family: tuple(sorted(dims)) for family, dims in sorted(found.items())}
+        found: dict[str, set[int]] = {}
+        for name in kernel_names(csrc_dir()):
+            match = _INSTANCE.match(name)
+            if match:
+                found.setdefault(match["family"], set()).add(int(match["dim"]))
+        _HEAD_DIMS = {family: tuple(sorted(dims)) for family, dims in sorted(found.items())}
+    return _HEAD_DIMS
 
 
 def supported_head_dims() -> tuple[int, ...]:
@@ -112,6 +117,8 @@ def register_fakes_and_autograd() -> None:
     import torch
 
     from . import backward
+
+    head_dims_by_family()  # read now, so that a traced call finds it read
 
     @torch.library.register_fake("sessionkit::flash_attn_fwd")
     def _fwd_fake(q, k, v, causal, scale, causal_bottom_right=False):
@@ -259,21 +266,6 @@ def _resolve_gqa(enable_gqa) -> bool:
     raise TypeError(f"flash_attention: enable_gqa must be a bool, got {enable_gqa!r}")
 
 
-def _kernel_ready(t) -> bool:
-    """16-byte aligned rows: outer strides (of dims longer than 1) and offset multiples of 8."""
-    if t.storage_offset() % 8 != 0:
-        return False
-    return all(t.shape[i] <= 1 or t.stride(i) % 8 == 0 for i in range(3))
-
-
-def _prepare(t):
-    import torch
-
-    if _kernel_ready(t):
-        return t
-    return t.clone(memory_format=torch.contiguous_format)
-
-
 def _out_ready(out) -> bool:
     if out.stride(3) != 1 or out.storage_offset() % 2 != 0:
         return False
@@ -337,8 +329,8 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None,
     bottom_right = resolve_alignment(causal_alignment)
     scale = resolve_scale(scale, int(q.shape[3]))
     _ensure_loaded()
-    out, lse = torch.ops.sessionkit.flash_attn_fwd(_prepare(q), _prepare(k), _prepare(v), causal,
-                                                   scale, bottom_right)
+    # Inputs whose rows are not 16-byte aligned are copied once by the op itself.
+    out, lse = torch.ops.sessionkit.flash_attn_fwd(q, k, v, causal, scale, bottom_right)
     return (out, lse) if return_lse else out
 
 
@@ -361,7 +353,6 @@ def flash_attention_into(q, k, v, out, lse, causal: bool = False, scale: float |
         raise RuntimeError("flash_attention_into: writes into caller buffers and has no gradient; "
                            "use flash_attention for inputs that require grad")
     _ensure_loaded()
-    q, k, v = _prepare(q), _prepare(k), _prepare(v)
     if _out_ready(out):
         torch.ops.sessionkit.flash_attn_fwd_out(q, k, v, out, lse, causal, scale, bottom_right)
     else:
