@@ -229,6 +229,33 @@ def rows_without_keys():
     return True
 
 
+FAKE_CASES = [  # (B, H_q, H_kv, Sq, Sk, D, causal, bottom_right)
+    (2, 32, 8, 1024, 1024, 128, True, False),   # GQA
+    (8, 32, 8, 1, 32768, 128, True, True),      # decode, bottom-right
+    (2, 16, 1, 16, 4096, 64, True, True),       # MQA
+    (1, 4, 4, 9, 4, 256, True, True),           # rows without keys
+    (2, 8, 4, 333, 77, 96, False, False),       # D=96, Sq > Sk
+]
+
+
+def fakes_for_new_cases():
+    """The registered fakes of both forward ops on CUDA fake tensors, (B, S, H, D) k and v."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    rows = []
+    for b, hq, hkv, sq, sk, d, causal, br in FAKE_CASES:
+        with FakeTensorMode():
+            q = torch.empty(b, hq, sq, d, dtype=torch.bfloat16, device="cuda")
+            k = torch.empty(b, sk, hkv, d, dtype=torch.bfloat16, device="cuda").transpose(1, 2)
+            out, lse = torch.ops.sessionkit.flash_attn_fwd(q, k, k, causal, 0.1, br)
+            none = torch.ops.sessionkit.flash_attn_fwd_out(q, k, k, torch.empty_like(q), lse,
+                                                           causal, 0.1, br)
+            rows.append([[b, hq, hkv, sq, sk, d], list(out.shape), str(out.dtype),
+                         out.device.type, out.is_contiguous(), list(lse.shape), str(lse.dtype),
+                         none is None])
+    return rows
+
+
 def main() -> int:
     define()
     for name in sys.argv[1:]:

@@ -324,9 +324,9 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None,
     """
     import torch
 
-    check_inputs(q, k, v, enable_gqa=_resolve_gqa(enable_gqa))
     causal = _resolve_causal(causal)
     bottom_right = resolve_alignment(causal_alignment)
+    check_inputs(q, k, v, enable_gqa=_resolve_gqa(enable_gqa))
     scale = resolve_scale(scale, int(q.shape[3]))
     _ensure_loaded()
     # Inputs whose rows are not 16-byte aligned are copied once by the op itself.
@@ -344,10 +344,10 @@ def flash_attention_into(q, k, v, out, lse, causal: bool = False, scale: float |
     """
     import torch
 
-    check_inputs(q, k, v, enable_gqa=_resolve_gqa(enable_gqa))
-    check_outputs(q, out, lse)
     causal = _resolve_causal(causal)
     bottom_right = resolve_alignment(causal_alignment)
+    check_inputs(q, k, v, enable_gqa=_resolve_gqa(enable_gqa))
+    check_outputs(q, out, lse)
     scale = resolve_scale(scale, int(q.shape[3]))
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise RuntimeError("flash_attention_into: writes into caller buffers and has no gradient; "
