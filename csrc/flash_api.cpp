@@ -1,16 +1,22 @@
 // Torch binding of the FlashAttention forward kernels: input checks, dispatch, op registration.
 //
 // Ops (namespace sessionkit):
-//   flash_attn_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale) -> (Tensor, Tensor)
+//   flash_attn_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale,
+//                  bool causal_bottom_right=False) -> (Tensor, Tensor)
 //   flash_attn_fwd_out(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse,
-//                      bool causal, float scale) -> ()
+//                      bool causal, float scale, bool causal_bottom_right=False) -> ()
 //   flash_attn_family(int device) -> str: "sm90" or "sm80", the family a call on that device runs
+//   flash_attn_head_dims(int device) -> int[]: the head dims that family has kernels for
 //
 // Dispatch: the sm90 family (TMA + wgmma, sm_90a) on compute capability 9.0, the sm80 family
 // (mma.sync) elsewhere. SESSIONKIT_KERNEL_FAMILY=sm80 forces the sm80 family on every device.
 // Inputs that TMA cannot describe (a zero stride, say) run the sm80 family too.
-// q: (B, H, Sq, D), k and v: (B, H, Sk, D), any strides with a contiguous last dimension.
-// out: (B, H, Sq, D) in the input dtype, lse: (B, H, Sq) float32, natural log.
+// q: (B, H_q, Sq, D), k and v: (B, H_kv, Sk, D) with H_q % H_kv == 0 (grouped-query attention:
+// query head h reads key/value head h / (H_q / H_kv), no copy), any strides with a contiguous last
+// dimension. out: (B, H_q, Sq, D) in the input dtype, lse: (B, H_q, Sq) float32, natural log.
+// causal: query row i sees key j iff j <= i (top-left, SDPA's is_causal), or with
+// causal_bottom_right iff j <= i + Sk - Sq (FlashAttention 2+). A row that sees no key gets O = 0
+// and LSE = -inf.
 //
 // Only light headers here (no <torch/extension.h>) so that the binding compiles quickly.
 #include <ATen/core/Tensor.h>
@@ -26,6 +32,7 @@
 #include <limits>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "flash_fwd.h"
 #include "static_switch.h"
@@ -56,8 +63,37 @@ std::string dev(const at::Tensor& t) { return t.device().str(); }
 
 std::string dtype(const at::Tensor& t) { return c10::toString(t.scalar_type()); }
 
+// The head dims each family instantiates: keep in step with FAMILIES in generate_kernels.py (a
+// test compares the two). A call is accepted only for a head dim of the family that will run it.
+template <int... kDims>
+struct HeadDims {
+  static bool has(int64_t d) { return ((d == kDims) || ...); }
+  static std::vector<int64_t> list() { return {kDims...}; }
+};
+using Sm80HeadDims = HeadDims<64, 128>;
+using Sm90HeadDims = HeadDims<64, 128>;
+
+std::string dims_text(const std::vector<int64_t>& dims) {
+  std::string s;
+  for (size_t i = 0; i < dims.size(); ++i) {
+    s += (i == 0 ? "" : (i + 1 == dims.size() ? " and " : ", ")) + std::to_string(dims[i]);
+  }
+  return s;
+}
+
 bool aligned(const at::Tensor& t, int64_t bytes) {
   return reinterpret_cast<uintptr_t>(t.data_ptr()) % bytes == 0;
+}
+
+// The kernels read 16-byte chunks: rows must start 16-byte aligned, so the outer strides (of
+// dimensions longer than 1) must be multiples of 8 elements and the data 16-byte aligned. Other
+// inputs (an odd slice, say) are copied once into a contiguous tensor; the common layouts, (B, H,
+// S, D) and (B, S, H, D) seen through .transpose(1, 2), go to the kernel as they are. Done here,
+// not in Python, so that torch.compile needs no storage-offset logic in the traced wrapper.
+at::Tensor kernel_ready(const at::Tensor& t) {
+  bool ok = aligned(t, 16);
+  for (int i = 0; i < 3; ++i) ok = ok && (t.size(i) <= 1 || t.stride(i) % 8 == 0);
+  return ok ? t : t.clone(at::MemoryFormat::Contiguous);
 }
 
 void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
@@ -77,17 +113,21 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
            "flash_attn_fwd: q, k and v must share one dtype; got " + dtype(q) + ", " + dtype(k) +
                ", " + dtype(v));
   const int64_t d = q.size(3);
-  SK_CHECK(d == 64 || d == 128, "flash_attn_fwd: head_dim " + num(d) +
-                                    " is not supported; supported head dims are 64 and 128");
   SK_CHECK(k.size(3) == d && v.size(3) == d,
            "flash_attn_fwd: q, k and v must share head_dim; got " + num(d) + ", " + num(k.size(3)) +
                ", " + num(v.size(3)));
   SK_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0),
            "flash_attn_fwd: batch sizes differ: q " + num(q.size(0)) + ", k " + num(k.size(0)) +
                ", v " + num(v.size(0)));
-  SK_CHECK(k.size(1) == q.size(1) && v.size(1) == q.size(1),
-           "flash_attn_fwd: head counts differ: q " + num(q.size(1)) + ", k " + num(k.size(1)) +
-               ", v " + num(v.size(1)));
+  SK_CHECK(k.size(1) == v.size(1),
+           "flash_attn_fwd: k and v head counts differ: k " + num(k.size(1)) + ", v " +
+               num(v.size(1)));
+  SK_CHECK(k.size(1) > 0 || q.size(1) == 0,
+           "flash_attn_fwd: k and v have no heads but q has " + num(q.size(1)));
+  SK_CHECK(k.size(1) == 0 || q.size(1) % k.size(1) == 0,
+           "flash_attn_fwd: the number of query heads (" + num(q.size(1)) +
+               ") must be a multiple of the number of key/value heads (" + num(k.size(1)) +
+               ") for grouped-query attention");
   SK_CHECK(k.size(2) == v.size(2), "flash_attn_fwd: k and v sequence lengths differ: " +
                                        num(k.size(2)) + " vs " + num(v.size(2)));
   SK_CHECK(k.size(2) > 0,
@@ -95,14 +135,6 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
            "undefined");
   SK_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
            "flash_attn_fwd: the last dimension of q, k and v must be contiguous (stride 1)");
-  for (const at::Tensor* t : {&q, &k, &v}) {
-    for (int i = 0; i < 3; ++i) {
-      SK_CHECK(t->size(i) <= 1 || t->stride(i) % 8 == 0,
-               "flash_attn_fwd: strides of q, k and v must be multiples of 8 elements; got " +
-                   list(t->strides()));
-    }
-    SK_CHECK(aligned(*t, 16), "flash_attn_fwd: q, k and v must be 16-byte aligned");
-  }
   constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
   SK_CHECK(q.size(2) <= kMaxInt && k.size(2) <= kMaxInt,
            "flash_attn_fwd: sequence lengths must fit in 32 bits");
@@ -165,9 +197,53 @@ std::string flash_attn_family(int64_t device) {
   return family_for(static_cast<int>(device)) == Family::kSm90 ? "sm90" : "sm80";
 }
 
-void launch(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-            const at::Tensor& lse, bool causal, double scale) {
-  if (q_in.size(0) == 0 || q_in.size(1) == 0 || q_in.size(2) == 0) return;  // nothing to compute
+std::vector<int64_t> head_dims_of(Family family) {
+  return family == Family::kSm90 ? Sm90HeadDims::list() : Sm80HeadDims::list();
+}
+
+std::vector<int64_t> flash_attn_head_dims(int64_t device) {
+  SK_CHECK(device >= 0, "flash_attn_head_dims: device index must be >= 0; got " + num(device));
+  return head_dims_of(family_for(static_cast<int>(device)));
+}
+
+void check_head_dim(const at::Tensor& q) {
+  const int64_t d = q.size(3);
+  const Family family = family_for(q.get_device());
+  const bool ok = family == Family::kSm90 ? Sm90HeadDims::has(d) : Sm80HeadDims::has(d);
+  SK_CHECK(ok, "flash_attn_fwd: head_dim " + num(d) + " is not supported by the " +
+                   (family == Family::kSm90 ? std::string("sm90") : std::string("sm80")) +
+                   " kernels that run on " + dev(q) + "; supported head dims are " +
+                   dims_text(head_dims_of(family)));
+}
+
+// Runs the kernel of `Dims` whose head dim is `head_dim` (checked before: one always matches).
+template <::sessionkit::DType kDtype, bool kCausal, int... kDims>
+cudaError_t run_sm80(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
+                     cudaStream_t stream) {
+  cudaError_t err = cudaErrorInvalidValue;
+  ((head_dim == kDims ? (err = run_flash_fwd_sm80<kDtype, kDims, kCausal>(p, stream), true)
+                      : false) ||
+   ...);
+  return err;
+}
+
+template <::sessionkit::DType kDtype, bool kCausal, int... kDims>
+cudaError_t run_sm90(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
+                     cudaStream_t stream) {
+  cudaError_t err = cudaErrorInvalidValue;
+  ((head_dim == kDims ? (err = run_flash_fwd_sm90<kDtype, kDims, kCausal>(p, stream), true)
+                      : false) ||
+   ...);
+  return err;
+}
+
+void launch(const at::Tensor& q_given, const at::Tensor& k_given, const at::Tensor& v_given,
+            const at::Tensor& out, const at::Tensor& lse, bool causal, double scale,
+            bool bottom_right) {
+  if (q_given.size(0) == 0 || q_given.size(1) == 0 || q_given.size(2) == 0) return;  // nothing to do
+  const at::Tensor q_in = kernel_ready(q_given);
+  const at::Tensor k = kernel_ready(k_given);
+  const at::Tensor v = kernel_ready(v_given);
   // The kernels take the row max on unscaled scores, which needs scale >= 0: a negative scale
   // runs as the same attention of -q with -scale (one copy of q, in this rare case only).
   const at::Tensor q = scale < 0 ? q_in.neg() : q_in;
@@ -199,7 +275,9 @@ void launch(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, co
   p.head_ratio = p.heads / p.heads_k;
   p.seqlen_q = static_cast<int>(q.size(2));
   p.seqlen_k = static_cast<int>(k.size(2));
-  p.causal_offset = 0;  // top-left, as SDPA's is_causal
+  // Top-left (SDPA's is_causal) or bottom-right (FlashAttention 2+): row i sees keys
+  // j <= i + causal_offset. Both lengths are below 2^31, so the difference fits in an int.
+  p.causal_offset = bottom_right ? p.seqlen_k - p.seqlen_q : 0;
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
 
   c10::cuda::CUDAGuard guard(q.device());
@@ -208,14 +286,17 @@ void launch(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, co
   const int head_dim = static_cast<int>(q.size(3));
   const Family family = family_for(q.get_device());
   cudaError_t err = SK_DTYPE_SWITCH(is_bf16, kDtype, [&] {
-    return SK_HEADDIM_SWITCH(head_dim, kHeadDim, [&] {
-      return SK_BOOL_SWITCH(causal, kCausal, [&] {
-        if (family == Family::kSm90) {
-          const cudaError_t status = run_flash_fwd_sm90<kDtype, kHeadDim, kCausal>(p, stream);
-          if (status != cudaErrorNotSupported) return status;
-        }
-        return run_flash_fwd_sm80<kDtype, kHeadDim, kCausal>(p, stream);
-      });
+    return SK_BOOL_SWITCH(causal, kCausal, [&] {
+      if (family == Family::kSm90) {
+        const cudaError_t status = run_sm90<kDtype, kCausal>(Sm90HeadDims{}, head_dim, p, stream);
+        if (status != cudaErrorNotSupported) return status;
+        // TMA cannot describe these inputs: the sm80 family runs them, if it has this head dim.
+        SK_CHECK(Sm80HeadDims::has(head_dim),
+                 "flash_attn_fwd: these inputs need the sm80 kernels (TMA cannot describe them), "
+                 "which have no head_dim " + num(head_dim) + "; supported there: " +
+                     dims_text(Sm80HeadDims::list()) + "; pass contiguous tensors");
+      }
+      return run_sm80<kDtype, kCausal>(Sm80HeadDims{}, head_dim, p, stream);
     });
   });
   SK_CHECK(err == cudaSuccess,
@@ -223,30 +304,37 @@ void launch(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, co
 }
 
 std::tuple<at::Tensor, at::Tensor> flash_attn_fwd(const at::Tensor& q, const at::Tensor& k,
-                                                  const at::Tensor& v, bool causal, double scale) {
+                                                  const at::Tensor& v, bool causal, double scale,
+                                                  bool bottom_right) {
   check_qkv(q, k, v);
+  check_head_dim(q);
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
-  launch(q, k, v, out, lse, causal, scale);
+  launch(q, k, v, out, lse, causal, scale, bottom_right);
   return {out, lse};
 }
 
 void flash_attn_fwd_out(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                        const at::Tensor& out, const at::Tensor& lse, bool causal, double scale) {
+                        const at::Tensor& out, const at::Tensor& lse, bool causal, double scale,
+                        bool bottom_right) {
   check_qkv(q, k, v);
+  check_head_dim(q);
   check_outputs(q, out, lse);
-  launch(q, k, v, out, lse, causal, scale);
+  launch(q, k, v, out, lse, causal, scale, bottom_right);
 }
 
 }  // namespace
 }  // namespace sessionkit
 
 TORCH_LIBRARY(sessionkit, m) {
-  m.def("flash_attn_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale) -> (Tensor, Tensor)");
+  m.def(
+      "flash_attn_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale, "
+      "bool causal_bottom_right=False) -> (Tensor, Tensor)");
   m.def(
       "flash_attn_fwd_out(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse, bool causal, "
-      "float scale) -> ()");
+      "float scale, bool causal_bottom_right=False) -> ()");
   m.def("flash_attn_family(int device) -> str", &sessionkit::flash_attn_family);
+  m.def("flash_attn_head_dims(int device) -> int[]", &sessionkit::flash_attn_head_dims);
 }
 
 TORCH_LIBRARY_IMPL(sessionkit, CUDA, m) {

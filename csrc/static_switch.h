@@ -1,4 +1,5 @@
-// Compile-time dispatch: turn runtime dtype / head dim / causal values into template arguments.
+// Compile-time dispatch: turn runtime dtype / causal values into template arguments (head dims are
+// dispatched from the per-family tables in flash_api.cpp).
 #pragma once
 
 #include "flash_fwd.h"
@@ -12,18 +13,6 @@
       constexpr bool CONST_NAME = false;      \
       return __VA_ARGS__();                   \
     }                                         \
-  }()
-
-// HDIM must already be validated as 64 or 128.
-#define SK_HEADDIM_SWITCH(HDIM, CONST_NAME, ...) \
-  [&] {                                          \
-    if ((HDIM) == 64) {                          \
-      constexpr int CONST_NAME = 64;             \
-      return __VA_ARGS__();                      \
-    } else {                                     \
-      constexpr int CONST_NAME = 128;            \
-      return __VA_ARGS__();                      \
-    }                                            \
   }()
 
 #define SK_DTYPE_SWITCH(IS_BF16, CONST_NAME, ...)                                \

@@ -96,7 +96,7 @@ num_heads = 32
     decode = load_grid("decode", tmp_path)
     assert [(c.seq_len_q, c.seq_len_k) for c in decode] == [(1, 4096), (16, 4096)]
     assert set(grids.grid_names(tmp_path)) == {"quick", "seeds", "standard", "mine", "long",
-                                               "decode"}
+                                               "decode", "gqa", "headdims"}
 
 
 @pytest.mark.parametrize("body, fragment", [
@@ -127,7 +127,7 @@ def test_bad_project_grids_are_one_line_usage_errors(tmp_path, body, fragment):
 
 
 def test_unknown_grid_lists_known_ones(tmp_path):
-    with pytest.raises(UsageError, match="known grids: quick, seeds, standard"):
+    with pytest.raises(UsageError, match="known grids: decode, gqa, headdims, quick, seeds, standard"):
         load_grid("nope", tmp_path)
 
 
@@ -135,3 +135,55 @@ def test_broken_toml_is_a_usage_error(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[tool.sessionkit\n")
     with pytest.raises(UsageError, match="cannot read"):
         load_grid("quick", tmp_path)
+
+
+def test_gqa_grid_is_llama_style():
+    configs = grids.load_grid("gqa")
+    assert {(c.num_heads, c.num_heads_k, c.head_dim, c.dtype) for c in configs} == {(32, 8, 128,
+                                                                                    "bf16")}
+    assert sorted({c.seq_len_q for c in configs}) == [1024, 2048, 4096, 8192, 16384]
+    assert {c.causal for c in configs} == {False, True}
+    assert all(c.causal_alignment == "top_left" and c.seq_len_q == c.seq_len_k for c in configs)
+    assert BenchConfig(2, 32, 16384, 16384, 128, "bf16", True, 8) in configs
+
+
+def test_decode_grid_is_bottom_right_against_long_caches():
+    configs = grids.load_grid("decode")
+    assert {c.seq_len_q for c in configs} == {1, 4, 16}
+    assert min(c.seq_len_k for c in configs) == 1024 and max(c.seq_len_k for c in configs) == 131072
+    assert all(c.bottom_right and c.num_heads_k == 8 and c.batch_size == 8 for c in configs)
+    assert BenchConfig(8, 32, 1, 32768, 128, "bf16", True, 8, "bottom_right") in configs
+    # a single query against Sk keys, bottom-right, sees them all
+    assert BenchConfig(8, 32, 1, 32768, 128, "bf16", True, 8, "bottom_right").flops == \
+        4 * 8 * 32 * 128 * 32768
+
+
+def test_headdims_grid_has_96_and_256():
+    configs = grids.load_grid("headdims")
+    assert {c.head_dim for c in configs} == {96, 256}
+    assert all(c.num_heads * c.head_dim in (2048, 2016) or c.num_heads == 2048 // c.head_dim
+               for c in configs)
+    assert any(c.head_dim == 256 and c.seq_len_q == 4096 for c in configs)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("8,32,1,32768,128,bf16,br,8", BenchConfig(8, 32, 1, 32768, 128, "bf16", True, 8,
+                                                "bottom_right")),
+    ("2,32,4096,4096,128,bf16,1,8", BenchConfig(2, 32, 4096, 4096, 128, "bf16", True, 8)),
+    ("2,32,4096,4096,128,bf16,0", BenchConfig(2, 32, 4096, 4096, 128, "bf16", False)),
+])
+def test_config_specs_with_gqa_and_alignment_round_trip(text, want):
+    got = grids.parse_config(text)
+    assert got == want and grids.parse_config(got.spec) == got
+    assert ("/8kv" in got.label) == got.gqa and ("causal-br" in got.label) == got.bottom_right
+
+
+@pytest.mark.parametrize("text, words", [
+    ("2,32,64,64,128,bf16,1,5", "not a multiple of H_kv"),
+    ("2,32,64,64,128,bf16,1,0", "positive integer"),
+    ("2,32,64,64,128,bf16,sideways", "bad causal value"),
+    ("2,32,64,64,128,bf16,1,8,9", "expected B,H,Sq,Sk,D,dtype,causal"),
+])
+def test_bad_gqa_and_alignment_specs(text, words):
+    with pytest.raises(UsageError, match=words):
+        grids.parse_config(text)

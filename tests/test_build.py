@@ -253,19 +253,6 @@ def test_bad_scale_and_causal():
         check_outputs(q, torch.zeros_like(q, dtype=torch.float32), torch.zeros(1, 2, 8))
 
 
-def test_alignment_fallback_copies_only_when_needed():
-    torch = _torch()
-    from sessionkit.kernels.api import _prepare
-
-    x = torch.zeros(2, 3, 10, 64, dtype=torch.float16)
-    assert _prepare(x) is x
-    bshd = torch.zeros(2, 10, 3, 64, dtype=torch.float16).transpose(1, 2)
-    assert _prepare(bshd) is bshd  # a view with 16-byte rows goes to the kernel as is
-    odd = torch.zeros(2, 3, 10, 67, dtype=torch.float16)[..., 3:]
-    fixed = _prepare(odd)
-    assert fixed is not odd and fixed.is_contiguous() and torch.equal(fixed, odd)
-
-
 @settings(max_examples=80, deadline=None)
 @given(
     shapes=st.lists(st.lists(st.integers(0, 5), min_size=1, max_size=5), min_size=3, max_size=3),

@@ -34,30 +34,39 @@ def mask_top_left(sq, sk):
     return torch.ones(sq, sk, dtype=torch.bool).triu(1)  # True = masked (key after the row)
 
 
-def attention64(q, k, v, causal, scale, mask=None):
-    """float64 attention written out element-wise in blocks, independent of checking.reference."""
-    qd, kd, vd = q.double(), k.double(), v.double()
+def attention64(q, k, v, causal, scale, mask=None, bottom_right=False):
+    """float64 attention written out element-wise in blocks, independent of checking.reference.
+    k and v may have fewer heads (grouped-query); rows that see no key give 0 and -inf."""
+    ratio = q.shape[1] // k.shape[1]
+    qd = q.double()
+    kd, vd = (t.double().repeat_interleave(ratio, 1) for t in (k, v))
     s = torch.einsum("bhid,bhjd->bhij", qd, kd) * scale
     if mask is None and causal:
-        mask = mask_top_left(q.shape[2], k.shape[2])
+        sq, sk = q.shape[2], k.shape[2]
+        mask = (torch.ones(sq, sk, dtype=torch.bool).triu(1 + sk - sq) if bottom_right
+                else mask_top_left(sq, sk))
     if mask is not None:
         s = s.masked_fill(mask, -math.inf)
     lse = torch.logsumexp(s, dim=-1)
-    p = torch.exp(s - lse[..., None])
+    p = torch.nan_to_num(torch.exp(s - lse[..., None]), nan=0.0)
     return torch.einsum("bhij,bhjd->bhid", p, vd), lse
 
 
-def exact_kernel(q, k, v, out, lse, causal, scale):
+def exact_kernel(q, k, v, out, lse, causal, scale, causal_alignment="top_left",
+                 enable_gqa=False):
     """Correct: float64 math, rounded once to the output dtype."""
-    o, l = attention64(q, k, v, causal, scale)
+    o, l = attention64(q, k, v, causal, scale, bottom_right=causal_alignment == "bottom_right")
     out.copy_(o.to(out.dtype))
     lse.copy_(l.float())
 
 
-def sdpa_kernel(q, k, v, out, lse, causal, scale):
-    """Correct within the rule: SDPA in the inputs' dtype, LSE in float64."""
-    out.copy_(F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale))
-    lse.copy_(attention64(q, k, v, causal, scale)[1].float())
+def sdpa_kernel(q, k, v, out, lse, causal, scale, causal_alignment="top_left", enable_gqa=False):
+    """Correct within the rule: SDPA in the inputs' dtype (0 on rows that see no key), LSE in
+    float64."""
+    bottom_right = causal_alignment == "bottom_right"
+    o = checking.sdpa_same_dtype(q, k, v, causal, scale, bottom_right=bottom_right)
+    out.copy_(torch.nan_to_num(o, nan=0.0))
+    lse.copy_(attention64(q, k, v, causal, scale, bottom_right=bottom_right)[1].float())
 
 
 # -------------------------------------------------------------------------------------------------
@@ -85,6 +94,39 @@ def test_generated_configs_span_the_space(seed, count):
     assert len({c.num_heads for c in configs}) >= 2
     assert all(c.scores <= checking.MAX_SCORES for c in configs)
     assert checking.generate_configs(count, seed) == configs
+
+
+@FAST
+@given(seed=st.integers(0, 2**63 - 1), count=st.integers(50, 130))
+def test_generated_configs_cover_gqa_and_both_alignments(seed, count):
+    configs = checking.generate_configs(count, seed)
+    gqa = [c for c in configs if c.num_heads_k != c.num_heads]
+    assert gqa and any(c.num_heads_k == 1 for c in configs if c.num_heads > 1) or gqa
+    assert all(c.num_heads % c.num_heads_k == 0 for c in configs)
+    assert {c.causal_alignment for c in configs if c.causal} == {"top_left", "bottom_right"}
+    assert all(c.causal_alignment == "top_left" for c in configs if not c.causal)
+    assert any(c.bottom_right and c.seq_len_q > c.seq_len_k for c in configs) or count < 60
+
+
+def test_rows_that_see_no_key_must_be_zero_and_minus_inf():
+    config = Config(idx=0, dtype="bf16", batch_size=1, num_heads=4, seq_len_q=20, seq_len_k=5,
+                    head_dim=64, causal=True, layout="bhsd", seed=3, num_heads_k=2,
+                    causal_alignment="bottom_right")
+    assert checking.check_config(exact_kernel, config, "cpu").passed
+
+    def nan_rows(q, k, v, out, lse, causal, scale, **variant):  # what SDPA gives there
+        exact_kernel(q, k, v, out, lse, causal, scale, **variant)
+        out[:, :, :15] = float("nan")
+
+    result = checking.check_config(nan_rows, config, "cpu")
+    assert not result.passed and "NaN" in result.failure
+
+    def finite_lse(q, k, v, out, lse, causal, scale, **variant):
+        exact_kernel(q, k, v, out, lse, causal, scale, **variant)
+        lse[:, :, :15] = 0.0
+
+    result = checking.check_config(finite_lse, config, "cpu")
+    assert not result.passed and "lse is not -inf on 60 of the 60 row(s)" in result.failure
 
 
 def test_configs_depend_on_the_seed():
@@ -220,7 +262,7 @@ def test_one_wrong_element_is_localized_exactly(c, data):
     col = data.draw(st.integers(0, c.head_dim - 1))
     delta = data.draw(st.sampled_from([0.25, -0.5, 3.0]))
 
-    def kernel(q, k, v, out, lse, causal, scale):
+    def kernel(q, k, v, out, lse, causal, scale, **variant):
         exact_kernel(q, k, v, out, lse, causal, scale)
         out[b, h, row, col] += delta
 
@@ -250,7 +292,7 @@ def test_an_unwritten_row_is_caught_by_poisoning(c, data):
     h = data.draw(st.integers(0, c.num_heads - 1))
     row = data.draw(st.integers(0, c.seq_len_q - 1))
 
-    def kernel(q, k, v, out, lse, causal, scale):
+    def kernel(q, k, v, out, lse, causal, scale, **variant):
         full = torch.empty_like(out)
         lse_full = torch.empty_like(lse)
         exact_kernel(q, k, v, full, lse_full, causal, scale)
@@ -272,7 +314,7 @@ def test_an_unwritten_row_is_caught_by_poisoning(c, data):
 def test_nan_and_inf_outputs_fail(bad):
     c = cfg(sq=9, sk=12)
 
-    def kernel(q, k, v, out, lse, causal, scale):
+    def kernel(q, k, v, out, lse, causal, scale, **variant):
         exact_kernel(q, k, v, out, lse, causal, scale)
         out[1, 2, 8, 63] = bad
 
@@ -292,7 +334,7 @@ def test_an_untouched_kernel_fails_everywhere():
 def test_a_base_2_lse_fails_on_lse_alone():
     c = cfg(sq=20, sk=30, causal=True)
 
-    def kernel(q, k, v, out, lse, causal, scale):
+    def kernel(q, k, v, out, lse, causal, scale, **variant):
         exact_kernel(q, k, v, out, lse, causal, scale)
         lse.mul_(1 / math.log(2))  # log2 instead of ln
 
@@ -343,7 +385,7 @@ def test_bottom_right_causal_agrees_when_lengths_match():
 
 
 def test_a_kernel_that_ignores_strides_fails_on_strided_inputs_only():
-    def kernel(q, k, v, out, lse, causal, scale):
+    def kernel(q, k, v, out, lse, causal, scale, **variant):
         def as_contiguous_memory(t):  # reads the storage as if it were (B, H, S, D)
             return t.as_strided(t.shape, torch.empty(t.shape).stride())
         exact_kernel(*(as_contiguous_memory(t) for t in (q, k, v)), out, lse, causal, scale)
@@ -354,7 +396,7 @@ def test_a_kernel_that_ignores_strides_fails_on_strided_inputs_only():
 
 
 def test_writes_past_the_outputs_are_caught():
-    def kernel(q, k, v, out, lse, causal, scale):
+    def kernel(q, k, v, out, lse, causal, scale, **variant):
         exact_kernel(q, k, v, out, lse, causal, scale)
         # one tile row too many, as a kernel without a tail check would write
         past = out.as_strided((out.shape[-1],), (1,), out.storage_offset() + out.numel())
@@ -366,7 +408,7 @@ def test_writes_past_the_outputs_are_caught():
 
 
 def test_a_kernel_that_changes_its_inputs_fails():
-    def kernel(q, k, v, out, lse, causal, scale):
+    def kernel(q, k, v, out, lse, causal, scale, **variant):
         exact_kernel(q, k, v, out, lse, causal, scale)
         k.mul_(0.5)
 
@@ -375,7 +417,7 @@ def test_a_kernel_that_changes_its_inputs_fails():
 
 
 def test_a_raising_kernel_fails_its_config_and_the_rest_still_run():
-    def kernel(q, k, v, out, lse, causal, scale):
+    def kernel(q, k, v, out, lse, causal, scale, **variant):
         if q.shape[-1] == 128:
             raise RuntimeError("head dim 128 is not supported\nsecond line")
         exact_kernel(q, k, v, out, lse, causal, scale)
@@ -410,7 +452,7 @@ def test_a_kernel_sessionkit_error_stops_the_run():
 def test_a_lost_device_marks_the_remaining_configs_not_run(monkeypatch):
     monkeypatch.setattr(checking, "device_alive", lambda device: False)
 
-    def kernel(q, k, v, out, lse, causal, scale):
+    def kernel(q, k, v, out, lse, causal, scale, **variant):
         if q.shape[2] == 17:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         exact_kernel(q, k, v, out, lse, causal, scale)
@@ -425,16 +467,20 @@ def test_a_lost_device_marks_the_remaining_configs_not_run(monkeypatch):
 def test_results_table_has_one_line_per_group():
     configs = checking.generate_configs(16, 3, seq_lens=SMALL_LENS, max_scores=1 << 14)
 
-    def kernel(q, k, v, out, lse, causal, scale):
-        exact_kernel(q, k, v, out, lse, causal, scale)
+    def kernel(q, k, v, out, lse, causal, scale, **variant):
+        exact_kernel(q, k, v, out, lse, causal, scale, **variant)
         if causal and q.dtype == torch.float16:
             out[0, 0, 0, 0] += 1.0
 
     results = checking.run_checks(kernel, configs, "cpu")
     lines = checking.results_table(results).splitlines()
-    assert len(lines) == 2 + 8
-    fp16_causal = [line for line in lines if line.startswith("fp16 d64 causal")]
-    assert len(fp16_causal) == 1 and fp16_causal[0].split()[3:5] == ["2", "0"]
+    groups = Counter(c.group for c in configs)
+    # both alignments of causal configs are drawn: 8 (dtype, dim, causal) combos, some split in two
+    assert any(g.endswith("causal-br") for g in groups) and len(groups) > 8
+    assert len(lines) == 2 + len(groups)
+    name = sorted(g for g in groups if g.startswith("fp16") and "non-causal" not in g)[0]
+    fp16_causal = [line for line in lines if line.startswith(name + " ")]
+    assert len(fp16_causal) == 1 and fp16_causal[0].split()[3:5] == [str(groups[name]), "0"]
     failing = [r for r in results if not r.passed]
     assert len(failing) == 4
     assert checking.failure_line(failing[0]).startswith(f"FAIL #{failing[0].config.idx} fp16 d")

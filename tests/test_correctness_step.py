@@ -51,12 +51,18 @@ def cpu_kernel(corrupt=None):
     """A correct fp32 kernel on the CPU; ``corrupt(q, out)`` may then damage its output."""
     import torch
 
-    def kernel(q, k, v, out, lse, causal, scale):
+    def kernel(q, k, v, out, lse, causal, scale, causal_alignment="top_left", enable_gqa=False):
+        ratio = q.shape[1] // k.shape[1]
+        assert enable_gqa == (ratio != 1)
+        k, v = k.repeat_interleave(ratio, 1), v.repeat_interleave(ratio, 1)
         s = (q.double() @ k.double().transpose(-1, -2)) * scale
         if causal:
-            s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), -math.inf)
+            sq, sk = s.shape[-2:]
+            offset = sk - sq if causal_alignment == "bottom_right" else 0
+            s = s.masked_fill(torch.ones(sq, sk, dtype=torch.bool).triu(1 + offset), -math.inf)
         row_lse = torch.logsumexp(s, dim=-1)
-        out.copy_((torch.exp(s - row_lse[..., None]) @ v.double()).to(out.dtype))
+        probs = torch.nan_to_num(torch.exp(s - row_lse[..., None]), nan=0.0)
+        out.copy_((probs @ v.double()).to(out.dtype))
         lse.copy_(row_lse.float())
         if corrupt is not None:
             corrupt(q, out)

@@ -48,14 +48,16 @@ def load_step_results(db, step_id: str) -> dict[tuple, dict]:
         flags = slowdown_flags([t for _, t, _ in samples], [r for _, _, r in samples])
         row["samples_used"], _ = usable_samples([s for s, _, _ in samples], flags)
         key = (row["dtype"], row["batch_size"], row["num_heads"], row["seq_len_q"],
-               row["seq_len_k"], row["head_dim"], row["causal"])
+               row["seq_len_k"], row["head_dim"], row["causal"],
+               row.get("num_heads_k") or row["num_heads"],
+               row.get("causal_alignment") or "top_left")
         out[(key, row["impl"])] = row  # a later row of the same pair wins
     return out
 
 
 def _label(key: tuple) -> str:
-    dtype, b, h, sq, sk, d, causal = key
-    return BenchConfig(b, h, sq, sk, d, dtype, bool(causal)).label
+    dtype, b, h, sq, sk, d, causal, heads_k, alignment = key
+    return BenchConfig(b, h, sq, sk, d, dtype, bool(causal), heads_k, alignment).label
 
 
 def _session_ref(db, ref, benchmarked: list[dict]) -> dict:

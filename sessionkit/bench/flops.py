@@ -18,17 +18,40 @@ def causal_pairs(seq_len_q: int, seq_len_k: int) -> int:
     return pairs
 
 
-def attention_pairs(seq_len_q: int, seq_len_k: int, causal: bool) -> int:
-    return causal_pairs(seq_len_q, seq_len_k) if causal else seq_len_q * seq_len_k
+def causal_pairs_bottom_right(seq_len_q: int, seq_len_k: int) -> int:
+    """Unmasked pairs of a bottom-right aligned causal mask: row ``i`` keeps keys
+    ``0..i + Sk - Sq``, i.e. ``clamp(i + Sk - Sq + 1, 0, Sk)`` of them (FlashAttention 2+)."""
+    if seq_len_q < 0 or seq_len_k < 0:
+        raise ValueError("sequence lengths must be >= 0")
+    offset = seq_len_k - seq_len_q
+    first = max(0, -offset)  # rows before this one see no key
+    total = 0
+    # rows first..Sq-1 keep i + offset + 1 keys, between 1 and Sk
+    n = seq_len_q - first
+    if n > 0:
+        lo = first + offset + 1
+        hi = seq_len_q - 1 + offset + 1
+        total = (lo + hi) * n // 2
+    return total
+
+
+def attention_pairs(seq_len_q: int, seq_len_k: int, causal: bool,
+                    bottom_right: bool = False) -> int:
+    if not causal:
+        return seq_len_q * seq_len_k
+    if bottom_right:
+        return causal_pairs_bottom_right(seq_len_q, seq_len_k)
+    return causal_pairs(seq_len_q, seq_len_k)
 
 
 def attention_flops(batch_size: int, num_heads: int, seq_len_q: int, seq_len_k: int,
-                    head_dim: int, causal: bool) -> int:
+                    head_dim: int, causal: bool, *, bottom_right: bool = False) -> int:
     """Forward FLOPs: two matmuls (Q K^T and P V), 2 * head_dim each, per unmasked pair.
 
     Softmax and scaling are not counted, the usual convention for attention TFLOP/s.
     """
-    return 4 * batch_size * num_heads * head_dim * attention_pairs(seq_len_q, seq_len_k, causal)
+    return 4 * batch_size * num_heads * head_dim * attention_pairs(seq_len_q, seq_len_k, causal,
+                                                                   bottom_right)
 
 
 def tflops(flops: float, latency_ms: float | None) -> float | None:

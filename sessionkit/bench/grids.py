@@ -1,11 +1,18 @@
 """Benchmark configurations and named grids.
 
-A config is ``B,H,Sq,Sk,D,dtype,causal``, e.g. ``4,16,4096,4096,128,bf16,causal``. Built-in grids:
+A config is ``B,H,Sq,Sk,D,dtype,causal[,H_kv]``, e.g. ``4,16,4096,4096,128,bf16,causal``; causal
+is 1/0 (top-left, SDPA's ``is_causal``) or ``br``/``bottom_right``; H_kv (default H) makes it
+grouped-query attention. Built-in grids:
 
 * ``standard``: fp16/bf16 x D64/128 x causal/non-causal x S in 512..16k, with B*S = 16384 tokens
   and H*D = 2048 (48 configs);
 * ``seeds``: B=1, H=8, D=64, fp16, S in 32..512 (tiny kernels, launch-latency bound);
-* ``quick``: 8 configs from 0.01 ms to a few ms.
+* ``quick``: 8 configs from 0.01 ms to a few ms;
+* ``gqa``: Llama-style grouped-query attention, H_q=32, H_kv=8, D=128, bf16, S in 1k..16k with
+  B*S = 32768 tokens, causal and not;
+* ``decode``: B=8, H_q=32, H_kv=8, D=128, bf16, Sq in {1, 4, 16} against Sk in 1k..128k,
+  bottom-right causal (a KV cache);
+* ``headdims``: D=96 and D=256 rows, fp16/bf16, causal and not, S in {1k, 4k}, H*D = 2048.
 
 More grids can be named in the nearest pyproject.toml::
 
@@ -33,7 +40,8 @@ from .flops import attention_flops
 
 DTYPES = {"fp16": "fp16", "float16": "fp16", "half": "fp16", "bf16": "bf16",
           "bfloat16": "bf16", "fp32": "fp32", "float32": "fp32", "float": "fp32"}
-_TRUE = {"1", "true", "yes", "causal", "c"}
+_TRUE = {"1", "true", "yes", "causal", "c", "tl", "top_left"}
+_BOTTOM_RIGHT = {"br", "bottom_right", "bottom-right", "causal_br"}
 _FALSE = {"0", "false", "no", "noncausal", "non-causal", "full", "nc"}
 
 
@@ -46,42 +54,65 @@ class BenchConfig:
     head_dim: int
     dtype: str
     causal: bool
+    num_heads_k: int = 0  # key/value heads (grouped-query attention); 0: as num_heads
+    causal_alignment: str = "top_left"  # or "bottom_right"; "top_left" when not causal
 
     def __post_init__(self):
-        for key in ("batch_size", "num_heads", "seq_len_q", "seq_len_k", "head_dim"):
+        if self.num_heads_k == 0:
+            object.__setattr__(self, "num_heads_k", self.num_heads)
+        for key in ("batch_size", "num_heads", "seq_len_q", "seq_len_k", "head_dim",
+                    "num_heads_k"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UsageError(f"bad config: {key} must be a positive integer, got {value!r}")
         if self.dtype not in ("fp16", "bf16", "fp32"):
             raise UsageError(f"bad config: dtype {self.dtype!r} (use fp16, bf16 or fp32)")
+        if self.num_heads % self.num_heads_k:
+            raise UsageError(f"bad config: H {self.num_heads} is not a multiple of H_kv "
+                             f"{self.num_heads_k}")
+        if self.causal_alignment not in ("top_left", "bottom_right"):
+            raise UsageError(f"bad config: causal alignment {self.causal_alignment!r}")
+        if not self.causal:
+            object.__setattr__(self, "causal_alignment", "top_left")
+
+    @property
+    def bottom_right(self) -> bool:
+        return self.causal and self.causal_alignment == "bottom_right"
+
+    @property
+    def gqa(self) -> bool:
+        return self.num_heads_k != self.num_heads
 
     @property
     def flops(self) -> int:
         return attention_flops(self.batch_size, self.num_heads, self.seq_len_q, self.seq_len_k,
-                               self.head_dim, self.causal)
+                               self.head_dim, self.causal, bottom_right=self.bottom_right)
 
     @property
     def label(self) -> str:
         seq = (f"S{self.seq_len_q}" if self.seq_len_q == self.seq_len_k
                else f"Sq{self.seq_len_q} Sk{self.seq_len_k}")
-        mask = "causal" if self.causal else "full"
-        return (f"{self.dtype} B{self.batch_size} H{self.num_heads} {seq} D{self.head_dim} "
-                f"{mask}")
+        mask = ("causal-br" if self.bottom_right else "causal") if self.causal else "full"
+        heads = f"H{self.num_heads}" + (f"/{self.num_heads_k}kv" if self.gqa else "")
+        return f"{self.dtype} B{self.batch_size} {heads} {seq} D{self.head_dim} {mask}"
 
     @property
     def spec(self) -> str:
         """The ``--config`` text for this config."""
+        causal = "br" if self.bottom_right else str(int(self.causal))
+        tail = f",{self.num_heads_k}" if self.gqa else ""
         return (f"{self.batch_size},{self.num_heads},{self.seq_len_q},{self.seq_len_k},"
-                f"{self.head_dim},{self.dtype},{int(self.causal)}")
+                f"{self.head_dim},{self.dtype},{causal}{tail}")
 
     def key(self) -> tuple:
         return (self.dtype, self.batch_size, self.num_heads, self.seq_len_q, self.seq_len_k,
-                self.head_dim, int(self.causal))
+                self.head_dim, int(self.causal), self.num_heads_k, self.causal_alignment)
 
     def as_row(self) -> dict:
         return {"dtype": self.dtype, "batch_size": self.batch_size, "num_heads": self.num_heads,
                 "seq_len_q": self.seq_len_q, "seq_len_k": self.seq_len_k,
-                "head_dim": self.head_dim, "causal": int(self.causal)}
+                "head_dim": self.head_dim, "causal": int(self.causal),
+                "num_heads_k": self.num_heads_k, "causal_alignment": self.causal_alignment}
 
 
 def parse_dtype(value) -> str:
@@ -115,14 +146,24 @@ def _positive_int(value, what: str) -> int:
 
 
 def parse_config(text: str) -> BenchConfig:
-    """``B,H,Sq,Sk,D,dtype,causal`` -> BenchConfig (UsageError with a one-line reason)."""
+    """``B,H,Sq,Sk,D,dtype,causal[,H_kv]`` -> BenchConfig (UsageError with a one-line reason).
+
+    causal: 1/0/true/false/causal/full (top-left when causal) or br/bottom_right.
+    """
     parts = [p.strip() for p in str(text).split(",")]
-    if len(parts) != 7:
-        raise UsageError(f"bad config {text!r}: expected B,H,Sq,Sk,D,dtype,causal "
-                         f"(e.g. 4,16,4096,4096,128,bf16,1)")
+    if len(parts) not in (7, 8):
+        raise UsageError(f"bad config {text!r}: expected B,H,Sq,Sk,D,dtype,causal[,H_kv] "
+                         f"(e.g. 4,16,4096,4096,128,bf16,1 or 8,32,1,32768,128,bf16,br,8)")
     names = ("batch size", "number of heads", "seq_len_q", "seq_len_k", "head dim")
     b, h, sq, sk, d = (_positive_int(v, f"{n} in config {text!r}:") for v, n in zip(parts, names))
-    return BenchConfig(b, h, sq, sk, d, parse_dtype(parts[5]), parse_causal(parts[6]))
+    heads_k = _positive_int(parts[7], f"H_kv in config {text!r}:") if len(parts) == 8 else h
+    bottom_right = parts[6].lower() in _BOTTOM_RIGHT
+    causal = True if bottom_right else parse_causal(parts[6])
+    try:
+        return BenchConfig(b, h, sq, sk, d, parse_dtype(parts[5]), causal, heads_k,
+                           "bottom_right" if bottom_right else "top_left")
+    except UsageError as exc:
+        raise UsageError(f"{exc} in config {text!r}") from None
 
 
 def _standard() -> list[BenchConfig]:
@@ -152,7 +193,24 @@ def _quick() -> list[BenchConfig]:
     ]
 
 
-BUILTIN_GRIDS = {"standard": _standard, "seeds": _seeds, "quick": _quick}
+def _gqa() -> list[BenchConfig]:
+    return [BenchConfig(32768 // s, 32, s, s, 128, "bf16", causal, 8)
+            for causal in (False, True) for s in (1024, 2048, 4096, 8192, 16384)]
+
+
+def _decode() -> list[BenchConfig]:
+    return [BenchConfig(8, 32, sq, sk, 128, "bf16", True, 8, "bottom_right")
+            for sq in (1, 4, 16) for sk in (1024, 4096, 16384, 32768, 131072)]
+
+
+def _headdims() -> list[BenchConfig]:
+    return [BenchConfig(16384 // s, 2048 // d, s, s, d, dtype, causal)
+            for d in (96, 256) for dtype in ("fp16", "bf16") for causal in (False, True)
+            for s in (1024, 4096)]
+
+
+BUILTIN_GRIDS = {"standard": _standard, "seeds": _seeds, "quick": _quick, "gqa": _gqa,
+                 "decode": _decode, "headdims": _headdims}
 
 _TABLE_KEYS = {"batch_size", "num_heads", "seq_len", "seq_len_q", "seq_len_k", "head_dim", "dtype",
                "causal", "tokens", "hidden"}

@@ -60,3 +60,9 @@ def m005_bench_passes(db) -> None:
     db.execute("ALTER TABLE bench_results ADD COLUMN passes INTEGER")
     db.execute("ALTER TABLE bench_results ADD COLUMN pass_spread_pct REAL")
     db.execute("ALTER TABLE bench_results ADD COLUMN sm_clock_mhz REAL")
+
+
+def m007_bench_variants(db) -> None:
+    """Grouped-query configs keep their key/value head count, causal ones their alignment."""
+    db.execute("ALTER TABLE bench_results ADD COLUMN num_heads_k INTEGER")
+    db.execute("ALTER TABLE bench_results ADD COLUMN causal_alignment TEXT")

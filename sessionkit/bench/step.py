@@ -35,7 +35,7 @@ DEFAULT_COOLDOWN = 1.0
 MAX_COOLDOWN = 10.0
 MAX_CONFIG_S = 6.0  # per config, all passes together
 CSV_COLUMNS = ["implementation", "dtype", "batch_size", "num_heads", "seq_len_q", "seq_len_k",
-               "head_dim", "causal", "latency_ms", "iqr_ms", "samples", "tflops", "pct_peak",
+               "head_dim", "causal", "num_heads_k", "causal_alignment", "latency_ms", "iqr_ms", "samples", "tflops", "pct_peak",
                "memory_mb", "throttled_samples", "speedup_vs_sdpa", "speedup_vs_best", "passes",
                "pass_spread_pct", "sm_clock_mhz", "status", "note"]
 SDPA_IMPLS = tuple(i for i in IMPLS if i.startswith("sdpa"))
@@ -168,11 +168,12 @@ def results_table(rows: list[dict]) -> str:
     configs: dict[tuple, dict] = {}
     for r in rows:
         key = (r["dtype"], r["batch_size"], r["num_heads"], r["seq_len_q"], r["seq_len_k"],
-               r["head_dim"], r["causal"])
+               r["head_dim"], r["causal"], r.get("num_heads_k") or r["num_heads"],
+               r.get("causal_alignment") or "top_left")
         configs.setdefault(key, {})[r["impl"]] = r
     short = {"ours": "ours", "sdpa": "sdpa", "sdpa_flash": "flash", "sdpa_cudnn": "cudnn",
              "sdpa_efficient": "effic", "sdpa_math": "math"}
-    labels = {k: BenchConfig(k[1], k[2], k[3], k[4], k[5], k[0], bool(k[6])).label
+    labels = {k: BenchConfig(k[1], k[2], k[3], k[4], k[5], k[0], bool(k[6]), k[7], k[8]).label
               for k in configs}
     width = max([len("config (TFLOP/s)")] + [len(v) for v in labels.values()])
     head = f"{'config (TFLOP/s)':<{width}} " + " ".join(f"{short[i]:>6}" for i in impls)

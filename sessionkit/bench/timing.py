@@ -155,15 +155,23 @@ def sdpa_impls(torch, config: BenchConfig) -> list[Impl]:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    causal = config.causal
+    causal = config.causal and not config.bottom_right
+    gqa = config.gqa
+    mask = None
+    if config.bottom_right:  # SDPA's lower-right causal bias (FlashAttention's alignment)
+        from torch.nn.attention.bias import causal_lower_right
+
+        mask = causal_lower_right(config.seq_len_q, config.seq_len_k)
 
     def default(q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              enable_gqa=gqa)
 
     def backend(which):
         def run(q, k, v):
             with sdpa_kernel(which):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                                      enable_gqa=gqa)
         return run
 
     impls = [Impl("sdpa", default, reference=True),
@@ -187,9 +195,10 @@ def ours_impl(torch, config: BenchConfig) -> tuple[Impl | None, str | None]:
         return None, f"sessionkit.kernels is not available ({type(exc).__name__}: {error_line(exc)})"
     scale = 1.0 / math.sqrt(config.head_dim)
     causal = config.causal
+    variant = {"causal_alignment": config.causal_alignment, "enable_gqa": config.gqa}
     if fn is not None:
         def launch(q, k, v):
-            out = fn(q, k, v, causal=causal, scale=scale)
+            out = fn(q, k, v, causal=causal, scale=scale, **variant)
             return out[0] if isinstance(out, (tuple, list)) else out
         return Impl("ours", launch), None
     if into is not None:
@@ -202,7 +211,7 @@ def ours_impl(torch, config: BenchConfig) -> tuple[Impl | None, str | None]:
                 buffers[key] = (torch.empty_like(q),
                                 torch.empty(b, h, sq, device=q.device, dtype=torch.float32))
             out, lse = buffers[key]
-            into(q, k, v, out, lse, causal=causal, scale=scale)
+            into(q, k, v, out, lse, causal=causal, scale=scale, **variant)
             return out
         return Impl("ours", launch), None
     return None, "sessionkit.kernels has no flash_attention entry point"
@@ -541,24 +550,25 @@ def _looks_unsupported(text: str) -> bool:
 
 
 def make_input_sets(torch, config: BenchConfig, device, count: int, seed: int = 0) -> list:
-    """``count`` sets of (q, k, v) in (B, H, S, D) layout, normal values, fixed seed."""
+    """``count`` sets of q (B, H, Sq, D), k and v (B, H_kv, Sk, D), normal values, fixed seed."""
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     dtype = _torch_dtype(torch, config.dtype)
-    b, h, d = config.batch_size, config.num_heads, config.head_dim
+    b, h, hk, d = config.batch_size, config.num_heads, config.num_heads_k, config.head_dim
     sets = []
     for _ in range(count):
         q = torch.randn(b, h, config.seq_len_q, d, generator=gen, device=device, dtype=dtype)
-        k = torch.randn(b, h, config.seq_len_k, d, generator=gen, device=device, dtype=dtype)
-        v = torch.randn(b, h, config.seq_len_k, d, generator=gen, device=device, dtype=dtype)
+        k = torch.randn(b, hk, config.seq_len_k, d, generator=gen, device=device, dtype=dtype)
+        v = torch.randn(b, hk, config.seq_len_k, d, generator=gen, device=device, dtype=dtype)
         sets.append((q, k, v))
     return sets
 
 
 def input_set_bytes(config: BenchConfig) -> int:
     size = {"fp16": 2, "bf16": 2, "fp32": 4}[config.dtype]
-    b, h, d = config.batch_size, config.num_heads, config.head_dim
-    return size * b * h * d * (config.seq_len_q + 2 * config.seq_len_k)
+    b, d = config.batch_size, config.head_dim
+    return size * b * d * (config.num_heads * config.seq_len_q
+                           + 2 * config.num_heads_k * config.seq_len_k)
 
 
 def output_tolerance(dtype: str) -> float:
@@ -572,7 +582,8 @@ def make_check(torch, config: BenchConfig):
     def check(name, out, ref):
         if out is None or tuple(out.shape) != tuple(ref.shape):
             return False, None, f"output shape {tuple(getattr(out, 'shape', ()))} != {tuple(ref.shape)}"
-        diff = (out.float() - ref.float()).abs()
+        # Rows that see no key (bottom-right, Sq > Sk): SDPA gives NaN there, ours 0.
+        diff = (out.float() - ref.float().nan_to_num(nan=0.0)).abs()
         if not torch.isfinite(out.float()).all():
             return False, None, "output has NaN or Inf"
         err = float(diff.max())

@@ -2,6 +2,8 @@
 
     from sessionkit.kernels import flash_attention
     out = flash_attention(q, k, v, causal=True)             # like SDPA's is_causal=True
+    out = flash_attention(q, k, v, causal=True, causal_alignment="bottom_right")  # KV-cache decode
+    out = flash_attention(q, k, v, enable_gqa=True)         # k, v with H_q / n heads
     out, lse = flash_attention(q, k, v, return_lse=True)    # lse: float32 (B, H, Sq), natural log
     flash_attention_into(q, k, v, out, lse)                 # into caller-owned buffers
 
@@ -11,23 +13,15 @@ load the cached library. Importing this package does not import torch.
 
 from __future__ import annotations
 
-from .api import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS
+from .api import (CAUSAL_ALIGNMENTS, SUPPORTED_DTYPES, flash_attention, flash_attention_into,
+                  head_dims_by_family, supported_head_dims)
 from .build import BuildError, BuildInfo
 
 
-def flash_attention(q, k, v, causal: bool = False, scale: float | None = None,
-                    return_lse: bool = False):
-    """O = softmax(scale * q @ k^T [causal mask]) @ v; with ``return_lse`` also the LSE."""
-    from .api import flash_attention as _impl
-
-    return _impl(q, k, v, causal=causal, scale=scale, return_lse=return_lse)
-
-
-def flash_attention_into(q, k, v, out, lse, causal: bool = False, scale: float | None = None) -> None:
-    """Write O into ``out`` and the LSE into ``lse`` (caller-allocated)."""
-    from .api import flash_attention_into as _impl
-
-    _impl(q, k, v, out, lse, causal=causal, scale=scale)
+def __getattr__(name: str):
+    if name == "SUPPORTED_HEAD_DIMS":
+        return supported_head_dims()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_extension(progress=None) -> BuildInfo:
@@ -38,8 +32,11 @@ def load_extension(progress=None) -> BuildInfo:
 
 
 __all__ = [
+    "CAUSAL_ALIGNMENTS",
     "SUPPORTED_DTYPES",
     "SUPPORTED_HEAD_DIMS",
+    "head_dims_by_family",
+    "supported_head_dims",
     "BuildError",
     "BuildInfo",
     "flash_attention",

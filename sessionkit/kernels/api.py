@@ -1,21 +1,59 @@
-"""The Python face of the kernels: argument checks, the torch ops and their fake implementations.
+"""The Python face of the kernels: argument checks, the torch ops, their fake implementations and
+the autograd formula.
 
-torch is imported inside functions only. The ops live in the built library (``TORCH_LIBRARY
-(sessionkit, ...)`` in csrc/flash_api.cpp); :func:`load_extension` builds it when needed, loads it
-and registers the fake (meta) implementations that ``torch.compile`` and ``opcheck`` use.
+torch is imported inside functions only. The forward ops live in the built library
+(``TORCH_LIBRARY(sessionkit, ...)`` in csrc/flash_api.cpp); :func:`load_extension` builds it when
+needed, loads it, registers the fake (meta) implementations that ``torch.compile`` and ``opcheck``
+use, and attaches the backward of :mod:`sessionkit.kernels.backward`.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import sys
 import threading
 
-SUPPORTED_HEAD_DIMS = (64, 128)
 SUPPORTED_DTYPES = ("float16", "bfloat16")  # torch dtype names, without the "torch." prefix
+CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
+DEVICE_TYPES = ("cuda",)  # devices the ops have kernels for
+
+_INSTANCE = re.compile(r"flash_fwd_(?P<family>[a-z0-9]+)_(?:fp16|bf16)_hdim(?P<dim>[0-9]+)_")
+
+
+_HEAD_DIMS: dict[str, tuple[int, ...]] | None = None  # read once (a plain global: torch.compile
+# reads it as a constant, where it could not trace the file listing)
+
+
+def head_dims_by_family() -> dict[str, tuple[int, ...]]:
+    """The head dims each kernel family has kernels for, read from the shipped instantiation files
+    (``csrc/instantiations/flash_fwd_<family>_<dtype>_hdim<D>_<mask>.cu``), e.g.
+    ``{"sm80": (64, 128), "sm90": (64, 128)}``. csrc/flash_api.cpp holds the same table."""
+    global _HEAD_DIMS
+    if _HEAD_DIMS is None:
+        from .build import csrc_dir, kernel_names
+
+        found: dict[str, set[int]] = {}
+        for name in kernel_names(csrc_dir()):
+            match = _INSTANCE.match(name)
+            if match:
+                found.setdefault(match["family"], set()).add(int(match["dim"]))
+        _HEAD_DIMS = {family: tuple(sorted(dims)) for family, dims in sorted(found.items())}
+    return _HEAD_DIMS
+
+
+def supported_head_dims() -> tuple[int, ...]:
+    """Head dims some family runs; the op then accepts those of the family on q's device."""
+    return tuple(sorted(set().union(*head_dims_by_family().values())))
+
+
+def __getattr__(name: str):
+    if name == "SUPPORTED_HEAD_DIMS":  # kept for callers of the earlier constant
+        return supported_head_dims()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _FAKES_LOCK = threading.Lock()
-_FAKES_REGISTERED = False
+_FAKES_REGISTERED = False  # fakes and autograd are attached: the ops are ready to call and trace
 
 
 class _LineProgress:
@@ -44,10 +82,17 @@ def load_extension(progress=None, *, force: bool = False):
 
 
 def _ensure_loaded() -> None:
-    from . import build
+    """Load the ops on first use. Under ``torch.compile`` nothing is built or loaded (that cannot
+    be traced): the first eager call, or :func:`load_extension`, must come before."""
+    if _FAKES_REGISTERED:
+        return
+    import torch
 
-    if build.loaded() is None or not _FAKES_REGISTERED:
-        load_extension()
+    if torch.compiler.is_compiling():
+        raise RuntimeError("flash_attention: the sessionkit kernels are not loaded yet; call "
+                           "sessionkit.kernels.load_extension() (or the op once, eagerly) before "
+                           "torch.compile traces a model that uses it")
+    load_extension()
 
 
 def _register_fakes() -> None:
@@ -58,18 +103,35 @@ def _register_fakes() -> None:
         if _FAKES_REGISTERED:
             return
 
-        @torch.library.register_fake("sessionkit::flash_attn_fwd")
-        def _fwd_fake(q, k, v, causal, scale):
-            batch, heads, seq_q, head_dim = q.shape
-            out = q.new_empty((batch, heads, seq_q, head_dim))
-            lse = q.new_empty((batch, heads, seq_q), dtype=torch.float32)
-            return out, lse
-
-        @torch.library.register_fake("sessionkit::flash_attn_fwd_out")
-        def _fwd_out_fake(q, k, v, out, lse, causal, scale):
-            return None
-
+        register_fakes_and_autograd()
         _FAKES_REGISTERED = True
+
+
+def register_fakes_and_autograd() -> None:
+    """The fake implementations of the forward ops and their autograd formula.
+
+    The fakes give O the shape of q (B, H_q, Sq, D) in q's dtype and the LSE (B, H_q, Sq) float32,
+    contiguous like the kernel's outputs, for every head count, causal alignment and length.
+    Called once, after the library that defines the ops is loaded.
+    """
+    import torch
+
+    from . import backward
+
+    head_dims_by_family()  # read now, so that a traced call finds it read
+
+    @torch.library.register_fake("sessionkit::flash_attn_fwd")
+    def _fwd_fake(q, k, v, causal, scale, causal_bottom_right=False):
+        batch, heads, seq_q, head_dim = q.shape
+        out = q.new_empty((batch, heads, seq_q, head_dim))
+        lse = q.new_empty((batch, heads, seq_q), dtype=torch.float32)
+        return out, lse
+
+    @torch.library.register_fake("sessionkit::flash_attn_fwd_out")
+    def _fwd_out_fake(q, k, v, out, lse, causal, scale, causal_bottom_right=False):
+        return None
+
+    backward.register_autograd("sessionkit::flash_attn_fwd")
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,10 +145,12 @@ def _shape(t) -> str:
     return "(" + ", ".join(str(int(s)) for s in t.shape) + ")"
 
 
-def check_inputs(q, k, v) -> None:
+def check_inputs(q, k, v, *, enable_gqa: bool = False) -> None:
     """Raise TypeError/ValueError naming the problem when (q, k, v) cannot go to the kernel.
 
-    Device checks come last so that every shape and dtype rule can be exercised on CPU tensors.
+    q: (B, H_q, Sq, D); k, v: (B, H_kv, Sk, D). H_kv may differ from H_q only with ``enable_gqa``,
+    and H_q must then be a multiple of H_kv (SDPA's rule). Device checks come last, so that every
+    shape and dtype rule can be exercised on CPU tensors.
     """
     import torch
 
@@ -105,18 +169,29 @@ def check_inputs(q, k, v) -> None:
         raise TypeError(f"flash_attention: q, k and v must share one dtype; got "
                         f"{_dtype_name(q.dtype)}, {_dtype_name(k.dtype)}, {_dtype_name(v.dtype)}")
     head_dim = q.shape[3]
-    if head_dim not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"flash_attention: head_dim {int(head_dim)} is not supported; supported head "
-                         f"dims are {', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
+    if head_dim not in supported_head_dims():
+        by_family = "; ".join(f"{family}: {', '.join(map(str, dims))}"
+                              for family, dims in head_dims_by_family().items())
+        raise ValueError(f"flash_attention: head_dim {int(head_dim)} is not supported; supported "
+                         f"head dims are {', '.join(map(str, supported_head_dims()))} "
+                         f"(per kernel family: {by_family})")
     if k.shape[3] != head_dim or v.shape[3] != head_dim:
         raise ValueError(f"flash_attention: q, k and v must share head_dim; got shapes {_shape(q)}, "
                          f"{_shape(k)}, {_shape(v)}")
     if k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0]:
         raise ValueError(f"flash_attention: batch sizes differ: q {_shape(q)}, k {_shape(k)}, "
                          f"v {_shape(v)}")
-    if k.shape[1] != q.shape[1] or v.shape[1] != q.shape[1]:
-        raise ValueError(f"flash_attention: head counts differ: q {_shape(q)}, k {_shape(k)}, "
+    if k.shape[1] != v.shape[1]:
+        raise ValueError(f"flash_attention: k and v head counts differ: k {_shape(k)}, "
                          f"v {_shape(v)}")
+    if k.shape[1] != q.shape[1]:
+        if not enable_gqa:
+            raise ValueError(f"flash_attention: head counts differ: q {_shape(q)}, k {_shape(k)}, "
+                             f"v {_shape(v)}; pass enable_gqa=True for grouped-query attention")
+        if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
+            raise ValueError(f"flash_attention: grouped-query attention needs the query heads "
+                             f"({int(q.shape[1])}) to be a multiple of the key/value heads "
+                             f"({int(k.shape[1])}); got q {_shape(q)}, k {_shape(k)}")
     if k.shape[2] != v.shape[2]:
         raise ValueError(f"flash_attention: k and v sequence lengths differ: k {_shape(k)}, "
                          f"v {_shape(v)}")
@@ -131,7 +206,7 @@ def check_inputs(q, k, v) -> None:
         if t.device != q.device:
             raise ValueError(f"flash_attention: q and {name} are on different devices "
                              f"({q.device} and {t.device})")
-    if q.device.type != "cuda":
+    if q.device.type not in DEVICE_TYPES:
         raise ValueError(f"flash_attention: needs CUDA tensors; q, k and v are on {q.device}")
 
 
@@ -177,19 +252,18 @@ def _resolve_causal(causal) -> bool:
     raise TypeError(f"flash_attention: causal must be a bool, got {causal!r}")
 
 
-def _kernel_ready(t) -> bool:
-    """16-byte aligned rows: outer strides (of dims longer than 1) and offset multiples of 8."""
-    if t.storage_offset() % 8 != 0:
-        return False
-    return all(t.shape[i] <= 1 or t.stride(i) % 8 == 0 for i in range(3))
+def resolve_alignment(causal_alignment) -> bool:
+    """``"top_left"`` -> False, ``"bottom_right"`` -> True (the op's ``causal_bottom_right``)."""
+    if not isinstance(causal_alignment, str) or causal_alignment not in CAUSAL_ALIGNMENTS:
+        raise ValueError(f"flash_attention: causal_alignment must be 'top_left' or 'bottom_right', "
+                         f"got {causal_alignment!r}")
+    return causal_alignment == "bottom_right"
 
 
-def _prepare(t):
-    import torch
-
-    if _kernel_ready(t):
-        return t
-    return t.clone(memory_format=torch.contiguous_format)
+def _resolve_gqa(enable_gqa) -> bool:
+    if isinstance(enable_gqa, bool):
+        return enable_gqa
+    raise TypeError(f"flash_attention: enable_gqa must be a bool, got {enable_gqa!r}")
 
 
 def _out_ready(out) -> bool:
@@ -202,38 +276,86 @@ def _out_ready(out) -> bool:
 # Public functions
 
 def flash_attention(q, k, v, causal: bool = False, scale: float | None = None,
-                    return_lse: bool = False):
-    """Softmax attention like ``scaled_dot_product_attention`` on (B, H, S, D) tensors.
+                    return_lse: bool = False, *, causal_alignment: str = "top_left",
+                    enable_gqa: bool = False):
+    """Softmax attention like ``torch.nn.functional.scaled_dot_product_attention``.
 
-    ``causal`` means SDPA's ``is_causal=True`` (query i sees keys j <= i, top-left aligned);
-    ``scale`` defaults to 1/sqrt(D). Returns O in the input dtype, or (O, LSE) with
-    ``return_lse``: LSE is float32 (B, H, Sq), the natural-log logsumexp of the scaled scores.
+    Args:
+        q: (B, H_q, Sq, D) float16 or bfloat16 on a CUDA device.
+        k, v: (B, H_kv, Sk, D), q's dtype and device. Any strides whose last dimension is
+            contiguous: a (B, S, H, D) tensor passed as ``.transpose(1, 2)`` is read in place.
+        causal: mask key j for query row i when j lies after the row (see ``causal_alignment``).
+        scale: multiplies q @ k^T before the softmax; default 1/sqrt(D).
+        return_lse: also return the LSE.
+        causal_alignment: where the causal diagonal sits when Sq != Sk (equal lengths: the same).
+            ``"top_left"`` (the default, SDPA's ``is_causal=True``): row i sees keys j <= i.
+            ``"bottom_right"`` (FlashAttention 2+, SDPA's ``causal_lower_right``, decoding with a
+            KV cache): row i sees keys j <= i + Sk - Sq, so the last query sees every key.
+            Sq=3, Sk=5 (x: seen)::
+
+                top_left        bottom_right
+                x . . . .       x x x . .
+                x x . . .       x x x x .
+                x x x . .       x x x x x
+
+            With bottom_right and Sq > Sk the first Sq - Sk rows see no key: their output is 0
+            and their LSE is -inf (never NaN), as in FlashAttention. SDPA returns NaN there.
+        enable_gqa: allow grouped-query and multi-query attention (SDPA's argument): H_q a
+            multiple of H_kv; query head h reads key/value head h // (H_q // H_kv), without a
+            copy of k or v.
+
+    Returns:
+        O (B, H_q, Sq, D) in q's dtype; with ``return_lse`` the tuple (O, LSE), LSE float32
+        (B, H_q, Sq), the natural-log logsumexp of the scaled, masked scores of each row.
+
+    Gradients: O and the LSE are differentiable in q, k and v. There is no backward kernel of our
+    own yet: the backward is the FlashAttention-2 backward written in PyTorch ops
+    (:mod:`sessionkit.kernels.backward`, op ``sessionkit::flash_attn_bwd``), fp32 math on blocks of
+    query rows, reusing the saved LSE instead of recomputing the softmax. It covers GQA, both
+    alignments and Sq != Sk; it is much slower than a fused backward.
+
+    ``torch.compile(fullgraph=True)`` traces this function (static and dynamic shapes) once the
+    kernels are loaded, which the first eager call or :func:`load_extension` does.
+
+    Raises:
+        TypeError: a non-tensor, an unsupported or mixed dtype, a non-bool ``causal``.
+        ValueError: a bad shape, head dim, head ratio, alignment or device (the message names it);
+            head dims not in the family that runs on q's device fail in the op (RuntimeError).
     """
     import torch
 
-    check_inputs(q, k, v)
     causal = _resolve_causal(causal)
+    bottom_right = resolve_alignment(causal_alignment)
+    check_inputs(q, k, v, enable_gqa=_resolve_gqa(enable_gqa))
     scale = resolve_scale(scale, int(q.shape[3]))
     _ensure_loaded()
-    out, lse = torch.ops.sessionkit.flash_attn_fwd(_prepare(q), _prepare(k), _prepare(v), causal,
-                                                   scale)
+    # Inputs whose rows are not 16-byte aligned are copied once by the op itself.
+    out, lse = torch.ops.sessionkit.flash_attn_fwd(q, k, v, causal, scale, bottom_right)
     return (out, lse) if return_lse else out
 
 
-def flash_attention_into(q, k, v, out, lse, causal: bool = False, scale: float | None = None) -> None:
-    """Like :func:`flash_attention`, writing O into ``out`` (B, H, Sq, D) and the LSE into ``lse``
-    (B, H, Sq, float32), both allocated by the caller."""
+def flash_attention_into(q, k, v, out, lse, causal: bool = False, scale: float | None = None, *,
+                         causal_alignment: str = "top_left", enable_gqa: bool = False) -> None:
+    """Like :func:`flash_attention`, writing O into ``out`` (B, H_q, Sq, D) and the LSE into ``lse``
+    (B, H_q, Sq, float32), both allocated by the caller.
+
+    Not differentiable: with grad mode on and an input that requires grad it raises a
+    RuntimeError (use :func:`flash_attention`).
+    """
     import torch
 
-    check_inputs(q, k, v)
-    check_outputs(q, out, lse)
     causal = _resolve_causal(causal)
+    bottom_right = resolve_alignment(causal_alignment)
+    check_inputs(q, k, v, enable_gqa=_resolve_gqa(enable_gqa))
+    check_outputs(q, out, lse)
     scale = resolve_scale(scale, int(q.shape[3]))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise RuntimeError("flash_attention_into: writes into caller buffers and has no gradient; "
+                           "use flash_attention for inputs that require grad")
     _ensure_loaded()
-    q, k, v = _prepare(q), _prepare(k), _prepare(v)
     if _out_ready(out):
-        torch.ops.sessionkit.flash_attn_fwd_out(q, k, v, out, lse, causal, scale)
+        torch.ops.sessionkit.flash_attn_fwd_out(q, k, v, out, lse, causal, scale, bottom_right)
     else:
         tmp = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        torch.ops.sessionkit.flash_attn_fwd_out(q, k, v, tmp, lse, causal, scale)
+        torch.ops.sessionkit.flash_attn_fwd_out(q, k, v, tmp, lse, causal, scale, bottom_right)
         out.copy_(tmp)

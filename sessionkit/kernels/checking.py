@@ -64,14 +64,27 @@ class Config:
     causal: bool
     layout: str  # "bhsd": contiguous (B, H, S, D); "bshd": (B, S, H, D) made, passed transposed
     seed: int  # seed of this config's inputs
+    num_heads_k: int = 0  # key/value heads (H_kv, a divisor of num_heads); 0: as num_heads
+    causal_alignment: str = "top_left"  # or "bottom_right" (only meaningful when causal)
+
+    def __post_init__(self):
+        if self.num_heads_k == 0:
+            object.__setattr__(self, "num_heads_k", self.num_heads)
+
+    @property
+    def bottom_right(self) -> bool:
+        return self.causal and self.causal_alignment == "bottom_right"
 
     @property
     def group(self) -> str:
-        return f"{self.dtype} d{self.head_dim} {'causal' if self.causal else 'non-causal'}"
+        mask = ("causal-br" if self.bottom_right else "causal") if self.causal else "non-causal"
+        return f"{self.dtype} d{self.head_dim} {mask}"
 
     @property
     def shape(self) -> str:
-        return (f"B{self.batch_size} H{self.num_heads} S{self.seq_len_q}x{self.seq_len_k} "
+        heads = (f"H{self.num_heads}" if self.num_heads_k == self.num_heads
+                 else f"H{self.num_heads}/{self.num_heads_k}kv")
+        return (f"B{self.batch_size} {heads} S{self.seq_len_q}x{self.seq_len_k} "
                 f"{self.layout}")
 
     @property
@@ -125,6 +138,7 @@ class CheckResult:
             "worst_out": self.worst_out, "worst_ref": self.worst_ref, "failure": self.failure,
             "sdpa_err": self.sdpa_err, "scale": c.scale,
             "lse_worst_index": _index_text(self.lse_worst_index),
+            "num_heads_k": c.num_heads_k, "causal_alignment": c.causal_alignment,
         }
 
 
@@ -185,10 +199,16 @@ def generate_configs(count: int, seed: int, *, seq_lens=SEQ_LENS, head_dims=HEAD
                 heads //= 2
             else:
                 batch //= 2
+        seed_i = rng.randrange(1 << 31)
+        # Every other config, where H allows it, groups the query heads (GQA, or MQA when
+        # H_kv = 1); every other causal config is bottom-right aligned.
+        ratios = [r for r in (2, 3, 4, 8, 16) if heads % r == 0]
+        heads_k = heads // rng.choice(ratios) if ratios and idx % 4 in (1, 2) else heads
+        alignment = "bottom_right" if causal and (idx // 2) % 2 == 1 else "top_left"
         configs.append(Config(idx=idx, dtype=dtype, batch_size=batch, num_heads=heads,
                               seq_len_q=sq, seq_len_k=sk, head_dim=int(head_dim),
-                              causal=causal, layout=LAYOUTS[idx % 2],
-                              seed=rng.randrange(1 << 31)))
+                              causal=causal, layout=LAYOUTS[idx % 2], seed=seed_i,
+                              num_heads_k=heads_k, causal_alignment=alignment))
     return configs
 
 
@@ -203,7 +223,7 @@ def torch_dtype(name: str):
 
 
 def make_inputs(config: Config, device):
-    """Fresh ``randn`` q, k, v of shape (B, H, S, D) from the config's seed.
+    """Fresh ``randn`` q (B, H_q, Sq, D), k and v (B, H_kv, Sk, D) from the config's seed.
 
     For the ``bshd`` layout they are made as (B, S, H, D) and returned as ``.transpose(1, 2)`` views.
     """
@@ -213,16 +233,17 @@ def make_inputs(config: Config, device):
     gen = torch.Generator(device=device)
     gen.manual_seed(config.seed)
     dtype = torch_dtype(config.dtype)
-    b, h, d = config.batch_size, config.num_heads, config.head_dim
+    b, d = config.batch_size, config.head_dim
 
-    def one(seq):
+    def one(seq, h):
         if config.layout == "bshd":
             t = torch.randn(b, seq, h, d, generator=gen, device=device, dtype=torch.float32)
             return t.to(dtype).transpose(1, 2)
         t = torch.randn(b, h, seq, d, generator=gen, device=device, dtype=torch.float32)
         return t.to(dtype)
 
-    return one(config.seq_len_q), one(config.seq_len_k), one(config.seq_len_k)
+    hq, hk = config.num_heads, config.num_heads_k
+    return one(config.seq_len_q, hq), one(config.seq_len_k, hk), one(config.seq_len_k, hk)
 
 
 @contextmanager
@@ -240,21 +261,28 @@ def _full_fp32_matmul():
             torch.set_float32_matmul_precision(previous)
 
 
-def reference(q, k, v, causal: bool, scale: float, *, block: int = REFERENCE_BLOCK):
-    """fp32 attention on the upcast inputs: (out (B, H, Sq, D), lse (B, H, Sq)), both fp32.
+def reference(q, k, v, causal: bool, scale: float, *, bottom_right: bool = False,
+              block: int = REFERENCE_BLOCK):
+    """fp32 attention on the upcast inputs: (out (B, H_q, Sq, D), lse (B, H_q, Sq)), both fp32.
 
     ``softmax(scale * q @ k^T, masked) @ v`` spelled out, over blocks of heads and query rows of at
-    most ``block`` scores, so memory stays bounded for long sequences. ``causal`` masks key ``j`` for
-    query row ``i`` when ``j > i`` (top-left aligned).
+    most ``block`` scores, so memory stays bounded for long sequences. k and v may have H_kv heads
+    with H_q a multiple of H_kv (query head h reads kv head h // (H_q // H_kv)). ``causal`` masks
+    key ``j`` for query row ``i`` when ``j > i`` (top-left aligned), or with ``bottom_right`` when
+    ``j > i + Sk - Sq``. A row that sees no key gets out 0 and lse -inf.
     """
     import torch
 
     batch, heads, sq, d = q.shape
-    sk = k.shape[2]
+    heads_k, sk = k.shape[1], k.shape[2]
+    if heads_k != heads:
+        k = k.repeat_interleave(heads // heads_k, dim=1)
+        v = v.repeat_interleave(heads // heads_k, dim=1)
+    offset = sk - sq if bottom_right else 0
     n = batch * heads
     qf = q.float().reshape(n, sq, d)
     kf = k.float().reshape(n, sk, d)
-    vf = v.float().reshape(n, sk, d)
+    vf = v.float().reshape(n, sk, v.shape[-1])
     out = torch.empty(n, sq, vf.shape[-1], dtype=torch.float32, device=q.device)
     lse = torch.empty(n, sq, dtype=torch.float32, device=q.device)
     rows = max(1, min(sq, block // max(sk, 1)))
@@ -269,19 +297,33 @@ def reference(q, k, v, causal: bool, scale: float, *, block: int = REFERENCE_BLO
                 scores = torch.matmul(qf[h0:h1, r0:r1], kt) * scale
                 if causal:
                     row_ids = torch.arange(r0, r1, device=q.device)
-                    scores.masked_fill_(cols[None, :] > row_ids[:, None], float("-inf"))
+                    scores.masked_fill_(cols[None, :] > row_ids[:, None] + offset, float("-inf"))
                 row_lse = torch.logsumexp(scores, dim=-1)
                 probs = torch.exp(scores - row_lse[..., None])
+                probs = torch.nan_to_num(probs, nan=0.0)  # rows that see no key: -inf - -inf
                 out[h0:h1, r0:r1] = torch.matmul(probs, vf[h0:h1])
                 lse[h0:h1, r0:r1] = row_lse
     return out.reshape(batch, heads, sq, -1), lse.reshape(batch, heads, sq)
 
 
-def sdpa_same_dtype(q, k, v, causal: bool, scale: float):
-    """PyTorch's SDPA in the inputs' dtype on their device (its default backend choice)."""
+def sdpa_same_dtype(q, k, v, causal: bool, scale: float, *, bottom_right: bool = False):
+    """PyTorch's SDPA in the inputs' dtype on their device (its default backend choice), with
+    ``enable_gqa`` when k and v have fewer heads, and ``causal_lower_right`` for bottom-right.
+    Rows that see no key are NaN in SDPA's output."""
     import torch.nn.functional as F
 
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    gqa = k.shape[1] != q.shape[1]
+    if causal and bottom_right and q.shape[2] != k.shape[2]:
+        import warnings
+
+        from torch.nn.attention.bias import causal_lower_right
+
+        with warnings.catch_warnings():  # its NaN rows (Sq > Sk) are left out of the bound
+            warnings.simplefilter("ignore", UserWarning)
+            mask = causal_lower_right(q.shape[2], k.shape[2])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                              enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
 
 
 def poisoned_outputs(shape, dtype, device, *, guard: int = GUARD_ELEMENTS):
@@ -384,10 +426,12 @@ def check_config(kernel: Kernel, config: Config, device) -> CheckResult:
 
     q, k, v = make_inputs(config, device)
     scale = config.scale
-    ref_out, ref_lse = reference(q, k, v, config.causal, scale)
-    sdpa = sdpa_same_dtype(q, k, v, config.causal, scale)
-    sdpa_err = float((sdpa.float() - ref_out).abs().max())
-    del sdpa
+    ref_out, ref_lse = reference(q, k, v, config.causal, scale, bottom_right=config.bottom_right)
+    sdpa = sdpa_same_dtype(q, k, v, config.causal, scale, bottom_right=config.bottom_right)
+    no_keys = torch.isneginf(ref_lse)  # rows that see no key: ours must give 0 and -inf there
+    sdpa_diff = (sdpa.float() - ref_out).abs().masked_fill(no_keys[..., None], 0.0)
+    sdpa_err = float(sdpa_diff.max()) if sdpa_diff.numel() else 0.0
+    del sdpa, sdpa_diff
     result = CheckResult(config, passed=False, sdpa_err=sdpa_err)
     if not math.isfinite(sdpa_err):
         result.failures.append("SDPA in the same dtype gave NaN/Inf, so there is no error bound")
@@ -397,8 +441,11 @@ def check_config(kernel: Kernel, config: Config, device) -> CheckResult:
     originals = (q.clone(), k.clone(), v.clone())
     shape = (config.batch_size, config.num_heads, config.seq_len_q, config.head_dim)
     out, lse, out_buf, lse_buf = poisoned_outputs(shape, q.dtype, q.device)
+    extra = {"causal_alignment": "bottom_right"} if config.bottom_right else {}
+    if config.num_heads_k != config.num_heads:
+        extra["enable_gqa"] = True
     try:
-        kernel(q, k, v, out, lse, config.causal, scale)
+        kernel(q, k, v, out, lse, config.causal, scale, **extra)
         _synchronize(q.device)
     except SessionkitError:
         raise
@@ -419,6 +466,15 @@ def check_config(kernel: Kernel, config: Config, device) -> CheckResult:
             f"max err {_num(err)} > bound {_num(result.bound)} at {where} "
             f"(ours {_num(got)}, ref {_num(want)})")
 
+    empty_rows = int(no_keys.sum())
+    if empty_rows:
+        wrong = int((~torch.isneginf(lse[no_keys])).sum())
+        if wrong:
+            result.failures.append(f"lse is not -inf on {wrong} of the {empty_rows} row(s) that "
+                                   f"see no key")
+        # Compared below as equal: -inf where the reference is -inf.
+        lse = torch.where(no_keys, torch.zeros_like(lse), lse)
+        ref_lse = torch.where(no_keys, torch.zeros_like(ref_lse), ref_lse)
     lse_err, lse_index, lse_got, lse_want, lse_nonfinite = locate_worst(lse, ref_lse)
     result.lse_err, result.lse_worst_index = lse_err, lse_index
     lse_where = f"b,h,row={_index_text(lse_index)}"

@@ -62,11 +62,18 @@ def m003_correctness(db) -> None:
     db.execute("CREATE INDEX idx_correctness_step ON correctness_results(step_id, idx)")
 
 
+def m006_correctness_variants(db) -> None:
+    """Grouped-query configs keep their key/value head count, causal ones their alignment."""
+    db.execute("ALTER TABLE correctness_results ADD COLUMN num_heads_k INTEGER")
+    db.execute("ALTER TABLE correctness_results ADD COLUMN causal_alignment TEXT")
+
+
 @dataclass
 class LoadedKernel:
-    fn: Callable  # fn(q, k, v, out, lse, causal, scale)
+    fn: Callable  # fn(q, k, v, out, lse, causal, scale, *, causal_alignment, enable_gqa)
     device: object  # a torch.device or a device string
     build_key: str | None = None  # the build-cache key of the library under test
+    head_dims: tuple[int, ...] | None = None  # head dims of the family that runs on the device
 
 
 def load_kernel(progress=None) -> LoadedKernel:
@@ -95,11 +102,13 @@ def load_kernel(progress=None) -> LoadedKernel:
             f"cannot load the attention kernel ({type(exc).__name__}: {text}); "
             "run 'sessionkit step build' to see the build log") from None
 
-    def kernel(q, k, v, out, lse, causal, scale):
-        flash_attention_into(q, k, v, out, lse, causal=causal, scale=scale)
+    def kernel(q, k, v, out, lse, causal, scale, causal_alignment="top_left", enable_gqa=False):
+        flash_attention_into(q, k, v, out, lse, causal=causal, scale=scale,
+                             causal_alignment=causal_alignment, enable_gqa=enable_gqa)
 
-    return LoadedKernel(kernel, torch.device("cuda", torch.cuda.current_device()),
-                        getattr(info, "key", None))
+    device = torch.device("cuda", torch.cuda.current_device())
+    head_dims = tuple(int(d) for d in torch.ops.sessionkit.flash_attn_head_dims(device.index))
+    return LoadedKernel(kernel, device, getattr(info, "key", None), head_dims)
 
 
 def _device_name(device) -> str:
@@ -114,7 +123,8 @@ def _device_name(device) -> str:
 class CorrectnessStep(Step):
     name = "correctness"
     description = ("Check the attention kernel against an fp32 reference on seeded random configs "
-                   "(fp16/bf16, head dim 64/128, causal or not, strided inputs).")
+                   "(fp16/bf16, every head dim of the kernel family, causal top-left and "
+                   "bottom-right or not, grouped-query heads, Sq != Sk, strided inputs).")
     budget_s = 180.0
     params = [
         click.Option(["--seed"], type=click.IntRange(0, SQLITE_MAX_INT), default=None,
@@ -152,7 +162,8 @@ class CorrectnessStep(Step):
             return StepResult("skipped", message=f"{exc}; the kernel needs a CUDA GPU")
         kernel, device = loaded.fn, loaded.device
 
-        configs = checking.generate_configs(count, seed, seq_lens=seq_lens)
+        head_dims = loaded.head_dims or checking.HEAD_DIMS
+        configs = checking.generate_configs(count, seed, seq_lens=seq_lens, head_dims=head_dims)
         context.progress.note(f"seed {seed} ({count} configs; repeat with --seed {seed}) "
                               f"on {_device_name(device)}")
 

@@ -1,0 +1,239 @@
+"""Grouped-query attention, both causal alignments, head dims, gradients and torch.compile on a GPU.
+
+Correctness rule (fresh random inputs, NaN-poisoned outputs):
+max|out - ref_fp32| <= 2 * max|sdpa_same_dtype - ref_fp32| + 1e-5, LSE within 1e-3 of the fp32
+logsumexp, and rows that see no key give exactly O = 0 and LSE = -inf. Gradients: the same 2x rule
+for dq, dk, dv against SDPA's gradients in the same dtype, both measured from fp32 autograd through
+the reference. Skipped (with the reason) without torch+CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.gpu
+
+from sessionkit.kernels import checking  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from sessionkit.kernels import load_extension
+
+    load_extension()
+
+
+@pytest.fixture(params=["auto", "sm80"])
+def family(request, monkeypatch):
+    if request.param == "sm80":
+        monkeypatch.setenv("SESSIONKIT_KERNEL_FAMILY", "sm80")
+    else:
+        monkeypatch.delenv("SESSIONKIT_KERNEL_FAMILY", raising=False)
+    return request.param
+
+
+def _head_dims():
+    return tuple(int(d) for d in torch.ops.sessionkit.flash_attn_head_dims(
+        torch.cuda.current_device()))
+
+
+def _make(b, hq, hkv, sq, sk, d, dtype, seed, layout="bhsd", requires_grad=False):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+
+    def one(h, s):
+        if layout == "bshd":
+            t = torch.randn(b, s, h, d, device="cuda", generator=gen).to(dtype).transpose(1, 2)
+        else:
+            t = torch.randn(b, h, s, d, device="cuda", generator=gen).to(dtype)
+        return t.detach().requires_grad_(requires_grad)
+
+    return one(hq, sq), one(hkv, sk), one(hkv, sk)
+
+
+def _check_forward(b, hq, hkv, sq, sk, d, dtype, causal, bottom_right, seed, layout="bhsd"):
+    from sessionkit.kernels import flash_attention_into
+
+    q, k, v = _make(b, hq, hkv, sq, sk, d, dtype, seed, layout)
+    scale = 1 / math.sqrt(d)
+    out = torch.full(q.shape, float("nan"), device="cuda", dtype=dtype)
+    lse = torch.full(q.shape[:3], float("nan"), device="cuda", dtype=torch.float32)
+    flash_attention_into(q, k, v, out, lse, causal=causal, scale=scale,
+                         causal_alignment="bottom_right" if bottom_right else "top_left",
+                         enable_gqa=hq != hkv)
+    torch.cuda.synchronize()
+    ref, ref_lse = checking.reference(q, k, v, causal, scale, bottom_right=bottom_right)
+    sdpa = checking.sdpa_same_dtype(q, k, v, causal, scale, bottom_right=bottom_right)
+    empty = torch.isneginf(ref_lse)
+    sdpa_err = float((sdpa.float() - ref).abs().masked_fill(empty[..., None], 0).max())
+    assert torch.isfinite(out.float()).all(), "NaN/Inf (unwritten?) in out"
+    err = float((out.float() - ref).abs().max())
+    assert err <= 2 * sdpa_err + 1e-5, f"max err {err} > 2 * {sdpa_err} + 1e-5"
+    assert torch.equal(torch.isneginf(lse), empty), "LSE -inf exactly on rows that see no key"
+    if empty.any():
+        assert torch.equal(out[empty], torch.zeros_like(out[empty]))
+    fin = ~empty
+    assert float((lse[fin] - ref_lse[fin]).abs().max()) <= 1e-3
+
+
+GQA_CASES = [  # (B, H_q, H_kv, Sq, Sk)
+    (2, 32, 8, 1024, 1024), (1, 8, 1, 333, 333), (2, 12, 4, 200, 517), (1, 16, 2, 517, 200),
+    (8, 32, 8, 1, 4096), (3, 8, 4, 16, 1000), (2, 6, 3, 129, 64),
+]
+
+
+@pytest.mark.parametrize("case", GQA_CASES)
+@pytest.mark.parametrize("mask", ["none", "top_left", "bottom_right"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gqa_and_alignments(case, mask, dtype, family):
+    b, hq, hkv, sq, sk = case
+    for i, d in enumerate(_head_dims()):
+        _check_forward(b, hq, hkv, sq, sk, d, dtype, mask != "none", mask == "bottom_right",
+                       seed=hash((case, mask, d)) % 10_000, layout="bshd" if i % 2 else "bhsd")
+
+
+@pytest.mark.parametrize("sq,sk", [(9, 4), (300, 100), (128, 1), (1000, 999)])
+def test_rows_that_see_no_key_are_zero_and_minus_inf(sq, sk, family):
+    for d in _head_dims():
+        _check_forward(2, 4, 2, sq, sk, d, torch.bfloat16, True, True, seed=sq + d)
+
+
+def test_correctness_step_configs_pass():
+    """The correctness step's own random configs (GQA, both alignments, Sq != Sk, every head dim
+    of the family) through its checker."""
+    from sessionkit.kernels.correctness import load_kernel
+
+    loaded = load_kernel()
+    configs = checking.generate_configs(64, 12345, head_dims=loaded.head_dims)
+    assert any(c.num_heads_k != c.num_heads for c in configs)
+    assert any(c.bottom_right for c in configs)
+    results = checking.run_checks(loaded.fn, configs, loaded.device)
+    failed = [checking.failure_line(r) for r in results if not r.passed]
+    assert not failed, "\n".join(failed[:5])
+
+
+def test_gqa_reads_kv_in_place():
+    """No copy of k or v: a GQA call allocates about O and the LSE only."""
+    from sessionkit.kernels import flash_attention
+
+    q, k, v = _make(2, 32, 8, 2048, 2048, 128, torch.bfloat16, 1)
+    flash_attention(q, k, v, enable_gqa=True)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    flash_attention(q, k, v, enable_gqa=True)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    kv_copy = k.numel() * k.element_size() * 4  # repeat_interleave of k and v
+    assert extra < q.numel() * q.element_size() * 1.1 + kv_copy / 8
+
+
+def test_bad_head_ratio_is_a_clear_error():
+    from sessionkit.kernels import flash_attention
+
+    q, k, v = _make(1, 6, 4, 16, 16, 64, torch.float16, 0)
+    with pytest.raises(ValueError, match="multiple of the key/value heads"):
+        flash_attention(q, k, v, enable_gqa=True)
+    with pytest.raises(RuntimeError, match="must be a multiple of the number of key/value heads"):
+        torch.ops.sessionkit.flash_attn_fwd(q, k, v, False, 0.1, False)
+
+
+def test_unsupported_head_dim_error_lists_the_family_dims():
+    q = torch.randn(1, 2, 16, 72, device="cuda", dtype=torch.float16)
+    dims = _head_dims()
+    with pytest.raises(RuntimeError, match="supported head dims are " + ".*".join(map(str, dims))):
+        torch.ops.sessionkit.flash_attn_fwd(q, q, q, False, 0.1, False)
+
+
+# -- gradients ------------------------------------------------------------------------------------
+
+GRAD_CASES = [  # (B, H_q, H_kv, Sq, Sk, causal, bottom_right)
+    (2, 8, 8, 256, 256, True, False), (2, 8, 2, 200, 333, True, True),
+    (1, 8, 1, 333, 200, True, False), (2, 4, 2, 128, 128, False, False),
+    (1, 4, 4, 100, 40, True, True),
+]
+
+
+@pytest.mark.parametrize("case", GRAD_CASES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gradients_within_2x_of_sdpa(case, dtype):
+    from sessionkit.kernels import flash_attention
+
+    b, hq, hkv, sq, sk, causal, br = case
+    for d in _head_dims():
+        q, k, v = _make(b, hq, hkv, sq, sk, d, dtype, seed=sq * d, requires_grad=True)
+        out = flash_attention(q, k, v, causal=causal, enable_gqa=hq != hkv,
+                              causal_alignment="bottom_right" if br else "top_left")
+        grad = torch.randn(out.shape, device="cuda", generator=torch.Generator(
+            device="cuda").manual_seed(d))
+        (out.float() * grad).sum().backward()
+        q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+        ref, _ = checking.reference(q32, k32, v32, causal, 1 / math.sqrt(d), bottom_right=br)
+        (ref * grad).sum().backward()
+        qs, ks, vs = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        sdpa = checking.sdpa_same_dtype(qs, ks, vs, causal, 1 / math.sqrt(d), bottom_right=br)
+        rows = torch.isfinite(sdpa.float()).all(-1, keepdim=True)
+        (sdpa.float().nan_to_num(0.0) * grad * rows).sum().backward()
+        for name, ours, r, theirs in zip("qkv", (q, k, v), (q32, k32, v32), (qs, ks, vs)):
+            assert ours.grad is not None and torch.isfinite(ours.grad.float()).all()
+            err = float((ours.grad.float() - r.grad).abs().max())
+            bound = 2 * float((theirs.grad.float().nan_to_num(0.0) - r.grad).abs().max()) + 1e-5
+            assert err <= bound, f"d{name} (D={d}): {err} > {bound}"
+
+
+def test_opcheck_with_gradients():
+    for b, hq, hkv, sq, sk, causal, br in GRAD_CASES[:3]:
+        q, k, v = _make(b, hq, hkv, sq, sk, 64, torch.bfloat16, seed=3, requires_grad=True)
+        torch.library.opcheck(torch.ops.sessionkit.flash_attn_fwd.default,
+                              (q, k, v, causal, 0.125, br))
+
+
+# -- torch.compile ----------------------------------------------------------------------------------
+
+class Block(torch.nn.Module):
+    """Projection, view, transpose, attention (GQA), output projection."""
+
+    def __init__(self, hidden=1024, heads=8, kv_heads=2, alignment="top_left"):
+        super().__init__()
+        self.heads, self.kv_heads, self.dim = heads, kv_heads, hidden // heads
+        self.q = torch.nn.Linear(hidden, hidden, bias=False)
+        self.kv = torch.nn.Linear(hidden, 2 * kv_heads * self.dim, bias=False)
+        self.o = torch.nn.Linear(hidden, hidden, bias=False)
+        self.alignment = alignment
+
+    def forward(self, x):
+        from sessionkit.kernels import flash_attention
+
+        b, s, _ = x.shape
+        q = self.q(x).view(b, s, self.heads, self.dim).transpose(1, 2)
+        kv = self.kv(x).view(b, s, 2, self.kv_heads, self.dim)
+        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+        out, lse = flash_attention(q, k, v, causal=True, return_lse=True, enable_gqa=True,
+                                   causal_alignment=self.alignment)
+        return self.o(out.transpose(1, 2).reshape(b, s, -1)), lse
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compile_fullgraph_matches_eager(dynamic):
+    torch.manual_seed(0)
+    block = Block().cuda().bfloat16()
+    compiled = torch.compile(block, fullgraph=True, dynamic=dynamic)
+    for s in (256, 384, 1000):
+        x = torch.randn(2, s, 1024, device="cuda", dtype=torch.bfloat16)
+        y, lse = block(x)
+        y.float().square().mean().backward()
+        eager = [p.grad.clone() for p in block.parameters()]
+        block.zero_grad()
+        yc, lsec = compiled(x)
+        yc.float().square().mean().backward()
+        comp = [p.grad.clone() for p in block.parameters()]
+        block.zero_grad()
+        assert torch.allclose(y.float(), yc.float(), atol=2e-2, rtol=2e-2)
+        assert torch.allclose(lse, lsec, atol=1e-3)
+        for a, c in zip(eager, comp):
+            assert torch.allclose(a.float(), c.float(), atol=2e-2, rtol=5e-2)
