@@ -71,7 +71,7 @@ struct HeadDims {
   static std::vector<int64_t> list() { return {kDims...}; }
 };
 using Sm80HeadDims = HeadDims<64, 128>;
-using Sm90HeadDims = HeadDims<64, 128>;
+using Sm90HeadDims = HeadDims<64, 96, 128, 256>;
 
 std::string dims_text(const std::vector<int64_t>& dims) {
   std::string s;

@@ -127,9 +127,9 @@ def test_sm90_kernels_use_wgmma_tma_and_register_split(compiled):
         lines = sass.splitlines()
         hgmma = [line for line in lines if "HGMMA.64x" in line]
         # per key block: D/16 HGMMA for Q K^T (both operands in shared memory) and BlockN/16 for
-        # P V (P from registers, V transposed), so at least 4 + 8 at D=64 and 8 + 8 at D=128
+        # P V (P from registers, V transposed); the smallest key block is 64, so at least D/16 + 4
         head_dim = int(name.split("_hdim")[1].split("_")[0])
-        assert len(hgmma) >= head_dim // 16 + 8, f"{name}: {len(hgmma)} HGMMA instructions"
+        assert len(hgmma) >= head_dim // 16 + 4, f"{name}: {len(hgmma)} HGMMA instructions"
         assert any("tnspB" in line for line in hgmma), f"{name}: no HGMMA reading V transposed"
         assert not any("HMMA." in line for line in lines), f"{name}: mma.sync in a wgmma kernel"
         assert any("UTMALDG" in line for line in lines), f"{name}: no TMA load in SASS"

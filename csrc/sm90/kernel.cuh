@@ -197,7 +197,8 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   const int g = lane / 4;
   const int t = lane % 4;
   const bool signals = (tid % 128) == 0;     // one thread per warpgroup releases ring slots
-  const uint32_t q_base = sm.q + consumer * 64 * 128;  // this warpgroup's 64 rows of each chunk
+  // This warpgroup's 64 rows of each Q chunk.
+  const uint32_t q_base = sm.q + consumer * 64 * Tr::kSwizzleBytes;
   constexpr int kEpilogueBarrier0 = 4;  // named barriers 4.. (1..3 are the pingpong turns)
 
   float acc_o[kDTiles][4];
@@ -208,15 +209,16 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
 
   // S = Q K^T for the key block in ring slot `stage`: both operands K-major in shared memory.
   auto issue_qk = [&](int stage) {
+    constexpr int kStepsPerChunk = Tr::kChunkCols / 16;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kQKSteps; ++kk) {
-      const int c = kk / 4;                      // 64-column chunk
-      const uint32_t col_bytes = (kk % 4) * 32;  // 16 columns of 2 bytes
-      const uint64_t desc_q =
-          make_smem_desc_sw128(q_base + c * Tr::kQChunkBytes + col_bytes, 16, 1024);
-      const uint64_t desc_k =
-          make_smem_desc_sw128(sm.k_stage(stage) + c * Tr::kKVChunkBytes + col_bytes, 16, 1024);
+      const int c = kk / kStepsPerChunk;                      // column chunk
+      const uint32_t col_bytes = (kk % kStepsPerChunk) * 32;  // 16 columns of 2 bytes
+      const uint64_t desc_q = make_smem_desc<Tr::kSwizzleBytes>(
+          q_base + c * Tr::kQChunkBytes + col_bytes, 16, Tr::kRowGroupBytes);
+      const uint64_t desc_k = make_smem_desc<Tr::kSwizzleBytes>(
+          sm.k_stage(stage) + c * Tr::kKVChunkBytes + col_bytes, 16, Tr::kRowGroupBytes);
       wgmma_ss<kDtype, kBlockN, 0>(acc_s, desc_q, desc_k, kk > 0 ? 1 : 0);
     }
     wgmma_commit_group();
@@ -226,8 +228,8 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kPVSteps; ++kk) {
-      const uint64_t desc_v =
-          make_smem_desc_sw128(sm.v_stage(stage) + kk * 16 * 128, Tr::kKVChunkBytes, 1024);
+      const uint64_t desc_v = make_smem_desc<Tr::kSwizzleBytes>(
+          sm.v_stage(stage) + kk * 16 * Tr::kSwizzleBytes, Tr::kKVChunkBytes, Tr::kRowGroupBytes);
       wgmma_rs<kDtype, kHeadDim, 1>(acc_o, p_frag[kk], desc_v, 1);
     }
     wgmma_commit_group();

@@ -32,12 +32,13 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 }
 
 // A tensor map for a (batch, heads, seq, head_dim) tensor with element strides (batch, head, row)
-// and a contiguous last dimension, read as boxes of 64 columns x box_rows rows with the 128-byte
-// swizzle. Rows past seq are zero-filled by the hardware. Returns false when TMA cannot describe
+// and a contiguous last dimension, read as boxes of swizzle_bytes / 2 columns x box_rows rows with
+// the 128- or 64-byte swizzle. Rows past seq are zero-filled by the hardware. Returns false when TMA cannot describe
 // the tensor (strides must be positive multiples of 16 bytes below 2^40).
 inline bool make_tensor_map(CUtensorMap* map, const void* ptr, bool bf16, int64_t batch,
                             int64_t heads, int64_t seq, int64_t head_dim, int64_t batch_stride,
-                            int64_t head_stride, int64_t row_stride, int box_rows) {
+                            int64_t head_stride, int64_t row_stride, int box_rows,
+                            int swizzle_bytes) {
   auto encode = tensor_map_encoder();
   if (encode == nullptr) return false;
   constexpr int64_t kElem = 2;
@@ -55,12 +56,14 @@ inline bool make_tensor_map(CUtensorMap* map, const void* ptr, bool bf16, int64_
   cuuint64_t strides[3] = {static_cast<cuuint64_t>(strides_bytes[0]),
                            static_cast<cuuint64_t>(strides_bytes[1]),
                            static_cast<cuuint64_t>(strides_bytes[2])};
-  cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_rows), 1, 1};
+  cuuint32_t box[4] = {static_cast<cuuint32_t>(swizzle_bytes / 2),
+                       static_cast<cuuint32_t>(box_rows), 1, 1};
   cuuint32_t element_strides[4] = {1, 1, 1, 1};
   const CUresult res = encode(
       map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
       const_cast<void*>(ptr), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      swizzle_bytes == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return res == CUDA_SUCCESS;
 }
@@ -74,16 +77,20 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
   args.p = p;
   const bool ok =
       make_tensor_map(&args.tma_q, p.q, kBf16, p.batch, p.heads, p.seqlen_q, kHeadDim,
-                      p.q_batch_stride, p.q_head_stride, p.q_row_stride, Tr::kBlockM) &&
+                      p.q_batch_stride, p.q_head_stride, p.q_row_stride, Tr::kBlockM,
+                      Tr::kSwizzleBytes) &&
       make_tensor_map(&args.tma_k, p.k, kBf16, p.batch, p.heads_k, p.seqlen_k, kHeadDim,
-                      p.k_batch_stride, p.k_head_stride, p.k_row_stride, Tr::kBlockN) &&
+                      p.k_batch_stride, p.k_head_stride, p.k_row_stride, Tr::kBlockN,
+                      Tr::kSwizzleBytes) &&
       make_tensor_map(&args.tma_v, p.v, kBf16, p.batch, p.heads_k, p.seqlen_k, kHeadDim,
-                      p.v_batch_stride, p.v_head_stride, p.v_row_stride, Tr::kBlockN);
+                      p.v_batch_stride, p.v_head_stride, p.v_row_stride, Tr::kBlockN,
+                      Tr::kSwizzleBytes);
   if (!ok) return cudaErrorNotSupported;
   // O through TMA when its strides allow it (allocated by the binding they always do; a
   // caller's out may not), else plain stores.
   args.tma_store = Tr::kTmaStoreO && make_tensor_map(&args.tma_o, p.out, kBf16, p.batch, p.heads, p.seqlen_q,
-                                   kHeadDim, p.o_batch_stride, p.o_head_stride, p.o_row_stride, 64)
+                                   kHeadDim, p.o_batch_stride, p.o_head_stride, p.o_row_stride, 64,
+                                   Tr::kSwizzleBytes)
                        ? 1
                        : 0;
   const cudaError_t attr = fwd::raise_smem_limit(kernel, Tr::kSmemBytes, smem_raised);

@@ -128,17 +128,21 @@ __device__ __forceinline__ void fence_registers(uint32_t (&a)[kSteps][4]) {
   }
 }
 
-// Shared-memory matrix descriptor for wgmma with the 128-byte swizzle that TMA writes: the tile is
-// stored as 8-row x 128-byte swizzle atoms. For a K-major operand, sbo is the byte distance
-// between 8-row groups and lbo is unused; for an MN-major operand, lbo is the distance between
-// 64-element column chunks and sbo between 8-row groups along K. The address needs 16-byte
-// alignment, and the tile 1024-byte alignment.
-__device__ __forceinline__ uint64_t make_smem_desc_sw128(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+// Shared-memory matrix descriptor for wgmma with the swizzle that TMA writes (kSwizzleBytes 128
+// or 64): the tile is stored as 8-row x kSwizzleBytes swizzle atoms. For a K-major operand, sbo is
+// the byte distance between 8-row groups and lbo is unused; for an MN-major operand, lbo is the
+// distance between column chunks (kSwizzleBytes / 2 elements) and sbo between 8-row groups along
+// K. The address needs 16-byte alignment, and the tile 1024-byte alignment. PTX ISA: "Matrix
+// Descriptor Format" of the wgmma section.
+template <int kSwizzleBytes>
+__device__ __forceinline__ uint64_t make_smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  static_assert(kSwizzleBytes == 128 || kSwizzleBytes == 64, "128- or 64-byte swizzle");
+  constexpr uint64_t kLayoutType = kSwizzleBytes == 128 ? 1 : 2;
   uint64_t desc = 0;
   desc |= static_cast<uint64_t>((addr & 0x3FFFF) >> 4);
   desc |= static_cast<uint64_t>((lbo & 0x3FFFF) >> 4) << 16;
   desc |= static_cast<uint64_t>((sbo & 0x3FFFF) >> 4) << 32;
-  desc |= static_cast<uint64_t>(1) << 62;  // layout type 1: 128-byte swizzle
+  desc |= kLayoutType << 62;
   return desc;
 }
 

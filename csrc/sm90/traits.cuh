@@ -30,6 +30,12 @@ namespace sm90 {
 #ifndef SK_SM90_BLOCK_N_D128_CAUSAL
 #define SK_SM90_BLOCK_N_D128_CAUSAL 128
 #endif
+#ifndef SK_SM90_BLOCK_N_D96
+#define SK_SM90_BLOCK_N_D96 128
+#endif
+#ifndef SK_SM90_BLOCK_N_D256
+#define SK_SM90_BLOCK_N_D256 64
+#endif
 #ifndef SK_SM90_STAGES
 #define SK_SM90_STAGES 2
 #endif
@@ -43,11 +49,14 @@ struct Traits {
   static constexpr bool kCausal = kCausal_;
   static constexpr int kConsumerWarpgroups =
       kHeadDim == 64 ? (kCausal ? SK_SM90_CONSUMERS_D64_CAUSAL : SK_SM90_CONSUMERS_D64_FULL)
-                     : SK_SM90_CONSUMERS_D128;
+      : kHeadDim == 128 ? SK_SM90_CONSUMERS_D128
+                        : 2;
   static constexpr int kBlockM = 64 * kConsumerWarpgroups;  // 64 query rows per consumer warpgroup
   static constexpr int kBlockN =
-      kHeadDim == 64 ? (kCausal ? SK_SM90_BLOCK_N_D64_CAUSAL : SK_SM90_BLOCK_N_D64_FULL)
-                     : (kCausal ? SK_SM90_BLOCK_N_D128_CAUSAL : SK_SM90_BLOCK_N_D128_FULL);
+      kHeadDim == 64    ? (kCausal ? SK_SM90_BLOCK_N_D64_CAUSAL : SK_SM90_BLOCK_N_D64_FULL)
+      : kHeadDim == 128 ? (kCausal ? SK_SM90_BLOCK_N_D128_CAUSAL : SK_SM90_BLOCK_N_D128_FULL)
+      : kHeadDim == 96  ? SK_SM90_BLOCK_N_D96
+                        : SK_SM90_BLOCK_N_D256;
   static constexpr int kStages = SK_SM90_STAGES;
   static constexpr bool kPingpong = SK_SM90_PINGPONG != 0;  // consumers take turns on the GEMMs
   static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);  // warpgroup 0 produces
@@ -56,22 +65,28 @@ struct Traits {
   static constexpr int kProducerRegisters = kConsumerWarpgroups == 2 ? 24 : 32;
   static constexpr int kConsumerRegisters = kConsumerWarpgroups == 2 ? 240 : 160;
 
-  // Tiles are stored as 64-column chunks of 128-byte rows (one TMA box each), 128-byte swizzled.
-  static constexpr int kChunkCols = 64;
+  // Tiles are stored as column chunks of swizzle-wide rows (one TMA box each): 64 columns of
+  // 128 bytes with the 128-byte swizzle when the head dim is a multiple of 64, else 32 columns of
+  // 64 bytes with the 64-byte swizzle (D=96).
+  static constexpr int kSwizzleBytes = kHeadDim % 64 == 0 ? 128 : 64;
+  static constexpr int kChunkCols = kSwizzleBytes / 2;
   static constexpr int kChunks = kHeadDim / kChunkCols;
-  static constexpr int kQChunkBytes = kBlockM * 128;
-  static constexpr int kKVChunkBytes = kBlockN * 128;
+  static constexpr int kQChunkBytes = kBlockM * kSwizzleBytes;
+  static constexpr int kKVChunkBytes = kBlockN * kSwizzleBytes;
   static constexpr int kQBytes = kQChunkBytes * kChunks;
   static constexpr int kKVBytes = kKVChunkBytes * kChunks;  // one K or one V tile
+  static constexpr int kRowGroupBytes = 8 * kSwizzleBytes;  // descriptor stride of 8-row groups
 
   static constexpr int kQOffset = 0;
   static constexpr int kKOffset = kQOffset + kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKVBytes;
-  // O leaves through shared memory and TMA with two consumers; with three, the 160-register
-  // budget has no room for the staging, and O goes out in plain stores.
-  static constexpr bool kTmaStoreO = kConsumerWarpgroups == 2;
+  // O leaves through shared memory and TMA with two consumers and the 128-byte swizzle, where
+  // shared memory has room; otherwise (three consumers: no registers to spare; D=96; D=256: no
+  // shared memory to spare) in plain stores.
+  static constexpr bool kTmaStoreO =
+      kConsumerWarpgroups == 2 && kSwizzleBytes == 128 && kHeadDim <= 128;
   // The output tile of each consumer (64 rows, chunked and swizzled like Q) for the TMA store.
-  static constexpr int kOChunkBytes = 64 * 128;
+  static constexpr int kOChunkBytes = 64 * kSwizzleBytes;
   static constexpr int kOBytesPerConsumer = kOChunkBytes * kChunks;
   static constexpr int kOOffset = kVOffset + kStages * kKVBytes;
   static constexpr int kBarrierOffset =
@@ -81,7 +96,7 @@ struct Traits {
   static constexpr int kSmemBytes = kBarrierOffset + 8 * kBarriers + 1024;
 
   static_assert(kConsumerWarpgroups == 2 || kConsumerWarpgroups == 3, "two or three consumers");
-  static_assert(kHeadDim % kChunkCols == 0, "head dim must be a multiple of 64");
+  static_assert(kHeadDim % 32 == 0, "head dim must be a multiple of 32");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "key block must be a wgmma n");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory plan exceeds the 227 KB per block");
 };
