@@ -82,6 +82,19 @@ def inject(monkeypatch):
     return use
 
 
+def test_records_the_kernel_family(open_session, monkeypatch):
+    """The step names the kernel family that ran (sm90 or the sm80 fallback) in its message and
+    summary, so that a session shows which path was checked."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(correctness, "load_kernel", lambda progress=None: correctness.LoadedKernel(
+        cpu_kernel(), "cpu", "k1", None, "sm80"))
+    r = invoke("step", "correctness", "--seed", "7", "--max-seq-len", "64")
+    assert r.exit_code == 0, r.output
+    (step,) = step_rows()
+    assert step["message"].startswith("sm80 kernels: 64 configs passed (seed 7, worst err/bound")
+    assert json.loads(step["summary"])["kernel_family"] == "sm80"
+
+
 def test_registered_and_migrated(db):
     assert REGISTRY["correctness"] == "sessionkit.kernels.correctness:CorrectnessStep"
     step = get_step("correctness")

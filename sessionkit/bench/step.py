@@ -190,6 +190,16 @@ def results_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _kernel_family() -> str | None:
+    """The kernel family ("sm90" or "sm80") our op runs on the current GPU, None if unknown."""
+    try:
+        import torch
+
+        return str(torch.ops.sessionkit.flash_attn_family(torch.cuda.current_device()))
+    except Exception:  # no op loaded (ours not measured) or no GPU: nothing to record
+        return None
+
+
 def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
               time_limit_s: float = DEFAULT_TIME_LIMIT_S, graph: bool = False,
               csv_path: str | None = None, preheat_s: float = DEFAULT_PREHEAT_S,
@@ -302,12 +312,16 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
         "preheat": heat,
         **{key: value for key, (value, _) in noise.items()},
     }
+    if ours_rows:
+        summary["kernel_family"] = _kernel_family()
     wrong = [r for r in ours_rows if r["status"] in ("wrong", "error")]
     if wrong:
         return StepResult("failed", f"ours is wrong or failed on {len(wrong)} of {n} configs; "
                                     "no speed reported for those", summary=summary)
     if speedups:
-        message = (f"{n} configs; ours vs SDPA: geomean {summary['geomean_speedup_vs_sdpa']:.2f}x, "
+        family = f" ({summary['kernel_family']})" if summary.get("kernel_family") else ""
+        message = (f"{n} configs; ours{family} vs SDPA: geomean "
+                   f"{summary['geomean_speedup_vs_sdpa']:.2f}x, "
                    f"best {summary['best_speedup_vs_sdpa']:.2f}x")
     else:
         message = f"{n} configs timed ({', '.join(summary['impls'])})"

@@ -74,6 +74,7 @@ class LoadedKernel:
     device: object  # a torch.device or a device string
     build_key: str | None = None  # the build-cache key of the library under test
     head_dims: tuple[int, ...] | None = None  # head dims of the family that runs on the device
+    family: str | None = None  # the kernel family that runs on the device: "sm90" or "sm80"
 
 
 def load_kernel(progress=None) -> LoadedKernel:
@@ -108,7 +109,8 @@ def load_kernel(progress=None) -> LoadedKernel:
 
     device = torch.device("cuda", torch.cuda.current_device())
     head_dims = tuple(int(d) for d in torch.ops.sessionkit.flash_attn_head_dims(device.index))
-    return LoadedKernel(kernel, device, getattr(info, "key", None), head_dims)
+    family = str(torch.ops.sessionkit.flash_attn_family(device.index))
+    return LoadedKernel(kernel, device, getattr(info, "key", None), head_dims, family)
 
 
 def _device_name(device) -> str:
@@ -182,6 +184,7 @@ class CorrectnessStep(Step):
         summary = checking.summarize(results, seed)
         summary["device"] = _device_name(device)
         summary["build_key"] = loaded.build_key
+        summary["kernel_family"] = loaded.family
         context.progress.note(checking.results_table(results))
 
         metrics = [
@@ -194,9 +197,12 @@ class CorrectnessStep(Step):
                  if summary["worst_ratio"] is not None else "no finite output")
         if summary["failed"]:
             first = next(r for r in results if not r.passed)
-            message = (f"{summary['failed']} of {summary['configs']} configs failed (seed {seed}); "
+            family = f"{loaded.family} kernels: " if loaded.family else ""
+            message = (f"{family}{summary['failed']} of {summary['configs']} configs failed "
+                       f"(seed {seed}); "
                        f"first: #{first.config.idx} {first.config.group} {first.config.shape}")
             return StepResult("failed", message=message, summary=summary, metrics=metrics,
                               exit_code=1)
-        message = f"{summary['configs']} configs passed (seed {seed}, {worst})"
+        family = f"{loaded.family} kernels: " if loaded.family else ""
+        message = f"{family}{summary['configs']} configs passed (seed {seed}, {worst})"
         return StepResult("passed", message=message, summary=summary, metrics=metrics)
