@@ -60,7 +60,7 @@ struct Tile {
 };
 
 __device__ __forceinline__ int tile_index(int round) {
-  const int slot = (round & 1) ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int slot = (SK_SM90_SNAKE && (round & 1)) ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   return round * gridDim.x + slot;
 }
 

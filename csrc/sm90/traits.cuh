@@ -42,6 +42,12 @@ namespace sm90 {
 #ifndef SK_SM90_PINGPONG
 #define SK_SM90_PINGPONG 1
 #endif
+#ifndef SK_SM90_SNAKE
+#define SK_SM90_SNAKE 1  // alternate the slot order of the persistent rounds (kernel.cuh)
+#endif
+#ifndef SK_SM90_TMA_STORE_O
+#define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
+#endif
 
 template <int kHeadDim_, bool kCausal_>
 struct Traits {
@@ -83,8 +89,8 @@ struct Traits {
   // O leaves through shared memory and TMA with two consumers and the 128-byte swizzle, where
   // shared memory has room; otherwise (three consumers: no registers to spare; D=96; D=256: no
   // shared memory to spare) in plain stores.
-  static constexpr bool kTmaStoreO =
-      kConsumerWarpgroups == 2 && kSwizzleBytes == 128 && kHeadDim <= 128;
+  static constexpr bool kTmaStoreO = SK_SM90_TMA_STORE_O != 0 && kConsumerWarpgroups == 2 &&
+                                     kSwizzleBytes == 128 && kHeadDim <= 128;
   // The output tile of each consumer (64 rows, chunked and swizzled like Q) for the TMA store.
   static constexpr int kOChunkBytes = 64 * kSwizzleBytes;
   static constexpr int kOBytesPerConsumer = kOChunkBytes * kChunks;
