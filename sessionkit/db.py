@@ -71,8 +71,10 @@ def _applied_names(conn) -> set[str] | None:
     try:
         return {row[0] for row in conn.execute(
             "SELECT name FROM _sqlite_migrations WHERE migration_set = 'sessionkit'")}
-    except sqlite3.OperationalError:  # no migrations table yet: a new database
-        return None
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # no migrations table yet: a new database
+            return None
+        raise
 
 
 def _pending(conn, path) -> bool:

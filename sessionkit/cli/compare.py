@@ -30,7 +30,7 @@ def compare(ctx, a, b, min_effect, alpha, fail_on_regression, as_json):
     """
     from ..bench.compare import RegressionFound, compare_sessions, format_comparison
 
-    db = open_db(ctx)
+    db = open_db(ctx, read_only=True)
     result = compare_sessions(db, a, b, min_effect=min_effect, alpha=alpha)
     if as_json:
         echo_json(result)
