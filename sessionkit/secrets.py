@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .envinfo import REDACTED, Redactor, is_secret_name
+from .envinfo import MIN_SECRET_LEN, REDACTED, Redactor, is_secret_name
 
 # Carried between chunks of a stream so that a URL credential cut in two is still found.
 _URL_CARRY = 512
@@ -30,7 +30,29 @@ def _secret_option(name: str) -> bool:
 
 
 class SecretScrubber(Redactor):
-    """A :class:`~sessionkit.envinfo.Redactor` that also knows argv and byte streams."""
+    """A :class:`~sessionkit.envinfo.Redactor` that also knows argv and byte streams.
+
+    ``extra`` adds secret values found elsewhere (the secret arguments of a command, so that the
+    command's own echo of them is scrubbed from its output as well).
+    """
+
+    def __init__(self, environ: Mapping[str, str], extra=()):
+        super().__init__(environ)
+        values = set(self.secrets) | {v for v in extra if v and len(v) >= MIN_SECRET_LEN}
+        self.secrets = sorted(values, key=len, reverse=True)
+
+    @staticmethod
+    def argv_secrets(argv: list[str]) -> list[str]:
+        """The values that ``argv`` passes in secret options or ``NAME=value`` secrets."""
+        found = []
+        for i, arg in enumerate(argv):
+            name, sep, value = str(arg).partition("=")
+            if sep and value and (_secret_option(name) or (not name.startswith("-")
+                                                            and is_secret_name(name))):
+                found.append(value)
+            elif not sep and _secret_option(str(arg)) and i + 1 < len(argv):
+                found.append(str(argv[i + 1]))
+        return found
 
     def argv(self, argv: list[str]) -> list[str]:
         """``argv`` with secret option values, ``NAME=value`` secrets and URL credentials replaced."""
@@ -100,6 +122,8 @@ class StreamScrubber:
         return data
 
 
-def current_redactor(environ: Mapping[str, str] | None = None) -> SecretScrubber:
-    """A scrubber for the secrets of ``environ`` (default: this process's environment)."""
-    return SecretScrubber(os.environ if environ is None else environ)
+def current_redactor(environ: Mapping[str, str] | None = None, argv=()) -> SecretScrubber:
+    """A scrubber for the secrets of ``environ`` (default: this process's environment) and of the
+    command line ``argv``."""
+    return SecretScrubber(os.environ if environ is None else environ,
+                          SecretScrubber.argv_secrets(list(argv)))

@@ -159,7 +159,7 @@ class CommandStep(Step):
         argv = list(context.options.get("argv") or [])
         if not argv:
             raise UsageError("no command given after --: sessionkit step run NAME -- CMD ARGS...")
-        redactor = current_redactor()
+        redactor = current_redactor(argv=argv)
         log_path = context.workdir / "output.log"
         tail = TailBuffer()
         out = getattr(sys.stdout, "buffer", None)
