@@ -26,6 +26,8 @@ from .steps import Step, StepContext, StepResult, record_artifact
 from .timefmt import now_iso
 
 EXIT_SIGINT, EXIT_SIGTERM, EXIT_SIGHUP = 130, 143, 129
+# A skipped step "cannot test": the exit status git bisect run reads as "skip this commit".
+EXIT_SKIPPED = 125
 SIGNAL_NAMES = {EXIT_SIGTERM: "SIGTERM", EXIT_SIGHUP: "SIGHUP", EXIT_SIGINT: "Ctrl-C"}
 # Disk space kept free while a step runs and given back before its end is written, so that a step
 # that filled the disk can still be recorded as failed, with the reason.
@@ -332,8 +334,10 @@ class _DeferSigint:
 
 def exit_code_for(step_row: dict) -> int:
     """The process exit status that reports a finished step."""
-    if step_row["status"] in ("passed", "skipped"):
+    if step_row["status"] == "passed":
         return 0
+    if step_row["status"] == "skipped":
+        return EXIT_SKIPPED
     if step_row["status"] == "interrupted":
         return step_row.get("exit_code") or EXIT_SIGINT
     code = step_row.get("exit_code")

@@ -141,8 +141,9 @@ def export(ctx, session_ref, as_json, output):
     data = export_session(db, get_session(db, session_ref))
     text = json.dumps(data, indent=2, default=str)
     if output:
-        with open(output, "w") as fh:
-            fh.write(text + "\n")
+        from ..atomic import write_atomic
+
+        write_atomic(output, text + "\n")
         click.echo(f"Wrote {output}")
     else:
         click.echo(text)
