@@ -115,3 +115,51 @@ def test_start_force_from_several_processes_numbers_every_session(tmp_path):
         db.conn.close()
         assert numbers == list(range(1, len(numbers) + 1))
     assert failures == [], f"{len(failures)}/{PROCS * ROUNDS} starts failed: {failures[:5]}"
+
+
+CLI_STARTER = textwrap.dedent("""
+    import os, sys, time
+    import click
+    from sessionkit.cli import cli
+    go, spacing, folders = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+    for r, folder in enumerate(folders):
+        os.chdir(folder)
+        while time.time() < go + r * spacing:
+            time.sleep(0.0005)
+        try:
+            cli.main(["start", "--objective", "race"], prog_name="sessionkit", standalone_mode=False)
+            print(f"OPENED round {r}", flush=True)
+        except click.ClickException as exc:
+            if "is still open" in exc.format_message():
+                print(f"REFUSED round {r}", flush=True)
+            else:
+                print(f"FAIL round {r} Error: {exc.format_message()}", flush=True)
+        except BaseException as exc:
+            print(f"FAIL round {r} {type(exc).__name__}: {exc}", flush=True)
+""")
+
+
+def test_sessionkit_start_in_a_new_folder_from_several_processes(tmp_path, monkeypatch):
+    """8 'sessionkit start' at once in a folder without a database: one opens the session, the
+    others say it is open; none fails otherwise, and never are two sessions open."""
+    monkeypatch.delenv("SESSIONKIT_DB")
+    folders = [tmp_path / f"f{round_}" for round_ in range(ROUNDS)]
+    for folder in folders:
+        folder.mkdir()
+    go = time.time() + 2.0
+    running = [subprocess.Popen([sys.executable, "-c", CLI_STARTER, str(go), str(SPACING_S),
+                                 *map(str, folders)], env=_env(), cwd=str(tmp_path),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(PROCS)]
+    lines = []
+    for proc in running:
+        out, _ = proc.communicate(timeout=300)
+        lines += out.splitlines()
+    failures = [line for line in lines if line.startswith("FAIL")]
+    opened = sum(line.startswith("OPENED") for line in lines)
+    for folder in folders:
+        db = open_db(folder / ".sessionkit" / "sessions.db")
+        assert db.execute("SELECT COUNT(*) FROM sessions WHERE status = 'open'").fetchone()[0] == 1
+        db.conn.close()
+    assert failures == [], f"{len(failures)}/{PROCS * ROUNDS} starts failed: {failures[:5]}"
+    assert opened == ROUNDS

@@ -83,3 +83,16 @@ def test_stream_scrubbing_matches_whole_text_scrubbing(pieces, cuts):
     out += stream.flush()
     assert out.decode() == scrub.text(data.decode())
     assert b"SECRET-ABCDEFG" not in out and b"me:pw@" not in out
+
+
+def test_url_credential_scrubbing_is_linear_on_long_lines():
+    import time
+
+    from sessionkit.envinfo import Redactor
+
+    line = "a" * 256 * 1024 + "://host/x https://u:p@h/ " + "b" * 1024
+    started = time.perf_counter()
+    out = Redactor({}).text(line)
+    elapsed = time.perf_counter() - started
+    assert out.endswith(f"://host/x https://{REDACTED}@h/ " + "b" * 1024)
+    assert elapsed < 3.0, f"{elapsed:.1f} s for 256 KiB: the pattern backtracks"
