@@ -310,8 +310,11 @@ def _finish(db, step, step_id, result, context, status, message, exit_code, dura
             update["output_tail"] = redactor.text(tail)
         with db.conn:
             db["steps"].update(step_id, update)
-        progress.end(status, duration, budget_s=budget, exit_code=exit_code, message=message,
-                     log=log[0] if log else None)
+        try:
+            progress.end(status, duration, budget_s=budget, exit_code=exit_code, message=message,
+                         log=log[0] if log else None)
+        except OSError:  # the terminal is gone (SIGHUP) or its pipe closed; the record is written
+            pass
 
 
 class _DeferSigint:
