@@ -65,6 +65,8 @@ def parse_step_budgets(items) -> dict[str, float]:
     """``["build=60s", "bench=5m"]`` or ``{"build": "60s"}`` -> {name: seconds}."""
     if isinstance(items, dict):
         pairs = list(items.items())
+    elif not isinstance(items, (list, tuple)):
+        raise UsageError(f"bad step budgets {items!r}: use a table such as {{build = \"60s\"}}")
     else:
         pairs = []
         for item in items or []:
@@ -84,9 +86,16 @@ def load_config(start: Path | None = None) -> Config:
             data = tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
-    raw = data.get("tool", {}).get("sessionkit", {})
+    tool = data.get("tool", {})
+    if not isinstance(tool, dict):
+        raise ConfigError(f"'tool' in {path} must be a table ([tool.sessionkit])")
+    raw = tool.get("sessionkit", {})
     if not isinstance(raw, dict):
         raise ConfigError(f"[tool.sessionkit] in {path} must be a table")
+    objective = raw.get("objective")
+    if objective is not None and not isinstance(objective, str):
+        raise ConfigError(f"[tool.sessionkit] in {path}: objective must be a string, "
+                          f"not {type(objective).__name__}")
     try:
         cfg = Config(
             path=path,

@@ -7,10 +7,12 @@ found by searching upward from the working directory, the way git finds ``.git``
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
+import time
 from pathlib import Path
 
-from .errors import DatabaseError, NoDatabaseError
+from .errors import DatabaseError, NewerDatabaseError, NoDatabaseError
 
 DB_DIRNAME = ".sessionkit"
 DB_FILENAME = "sessions.db"
@@ -25,7 +27,17 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m005_bench_passes", "sessionkit.bench.schema:m005_bench_passes"),
     ("m006_correctness_variants", "sessionkit.kernels.correctness:m006_correctness_variants"),
     ("m007_bench_variants", "sessionkit.bench.schema:m007_bench_variants"),
+    ("m008_steps_pid_namespace", "sessionkit.schema:m008_steps_pid_namespace"),
 ]
+
+# File systems whose locking or shared memory cannot carry SQLite's WAL (it needs one host).
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "lustre", "gpfs", "beegfs", "glusterfs",
+    "fuse.glusterfs", "ceph", "fuse.ceph", "cephfs", "fuse.sshfs", "9p", "afs", "ocfs2", "gfs2",
+    "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "panfs", "fuse.lizardfs", "pvfs2", "orangefs",
+    "fuse.rclone", "davfs", "fuse.davfs2", "virtiofs", "quobyte", "fuse.weka", "wekafs",
+})
+PROC_MOUNTS = "/proc/mounts"
 
 
 def find_db(explicit: str | os.PathLike | None = None, *, start: Path | None = None) -> Path | None:
@@ -56,14 +68,99 @@ def resolve_db_path(explicit=None, *, create: bool = False, start: Path | None =
     return path
 
 
-def _pending(conn) -> bool:
-    """True when some migration has not been applied (checked without importing any of them)."""
+def _applied_names(conn) -> set[str] | None:
+    """The names of the migrations applied to this database; None for a new, empty database."""
     try:
-        done = {row[0] for row in conn.execute(
+        return {row[0] for row in conn.execute(
             "SELECT name FROM _sqlite_migrations WHERE migration_set = 'sessionkit'")}
-    except sqlite3.OperationalError:  # no migrations table yet: a new database
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # no migrations table yet: a new database
+            return None
+        raise
+
+
+def _pending(conn, path) -> bool:
+    """True when some migration has not been applied (checked without importing any of them).
+
+    Raises :class:`NewerDatabaseError` when the database holds migrations this release does not know.
+    """
+    done = _applied_names(conn)
+    if done is None:
         return True
+    known = {name for name, _ in MIGRATIONS}
+    unknown = sorted(done - known)
+    if unknown:
+        try:
+            from importlib.metadata import version
+            mine = version("sessionkit")
+        except Exception:  # noqa: BLE001 - a source checkout without metadata
+            mine = "unknown"
+        raise NewerDatabaseError(
+            f"this database was written by a newer sessionkit ({path} has migration "
+            f"{unknown[-1]!r}, which sessionkit {mine} does not know); upgrade sessionkit to use it")
     return any(name not in done for name, _ in MIGRATIONS)
+
+
+def filesystem_type(path: str | os.PathLike, mounts: str | None = None) -> str | None:
+    """The type of the file system holding ``path`` (``ext4``, ``nfs4``...), from ``/proc/mounts``.
+
+    ``mounts`` is the text of a mounts table in the same format (tests); None where none is readable.
+    """
+    if mounts is None:
+        try:
+            with open(PROC_MOUNTS, encoding="utf-8", errors="replace") as fh:
+                mounts = fh.read()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best, best_type = -1, None
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        # Spaces and other characters in mount points are written as octal escapes (\040).
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best:
+            best, best_type = len(point), parts[2]
+    return best_type
+
+
+def is_network_filesystem(fstype: str | None) -> bool:
+    if not fstype:
+        return False
+    return fstype.lower() in NETWORK_FILESYSTEMS or fstype.lower().startswith(("nfs", "cifs", "smb"))
+
+
+def _with_busy_retry(fn, deadline: float):
+    """Run ``fn`` again while SQLite says "locked" or "busy" without calling its busy handler (as
+    a journal-mode switch does), until ``deadline`` (``time.monotonic()``)."""
+    delay = 0.001
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if ("locked" not in text and "busy" not in text) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+def _migrate(conn, db, path) -> None:
+    """Apply pending migrations in one write transaction, checked again once the lock is held, so
+    that processes opening one database at once never apply a migration twice."""
+    if not _pending(conn, path):
+        return
+    conn.execute("BEGIN IMMEDIATE")  # waits on the busy handler for other writers
+    try:
+        if _pending(conn, path):
+            _migration_set().apply(db)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _migration_set():
@@ -98,10 +195,18 @@ def _import_sqlite_utils():
     return sqlite_utils
 
 
-def open_db(explicit=None, *, create: bool = False, start: Path | None = None):
+def open_db(explicit=None, *, create: bool = False, start: Path | None = None,
+            read_only: bool = False):
     """Open (and create, with ``create``) the database, migrate it, and return it.
 
-    WAL mode, a busy timeout and foreign keys are set on every connection.
+    A busy timeout and foreign keys are set on every connection. A new database is switched to WAL,
+    except on a network file system (NFS, CIFS, Lustre...), where WAL's shared memory does not work
+    across hosts: there the journal mode the user chose is kept, and ``db.notices`` says so once, when
+    the database is made. With ``read_only`` a database that cannot be written (a read-only file, an
+    archive) is opened for reading, without migrating; ``db.read_only`` tells which it got.
+
+    Raises :class:`~sessionkit.errors.DatabaseError` (one line) for anything unusable, and
+    :class:`~sessionkit.errors.NewerDatabaseError` for a database written by a newer release.
     """
     sqlite_utils = _import_sqlite_utils()
 
@@ -110,6 +215,7 @@ def open_db(explicit=None, *, create: bool = False, start: Path | None = None):
         raise DatabaseError(f"bad database path {str(path)!r}: it contains a NUL character")
     if path.exists() and path.is_dir():
         raise DatabaseError(f"database path {path} is a folder, not a file")
+    is_new = not path.exists() or path.stat().st_size == 0
     if not path.exists():
         if not create:
             raise NoDatabaseError(f"no database at {path}; run 'sessionkit start' to create one")
@@ -119,31 +225,84 @@ def open_db(explicit=None, *, create: bool = False, start: Path | None = None):
             raise DatabaseError(f"cannot create {path.parent}: {exc.strerror}") from None
     elif not os.access(path, os.R_OK):
         raise DatabaseError(f"cannot read database {path}: permission denied")
+    if read_only and not is_new and not (os.access(path, os.W_OK)
+                                         and os.access(path.parent, os.W_OK | os.X_OK)):
+        return _open_read_only(sqlite_utils, path)
+    notices: list[str] = []
     try:
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            conn.execute("PRAGMA journal_mode")  # read-only DBs stay in their mode
+        fstype = filesystem_type(path)
+        mode = _with_busy_retry(lambda: conn.execute("PRAGMA journal_mode").fetchone()[0], deadline)
+        if is_network_filesystem(fstype):
+            if is_new:
+                notices.append(
+                    f"Notice: {path} is on a network file system ({fstype}); SQLite's WAL needs "
+                    f"shared memory on one host, so the journal mode stays {mode}")
+        elif mode.lower() != "wal":
+            # Switching needs the only lock on the file and SQLite does not wait for it: retry.
+            _with_busy_retry(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone(), deadline)
         conn.execute("PRAGMA synchronous = NORMAL")
         # sqlite-utils plugins are for its own CLI; loading them costs start-up time here.
         db = sqlite_utils.Database(conn, execute_plugins=False)
-        if _pending(conn):
-            _migration_set().apply(db)
+        _migrate(conn, db, path)
         # Fail now, with a clear message, if the file cannot be written (read-only file or folder).
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("ROLLBACK")
     except sqlite3.DatabaseError as exc:
         text = str(exc)
-        if "not a database" in text or "file is encrypted" in text:
-            raise DatabaseError(f"{path} is not a SQLite database") from None
-        if "readonly" in text or "read-only" in text:
-            raise DatabaseError(f"database {path} is read-only; pass a writable --db PATH") from None
-        if "unable to open" in text:
-            raise DatabaseError(f"cannot open database {path}: check the folder exists and is writable") from None
-        raise DatabaseError(f"database {path}: {text}") from None
+        if read_only and not is_new and ("readonly" in text or "read-only" in text):
+            return _open_read_only(sqlite_utils, path)
+        _raise_for(path, text)
     db.path = path
+    db.read_only = False
+    db.notices = notices
+    return db
+
+
+def _raise_for(path: Path, text: str):
+    if "not a database" in text or "file is encrypted" in text:
+        raise DatabaseError(f"{path} is not a SQLite database") from None
+    if "readonly" in text or "read-only" in text:
+        raise DatabaseError(f"database {path} is read-only; pass a writable --db PATH") from None
+    if "unable to open" in text:
+        raise DatabaseError(f"cannot open database {path}: check the folder exists and is writable") from None
+    if "disk is full" in text or "disk I/O" in text:
+        raise DatabaseError(f"database {path}: no space left on device ({text})") from None
+    raise DatabaseError(f"database {path}: {text}") from None
+
+
+def _open_read_only(sqlite_utils, path: Path):
+    """A connection that only reads: for archived databases and read-only files or folders.
+
+    A WAL database in a folder that cannot be written has no ``-shm`` file to share; then it is
+    opened as immutable (nothing else may be writing it, which holds for an archive).
+    """
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    last = ""
+    for extra in ("", "&immutable=1"):
+        try:
+            conn = sqlite3.connect(uri + extra, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                                   isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if _pending(conn, path):
+                conn.close()
+                raise DatabaseError(f"database {path} is read-only and made by an older sessionkit; "
+                                    "copy it to a writable place to migrate it")
+            conn.execute("SELECT COUNT(*) FROM sessions").fetchone()
+            break
+        except sqlite3.DatabaseError as exc:
+            last = str(exc)
+    else:
+        _raise_for(path, last)
+    db = sqlite_utils.Database(conn, execute_plugins=False)
+    db.path = path
+    db.read_only = True
+    db.notices = []
     return db
 
 

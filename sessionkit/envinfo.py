@@ -38,7 +38,7 @@ RELEVANT_NAMES = frozenset({
 # Values shorter than this are not scrubbed out of other strings (a secret "1" would blank every "1").
 MIN_SECRET_LEN = 6
 
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{0,31}://)(?P<userinfo>[^/@\s]+)@")
 
 # Keys left out of diffs: readings that change from one minute to the next.
 DIFF_IGNORE = ("state", "taken_at", "elapsed_s")
@@ -73,6 +73,8 @@ class Redactor:
         for secret in self.secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)
+        if "://" not in value:
+            return value
         return _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", value)
 
     def scrub(self, value: Any) -> Any:

@@ -51,3 +51,7 @@ class StepInterrupted(BaseException):
     def __init__(self, exit_code: int):
         super().__init__(f"interrupted (exit {exit_code})")
         self.exit_code = exit_code
+
+
+class NewerDatabaseError(DatabaseError):
+    """The database holds migrations of a newer sessionkit release: refuse to use it."""

@@ -2,9 +2,10 @@
 
 A running step records its host, pid, the pid's start time and a heartbeat timestamp refreshed every
 few seconds. Any later sessionkit command calls :func:`reap_dead_steps`: on the same host a step whose
-process is gone (or whose pid now belongs to another process) is dead; on another host, a step whose
-heartbeat is older than :data:`STALE_AFTER_S` is dead. Dead steps become ``interrupted``; nothing else
-is touched.
+process is gone (or whose pid now belongs to another process, or is a zombie nobody reaped) is dead;
+on another host, or in another pid namespace of this host (two containers sharing a folder and a host
+name), a step whose heartbeat is older than :data:`STALE_AFTER_S` is dead. Dead steps become
+``interrupted``; nothing else is touched.
 """
 
 from __future__ import annotations
@@ -19,6 +20,25 @@ from .timefmt import now_iso, parse_iso, seconds_between, utcnow
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 120.0
 TAIL_LINES = 200
+TAIL_BYTES = 64 * 1024  # the stored tail is at most this long, whatever the lines look like
+
+
+def pid_namespace() -> str | None:
+    """This process's pid namespace (``pid:[4026531836]`` on Linux), or None where there is none."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def cap_tail(text: str, lines: int = TAIL_LINES, max_bytes: int = TAIL_BYTES) -> str:
+    """The end of ``text``: its last ``lines`` lines, then at most ``max_bytes`` bytes of UTF-8, so an
+    over-long line keeps its end."""
+    kept = "\n".join(deque(text.split("\n"), maxlen=lines))
+    data = kept.encode("utf-8", errors="replace")
+    if len(data) <= max_bytes:
+        return kept
+    return data[-max_bytes:].decode("utf-8", errors="ignore")
 
 
 def process_start_time(pid: int) -> float | None:
@@ -31,13 +51,27 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
+def process_state(pid: int) -> str | None:
+    """The one-letter state of ``/proc/PID/stat`` (``R``, ``S``, ``Z``...), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read().decode(errors="replace")
+        return data.rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def process_alive(pid: int, started: float | None) -> bool:
+    """True while ``pid`` runs and is the process that started at ``started`` (clock ticks since
+    boot). A zombie (exited, not yet reaped by its parent) is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
+    if process_state(pid) in ("Z", "X"):
+        return False
     if started is not None:
         now_started = process_start_time(pid)
         if now_started is not None and now_started != started:
@@ -54,12 +88,16 @@ def tail_of_file(path: str | Path, lines: int = TAIL_LINES) -> str | None:
             data = fh.read().decode(errors="replace")
     except OSError:
         return None
-    return "\n".join(deque(data.splitlines(), maxlen=lines))
+    return cap_tail("\n".join(data.splitlines()), lines)
 
 
-def is_dead(step: dict, *, host: str | None = None) -> bool:
+def is_dead(step: dict, *, host: str | None = None, namespace: str | None = None) -> bool:
+    """Whether a ``running`` step's process is gone. By pid only on this host and in this pid
+    namespace (steps recorded before namespaces were kept count as this one); else by heartbeat."""
     host = host or socket.gethostname()
-    if step["host"] == host:
+    namespace = namespace or pid_namespace()
+    same_namespace = step.get("pid_ns") is None or step.get("pid_ns") == namespace
+    if step["host"] == host and same_namespace:
         return not process_alive(int(step["pid"]), step.get("pid_started"))
     beat = parse_iso(step.get("heartbeat_at") or step["started_at"])
     return (utcnow() - beat).total_seconds() > STALE_AFTER_S

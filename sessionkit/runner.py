@@ -18,17 +18,72 @@ import traceback
 import uuid
 from pathlib import Path
 
-from .errors import SessionkitError, StepInterrupted
-from .liveness import HEARTBEAT_S, process_start_time, touch_heartbeat
+from .errors import SessionkitError, StepInterrupted, UsageError
+from .liveness import HEARTBEAT_S, pid_namespace, process_start_time, touch_heartbeat
+from .secrets import current_redactor
 from .progress import Progress, estimate_from_history, heartbeat_every_s
 from .steps import Step, StepContext, StepResult, record_artifact
 from .timefmt import now_iso
 
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+EXIT_SIGINT, EXIT_SIGTERM, EXIT_SIGHUP = 130, 143, 129
+# A skipped step "cannot test": the exit status git bisect run reads as "skip this commit".
+EXIT_SKIPPED = 125
+SIGNAL_NAMES = {EXIT_SIGTERM: "SIGTERM", EXIT_SIGHUP: "SIGHUP", EXIT_SIGINT: "Ctrl-C"}
+# Disk space kept free while a step runs and given back before its end is written, so that a step
+# that filled the disk can still be recorded as failed, with the reason.
+RESERVE_BYTES = 512 * 1024
+RESERVE_NAME = ".space-reserve"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for "no space left on device" (ENOSPC, EDQUOT) and SQLite's "database or disk is full"."""
+    import errno
+    import sqlite3
+
+    for err in _chain(exc):
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(err, sqlite3.Error) and "disk is full" in str(err):
+            return True
+    return False
+
+
+def _chain(exc: BaseException | None):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _reserve_space(workdir: Path) -> Path | None:
+    path = workdir / RESERVE_NAME
+    try:
+        with open(path, "wb") as fh:
+            try:
+                os.posix_fallocate(fh.fileno(), 0, RESERVE_BYTES)
+            except (AttributeError, OSError):
+                fh.write(b"\0" * RESERVE_BYTES)
+        return path
+    except OSError:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
+
+
+def _release_space(path: Path | None) -> None:
+    if path is not None:
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
 
 def artifacts_dir(db, session: dict, seq: int, name: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    safe = safe.encode()[:80].decode(errors="ignore")  # file names hold at most 255 bytes
     return Path(db.path).resolve().parent / "artifacts" / f"session-{session['number']}" / f"{seq:02d}-{safe}"
 
 
@@ -83,19 +138,23 @@ def _start_telemetry(db, step_id: str, interval_s: float, progress: Progress):
 
 
 class _Signals:
-    """SIGTERM -> StepInterrupted(143) in the main thread, restored afterwards."""
+    """SIGTERM -> StepInterrupted(143) and SIGHUP (a lost terminal or SSH session) ->
+    StepInterrupted(129) in the main thread, restored afterwards."""
+
+    CODES = {signal.SIGTERM: EXIT_SIGTERM, signal.SIGHUP: EXIT_SIGHUP}
 
     def __enter__(self):
-        self.previous = None
+        self.previous = {}
         if threading.current_thread() is threading.main_thread():
-            def on_term(signum, frame):
-                raise StepInterrupted(EXIT_SIGTERM)
-            self.previous = signal.signal(signal.SIGTERM, on_term)
+            def on_signal(signum, frame):
+                raise StepInterrupted(self.CODES[signum])
+            for sig in self.CODES:
+                self.previous[sig] = signal.signal(sig, on_signal)
         return self
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
         return False
 
 
@@ -111,17 +170,19 @@ def run_step(db, session: dict, step: Step, options: dict | None = None, *, name
 
     options = dict(options or {})
     name = name or step.name
+    check_step_name(name)
     if session["status"] != "open":
         raise SessionkitError(f"session {session['number']} is {session['status']}; start a new one")
     budgets = session.get("step_budgets") or {}
     budget = budget_s or budgets.get(name) or step.budget_s
     step_id = str(uuid.uuid4())
+    redactor = current_redactor()
     row = {
         "id": step_id, "session_id": session["id"], "name": name, "kind": kind,
-        "command": json.dumps(command) if command is not None else None,
-        "options": json.dumps(options, default=str), "status": "running",
+        "command": json.dumps(redactor.argv(command)) if command is not None else None,
+        "options": json.dumps(redactor.value(options), default=str), "status": "running",
         "started_at": now_iso(), "budget_s": budget, "host": socket.gethostname(),
-        "pid": os.getpid(), "pid_started": process_start_time(os.getpid()),
+        "pid": os.getpid(), "pid_started": process_start_time(os.getpid()), "pid_ns": pid_namespace(),
         "heartbeat_at": now_iso(),
     }
     # One statement, so that two processes recording steps at once never share a seq.
@@ -136,7 +197,12 @@ def run_step(db, session: dict, step: Step, options: dict | None = None, *, name
     progress = Progress(step_position(session, name, seq, index, total), name, stream=stream)
     expected, runs = estimate_from_history(db, name, exclude_step=step_id)
     workdir = artifacts_dir(db, session, seq, name)
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _forget(db, step_id)
+        raise SessionkitError(f"cannot create the step's folder {workdir}: {exc.strerror}") from None
+    reserve = _reserve_space(workdir)
     progress.start(expected_s=expected, runs=runs, budget_s=budget)
     context = StepContext(db=db, session=session, step_id=step_id, seq=seq, progress=progress,
                           options=options, workdir=workdir)
@@ -159,16 +225,24 @@ def run_step(db, session: dict, step: Step, options: dict | None = None, *, name
         message, result = "interrupted by Ctrl-C", None
     except StepInterrupted as exc:
         interrupted, status, exit_code = exc, "interrupted", exc.exit_code
-        message, result = "interrupted by SIGTERM", None
+        message, result = f"interrupted by {SIGNAL_NAMES.get(exc.exit_code, 'a signal')}", None
     except SessionkitError as exc:
         status, message, result = "failed", str(exc), None
     except Exception as exc:  # a bug in a step: keep the traceback as an artifact, not on screen
-        crash = workdir / "crash.txt"
-        crash.write_text(traceback.format_exc())
-        record_artifact(db, step_id, crash, "traceback")
         status, result = "failed", None
-        message = f"step crashed: {type(exc).__name__}: {exc} (traceback: {crash})"
+        if is_disk_full(exc):
+            message = f"no space left on device ({type(exc).__name__}: {exc})"
+        else:
+            crash = workdir / "crash.txt"
+            try:
+                crash.write_text(traceback.format_exc())
+                record_artifact(db, step_id, crash, "traceback")
+                where = f"traceback: {crash}"
+            except Exception as inner:  # noqa: BLE001 - the record below matters more
+                where = f"traceback not saved: {inner}"
+            message = f"step crashed: {type(exc).__name__}: {exc} ({where})"
     finally:
+        _release_space(reserve)
         duration = time.monotonic() - started
         heartbeat.stop()
         if telemetry is not None:
@@ -178,6 +252,47 @@ def run_step(db, session: dict, step: Step, options: dict | None = None, *, name
                 progress.note(f"telemetry could not be saved: {exc}")
 
     # Ctrl-C during the bookkeeping below must not lose the record: hold SIGINT until it is written.
+    try:
+        _finish(db, step, step_id, result, context, status, message, exit_code, duration, budget,
+                progress)
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise SessionkitError(
+                f"no space left on device: step {name!r} ended {status} but that could not be "
+                f"written to {db.path}") from None
+        raise
+    if interrupted is not None:
+        raise StepInterrupted(exit_code) from None
+    return next(s for s in session_steps(db, session["id"]) if s["id"] == step_id)
+
+
+def _forget(db, step_id: str) -> None:
+    """Remove the row of a step that never started (nothing refers to it yet), so that no
+    half-made step is left behind."""
+    try:
+        with db.conn:
+            db.execute("DELETE FROM steps WHERE id = ?", [step_id])
+    except Exception:  # noqa: BLE001 - the caller raises the real reason
+        pass
+
+
+MAX_STEP_NAME = 100
+
+
+def check_step_name(name: str) -> None:
+    """Raise :class:`UsageError` for a step name that is empty, longer than
+    :data:`MAX_STEP_NAME` characters, or holds control characters."""
+    if not name or not name.strip():
+        raise UsageError("a step name must not be empty")
+    if len(name) > MAX_STEP_NAME:
+        raise UsageError(f"step name of {len(name)} characters is too long: "
+                         f"use at most {MAX_STEP_NAME}")
+    if not name.isprintable():
+        raise UsageError(f"bad step name {name!r}: it holds control characters")
+
+
+def _finish(db, step, step_id, result, context, status, message, exit_code, duration, budget,
+            progress) -> None:
     with _DeferSigint():
         if result is not None:
             context.metrics(result.metrics)
@@ -185,19 +300,21 @@ def run_step(db, session: dict, step: Step, options: dict | None = None, *, name
                 record_artifact(db, step_id, Path(art.path), art.kind)
         log = db.execute("SELECT path FROM artifacts WHERE step_id = ? AND kind = 'log' LIMIT 1",
                          [step_id]).fetchone()
+        redactor = current_redactor()
+        message = redactor.text(message or "") if message is not None else None
         update = {"status": status, "ended_at": now_iso(), "duration_s": duration,
                   "exit_code": exit_code, "message": message,
-                  "summary": json.dumps(result.summary if result else {}, default=str)}
+                  "summary": json.dumps(redactor.value(result.summary if result else {}), default=str)}
         tail = getattr(step, "output_tail", None)
         if tail is not None:
-            update["output_tail"] = tail
+            update["output_tail"] = redactor.text(tail)
         with db.conn:
             db["steps"].update(step_id, update)
-        progress.end(status, duration, budget_s=budget, exit_code=exit_code, message=message,
-                     log=log[0] if log else None)
-    if interrupted is not None:
-        raise StepInterrupted(exit_code) from None
-    return next(s for s in session_steps(db, session["id"]) if s["id"] == step_id)
+        try:
+            progress.end(status, duration, budget_s=budget, exit_code=exit_code, message=message,
+                         log=log[0] if log else None)
+        except OSError:  # the terminal is gone (SIGHUP) or its pipe closed; the record is written
+            pass
 
 
 class _DeferSigint:
@@ -220,8 +337,10 @@ class _DeferSigint:
 
 def exit_code_for(step_row: dict) -> int:
     """The process exit status that reports a finished step."""
-    if step_row["status"] in ("passed", "skipped"):
+    if step_row["status"] == "passed":
         return 0
+    if step_row["status"] == "skipped":
+        return EXIT_SKIPPED
     if step_row["status"] == "interrupted":
         return step_row.get("exit_code") or EXIT_SIGINT
     code = step_row.get("exit_code")

@@ -151,3 +151,9 @@ def m001_core(db) -> None:
                m.unit, st.status AS step_status, m.step_id
         FROM metrics m JOIN steps st ON st.id = m.step_id JOIN sessions s ON s.id = st.session_id"""
     )
+
+
+def m008_steps_pid_namespace(db) -> None:
+    """The pid namespace of a step's process (``/proc/self/ns/pid``), so that liveness checks by
+    pid happen only where that pid means the same process."""
+    db.execute("ALTER TABLE steps ADD COLUMN pid_ns TEXT")

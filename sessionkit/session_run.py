@@ -189,6 +189,14 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
     if len(set(plan)) != len(plan):
         raise UsageError(f"a step appears twice in the plan: {', '.join(plan)}")
     planned = {step_name: step_factory(step_name) for step_name in plan}  # unknown names fail here
+    # Every option each step will get is checked before the session opens, as 'step NAME' does.
+    prepared: dict[str, dict] = {}
+    for step_name, step in planned.items():
+        options = default_options(step)
+        if step_name == "bench" and grid:
+            options["grid"] = grid
+        step.check_options(options)
+        prepared[step_name] = options
     opts = dict(start_options or {})
     opts["plan"] = plan
     if objective is not None:
@@ -227,10 +235,7 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
                 skipped = SkippedStep(step_name, f"not run: {reason}", budget_s=step.budget_s)
                 results[step_name] = record(skipped)
                 continue
-            options = default_options(step)
-            if step_name == "bench" and grid:
-                options["grid"] = grid
-            results[step_name] = record(step, options)
+            results[step_name] = record(step, prepared[step_name])
     except StepInterrupted as exc:
         interrupted = exc
     finally:

@@ -60,34 +60,51 @@ def start_session(db, name: str | None = None, *, objective: str, plan=None, bud
     """
     if not objective or not objective.strip():
         raise UsageError("an objective is required: --objective TEXT")
-    if not force:
-        current = get_open_session(db, required=False)
-        if current:
-            raise SessionAlreadyOpen(
-                f"session {current['number']} ({current['name']}) is still open; "
-                "end it with 'sessionkit end --outcome TEXT', or pass --force to open another")
     for what, rate in (("gpu rate", gpu_rate), ("ai rate", ai_rate)):
         if rate is not None and rate < 0:
             raise UsageError(f"{what} must not be negative")
-    with db.conn:
-        number = (db.execute("SELECT COALESCE(MAX(number), 0) FROM sessions").fetchone()[0]) + 1
-        row = {
-            "id": str(uuid.uuid4()),
-            "number": number,
-            "name": (name or "").strip() or f"Session {number}",
-            "objective": objective.strip(),
-            "status": "open",
-            "started_at": now_iso(),
-            "budget_s": budget_s,
-            "gpu_rate_usd_per_h": gpu_rate,
-            "ai_rate_usd_per_h": ai_rate,
-            "plan": json.dumps(list(plan or [])),
-            "step_budgets": json.dumps(dict(step_budgets or {})),
-            "host": socket.gethostname(),
-            "cwd": os.getcwd(),
-            "git_commit": git_commit(),
-        }
-        db["sessions"].insert(row)
+    row = {
+        "id": str(uuid.uuid4()),
+        "objective": objective.strip(),
+        "status": "open",
+        "started_at": now_iso(),
+        "budget_s": budget_s,
+        "gpu_rate_usd_per_h": gpu_rate,
+        "ai_rate_usd_per_h": ai_rate,
+        "plan": json.dumps(list(plan or [])),
+        "step_budgets": json.dumps(dict(step_budgets or {})),
+        "host": socket.gethostname(),
+        "cwd": os.getcwd(),
+        "git_commit": git_commit(),
+    }
+    given_name = (name or "").strip()
+    # One statement reads the next number and inserts it, so that sessions started by several
+    # processes at once never share a number.
+    # Without ``force`` the check for an open session and the insert share one write transaction, so
+    # that of several processes starting at once exactly one opens a session.
+    columns = ", ".join(row)
+    marks = ", ".join("?" * len(row))
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if not force:
+            current = get_open_session(db, required=False)
+            if current:
+                raise SessionAlreadyOpen(
+                    f"session {current['number']} ({current['name']}) is still open; "
+                    "end it with 'sessionkit end --outcome TEXT', or pass --force to open another")
+        db.execute(
+            f"INSERT INTO sessions (number, name, {columns}) "
+            "SELECT n, COALESCE(?, 'Session ' || n), " + marks +
+            " FROM (SELECT COALESCE(MAX(number), 0) + 1 AS n FROM sessions)",
+            [given_name or None, *row.values()])
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    stored = db.execute("SELECT number, name FROM sessions WHERE id = ?", [row["id"]]).fetchone()
+    row["number"], row["name"] = stored
     return _decode(row)
 
 

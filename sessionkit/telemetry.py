@@ -110,8 +110,15 @@ def load_nvml():
     """Import and initialise pynvml, or raise TelemetryUnavailable with the reason."""
     if no_nvidia_driver():
         raise TelemetryUnavailable("no NVIDIA driver on this machine")
+    import warnings
+
     try:
-        import pynvml
+        with warnings.catch_warnings():
+            # The old "pynvml" package, installed beside nvidia-ml-py, warns at every import that it
+            # is deprecated; that one warning says nothing about this run.
+            warnings.filterwarnings("ignore", message=r"(?s).*pynvml package is deprecated",
+                                    category=FutureWarning)
+            import pynvml
     except ImportError:
         raise TelemetryUnavailable("nvidia-ml-py is not installed") from None
     try:
@@ -187,7 +194,74 @@ def parse_visible_devices(text: str | None) -> list[str] | None:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def resolve_devices(nvml, visible: str | None = None, *, use_env: bool = True) -> list[Device]:
+def _bare_uuid(text) -> str:
+    """A GPU UUID in one form for comparing: lower case, without NVML's ``GPU-`` prefix."""
+    value = str(text).strip().lower()
+    return value[4:] if value.startswith("gpu-") else value
+
+
+def cuda_uuids() -> list[str] | None:
+    """The UUIDs of the GPUs CUDA sees, in CUDA's order (index 0 first), from torch when this process
+    has already initialised CUDA through it; None otherwise (torch is never imported here).
+
+    CUDA numbers GPUs fastest first unless ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, NVML in PCI order, so
+    on a host with two GPU models the same index can name two different GPUs: match by UUID.
+    """
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None or not torch.cuda.is_initialized():
+            return None
+        return [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - an old torch without .uuid, or a broken CUDA
+        return None
+
+
+def devices_by_uuid(nvml, order: list[str]) -> list[Device]:
+    """NVML devices for CUDA's devices, matched by UUID (``order`` as from :func:`cuda_uuids`);
+    each Device's label is its CUDA index. Devices NVML does not know end the list."""
+    count = int(nvml.nvmlDeviceGetCount())
+    physical = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+    uuids = [_uuid(nvml, h) for h in physical]
+    bare = [_bare_uuid(u) for u in uuids]
+    devices = []
+    for cuda_index, wanted in enumerate(order):
+        key = _bare_uuid(wanted)
+        if key in bare:
+            i = bare.index(key)
+            devices.append(Device(i, physical[i], physical[i], str(cuda_index)))
+            continue
+        found = _resolve_entry(nvml, str(wanted).strip(), physical, uuids) if key.startswith("mig-") \
+            else None
+        if found is None:
+            break
+        index, handle, mem_handle = found
+        devices.append(Device(index, handle, mem_handle, str(cuda_index)))
+    return devices
+
+
+def mixed_order_warning(nvml, visible: str | None) -> str | None:
+    """A one-line notice when integer ``CUDA_VISIBLE_DEVICES`` indices may name other GPUs for CUDA
+    than for NVML: GPUs of more than one model and ``CUDA_DEVICE_ORDER`` not ``PCI_BUS_ID``."""
+    if os.environ.get("CUDA_DEVICE_ORDER", "").upper() == "PCI_BUS_ID":
+        return None
+    entries = parse_visible_devices(visible)
+    if entries is not None and not any(e.lstrip("-").isdigit() for e in entries):
+        return None  # UUIDs name the same GPU for both
+    try:
+        count = int(nvml.nvmlDeviceGetCount())
+        names = {str(_call(nvml.nvmlDeviceGetName, nvml.nvmlDeviceGetHandleByIndex(i)))
+                 for i in range(count)}
+    except Exception:  # noqa: BLE001
+        return None
+    if len(names) < 2:
+        return None
+    return ("GPUs of several models here and CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA may number "
+            "them differently from NVML, so telemetry may read another GPU; set "
+            "CUDA_DEVICE_ORDER=PCI_BUS_ID or name GPUs by UUID in CUDA_VISIBLE_DEVICES")
+
+
+def resolve_devices(nvml, visible: str | None = None, *, use_env: bool = True,
+                    cuda_order: list[str] | None = None) -> list[Device]:
     """The GPUs a CUDA program started now would use, as NVML handles.
 
     Follows CUDA's reading of ``CUDA_VISIBLE_DEVICES``: integer indices, ``GPU-`` UUIDs or unique
@@ -196,6 +270,8 @@ def resolve_devices(nvml, visible: str | None = None, *, use_env: bool = True) -
     on hosts with one GPU model. MIG devices are read through their parent GPU (power, clocks and
     temperature are per physical GPU) and their own memory use.
     """
+    if cuda_order is not None:
+        return devices_by_uuid(nvml, cuda_order)
     if use_env and visible is None:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     count = int(nvml.nvmlDeviceGetCount())
@@ -562,10 +638,15 @@ def start_telemetry(db, step_id: str, *, interval_s: float = 0.1,
             except Exception as exc:
                 raise TelemetryUnavailable(f"NVML did not initialise ({_nvml_text(exc)})") from None
         try:
-            devices = resolve_devices(nvml, visible)
+            order = cuda_uuids()
+            devices = resolve_devices(nvml, visible, cuda_order=order)
+            warning = None if order is not None else mixed_order_warning(
+                nvml, visible if visible is not None else os.environ.get("CUDA_VISIBLE_DEVICES"))
         except Exception as exc:
             _call(getattr(nvml, "nvmlShutdown", lambda: None))
             raise TelemetryUnavailable(f"cannot list GPUs ({_nvml_text(exc)})") from None
+        if warning:
+            notice(f"telemetry: {warning}")
         if not devices:
             _call(getattr(nvml, "nvmlShutdown", lambda: None))
             raise TelemetryUnavailable("no GPU visible to this step")

@@ -16,7 +16,7 @@ CORE_COLUMNS = {
                  "cwd", "git_commit"],
     "steps": ["id", "session_id", "seq", "name", "kind", "command", "options", "status", "started_at",
               "ended_at", "duration_s", "budget_s", "exit_code", "message", "summary", "output_tail",
-              "host", "pid", "pid_started", "heartbeat_at"],
+              "host", "pid", "pid_started", "heartbeat_at", "pid_ns"],
     "metrics": ["id", "step_id", "key", "value", "unit", "subject"],
     "artifacts": ["id", "step_id", "path", "kind", "sha256", "size_bytes", "created_at"],
     "env_snapshots": ["id", "session_id", "step_id", "taken_at", "host", "python_version",

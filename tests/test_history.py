@@ -118,7 +118,9 @@ def test_trend_window_shrinks_and_skips_open_sessions(fdb):
     t = history_data(fdb, now=NOW)["trend"]
     assert (t["window"], t["recent"], t["before"]) == (1, [3], [2])
     figures = {f["key"]: f for f in t["figures"]}
-    assert figures["duration_s"]["direction"] == "better"  # 30 min against 70
+    # 30 min against 70, but one session a side is no evidence of a change
+    assert (figures["duration_s"]["direction"], figures["duration_s"]["note"]) == (
+        "same", "too few sessions for a test")
     assert figures["geomean_speedup"]["recent"] is None
     assert figures["geomean_speedup"]["direction"] is None
 
@@ -156,3 +158,39 @@ def test_cli_history_text_and_json(tmp_path):
     out = tmp_path / "h.md"
     written = runner.invoke(cli, ["history", "-o", str(out)], catch_exceptions=False)
     assert written.output.strip() == f"Wrote {out}" and out.read_text().startswith("# Session history")
+
+
+def _trend_rows(durations, correctness=None):
+    rows = []
+    for i, d in enumerate(durations):
+        row = _row(i + 1, None, d)
+        row["correctness"] = {"status": correctness[i]} if correctness else None
+        rows.append(row)
+    return rows
+
+
+def test_trend_needs_a_significant_change_to_call_it_better_or_worse():
+    clear = trend(_trend_rows([100, 101, 102, 103, 104, 50, 51, 52, 53, 54]))
+    duration = next(f for f in clear["figures"] if f["key"] == "duration_s")
+    assert duration["direction"] == "better" and duration["note"].startswith("p=")
+    noisy = trend(_trend_rows([100, 60, 102, 55, 104, 50, 101, 52, 103, 54]))
+    duration = next(f for f in noisy["figures"] if f["key"] == "duration_s")
+    assert duration["direction"] == "same" and duration["note"].startswith("not significant")
+    tiny = trend(_trend_rows([100, 101, 102, 103, 104, 99, 100, 101, 102, 103]))
+    duration = next(f for f in tiny["figures"] if f["key"] == "duration_s")
+    assert duration["direction"] == "same"
+
+
+def test_a_skipped_correctness_step_is_not_a_run():
+    rows = _trend_rows([60, 60], correctness=["passed", "skipped"])
+    figures = {f["key"]: f for f in trend(rows)["figures"]}
+    corr = figures["correctness_passed_share"]
+    assert corr["recent"] is None and corr["before"] == 1.0 and corr["direction"] is None
+
+
+def test_history_says_dash_where_there_is_no_data(fdb):
+    from sessionkit.report import history_report
+
+    text = history_report(fdb, now=NOW).text
+    assert "not comparable" not in text
+    assert "| geomean speedup vs SDPA (median) | - | 0.95x | - |" in text

@@ -480,7 +480,7 @@ def test_cli_profile_without_ncu_says_skipped(monkeypatch):
     runner = CliRunner()
     assert runner.invoke(cli, ["start", "p", "--objective", "profile"]).exit_code == 0
     res = runner.invoke(cli, ["step", "profile", "--kernel", "sdpa"])
-    assert res.exit_code == 0 and "skipped" in res.output and "ncu not found" in res.output
+    assert res.exit_code == 125 and "skipped" in res.output and "ncu not found" in res.output
     bad = runner.invoke(cli, ["step", "profile", "--config", "1,2"])
     assert bad.exit_code == 2 and "Error: Invalid value for '--config'" in bad.output
     assert "Traceback" not in bad.output

@@ -162,7 +162,7 @@ def test_progress_line_formats(capsys):
 
 def test_exit_codes_for_rows():
     assert exit_code_for({"status": "passed"}) == 0
-    assert exit_code_for({"status": "skipped"}) == 0
+    assert exit_code_for({"status": "skipped"}) == 125  # git bisect run: cannot test
     assert exit_code_for({"status": "failed", "exit_code": 3}) == 3
     assert exit_code_for({"status": "failed", "exit_code": None}) == 1
     assert exit_code_for({"status": "interrupted", "exit_code": 143}) == 143

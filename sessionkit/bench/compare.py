@@ -9,6 +9,8 @@ in B is BROKEN. Regressions (SLOWER, BROKEN) come first.
 
 from __future__ import annotations
 
+import json
+
 from ..errors import SessionkitError, UsageError
 from .grids import BenchConfig
 from .stats import compare_samples, median, usable_samples
@@ -114,12 +116,58 @@ def compare_sessions(db, a=None, b=None, *, min_effect: float = 0.05, alpha: flo
     only_a = sorted(f"{_label(k)} {i}" for k, i in res_a if (k, i) not in res_b)
     only_b = sorted(f"{_label(k)} {i}" for k, i in res_b if (k, i) not in res_a)
     counts = {v: sum(r["verdict"] == v for r in rows) for v in ORDER}
+    env_a, env_b = environment_facts(db, sa), environment_facts(db, sb)
     return {
         "a": {**sa, "step_id": step_a["id"]}, "b": {**sb, "step_id": step_b["id"]},
+        "environment": {"a": env_a, "b": env_b, "changes": environment_changes(env_a, env_b)},
         "min_effect": min_effect, "alpha": alpha, "rows": rows,
         "regressions": counts["SLOWER"] + counts["BROKEN"], "improvements": counts["FASTER"],
         "counts": counts, "only_in_a": only_a, "only_in_b": only_b,
     }
+
+
+# What makes two sessions' timings comparable: (key, label). A change in any of them is said above
+# the table, as asv keeps results of different machines apart and pytest-benchmark warns.
+ENV_FACTS = (("gpu", "GPU"), ("driver", "driver"), ("torch", "torch"), ("cuda", "CUDA"),
+             ("nvcc", "nvcc"), ("kernel_build", "kernel build key"))
+
+
+def environment_facts(db, session: dict) -> dict | None:
+    """The facts of :data:`ENV_FACTS` for a session, from its latest environment snapshot and its
+    latest passed build step; None where the session has neither."""
+    snap = db.execute(
+        "SELECT gpu_name, driver_version, torch_version, torch_cuda, nvcc_version, data FROM "
+        "env_snapshots WHERE session_id = ? ORDER BY taken_at DESC, id DESC LIMIT 1",
+        [session["id"]]).fetchone()
+    build = db.execute(
+        "SELECT summary FROM steps WHERE session_id = ? AND name = 'build' AND status = 'passed' "
+        "ORDER BY seq DESC LIMIT 1", [session["id"]]).fetchone()
+    if snap is None and build is None:
+        return None
+    facts = dict.fromkeys(key for key, _ in ENV_FACTS)
+    if snap is not None:
+        gpu, driver, torch, cuda, nvcc, data = snap
+        try:
+            gpus = [g.get("name") for g in (json.loads(data or "{}").get("gpus") or [])
+                    if isinstance(g, dict) and g.get("name")]
+        except (ValueError, AttributeError):
+            gpus = []
+        facts.update(gpu=", ".join(gpus) or gpu, driver=driver, torch=torch, cuda=cuda, nvcc=nvcc)
+    if build is not None:
+        try:
+            facts["kernel_build"] = (json.loads(build[0] or "{}") or {}).get("key")
+        except (ValueError, AttributeError):
+            pass
+    return facts
+
+
+def environment_changes(a: dict | None, b: dict | None) -> list[dict]:
+    """What differs between two sessions' :func:`environment_facts`: [{key, label, a, b}].
+    A fact unknown on either side is not counted as a change."""
+    if a is None or b is None:
+        return []
+    return [{"key": key, "label": label, "a": a[key], "b": b[key]} for key, label in ENV_FACTS
+            if a.get(key) is not None and b.get(key) is not None and a[key] != b[key]]
 
 
 def compare_pair(key: tuple, impl: str, ra: dict, rb: dict, *, min_effect: float,
@@ -165,12 +213,43 @@ def clock_note(a_mhz, b_mhz, *, rel: float = CLOCK_NOTE_REL) -> str:
     return f"SM clock {a_mhz:.0f} -> {b_mhz:.0f} MHz"
 
 
+def _short(value, width: int = 16) -> str:
+    text = str(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+class EnvironmentChanged(SessionkitError):
+    """Two sessions measured on different machines or software, judged for regressions."""
+
+
+def check_same_environment(result: dict, *, allow_env_change: bool) -> None:
+    """Raise :class:`EnvironmentChanged` when the compared sessions' environments differ, unless
+    ``allow_env_change``: a regression verdict across machines is not one about the code."""
+    changes = (result.get("environment") or {}).get("changes") or []
+    if changes and not allow_env_change:
+        what = ", ".join(c["label"] for c in changes)
+        raise EnvironmentChanged(
+            f"sessions {result['a']['number']} and {result['b']['number']} ran in different "
+            f"environments ({what} changed); --fail-on-regression will not judge them: pass "
+            "--allow-env-change to compare anyway")
+
+
 def format_comparison(result: dict) -> str:
     """The comparison as a text table, regressions first."""
     a, b = result["a"], result["b"]
     lines = [f"A = session {a['number']} ({a['name']}), B = session {b['number']} ({b['name']}); "
              f"ratio = B/A median latency, verdict needs p < {result['alpha']:g} and "
              f"|ratio - 1| >= {result['min_effect']:.0%}"]
+    env = result.get("environment") or {}
+    changes = env.get("changes") or []
+    if changes:
+        what = "; ".join(f"{c['label']} {_short(c['a'])} -> {_short(c['b'])}" for c in changes)
+        lines.insert(0, f"WARNING: the sessions ran in different environments ({what}): a change "
+                        "below may come from the machine or the software, not from the code")
+    unknown = [result[side]["number"] for side in ("a", "b") if env and env.get(side) is None]
+    if len(unknown) == 1:
+        lines.insert(1, f"note: session {unknown[0]} has no environment snapshot, so a change of "
+                        "machine cannot be seen (run 'sessionkit step preflight' in it)")
     if not result["rows"]:
         lines.append("no config and implementation was measured in both")
     else:

@@ -281,17 +281,13 @@ def parse_grid_entry(name: str, value) -> list[BenchConfig]:
 
 def load_project_grids(start: Path | None = None) -> dict[str, list[BenchConfig]]:
     """Grids from ``[tool.sessionkit.grids]`` of the nearest pyproject.toml."""
-    from ..config import find_pyproject
+    from ..config import load_config
 
-    path = find_pyproject(start)
+    cfg = load_config(start)
+    path = cfg.path
     if path is None:
         return {}
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-    grids = data.get("tool", {}).get("sessionkit", {}).get("grids", {})
+    grids = cfg.raw.get("grids", {})
     if not isinstance(grids, dict):
         raise UsageError(f"[tool.sessionkit.grids] in {path} must be a table of grids")
     out = {}

@@ -104,7 +104,8 @@ class Probe:
         except telemetry.TelemetryUnavailable as exc:
             return cls(reason=str(exc))
         try:
-            devices = telemetry.resolve_devices(nvml)
+            # Matched by UUID: CUDA's index `index` need not be NVML's (mixed GPU models).
+            devices = telemetry.resolve_devices(nvml, cuda_order=telemetry.cuda_uuids())
         except Exception as exc:
             return cls(reason=f"cannot list GPUs ({exc})")
         if index >= len(devices):

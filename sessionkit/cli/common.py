@@ -26,14 +26,21 @@ def json_option(fn):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
 
 
-def open_db(ctx: click.Context, *, create: bool = False):
-    """Open the database named by --db / $SESSIONKIT_DB / search, and mark stale steps."""
+def open_db(ctx: click.Context, *, create: bool = False, read_only: bool = False):
+    """Open the database named by --db / $SESSIONKIT_DB / search, and mark stale steps.
+
+    Reading commands pass ``read_only``: a database that cannot be written (an archive, a read-only
+    file) is then opened for reading, and stale steps are left as they are.
+    """
     from ..db import open_db as _open
     from ..liveness import reap_dead_steps
 
-    db = _open(ctx.find_root().obj.get("db_path"), create=create)
-    for notice in reap_dead_steps(db):
+    db = _open(ctx.find_root().obj.get("db_path"), create=create, read_only=read_only)
+    for notice in getattr(db, "notices", []):
         click.echo(notice, err=True)
+    if not getattr(db, "read_only", False):
+        for notice in reap_dead_steps(db):
+            click.echo(notice, err=True)
     return db
 
 

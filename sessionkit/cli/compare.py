@@ -19,23 +19,30 @@ def register(cli: click.Group) -> None:
 @click.option("--alpha", type=float, default=0.01, show_default=True,
               help="Significance level of the Mann-Whitney U test on the raw samples.")
 @click.option("--fail-on-regression", is_flag=True,
-              help="Exit with status 1 when anything got slower or broke.")
+              help="Exit with status 1 when anything got slower or broke (refused when the two "
+                   "sessions ran in different environments, unless --allow-env-change).")
+@click.option("--allow-env-change", is_flag=True,
+              help="With --fail-on-regression: judge sessions that ran on another GPU, driver, "
+                   "torch, CUDA or kernel build.")
 @db_option
 @json_option
 @click.pass_context
-def compare(ctx, a, b, min_effect, alpha, fail_on_regression, as_json):
+def compare(ctx, a, b, min_effect, alpha, fail_on_regression, allow_env_change, as_json):
     """Compare the bench results of session A (older) with session B (newer).
 
     A and B are session numbers, names or ids; by default the last two sessions that benchmarked.
     """
-    from ..bench.compare import RegressionFound, compare_sessions, format_comparison
+    from ..bench.compare import (RegressionFound, check_same_environment, compare_sessions,
+                                 format_comparison)
 
-    db = open_db(ctx)
+    db = open_db(ctx, read_only=True)
     result = compare_sessions(db, a, b, min_effect=min_effect, alpha=alpha)
     if as_json:
         echo_json(result)
     else:
         click.echo(format_comparison(result))
+    if fail_on_regression:
+        check_same_environment(result, allow_env_change=allow_env_change)
     if fail_on_regression and result["regressions"]:
         raise RegressionFound(f"{result['regressions']} regression(s) from session "
                               f"{result['a']['number']} to {result['b']['number']}")

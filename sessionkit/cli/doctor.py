@@ -52,7 +52,7 @@ def env_show(ctx, session, as_json):
     """
     from ..envinfo import format_snapshot, load_snapshot
 
-    snapshot = load_snapshot(open_db(ctx), session)
+    snapshot = load_snapshot(open_db(ctx, read_only=True), session)
     if as_json:
         echo_json(snapshot)
     else:
@@ -73,7 +73,7 @@ def env_diff(ctx, a, b, as_json):
     """
     from ..envinfo import diff_sessions, format_diff
 
-    result = diff_sessions(open_db(ctx), a, b)
+    result = diff_sessions(open_db(ctx, read_only=True), a, b)
     if as_json:
         echo_json(result)
     else:

@@ -39,7 +39,7 @@ def report(ctx, session_ref, out, no_plots, as_json):
     else the last one)."""
     from ..report import session_report
 
-    db = open_db(ctx)
+    db = open_db(ctx, read_only=True)
     result = session_report(db, session_ref, out=None if as_json else out, plots=not no_plots)
     _emit(result, as_json, result.data)
 
@@ -53,7 +53,7 @@ def history(ctx, out, as_json):
     """All sessions in one table, and the trend of the last ones."""
     from ..report import history_report
 
-    db = open_db(ctx)
+    db = open_db(ctx, read_only=True)
     result = history_report(db, out=None if as_json else out)
     _emit(result, as_json, result.data)
 
@@ -67,7 +67,7 @@ def patterns(ctx, out, as_json):
     """The pattern library, with the sessions that applied each pattern and its measured effect."""
     from ..report import patterns_report
 
-    db = open_db(ctx)
+    db = open_db(ctx, read_only=True)
     result = patterns_report(db, out=None if as_json else out)
     _emit(result, as_json, result.data)
 

@@ -24,10 +24,12 @@ def register(cli: click.Group) -> None:
 @click.option("--keep-going", is_flag=True, help="Run every step even when one it needs did not pass.")
 @click.option("--no-hooks", is_flag=True, help="Leave out the [tool.sessionkit.hooks] commands.")
 @click.option("--no-plots", is_flag=True, help="Do not draw plots in the report.")
+@click.option("--force", is_flag=True, help="Open the session even if another is still open "
+              "(e.g. one left open by a preempted run).")
 @db_option
 @click.pass_context
 def run(ctx, name, objective, grid, plan, budget, step_budgets, gpu_rate, ai_rate, out, keep_going,
-        no_hooks, no_plots):
+        no_hooks, no_plots, force):
     """Run a whole session: start, preflight, build, correctness, bench, end, report.
 
     Steps that need a step which did not pass are recorded as skipped, with the reason. The exit
@@ -43,6 +45,7 @@ def run(ctx, name, objective, grid, plan, budget, step_budgets, gpu_rate, ai_rat
     opts = resolve_start_options(objective=objective, plan=None, budget=budget,
                                  step_budgets=step_budgets, gpu_rate=gpu_rate, ai_rate=ai_rate)
     opts.pop("plan", None)
+    opts["force"] = force
     steps = parse_plan(plan) if plan is not None else list(DEFAULT_PLAN)
     db = open_db(ctx, create=True)
     result = run_session(db, name=name, plan=steps, grid=grid, hooks=hooks, start_options=opts,

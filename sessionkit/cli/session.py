@@ -57,7 +57,7 @@ def status(ctx, as_json):
     from ..sessions import get_open_session, session_status
     from ..views import format_status
 
-    db = open_db(ctx)
+    db = open_db(ctx, read_only=True)
     session = get_open_session(db, required=False)
     if session is None:
         if as_json:
@@ -105,7 +105,7 @@ def sessions(ctx, limit, as_json):
     from ..sessions import list_sessions
     from ..views import format_session_list
 
-    rows = list_sessions(open_db(ctx), limit=limit)
+    rows = list_sessions(open_db(ctx, read_only=True), limit=limit)
     echo_json(rows) if as_json else click.echo(format_session_list(rows))
 
 
@@ -119,7 +119,7 @@ def show(ctx, session_ref, as_json):
     from ..sessions import get_session, session_status
     from ..views import format_show
 
-    db = open_db(ctx)
+    db = open_db(ctx, read_only=True)
     data = session_status(db, get_session(db, session_ref))
     echo_json(data) if as_json else click.echo(format_show(data))
 
@@ -137,12 +137,13 @@ def export(ctx, session_ref, as_json, output):
 
     from ..sessions import export_session, get_session
 
-    db = open_db(ctx)
+    db = open_db(ctx, read_only=True)
     data = export_session(db, get_session(db, session_ref))
     text = json.dumps(data, indent=2, default=str)
     if output:
-        with open(output, "w") as fh:
-            fh.write(text + "\n")
+        from ..atomic import write_atomic
+
+        write_atomic(output, text + "\n")
         click.echo(f"Wrote {output}")
     else:
         click.echo(text)

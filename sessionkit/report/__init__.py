@@ -67,10 +67,6 @@ def patterns_report(db, out: str | Path | None = None) -> Report:
 
 
 def _write(path: Path, text: str) -> None:
-    from ..errors import SessionkitError
+    from ..atomic import write_atomic
 
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise SessionkitError(f"cannot write {path}: {exc.strerror or exc}") from None
+    write_atomic(path, text, make_parents=True)

@@ -1,0 +1,153 @@
+"""Bad input gets one line, never a traceback, and never a half-made row."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sessionkit.cli import cli
+from sessionkit.config import load_config
+from sessionkit.db import open_db
+from sessionkit.errors import ConfigError
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def one_line_error(result, code=None):
+    assert result.exit_code != 0 if code is None else result.exit_code == code, result.output
+    text = result.output.strip()
+    assert text.startswith("Error: ") and "\n" not in text and "Traceback" not in text, text
+
+
+def test_export_into_a_missing_folder(tmp_path):
+    assert invoke("start", "--objective", "x").exit_code == 0
+    result = invoke("export", "last", "-o", str(tmp_path / "no" / "such" / "x.json"))
+    one_line_error(result, 1)
+    assert "does not exist" in result.output
+
+
+@pytest.mark.parametrize("name", ["a" * 300, "é" * 150, "x\x1by"])
+def test_an_unusable_step_name_leaves_no_row(name):
+    assert invoke("start", "--objective", "x").exit_code == 0
+    result = invoke("step", "run", name, "--", "true")
+    one_line_error(result, 2)
+    assert open_db()["steps"].count == 0
+
+
+def test_a_hundred_character_step_name_of_wide_letters_runs():
+    assert invoke("start", "--objective", "x").exit_code == 0
+    assert invoke("step", "run", "界" * 100, "--", "true").exit_code == 0
+
+
+@pytest.mark.parametrize("text", ['tool = "x"', "tool = 5", '[tool]\nsessionkit = "x"',
+                                  "[tool.sessionkit]\nobjective = 5",
+                                  "[tool.sessionkit]\nstep_budgets = 5"])
+def test_a_pyproject_of_the_wrong_shape(tmp_path, text):
+    (tmp_path / "pyproject.toml").write_text(text + "\n")
+    for args in (["start", "--objective", "x"], ["run", "--objective", "x"],
+                 ["step", "bench", "--grid", "quick"]):
+        one_line_error(invoke(*args))
+
+
+TOML_VALUES = st.one_of(
+    st.integers(-10, 10).map(str), st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.sampled_from(['"x"', '"2h"', '"-5m"', "true", "[]", '["a", 1]', "[[1]]", "{}", "{a = 1}",
+                     '{build = "60s"}', "{build = 5}", '{build = "x"}', '["preflight"]', '"nan"']))
+KEYS = ["objective", "plan", "budget", "gpu_rate", "ai_rate", "step_budgets", "telemetry_interval",
+        "hooks", "grids"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(KEYS), value=TOML_VALUES)
+def test_any_value_of_any_key_is_loaded_or_refused_in_one_line(tmp_path, key, value):
+    from sessionkit.bench.grids import load_project_grids
+    from sessionkit.session_run import parse_hooks
+
+    (tmp_path / "pyproject.toml").write_text(f"[tool.sessionkit]\n{key} = {value}\n")
+    try:
+        cfg = load_config(tmp_path)
+        parse_hooks(cfg.raw.get("hooks"))
+        load_project_grids(tmp_path)
+    except ConfigError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - only the typed one-line errors are allowed
+        from sessionkit.errors import UsageError
+        assert isinstance(exc, UsageError), f"{key} = {value}: {type(exc).__name__}: {exc}"
+
+
+def test_run_checks_every_option_before_opening_the_session():
+    result = invoke("run", "--objective", "x", "--grid", "nosuch", "--no-hooks", "--no-plots")
+    one_line_error(result, 2)
+    assert "nosuch" in result.output
+    assert open_db(create=True)["sessions"].count == 0
+
+
+def test_run_force_opens_a_session_beside_one_left_open(tmp_path):
+    assert invoke("start", "--objective", "preempted run").exit_code == 0
+    refused = invoke("run", "--objective", "again", "--plan", "preflight", "--no-hooks", "--no-plots")
+    one_line_error(refused)
+    assert "--force" in refused.output
+    forced = invoke("run", "--objective", "again", "--plan", "preflight", "--no-hooks", "--no-plots",
+                    "--force")
+    assert "Error: no such option" not in forced.output
+    assert open_db()["sessions"].count == 2
+
+
+def test_a_skipped_step_exits_125_for_git_bisect():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("correctness runs here; the skip needs a machine without CUDA")
+    assert invoke("start", "--objective", "bisect").exit_code == 0
+    result = invoke("step", "correctness")
+    assert "skipped" in result.output.lower()
+    assert result.exit_code == 125
+
+
+ATOMIC = textwrap.dedent("""
+    set -u
+    mount -t tmpfs -o size=2m tmpfs "$1" || exit 77
+    cd "$1"
+    export SESSIONKIT_DB="$1/.sessionkit/sessions.db"
+    "$2" -m sessionkit start --objective full >/dev/null || exit 78
+    "$2" -m sessionkit history -o history.md >/dev/null || exit 79
+    "$2" -m sessionkit export last -o export.json >/dev/null || exit 80
+    cp history.md /dev/shm/ 2>/dev/null; sha256sum history.md export.json > "$3"
+    head -c 3000000 /dev/zero > filler 2>/dev/null   # the disk is now full
+    "$2" -m sessionkit history -o history.md; echo "EXIT $?"
+    "$2" -m sessionkit export last -o export.json; echo "EXIT $?"
+    sha256sum -c "$3" && echo INTACT
+    ls -a
+""")
+
+
+def test_report_files_are_replaced_whole_or_not_at_all(tmp_path):
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("util-linux's unshare is needed to mount a small tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([unshare, "-rm", "sh", "-c", ATOMIC, "sh", str(mnt), sys.executable,
+                             str(tmp_path / "sums")], capture_output=True, text=True, timeout=120,
+                            env=env)
+    if result.returncode == 77 or result.stderr.startswith("unshare:"):
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()[:200]}")
+    out, err = result.stdout, result.stderr
+    assert out.count("EXIT 1") == 2, out + err
+    assert "INTACT" in out, out + err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("Error: ")] and all(
+        line.startswith("Error: ") and "no space left on device" in line
+        for line in err.splitlines() if line.strip()), err
+    assert ".tmp" not in out  # no temporary file left behind

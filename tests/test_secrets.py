@@ -1,0 +1,98 @@
+"""Secrets stay out of everything sessionkit stores or renders: argv, options, summaries, output
+tails, logs, exports and reports, with the environment snapshot's marker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sessionkit.envinfo import REDACTED
+from sessionkit.secrets import SecretScrubber
+
+TOKEN = "ghp_Zx9secretvalue42"
+PASSWORD = "hunter2-Pa55word"
+URL_PASS = "s3cr3tUrlPass"
+
+
+def sk(*args, env):
+    return subprocess.run([sys.executable, "-m", "sessionkit", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def everything_stored(tmp_path: Path, env) -> str:
+    """The whole database as SQL text, every file under .sessionkit, the export and the report."""
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "sessions.db")
+    parts = ["\n".join(conn.iterdump())]
+    conn.close()
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.suffix in (".log", ".txt", ".md", ".json", ".csv"):
+            parts.append(path.read_text(errors="replace"))
+    parts.append(sk("export", "last", env=env).stdout)
+    parts.append(sk("report", "last", env=env).stdout)
+    parts.append(sk("show", "last", "--json", env=env).stdout)
+    return "\n".join(parts)
+
+
+def test_no_secret_is_stored_or_rendered(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), GITHUB_TOKEN=TOKEN,
+               SESSIONKIT_DB=str(tmp_path / "sessions.db"))
+    assert sk("start", "--objective", "secrets", env=env).returncode == 0
+    script = ("echo token is $GITHUB_TOKEN; echo cloning https://bob:" + URL_PASS
+              + "@example.com/repo.git; echo args: \"$@\"")
+    result = sk("step", "run", "pw", "--", "sh", "-c", script, "sh", f"--password={PASSWORD}",
+                "--token", "plain-token-value", f"API_KEY={PASSWORD}x", env=env)
+    assert result.returncode == 0, result.stderr
+    assert TOKEN in result.stdout  # the terminal shows the command's own output as it is
+    stored = everything_stored(tmp_path, env)
+    for secret in (TOKEN, PASSWORD, URL_PASS, "plain-token-value"):
+        assert secret not in stored, secret
+    assert f"token is {REDACTED}" in stored
+    assert f"--password={REDACTED}" in stored
+    assert f"https://{REDACTED}@example.com" in stored
+
+
+def test_argv_scrubbing():
+    scrub = SecretScrubber({"HF_TOKEN": "hf_abcdefgh"})
+    assert scrub.argv(["tool", "--password=xyz", "--token", "abc", "--auth-token=q", "-v",
+                       "GITHUB_TOKEN=t", "--url=https://u:p@h/x", "hf_abcdefgh", "--keep=1"]) == [
+        "tool", f"--password={REDACTED}", "--token", REDACTED, f"--auth-token={REDACTED}", "-v",
+        f"GITHUB_TOKEN={REDACTED}", f"--url=https://{REDACTED}@h/x", REDACTED, "--keep=1"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(pieces=st.lists(st.sampled_from(["SECRET-ABCDEFG", "https://me:pw@host/", "plain text ",
+                                        "\n", "xy", "://", "SECRET-ABC"]), max_size=40),
+       cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=10))
+def test_stream_scrubbing_matches_whole_text_scrubbing(pieces, cuts):
+    scrub = SecretScrubber({"MY_SECRET": "SECRET-ABCDEFG"})
+    data = "".join(pieces).encode()
+    stream = scrub.stream()
+    out = b""
+    last = 0
+    for cut in sorted(c % (len(data) + 1) for c in cuts) + [len(data)]:
+        out += stream.feed(data[last:cut])
+        last = max(last, cut)
+    out += stream.flush()
+    assert out.decode() == scrub.text(data.decode())
+    assert b"SECRET-ABCDEFG" not in out and b"me:pw@" not in out
+
+
+def test_url_credential_scrubbing_is_linear_on_long_lines():
+    import time
+
+    from sessionkit.envinfo import Redactor
+
+    line = "a" * 256 * 1024 + "://host/x https://u:p@h/ " + "b" * 1024
+    started = time.perf_counter()
+    out = Redactor({}).text(line)
+    elapsed = time.perf_counter() - started
+    assert out.endswith(f"://host/x https://{REDACTED}@h/ " + "b" * 1024)
+    assert elapsed < 3.0, f"{elapsed:.1f} s for 256 KiB: the pattern backtracks"
