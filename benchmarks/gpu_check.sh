@@ -100,12 +100,13 @@ for dtype in (torch.float16, torch.bfloat16):
 torch.cuda.synchronize()
 print("sanitize run done")
 EOF
-  # Both kernel families: the one the dispatcher picks (sm90 on Hopper) and the sm80 fallback.
-  for family in auto sm80; do
+  # Both kernel families: the one the dispatcher picks (sm90 on Hopper) and the sm80 fallback
+  # ($SANITIZE_FAMILIES narrows the list, $SANITIZE_TIMEOUT bounds each run in seconds).
+  for family in ${SANITIZE_FAMILIES:-auto sm80}; do
     for tool in memcheck racecheck synccheck; do
       log=/tmp/sanitizer_${family}_$tool.txt
       if [ "$family" = sm80 ]; then export SESSIONKIT_KERNEL_FAMILY=sm80; else unset SESSIONKIT_KERNEL_FAMILY; fi
-      timeout 240 compute-sanitizer --tool "$tool" python3 /tmp/sk_sanitize.py > "$log" 2>&1
+      timeout "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" python3 /tmp/sk_sanitize.py > "$log" 2>&1
       note "compute-sanitizer $tool ($family): exit $? | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"
       cat "$log" >> "$OUT/sanitizer.txt"
     done
