@@ -88,8 +88,10 @@ import torch
 from sessionkit.kernels import flash_attention, load_extension
 load_extension()
 torch.manual_seed(0)
+dims = [int(d) for d in torch.ops.sessionkit.flash_attn_head_dims(torch.cuda.current_device())]
+print("family", torch.ops.sessionkit.flash_attn_family(torch.cuda.current_device()), "head dims", dims)
 for dtype in (torch.float16, torch.bfloat16):
-    for dim in (64, 128):
+    for dim in dims:
         for causal in (False, True):
             for sq, sk in ((1, 1), (17, 113), (130, 70), (200, 257)):
                 q = torch.randn(1, 2, sq, dim, device="cuda", dtype=dtype)
