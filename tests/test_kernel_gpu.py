@@ -250,7 +250,7 @@ def _good():
     ("cpu", ValueError, "CUDA"),
     ("dtype", TypeError, "float32"),
     ("mixed_dtype", TypeError, "share one dtype"),
-    ("head_dim", ValueError, "supported head dims are 64, 128"),
+    ("head_dim", ValueError, "supported head dims are 64, 96, 128, 256"),
     ("rank", ValueError, "4-D"),
     ("batch", ValueError, "batch sizes differ"),
     ("heads", ValueError, "head counts differ"),
@@ -270,7 +270,7 @@ def test_bad_inputs(case, exc, words):
     elif case == "mixed_dtype":
         k = k.bfloat16()
     elif case == "head_dim":
-        q, k, v = (torch.randn(1, 2, 16, 96, device="cuda", dtype=torch.float16) for _ in range(3))
+        q, k, v = (torch.randn(1, 2, 16, 80, device="cuda", dtype=torch.float16) for _ in range(3))
     elif case == "rank":
         q = q[0]
     elif case == "batch":
@@ -294,7 +294,7 @@ import torch
 from sessionkit.kernels import load_extension
 load_extension()
 q, k, v = (torch.randn(1, 2, 16, 64, device="cuda", dtype=torch.float16) for _ in range(3))
-bad = torch.randn(1, 2, 16, 96, device="cuda", dtype=torch.float16)
+bad = torch.randn(1, 2, 16, 80, device="cuda", dtype=torch.float16)
 out = torch.empty_like(q)
 cases = [
     lambda: torch.ops.sessionkit.flash_attn_fwd(bad, bad, bad, False, 0.1),
@@ -325,7 +325,7 @@ def test_op_checks_in_cpp_too():
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("ERROR", "NO ERROR"))]
     assert len(lines) == 4, proc.stdout
-    assert "head_dim 96 is not supported" in lines[0]
+    assert "head_dim 80 is not supported" in lines[0]
     assert "k and v head counts differ" in lines[1]
     assert "must be CUDA tensors" in lines[2] or "CPU" in lines[2]
     assert "lse must be float32" in lines[3]
