@@ -46,9 +46,9 @@ struct Sm90Args {
   int section_pairs;  // (batch, head) pairs per L2 section (see tile_at)
 };
 
-// The persistent schedule: in round r, CTA i takes tile r * gridDim.x + i of one list when r is
-// even and r * gridDim.x + (gridDim.x - 1 - i) when r is odd, so that a CTA that got one of the
-// longest tiles of a round gets one of the shortest of the next. The (batch, head)
+// The persistent schedule: in round r, CTA i takes tile r * gridDim.x + i of one list. (With
+// -DSK_SM90_SNAKE=1 it takes r * gridDim.x + (gridDim.x - 1 - i) in odd rounds, meant to balance
+// causal work; it measured 10-15 % slower on causal shapes, see docs/kernel-notes.md.) The (batch, head)
 // pairs are cut into L2 sections of section_pairs pairs whose K and V fit in L2 together; the
 // list runs section by section, and inside a section longest first: the section's pairs of the
 // last query block (under a causal mask the most key blocks), then of the one before, and so on.
