@@ -23,6 +23,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m003_correctness", "sessionkit.kernels.correctness:m003_correctness"),
     ("m004_bench", "sessionkit.bench.schema:m004_bench"),
     ("m005_bench_passes", "sessionkit.bench.schema:m005_bench_passes"),
+    ("m006_provenance", "sessionkit.schema:m006_provenance"),
 ]
 
 

@@ -151,3 +151,15 @@ def m001_core(db) -> None:
                m.unit, st.status AS step_status, m.step_id
         FROM metrics m JOIN steps st ON st.id = m.step_id JOIN sessions s ON s.id = st.session_id"""
     )
+
+
+def m006_provenance(db) -> None:
+    """Merged databases: where an imported session came from, and artifacts whose file did not come
+    with it; indexes for the aggregate queries that read every session."""
+    db.execute("ALTER TABLE sessions ADD COLUMN origin_number INTEGER")
+    db.execute("ALTER TABLE sessions ADD COLUMN imported_from TEXT")
+    db.execute("ALTER TABLE sessions ADD COLUMN imported_at TEXT")
+    db.execute("ALTER TABLE artifacts ADD COLUMN missing INTEGER NOT NULL DEFAULT 0 "
+               "CHECK (missing IN (0, 1))")
+    db.execute("ALTER TABLE artifacts ADD COLUMN origin_path TEXT")
+    db.execute("CREATE INDEX idx_sessions_host ON sessions(host, started_at)")
