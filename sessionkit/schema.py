@@ -163,3 +163,11 @@ def m006_provenance(db) -> None:
                "CHECK (missing IN (0, 1))")
     db.execute("ALTER TABLE artifacts ADD COLUMN origin_path TEXT")
     db.execute("CREATE INDEX idx_sessions_host ON sessions(host, started_at)")
+    # history and the pattern evidence aggregate over every session: covering indexes let SQLite
+    # read these narrow indexes instead of the wide rows
+    db.execute("CREATE INDEX idx_steps_session_status ON steps(session_id, status, duration_s)")
+    if db["bench_results"].exists():
+        db.execute("CREATE INDEX idx_bench_results_ours ON bench_results(step_id, speedup_vs_sdpa) "
+                   "WHERE impl = 'ours' AND status = 'ok' AND speedup_vs_sdpa IS NOT NULL")
+    if db["correctness_results"].exists():
+        db.execute("CREATE INDEX idx_correctness_bounds ON correctness_results(step_id, passed, max_err, bound)")

@@ -43,11 +43,11 @@ def session_report(db, session_ref=None, out: str | Path | None = None, *, plots
 
 
 def history_report(db, out: str | Path | None = None, *, now: str | None = None) -> Report:
-    from .history import history_data
+    from .history import history_data, history_table
     from .render import render
 
     data = history_data(db, now=now)
-    text = render("history.md.j2", h=data)
+    text = render("history.md.j2", h=data, table=history_table(data["sessions"]))
     path = Path(out) if out is not None else None
     if path is not None:
         _write(path, text)

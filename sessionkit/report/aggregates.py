@@ -28,51 +28,62 @@ def median(values) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def ensure_math_functions(conn) -> None:
+    """``ln`` and ``exp`` in SQL, from Python's math module where SQLite was built without them."""
+    try:
+        conn.execute("SELECT ln(2.0), exp(0.0)").fetchone()
+    except Exception:  # sqlite3.OperationalError: no such function
+        conn.create_function("ln", 1, lambda x: math.log(x) if x is not None and x > 0 else None,
+                             deterministic=True)
+        conn.create_function("exp", 1, lambda x: math.exp(x) if x is not None else None,
+                             deterministic=True)
+
+
 def bench_speedups(db) -> dict[str, dict]:
     """session_id -> {"geomean", "best", "configs", "step_id"} from the session's last bench step.
 
-    Speedups are the ``speedup_vs_sdpa`` of our kernel's ``ok`` rows in ``bench_results``.
+    Speedups are the ``speedup_vs_sdpa`` of our kernel's ``ok`` rows in ``bench_results``; the
+    geometric mean skips values that are not positive. Aggregated in SQL per step (over the partial
+    index ``idx_bench_results_ours``); the last step per session is picked here.
     """
     if not table_exists(db, "bench_results"):
         return {}
+    ensure_math_functions(db.conn)
     rows = db.execute(
-        """SELECT st.session_id, st.seq, st.id, br.speedup_vs_sdpa
-           FROM bench_results br JOIN steps st ON st.id = br.step_id
-           WHERE br.impl = 'ours' AND br.status = 'ok' AND br.speedup_vs_sdpa IS NOT NULL
-           ORDER BY st.session_id, st.seq""").fetchall()
-    last: dict[str, tuple[int, str, list[float]]] = {}
-    for session_id, seq, step_id, speedup in rows:
-        cur = last.get(session_id)
-        if cur is None or seq > cur[0]:
-            cur = (seq, step_id, [])
-            last[session_id] = cur
-        if seq == cur[0]:
-            cur[2].append(speedup)
-    return {sid: {"geomean": geomean(vals), "best": max(vals), "configs": len(vals), "step_id": step_id}
-            for sid, (_seq, step_id, vals) in last.items()}
+        """SELECT st.session_id, st.seq, st.id, p.n, p.best, p.geo
+           FROM (SELECT step_id, COUNT(*) AS n, MAX(speedup_vs_sdpa) AS best,
+                        EXP(AVG(CASE WHEN speedup_vs_sdpa > 0 THEN LN(speedup_vs_sdpa) END)) AS geo
+                 FROM bench_results
+                 WHERE impl = 'ours' AND status = 'ok' AND speedup_vs_sdpa IS NOT NULL
+                 GROUP BY step_id) p
+           JOIN steps st ON st.id = p.step_id""").fetchall()
+    out: dict[str, dict] = {}
+    seqs: dict[str, int] = {}
+    for session_id, seq, step_id, n, best, geo in rows:
+        if seqs.get(session_id, -1) > seq:
+            continue
+        seqs[session_id] = seq
+        out[session_id] = {"geomean": geo, "best": best, "configs": n, "step_id": step_id}
+    return out
 
 
 def correctness_by_session(db) -> dict[str, dict]:
     """session_id -> the last finished correctness step: {"status", "configs", "passed", "worst_ratio"}."""
     has_table = table_exists(db, "correctness_results")
+    last = """(SELECT st.id, st.session_id, st.status FROM steps st
+               JOIN (SELECT session_id, MAX(seq) AS seq FROM steps
+                     WHERE name = 'correctness' AND status != 'running' GROUP BY session_id) l
+                 ON l.session_id = st.session_id AND l.seq = st.seq)"""
     if has_table:
-        sql = """SELECT st.session_id, st.seq, st.status, COUNT(cr.id), SUM(cr.passed),
-                        MAX(CASE WHEN cr.bound > 0 THEN cr.max_err / cr.bound END)
-                 FROM steps st LEFT JOIN correctness_results cr ON cr.step_id = st.id
-                 WHERE st.name = 'correctness' AND st.status != 'running'
-                 GROUP BY st.id"""
+        sql = f"""SELECT t.session_id, t.status, COUNT(cr.step_id), SUM(cr.passed),
+                         MAX(CASE WHEN cr.bound > 0 THEN cr.max_err / cr.bound END)
+                  FROM {last} t LEFT JOIN correctness_results cr ON cr.step_id = t.id
+                  GROUP BY t.id"""
     else:
-        sql = """SELECT st.session_id, st.seq, st.status, 0, 0, NULL FROM steps st
-                 WHERE st.name = 'correctness' AND st.status != 'running'"""
-    out: dict[str, dict] = {}
-    seqs: dict[str, int] = {}
-    for session_id, seq, status, configs, passed, worst in db.execute(sql).fetchall():
-        if session_id in seqs and seqs[session_id] > seq:
-            continue
-        seqs[session_id] = seq
-        out[session_id] = {"status": status, "configs": configs or 0, "passed": passed or 0,
-                           "worst_ratio": worst}
-    return out
+        sql = f"SELECT t.session_id, t.status, 0, 0, NULL FROM {last} t"
+    return {session_id: {"status": status, "configs": configs or 0, "passed": passed or 0,
+                         "worst_ratio": worst}
+            for session_id, status, configs, passed, worst in db.execute(sql).fetchall()}
 
 
 def step_counts(db) -> dict[str, dict]:

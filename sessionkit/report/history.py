@@ -6,8 +6,7 @@ sessions renders in well under a second (``benchmarks/history_speed.py`` measure
 
 from __future__ import annotations
 
-from ..costs import session_costs
-from ..timefmt import now_iso, seconds_between
+from ..timefmt import now_iso, parse_iso
 from . import aggregates
 from .aggregates import median
 
@@ -15,34 +14,76 @@ TREND_WINDOW = 5
 
 
 def history_data(db, *, now: str | None = None) -> dict:
-    """One row per session (oldest first) and the trend, as plain data."""
+    """One row per session (oldest first) and the trend, as plain data.
+
+    Durations are seconds (to ``now`` for open sessions); ``cost_usd`` is the GPU and AI rates in USD
+    per hour times the duration (None when neither rate is set); speedups are ratios over SDPA.
+    """
     now = now or now_iso()
+    now_dt = parse_iso(now)
     counts = aggregates.step_counts(db)
     correctness = aggregates.correctness_by_session(db)
     speedups = aggregates.bench_speedups(db)
+    no_counts: dict = {}
+    no_bench: dict = {}
     rows = []
-    for s in db.execute(
+    for (sid, number, name, status, objective, outcome, started, ended, gpu_rate,
+         ai_rate) in db.execute(
             """SELECT id, number, name, status, objective, outcome, started_at, ended_at,
-                      gpu_rate_usd_per_h, ai_rate_usd_per_h FROM sessions ORDER BY number""").fetchall():
-        (sid, number, name, status, objective, outcome, started, ended, gpu_rate, ai_rate) = s
-        session = {"started_at": started, "ended_at": ended, "gpu_rate_usd_per_h": gpu_rate,
-                   "ai_rate_usd_per_h": ai_rate}
-        cost = session_costs(session, [], now=now)
-        c = counts.get(sid, {})
-        corr = correctness.get(sid)
-        bench = speedups.get(sid, {})
+                      gpu_rate_usd_per_h, ai_rate_usd_per_h FROM sessions ORDER BY number"""):
+        duration = ((parse_iso(ended) if ended else now_dt) - parse_iso(started)).total_seconds()
+        if gpu_rate is None and ai_rate is None:
+            cost = None
+        else:  # as costs.session_costs: the rates times the wall time, never below zero
+            wall = max(0.0, duration)
+            cost = ((gpu_rate * wall / 3600.0) if gpu_rate is not None else 0.0) + \
+                   ((ai_rate * wall / 3600.0) if ai_rate is not None else 0.0)
+        c = counts.get(sid, no_counts)
+        bench = speedups.get(sid, no_bench)
         rows.append({
             "id": sid, "number": number, "name": name, "status": status, "objective": objective,
             "outcome": outcome, "started_at": started, "ended_at": ended,
-            "duration_s": seconds_between(started, ended or now), "open": status == "open",
-            "cost_usd": cost["total_usd"],
+            "duration_s": duration, "open": status == "open",
+            "cost_usd": cost,
             "steps": c.get("steps", 0), "passed": c.get("passed", 0), "failed": c.get("failed", 0),
             "interrupted": c.get("interrupted", 0),
-            "correctness": corr,
+            "correctness": correctness.get(sid),
             "geomean_speedup": bench.get("geomean"), "best_speedup": bench.get("best"),
             "bench_configs": bench.get("configs"),
         })
     return {"sessions": rows, "trend": trend(rows), "generated_at": now}
+
+
+def history_table(rows: list[dict]) -> str:
+    """The body rows of the history table, one Markdown line per session.
+
+    Written out here rather than in the template: a Jinja loop costs about 50 us a row, which is
+    seconds at 100,000 sessions.
+    """
+    from .render import f_date, f_dur, f_money, f_short, f_times
+
+    lines = []
+    for s in rows:
+        c = s["correctness"]
+        if not c:
+            corr = "not run"
+        elif c["configs"]:
+            corr = f"{c['passed']}/{c['configs']} {c['status']}"
+        else:
+            corr = c["status"]
+        steps = f"{s['passed']}/{s['failed']}"
+        if s["interrupted"]:
+            steps += f" ({s['interrupted']} interrupted)"
+        if s["outcome"]:
+            outcome = f_short(s["outcome"], 60)
+        else:
+            outcome = "open" if s["open"] else s["status"]
+        lines.append(
+            f"| {s['number']} | {f_short(s['name'], 40)} | {f_date(s['started_at'])} | "
+            f"{f_dur(s['duration_s'])}{' (open)' if s['open'] else ''} | {f_money(s['cost_usd'])} | "
+            f"{steps} | {corr} | {f_times(s['best_speedup'])} | {f_times(s['geomean_speedup'])} | "
+            f"{outcome} |")
+    return "\n".join(lines)
 
 
 def _share(items, test) -> float | None:
