@@ -24,6 +24,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m004_bench", "sessionkit.bench.schema:m004_bench"),
     ("m005_bench_passes", "sessionkit.bench.schema:m005_bench_passes"),
     ("m006_provenance", "sessionkit.schema:m006_provenance"),
+    ("m007_step_rollups", "sessionkit.schema:m007_step_rollups"),
 ]
 
 

@@ -43,20 +43,28 @@ def bench_speedups(db) -> dict[str, dict]:
     """session_id -> {"geomean", "best", "configs", "step_id"} from the session's last bench step.
 
     Speedups are the ``speedup_vs_sdpa`` of our kernel's ``ok`` rows in ``bench_results``; the
-    geometric mean skips values that are not positive. Aggregated in SQL per step (over the partial
-    index ``idx_bench_results_ours``); the last step per session is picked here.
+    geometric mean skips values that are not positive. Read from the per-step rollups
+    (:mod:`sessionkit.report.rollups`), else aggregated in SQL per step; the last step per session
+    is picked here.
     """
     if not table_exists(db, "bench_results"):
         return {}
-    ensure_math_functions(db.conn)
-    rows = db.execute(
-        """SELECT st.session_id, st.seq, st.id, p.n, p.best, p.geo
-           FROM (SELECT step_id, COUNT(*) AS n, MAX(speedup_vs_sdpa) AS best,
-                        EXP(AVG(CASE WHEN speedup_vs_sdpa > 0 THEN LN(speedup_vs_sdpa) END)) AS geo
-                 FROM bench_results
-                 WHERE impl = 'ours' AND status = 'ok' AND speedup_vs_sdpa IS NOT NULL
-                 GROUP BY step_id) p
-           JOIN steps st ON st.id = p.step_id""").fetchall()
+    from . import rollups
+
+    if rollups.refresh(db):
+        rows = db.execute(
+            """SELECT session_id, seq, step_id, bench_configs, bench_best, bench_geomean
+               FROM _step_rollups WHERE bench_configs > 0""").fetchall()
+    else:
+        ensure_math_functions(db.conn)
+        rows = db.execute(
+            """SELECT st.session_id, st.seq, st.id, p.n, p.best, p.geo
+               FROM (SELECT step_id, COUNT(*) AS n, MAX(speedup_vs_sdpa) AS best,
+                            EXP(AVG(CASE WHEN speedup_vs_sdpa > 0 THEN LN(speedup_vs_sdpa) END)) AS geo
+                     FROM bench_results
+                     WHERE impl = 'ours' AND status = 'ok' AND speedup_vs_sdpa IS NOT NULL
+                     GROUP BY step_id) p
+               JOIN steps st ON st.id = p.step_id""").fetchall()
     out: dict[str, dict] = {}
     seqs: dict[str, int] = {}
     for session_id, seq, step_id, n, best, geo in rows:
@@ -69,21 +77,32 @@ def bench_speedups(db) -> dict[str, dict]:
 
 def correctness_by_session(db) -> dict[str, dict]:
     """session_id -> the last finished correctness step: {"status", "configs", "passed", "worst_ratio"}."""
-    has_table = table_exists(db, "correctness_results")
-    last = """(SELECT st.id, st.session_id, st.status FROM steps st
-               JOIN (SELECT session_id, MAX(seq) AS seq FROM steps
-                     WHERE name = 'correctness' AND status != 'running' GROUP BY session_id) l
-                 ON l.session_id = st.session_id AND l.seq = st.seq)"""
-    if has_table:
-        sql = f"""SELECT t.session_id, t.status, COUNT(cr.step_id), SUM(cr.passed),
-                         MAX(CASE WHEN cr.bound > 0 THEN cr.max_err / cr.bound END)
-                  FROM {last} t LEFT JOIN correctness_results cr ON cr.step_id = t.id
-                  GROUP BY t.id"""
+    from . import rollups
+
+    if table_exists(db, "correctness_results") and rollups.refresh(db):
+        rows = db.execute(
+            """SELECT session_id, seq, status, correctness_configs, correctness_passed,
+                      correctness_worst_ratio
+               FROM _step_rollups WHERE name = 'correctness' AND status != 'running'""").fetchall()
+    elif table_exists(db, "correctness_results"):
+        rows = db.execute(
+            """SELECT st.session_id, st.seq, st.status, COUNT(cr.step_id), SUM(cr.passed),
+                      MAX(CASE WHEN cr.bound > 0 THEN cr.max_err / cr.bound END)
+               FROM steps st LEFT JOIN correctness_results cr ON cr.step_id = st.id
+               WHERE st.name = 'correctness' AND st.status != 'running'
+               GROUP BY st.id""").fetchall()
     else:
-        sql = f"SELECT t.session_id, t.status, 0, 0, NULL FROM {last} t"
-    return {session_id: {"status": status, "configs": configs or 0, "passed": passed or 0,
-                         "worst_ratio": worst}
-            for session_id, status, configs, passed, worst in db.execute(sql).fetchall()}
+        rows = db.execute("""SELECT session_id, seq, status, 0, 0, NULL FROM steps
+                             WHERE name = 'correctness' AND status != 'running'""").fetchall()
+    out: dict[str, dict] = {}
+    seqs: dict[str, int] = {}
+    for session_id, seq, status, configs, passed, worst in rows:
+        if seqs.get(session_id, -1) > seq:
+            continue
+        seqs[session_id] = seq
+        out[session_id] = {"status": status, "configs": configs or 0, "passed": passed or 0,
+                           "worst_ratio": worst}
+    return out
 
 
 def step_counts(db) -> dict[str, dict]:

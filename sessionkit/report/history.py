@@ -1,16 +1,56 @@
 """The history of all sessions, and the trend of the last ones against those before them.
 
-A fixed handful of aggregate queries, whatever the number of sessions: a database of 1,000
-sessions renders in well under a second (``benchmarks/history_speed.py`` measures it).
+A fixed handful of queries, whatever the number of sessions: one query over the sessions, their
+step counts and the per-step rollups of bench and correctness results (``report/rollups.py``).
+``benchmarks/history_speed.py`` measures it on generated databases of 1,000 to 100,000 sessions.
 """
 
 from __future__ import annotations
 
-from ..timefmt import now_iso, parse_iso
+from ..timefmt import now_iso
 from . import aggregates
 from .aggregates import median
 
 TREND_WINDOW = 5
+
+
+_SESSIONS = """SELECT id, number, name, status, objective, outcome, started_at, ended_at,
+                       gpu_rate_usd_per_h, ai_rate_usd_per_h"""
+
+_ROLLUPS = """SELECT session_id, steps, passed, failed, interrupted, bench_best, bench_geomean,
+                      bench_configs, correctness_status, correctness_configs, correctness_passed,
+                      correctness_worst_ratio FROM _session_rollups"""
+_NO_ROLLUP = (0, 0, 0, 0, None, None, None, None, None, None, None)
+
+
+def _joined_rows(db):
+    """Each session's row with its figures, from two sequential scans (sessions, and
+    ``_session_rollups`` joined here by id: faster than a join in SQL over UUID keys); None when
+    the rollups cannot be brought up to date."""
+    from . import rollups
+
+    if not (aggregates.table_exists(db, "bench_results") and aggregates.table_exists(db, "correctness_results")
+            and rollups.refresh(db)):
+        return None
+    figures = {row[0]: row[1:] for row in db.execute(_ROLLUPS).fetchall()}
+    return ((*row, *figures.get(row[0], _NO_ROLLUP))
+            for row in db.execute(f"{_SESSIONS} FROM sessions ORDER BY number").fetchall())
+
+
+def _dict_rows(db):
+    """The same rows as :func:`_joined_rows`, from the per-session aggregates."""
+    counts = aggregates.step_counts(db)
+    correctness = aggregates.correctness_by_session(db)
+    speedups = aggregates.bench_speedups(db)
+    none_counts: dict = {}
+    none_bench: dict = {}
+    for row in db.execute(f"{_SESSIONS} FROM sessions ORDER BY number").fetchall():
+        c = counts.get(row[0], none_counts)
+        b = speedups.get(row[0], none_bench)
+        k = correctness.get(row[0])
+        yield (*row, c.get("steps", 0), c.get("passed", 0), c.get("failed", 0), c.get("interrupted", 0),
+               b.get("best"), b.get("geomean"), b.get("configs"),
+               *((k["status"], k["configs"], k["passed"], k["worst_ratio"]) if k else (None,) * 4))
 
 
 def history_data(db, *, now: str | None = None) -> dict:
@@ -18,38 +58,37 @@ def history_data(db, *, now: str | None = None) -> dict:
 
     Durations are seconds (to ``now`` for open sessions); ``cost_usd`` is the GPU and AI rates in USD
     per hour times the duration (None when neither rate is set); speedups are ratios over SDPA.
+    A fixed number of queries whatever the number of sessions.
     """
+    import datetime as _dt
+
     now = now or now_iso()
-    now_dt = parse_iso(now)
-    counts = aggregates.step_counts(db)
-    correctness = aggregates.correctness_by_session(db)
-    speedups = aggregates.bench_speedups(db)
-    no_counts: dict = {}
-    no_bench: dict = {}
+    parse = _dt.datetime.fromisoformat
+    now_dt = parse(now)
+    source = _joined_rows(db)
+    if source is None:
+        source = _dict_rows(db)
     rows = []
-    for (sid, number, name, status, objective, outcome, started, ended, gpu_rate,
-         ai_rate) in db.execute(
-            """SELECT id, number, name, status, objective, outcome, started_at, ended_at,
-                      gpu_rate_usd_per_h, ai_rate_usd_per_h FROM sessions ORDER BY number"""):
-        duration = ((parse_iso(ended) if ended else now_dt) - parse_iso(started)).total_seconds()
+    append = rows.append
+    for (sid, number, name, status, objective, outcome, started, ended, gpu_rate, ai_rate,
+         steps, passed, failed, interrupted, best, geo, configs,
+         c_status, c_configs, c_passed, c_worst) in source:
+        duration = ((parse(ended) if ended else now_dt) - parse(started)).total_seconds()
         if gpu_rate is None and ai_rate is None:
             cost = None
         else:  # as costs.session_costs: the rates times the wall time, never below zero
-            wall = max(0.0, duration)
+            wall = duration if duration > 0 else 0.0
             cost = ((gpu_rate * wall / 3600.0) if gpu_rate is not None else 0.0) + \
                    ((ai_rate * wall / 3600.0) if ai_rate is not None else 0.0)
-        c = counts.get(sid, no_counts)
-        bench = speedups.get(sid, no_bench)
-        rows.append({
+        append({
             "id": sid, "number": number, "name": name, "status": status, "objective": objective,
             "outcome": outcome, "started_at": started, "ended_at": ended,
-            "duration_s": duration, "open": status == "open",
-            "cost_usd": cost,
-            "steps": c.get("steps", 0), "passed": c.get("passed", 0), "failed": c.get("failed", 0),
-            "interrupted": c.get("interrupted", 0),
-            "correctness": correctness.get(sid),
-            "geomean_speedup": bench.get("geomean"), "best_speedup": bench.get("best"),
-            "bench_configs": bench.get("configs"),
+            "duration_s": duration, "open": status == "open", "cost_usd": cost,
+            "steps": steps, "passed": passed or 0, "failed": failed or 0, "interrupted": interrupted or 0,
+            "correctness": None if c_status is None else {
+                "status": c_status, "configs": c_configs or 0, "passed": c_passed or 0,
+                "worst_ratio": c_worst},
+            "geomean_speedup": geo, "best_speedup": best, "bench_configs": configs,
         })
     return {"sessions": rows, "trend": trend(rows), "generated_at": now}
 
@@ -58,11 +97,12 @@ def history_table(rows: list[dict]) -> str:
     """The body rows of the history table, one Markdown line per session.
 
     Written out here rather than in the template: a Jinja loop costs about 50 us a row, which is
-    seconds at 100,000 sessions.
+    seconds at 100,000 sessions. The cells are those of the filters in :mod:`.render`.
     """
-    from .render import f_date, f_dur, f_money, f_short, f_times
+    from .render import DASH, f_date, f_dur, f_money, f_short
 
     lines = []
+    append = lines.append
     for s in rows:
         c = s["correctness"]
         if not c:
@@ -71,18 +111,19 @@ def history_table(rows: list[dict]) -> str:
             corr = f"{c['passed']}/{c['configs']} {c['status']}"
         else:
             corr = c["status"]
-        steps = f"{s['passed']}/{s['failed']}"
-        if s["interrupted"]:
-            steps += f" ({s['interrupted']} interrupted)"
-        if s["outcome"]:
-            outcome = f_short(s["outcome"], 60)
+        interrupted = s["interrupted"]
+        outcome = s["outcome"]
+        if outcome:
+            outcome = f_short(outcome, 60)
         else:
             outcome = "open" if s["open"] else s["status"]
-        lines.append(
+        best, geo = s["best_speedup"], s["geomean_speedup"]
+        append(
             f"| {s['number']} | {f_short(s['name'], 40)} | {f_date(s['started_at'])} | "
             f"{f_dur(s['duration_s'])}{' (open)' if s['open'] else ''} | {f_money(s['cost_usd'])} | "
-            f"{steps} | {corr} | {f_times(s['best_speedup'])} | {f_times(s['geomean_speedup'])} | "
-            f"{outcome} |")
+            f"{s['passed']}/{s['failed']}{f' ({interrupted} interrupted)' if interrupted else ''} | "
+            f"{corr} | {DASH if best is None else f'{best:.2f}x'} | "
+            f"{DASH if geo is None else f'{geo:.2f}x'} | {outcome} |")
     return "\n".join(lines)
 
 
