@@ -12,7 +12,7 @@ from .common import db_option, echo_json, json_option, open_db
 
 
 def register(cli: click.Group) -> None:
-    for command in (merge,):
+    for command in (merge, mlflow):
         cli.add_command(command)
 
 
@@ -39,3 +39,35 @@ def merge(ctx, others, as_json):
     conflicts = sum(len(r.conflicts) for r in results)
     if conflicts:
         raise click.ClickException(f"{conflicts} conflicting session(s) were not imported; see above")
+
+
+@click.group()
+def mlflow():
+    """Log sessions to an MLflow tracking server (needs the [mlflow] extra)."""
+
+
+@mlflow.command("push")
+@click.argument("session_refs", metavar="[SESSION...]", nargs=-1)
+@click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI",
+              help="The MLflow tracking server, e.g. http://mlflow.internal:5000 (default: "
+                   "$MLFLOW_TRACKING_URI).")
+@click.option("--experiment", default="sessionkit", show_default=True,
+              help="MLflow experiment to log into; created when missing.")
+@click.option("--no-plots", is_flag=True, help="Do not draw the report's plots.")
+@db_option
+@json_option
+@click.pass_context
+def mlflow_push(ctx, session_refs, tracking_uri, experiment, no_plots, as_json):
+    """Log sessions (default: all) as MLflow runs, one per session with a nested run per step.
+
+    Pushing again updates the same runs, found by the session's UUID tag.
+    """
+    from ..mlflow_push import format_push, push_sessions
+
+    db = open_db(ctx)
+    results = push_sessions(db, session_refs, tracking_uri=tracking_uri, experiment=experiment,
+                            plots=not no_plots)
+    if as_json:
+        echo_json([r.as_dict() for r in results])
+    else:
+        click.echo(format_push(results, tracking_uri))
