@@ -12,7 +12,7 @@ from .common import db_option, echo_json, json_option, open_db
 
 
 def register(cli: click.Group) -> None:
-    for command in (merge, mlflow):
+    for command in (merge, mlflow, serve):
         cli.add_command(command)
 
 
@@ -71,3 +71,31 @@ def mlflow_push(ctx, session_refs, tracking_uri, experiment, no_plots, as_json):
         echo_json([r.as_dict() for r in results])
     else:
         click.echo(format_push(results, tracking_uri))
+
+
+@click.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=8001, show_default=True,
+              help="Port to listen on (0: any free port).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 makes it reachable from other machines.")
+@db_option
+@click.pass_context
+def serve(ctx, port, host):
+    """Browse the database in Datasette, with described tables and canned queries ([browse] extra).
+
+    Canned queries: sessions with cost and best speedup, regressions between consecutive benched
+    sessions, the slowest steps against their budgets, the telemetry of one step.
+    """
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from ..serve import serve as run_serve
+
+    db = open_db(ctx)
+    path = Path(db.path)
+    db.conn.close()
+    click.echo(f"Serving {path} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    with tempfile.TemporaryDirectory(prefix="sessionkit-serve-") as tmp:
+        code = run_serve(path, host=host, port=port, workdir=Path(tmp))
+    sys.exit(code)
