@@ -1,8 +1,8 @@
 """Keep or stop the GPU: what the open session's idle time costs against what a restart costs.
 
 A restart of a GPU machine costs the time from a session's start to its first passed build (the
-machine boots, the environment is checked, the kernel compiles): its median over this host's
-sessions is the measured restart cost. Both are priced at the session's GPU rate. When the idle
+machine boots, the environment is checked, the kernel compiles): its median over this host's latest
+50 sessions is the measured restart cost. Both are priced at the session's GPU rate. When the idle
 time is about to pass the restart time, stopping the machine is the cheaper choice.
 """
 
@@ -16,13 +16,20 @@ from .timefmt import fmt_duration, fmt_money, now_iso, seconds_between
 SOON_S = 300.0  # "soon": the idle time passes the restart time within five minutes
 
 
-def restart_seconds(db, host: str) -> list[float]:
-    """Seconds from start to first passed ``build`` step of each session recorded on ``host``."""
+HISTORY_SESSIONS = 50  # the restart cost is the median over this many latest sessions on the host
+
+
+def restart_seconds(db, host: str, limit: int = HISTORY_SESSIONS) -> list[float]:
+    """Seconds from start to first passed ``build`` step, for each of the latest ``limit``
+    sessions recorded on ``host`` that have one (recent sessions: the code, driver and build cache
+    of now). Reads through ``idx_sessions_host``, so ``status`` stays fast however many sessions."""
     rows = db.execute(
-        """SELECT s.started_at, MIN(st.ended_at) FROM sessions s
+        """SELECT s.started_at, MIN(st.ended_at) FROM
+               (SELECT id, started_at FROM sessions WHERE host = ?
+                ORDER BY started_at DESC LIMIT ?) s
            JOIN steps st ON st.session_id = s.id
-           WHERE s.host = ? AND st.name = 'build' AND st.status = 'passed' AND st.ended_at IS NOT NULL
-           GROUP BY s.id""", [host]).fetchall()
+           WHERE st.name = 'build' AND st.status = 'passed' AND st.ended_at IS NOT NULL
+           GROUP BY s.id""", [host, limit]).fetchall()
     out = []
     for started, first_build in rows:
         secs = seconds_between(started, first_build)
@@ -57,7 +64,7 @@ def idle_state(db, session: dict, steps: list[dict], *, now: str | None = None,
              "restart_usd": usd(restart_s), "restart_sessions": len(samples), "host": host,
              "gpu_rate_usd_per_h": rate, "advice": None}
     if restart_s is None:
-        state["advice"] = (f"no restart history on {host} yet (no session here has a passed build), "
+        state["advice"] = (f"no restart history on {host} yet (none of its latest sessions has a passed build), "
                            "so there is no measured restart cost to weigh idling against")
     elif idle_s is not None:
         left = restart_s - idle_s

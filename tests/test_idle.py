@@ -55,6 +55,7 @@ def test_restart_cost_is_the_median_first_passed_build_on_this_host(db):
     _past_session(db, 4, "other-host", 1)  # another host's history does not count
     _past_session(db, 5, HOST, 3, build_status="failed")  # its first passed build is at 23 min
     assert sorted(restart_seconds(db, HOST)) == [240.0, 360.0, 600.0, 1380.0]
+    assert sorted(restart_seconds(db, HOST, limit=2)) == [600.0, 1380.0]  # the latest two (days 3, 5)
     s = _open_session(db, None)
     state = idle_state(db, s, _steps(db, s), host=HOST)
     assert state["restart_s"] == 480.0 and state["restart_sessions"] == 4
