@@ -102,8 +102,14 @@ def add_telemetry(path: Path, hours: float, interval_s: float = 0.1) -> dict:
     import sqlite3
 
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    before = path.stat().st_size
+
+    def used_bytes() -> int:  # pages in use: free pages left by earlier deletes do not count
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages, free, size = (conn.execute(f"PRAGMA {p}").fetchone()[0]
+                             for p in ("page_count", "freelist_count", "page_size"))
+        return (pages - free) * size
+
+    before = used_bytes()
     step_id = conn.execute("SELECT id FROM steps ORDER BY rowid DESC LIMIT 1").fetchone()[0]
     n = int(hours * 3600 / interval_s)
     t0 = 1767603960.0
@@ -115,9 +121,9 @@ def add_telemetry(path: Path, hours: float, interval_s: float = 0.1) -> dict:
         ([step_id, 0, t0 + k * interval_s, 600.0 + k % 50, 1e6 + 60.0 * k, 1980.0 - k % 3, 2619.0,
           55.0 + (k % 100) / 10, 99.0, 2048.0, 0, 0] for k in range(n)))
     conn.execute("COMMIT")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    added = used_bytes() - before
     conn.close()
-    return {"rows": n, "mb": (path.stat().st_size - before) / 1e6}
+    return {"rows": n, "mb": added / 1e6}
 
 
 def main(argv=None) -> int:

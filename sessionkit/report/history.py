@@ -24,8 +24,8 @@ _NO_ROLLUP = (0, 0, 0, 0, None, None, None, None, None, None, None)
 
 
 def _joined_rows(db):
-    """Each session's row with its figures, from two sequential scans (sessions, and
-    ``_session_rollups`` joined here by id: faster than a join in SQL over UUID keys); None when
+    """(session rows, {session id: figures}) from two sequential scans, sessions and
+    ``_session_rollups``, joined here by id (faster than a join in SQL over UUID keys); None when
     the rollups cannot be brought up to date."""
     from . import rollups
 
@@ -33,24 +33,21 @@ def _joined_rows(db):
             and rollups.refresh(db)):
         return None
     figures = {row[0]: row[1:] for row in db.execute(_ROLLUPS).fetchall()}
-    return ((*row, *figures.get(row[0], _NO_ROLLUP))
-            for row in db.execute(f"{_SESSIONS} FROM sessions ORDER BY number").fetchall())
+    return db.execute(f"{_SESSIONS} FROM sessions ORDER BY number").fetchall(), figures
 
 
 def _dict_rows(db):
-    """The same rows as :func:`_joined_rows`, from the per-session aggregates."""
+    """The same as :func:`_joined_rows`, from the per-session aggregates."""
     counts = aggregates.step_counts(db)
     correctness = aggregates.correctness_by_session(db)
     speedups = aggregates.bench_speedups(db)
-    none_counts: dict = {}
-    none_bench: dict = {}
-    for row in db.execute(f"{_SESSIONS} FROM sessions ORDER BY number").fetchall():
-        c = counts.get(row[0], none_counts)
-        b = speedups.get(row[0], none_bench)
-        k = correctness.get(row[0])
-        yield (*row, c.get("steps", 0), c.get("passed", 0), c.get("failed", 0), c.get("interrupted", 0),
-               b.get("best"), b.get("geomean"), b.get("configs"),
-               *((k["status"], k["configs"], k["passed"], k["worst_ratio"]) if k else (None,) * 4))
+    figures = {}
+    for sid in counts.keys() | correctness.keys() | speedups.keys():
+        c, b, k = counts.get(sid, {}), speedups.get(sid, {}), correctness.get(sid)
+        figures[sid] = (c.get("steps", 0), c.get("passed", 0), c.get("failed", 0), c.get("interrupted", 0),
+                        b.get("best"), b.get("geomean"), b.get("configs"),
+                        *((k["status"], k["configs"], k["passed"], k["worst_ratio"]) if k else (None,) * 4))
+    return db.execute(f"{_SESSIONS} FROM sessions ORDER BY number").fetchall(), figures
 
 
 def history_data(db, *, now: str | None = None) -> dict:
@@ -70,9 +67,11 @@ def history_data(db, *, now: str | None = None) -> dict:
         source = _dict_rows(db)
     rows = []
     append = rows.append
-    for (sid, number, name, status, objective, outcome, started, ended, gpu_rate, ai_rate,
-         steps, passed, failed, interrupted, best, geo, configs,
-         c_status, c_configs, c_passed, c_worst) in source:
+    sessions, figures = source
+    get = figures.get
+    for sid, number, name, status, objective, outcome, started, ended, gpu_rate, ai_rate in sessions:
+        (steps, passed, failed, interrupted, best, geo, configs,
+         c_status, c_configs, c_passed, c_worst) = get(sid, _NO_ROLLUP)
         duration = ((parse(ended) if ended else now_dt) - parse(started)).total_seconds()
         if gpu_rate is None and ai_rate is None:
             cost = None
@@ -101,6 +100,12 @@ def history_table(rows: list[dict]) -> str:
     """
     from .render import DASH, f_date, f_dur, f_money, f_short
 
+    def short(text, length):  # f_short, without its work for the common plain short text
+        if text.__class__ is str and len(text) <= length and "|" not in text and "\n" not in text \
+                and "\r" not in text and text:
+            return text
+        return f_short(text, length)
+
     lines = []
     append = lines.append
     for s in rows:
@@ -114,13 +119,15 @@ def history_table(rows: list[dict]) -> str:
         interrupted = s["interrupted"]
         outcome = s["outcome"]
         if outcome:
-            outcome = f_short(outcome, 60)
+            outcome = short(outcome, 60)
         else:
             outcome = "open" if s["open"] else s["status"]
-        best, geo = s["best_speedup"], s["geomean_speedup"]
+        best, geo, cost, started = s["best_speedup"], s["geomean_speedup"], s["cost_usd"], s["started_at"]
+        date = started[:10] if started.endswith("+00:00") else f_date(started)
         append(
-            f"| {s['number']} | {f_short(s['name'], 40)} | {f_date(s['started_at'])} | "
-            f"{f_dur(s['duration_s'])}{' (open)' if s['open'] else ''} | {f_money(s['cost_usd'])} | "
+            f"| {s['number']} | {short(s['name'], 40)} | {date} | "
+            f"{f_dur(s['duration_s'])}{' (open)' if s['open'] else ''} | "
+            f"{f_money(cost) if cost is None else f'${cost:,.2f}'} | "
             f"{s['passed']}/{s['failed']}{f' ({interrupted} interrupted)' if interrupted else ''} | "
             f"{corr} | {DASH if best is None else f'{best:.2f}x'} | "
             f"{DASH if geo is None else f'{geo:.2f}x'} | {outcome} |")
