@@ -95,3 +95,25 @@ def test_merged_sessions_are_rolled_up(tmp_path, monkeypatch):
     from sessionkit.sessions import export_session, get_session
 
     assert not any(k.startswith("_") for k in export_session(fresh, get_session(fresh, 1)))
+
+
+def test_concurrent_history_commands_agree(tmp_path, monkeypatch):
+    """Four `sessionkit history --json` processes at once on a database whose rollups are not built
+    yet: each waits for the write lock or finds the work done, and all print the same rows."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    db = build_fixture_db(tmp_path / "f.db")
+    expected = _direct(db, monkeypatch)[0]
+    db.conn.close()
+    env = {**os.environ, "SESSIONKIT_DB": str(tmp_path / "f.db")}
+    procs = [subprocess.Popen([sys.executable, "-m", "sessionkit", "history", "--json"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [e for _, e in outs]
+    for out, _ in outs:
+        rows = json.loads(out)["sessions"]
+        assert [(r["number"], r["passed"], r["best_speedup"], r["correctness"]) for r in rows] == \
+            [(r["number"], r["passed"], r["best_speedup"], r["correctness"]) for r in expected]

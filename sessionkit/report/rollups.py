@@ -23,15 +23,12 @@ from .aggregates import ensure_math_functions
 _OK_OURS = "impl = 'ours' AND status = 'ok' AND speedup_vs_sdpa IS NOT NULL"
 
 
-def available(db) -> bool:
-    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_step_rollups'"
-                      ).fetchone() is not None
-
-
 def refresh(db) -> bool:
-    """Bring ``_step_rollups`` up to date. Returns False when it cannot be written now (a read-only
-    database, a transaction already open on this connection, or a lock held past the busy
-    timeout); the caller then computes from the result rows."""
+    """Bring ``_step_rollups`` and ``_session_rollups`` up to date. Returns False when they cannot
+    be written now (a database not migrated this far or read-only, a transaction already open on
+    this connection, or a lock held past the busy timeout); the caller then computes from the
+    result rows. Concurrent refreshes are serialized by the write lock; each reads the mark again
+    under it, so none redoes another's work."""
     conn = db.conn
     if conn.in_transaction:
         return False
@@ -51,6 +48,10 @@ def refresh(db) -> bool:
     except sqlite3.OperationalError:
         return False
     try:
+        mark, top = conn.execute(
+            """SELECT (SELECT steps_rowid FROM _step_rollups_mark WHERE id = 1),
+                      (SELECT COALESCE(MAX(rowid), 0) FROM steps)""").fetchone()
+        mark = mark or 0
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS _rollup_candidates (id TEXT PRIMARY KEY)")
         conn.execute("DELETE FROM _rollup_candidates")
         conn.execute("INSERT OR IGNORE INTO _rollup_candidates SELECT id FROM steps WHERE rowid > ?", [mark])
