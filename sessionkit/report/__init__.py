@@ -43,7 +43,7 @@ def session_report(db, session_ref=None, out: str | Path | None = None, *, plots
 
 
 def history_report(db, out: str | Path | None = None, *, now: str | None = None) -> Report:
-    from .history import history_data, history_table
+    from .history import history_data
     from .render import render
 
     import gc
@@ -53,8 +53,9 @@ def history_report(db, out: str | Path | None = None, *, now: str | None = None)
     paused = gc.isenabled()
     gc.disable()
     try:
-        data = history_data(db, now=now)
-        text = render("history.md.j2", h=data, table=history_table(data["sessions"]))
+        lines: list[str] = []
+        data = history_data(db, now=now, table=lines)
+        text = render("history.md.j2", h=data, table="\n".join(lines))
     finally:
         if paused:
             gc.enable()

@@ -50,14 +50,26 @@ def _dict_rows(db):
     return db.execute(f"{_SESSIONS} FROM sessions ORDER BY number").fetchall(), figures
 
 
-def history_data(db, *, now: str | None = None) -> dict:
+def history_data(db, *, now: str | None = None, table: list[str] | None = None) -> dict:
     """One row per session (oldest first) and the trend, as plain data.
 
     Durations are seconds (to ``now`` for open sessions); ``cost_usd`` is the GPU and AI rates in USD
     per hour times the duration (None when neither rate is set); speedups are ratios over SDPA.
     A fixed number of queries whatever the number of sessions.
+
+    With ``table``, also appends to it the history table's Markdown line for each row, written in
+    the same pass (the cells are those of the filters in :mod:`.render`). A Jinja loop would cost
+    about 50 us a row, seconds at 100,000 sessions.
     """
     import datetime as _dt
+
+    from .render import DASH, f_date, f_dur, f_money, f_short
+
+    def short(text, length):  # f_short, without its work for the common plain short text
+        if text.__class__ is str and text and len(text) <= length and "|" not in text \
+                and "\n" not in text and "\r" not in text:
+            return text
+        return f_short(text, length)
 
     now = now or now_iso()
     parse = _dt.datetime.fromisoformat
@@ -67,6 +79,7 @@ def history_data(db, *, now: str | None = None) -> dict:
         source = _dict_rows(db)
     rows = []
     append = rows.append
+    line = table.append if table is not None else None
     sessions, figures = source
     get = figures.get
     for sid, number, name, status, objective, outcome, started, ended, gpu_rate, ai_rate in sessions:
@@ -79,59 +92,36 @@ def history_data(db, *, now: str | None = None) -> dict:
             wall = duration if duration > 0 else 0.0
             cost = ((gpu_rate * wall / 3600.0) if gpu_rate is not None else 0.0) + \
                    ((ai_rate * wall / 3600.0) if ai_rate is not None else 0.0)
+        is_open = status == "open"
+        passed, failed, interrupted = passed or 0, failed or 0, interrupted or 0
+        correctness = None if c_status is None else {
+            "status": c_status, "configs": c_configs or 0, "passed": c_passed or 0, "worst_ratio": c_worst}
         append({
             "id": sid, "number": number, "name": name, "status": status, "objective": objective,
             "outcome": outcome, "started_at": started, "ended_at": ended,
-            "duration_s": duration, "open": status == "open", "cost_usd": cost,
-            "steps": steps, "passed": passed or 0, "failed": failed or 0, "interrupted": interrupted or 0,
-            "correctness": None if c_status is None else {
-                "status": c_status, "configs": c_configs or 0, "passed": c_passed or 0,
-                "worst_ratio": c_worst},
+            "duration_s": duration, "open": is_open, "cost_usd": cost,
+            "steps": steps, "passed": passed, "failed": failed, "interrupted": interrupted,
+            "correctness": correctness,
             "geomean_speedup": geo, "best_speedup": best, "bench_configs": configs,
         })
-    return {"sessions": rows, "trend": trend(rows), "generated_at": now}
-
-
-def history_table(rows: list[dict]) -> str:
-    """The body rows of the history table, one Markdown line per session.
-
-    Written out here rather than in the template: a Jinja loop costs about 50 us a row, which is
-    seconds at 100,000 sessions. The cells are those of the filters in :mod:`.render`.
-    """
-    from .render import DASH, f_date, f_dur, f_money, f_short
-
-    def short(text, length):  # f_short, without its work for the common plain short text
-        if text.__class__ is str and len(text) <= length and "|" not in text and "\n" not in text \
-                and "\r" not in text and text:
-            return text
-        return f_short(text, length)
-
-    lines = []
-    append = lines.append
-    for s in rows:
-        c = s["correctness"]
-        if not c:
+        if line is None:
+            continue
+        if correctness is None:
             corr = "not run"
-        elif c["configs"]:
-            corr = f"{c['passed']}/{c['configs']} {c['status']}"
+        elif c_configs:
+            corr = f"{c_passed or 0}/{c_configs} {c_status}"
         else:
-            corr = c["status"]
-        interrupted = s["interrupted"]
-        outcome = s["outcome"]
-        if outcome:
-            outcome = short(outcome, 60)
-        else:
-            outcome = "open" if s["open"] else s["status"]
-        best, geo, cost, started = s["best_speedup"], s["geomean_speedup"], s["cost_usd"], s["started_at"]
-        date = started[:10] if started.endswith("+00:00") else f_date(started)
-        append(
-            f"| {s['number']} | {short(s['name'], 40)} | {date} | "
-            f"{f_dur(s['duration_s'])}{' (open)' if s['open'] else ''} | "
+            corr = c_status
+        line(
+            f"| {number} | {short(name, 40)} | "
+            f"{started[:10] if started.endswith('+00:00') else f_date(started)} | "
+            f"{f_dur(duration)}{' (open)' if is_open else ''} | "
             f"{f_money(cost) if cost is None else f'${cost:,.2f}'} | "
-            f"{s['passed']}/{s['failed']}{f' ({interrupted} interrupted)' if interrupted else ''} | "
+            f"{passed}/{failed}{f' ({interrupted} interrupted)' if interrupted else ''} | "
             f"{corr} | {DASH if best is None else f'{best:.2f}x'} | "
-            f"{DASH if geo is None else f'{geo:.2f}x'} | {outcome} |")
-    return "\n".join(lines)
+            f"{DASH if geo is None else f'{geo:.2f}x'} | "
+            f"{short(outcome, 60) if outcome else ('open' if is_open else status)} |")
+    return {"sessions": rows, "trend": trend(rows), "generated_at": now}
 
 
 def _share(items, test) -> float | None:
