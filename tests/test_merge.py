@@ -9,6 +9,8 @@ import sqlite3
 from pathlib import Path
 
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fixtures_db import _bench, build_fixture_db, sid
 from sessionkit.cli import cli
@@ -260,3 +262,21 @@ def test_fixture_ids_are_kept(tmp_path):
     fresh = open_db(tmp_path / "fresh.db", create=True)
     merge_database(fresh, a.path)
     assert fresh.execute("SELECT id FROM sessions WHERE origin_number = 2").fetchone()[0] == sid(2)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(junk=st.binary(max_size=2048), keep=st.integers(min_value=0, max_value=40_000))
+def test_damaged_databases_are_one_line_errors(tmp_path_factory, junk, keep):
+    """The start of a real database followed by junk, or junk alone: a clean result or one line."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    source = host_b(folder / "b", sessions=1)
+    source.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    good = Path(source.path).read_bytes()
+    source.conn.close()
+    damaged = folder / "damaged.db"
+    damaged.write_bytes(good[:keep] + junk)
+    out = CliRunner().invoke(cli, ["--db", str(folder / "here.db"), "merge", str(damaged)])
+    assert "Traceback" not in out.output
+    assert out.exit_code in (0, 1, 2), out.output
+    if out.exit_code:
+        assert out.output.strip().splitlines()[-1].startswith("Error:"), out.output
