@@ -1,13 +1,18 @@
-"""How long ``sessionkit history`` takes on a large database.
+"""How long ``sessionkit history`` and ``report`` take on a large database, and how it grows.
 
 Generates a database of N sessions x S steps x M metrics per step (default 1,000 x 10 x 100, i.e.
 a million metric rows), with correctness and bench results on the matching steps, then times
-``history_report`` (data and rendering) several times and prints the figures.
+``history_report`` (data and rendering) several times and prints the figures: the first run (which
+rolls up every step, once) apart from the later ones. It also times ``session_report`` of the last
+session, and with ``--telemetry-hours H`` measures what H hours of NVML samples of one GPU at the
+default 100 ms interval add to the database.
 
     python benchmarks/history_speed.py                    # default size, temporary database
     python benchmarks/history_speed.py --sessions 5000 --check 1.0
+    python benchmarks/history_speed.py --sessions 100000 --steps 5 --metrics 10 --check 2.0
+    python benchmarks/history_speed.py --sessions 100 --telemetry-hours 1
 
-``--check SECONDS`` exits with status 1 when the median exceeds SECONDS.
+``--check SECONDS`` exits with status 1 when the median of the later runs exceeds SECONDS.
 """
 
 from __future__ import annotations
@@ -92,6 +97,35 @@ def generate(path: Path, sessions: int, steps: int, metrics: int) -> dict:
     return counts
 
 
+def add_telemetry(path: Path, hours: float, interval_s: float = 0.1) -> dict:
+    """Add ``hours`` of one GPU's samples at ``interval_s`` to the last step; returns rows and MB added."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+
+    def used_bytes() -> int:  # pages in use: free pages left by earlier deletes do not count
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages, free, size = (conn.execute(f"PRAGMA {p}").fetchone()[0]
+                             for p in ("page_count", "freelist_count", "page_size"))
+        return (pages - free) * size
+
+    before = used_bytes()
+    step_id = conn.execute("SELECT id FROM steps ORDER BY rowid DESC LIMIT 1").fetchone()[0]
+    n = int(hours * 3600 / interval_s)
+    t0 = 1767603960.0
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO telemetry_samples (step_id, gpu_index, t_unix_s, power_w, energy_mj, sm_clock_mhz,"
+        " mem_clock_mhz, temp_c, gpu_util_pct, mem_used_mib, throttle_reasons, throttled)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        ([step_id, 0, t0 + k * interval_s, 600.0 + k % 50, 1e6 + 60.0 * k, 1980.0 - k % 3, 2619.0,
+          55.0 + (k % 100) / 10, 99.0, 2048.0, 0, 0] for k in range(n)))
+    conn.execute("COMMIT")
+    added = used_bytes() - before
+    conn.close()
+    return {"rows": n, "mb": added / 1e6}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=1000)
@@ -101,10 +135,12 @@ def main(argv=None) -> int:
     parser.add_argument("--db", type=Path, help="keep the generated database here (default: temporary)")
     parser.add_argument("--check", type=float, metavar="SECONDS",
                         help="exit 1 when the median time exceeds SECONDS")
+    parser.add_argument("--telemetry-hours", type=float, default=0.0,
+                        help="also add this many hours of one GPU's telemetry at 100 ms and report its size")
     args = parser.parse_args(argv)
 
     from sessionkit.db import open_db
-    from sessionkit.report import history_report
+    from sessionkit.report import history_report, session_report
 
     with tempfile.TemporaryDirectory() as tmp:
         path = args.db or Path(tmp) / "history.db"
@@ -114,21 +150,36 @@ def main(argv=None) -> int:
         counts = generate(path, args.sessions, args.steps, args.metrics)
         gen_s = time.perf_counter() - t0
         size_mb = path.stat().st_size / 1e6
-        times = []
+        first, times = None, []
         lines = 0
-        for _ in range(args.repeat):
+        for i in range(args.repeat + 1):
             db = open_db(path)  # a fresh connection each time, as each CLI call has
             t0 = time.perf_counter()
             report = history_report(db)
-            times.append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            if i == 0:
+                first = elapsed
+            else:
+                times.append(elapsed)
             lines = report.text.count("\n")
             db.conn.close()
+        db = open_db(path)
+        t0 = time.perf_counter()
+        session_report(db, "last", out=Path(tmp) / "report.md", plots=False)
+        report_s = time.perf_counter() - t0
+        db.conn.close()
+        telemetry = add_telemetry(path, args.telemetry_hours) if args.telemetry_hours else None
 
     print(f"database: {counts['sessions']:,} sessions, {counts['steps']:,} steps, "
           f"{counts['metrics']:,} metrics, {counts['bench_results']:,} bench rows, "
           f"{counts['correctness_results']:,} correctness rows; {size_mb:.0f} MB, generated in {gen_s:.1f} s")
-    print(f"history ({lines:,} lines of Markdown), {args.repeat} runs: median {statistics.median(times):.3f} s, "
+    print(f"history ({lines:,} lines of Markdown): first run (rolls up every step once) {first:.3f} s; "
+          f"then {args.repeat} runs: median {statistics.median(times):.3f} s, "
           f"min {min(times):.3f} s, max {max(times):.3f} s")
+    print(f"report of the last session: {report_s:.3f} s")
+    if telemetry:
+        print(f"telemetry: {args.telemetry_hours:g} h of one GPU at 100 ms = {telemetry['rows']:,} rows, "
+              f"{telemetry['mb']:.1f} MB ({telemetry['mb'] / args.telemetry_hours:.1f} MB per GPU-hour)")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     if args.check is not None and statistics.median(times) > args.check:
         print(f"SLOWER than {args.check} s")

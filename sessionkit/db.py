@@ -28,6 +28,8 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m006_correctness_variants", "sessionkit.kernels.correctness:m006_correctness_variants"),
     ("m007_bench_variants", "sessionkit.bench.schema:m007_bench_variants"),
     ("m008_steps_pid_namespace", "sessionkit.schema:m008_steps_pid_namespace"),
+    ("m009_provenance", "sessionkit.schema:m009_provenance"),
+    ("m010_step_rollups", "sessionkit.schema:m010_step_rollups"),
 ]
 
 # File systems whose locking or shared memory cannot carry SQLite's WAL (it needs one host).

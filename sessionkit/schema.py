@@ -157,3 +157,80 @@ def m008_steps_pid_namespace(db) -> None:
     """The pid namespace of a step's process (``/proc/self/ns/pid``), so that liveness checks by
     pid happen only where that pid means the same process."""
     db.execute("ALTER TABLE steps ADD COLUMN pid_ns TEXT")
+
+
+def m009_provenance(db) -> None:
+    """Merged databases: where an imported session came from, and artifacts whose file did not come
+    with it; indexes for the aggregate queries that read every session."""
+    db.execute("ALTER TABLE sessions ADD COLUMN origin_number INTEGER")
+    db.execute("ALTER TABLE sessions ADD COLUMN imported_from TEXT")
+    db.execute("ALTER TABLE sessions ADD COLUMN imported_at TEXT")
+    db.execute("ALTER TABLE artifacts ADD COLUMN missing INTEGER NOT NULL DEFAULT 0 "
+               "CHECK (missing IN (0, 1))")
+    db.execute("ALTER TABLE artifacts ADD COLUMN origin_path TEXT")
+    db.execute("CREATE INDEX idx_sessions_host ON sessions(host, started_at)")
+
+
+def m010_step_rollups(db) -> None:
+    """History and the pattern evidence read every session. ``_step_rollups`` keeps, per step, the
+    figures they need from its result rows (bench speedups, correctness counts) and
+    ``_session_rollups`` per session its step counts and last bench and correctness figures, so that
+    reading all sessions costs one row per session instead of every result row. Derived data,
+    filled and refreshed by :mod:`sessionkit.report.rollups`, never merged or exported. Covering indexes
+    serve the per-step aggregates and the step counts (``benchmarks/history_speed.py``)."""
+    db.execute("CREATE INDEX idx_steps_session_status ON steps(session_id, status, duration_s)")
+    db.execute("CREATE INDEX idx_bench_results_ours ON bench_results(step_id, impl, status, speedup_vs_sdpa) "
+               "WHERE impl = 'ours' AND status = 'ok' AND speedup_vs_sdpa IS NOT NULL")
+    db.execute("CREATE INDEX idx_correctness_bounds ON correctness_results(step_id, passed, max_err, bound)")
+    db.execute(
+        """
+        CREATE TABLE _step_rollups (
+            step_id TEXT PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            bench_configs INTEGER NOT NULL DEFAULT 0,
+            bench_best REAL,
+            bench_geomean REAL,
+            correctness_configs INTEGER NOT NULL DEFAULT 0,
+            correctness_passed INTEGER NOT NULL DEFAULT 0,
+            correctness_worst_ratio REAL
+        )"""
+    )
+    db.execute("CREATE INDEX idx_step_rollups_session ON _step_rollups(session_id, seq)")
+    # per session: its step counts and its last bench and last finished correctness step
+    db.execute(
+        """
+        CREATE TABLE _session_rollups (
+            session_id TEXT PRIMARY KEY,
+            steps INTEGER NOT NULL DEFAULT 0,
+            passed INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            interrupted INTEGER NOT NULL DEFAULT 0,
+            bench_step_id TEXT,
+            bench_configs INTEGER,
+            bench_best REAL,
+            bench_geomean REAL,
+            correctness_status TEXT,
+            correctness_configs INTEGER,
+            correctness_passed INTEGER,
+            correctness_worst_ratio REAL
+        )"""
+    )
+    # steps whose result rows or identity changed since they were rolled up
+    db.execute("CREATE TABLE _step_rollups_dirty (step_id TEXT PRIMARY KEY)")
+    for table in ("bench_results", "correctness_results"):
+        for event, rows in (("INSERT", ("NEW",)), ("UPDATE", ("NEW", "OLD")), ("DELETE", ("OLD",))):
+            body = " ".join(f"INSERT OR IGNORE INTO _step_rollups_dirty (step_id) VALUES ({r}.step_id);"
+                            for r in rows)
+            db.execute(f"CREATE TRIGGER {table}_rollup_{event.lower()} AFTER {event} ON {table} "
+                       f"BEGIN {body} END")
+    db.execute("CREATE TRIGGER steps_rollup_update AFTER UPDATE OF session_id, seq, name, status ON steps "
+               "BEGIN INSERT OR IGNORE INTO _step_rollups_dirty (step_id) VALUES (NEW.id); END")
+    db.execute("CREATE TRIGGER steps_rollup_delete AFTER DELETE ON steps "
+               "BEGIN INSERT OR IGNORE INTO _step_rollups_dirty (step_id) VALUES (OLD.id); END")
+    # the largest steps.rowid already rolled up; later rows (new or merged steps) are rolled up next
+    db.execute("CREATE TABLE _step_rollups_mark (id INTEGER PRIMARY KEY CHECK (id = 1), "
+               "steps_rowid INTEGER NOT NULL)")
+    db.execute("INSERT INTO _step_rollups_mark (id, steps_rowid) VALUES (1, 0)")

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "sessionkit.cli.report",
     "sessionkit.cli.run",
     "sessionkit.cli.compare",
+    "sessionkit.cli.share",
 ]
 
 

@@ -66,7 +66,13 @@ def status(ctx, as_json):
             click.echo("No open session. Start one with: sessionkit start --objective TEXT")
         return
     data = session_status(db, session)
-    echo_json(data) if as_json else click.echo(format_status(data))
+    from ..idle import format_idle, idle_state
+
+    idle = idle_state(db, session, data["steps"])
+    if as_json:
+        echo_json({**data, "idle": idle})
+    else:
+        click.echo(format_status(data) + "\n" + format_idle(idle))
 
 
 @click.command()

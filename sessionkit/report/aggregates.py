@@ -28,46 +28,76 @@ def median(values) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def ensure_math_functions(conn) -> None:
+    """``ln`` and ``exp`` in SQL, from Python's math module where SQLite was built without them."""
+    try:
+        conn.execute("SELECT ln(2.0), exp(0.0)").fetchone()
+    except Exception:  # sqlite3.OperationalError: no such function
+        conn.create_function("ln", 1, lambda x: math.log(x) if x is not None and x > 0 else None,
+                             deterministic=True)
+        conn.create_function("exp", 1, lambda x: math.exp(x) if x is not None else None,
+                             deterministic=True)
+
+
 def bench_speedups(db) -> dict[str, dict]:
     """session_id -> {"geomean", "best", "configs", "step_id"} from the session's last bench step.
 
-    Speedups are the ``speedup_vs_sdpa`` of our kernel's ``ok`` rows in ``bench_results``.
+    Speedups are the ``speedup_vs_sdpa`` of our kernel's ``ok`` rows in ``bench_results``; the
+    geometric mean skips values that are not positive. Read from the per-step rollups
+    (:mod:`sessionkit.report.rollups`), else aggregated in SQL per step; the last step per session
+    is picked here.
     """
     if not table_exists(db, "bench_results"):
         return {}
-    rows = db.execute(
-        """SELECT st.session_id, st.seq, st.id, br.speedup_vs_sdpa
-           FROM bench_results br JOIN steps st ON st.id = br.step_id
-           WHERE br.impl = 'ours' AND br.status = 'ok' AND br.speedup_vs_sdpa IS NOT NULL
-           ORDER BY st.session_id, st.seq""").fetchall()
-    last: dict[str, tuple[int, str, list[float]]] = {}
-    for session_id, seq, step_id, speedup in rows:
-        cur = last.get(session_id)
-        if cur is None or seq > cur[0]:
-            cur = (seq, step_id, [])
-            last[session_id] = cur
-        if seq == cur[0]:
-            cur[2].append(speedup)
-    return {sid: {"geomean": geomean(vals), "best": max(vals), "configs": len(vals), "step_id": step_id}
-            for sid, (_seq, step_id, vals) in last.items()}
+    from . import rollups
+
+    if rollups.refresh(db):
+        rows = db.execute(
+            """SELECT session_id, seq, step_id, bench_configs, bench_best, bench_geomean
+               FROM _step_rollups WHERE bench_configs > 0""").fetchall()
+    else:
+        ensure_math_functions(db.conn)
+        rows = db.execute(
+            """SELECT st.session_id, st.seq, st.id, p.n, p.best, p.geo
+               FROM (SELECT step_id, COUNT(*) AS n, MAX(speedup_vs_sdpa) AS best,
+                            EXP(AVG(CASE WHEN speedup_vs_sdpa > 0 THEN LN(speedup_vs_sdpa) END)) AS geo
+                     FROM bench_results
+                     WHERE impl = 'ours' AND status = 'ok' AND speedup_vs_sdpa IS NOT NULL
+                     GROUP BY step_id) p
+               JOIN steps st ON st.id = p.step_id""").fetchall()
+    out: dict[str, dict] = {}
+    seqs: dict[str, int] = {}
+    for session_id, seq, step_id, n, best, geo in rows:
+        if seqs.get(session_id, -1) > seq:
+            continue
+        seqs[session_id] = seq
+        out[session_id] = {"geomean": geo, "best": best, "configs": n, "step_id": step_id}
+    return out
 
 
 def correctness_by_session(db) -> dict[str, dict]:
     """session_id -> the last finished correctness step: {"status", "configs", "passed", "worst_ratio"}."""
-    has_table = table_exists(db, "correctness_results")
-    if has_table:
-        sql = """SELECT st.session_id, st.seq, st.status, COUNT(cr.id), SUM(cr.passed),
-                        MAX(CASE WHEN cr.bound > 0 THEN cr.max_err / cr.bound END)
-                 FROM steps st LEFT JOIN correctness_results cr ON cr.step_id = st.id
-                 WHERE st.name = 'correctness' AND st.status != 'running'
-                 GROUP BY st.id"""
+    from . import rollups
+
+    if table_exists(db, "correctness_results") and rollups.refresh(db):
+        rows = db.execute(
+            """SELECT session_id, seq, status, correctness_configs, correctness_passed,
+                      correctness_worst_ratio
+               FROM _step_rollups WHERE name = 'correctness' AND status != 'running'""").fetchall()
+    elif table_exists(db, "correctness_results"):
+        rows = db.execute(
+            """SELECT st.session_id, st.seq, st.status, COUNT(cr.step_id), SUM(cr.passed),
+                      MAX(CASE WHEN cr.bound > 0 THEN cr.max_err / cr.bound END)
+               FROM steps st LEFT JOIN correctness_results cr ON cr.step_id = st.id
+               WHERE st.name = 'correctness' AND st.status != 'running'
+               GROUP BY st.id""").fetchall()
     else:
-        sql = """SELECT st.session_id, st.seq, st.status, 0, 0, NULL FROM steps st
-                 WHERE st.name = 'correctness' AND st.status != 'running'"""
+        rows = db.execute("""SELECT session_id, seq, status, 0, 0, NULL FROM steps
+                             WHERE name = 'correctness' AND status != 'running'""").fetchall()
     out: dict[str, dict] = {}
     seqs: dict[str, int] = {}
-    for session_id, seq, status, configs, passed, worst in db.execute(sql).fetchall():
-        if session_id in seqs and seqs[session_id] > seq:
+    for session_id, seq, status, configs, passed, worst in rows:
+        if seqs.get(session_id, -1) > seq:
             continue
         seqs[session_id] = seq
         out[session_id] = {"status": status, "configs": configs or 0, "passed": passed or 0,

@@ -1,47 +1,126 @@
 """The history of all sessions, and the trend of the last ones against those before them.
 
-A fixed handful of aggregate queries, whatever the number of sessions: a database of 1,000
-sessions renders in well under a second (``benchmarks/history_speed.py`` measures it).
+A fixed handful of queries, whatever the number of sessions: one query over the sessions, their
+step counts and the per-step rollups of bench and correctness results (``report/rollups.py``).
+``benchmarks/history_speed.py`` measures it on generated databases of 1,000 to 100,000 sessions.
 """
 
 from __future__ import annotations
 
-from ..costs import session_costs
-from ..timefmt import now_iso, seconds_between
+from ..timefmt import now_iso
 from . import aggregates
 from .aggregates import median
 
 TREND_WINDOW = 5
 
 
-def history_data(db, *, now: str | None = None) -> dict:
-    """One row per session (oldest first) and the trend, as plain data."""
-    now = now or now_iso()
+_SESSIONS = """SELECT id, number, name, status, objective, outcome, started_at, ended_at,
+                       gpu_rate_usd_per_h, ai_rate_usd_per_h"""
+
+_ROLLUPS = """SELECT session_id, steps, passed, failed, interrupted, bench_best, bench_geomean,
+                      bench_configs, correctness_status, correctness_configs, correctness_passed,
+                      correctness_worst_ratio FROM _session_rollups"""
+_NO_ROLLUP = (0, 0, 0, 0, None, None, None, None, None, None, None)
+
+
+def _joined_rows(db):
+    """(session rows, {session id: figures}) from two sequential scans, sessions and
+    ``_session_rollups``, joined here by id (faster than a join in SQL over UUID keys); None when
+    the rollups cannot be brought up to date."""
+    from . import rollups
+
+    if not (aggregates.table_exists(db, "bench_results") and aggregates.table_exists(db, "correctness_results")
+            and rollups.refresh(db)):
+        return None
+    figures = {row[0]: row[1:] for row in db.execute(_ROLLUPS).fetchall()}
+    return db.execute(f"{_SESSIONS} FROM sessions ORDER BY number").fetchall(), figures
+
+
+def _dict_rows(db):
+    """The same as :func:`_joined_rows`, from the per-session aggregates."""
     counts = aggregates.step_counts(db)
     correctness = aggregates.correctness_by_session(db)
     speedups = aggregates.bench_speedups(db)
+    figures = {}
+    for sid in counts.keys() | correctness.keys() | speedups.keys():
+        c, b, k = counts.get(sid, {}), speedups.get(sid, {}), correctness.get(sid)
+        figures[sid] = (c.get("steps", 0), c.get("passed", 0), c.get("failed", 0), c.get("interrupted", 0),
+                        b.get("best"), b.get("geomean"), b.get("configs"),
+                        *((k["status"], k["configs"], k["passed"], k["worst_ratio"]) if k else (None,) * 4))
+    return db.execute(f"{_SESSIONS} FROM sessions ORDER BY number").fetchall(), figures
+
+
+def history_data(db, *, now: str | None = None, table: list[str] | None = None) -> dict:
+    """One row per session (oldest first) and the trend, as plain data.
+
+    Durations are seconds (to ``now`` for open sessions); ``cost_usd`` is the GPU and AI rates in USD
+    per hour times the duration (None when neither rate is set); speedups are ratios over SDPA.
+    A fixed number of queries whatever the number of sessions.
+
+    With ``table``, also appends to it the history table's Markdown line for each row, written in
+    the same pass (the cells are those of the filters in :mod:`.render`). A Jinja loop would cost
+    about 50 us a row, seconds at 100,000 sessions.
+    """
+    import datetime as _dt
+
+    from .render import DASH, f_date, f_dur, f_money, f_short
+
+    def short(text, length):  # f_short, without its work for the common plain short text
+        if text.__class__ is str and text and len(text) <= length and "|" not in text \
+                and "\n" not in text and "\r" not in text:
+            return text
+        return f_short(text, length)
+
+    now = now or now_iso()
+    parse = _dt.datetime.fromisoformat
+    now_dt = parse(now)
+    source = _joined_rows(db)
+    if source is None:
+        source = _dict_rows(db)
     rows = []
-    for s in db.execute(
-            """SELECT id, number, name, status, objective, outcome, started_at, ended_at,
-                      gpu_rate_usd_per_h, ai_rate_usd_per_h FROM sessions ORDER BY number""").fetchall():
-        (sid, number, name, status, objective, outcome, started, ended, gpu_rate, ai_rate) = s
-        session = {"started_at": started, "ended_at": ended, "gpu_rate_usd_per_h": gpu_rate,
-                   "ai_rate_usd_per_h": ai_rate}
-        cost = session_costs(session, [], now=now)
-        c = counts.get(sid, {})
-        corr = correctness.get(sid)
-        bench = speedups.get(sid, {})
-        rows.append({
+    append = rows.append
+    line = table.append if table is not None else None
+    sessions, figures = source
+    get = figures.get
+    for sid, number, name, status, objective, outcome, started, ended, gpu_rate, ai_rate in sessions:
+        (steps, passed, failed, interrupted, best, geo, configs,
+         c_status, c_configs, c_passed, c_worst) = get(sid, _NO_ROLLUP)
+        duration = ((parse(ended) if ended else now_dt) - parse(started)).total_seconds()
+        if gpu_rate is None and ai_rate is None:
+            cost = None
+        else:  # as costs.session_costs: the rates times the wall time, never below zero
+            wall = duration if duration > 0 else 0.0
+            cost = ((gpu_rate * wall / 3600.0) if gpu_rate is not None else 0.0) + \
+                   ((ai_rate * wall / 3600.0) if ai_rate is not None else 0.0)
+        is_open = status == "open"
+        passed, failed, interrupted = passed or 0, failed or 0, interrupted or 0
+        correctness = None if c_status is None else {
+            "status": c_status, "configs": c_configs or 0, "passed": c_passed or 0, "worst_ratio": c_worst}
+        append({
             "id": sid, "number": number, "name": name, "status": status, "objective": objective,
             "outcome": outcome, "started_at": started, "ended_at": ended,
-            "duration_s": seconds_between(started, ended or now), "open": status == "open",
-            "cost_usd": cost["total_usd"],
-            "steps": c.get("steps", 0), "passed": c.get("passed", 0), "failed": c.get("failed", 0),
-            "interrupted": c.get("interrupted", 0),
-            "correctness": corr,
-            "geomean_speedup": bench.get("geomean"), "best_speedup": bench.get("best"),
-            "bench_configs": bench.get("configs"),
+            "duration_s": duration, "open": is_open, "cost_usd": cost,
+            "steps": steps, "passed": passed, "failed": failed, "interrupted": interrupted,
+            "correctness": correctness,
+            "geomean_speedup": geo, "best_speedup": best, "bench_configs": configs,
         })
+        if line is None:
+            continue
+        if correctness is None:
+            corr = "not run"
+        elif c_configs:
+            corr = f"{c_passed or 0}/{c_configs} {c_status}"
+        else:
+            corr = c_status
+        line(
+            f"| {number} | {short(name, 40)} | "
+            f"{started[:10] if started.endswith('+00:00') else f_date(started)} | "
+            f"{f_dur(duration)}{' (open)' if is_open else ''} | "
+            f"{f_money(cost) if cost is None else f'${cost:,.2f}'} | "
+            f"{passed}/{failed}{f' ({interrupted} interrupted)' if interrupted else ''} | "
+            f"{corr} | {DASH if best is None else f'{best:.2f}x'} | "
+            f"{DASH if geo is None else f'{geo:.2f}x'} | "
+            f"{short(outcome, 60) if outcome else ('open' if is_open else status)} |")
     return {"sessions": rows, "trend": trend(rows), "generated_at": now}
 
 

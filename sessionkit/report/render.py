@@ -78,7 +78,11 @@ def f_ts(text) -> str:
 
 
 def f_date(text) -> str:
-    return DASH if not text else f_ts(text)[:10]
+    if not text:
+        return DASH
+    if text.endswith("+00:00") and len(text) >= 16:  # already UTC: no need to parse (history's rows)
+        return text[:10]
+    return f_ts(text)[:10]
 
 
 def f_cell(value) -> str:

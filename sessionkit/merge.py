@@ -1,0 +1,331 @@
+"""Bring sessions recorded in other databases (other GPU hosts) into this one.
+
+Sessions are keyed by their UUID, so a merge is idempotent: a session that is already here with the
+same content is skipped. One that is here with different content is a conflict: it is reported and
+neither copy is changed. An imported session keeps its id and host; its number on the host that
+recorded it is kept as ``origin_number`` and it gets the next local number. Every row that hangs off
+it (steps, metrics, artifacts, telemetry, environment snapshots, applied patterns, correctness and
+bench results with their samples) comes with it, with integer row ids renumbered.
+
+The other database is opened read-only and is never migrated or changed; it may be at an older
+migration level (tables or columns it lacks get their defaults here) or a newer one (what this
+version does not know is left out, and said so). Artifact files are copied under this database's
+``artifacts/session-N/`` when they can be found (at their recorded path, or at the same place
+relative to the other database); otherwise their row is kept with ``missing = 1``.
+
+Sessions still open in the other database are not imported: their content may still change, so a
+later merge would only find a conflict. Merge again once they have ended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DatabaseError, UsageError
+from .timefmt import now_iso
+
+# Columns that say where a session sits in one database, not what it recorded.
+LOCAL_COLUMNS = {"number", "origin_number", "imported_from", "imported_at"}
+
+
+@dataclass
+class MergeResult:
+    """What one merge did. Each list holds ``{"id", "number", "name", ...}`` dicts of the source's
+    sessions; ``imported`` ones also carry their new ``local_number``."""
+
+    source: str
+    imported: list[dict] = field(default_factory=list)
+    unchanged: list[dict] = field(default_factory=list)
+    conflicts: list[dict] = field(default_factory=list)
+    skipped_open: list[dict] = field(default_factory=list)
+    artifacts_copied: int = 0
+    artifacts_missing: int = 0
+    left_out: list[str] = field(default_factory=list)  # "table" or "table.column" not known here
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("source", "imported", "unchanged", "conflicts",
+                                              "skipped_open", "artifacts_copied",
+                                              "artifacts_missing", "left_out")}
+
+
+def _open_source(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise UsageError(f"no database at {path}")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(f"cannot read {path}: {exc}") from None
+    if not _columns(conn, "sessions") or not _columns(conn, "steps"):
+        conn.close()
+        raise DatabaseError(f"{path} is not a sessionkit database (no sessions or steps table)")
+    return conn
+
+
+def _columns(conn, table: str) -> list[str]:
+    return [row[1] for row in conn.execute(f"PRAGMA table_info([{table}])")]
+
+
+def _tables(conn) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+        "AND name NOT LIKE '\\_%' ESCAPE '\\' ORDER BY name")]
+
+
+def _foreign_keys(conn, table: str) -> list[tuple[str, str, str]]:
+    """(column, other table, other column) of each foreign key of ``table``."""
+    return [(r[3], r[2], r[4]) for r in conn.execute(f"PRAGMA foreign_key_list([{table}])")]
+
+
+def _integer_pk(conn, table: str) -> str | None:
+    """The INTEGER PRIMARY KEY column (a rowid alias, renumbered on import), if any."""
+    pks = [r for r in conn.execute(f"PRAGMA table_info([{table}])") if r[5]]
+    if len(pks) == 1 and pks[0][2].upper() == "INTEGER":
+        return pks[0][1]
+    return None
+
+
+def _child_plan(local, source) -> tuple[list[tuple[str, list]], list[str]]:
+    """Tables below ``sessions`` in the order to copy them: [(table, foreign keys)], and what the
+    source has that this database does not know."""
+    local_tables, source_tables = set(_tables(local)), set(_tables(source))
+    left_out = sorted(source_tables - local_tables)
+    plan: list[tuple[str, list]] = []
+    placed = {"sessions"}
+    pending = sorted((local_tables & source_tables) - {"sessions"})
+    while pending:
+        progress = False
+        for table in list(pending):
+            fks = _foreign_keys(local, table)
+            parents = {other for _, other, _ in fks}
+            if parents and parents <= placed | {table}:
+                plan.append((table, fks))
+                placed.add(table)
+                pending.remove(table)
+                progress = True
+        if not progress:  # tables that do not hang off a session are not per-session data
+            break
+    for table, _ in plan:
+        known = set(_columns(local, table))
+        left_out += [f"{table}.{c}" for c in _columns(source, table) if c not in known]
+    known = set(_columns(local, "sessions"))
+    left_out += [f"sessions.{c}" for c in _columns(source, "sessions") if c not in known]
+    return plan, left_out
+
+
+def _rows(conn, sql: str, args=()) -> list[dict]:
+    cur = conn.execute(sql, list(args))
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def _select_children(source, table: str, fks, copied: dict[str, dict]) -> list[dict]:
+    """Rows of ``table`` that belong to the session whose parent rows are in ``copied``
+    (table -> {source key: local key})."""
+    clauses, args = [], []
+    for column, other, other_column in fks:
+        keys = list(copied.get(other, {}))
+        if other == table or not keys:
+            continue
+        marks = ",".join("?" * len(keys))
+        clauses.append(f"[{column}] IN ({marks})")
+        args += keys
+    if not clauses:
+        return []
+    order = "rowid"
+    return _rows(source, f"SELECT * FROM [{table}] WHERE {' OR '.join(clauses)} ORDER BY {order}", args)
+
+
+def _fingerprint(conn, session_id: str, session_cols: list[str], step_cols: list[str],
+                 counts: list[tuple[str, str]]) -> str:
+    """A digest of what a session recorded, over the columns both databases know."""
+    digest = hashlib.sha256()
+    srow = conn.execute(f"SELECT {', '.join(f'[{c}]' for c in session_cols)} FROM sessions WHERE id = ?",
+                        [session_id]).fetchone()
+    digest.update(json.dumps(srow, default=str).encode())
+    for row in conn.execute(f"SELECT {', '.join(f'[{c}]' for c in step_cols)} FROM steps "
+                            "WHERE session_id = ? ORDER BY id", [session_id]):
+        digest.update(json.dumps(row, default=str).encode())
+    for table, column in counts:
+        n = conn.execute(f"SELECT COUNT(*) FROM [{table}] WHERE [{column}] IN "
+                         "(SELECT id FROM steps WHERE session_id = ?)", [session_id]).fetchone()[0]
+        digest.update(f"{table}:{n};".encode())
+    return digest.hexdigest()
+
+
+def _artifact_source(path_text: str, source_db: Path, origin_number: int) -> tuple[Path | None, str]:
+    """The file an artifact row names, if it can be found, and its path below ``session-N/``."""
+    recorded = Path(path_text)
+    marker = f"session-{origin_number}"
+    parts = recorded.parts
+    tail = Path(*parts[parts.index(marker) + 1:]) if marker in parts[:-1] else Path(recorded.name)
+    candidates = [recorded, source_db.resolve().parent / "artifacts" / marker / tail]
+    if not recorded.is_absolute():
+        candidates.insert(0, source_db.resolve().parent / recorded)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate, str(tail)
+    return None, str(tail)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def merge_database(db, other: str | Path) -> MergeResult:
+    """Import the sessions of the database at ``other`` into ``db`` (opened with
+    :func:`sessionkit.db.open_db`). Returns what was imported, skipped and in conflict.
+
+    Raises :class:`UsageError` when ``other`` does not exist or is this database, and
+    :class:`DatabaseError` when it is not a readable sessionkit database.
+    """
+    other = Path(other)
+    if other.exists() and Path(db.path).exists() and other.resolve() == Path(db.path).resolve():
+        raise UsageError(f"{other} is this database; name another one to merge")
+    source = _open_source(other)
+    try:
+        return _merge(db, source, other)
+    finally:
+        source.close()
+
+
+def _merge(db, source, other: Path) -> MergeResult:
+    local = db.conn
+    result = MergeResult(source=str(other))
+    plan, result.left_out = _child_plan(local, source)
+    local_session_cols = set(_columns(local, "sessions"))
+    source_session_cols = _columns(source, "sessions")
+    shared_session = [c for c in source_session_cols if c in local_session_cols and c not in LOCAL_COLUMNS]
+    local_step_cols = set(_columns(local, "steps"))
+    shared_step = [c for c in _columns(source, "steps") if c in local_step_cols]
+    counts = [(t, c) for t, fks in plan for c, other_t, _ in fks if other_t == "steps"
+              and t not in ("artifacts",)]
+    artifacts_root = Path(db.path).resolve().parent / "artifacts"
+
+    order = "ORDER BY started_at, number"
+    for srow in _rows(source, f"SELECT * FROM sessions {order}"):
+        brief = {"id": srow["id"], "number": srow["number"], "name": srow["name"],
+                 "host": srow.get("host")}
+        if srow["status"] == "open":
+            result.skipped_open.append(brief)
+            continue
+        here = local.execute("SELECT number FROM sessions WHERE id = ?", [srow["id"]]).fetchone()
+        if here is not None:
+            mine = _fingerprint(local, srow["id"], shared_session, shared_step, counts)
+            theirs = _fingerprint(source, srow["id"], shared_session, shared_step, counts)
+            target = result.unchanged if mine == theirs else result.conflicts
+            target.append({**brief, "local_number": here[0]})
+            continue
+        step_ids = [r[0] for r in source.execute("SELECT id FROM steps WHERE session_id = ?", [srow["id"]])]
+        clash = local.execute(
+            f"SELECT COUNT(*) FROM steps WHERE id IN ({','.join('?' * len(step_ids))})",
+            step_ids).fetchone()[0] if step_ids else 0
+        if clash:
+            result.conflicts.append({**brief, "local_number": None,
+                                     "reason": f"{clash} of its step ids belong to another session here"})
+            continue
+        copied, missing = _import_session(db, source, other, srow, plan, artifacts_root)
+        result.artifacts_copied += copied
+        result.artifacts_missing += missing
+        result.imported.append({**brief, "local_number": db.execute(
+            "SELECT number FROM sessions WHERE id = ?", [srow["id"]]).fetchone()[0]})
+    return result
+
+
+def _import_session(db, source, other: Path, srow: dict, plan, artifacts_root: Path) -> tuple[int, int]:
+    """Copy one session and everything below it in one transaction. Returns (files copied, missing)."""
+    local = db.conn
+    origin_number = srow.get("origin_number") or srow["number"]
+    new_files: list[Path] = []
+    copied = missing = 0
+    local.execute("BEGIN IMMEDIATE")
+    try:
+        number = local.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM sessions").fetchone()[0]
+        session_cols = set(_columns(local, "sessions"))
+        row = {k: v for k, v in srow.items() if k in session_cols}
+        row.update(number=number, origin_number=origin_number,
+                   imported_from=srow.get("imported_from") or str(other.resolve()),
+                   imported_at=now_iso())
+        _insert(local, "sessions", row)
+        keymap: dict[str, dict] = {"sessions": {srow["id"]: srow["id"]}}
+        for table, fks in plan:
+            cols = set(_columns(local, table))
+            pk = _integer_pk(local, table)
+            keymap[table] = {}
+            for child in _select_children(source, table, fks, keymap):
+                new = {k: v for k, v in child.items() if k in cols}
+                for column, other_t, _ in fks:
+                    if new.get(column) is not None and other_t in keymap:
+                        new[column] = keymap[other_t].get(new[column], new[column])
+                if table == "artifacts":
+                    got = _place_artifact(new, other, origin_number, artifacts_root / f"session-{number}")
+                    if got is None:
+                        missing += 1
+                    else:
+                        copied += 1
+                        new_files.append(got)
+                old_key = child.get(pk) if pk else child.get("id")
+                if pk:
+                    new.pop(pk, None)
+                cur = _insert(local, table, new)
+                if old_key is not None:
+                    keymap[table][old_key] = cur.lastrowid if pk else old_key
+        local.execute("COMMIT")
+    except BaseException:
+        local.execute("ROLLBACK")
+        for path in new_files:
+            path.unlink(missing_ok=True)
+        raise
+    return copied, missing
+
+
+def _insert(conn, table: str, row: dict):
+    cols = list(row)
+    return conn.execute(f"INSERT INTO [{table}] ({', '.join(f'[{c}]' for c in cols)}) "
+                        f"VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols])
+
+
+def _place_artifact(row: dict, other: Path, origin_number: int, folder: Path) -> Path | None:
+    """Copy an artifact's file under ``folder`` and point ``row`` at the copy; or mark the row
+    missing. Returns the new path, or None when the file was not found (or its sha256 differs)."""
+    recorded = row["path"]
+    row["origin_path"] = row.get("origin_path") or recorded
+    found, tail = _artifact_source(recorded, other, origin_number)
+    if found is None or (row.get("sha256") and _sha256(found) != row["sha256"]):
+        row["missing"] = 1
+        return None
+    target = folder / tail
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(found, target)
+    row["path"] = str(target)
+    row["missing"] = 0
+    return target
+
+
+def format_merge(result: MergeResult) -> str:
+    """The merge result as a few lines of text for the terminal."""
+    lines = [f"Merged {result.source}: {len(result.imported)} imported, "
+             f"{len(result.unchanged)} already here, {len(result.conflicts)} in conflict"
+             + (f", {len(result.skipped_open)} still open there (not imported)" if result.skipped_open else "")]
+    for s in result.imported:
+        lines.append(f"  imported  {s['id']}  {s['host'] or '-'} #{s['number']} -> #{s['local_number']}  {s['name']}")
+    for s in result.conflicts:
+        why = s.get("reason") or f"differs from session #{s['local_number']} here; neither was changed"
+        lines.append(f"  CONFLICT  {s['id']}  {s['host'] or '-'} #{s['number']}  {s['name']}: {why}")
+    for s in result.skipped_open:
+        lines.append(f"  open      {s['id']}  {s['host'] or '-'} #{s['number']}  {s['name']}: merge again once it has ended")
+    if result.imported:
+        lines.append(f"  artifacts: {result.artifacts_copied} copied, {result.artifacts_missing} "
+                     "recorded as missing (file not found)")
+    if result.left_out:
+        lines.append(f"  left out (not known to this version): {', '.join(result.left_out)}")
+    return "\n".join(lines)

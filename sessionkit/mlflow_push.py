@@ -1,0 +1,294 @@
+"""Log sessions to an MLflow tracking server: one run per session, a nested run per step.
+
+Needs the optional ``[mlflow]`` extra (the MLflow client, ``mlflow-skinny``). What is logged:
+
+- params: ``objective``, ``budget_s``, ``gpu_rate_usd_per_h``, ``ai_rate_usd_per_h``, ``plan``,
+  ``step_budgets`` (JSON) and ``grid`` (the bench grid of the last bench step);
+- tags: ``sessionkit.session_id`` (the UUID that finds the run again, with ``sessionkit.kind`` =
+  ``session``; step runs have ``sessionkit.step_id`` and ``sessionkit.kind`` = ``step``), ``sessionkit.number``,
+  ``sessionkit.status``, ``host``, ``gpu``, ``torch``, ``cuda``, ``git_commit`` (also as
+  ``mlflow.source.git.commit``);
+- metrics of the session run: ``duration_s``, ``cost_usd``, ``gpu_cost_usd``, ``ai_cost_usd``,
+  ``geomean_speedup`` and ``best_speedup`` (ours over SDPA), and per (implementation, config) of the
+  last bench step ``bench.<impl>.<config>.tflops`` and ``bench.<impl>.<config>.latency_ms``;
+- metrics of each step run: ``duration_s``, ``budget_s``, ``cost_usd`` and the step's own metrics
+  (``<key>`` or ``<key>.<subject>``);
+- artifacts of the session run: ``report/session-N.md`` with its PNG plots, ``bench/bench-N.csv``.
+
+Pushing again finds the runs by their ``sessionkit.session_id`` / ``sessionkit.step_id`` tags and
+updates them: tags are overwritten, metrics are logged again at the time of the push (MLflow shows
+the latest value and keeps the earlier ones as the metric's history), artifacts are replaced. MLflow params cannot change once logged; a param whose value
+changed since the last push is left as it was and reported in ``params_kept``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .costs import session_costs
+from .errors import SessionkitError, UsageError
+from .sessions import get_session, list_sessions, session_steps
+from .timefmt import now_iso, parse_iso
+
+SESSION_TAG = "sessionkit.session_id"
+STEP_TAG = "sessionkit.step_id"
+KIND_TAG = "sessionkit.kind"  # "session" or "step"
+DEFAULT_EXPERIMENT = "sessionkit"
+_MLFLOW_STATUS = {"open": "RUNNING", "passed": "FINISHED", "failed": "FAILED", "abandoned": "KILLED"}
+_STEP_STATUS = {"running": "RUNNING", "passed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED",
+                "skipped": "FINISHED"}
+
+
+class MlflowUnavailable(SessionkitError):
+    """The MLflow client is not installed, or the tracking server cannot be reached."""
+
+
+@dataclass
+class PushResult:
+    """One pushed session: its MLflow run, whether the run was created or updated, and counts."""
+
+    session_id: str
+    number: int
+    run_id: str
+    created: bool
+    step_runs: int
+    metrics: int
+    params: int
+    artifacts: list[str] = field(default_factory=list)
+    params_kept: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def metric_key(*parts) -> str:
+    """An MLflow metric name from parts: characters MLflow refuses become ``_``; parts join with
+    ``.``. E.g. ``("bench", "ours", "bf16 B4 H16 S1024 D128 causal", "tflops")`` ->
+    ``bench.ours.bf16_B4_H16_S1024_D128_causal.tflops``."""
+    return ".".join(re.sub(r"[^A-Za-z0-9_\-./]", "_", str(p).strip()).strip("_") or "_" for p in parts)
+
+
+def _ms(iso: str | None) -> int | None:
+    moment = parse_iso(iso)
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def _client(tracking_uri: str):
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise MlflowUnavailable("the MLflow client is not installed: pip install 'sessionkit[mlflow]'") from None
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _experiment_id(client, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                raise UsageError(f"MLflow experiment {name!r} is deleted; restore it or pass another --experiment")
+            return found.experiment_id
+        return client.create_experiment(name)
+    except MlflowException as exc:
+        raise MlflowUnavailable(f"MLflow tracking server: {str(exc).splitlines()[0]}") from None
+
+
+def _find_run(client, experiment_id: str, tag: str, value: str, kind: str):
+    runs = client.search_runs([experiment_id], max_results=2, filter_string=(
+        f"tags.`{tag}` = '{value}' and tags.`{KIND_TAG}` = '{kind}'"))
+    return runs[0] if runs else None
+
+
+def session_payload(db, session: dict, folder: Path, *, plots: bool = True) -> dict:
+    """What one session's run holds, computed from the database; the report, its plots and the
+    bench CSV are written under ``folder``. Returns ``{"params", "tags", "metrics", "artifacts",
+    "steps": [{"step", "tags", "metrics"}], "start_ms", "end_ms", "status"}``."""
+    from .report import session_report
+
+    report = session_report(db, session, out=folder / f"session-{session['number']}.md", plots=plots)
+    data = report.data
+    steps = session_steps(db, session["id"])
+    now = now_iso()
+    costs = session_costs(session, steps, now=now)
+    env = data["environment"] or {}
+    facts = {f["name"]: f["value"] for f in env.get("facts", [])}
+    bench = data["bench"]
+
+    params = {"objective": session["objective"], "budget_s": session["budget_s"],
+              "gpu_rate_usd_per_h": session["gpu_rate_usd_per_h"],
+              "ai_rate_usd_per_h": session["ai_rate_usd_per_h"],
+              "plan": json.dumps(session["plan"]), "step_budgets": json.dumps(session["step_budgets"],
+                                                                               sort_keys=True),
+              "grid": bench.get("grid") if bench else None}
+    params = {k: str(v) for k, v in params.items() if v is not None}
+    commit = facts.get("git commit") or session.get("git_commit")
+    tags = {SESSION_TAG: session["id"], KIND_TAG: "session", "sessionkit.number": str(session["number"]),
+            "sessionkit.name": session["name"], "sessionkit.status": session["status"],
+            "host": session.get("host"), "gpu": facts.get("GPU"), "torch": facts.get("torch"),
+            "cuda": facts.get("torch CUDA"), "git_commit": commit, "mlflow.source.git.commit": commit,
+            "mlflow.runName": f"session {session['number']}: {session['name']}"}
+    tags = {k: str(v) for k, v in tags.items() if v not in (None, "")}
+
+    metrics = {"duration_s": costs["wall_s"], "cost_usd": costs["total_usd"],
+               "gpu_cost_usd": costs["gpu_usd"], "ai_cost_usd": costs["ai_usd"]}
+    if bench:
+        metrics["geomean_speedup"] = bench["geomean_speedup"]
+        metrics["best_speedup"] = bench["best_speedup"]
+        for row in bench["raw"]:
+            if row["status"] != "ok":
+                continue
+            from .report.data import config_label
+
+            label = config_label(row)
+            metrics[metric_key("bench", row["impl"], label, "tflops")] = row["tflops"]
+            metrics[metric_key("bench", row["impl"], label, "latency_ms")] = row["latency_ms"]
+    metrics = {k: float(v) for k, v in metrics.items() if v is not None}
+
+    artifacts = [(report.path, "report")] + [(img, "report") for img in report.images]
+    if bench and bench["raw"]:
+        csv_path = folder / f"bench-{session['number']}.csv"
+        columns = list(bench["raw"][0])
+        with open(csv_path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(bench["raw"])
+        artifacts.append((csv_path, "bench"))
+
+    step_runs = []
+    for st in steps:
+        s_metrics = {"duration_s": costs["per_step"][st["id"]]["seconds"], "budget_s": st["budget_s"],
+                     "cost_usd": costs["per_step"][st["id"]]["total_usd"]}
+        for key, subject, value in db.execute(
+                "SELECT key, subject, value FROM metrics WHERE step_id = ? AND value IS NOT NULL ORDER BY id",
+                [st["id"]]):
+            s_metrics[metric_key(key, subject) if subject else metric_key(key)] = value
+        step_runs.append({
+            "step": st,
+            "tags": {STEP_TAG: st["id"], SESSION_TAG: session["id"], KIND_TAG: "step", "sessionkit.step": st["name"],
+                     "sessionkit.seq": str(st["seq"]), "sessionkit.status": st["status"],
+                     "mlflow.runName": f"{st['seq']:02d} {st['name']}"},
+            "metrics": {k: float(v) for k, v in s_metrics.items() if v is not None},
+        })
+    return {"params": params, "tags": tags, "metrics": metrics, "artifacts": artifacts,
+            "steps": step_runs, "start_ms": _ms(session["started_at"]),
+            "end_ms": _ms(session["ended_at"]), "status": _MLFLOW_STATUS[session["status"]]}
+
+
+def _log(client, run_id: str, metrics: dict, tags: dict, timestamp_ms: int, params: dict | None = None,
+         existing_params: dict | None = None) -> list[str]:
+    from mlflow.entities import Metric, Param, RunTag
+
+    kept = []
+    new_params = []
+    for k, v in (params or {}).items():
+        old = (existing_params or {}).get(k)
+        if old is None:
+            new_params.append(Param(k, v))
+        elif old != v:
+            kept.append(k)
+    metric_items = [Metric(k, v, timestamp_ms, 0) for k, v in metrics.items()]
+    tag_items = [RunTag(k, v) for k, v in tags.items()]
+    # log_batch takes at most 100 params, 100 tags and 1000 metrics per call
+    for i in range(0, len(new_params), 100):
+        client.log_batch(run_id, params=new_params[i:i + 100])
+    for i in range(0, len(tag_items), 100):
+        client.log_batch(run_id, tags=tag_items[i:i + 100])
+    for i in range(0, len(metric_items), 1000):
+        client.log_batch(run_id, metrics=metric_items[i:i + 1000])
+    return kept
+
+
+def _terminate(client, run_id: str, status: str, end_ms: int | None) -> None:
+    """Set a run's final status; the client's "View run at" lines stay off our stdout."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        client.set_terminated(run_id, status, end_time=end_ms)
+
+
+def push_session(client, experiment_id: str, db, session: dict, *, plots: bool = True) -> PushResult:
+    """Create or update the MLflow run of one session and its nested step runs."""
+    with tempfile.TemporaryDirectory(prefix="sessionkit-mlflow-") as tmp:
+        payload = session_payload(db, session, Path(tmp), plots=plots)
+        timestamp = _ms(now_iso())  # the latest push is the value MLflow shows
+        existing = _find_run(client, experiment_id, SESSION_TAG, session["id"], "session")
+        created = existing is None
+        if created:
+            run = client.create_run(experiment_id, start_time=payload["start_ms"],
+                                    tags={SESSION_TAG: session["id"], KIND_TAG: "session"})
+            run_id, old_params = run.info.run_id, {}
+        else:
+            run_id, old_params = existing.info.run_id, dict(existing.data.params)
+        kept = _log(client, run_id, payload["metrics"], payload["tags"], timestamp,
+                    payload["params"], old_params)
+        for path, folder in payload["artifacts"]:
+            client.log_artifact(run_id, str(path), artifact_path=folder)
+        step_metrics = 0
+        for entry in payload["steps"]:
+            st = entry["step"]
+            found = _find_run(client, experiment_id, STEP_TAG, st["id"], "step")
+            if found is None:
+                child = client.create_run(experiment_id, start_time=_ms(st["started_at"]),
+                                          tags={"mlflow.parentRunId": run_id, STEP_TAG: st["id"],
+                                                KIND_TAG: "step"})
+                child_id = child.info.run_id
+            else:
+                child_id = found.info.run_id
+            _log(client, child_id, entry["metrics"], {**entry["tags"], "mlflow.parentRunId": run_id},
+                 timestamp)
+            step_metrics += len(entry["metrics"])
+            if st["status"] != "running":
+                _terminate(client, child_id, _STEP_STATUS[st["status"]], _ms(st["ended_at"]))
+        if payload["status"] != "RUNNING":
+            _terminate(client, run_id, payload["status"], payload["end_ms"])
+        return PushResult(session_id=session["id"], number=session["number"], run_id=run_id,
+                          created=created, step_runs=len(payload["steps"]),
+                          metrics=len(payload["metrics"]) + step_metrics, params=len(payload["params"]),
+                          artifacts=[f"{folder}/{Path(p).name}" for p, folder in payload["artifacts"]],
+                          params_kept=kept)
+
+
+def push_sessions(db, refs, *, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT,
+                  plots: bool = True) -> list[PushResult]:
+    """Push the sessions named by ``refs`` (numbers, ids, names, ``last``; all when empty) to the
+    MLflow tracking server at ``tracking_uri``, in ``experiment`` (created when missing).
+
+    Raises :class:`MlflowUnavailable` without the client or when the server cannot be reached,
+    :class:`~sessionkit.errors.SessionNotFound` for an unknown session.
+    """
+    if not tracking_uri:
+        raise UsageError("a tracking server is required: --tracking-uri URI")
+    sessions = [get_session(db, r) for r in refs] if refs else \
+        [get_session(db, row["id"]) for row in reversed(list_sessions(db))]
+    client = _client(tracking_uri)
+    experiment_id = _experiment_id(client, experiment)
+    from mlflow.exceptions import MlflowException
+
+    results = []
+    for session in sessions:
+        try:
+            results.append(push_session(client, experiment_id, db, session, plots=plots))
+        except MlflowException as exc:
+            raise MlflowUnavailable(f"MLflow: {str(exc).splitlines()[0]}") from None
+    return results
+
+
+def format_push(results: list[PushResult], tracking_uri: str) -> str:
+    lines = []
+    for r in results:
+        lines.append(f"session {r.number}: run {r.run_id} {'created' if r.created else 'updated'} "
+                     f"({r.step_runs} step runs, {r.metrics} metrics, {r.params} params, "
+                     f"{len(r.artifacts)} artifacts)")
+        if r.params_kept:
+            lines.append(f"  params changed since the last push, kept as they were (MLflow params "
+                         f"cannot change): {', '.join(r.params_kept)}")
+    lines.append(f"tracking server: {tracking_uri}")
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""Browse a database with Datasette: ``sessionkit serve``.
+
+Needs the optional ``[browse]`` extra (datasette). The metadata file ``templates/datasette.yaml``
+describes every table, view and column with its unit, and holds the canned queries: sessions with
+cost and best speedup, regressions between consecutive benched sessions, the slowest steps against
+their budgets, and the telemetry of one step. Datasette serves the database read-only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import SessionkitError, UsageError
+from .report.resources import templates_dir
+
+METADATA_TEMPLATE = "datasette.yaml"
+DEFAULT_PORT = 8001
+
+
+class DatasetteUnavailable(SessionkitError):
+    """datasette is not installed."""
+
+
+def metadata_text(db_path: str | Path) -> str:
+    """The metadata YAML for the database at ``db_path``: Datasette names a database after its file
+    name without the extension, so that name replaces ``DATABASE``."""
+    text = (templates_dir() / METADATA_TEMPLATE).read_text(encoding="utf-8")
+    name = Path(db_path).stem
+    if ":" in name or name.strip() != name or not name:
+        raise UsageError(f"cannot serve {db_path}: Datasette cannot name a database {name!r}")
+    import json
+
+    return text.replace("\n  DATABASE:\n", f"\n  {json.dumps(name)}:\n", 1)
+
+
+def metadata(db_path: str | Path) -> dict:
+    """The metadata as data (needs PyYAML, which datasette installs)."""
+    import yaml
+
+    return yaml.safe_load(metadata_text(db_path))
+
+
+def datasette_command(db_path: str | Path, metadata_path: str | Path, *, host: str = "127.0.0.1",
+                      port: int = DEFAULT_PORT) -> list[str]:
+    """The Datasette command line that serves ``db_path`` with the metadata at ``metadata_path``."""
+    import importlib.util
+
+    if importlib.util.find_spec("datasette") is None:
+        raise DatasetteUnavailable("datasette is not installed: pip install 'sessionkit[browse]'") from None
+    return [sys.executable, "-m", "datasette", "serve", str(db_path), "--metadata", str(metadata_path),
+            "--host", host, "--port", str(port), "--setting", "sql_time_limit_ms", "10000"]
+
+
+def serve(db_path: str | Path, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, workdir: Path) -> int:
+    """Run Datasette on ``db_path`` until it is stopped; returns its exit status.
+
+    The metadata file is written into ``workdir``. Ctrl-C stops Datasette and returns 130.
+    """
+    meta = Path(workdir) / "datasette-metadata.yaml"
+    meta.write_text(metadata_text(db_path), encoding="utf-8")
+    cmd = datasette_command(db_path, meta, host=host, port=port)
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return 130
+
+
+def chromium() -> str | None:
+    """Path of a headless-capable Chromium, if one is installed."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
