@@ -271,3 +271,20 @@ def test_cli_run_needs_an_objective(tmp_path):
     result = CliRunner().invoke(cli, ["run"], catch_exceptions=False)
     assert result.exit_code == 2
     assert result.output.strip() == "Error: an objective is required: --objective TEXT"
+
+
+def test_cli_run_takes_its_plan_from_the_config_unless_given(tmp_path):
+    """`run` honours `plan` in [tool.sessionkit] as `start` does; --plan still wins."""
+    from sessionkit.cli import cli
+
+    (tmp_path / "pyproject.toml").write_text('[tool.sessionkit]\nplan = ["build"]\n')
+    result = CliRunner().invoke(cli, ["run", "--objective", "plan from config", "--no-plots",
+                                      "-o", str(tmp_path / "a.md")], catch_exceptions=False)
+    steps = [line.split()[1] for line in result.output.splitlines() if line.startswith("[1/")]
+    assert steps and set(steps) == {"build"}, result.output
+    assert "preflight" not in result.output and "correctness" not in result.output
+    result = CliRunner().invoke(cli, ["run", "--objective", "plan from the flag", "--plan", "preflight",
+                                      "--no-plots", "--force", "-o", str(tmp_path / "b.md")],
+                                catch_exceptions=False)
+    steps = [line.split()[1] for line in result.output.splitlines() if line.startswith("[1/")]
+    assert steps and set(steps) == {"preflight"}, result.output

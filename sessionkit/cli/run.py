@@ -36,17 +36,17 @@ def run(ctx, name, objective, grid, plan, budget, step_budgets, gpu_rate, ai_rat
     status is 0 only when every step passed. Hooks in [tool.sessionkit.hooks] (before = [...],
     after = [...]) run as steps of kind 'hook'; after hooks run even when a step failed.
     """
-    from ..config import load_config, parse_plan
+    from ..config import load_config
     from ..session_defaults import resolve_start_options
     from ..session_run import DEFAULT_PLAN, Hooks, parse_hooks, run_session
 
     cfg = load_config()
     hooks = Hooks() if no_hooks else parse_hooks(cfg.raw.get("hooks"))
-    opts = resolve_start_options(objective=objective, plan=None, budget=budget,
+    # --plan, else plan in [tool.sessionkit], else the default plan
+    opts = resolve_start_options(objective=objective, plan=plan, budget=budget,
                                  step_budgets=step_budgets, gpu_rate=gpu_rate, ai_rate=ai_rate)
-    opts.pop("plan", None)
+    steps = list(opts.pop("plan", None) or DEFAULT_PLAN)
     opts["force"] = force
-    steps = parse_plan(plan) if plan is not None else list(DEFAULT_PLAN)
     db = open_db(ctx, create=True)
     result = run_session(db, name=name, plan=steps, grid=grid, hooks=hooks, start_options=opts,
                          report_path=out, plots=not no_plots, keep_going=keep_going,
