@@ -13,6 +13,9 @@ version does not know is left out, and said so). Artifact files are copied under
 ``artifacts/session-N/`` when they can be found (at their recorded path, or at the same place
 relative to the other database); otherwise their row is kept with ``missing = 1``.
 
+Before anything is read, each other database passes ``PRAGMA quick_check``; a damaged one is refused
+whole (:class:`~sessionkit.errors.DatabaseError`), so nothing half-read is imported.
+
 Sessions still open in the other database are not imported: their content may still change, so a
 later merge would only find a conflict. Merge again once they have ended.
 """
@@ -56,11 +59,19 @@ class MergeResult:
 def _open_source(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise UsageError(f"no database at {path}")
+    conn = None
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
     except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
         raise DatabaseError(f"cannot read {path}: {exc}") from None
+    if problems != ["ok"]:
+        conn.close()
+        found = " ".join(" ".join(str(p).split()) for p in problems)[:200]
+        raise DatabaseError(f"{path} is damaged (PRAGMA quick_check: {found}); nothing was imported from it")
     if not _columns(conn, "sessions") or not _columns(conn, "steps"):
         conn.close()
         raise DatabaseError(f"{path} is not a sessionkit database (no sessions or steps table)")
