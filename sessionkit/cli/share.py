@@ -49,8 +49,8 @@ def mlflow():
 @mlflow.command("push")
 @click.argument("session_refs", metavar="[SESSION...]", nargs=-1)
 @click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI",
-              help="The MLflow tracking server, e.g. http://mlflow.internal:5000 (default: "
-                   "$MLFLOW_TRACKING_URI).")
+              help="The MLflow tracking server, e.g. http://mlflow.internal:5000, or sqlite:///PATH.db "
+                   "(default: $MLFLOW_TRACKING_URI).")
 @click.option("--experiment", default="sessionkit", show_default=True,
               help="MLflow experiment to log into; created when missing.")
 @click.option("--no-plots", is_flag=True, help="Do not draw the report's plots.")
