@@ -90,9 +90,11 @@ def serve(ctx, port, host):
     import tempfile
     from pathlib import Path
 
+    from ..serve import check_port_free
     from ..serve import serve as run_serve
 
     db = open_db(ctx)
+    check_port_free(host, port)
     path = Path(db.path)
     db.conn.close()
     click.echo(f"Serving {path} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
