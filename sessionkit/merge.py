@@ -11,7 +11,18 @@ The other database is opened read-only and is never migrated or changed; it may 
 migration level (tables or columns it lacks get their defaults here) or a newer one (what this
 version does not know is left out, and said so). Artifact files are copied under this database's
 ``artifacts/session-N/`` when they can be found (at their recorded path, or at the same place
-relative to the other database); otherwise their row is kept with ``missing = 1``.
+relative to the other database); otherwise their row is kept with ``missing = 1``. A copy only ever
+lands inside ``artifacts/session-N/``: a recorded path whose part below ``session-N/`` is absolute,
+holds ``..`` or resolves (through symlinks) outside that folder is not copied; its row is kept with
+``missing = 1`` and the reason is listed in :attr:`MergeResult.missing_artifacts`, as is a copy that
+fails (unreadable file, full disk, the same file).
+
+Before anything is read, each other database passes ``PRAGMA quick_check``; a damaged one is refused
+whole (:class:`~sessionkit.errors.DatabaseError`), so nothing half-read is imported.
+
+The "already here" test runs inside the write transaction (``BEGIN IMMEDIATE``) that imports the
+session, so merges of the same databases run at the same time import each session once and report it
+as already here in the others.
 
 Sessions still open in the other database are not imported: their content may still change, so a
 later merge would only find a conflict. Merge again once they have ended.
@@ -45,22 +56,32 @@ class MergeResult:
     skipped_open: list[dict] = field(default_factory=list)
     artifacts_copied: int = 0
     artifacts_missing: int = 0
+    missing_artifacts: list[dict] = field(default_factory=list)  # {"session_id", "path", "reason"}
     left_out: list[str] = field(default_factory=list)  # "table" or "table.column" not known here
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("source", "imported", "unchanged", "conflicts",
                                               "skipped_open", "artifacts_copied",
-                                              "artifacts_missing", "left_out")}
+                                              "artifacts_missing", "missing_artifacts",
+                                              "left_out")}
 
 
 def _open_source(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise UsageError(f"no database at {path}")
+    conn = None
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
     except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
         raise DatabaseError(f"cannot read {path}: {exc}") from None
+    if problems != ["ok"]:
+        conn.close()
+        found = " ".join(" ".join(str(p).split()) for p in problems)[:200]
+        raise DatabaseError(f"{path} is damaged (PRAGMA quick_check: {found}); nothing was imported from it")
     if not _columns(conn, "sessions") or not _columns(conn, "steps"):
         conn.close()
         raise DatabaseError(f"{path} is not a sessionkit database (no sessions or steps table)")
@@ -218,37 +239,41 @@ def _merge(db, source, other: Path) -> MergeResult:
         if srow["status"] == "open":
             result.skipped_open.append(brief)
             continue
+        step_ids = [r[0] for r in source.execute("SELECT id FROM steps WHERE session_id = ?", [srow["id"]])]
+        fingerprint = (shared_session, shared_step, counts)
+        _import_session(db, source, other, srow, brief, step_ids, fingerprint, plan, artifacts_root,
+                        result)
+    return result
+
+
+def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: list, fingerprint,
+                    plan, artifacts_root: Path, result: MergeResult) -> None:
+    """Copy one session and everything below it in one write transaction, or find it already here
+    (unchanged or in conflict). The test for "already here" runs after the write lock is taken, so
+    concurrent merges of the same source import each session once. Adds to ``result``."""
+    local = db.conn
+    origin_number = srow.get("origin_number") or srow["number"]
+    new_files: list[Path] = []
+    copied = 0
+    missing: list[dict] = []
+    local.execute("BEGIN IMMEDIATE")
+    try:
         here = local.execute("SELECT number FROM sessions WHERE id = ?", [srow["id"]]).fetchone()
         if here is not None:
-            mine = _fingerprint(local, srow["id"], shared_session, shared_step, counts)
-            theirs = _fingerprint(source, srow["id"], shared_session, shared_step, counts)
+            mine = _fingerprint(local, srow["id"], *fingerprint)
+            theirs = _fingerprint(source, srow["id"], *fingerprint)
+            local.execute("COMMIT")
             target = result.unchanged if mine == theirs else result.conflicts
             target.append({**brief, "local_number": here[0]})
-            continue
-        step_ids = [r[0] for r in source.execute("SELECT id FROM steps WHERE session_id = ?", [srow["id"]])]
+            return
         clash = local.execute(
             f"SELECT COUNT(*) FROM steps WHERE id IN ({','.join('?' * len(step_ids))})",
             step_ids).fetchone()[0] if step_ids else 0
         if clash:
+            local.execute("COMMIT")
             result.conflicts.append({**brief, "local_number": None,
                                      "reason": f"{clash} of its step ids belong to another session here"})
-            continue
-        copied, missing = _import_session(db, source, other, srow, plan, artifacts_root)
-        result.artifacts_copied += copied
-        result.artifacts_missing += missing
-        result.imported.append({**brief, "local_number": db.execute(
-            "SELECT number FROM sessions WHERE id = ?", [srow["id"]]).fetchone()[0]})
-    return result
-
-
-def _import_session(db, source, other: Path, srow: dict, plan, artifacts_root: Path) -> tuple[int, int]:
-    """Copy one session and everything below it in one transaction. Returns (files copied, missing)."""
-    local = db.conn
-    origin_number = srow.get("origin_number") or srow["number"]
-    new_files: list[Path] = []
-    copied = missing = 0
-    local.execute("BEGIN IMMEDIATE")
-    try:
+            return
         number = local.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM sessions").fetchone()[0]
         session_cols = set(_columns(local, "sessions"))
         row = {k: v for k, v in srow.items() if k in session_cols}
@@ -267,9 +292,11 @@ def _import_session(db, source, other: Path, srow: dict, plan, artifacts_root: P
                     if new.get(column) is not None and other_t in keymap:
                         new[column] = keymap[other_t].get(new[column], new[column])
                 if table == "artifacts":
-                    got = _place_artifact(new, other, origin_number, artifacts_root / f"session-{number}")
+                    got, reason = _place_artifact(new, other, origin_number,
+                                                  artifacts_root / f"session-{number}")
                     if got is None:
-                        missing += 1
+                        missing.append({"session_id": srow["id"], "path": new.get("origin_path"),
+                                        "reason": reason})
                     else:
                         copied += 1
                         new_files.append(got)
@@ -281,11 +308,15 @@ def _import_session(db, source, other: Path, srow: dict, plan, artifacts_root: P
                     keymap[table][old_key] = cur.lastrowid if pk else old_key
         local.execute("COMMIT")
     except BaseException:
-        local.execute("ROLLBACK")
+        if local.in_transaction:
+            local.execute("ROLLBACK")
         for path in new_files:
             path.unlink(missing_ok=True)
         raise
-    return copied, missing
+    result.artifacts_copied += copied
+    result.artifacts_missing += len(missing)
+    result.missing_artifacts += missing
+    result.imported.append({**brief, "local_number": number})
 
 
 def _insert(conn, table: str, row: dict):
@@ -294,21 +325,47 @@ def _insert(conn, table: str, row: dict):
                         f"VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols])
 
 
-def _place_artifact(row: dict, other: Path, origin_number: int, folder: Path) -> Path | None:
+def _copy_target(folder: Path, tail: str) -> tuple[Path | None, str | None]:
+    """Where an artifact's file goes: ``folder / tail``, or None and why when that would not stay
+    inside ``folder`` (an absolute tail, a ``..`` part, a symlink that leads out)."""
+    rel = Path(tail)
+    if not tail or rel.is_absolute() or ".." in rel.parts or rel.name in ("", "."):
+        return None, f"its path below session-N/ ({tail!r}) would leave this database's artifacts folder"
+    base = folder.resolve()
+    target = folder / rel
+    if not target.resolve().is_relative_to(base):
+        return None, f"its path below session-N/ ({tail!r}) leads out of this database's artifacts folder"
+    return target, None
+
+
+def _place_artifact(row: dict, other: Path, origin_number: int, folder: Path) -> tuple[Path | None, str]:
     """Copy an artifact's file under ``folder`` and point ``row`` at the copy; or mark the row
-    missing. Returns the new path, or None when the file was not found (or its sha256 differs)."""
+    missing. Returns ``(new path, "")``, or ``(None, reason)`` when the file was not found, its
+    sha256 differs, its copy would land outside ``folder``, or copying failed."""
     recorded = row["path"]
     row["origin_path"] = row.get("origin_path") or recorded
-    found, tail = _artifact_source(recorded, other, origin_number)
-    if found is None or (row.get("sha256") and _sha256(found) != row["sha256"]):
-        row["missing"] = 1
-        return None
-    target = folder / tail
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(found, target)
+    row["missing"] = 1
+    try:
+        found, tail = _artifact_source(recorded, other, origin_number)
+        if found is None:
+            return None, "file not found"
+        target, reason = _copy_target(folder, tail)
+        if target is None:
+            return None, reason
+        if row.get("sha256") and _sha256(found) != row["sha256"]:
+            return None, "file differs from its recorded sha256"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.resolve().is_relative_to(folder.resolve()):  # a symlink made meanwhile
+            return None, f"its path below session-N/ ({tail!r}) leads out of this database's artifacts folder"
+        if target.exists() and found.resolve() == target.resolve():
+            return None, "the file is its own copy target"
+        shutil.copyfile(found, target)  # to that name exactly, never into a folder of that name
+        shutil.copystat(found, target)
+    except (OSError, ValueError) as exc:  # unreadable, full disk, odd path text
+        return None, f"cannot copy: {exc}"
     row["path"] = str(target)
     row["missing"] = 0
-    return target
+    return target, ""
 
 
 def format_merge(result: MergeResult) -> str:
@@ -325,7 +382,9 @@ def format_merge(result: MergeResult) -> str:
         lines.append(f"  open      {s['id']}  {s['host'] or '-'} #{s['number']}  {s['name']}: merge again once it has ended")
     if result.imported:
         lines.append(f"  artifacts: {result.artifacts_copied} copied, {result.artifacts_missing} "
-                     "recorded as missing (file not found)")
+                     "recorded as missing")
+        for m in result.missing_artifacts:
+            lines.append(f"    missing  {m['path']}: {m['reason']}")
     if result.left_out:
         lines.append(f"  left out (not known to this version): {', '.join(result.left_out)}")
     return "\n".join(lines)

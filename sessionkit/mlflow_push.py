@@ -19,14 +19,26 @@ Pushing again finds the runs by their ``sessionkit.session_id`` / ``sessionkit.s
 updates them: tags are overwritten, metrics are logged again at the time of the push (MLflow shows
 the latest value and keeps the earlier ones as the metric's history), artifacts are replaced. MLflow params cannot change once logged; a param whose value
 changed since the last push is left as it was and reported in ``params_kept``.
+
+Tracking URIs: ``http://`` and ``https://`` servers, and ``sqlite:///FILE.db`` whose folder exists
+(MLflow 3 no longer serves its plain-folder store). Anything else, or a URI that does not parse, is a
+:class:`~sessionkit.errors.UsageError` before anything is sent. An HTTP server is probed with one TCP
+connection (5 s) first, and the push runs with ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=2``,
+``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1`` and ``MLFLOW_HTTP_REQUEST_TIMEOUT=10`` (seconds) unless those
+are set in the environment already: an unreachable server is an error within seconds, not after
+MLflow's minutes of retries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import re
+import socket
 import tempfile
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +88,67 @@ def metric_key(*parts) -> str:
 def _ms(iso: str | None) -> int | None:
     moment = parse_iso(iso)
     return None if moment is None else int(moment.timestamp() * 1000)
+
+
+TRACKING_SCHEMES = ("http", "https", "sqlite")
+# MLflow's own HTTP settings for a push, unless the environment sets them (MLflow reads them per request)
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+PROBE_TIMEOUT_S = 5.0
+
+
+def check_tracking_uri(uri: str) -> urllib.parse.SplitResult:
+    """Parse and check a tracking URI before MLflow sees it: ``http(s)://HOST[:PORT]/...`` or
+    ``sqlite:///PATH`` (relative) / ``sqlite:////PATH`` (absolute) whose folder exists. Returns the
+    parsed URI; raises :class:`UsageError` with one line otherwise."""
+    hint = "use http(s)://HOST:PORT or sqlite:///PATH.db"
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise UsageError(f"tracking URI {uri!r} does not parse ({exc}); {hint}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in TRACKING_SCHEMES:
+        what = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        raise UsageError(f"tracking URI {uri!r} has {what}; {hint}")
+    if scheme in ("http", "https") and not parts.hostname:
+        raise UsageError(f"tracking URI {uri!r} names no host; {hint}")
+    if scheme == "sqlite":
+        if parts.netloc or not uri.lower().startswith("sqlite:///"):
+            raise UsageError(f"tracking URI {uri!r}: a SQLite store is sqlite:///PATH.db (relative) or "
+                             "sqlite:////PATH.db (absolute)")
+        path = Path(urllib.parse.unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
+        if not path.name or not path.parent.is_dir():
+            raise UsageError(f"tracking URI {uri!r}: no folder {str(path.parent)!r} to hold the SQLite file")
+    return parts
+
+
+def probe_server(parts: urllib.parse.SplitResult, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Open (and close) one TCP connection to an HTTP(S) tracking server; raises
+    :class:`MlflowUnavailable` when that fails within ``timeout`` seconds."""
+    if parts.scheme.lower() not in ("http", "https"):
+        return
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = exc.strerror or str(exc) or type(exc).__name__
+        raise MlflowUnavailable(f"cannot reach the MLflow tracking server at {parts.hostname}:{port}: "
+                                f"{why}") from None
+
+
+@contextlib.contextmanager
+def _http_settings():
+    """:data:`HTTP_DEFAULTS` in the environment for the block, where the user has not set them."""
+    added = [k for k in HTTP_DEFAULTS if k not in os.environ]
+    for k in added:
+        os.environ[k] = HTTP_DEFAULTS[k]
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def _client(tracking_uri: str):
@@ -261,24 +334,38 @@ def push_sessions(db, refs, *, tracking_uri: str, experiment: str = DEFAULT_EXPE
     """Push the sessions named by ``refs`` (numbers, ids, names, ``last``; all when empty) to the
     MLflow tracking server at ``tracking_uri``, in ``experiment`` (created when missing).
 
-    Raises :class:`MlflowUnavailable` without the client or when the server cannot be reached,
-    :class:`~sessionkit.errors.SessionNotFound` for an unknown session.
+    Raises :class:`UsageError` for a tracking URI that :func:`check_tracking_uri` refuses,
+    :class:`MlflowUnavailable` without the client or when the server cannot be reached (within
+    seconds: see the module's notes), :class:`~sessionkit.errors.SessionNotFound` for an unknown
+    session.
     """
     if not tracking_uri:
         raise UsageError("a tracking server is required: --tracking-uri URI")
     sessions = [get_session(db, r) for r in refs] if refs else \
         [get_session(db, row["id"]) for row in reversed(list_sessions(db))]
-    client = _client(tracking_uri)
-    experiment_id = _experiment_id(client, experiment)
-    from mlflow.exceptions import MlflowException
-
+    parts = check_tracking_uri(tracking_uri)
+    try:
+        from mlflow.exceptions import MlflowException
+    except ImportError:
+        raise MlflowUnavailable("the MLflow client is not installed: pip install 'sessionkit[mlflow]'") from None
+    probe_server(parts)
     results = []
-    for session in sessions:
+    with _http_settings():
         try:
-            results.append(push_session(client, experiment_id, db, session, plots=plots))
+            client = _client(tracking_uri)
+            experiment_id = _experiment_id(client, experiment)
+            for session in sessions:
+                results.append(push_session(client, experiment_id, db, session, plots=plots))
         except MlflowException as exc:
-            raise MlflowUnavailable(f"MLflow: {str(exc).splitlines()[0]}") from None
+            raise MlflowUnavailable(f"MLflow: {_first_line(exc)}") from None
+        except (OSError, ValueError) as exc:  # a connection dropped mid-push, a URI MLflow refuses
+            raise MlflowUnavailable(f"MLflow: {type(exc).__name__}: {_first_line(exc)}") from None
     return results
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def format_push(results: list[PushResult], tracking_uri: str) -> str:

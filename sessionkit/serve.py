@@ -8,7 +8,9 @@ their budgets, and the telemetry of one step. Datasette serves the database read
 
 from __future__ import annotations
 
+import errno
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +24,31 @@ DEFAULT_PORT = 8001
 
 class DatasetteUnavailable(SessionkitError):
     """datasette is not installed."""
+
+
+class PortInUse(SessionkitError):
+    """The address to serve on is taken, or cannot be listened on."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind (and release) a TCP socket on ``host``:``port``, as Datasette's server would, before it
+    starts. Port 0 (any free port) always passes. Raises :class:`PortInUse` with one line when the
+    port is taken or the address cannot be bound, :class:`UsageError` when ``host`` does not resolve."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UsageError(f"cannot listen on {host!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"port {port} on {host} is already in use; pass another --port "
+                                "(0: any free port)") from None
+            raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def metadata_text(db_path: str | Path) -> str:
@@ -58,7 +85,9 @@ def serve(db_path: str | Path, *, host: str = "127.0.0.1", port: int = DEFAULT_P
     """Run Datasette on ``db_path`` until it is stopped; returns its exit status.
 
     The metadata file is written into ``workdir``. Ctrl-C stops Datasette and returns 130.
+    Raises :class:`PortInUse` when ``host``:``port`` is taken (see :func:`check_port_free`).
     """
+    check_port_free(host, port)
     meta = Path(workdir) / "datasette-metadata.yaml"
     meta.write_text(metadata_text(db_path), encoding="utf-8")
     cmd = datasette_command(db_path, meta, host=host, port=port)

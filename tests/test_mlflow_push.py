@@ -186,3 +186,66 @@ def test_push_all_open_session_and_errors(server, tmp_path):
                               f"http://127.0.0.1:{port}"], env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
                                                                "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
     assert out.exit_code == 1 and out.output.startswith("Error: ") and "Traceback" not in out.output
+
+
+def _closed_port() -> int:
+    """A local port nobody listens on (bound, then released)."""
+    return _free_port()
+
+
+def test_unreachable_server_fails_within_seconds(tmp_path):
+    """A closed local port: one Error line well before MLflow's own retries (minutes) would end."""
+    db = build_fixture_db(tmp_path / "fixture.db")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SESSIONKIT_DB", "MLFLOW_TRACKING_URI") and not k.startswith("MLFLOW_HTTP_REQUEST")}
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "sessionkit", "--db", str(db.path), "mlflow", "push", "1",
+                          "--no-plots", "--tracking-uri", f"http://127.0.0.1:{_closed_port()}"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    took = time.monotonic() - started
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.strip().startswith("Error: cannot reach the MLflow tracking server")
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert took < 20, f"took {took:.1f} s"
+
+
+def test_http_settings_default_and_yield_to_the_user(monkeypatch):
+    from sessionkit.mlflow_push import HTTP_DEFAULTS, _http_settings
+
+    for key in HTTP_DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
+    with _http_settings():
+        from mlflow.environment_variables import (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+                                                  MLFLOW_HTTP_REQUEST_TIMEOUT)
+
+        assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == int(HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+        assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 77
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"
+
+
+@pytest.mark.parametrize("uri", ["ftp://127.0.0.1:9", "notascheme", "0s", "http://[::1", "http://",
+                                 "http://127.0.0.1:99999", "file:///tmp", "sqlite:////nonexistent/dir/x.db",
+                                 "sqlite://host/x.db", "mailto:x@y"])
+def test_bad_tracking_uris_are_one_line_errors(tmp_path, uri):
+    db = build_fixture_db(tmp_path / "fixture.db")
+    out = CliRunner().invoke(cli, ["--db", str(db.path), "mlflow", "push", "1", "--no-plots",
+                                   "--tracking-uri", uri])
+    assert out.exit_code == 2, out.output
+    assert out.output.startswith("Error: tracking URI ") and len(out.output.splitlines()) == 1
+    assert not Path("/nonexistent").exists()
+
+
+def test_sqlite_tracking_store_in_an_existing_folder(tmp_path):
+    """A sqlite:/// store is accepted when its folder exists, and the push lands in it."""
+    from mlflow.tracking import MlflowClient
+
+    db = build_fixture_db(tmp_path / "fixture.db")
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    out = CliRunner().invoke(cli, ["--db", str(db.path), "mlflow", "push", "1", "--no-plots",
+                                   "--tracking-uri", uri])
+    assert out.exit_code == 0, out.output
+    exp = MlflowClient(tracking_uri=uri).get_experiment_by_name("sessionkit")
+    assert len(_run_for(MlflowClient(tracking_uri=uri), exp.experiment_id, sid(1))) == 1

@@ -147,3 +147,38 @@ def test_serve_without_a_database_is_one_line(tmp_path):
 
     out = CliRunner().invoke(cli, ["--db", str(tmp_path / "none.db"), "serve"])
     assert out.exit_code == 1 and out.output.startswith("Error: no database at")
+
+
+def test_serve_on_a_busy_port_is_one_line(tmp_path):
+    """A port another process listens on: one Error line, exit 1, before Datasette starts."""
+    db = build_fixture_db(tmp_path / "sessions.db")
+    db.conn.close()
+    env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "sessionkit", "--db", str(tmp_path / "sessions.db"),
+                              "serve", "--port", str(port)], capture_output=True, text=True, env=env,
+                             timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr == f"Error: port {port} on 127.0.0.1 is already in use; pass another --port (0: any free port)\n"
+    assert out.stdout == ""
+
+
+def test_check_port_free(tmp_path):
+    from sessionkit.errors import UsageError
+    from sessionkit.serve import PortInUse, check_port_free
+
+    port = _free_port()
+    check_port_free("127.0.0.1", port)  # free: no error
+    check_port_free("127.0.0.1", 0)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen(1)
+        with pytest.raises(PortInUse, match="already in use"):
+            check_port_free("127.0.0.1", port)
+    with pytest.raises(PortInUse, match="cannot listen"):
+        check_port_free("192.0.2.1", port)  # TEST-NET-1: not an address of this machine
+    with pytest.raises(UsageError):
+        check_port_free("no-such-host.invalid", port)

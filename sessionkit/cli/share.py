@@ -49,8 +49,8 @@ def mlflow():
 @mlflow.command("push")
 @click.argument("session_refs", metavar="[SESSION...]", nargs=-1)
 @click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI",
-              help="The MLflow tracking server, e.g. http://mlflow.internal:5000 (default: "
-                   "$MLFLOW_TRACKING_URI).")
+              help="The MLflow tracking server, e.g. http://mlflow.internal:5000, or sqlite:///PATH.db "
+                   "(default: $MLFLOW_TRACKING_URI).")
 @click.option("--experiment", default="sessionkit", show_default=True,
               help="MLflow experiment to log into; created when missing.")
 @click.option("--no-plots", is_flag=True, help="Do not draw the report's plots.")
@@ -90,9 +90,11 @@ def serve(ctx, port, host):
     import tempfile
     from pathlib import Path
 
+    from ..serve import check_port_free
     from ..serve import serve as run_serve
 
     db = open_db(ctx)
+    check_port_free(host, port)
     path = Path(db.path)
     db.conn.close()
     click.echo(f"Serving {path} at http://{host}:{port}/ (Ctrl-C stops)", err=True)

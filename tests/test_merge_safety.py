@@ -1,0 +1,178 @@
+"""``sessionkit merge`` against crafted, damaged and concurrently merged sources: copies stay inside
+this database's ``artifacts/session-N/``, copy errors become "missing" rows, damaged sources are
+refused, and merges of the same sources at the same time import each session once."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sessionkit.cli import cli
+from sessionkit.db import open_db
+from sessionkit.merge import merge_database
+try:
+    from sessionkit.merge import _copy_target
+except ImportError:
+    _copy_target = None
+from test_merge import host_b
+
+
+def _craft(source_db: Path, recorded: str) -> None:
+    """Add an artifact row with ``recorded`` as its path (sha256 NULL) to the first step of session 1."""
+    conn = sqlite3.connect(source_db)
+    step = conn.execute("SELECT steps.id FROM steps JOIN sessions ON sessions.id = steps.session_id "
+                        "WHERE sessions.number = 1 ORDER BY seq LIMIT 1").fetchone()[0]
+    conn.execute("INSERT INTO artifacts (step_id, path, kind, sha256, size_bytes, created_at) "
+                 "VALUES (?, ?, 'log', NULL, NULL, '2026-01-01T00:00:00+00:00')", [step, recorded])
+    conn.commit()
+    conn.close()
+
+
+def _files_under(folder: Path) -> set[Path]:
+    """Files below ``folder``, leaving out SQLite's -wal and -shm files."""
+    return {p for p in folder.rglob("*") if (p.is_file() or p.is_symlink())
+            and not p.name.endswith(("-wal", "-shm"))}
+
+
+def test_dotdot_artifact_path_cannot_write_outside(tmp_path):
+    b = host_b(tmp_path / "src" / "b", sessions=1)
+    b.conn.close()
+    src_db = tmp_path / "src" / "b" / ".sessionkit" / "sessions.db"
+    # an existing file, named through session-1/.. so that the part below session-1/ climbs out
+    payload = tmp_path / "src" / "x" / "OUTSIDE.sh"
+    payload.parent.mkdir(parents=True)
+    payload.write_text("echo pwned\n")
+    recorded = str(src_db.parent / "artifacts" / "session-1" / ".." / ".." / ".." / ".." / "x" / "OUTSIDE.sh")
+    assert Path(recorded).is_file()
+    _craft(src_db, recorded)
+    target = tmp_path / "t" / "deep" / "m.db"
+    target.parent.mkdir(parents=True)
+    before = _files_under(tmp_path) - _files_under(tmp_path / "t")
+
+    out = CliRunner().invoke(cli, ["--db", str(target), "merge", str(src_db)])
+    assert out.exit_code == 0, out.output
+    assert "Traceback" not in out.output
+    # nothing new anywhere but below the target's folder, and below it only under artifacts/session-1/
+    assert _files_under(tmp_path) - _files_under(tmp_path / "t") == before
+    for path in _files_under(target.parent.parent):
+        if path.parent == target.parent and path.name == "m.db":
+            continue
+        assert path.resolve().is_relative_to((target.parent / "artifacts" / "session-1").resolve()), path
+    db = open_db(target)
+    row = db.execute("SELECT missing, path FROM artifacts WHERE origin_path = ?", [recorded]).fetchone()
+    assert row == (1, recorded)
+    assert "would leave this database's artifacts folder" in out.output
+    assert db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 1
+
+
+def test_symlink_escape_and_copy_errors_become_missing_rows(tmp_path):
+    b = host_b(tmp_path / "b", sessions=1)
+    b.conn.close()
+    src_db = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    session_dir = src_db.parent / "artifacts" / "session-1"
+    (session_dir / "link").mkdir(parents=True)
+    (session_dir / "link" / "f.txt").write_text("through a symlink\n")
+    (session_dir / "isdir.txt").write_text("its copy target is a folder\n")
+    _craft(src_db, str(session_dir / "link" / "f.txt"))
+    _craft(src_db, str(session_dir / "isdir.txt"))
+    # the target's session-1 folder already holds a symlink out and a folder where a file goes
+    target = tmp_path / "t" / "m.db"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (target.parent / "artifacts" / "session-1").mkdir(parents=True)
+    (target.parent / "artifacts" / "session-1" / "link").symlink_to(elsewhere)
+    (target.parent / "artifacts" / "session-1" / "isdir.txt").mkdir()
+
+    db = open_db(target, create=True)
+    result = merge_database(db, src_db)
+    assert len(result.imported) == 1
+    assert not list(elsewhere.iterdir())
+    reasons = {Path(m["path"]).name: m["reason"] for m in result.missing_artifacts}
+    assert "leads out of this database's artifacts folder" in reasons["f.txt"]
+    assert reasons["isdir.txt"].startswith("cannot copy:")
+    assert db.execute("SELECT COUNT(*) FROM artifacts WHERE missing = 1").fetchone()[0] == \
+        result.artifacts_missing >= 2
+
+
+@pytest.mark.parametrize("tail", ["../x", "a/../../x", "/etc/passwd", "..", "", ".", "a/../.."])
+def test_copy_target_refuses_tails_that_leave_the_folder(tmp_path, tail):
+    target, reason = _copy_target(tmp_path / "artifacts" / "session-1", tail)
+    assert target is None and reason
+
+
+def test_same_file_source_and_target_is_no_traceback(tmp_path):
+    """The source's artifacts folder is the target's: copying a file onto itself is a missing row."""
+    b = host_b(tmp_path / "b", sessions=1)
+    b.conn.close()
+    src_db = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    target = src_db.parent / "other.db"
+    own = src_db.parent / "artifacts" / "session-1" / "own.txt"
+    own.parent.mkdir(parents=True, exist_ok=True)
+    own.write_text("one file\n")
+    _craft(src_db, str(own))
+    out = CliRunner().invoke(cli, ["--db", str(target), "merge", str(src_db)])
+    assert out.exit_code == 0 and "Traceback" not in out.output, out.output
+    assert own.read_text() == "one file\n"
+
+
+@pytest.mark.parametrize("damaged", ["idx_sessions_number", "patterns_applied"])
+def test_damaged_source_is_refused(tmp_path, damaged):
+    """A source with a damaged b-tree page that the import itself would not read (PRAGMA quick_check
+    fails) is refused whole: nothing is imported."""
+    b = host_b(tmp_path / "b", sessions=2)
+    b.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    src_db = Path(b.path)
+    page_size = b.execute("PRAGMA page_size").fetchone()[0]
+    root = b.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", [damaged]).fetchone()[0]
+    b.conn.close()
+    conn = sqlite3.connect(src_db)
+    assert conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    conn.close()
+    data = bytearray(src_db.read_bytes())
+    start = (root - 1) * page_size
+    data[start:start + 8] = b"\x0d\xff\xff\xff\xff\xff\xff\xff"  # a leaf header with absurd counts
+    src_db.write_bytes(bytes(data))
+    conn = sqlite3.connect(src_db)
+    try:
+        assert conn.execute("PRAGMA quick_check").fetchone()[0] != "ok"
+    except sqlite3.DatabaseError:
+        pass  # quick_check itself cannot read it
+    conn.close()
+    target = tmp_path / "m.db"
+    out = CliRunner().invoke(cli, ["--db", str(target), "merge", str(src_db)])
+    assert out.exit_code == 1, out.output
+    assert out.output.startswith("Error: ") and len(out.output.splitlines()) == 1
+    assert "damaged" in out.output or "malformed" in out.output
+    assert open_db(target).execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0
+
+
+@pytest.mark.slow
+def test_concurrent_merges_of_the_same_sources_import_each_session_once(tmp_path):
+    sources = []
+    for i in range(3):
+        db = host_b(tmp_path / f"src{i}", sessions=2)
+        db.conn.close()
+        sources.append(str(tmp_path / f"src{i}" / ".sessionkit" / "sessions.db"))
+    env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
+    failures = []
+    for round_ in range(5):
+        target = tmp_path / f"m{round_}.db"
+        procs = [subprocess.Popen([sys.executable, "-m", "sessionkit", "--db", str(target), "merge", *sources],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                 for _ in range(8)]
+        outs = [(p.wait(timeout=300), p.stdout.read()) for p in procs]
+        for p in procs:
+            p.stdout.close()
+        failures += [out for code, out in outs if code != 0]
+        db = open_db(target)
+        assert db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 6
+        assert db.execute("SELECT COUNT(DISTINCT number) FROM sessions").fetchone()[0] == 6
+        assert sum(out.count("  imported  ") for _, out in outs) == 6
+        db.conn.close()
+    assert failures == []
