@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -84,24 +85,46 @@ def datasette_command(db_path: str | Path, metadata_path: str | Path, *, host: s
 def serve(db_path: str | Path, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, workdir: Path) -> int:
     """Run Datasette on ``db_path`` until it is stopped; returns its exit status.
 
-    The metadata file is written into ``workdir``. Ctrl-C stops Datasette and returns 130.
+    The metadata file is written into ``workdir``. Ctrl-C, SIGTERM and SIGHUP stop Datasette and
+    return 128 + the signal number (130, 143, 129).
     Raises :class:`PortInUse` when ``host``:``port`` is taken (see :func:`check_port_free`).
     """
     check_port_free(host, port)
     meta = Path(workdir) / "datasette-metadata.yaml"
     meta.write_text(metadata_text(db_path), encoding="utf-8")
     cmd = datasette_command(db_path, meta, host=host, port=port)
-    proc = subprocess.Popen(cmd)
+    from .childproc import child_setup
+
+    # Datasette must end with sessionkit: on Ctrl-C, on SIGTERM or SIGHUP (a closed SSH session,
+    # `timeout`, systemd), and on Linux even when sessionkit is killed outright.
+    proc = subprocess.Popen(cmd, preexec_fn=child_setup)
+
+    class _Stop(Exception):
+        def __init__(self, signum):
+            self.signum = signum
+
+    def _raise(signum, frame):
+        raise _Stop(signum)
+
+    handled = [s for s in (signal.SIGTERM, signal.SIGHUP) if s is not None]
+    previous = {s: signal.signal(s, _raise) for s in handled}
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        return 130
+        code = 130
+    except _Stop as stop:
+        code = 128 + stop.signum
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return code
 
 
 def chromium() -> str | None:
