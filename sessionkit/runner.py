@@ -22,7 +22,7 @@ from .errors import SessionkitError, StepInterrupted, UsageError
 from .liveness import HEARTBEAT_S, pid_namespace, process_start_time, touch_heartbeat
 from .secrets import current_redactor
 from .progress import Progress, estimate_from_history, heartbeat_every_s
-from .steps import Step, StepContext, StepResult, record_artifact
+from .steps import Step, StepContext, StepResult, record_artifact, refresh_artifacts
 from .timefmt import now_iso
 
 EXIT_SIGINT, EXIT_SIGTERM, EXIT_SIGHUP = 130, 143, 129
@@ -298,6 +298,8 @@ def _finish(db, step, step_id, result, context, status, message, exit_code, dura
             context.metrics(result.metrics)
             for art in result.artifacts:
                 record_artifact(db, step_id, Path(art.path), art.kind)
+        # Files recorded while the step ran (its log first of all) have grown since.
+        refresh_artifacts(db, step_id)
         log = db.execute("SELECT path FROM artifacts WHERE step_id = ? AND kind = 'log' LIMIT 1",
                          [step_id]).fetchone()
         redactor = current_redactor()
