@@ -57,6 +57,19 @@ def find_db(explicit: str | os.PathLike | None = None, *, start: Path | None = N
     return None
 
 
+def artifacts_root(db_path: str | os.PathLike) -> Path:
+    """The folder that holds the step files (logs, CSVs, reports) of the database at ``db_path``.
+
+    ``artifacts/`` beside a database named ``sessions.db`` (the default name, so existing layouts keep
+    their files) and ``artifacts-<file stem>/`` beside any other (``hostA.db`` -> ``artifacts-hostA/``),
+    so that databases sharing a folder never write into each other's step folders.
+    """
+    path = Path(db_path).resolve()
+    if path.name == DB_FILENAME:
+        return path.parent / "artifacts"
+    return path.parent / f"artifacts-{path.stem or path.name}"
+
+
 def resolve_db_path(explicit=None, *, create: bool = False, start: Path | None = None) -> Path:
     """Like :func:`find_db`, but with ``create`` falls back to ``./.sessionkit/sessions.db``."""
     path = find_db(explicit, start=start)

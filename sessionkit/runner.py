@@ -84,7 +84,9 @@ def _release_space(path: Path | None) -> None:
 def artifacts_dir(db, session: dict, seq: int, name: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     safe = safe.encode()[:80].decode(errors="ignore")  # file names hold at most 255 bytes
-    return Path(db.path).resolve().parent / "artifacts" / f"session-{session['number']}" / f"{seq:02d}-{safe}"
+    from .db import artifacts_root
+
+    return artifacts_root(db.path) / f"session-{session['number']}" / f"{seq:02d}-{safe}"
 
 
 def step_position(session: dict, name: str, seq: int, index=None, total=None) -> str:

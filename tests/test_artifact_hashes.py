@@ -76,3 +76,25 @@ def test_killed_step_log_hash_fixed_when_reaped():
     proc.wait(timeout=10)
     assert "marked interrupted" in sk("status").stderr
     _assert_matches_disk(_artifacts("k"))
+
+
+def test_two_databases_in_one_folder_keep_their_own_logs(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
+    for host in ("hostA", "hostB"):
+        db = str(tmp_path / f"{host}.db")
+        assert sk("--db", db, "start", "--objective", host, env=env).returncode == 0
+        res = sk("--db", db, "step", "run", "build", "--", "echo", f"built on {host}", env=env)
+        assert res.returncode == 0, res.stderr
+    for host in ("hostA", "hostB"):
+        db = open_db(tmp_path / f"{host}.db")
+        (path,) = [r[0] for r in db.execute("SELECT path FROM artifacts WHERE kind = 'log'")]
+        assert Path(path).parent.parent.parent == tmp_path / f"artifacts-{host}"
+        assert Path(path).read_text() == f"built on {host}\n"
+        _assert_matches_disk([dict(r) for r in db.query("SELECT * FROM artifacts")])
+
+
+def test_default_database_name_keeps_artifacts_folder(tmp_path):
+    assert sk("start", "--objective", "default").returncode == 0
+    assert sk("step", "run", "x", "--", "echo", "hi").returncode == 0
+    (row,) = _artifacts("x")
+    assert Path(row["path"]).is_relative_to(tmp_path / "artifacts" / "session-1")
