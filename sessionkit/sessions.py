@@ -63,9 +63,11 @@ def start_session(db, name: str | None = None, *, objective: str, plan=None, bud
     for what, rate in (("gpu rate", gpu_rate), ("ai rate", ai_rate)):
         if rate is not None and rate < 0:
             raise UsageError(f"{what} must not be negative")
+    from .secrets import scrub_prose
+
     row = {
         "id": str(uuid.uuid4()),
-        "objective": objective.strip(),
+        "objective": scrub_prose(objective.strip()),
         "status": "open",
         "started_at": now_iso(),
         "budget_s": budget_s,
@@ -77,7 +79,7 @@ def start_session(db, name: str | None = None, *, objective: str, plan=None, bud
         "cwd": os.getcwd(),
         "git_commit": git_commit(),
     }
-    given_name = (name or "").strip()
+    given_name = scrub_prose((name or "").strip())
     # One statement reads the next number and inserts it, so that sessions started by several
     # processes at once never share a number.
     # Without ``force`` the check for an open session and the insert share one write transaction, so
@@ -120,8 +122,10 @@ def end_session(db, session: dict | None = None, *, outcome: str, status: str = 
                          [session["id"]]).fetchall()
     if running:
         raise UsageError(f"step {running[0][0]!r} is still running in this session; wait for it or stop it")
+    from .secrets import scrub_prose
+
     with db.conn:
-        db["sessions"].update(session["id"], {"status": status, "outcome": outcome.strip(),
+        db["sessions"].update(session["id"], {"status": status, "outcome": scrub_prose(outcome.strip()),
                                                "ended_at": now_iso()})
     return get_session(db, session["id"])
 
