@@ -36,7 +36,9 @@ def one_line(exc: click.UsageError) -> click.ClickException:
     """A usage error as one ``Error: ...`` line that names the help to read, same exit code.
     Control characters from the command line are shown escaped."""
     where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in exc.format_message())
+    from ..views import printable
+
+    text = printable(exc.format_message())
     err = click.ClickException(f"{text}{where}")
     err.exit_code = exc.exit_code
     return err
