@@ -16,16 +16,65 @@ from .errors import SessionkitError
 def write_atomic(path: str | os.PathLike, text: str, *, make_parents: bool = False) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and return the path.
 
+    A regular file or a new path is replaced whole (a temporary file, then a rename). A symbolic link
+    is kept: its target is written that way instead. Anything else that is not a regular file (a FIFO,
+    a device, ``/dev/stdout``) is written in place, since a rename would replace it with a file.
+
     Raises :class:`~sessionkit.errors.SessionkitError` with one line when the folder is missing
     (unless ``make_parents``), not writable, or the disk is full; the old file, if any, is kept.
     """
     path = Path(path)
+    target = _target(path)
+    if target is None:
+        _write_in_place(path, text)
+        return path
+    _replace(target, text, make_parents=make_parents, shown=path)
+    return path
+
+
+def _target(path: Path) -> Path | None:
+    """The regular file (existing or new) to replace for ``path``; None to write in place."""
+    import stat
+
+    try:
+        st = os.stat(path)  # follows links
+    except FileNotFoundError:
+        st = None
+    except OSError:
+        return path  # let the write below report it
+    if path.is_symlink():
+        real = Path(os.path.realpath(path))
+        if str(real).startswith(("/proc/", "/dev/")):  # /dev/stdout and other fd links
+            return None
+        return real if st is None or stat.S_ISREG(st.st_mode) else None
+    if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        return None
+    return path
+
+
+def _write_in_place(path: Path, text: str) -> None:
+    """Write to a FIFO, device or descriptor link as it is (no temporary file, no rename)."""
+    try:
+        with open(path, "wb") as fh:
+            fh.write(text.encode("utf-8"))
+            fh.flush()
+    except OSError as exc:
+        raise SessionkitError(f"cannot write {path}: {_reason(exc)}") from None
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on device"
+    return exc.strerror or str(exc)
+
+
+def _replace(path: Path, text: str, *, make_parents: bool, shown: Path) -> None:
     tmp = None
     try:
         if make_parents:
             path.parent.mkdir(parents=True, exist_ok=True)
         elif not path.parent.is_dir():
-            raise SessionkitError(f"cannot write {path}: the folder {path.parent} does not exist")
+            raise SessionkitError(f"cannot write {shown}: the folder {path.parent} does not exist")
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -37,13 +86,10 @@ def write_atomic(path: str | os.PathLike, text: str, *, make_parents: bool = Fal
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
-        reason = "no space left on device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (
-            exc.strerror or str(exc))
-        raise SessionkitError(f"cannot write {path}: {reason}") from None
+        raise SessionkitError(f"cannot write {shown}: {_reason(exc)}") from None
     finally:
         if tmp is not None:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-    return path

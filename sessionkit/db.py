@@ -57,6 +57,19 @@ def find_db(explicit: str | os.PathLike | None = None, *, start: Path | None = N
     return None
 
 
+def artifacts_root(db_path: str | os.PathLike) -> Path:
+    """The folder that holds the step files (logs, CSVs, reports) of the database at ``db_path``.
+
+    ``artifacts/`` beside a database named ``sessions.db`` (the default name, so existing layouts keep
+    their files) and ``artifacts-<file stem>/`` beside any other (``hostA.db`` -> ``artifacts-hostA/``),
+    so that databases sharing a folder never write into each other's step folders.
+    """
+    path = Path(db_path).resolve()
+    if path.name == DB_FILENAME:
+        return path.parent / "artifacts"
+    return path.parent / f"artifacts-{path.stem or path.name}"
+
+
 def resolve_db_path(explicit=None, *, create: bool = False, start: Path | None = None) -> Path:
     """Like :func:`find_db`, but with ``create`` falls back to ``./.sessionkit/sessions.db``."""
     path = find_db(explicit, start=start)
@@ -255,13 +268,29 @@ def open_db(explicit=None, *, create: bool = False, start: Path | None = None,
         conn.execute("ROLLBACK")
     except sqlite3.DatabaseError as exc:
         text = str(exc)
-        if read_only and not is_new and ("readonly" in text or "read-only" in text):
+        if read_only and not is_new and ("readonly" in text or "read-only" in text
+                                         or _no_space(exc, text)):
+            # Reading needs no space: a full disk (SQLITE_FULL, or the I/O error of a -wal or -shm
+            # file that cannot grow) still allows the read-only open.
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - it may never have opened
+                pass
             return _open_read_only(sqlite_utils, path)
         _raise_for(path, text)
     db.path = path
     db.read_only = False
     db.notices = notices
     return db
+
+
+def _no_space(exc: sqlite3.DatabaseError, text: str) -> bool:
+    """Whether SQLite failed for want of space: SQLITE_FULL, or a disk I/O error (how a -wal or
+    -shm file that cannot be extended on a full disk shows)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (13, 10):  # SQLITE_FULL, SQLITE_IOERR
+        return True
+    return "disk is full" in text or "disk I/O" in text
 
 
 def _raise_for(path: Path, text: str):

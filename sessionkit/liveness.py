@@ -122,6 +122,9 @@ def reap_dead_steps(db) -> list[str]:
                 "UPDATE steps SET status = 'interrupted', ended_at = ?, duration_s = ?, message = ?,"
                 " output_tail = COALESCE(output_tail, ?) WHERE id = ? AND status = 'running'",
                 [last_seen, seconds_between(step["started_at"], last_seen), message, tail, step["id"]])
+        from .steps import refresh_artifacts
+
+        refresh_artifacts(db, step["id"])  # its log grew after it was recorded
         number = db.execute("SELECT number FROM sessions WHERE id = ?", [step["session_id"]]).fetchone()
         notices.append(f"Notice: step {step['name']!r} of session {number[0] if number else '?'} "
                        f"was marked interrupted: {message}")

@@ -22,7 +22,7 @@ from .errors import SessionkitError, StepInterrupted, UsageError
 from .liveness import HEARTBEAT_S, pid_namespace, process_start_time, touch_heartbeat
 from .secrets import current_redactor
 from .progress import Progress, estimate_from_history, heartbeat_every_s
-from .steps import Step, StepContext, StepResult, record_artifact
+from .steps import Step, StepContext, StepResult, record_artifact, refresh_artifacts
 from .timefmt import now_iso
 
 EXIT_SIGINT, EXIT_SIGTERM, EXIT_SIGHUP = 130, 143, 129
@@ -84,7 +84,9 @@ def _release_space(path: Path | None) -> None:
 def artifacts_dir(db, session: dict, seq: int, name: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     safe = safe.encode()[:80].decode(errors="ignore")  # file names hold at most 255 bytes
-    return Path(db.path).resolve().parent / "artifacts" / f"session-{session['number']}" / f"{seq:02d}-{safe}"
+    from .db import artifacts_root
+
+    return artifacts_root(db.path) / f"session-{session['number']}" / f"{seq:02d}-{safe}"
 
 
 def step_position(session: dict, name: str, seq: int, index=None, total=None) -> str:
@@ -298,6 +300,8 @@ def _finish(db, step, step_id, result, context, status, message, exit_code, dura
             context.metrics(result.metrics)
             for art in result.artifacts:
                 record_artifact(db, step_id, Path(art.path), art.kind)
+        # Files recorded while the step ran (its log first of all) have grown since.
+        refresh_artifacts(db, step_id)
         log = db.execute("SELECT path FROM artifacts WHERE step_id = ? AND kind = 'log' LIMIT 1",
                          [step_id]).fetchone()
         redactor = current_redactor()

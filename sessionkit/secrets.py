@@ -75,6 +75,14 @@ class SecretScrubber(Redactor):
             out.append(self.text(arg))
         return out
 
+    def prose(self, value: str) -> str:
+        """Free text a user typed (a session's name, objective, outcome, a pattern note): secret
+        values and URL credentials replaced as in :meth:`text`, and each word read as in
+        :meth:`argv` (``--password=xyz``, ``--token xyz``, ``API_KEY=xyz``); whitespace is kept."""
+        parts = re.split(r"(\s+)", self.text(value))
+        parts[0::2] = self.argv(parts[0::2])
+        return "".join(parts)
+
     def value(self, value: Any, key: str | None = None) -> Any:
         """Any JSON-like value; lists under an ``argv``/``command`` key are read as argv."""
         if isinstance(value, str):
@@ -127,3 +135,11 @@ def current_redactor(environ: Mapping[str, str] | None = None, argv=()) -> Secre
     command line ``argv``."""
     return SecretScrubber(os.environ if environ is None else environ,
                           SecretScrubber.argv_secrets(list(argv)))
+
+
+def scrub_prose(value: str | None) -> str | None:
+    """``value`` (free text to be stored) with the secrets of this process's environment, URL
+    credentials and secret options replaced by ``<redacted>``; None stays None."""
+    if value is None:
+        return None
+    return current_redactor().prose(value)

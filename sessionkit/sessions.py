@@ -63,9 +63,11 @@ def start_session(db, name: str | None = None, *, objective: str, plan=None, bud
     for what, rate in (("gpu rate", gpu_rate), ("ai rate", ai_rate)):
         if rate is not None and rate < 0:
             raise UsageError(f"{what} must not be negative")
+    from .secrets import scrub_prose
+
     row = {
         "id": str(uuid.uuid4()),
-        "objective": objective.strip(),
+        "objective": scrub_prose(objective.strip()),
         "status": "open",
         "started_at": now_iso(),
         "budget_s": budget_s,
@@ -77,7 +79,7 @@ def start_session(db, name: str | None = None, *, objective: str, plan=None, bud
         "cwd": os.getcwd(),
         "git_commit": git_commit(),
     }
-    given_name = (name or "").strip()
+    given_name = scrub_prose((name or "").strip())
     # One statement reads the next number and inserts it, so that sessions started by several
     # processes at once never share a number.
     # Without ``force`` the check for an open session and the insert share one write transaction, so
@@ -113,16 +115,33 @@ def end_session(db, session: dict | None = None, *, outcome: str, status: str = 
         raise UsageError(f"bad status {status!r}: use one of {', '.join(END_STATUSES)}")
     if not outcome or not outcome.strip():
         raise UsageError("an outcome is required: --outcome TEXT")
+    from .secrets import scrub_prose
+
     session = session or get_open_session(db)
     if session["status"] != "open":
         raise UsageError(f"session {session['number']} is already ended ({session['status']})")
-    running = db.execute("SELECT name FROM steps WHERE session_id = ? AND status = 'running'",
-                         [session["id"]]).fetchall()
-    if running:
-        raise UsageError(f"step {running[0][0]!r} is still running in this session; wait for it or stop it")
-    with db.conn:
-        db["sessions"].update(session["id"], {"status": status, "outcome": outcome.strip(),
-                                               "ended_at": now_iso()})
+    # The checks and the update share one write transaction, and the update only touches a session
+    # that is still open: of several processes ending one session at once, exactly one succeeds.
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        running = db.execute("SELECT name FROM steps WHERE session_id = ? AND status = 'running'",
+                             [session["id"]]).fetchall()
+        if running:
+            raise UsageError(f"step {running[0][0]!r} is still running in this session; "
+                             "wait for it or stop it")
+        changed = conn.execute(
+            "UPDATE sessions SET status = ?, outcome = ?, ended_at = ? WHERE id = ? AND status = 'open'",
+            [status, scrub_prose(outcome.strip()), now_iso(), session["id"]]).rowcount
+        if changed != 1:
+            now = db.execute("SELECT status FROM sessions WHERE id = ?", [session["id"]]).fetchone()
+            raise UsageError(f"session {session['number']} is already ended "
+                             f"({now[0] if now else 'gone'}): another process ended it first")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
     return get_session(db, session["id"])
 
 

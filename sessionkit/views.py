@@ -5,9 +5,19 @@ from __future__ import annotations
 from .timefmt import fmt_duration, fmt_money
 
 
+def printable(value) -> str:
+    """``value`` as text safe to print on a terminal: each control character (escape sequences,
+    newlines, carriage returns, tabs...) is shown escaped (``\\x1b``, ``\\n``), so stored text cannot
+    drive the terminal or fake extra lines."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def table(headers: list[str], rows: list[list], *, right: set[int] = frozenset()) -> str:
     """A plain aligned table that reads well in a log file."""
-    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
+    cells = [[("-" if c is None else printable(c)) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
 
     def fmt(row):
@@ -42,8 +52,8 @@ def _cost_line(costs: dict) -> str:
 
 def format_status(data: dict) -> str:
     s = data["session"]
-    lines = [f"Session {s['number']}: {s['name']} (open)",
-             f"  objective: {s['objective']}"]
+    lines = [f"Session {s['number']}: {printable(s['name'])} (open)",
+             f"  objective: {printable(s['objective'])}"]
     budget = data["budget_s"]
     elapsed = f"{fmt_duration(data['elapsed_s'])}"
     if budget:
@@ -63,17 +73,17 @@ def format_status(data: dict) -> str:
 
 def format_show(data: dict) -> str:
     s = data["session"]
-    lines = [f"Session {s['number']}: {s['name']}  [{s['status']}]",
+    lines = [f"Session {s['number']}: {printable(s['name'])}  [{s['status']}]",
              f"  id:        {s['id']}",
-             f"  objective: {s['objective']}",
-             f"  started:   {s['started_at'][:19].replace('T', ' ')} UTC on {s['host']}",
+             f"  objective: {printable(s['objective'])}",
+             f"  started:   {s['started_at'][:19].replace('T', ' ')} UTC on {printable(s['host'])}",
              f"  ended:     {(s['ended_at'] or '-')[:19].replace('T', ' ')}",
              f"  duration:  {fmt_duration(data['elapsed_s'])}"
              + (f" (budget {fmt_duration(s['budget_s'])})" if s["budget_s"] else ""),
-             f"  commit:    {s['git_commit'] or '-'}",
+             f"  commit:    {printable(s['git_commit'] or '-')}",
              f"  cost:      {_cost_line(data['costs'])}"]
     if s.get("outcome"):
-        lines.append(f"  outcome:   {s['outcome']}")
+        lines.append(f"  outcome:   {printable(s['outcome'])}")
     lines += ["", _steps_table(data)]
     return "\n".join(lines)
 

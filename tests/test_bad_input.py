@@ -151,3 +151,33 @@ def test_report_files_are_replaced_whole_or_not_at_all(tmp_path):
         line.startswith("Error: ") and "no space left on device" in line
         for line in err.splitlines() if line.strip()), err
     assert ".tmp" not in out  # no temporary file left behind
+
+
+@pytest.mark.parametrize("args, named", [
+    ([b"start", b"\xff", b"--objective", b"o"], b"argument 2"),
+    ([b"start", b"--objective", b"o\xfe"], b"the value of --objective"),
+    ([b"end", b"--outcome", b"a\xff"], b"the value of --outcome"),
+    ([b"end", b"-ma\xff"], b"the value of -m"),
+    ([b"pattern", b"apply", b"profile-first", b"--note=\xff"], b"the value of --note"),
+    ([b"show", b"\xff"], b"argument 2"),
+    ([b"export", b"\xff"], b"argument 2"),
+    ([b"report", b"\xff"], b"argument 2"),
+    ([b"env", b"diff", b"\xff", b"1"], b"argument 3"),
+])
+def test_arguments_that_are_not_utf8_are_a_usage_error(args, named):
+    subprocess.run([sys.executable, "-m", "sessionkit", "start", "--objective", "o"], check=True,
+                   capture_output=True, timeout=60)
+    res = subprocess.run([sys.executable.encode(), b"-m", b"sessionkit", *args], capture_output=True,
+                         timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count(b"\n") == 1 and res.stderr.startswith(b"Error: " + named), res.stderr
+    assert b"not valid UTF-8" in res.stderr and b"Traceback" not in res.stderr
+
+
+def test_command_after_double_dash_keeps_its_bytes():
+    subprocess.run([sys.executable, "-m", "sessionkit", "start", "--objective", "o"], check=True,
+                   capture_output=True, timeout=60)
+    res = subprocess.run([sys.executable.encode(), b"-m", b"sessionkit", b"step", b"run", b"x", b"--",
+                          b"echo", b"a\xff"], capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert b"a\xff\n" in res.stdout

@@ -192,3 +192,33 @@ def test_usage_errors_are_one_line():
     # a group called without a command still shows its help
     result = runner.invoke(cli, ["step"])
     assert "Usage: " in result.output and "Commands:" in result.output
+
+
+def test_stored_control_characters_are_escaped_on_the_terminal(tmp_path):
+    """A session name with an OSC escape and an objective with a newline cannot drive the terminal or
+    fake table rows in sessions, show, status or history."""
+    import subprocess
+    import sys
+
+    def sk(*args):
+        return subprocess.run([sys.executable, "-m", "sessionkit", *args], capture_output=True,
+                              text=True, timeout=60)
+
+    name = "evil\x1b]0;PWN\x07"
+    objective = "line one\n2  fake  passed  row\rback"
+    started = sk("start", name, "--objective", objective)
+    assert started.returncode == 0, started.stderr
+    assert "\x1b" not in started.stdout and "\\x1b]0;PWN\\x07" in started.stdout
+    assert sk("step", "run", "s", "--", "echo", "hi").returncode == 0
+    outputs = {cmd[0]: sk(*cmd) for cmd in (["sessions"], ["show", "1"], ["status"], ["history"])}
+    for cmd, res in outputs.items():
+        assert res.returncode == 0, (cmd, res.stderr)
+        assert "\x1b" not in res.stdout and "\x07" not in res.stdout and "\r" not in res.stdout, cmd
+        assert "PWN" in res.stdout, cmd
+        assert not any(line.startswith("2  fake") for line in res.stdout.splitlines()), cmd
+    assert "line one\\n2  fake" in outputs["show"].stdout
+    assert "line one\\n2  fake" in outputs["status"].stdout
+    assert "\\x1b]0;PWN\\x07" in outputs["sessions"].stdout
+    # the row of session 1 in the listing is one line
+    rows = [line for line in outputs["sessions"].stdout.splitlines() if "PWN" in line]
+    assert len(rows) == 1 and "line one\\n2  fake" in rows[0]

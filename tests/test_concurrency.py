@@ -77,3 +77,29 @@ def test_two_processes_and_a_sampler_thread(tmp_path):
     assert final["metrics"].count == 2 * steps_per_process
     seqs = [r[0] for r in final.execute("SELECT seq FROM steps WHERE name != 'sampler'").fetchall()]
     assert sorted(seqs) == list(range(1, 2 * steps_per_process + 1))  # unique, no gaps
+
+
+def test_concurrent_end_exactly_one_wins(tmp_path):
+    """8 processes end one open session at once, 5 times: exactly one succeeds each time, and the
+    stored outcome is the winner's; the others get one error line."""
+    db_path = str(tmp_path / "e.db")
+    env = {**os.environ, "SESSIONKIT_DB": db_path}
+    for round_ in range(5):
+        started = subprocess.run([sys.executable, "-m", "sessionkit", "start", "--objective", "o",
+                                  "--force"], env=env, capture_output=True, text=True, timeout=60)
+        assert started.returncode == 0, started.stderr
+        procs = [subprocess.Popen([sys.executable, "-m", "sessionkit", "end", "--outcome", f"o{i}"],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(8)]
+        results = [(i, *p.communicate(timeout=120), p.returncode) for i, p in enumerate(procs)]
+        winners = [r for r in results if r[3] == 0]
+        assert len(winners) == 1, results
+        assert "Ended session" in winners[0][1]
+        for i, out, err, code in results:
+            if code != 0:
+                lines = err.strip().splitlines()
+                assert len(lines) == 1 and lines[0].startswith("Error: "), err
+                assert "Traceback" not in err
+        db = open_db(db_path)
+        outcome = db.execute("SELECT outcome FROM sessions WHERE number = ?", [round_ + 1]).fetchone()
+        assert outcome[0] == f"o{winners[0][0]}"

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import textwrap
 
 import pytest
 
@@ -125,3 +126,42 @@ def test_filesystem_type_picks_the_longest_mount_point():
     mounts = "/dev/sda1 / ext4 rw 0 0\nsrv:/x /mnt/my\\040data nfs4 rw 0 0\n"
     assert dbmod.filesystem_type("/mnt/my data/proj/s.db", mounts) == "nfs4"
     assert dbmod.filesystem_type("/mnt/my/s.db", mounts) == "ext4"
+
+
+READ_WHEN_FULL = textwrap.dedent("""
+    set -u
+    mount -t tmpfs -o size=2m tmpfs "$1" || exit 77
+    cd "$1"
+    export SESSIONKIT_DB="$1/.sessionkit/sessions.db"
+    "$2" -m sessionkit start --objective full-disk >/dev/null || exit 78
+    "$2" -m sessionkit step run x -- echo hi >/dev/null || exit 79
+    head -c 3000000 /dev/zero > filler 2>/dev/null   # the disk is now full
+    for cmd in status "show 1" "export 1" "report 1" history sessions; do
+        $2 -m sessionkit $cmd > "$3/out-$cmd"; echo "EXIT $cmd $?"
+    done
+    cd "$3" && grep -c full-disk "out-show 1" "out-export 1" "out-report 1" "out-status"
+""")
+
+
+def test_reading_commands_work_on_a_full_disk(tmp_path):
+    """With no space left, the reading commands fall back to the read-only open and still answer."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("util-linux's unshare is needed to mount a small tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("SESSIONKIT_DB", None)
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    result = subprocess.run([unshare, "-rm", "sh", "-c", READ_WHEN_FULL, "sh", str(mnt), sys.executable,
+                             str(outs)],
+                            capture_output=True, text=True, timeout=180, env=env)
+    if result.returncode == 77 or result.stderr.startswith("unshare:"):
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()[:200]}")
+    out, err = result.stdout, result.stderr
+    for cmd in ("status", "show 1", "export 1", "report 1", "history", "sessions"):
+        assert f"EXIT {cmd} 0" in out, out + err
+    assert "Traceback" not in err and "Error" not in err, err
+    for name in ("out-show 1", "out-export 1", "out-report 1", "out-status"):
+        assert f"{name}:0" not in out, out

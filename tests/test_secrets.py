@@ -96,3 +96,32 @@ def test_url_credential_scrubbing_is_linear_on_long_lines():
     elapsed = time.perf_counter() - started
     assert out.endswith(f"://host/x https://{REDACTED}@h/ " + "b" * 1024)
     assert elapsed < 3.0, f"{elapsed:.1f} s for 256 KiB: the pattern backtracks"
+
+
+def test_session_text_fields_are_scrubbed_at_write_time(tmp_path):
+    """Name, objective, outcome and pattern notes get the same scrubbing and marker as argv."""
+    env = {**os.environ, "MY_API_TOKEN": TOKEN, "HF_TOKEN": "hf_Qw8anotherSecret77"}
+    name = f"run with https://bob:{URL_PASS}@example.com"
+    objective = f"tune with --password={PASSWORD} and token {TOKEN}"
+    assert sk("start", name, "--objective", objective, env=env).returncode == 0
+    note = "used hf_Qw8anotherSecret77 and MY_API_TOKEN=literal-secret-9"
+    res = sk("pattern", "apply", "profile-first", "--note", note, env=env)
+    assert res.returncode == 0, res.stderr
+    res = sk("end", "--outcome", f"done; --token {PASSWORD} worked", env=env)
+    assert res.returncode == 0, res.stderr
+
+    shown = everything_stored(tmp_path, env)
+    for cmd in (["history"], ["sessions"], ["show", "last"], ["status"]):
+        shown += sk(*cmd, env=env).stdout
+    for secret in (TOKEN, PASSWORD, URL_PASS, "hf_Qw8anotherSecret77", "literal-secret-9"):
+        assert secret not in shown
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "sessions.db")
+    stored_name, stored_objective, stored_outcome = conn.execute(
+        "SELECT name, objective, outcome FROM sessions").fetchone()
+    (stored_note,) = conn.execute("SELECT note FROM patterns_applied").fetchone()
+    assert stored_name == f"run with https://{REDACTED}@example.com"
+    assert stored_objective == f"tune with --password={REDACTED} and token {REDACTED}"
+    assert stored_outcome == f"done; --token {REDACTED} worked"
+    assert stored_note == f"used {REDACTED} and MY_API_TOKEN={REDACTED}"

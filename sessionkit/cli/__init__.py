@@ -7,6 +7,7 @@ Heavy modules (torch, jinja2, pynvml) are imported only inside the commands that
 from __future__ import annotations
 
 import importlib
+import os
 import sqlite3
 import sys
 
@@ -35,15 +36,53 @@ def one_line(exc: click.UsageError) -> click.ClickException:
     """A usage error as one ``Error: ...`` line that names the help to read, same exit code.
     Control characters from the command line are shown escaped."""
     where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in exc.format_message())
+    from ..views import printable
+
+    text = printable(exc.format_message())
     err = click.ClickException(f"{text}{where}")
     err.exit_code = exc.exit_code
     return err
 
 
+def _not_utf8(args: list[str]) -> str | None:
+    """The usage error for the first argument that is not valid UTF-8 (the OS hands such bytes to
+    Python as lone surrogates, which neither SQLite nor the terminal can take), or None.
+
+    Arguments after a bare ``--`` belong to the command a step runs and are passed on as they are.
+    """
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return None
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            option, value = None, arg
+            if arg.startswith("--") and "=" in arg:
+                option, _, value = arg.partition("=")
+            elif arg.startswith("-") and not arg.startswith("--") and len(arg) > 2:
+                option, value = arg[:2], arg[2:]
+            elif i > 0 and args[i - 1].startswith("-") and args[i - 1] not in ("-", "--") \
+                    and "=" not in args[i - 1]:
+                option = args[i - 1]
+            what = f"the value of {option}" if option else f"argument {i + 1}"
+            return f"{what} is not valid UTF-8: {repr(os.fsencode(value))[1:]}"
+    return None
+
+
 class SessionkitGroup(click.Group):
     """Turns library errors and usage errors into one-line ``Error: ...`` messages with the
     right exit code."""
+
+    def main(self, args=None, *extra, **kwargs):
+        argv = sys.argv[1:] if args is None else list(args)
+        problem = _not_utf8([str(a) for a in argv])
+        if problem is not None:
+            err = click.UsageError(problem)
+            if kwargs.get("standalone_mode", True):
+                click.echo(f"Error: {problem}", err=True)
+                sys.exit(err.exit_code)
+            raise one_line(err)
+        return super().main(argv, *extra, **kwargs)
 
     def make_context(self, info_name, args, parent=None, **extra):
         try:

@@ -34,8 +34,10 @@ def start(ctx, name, objective, plan, budget, step_budgets, gpu_rate, ai_rate, f
     if as_json:
         echo_json(session)
         return
-    click.echo(f"Started session {session['number']}: {session['name']} ({session['id']})")
-    click.echo(f"  objective: {session['objective']}")
+    from ..views import printable
+
+    click.echo(f"Started session {session['number']}: {printable(session['name'])} ({session['id']})")
+    click.echo(f"  objective: {printable(session['objective'])}")
     if session["plan"]:
         click.echo(f"  plan:      {', '.join(session['plan'])}")
     from ..timefmt import fmt_duration, fmt_money
@@ -97,7 +99,9 @@ def end(ctx, outcome, end_status, session_ref, as_json):
     from ..sessions import session_steps
     from ..timefmt import fmt_duration, fmt_money
     costs = session_costs(done, session_steps(db, done["id"]))
-    click.echo(f"Ended session {done['number']} ({done['name']}): {end_status} after "
+    from ..views import printable
+
+    click.echo(f"Ended session {done['number']} ({printable(done['name'])}): {end_status} after "
                f"{fmt_duration(costs['wall_s'])}; cost {fmt_money(costs['total_usd'])}")
 
 

@@ -67,7 +67,7 @@ def history_data(db, *, now: str | None = None, table: list[str] | None = None) 
 
     def short(text, length):  # f_short, without its work for the common plain short text
         if text.__class__ is str and text and len(text) <= length and "|" not in text \
-                and "\n" not in text and "\r" not in text:
+                and text.isprintable():
             return text
         return f_short(text, length)
 

@@ -168,6 +168,7 @@ def get_pattern(pattern_id: str, patterns: list[Pattern] | None = None) -> Patte
 def apply_pattern(db, pattern_id: str, note: str | None = None, *, session: dict | None = None,
                   patterns: list[Pattern] | None = None) -> dict:
     """Record that the open session (or ``session``) applies a pattern; returns the stored row."""
+    from ..secrets import scrub_prose
     from ..sessions import get_open_session
 
     pattern = get_pattern(pattern_id, patterns)
@@ -180,7 +181,7 @@ def apply_pattern(db, pattern_id: str, note: str | None = None, *, session: dict
         raise SessionkitError(f"session {session['number']} is {session['status']}; "
                               "patterns are applied to the open session")
     row = {"session_id": session["id"], "pattern_id": pattern.id,
-           "note": (note or "").strip() or None, "applied_at": now_iso()}
+           "note": scrub_prose((note or "").strip()) or None, "applied_at": now_iso()}
     with db.conn:
         row["id"] = db["patterns_applied"].insert(row).last_pk
     return {**row, "session_number": session["number"], "title": pattern.title}

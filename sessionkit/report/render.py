@@ -9,6 +9,7 @@ import functools
 import math
 
 from ..timefmt import fmt_duration, fmt_money, parse_iso
+from ..views import printable
 
 DASH = "-"
 
@@ -86,11 +87,11 @@ def f_date(text) -> str:
 
 
 def f_cell(value) -> str:
-    """Safe inside a Markdown table cell: no pipes breaking columns, no newlines."""
+    """Safe inside a Markdown table cell: no pipes breaking columns, no newlines, other control
+    characters escaped (:func:`sessionkit.views.printable`)."""
     if value is None or value == "":
         return DASH
-    text = str(value).replace("\r", " ").replace("\n", " ").replace("|", "\\|")
-    return text
+    return printable(str(value).replace("\r", " ").replace("\n", " ").replace("|", "\\|"))
 
 
 def f_short(value, length: int = 80) -> str:

@@ -101,16 +101,32 @@ class StepContext:
         return json.loads(rows[0]["data"]) if rows else {}
 
 
-def record_artifact(db, step_id: str, path: Path, kind: str) -> None:
+def file_digest(path: Path) -> tuple[str | None, int | None]:
+    """The sha256 (hex) and size in bytes of the file at ``path``; (None, None) when it is not a
+    regular file or cannot be read."""
     import hashlib
 
-    sha, size = None, None
-    if path.is_file():
-        digest = hashlib.sha256()
+    if not path.is_file():
+        return None, None
+    digest = hashlib.sha256()
+    size = 0
+    try:
         with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
-        sha, size = digest.hexdigest(), path.stat().st_size
+                size += len(chunk)
+    except OSError:
+        return None, None
+    return digest.hexdigest(), size
+
+
+def record_artifact(db, step_id: str, path: Path, kind: str) -> None:
+    """Record (or update) a file made by step ``step_id``, with its sha256 and size as now.
+
+    A file may be recorded before it is complete (a log, so that a crash keeps its path): the
+    runner calls :func:`refresh_artifacts` when the step ends, whatever its ending.
+    """
+    sha, size = file_digest(path)
     with db.conn:
         existing = db.execute("SELECT id FROM artifacts WHERE step_id = ? AND path = ?",
                               [step_id, str(path)]).fetchone()
@@ -120,6 +136,22 @@ def record_artifact(db, step_id: str, path: Path, kind: str) -> None:
             db["artifacts"].update(existing[0], row)
         else:
             db["artifacts"].insert(row)
+
+
+def refresh_artifacts(db, step_id: str) -> None:
+    """Hash again every file recorded for step ``step_id`` and store its sha256 and size_bytes
+    as they are on disk now (files recorded early, such as logs, grow after being recorded)."""
+    rows = db.execute("SELECT id, path, sha256, size_bytes FROM artifacts WHERE step_id = ?",
+                      [step_id]).fetchall()
+    updates = []
+    for art_id, path, sha, size in rows:
+        new_sha, new_size = file_digest(Path(path))
+        if new_sha is not None and (new_sha, new_size) != (sha, size):
+            updates.append((new_sha, new_size, art_id))
+    if updates:
+        with db.conn:
+            db.conn.executemany("UPDATE artifacts SET sha256 = ?, size_bytes = ? WHERE id = ?",
+                                updates)
 
 
 class Step:

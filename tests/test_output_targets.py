@@ -1,0 +1,90 @@
+"""``-o`` keeps what the path is: a symlink stays a link (its target is replaced whole), a FIFO and a
+device are written in place, a regular file is replaced whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+
+
+def sk(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "sessionkit", *args], capture_output=True, text=True,
+                          timeout=60, **kw)
+
+
+@pytest.fixture
+def recorded():
+    assert sk("start", "--objective", "outputs").returncode == 0
+    assert sk("step", "run", "x", "--", "echo", "hi").returncode == 0
+
+
+@pytest.mark.parametrize("command", ["history", "report", "export"])
+def test_symlink_output_keeps_the_link(tmp_path, recorded, command):
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "out.txt"
+    target.write_text("old\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    res = sk(command, "-o", str(link))
+    assert res.returncode == 0, res.stderr
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text() != "old\n" and target.read_text() == link.read_text()
+    assert not list((tmp_path / "real").glob(".*tmp"))
+
+
+def test_dangling_symlink_output_creates_its_target(tmp_path, recorded):
+    target = tmp_path / "made.md"
+    link = tmp_path / "link.md"
+    link.symlink_to(target)
+    assert sk("history", "-o", str(link)).returncode == 0
+    assert link.is_symlink() and target.is_file() and "| 1 |" in target.read_text()
+
+
+def test_fifo_output_reaches_the_reader(tmp_path, recorded):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    res = sk("export", "-o", str(fifo))
+    reader.join(timeout=30)
+    if reader.is_alive():  # nothing was written to the FIFO: let the reader go
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert res.returncode == 0, res.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert got and json.loads(got[0])["session"]["objective"] == "outputs"
+
+
+def test_descriptor_link_output_is_written_in_place(recorded):
+    # /proc/self/fd/1 is what /dev/stdout points to; using it directly keeps /dev untouched.
+    res = sk("export", "-o", "/proc/self/fd/1")
+    assert res.returncode == 0, res.stderr
+    assert '"objective": "outputs"' in res.stdout
+
+
+def test_full_device_output_is_one_error_and_stays_a_device(tmp_path, recorded):
+    device = tmp_path / "full"
+    try:  # a private copy of /dev/full (char 1:7), so that a failure cannot harm the real one
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    except (PermissionError, AttributeError) as exc:
+        pytest.skip(f"cannot make a device node here: {exc}")
+    res = sk("export", "-o", str(device))
+    assert stat.S_ISCHR(os.lstat(device).st_mode)
+    if "Permission denied" in res.stderr or "Operation not permitted" in res.stderr:
+        pytest.skip(f"device nodes do not work in {tmp_path}: {res.stderr.strip()}")
+    assert res.returncode == 1
+    assert res.stderr.strip() == f"Error: cannot write {device}: no space left on device"
+
+
+def test_regular_file_output_is_replaced_whole(tmp_path, recorded):
+    out = tmp_path / "h.md"
+    out.write_text("old\n")
+    inode = out.stat().st_ino
+    assert sk("history", "-o", str(out)).returncode == 0
+    assert out.read_text() != "old\n" and out.stat().st_ino != inode  # a new file, renamed in place
