@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import toolchain
-from ..errors import SessionkitError
+from ..errors import SessionkitError, first_line
 from ..timefmt import now_iso
 from .ptxas import first_compile_error, parse_ptxas
 
@@ -355,7 +355,7 @@ def build_extension(progress=None, *, nvcc: str | None = None,
             try:
                 torch.ops.load_library(manifest["library"])
             except (OSError, RuntimeError) as exc:
-                raise BuildError(f"cannot load {manifest['library']}: {str(exc).splitlines()[0]}; "
+                raise BuildError(f"cannot load {manifest['library']}: {first_line(exc)}; "
                                  "rebuild with --force") from None
             if not cached:
                 manifest["kernels"] = _kernel_table(Path(manifest["log"]).read_text(errors="replace"),

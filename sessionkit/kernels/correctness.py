@@ -14,7 +14,7 @@ from typing import Callable
 import click
 
 from ..db import SQLITE_MAX_INT
-from ..errors import SessionkitError, UsageError
+from ..errors import SessionkitError, UsageError, first_line
 from ..steps import Metric, Step, StepContext, StepResult
 
 DEFAULT_CONFIGS = 64
@@ -60,9 +60,8 @@ def load_kernel(progress=None) -> LoadedKernel:
     except SessionkitError:
         raise
     except Exception as exc:  # a missing or broken extension: say so in one line
-        text = (str(exc).strip().splitlines() or [""])[0]
         raise KernelUnavailable(
-            f"cannot load the attention kernel ({type(exc).__name__}: {text}); "
+            f"cannot load the attention kernel ({first_line(exc, named=True)}); "
             "run 'sessionkit step build' to see the build log") from None
 
     def kernel(q, k, v, out, lse, causal, scale, causal_alignment="top_left", enable_gqa=False):
