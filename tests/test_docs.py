@@ -62,3 +62,31 @@ def test_every_command_has_help(command):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert obj.get_short_help_str(limit=300).split()[0] in result.output
+
+
+def test_architecture_page_is_current():
+    """docs/architecture.md's command list and table list are what the code has."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "architecture_doc.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_architecture_page_names_paths_that_exist():
+    """Every path the page names (a `...` span with a slash) exists, and the five questions a
+    newcomer asks are answered there."""
+    import re
+
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    # paths from the repository root, or (in the layer table) from the sessionkit package;
+    # .sessionkit/sessions.db is where a database is made at run time; hello.py is the example step
+    paths = {p for p in re.findall(r"`([\w./-]+/[\w./-]*)`", page)
+             if not p.startswith(".sessionkit/") and p != "sessionkit/steps/hello.py"}
+    assert len(paths) > 15
+    missing = sorted(p for p in paths if not ((ROOT / p).exists() or (ROOT / "sessionkit" / p).exists()))
+    assert missing == []
+    for question in ("A session is stored", "A step is defined", "The kernel lives",
+                     "A report is rendered", "An SDPA backend is added"):
+        assert f"**{question}**" in page
