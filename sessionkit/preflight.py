@@ -195,13 +195,6 @@ class Probe:
         return platform.platform()
 
 
-def _try(fn, *args):
-    try:
-        return fn(*args)
-    except Exception:
-        return None
-
-
 # --------------------------------------------------------------------------------------------
 # Facts: each gathered once, on first use, possibly from a worker thread
 
@@ -313,7 +306,10 @@ class Facts:
         if info["cuda_available"]:
             info["device_count"] = int(torch.cuda.device_count())
             cudnn = getattr(getattr(torch, "backends", None), "cudnn", None)
-            info["cudnn"] = _try(cudnn.version) if cudnn is not None else None
+            try:
+                info["cudnn"] = cudnn.version() if cudnn is not None else None
+            except Exception:  # noqa: BLE001 - cuDNN missing or broken: say nothing about it
+                info["cudnn"] = None
         return info
 
     def _torch_devices(self) -> list[dict]:
