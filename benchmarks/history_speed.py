@@ -36,13 +36,6 @@ def generate(path: Path, sessions: int, steps: int, metrics: int) -> dict:
     from sessionkit.db import open_db
 
     db = open_db(path, create=True)
-    for table, target in (("correctness_results", "sessionkit.kernels.correctness:m003_correctness"),
-                          ("bench_results", "sessionkit.bench.schema:m004_bench")):
-        if not db[table].exists():  # until the owner's migration is registered
-            import importlib
-
-            module, func = target.split(":")
-            getattr(importlib.import_module(module), func)(db)
     conn = db.conn
     counts = {"sessions": 0, "steps": 0, "metrics": 0, "bench_results": 0, "correctness_results": 0}
     conn.execute("BEGIN")

@@ -13,24 +13,13 @@ import time
 from pathlib import Path
 
 from .errors import DatabaseError, NewerDatabaseError, NoDatabaseError
+from .schema import MIGRATIONS  # every migration, in order (append only: see sessionkit.schema)
 
 DB_DIRNAME = ".sessionkit"
 DB_FILENAME = "sessions.db"
 BUSY_TIMEOUT_MS = 30_000
 SQLITE_MAX_INT = 2**63 - 1  # the largest INTEGER SQLite stores
 
-# Ordered (name, "module:function"). Append only; never reorder, rename or edit a shipped entry.
-MIGRATIONS: list[tuple[str, str]] = [
-    ("m001_core", "sessionkit.schema:m001_core"),
-    ("m003_correctness", "sessionkit.kernels.correctness:m003_correctness"),
-    ("m004_bench", "sessionkit.bench.schema:m004_bench"),
-    ("m005_bench_passes", "sessionkit.bench.schema:m005_bench_passes"),
-    ("m006_correctness_variants", "sessionkit.kernels.correctness:m006_correctness_variants"),
-    ("m007_bench_variants", "sessionkit.bench.schema:m007_bench_variants"),
-    ("m008_steps_pid_namespace", "sessionkit.schema:m008_steps_pid_namespace"),
-    ("m009_provenance", "sessionkit.schema:m009_provenance"),
-    ("m010_step_rollups", "sessionkit.schema:m010_step_rollups"),
-]
 
 # File systems whose locking or shared memory cannot carry SQLite's WAL (it needs one host).
 NETWORK_FILESYSTEMS = frozenset({
@@ -95,14 +84,14 @@ def _applied_names(conn) -> set[str] | None:
 
 
 def _pending(conn, path) -> bool:
-    """True when some migration has not been applied (checked without importing any of them).
+    """True when some migration has not been applied.
 
     Raises :class:`NewerDatabaseError` when the database holds migrations this release does not know.
     """
     done = _applied_names(conn)
     if done is None:
         return True
-    known = {name for name, _ in MIGRATIONS}
+    known = {fn.__name__ for fn in MIGRATIONS}
     unknown = sorted(done - known)
     if unknown:
         try:
@@ -113,7 +102,7 @@ def _pending(conn, path) -> bool:
         raise NewerDatabaseError(
             f"this database was written by a newer sessionkit ({path} has migration "
             f"{unknown[-1]!r}, which sessionkit {mine} does not know); upgrade sessionkit to use it")
-    return any(name not in done for name, _ in MIGRATIONS)
+    return any(fn.__name__ not in done for fn in MIGRATIONS)
 
 
 def filesystem_type(path: str | os.PathLike, mounts: str | None = None) -> str | None:
@@ -179,15 +168,11 @@ def _migrate(conn, db, path) -> None:
 
 
 def _migration_set():
-    import importlib
-
     from sqlite_utils.migrations import Migrations
 
     migrations = Migrations("sessionkit")
-    for name, target in MIGRATIONS:
-        module, func = target.split(":")
-        fn = getattr(importlib.import_module(module), func)
-        migrations(name=name)(fn)
+    for fn in MIGRATIONS:
+        migrations(name=fn.__name__)(fn)
     return migrations
 
 

@@ -1,6 +1,21 @@
 """Typed errors. The library raises these; the CLI turns them into ``Error: ...`` once."""
 
 
+def first_line(exc: BaseException, *, limit: int | None = None, named: bool = False) -> str:
+    """The first line of an exception's message, for one-line reports of errors from elsewhere.
+
+    The message's first line, stripped; the exception's type name when the message is empty. With
+    ``named`` the type name comes first (``"OSError: no such file"``). With ``limit`` a longer line
+    is cut to ``limit`` characters, ending in ``...``.
+    """
+    text = (str(exc).strip().splitlines() or [""])[0].strip()
+    if limit is not None and len(text) > limit:
+        text = text[: max(limit - 3, 0)] + "..."
+    if named:
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text or type(exc).__name__
+
+
 class SessionkitError(Exception):
     """Base class: a problem the user can act on. The message is one line."""
 

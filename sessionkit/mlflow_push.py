@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .costs import session_costs
-from .errors import SessionkitError, UsageError
+from .errors import SessionkitError, UsageError, first_line
 from .sessions import get_session, list_sessions, session_steps
 from .timefmt import now_iso, parse_iso
 
@@ -170,7 +170,7 @@ def _experiment_id(client, name: str) -> str:
             return found.experiment_id
         return client.create_experiment(name)
     except MlflowException as exc:
-        raise MlflowUnavailable(f"MLflow tracking server: {str(exc).splitlines()[0]}") from None
+        raise MlflowUnavailable(f"MLflow tracking server: {first_line(exc)}") from None
 
 
 def _find_run(client, experiment_id: str, tag: str, value: str, kind: str):
@@ -357,15 +357,10 @@ def push_sessions(db, refs, *, tracking_uri: str, experiment: str = DEFAULT_EXPE
             for session in sessions:
                 results.append(push_session(client, experiment_id, db, session, plots=plots))
         except MlflowException as exc:
-            raise MlflowUnavailable(f"MLflow: {_first_line(exc)}") from None
+            raise MlflowUnavailable(f"MLflow: {first_line(exc)}") from None
         except (OSError, ValueError) as exc:  # a connection dropped mid-push, a URI MLflow refuses
-            raise MlflowUnavailable(f"MLflow: {type(exc).__name__}: {_first_line(exc)}") from None
+            raise MlflowUnavailable(f"MLflow: {type(exc).__name__}: {first_line(exc)}") from None
     return results
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def format_push(results: list[PushResult], tracking_uri: str) -> str:

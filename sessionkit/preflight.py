@@ -32,6 +32,8 @@ import click
 
 from . import toolchain
 from .envinfo import Redactor, relevant_env, store_snapshot
+from .gitinfo import git_state
+from .nvml import NvmlUnavailable, read_facts
 from .steps import Step, StepContext, StepResult
 from .timefmt import now_iso
 
@@ -73,10 +75,6 @@ DISK_FAIL_GIB = 1.0  # one extension build with its object files needs a few hun
 
 _MIB = 1024 * 1024
 _GIB = 1024 ** 3
-
-
-class NvmlUnavailable(Exception):
-    """NVML cannot be used; the message says why."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,8 +160,9 @@ class Probe:
         return _torch_stand_in(json.loads(lines[-1]))
 
     def nvml(self) -> dict:
-        """Driver and GPU facts from NVML (see :func:`read_nvml`); raises NvmlUnavailable."""
-        return read_nvml(self.env().get("CUDA_VISIBLE_DEVICES"), own_pid=os.getpid())
+        """Driver and GPU facts from NVML (see :func:`sessionkit.nvml.read_facts`); raises
+        :class:`~sessionkit.nvml.NvmlUnavailable`."""
+        return read_facts(self.env().get("CUDA_VISIBLE_DEVICES"), own_pid=os.getpid())
 
     def disk_usage(self, path: str | Path):
         return shutil.disk_usage(path)
@@ -194,75 +193,6 @@ class Probe:
 
     def platform(self) -> str:
         return platform.platform()
-
-
-def _nv_text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _try(fn, *args):
-    try:
-        return fn(*args)
-    except Exception:
-        return None
-
-
-def read_nvml(visible: str | None, *, own_pid: int | None = None) -> dict:
-    """What NVML says about the driver and the GPUs a CUDA program would see.
-
-    ``{"driver", "cuda_driver", "physical_gpus", "gpus": [{"index", "name", "cc", "memory_mib", "uuid",
-    "sm_clock_mhz", "sm_clock_max_mhz", "mem_clock_mhz", "temp_c", "power_w", "clock_reasons",
-    "processes": [{"pid", "used_mib", "name"}]}]}``; processes exclude ``own_pid``.
-    """
-    from .telemetry import TelemetryUnavailable, load_nvml, resolve_devices
-
-    try:
-        nvml = load_nvml()
-    except TelemetryUnavailable as exc:
-        raise NvmlUnavailable(str(exc)) from None
-    try:
-        driver = _nv_text(nvml.nvmlSystemGetDriverVersion())
-        cuda = _try(nvml.nvmlSystemGetCudaDriverVersion)
-        gpus = []
-        physical = int(nvml.nvmlDeviceGetCount())
-        for dev in resolve_devices(nvml, visible, use_env=False):
-            h = dev.handle
-            cc = _try(nvml.nvmlDeviceGetCudaComputeCapability, h)
-            mem = _try(nvml.nvmlDeviceGetMemoryInfo, dev.mem_handle)
-            power = _try(nvml.nvmlDeviceGetPowerUsage, h)
-            reasons_fn = (getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
-                          or getattr(nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
-            procs = {}
-            for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-                for p in _try(getattr(nvml, getter), dev.mem_handle) or []:
-                    if p.pid == own_pid:
-                        continue
-                    used = getattr(p, "usedGpuMemory", None)
-                    procs[p.pid] = {"pid": int(p.pid),
-                                    "used_mib": None if used is None else round(used / _MIB),
-                                    "name": _nv_text(_try(nvml.nvmlSystemGetProcessName, p.pid) or "")}
-            gpus.append({
-                "index": dev.index,
-                "name": _nv_text(_try(nvml.nvmlDeviceGetName, dev.mem_handle) or "unknown GPU"),
-                "cc": None if cc is None else f"{cc[0]}.{cc[1]}",
-                "memory_mib": None if mem is None else round(mem.total / _MIB),
-                "memory_used_mib": None if mem is None else round(mem.used / _MIB),
-                "uuid": _nv_text(_try(nvml.nvmlDeviceGetUUID, dev.mem_handle) or ""),
-                "sm_clock_mhz": _try(nvml.nvmlDeviceGetClockInfo, h, nvml.NVML_CLOCK_SM),
-                "sm_clock_max_mhz": _try(nvml.nvmlDeviceGetMaxClockInfo, h, nvml.NVML_CLOCK_SM),
-                "mem_clock_mhz": _try(nvml.nvmlDeviceGetClockInfo, h, nvml.NVML_CLOCK_MEM),
-                "temp_c": _try(nvml.nvmlDeviceGetTemperature, h, nvml.NVML_TEMPERATURE_GPU),
-                "power_w": None if power is None else round(power / 1000.0, 1),
-                "clock_reasons": _try(reasons_fn, h) if reasons_fn else None,
-                "processes": sorted(procs.values(), key=lambda p: p["pid"]),
-            })
-    except Exception as exc:
-        raise NvmlUnavailable(f"NVML query failed ({str(exc).strip() or type(exc).__name__})") from None
-    finally:
-        _try(nvml.nvmlShutdown)
-    return {"driver": driver,
-            "cuda_driver": None if not cuda else f"{cuda // 1000}.{(cuda % 1000) // 10}",
-            "physical_gpus": physical, "gpus": gpus}
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,7 +306,10 @@ class Facts:
         if info["cuda_available"]:
             info["device_count"] = int(torch.cuda.device_count())
             cudnn = getattr(getattr(torch, "backends", None), "cudnn", None)
-            info["cudnn"] = _try(cudnn.version) if cudnn is not None else None
+            try:
+                info["cudnn"] = cudnn.version() if cudnn is not None else None
+            except Exception:  # noqa: BLE001 - cuDNN missing or broken: say nothing about it
+                info["cudnn"] = None
         return info
 
     def _torch_devices(self) -> list[dict]:
@@ -530,13 +463,7 @@ class Facts:
                 "total_gib": round(usage.total / _GIB, 2)}
 
     def _git(self) -> dict:
-        cwd = self.probe.cwd()
-        rc, out = self.probe.run(["git", "rev-parse", "HEAD"], cwd=cwd, timeout=5.0)
-        if rc != 0:
-            return {"commit": None, "dirty": None}
-        rc2, status = self.probe.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                     cwd=cwd, timeout=5.0)
-        return {"commit": out.strip(), "dirty": bool(status.strip()) if rc2 == 0 else None}
+        return git_state(self.probe.cwd(), run=self.probe.run)
 
 
 # --------------------------------------------------------------------------------------------
@@ -707,7 +634,7 @@ def _gpu_list(gpus) -> str:
 
 
 def check_clocks(f: Facts):
-    from .telemetry import THROTTLE_MASK, reason_names
+    from .nvml import THROTTLE_MASK, reason_names
 
     err = f.error("nvml")
     if err:

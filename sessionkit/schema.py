@@ -1,4 +1,16 @@
-"""The core schema. Migrations are append-only: never edit one that has shipped; add a new one.
+"""The database schema: every migration, in the order it is applied.
+
+A migration is a function ``fn(db)`` taking a :class:`sqlite_utils.Database`; :func:`migration`
+appends it to :data:`MIGRATIONS` and its function name is the name recorded in the database's
+``_sqlite_migrations`` table (migration set ``sessionkit``). :mod:`sessionkit.db` applies the ones a
+database lacks, in list order, under one write lock.
+
+Append only: never edit, rename, reorder or remove a migration that has shipped, since databases
+record the names they have applied; add a new ``mNNN_what`` function at the end of this file.
+
+Numbering: there is no ``m002``. No migration of that name was ever registered (the correctness
+table, the second one written, was numbered ``m003``). The gap stays: renumbering would rename
+``m003``..``m010``, and a database that recorded the old names would then apply them a second time.
 
 Units are in the column names (``_s``, ``_w``, ``_mhz``, ``_usd_per_h``...). Timestamps are ISO 8601
 text in UTC. Ids are UUIDs so that databases from several GPU hosts can be merged.
@@ -6,7 +18,31 @@ text in UTC. Ids are UUIDs so that databases from several GPU hosts can be merge
 
 from __future__ import annotations
 
+from typing import Callable
 
+Migration = Callable[[object], None]
+
+#: Every migration, in the order it is applied. Append only (see the module docstring).
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register ``fn`` as the next migration (a decorator); its ``__name__`` is its recorded name."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def migration_names() -> list[str]:
+    """The names of every migration, in the order they are applied."""
+    return [fn.__name__ for fn in MIGRATIONS]
+
+
+#: The values of ``bench_results.impl``: our kernel, then PyTorch's SDPA (its own backend choice,
+#: then each backend forced).
+IMPLS = ("ours", "sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math")
+
+
+@migration
 def m001_core(db) -> None:
     db.execute(
         """
@@ -153,12 +189,121 @@ def m001_core(db) -> None:
     )
 
 
+@migration
+def m003_correctness(db) -> None:
+    """The correctness step: one row per checked config, with its error against the fp32 reference."""
+    db.execute(
+        """
+        CREATE TABLE correctness_results (
+            id INTEGER PRIMARY KEY,
+            step_id TEXT NOT NULL REFERENCES steps(id),
+            idx INTEGER NOT NULL,
+            dtype TEXT NOT NULL,
+            batch_size INTEGER NOT NULL,
+            num_heads INTEGER NOT NULL,
+            seq_len_q INTEGER NOT NULL,
+            seq_len_k INTEGER NOT NULL,
+            head_dim INTEGER NOT NULL,
+            causal INTEGER NOT NULL CHECK (causal IN (0, 1)),
+            layout TEXT NOT NULL CHECK (layout IN ('bhsd', 'bshd')),
+            seed INTEGER NOT NULL,
+            max_err REAL,
+            bound REAL,
+            lse_err REAL,
+            passed INTEGER NOT NULL CHECK (passed IN (0, 1)),
+            worst_index TEXT,
+            worst_out REAL,
+            worst_ref REAL,
+            failure TEXT,
+            sdpa_err REAL,
+            scale REAL,
+            lse_worst_index TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX idx_correctness_step ON correctness_results(step_id, idx)")
+
+
+@migration
+def m004_bench(db) -> None:
+    """The bench step: one row per (implementation, config) and every raw timing sample."""
+    db.execute(
+        """
+        CREATE TABLE bench_results (
+            id INTEGER PRIMARY KEY,
+            step_id TEXT NOT NULL REFERENCES steps(id),
+            impl TEXT NOT NULL,
+            dtype TEXT NOT NULL,
+            batch_size INTEGER NOT NULL,
+            num_heads INTEGER NOT NULL,
+            seq_len_q INTEGER NOT NULL,
+            seq_len_k INTEGER NOT NULL,
+            head_dim INTEGER NOT NULL,
+            causal INTEGER NOT NULL,
+            latency_ms REAL,
+            iqr_ms REAL,
+            samples INTEGER,
+            tflops REAL,
+            pct_peak REAL,
+            memory_mb REAL,
+            throttled_samples INTEGER,
+            speedup_vs_sdpa REAL,
+            speedup_vs_best REAL,
+            status TEXT NOT NULL CHECK (status IN ('ok', 'wrong', 'unsupported', 'error')),
+            note TEXT,
+            launches_per_sample INTEGER,
+            max_abs_err REAL,
+            stop_reason TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX idx_bench_results_step ON bench_results(step_id)")
+    db.execute(
+        """
+        CREATE TABLE bench_samples (
+            id INTEGER PRIMARY KEY,
+            result_id INTEGER NOT NULL REFERENCES bench_results(id),
+            idx INTEGER NOT NULL,
+            latency_ms REAL NOT NULL,
+            throttled INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute("CREATE INDEX idx_bench_samples_result ON bench_samples(result_id)")
+
+
+@migration
+def m005_bench_passes(db) -> None:
+    """Grids are measured in passes: each sample keeps its pass, the SM clock read after it and
+    NVML's clock-event reasons around it; each result keeps its pass count, the spread of its
+    per-pass medians and its median clock."""
+    db.execute("ALTER TABLE bench_samples ADD COLUMN pass INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE bench_samples ADD COLUMN sm_clock_mhz REAL")
+    db.execute("ALTER TABLE bench_samples ADD COLUMN clock_reasons INTEGER")
+    db.execute("ALTER TABLE bench_results ADD COLUMN passes INTEGER")
+    db.execute("ALTER TABLE bench_results ADD COLUMN pass_spread_pct REAL")
+    db.execute("ALTER TABLE bench_results ADD COLUMN sm_clock_mhz REAL")
+
+
+@migration
+def m006_correctness_variants(db) -> None:
+    """Grouped-query configs keep their key/value head count, causal ones their alignment."""
+    db.execute("ALTER TABLE correctness_results ADD COLUMN num_heads_k INTEGER")
+    db.execute("ALTER TABLE correctness_results ADD COLUMN causal_alignment TEXT")
+
+
+@migration
+def m007_bench_variants(db) -> None:
+    """Grouped-query configs keep their key/value head count, causal ones their alignment."""
+    db.execute("ALTER TABLE bench_results ADD COLUMN num_heads_k INTEGER")
+    db.execute("ALTER TABLE bench_results ADD COLUMN causal_alignment TEXT")
+
+
+@migration
 def m008_steps_pid_namespace(db) -> None:
     """The pid namespace of a step's process (``/proc/self/ns/pid``), so that liveness checks by
     pid happen only where that pid means the same process."""
     db.execute("ALTER TABLE steps ADD COLUMN pid_ns TEXT")
 
 
+@migration
 def m009_provenance(db) -> None:
     """Merged databases: where an imported session came from, and artifacts whose file did not come
     with it; indexes for the aggregate queries that read every session."""
@@ -171,6 +316,7 @@ def m009_provenance(db) -> None:
     db.execute("CREATE INDEX idx_sessions_host ON sessions(host, started_at)")
 
 
+@migration
 def m010_step_rollups(db) -> None:
     """History and the pattern evidence read every session. ``_step_rollups`` keeps, per step, the
     figures they need from its result rows (bench speedups, correctness counts) and

@@ -5,29 +5,15 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import uuid
 
 from .costs import session_costs
 from .db import SQLITE_MAX_INT
+from .gitinfo import git_commit
 from .errors import NoOpenSession, SessionAlreadyOpen, SessionNotFound, UsageError
 from .timefmt import fmt_duration, now_iso, seconds_between
 
 END_STATUSES = ("passed", "failed", "abandoned")
-
-
-def git_commit(cwd: str | None = None) -> str | None:
-    """The working tree's commit, with ``-dirty`` when it has uncommitted changes; None outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                              text=True, timeout=5)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=5)
-        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _decode(row: dict) -> dict:

@@ -12,52 +12,21 @@ database connection. When the step ends it flushes what is left and records the 
 (subject ``telemetry``) on the step. Without NVML, without a GPU, or with ``SESSIONKIT_TELEMETRY=0``
 the step runs on after one notice.
 
-``pynvml`` is imported inside functions only, so that importing this module stays cheap. Tests inject a
-fake NVML module through the ``nvml`` argument.
+GPUs are read through :mod:`sessionkit.nvml` (which imports ``pynvml`` only when called). Tests inject
+a fake NVML module through the ``nvml`` argument.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
-# Clock-event ("throttle") reason bits, as NVML defines them.
-REASON_GPU_IDLE = 0x1
-REASON_APP_CLOCKS = 0x2
-REASON_SW_POWER_CAP = 0x4
-REASON_HW_SLOWDOWN = 0x8
-REASON_SYNC_BOOST = 0x10
-REASON_SW_THERMAL = 0x20
-REASON_HW_THERMAL = 0x40
-REASON_HW_POWER_BRAKE = 0x80
-REASON_DISPLAY_CLOCKS = 0x100
-
-# A sample counts as throttled when the clocks are held down by power or heat. Idle, the
-# application-clocks setting, sync boost and display clocks are not throttling.
-THROTTLE_MASK = (REASON_HW_SLOWDOWN | REASON_HW_THERMAL | REASON_HW_POWER_BRAKE
-                 | REASON_SW_THERMAL | REASON_SW_POWER_CAP)
-
-# Of those, the ones imposed from outside the kernel: heat, a hardware slowdown signal, the power
-# brake. Timing samples taken under them are left out of medians. The software power cap is not
-# among them: a GPU under load sits at its power limit most of the time, and the clock it then
-# holds depends on the power the kernel itself draws, which is part of the kernel's speed.
-SLOWDOWN_MASK = THROTTLE_MASK & ~REASON_SW_POWER_CAP
-
-REASON_NAMES = {
-    REASON_GPU_IDLE: "idle",
-    REASON_APP_CLOCKS: "app_clocks",
-    REASON_SW_POWER_CAP: "sw_power_cap",
-    REASON_HW_SLOWDOWN: "hw_slowdown",
-    REASON_SYNC_BOOST: "sync_boost",
-    REASON_SW_THERMAL: "sw_thermal",
-    REASON_HW_THERMAL: "hw_thermal",
-    REASON_HW_POWER_BRAKE: "hw_power_brake",
-    REASON_DISPLAY_CLOCKS: "display_clocks",
-}
+from .errors import first_line
+from .nvml import (Device, NvmlUnavailable, call, cuda_uuids, is_throttled, load_nvml,
+                   mixed_order_warning, read_reasons, read_sm_clock, read_temperature,
+                   resolve_devices)
 
 FLUSH_EVERY_S = 1.0
 FLUSH_EVERY_ROWS = 50
@@ -74,266 +43,17 @@ SUMMARY_UNITS = {
 }
 
 
-class TelemetryUnavailable(Exception):
-    """NVML or the GPUs cannot be read; the message is the reason shown to the user."""
-
-
-def is_throttled(reasons: int | None) -> bool | None:
-    if reasons is None:
-        return None
-    return bool(int(reasons) & THROTTLE_MASK)
-
-
-def is_slowdown(reasons: int | None) -> bool:
-    """Whether clock-event ``reasons`` include a slowdown imposed from outside the kernel."""
-    return bool(reasons) and bool(int(reasons) & SLOWDOWN_MASK)
-
-
-def reason_names(reasons: int | None) -> list[str]:
-    if not reasons:
-        return []
-    return [name for bit, name in REASON_NAMES.items() if int(reasons) & bit]
-
-
 # --------------------------------------------------------------------------------------------
-# NVML access
-
-
-def no_nvidia_driver() -> bool:
-    """True on a Linux machine with no NVIDIA kernel driver (checked without loading NVML)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    return not any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/usr/lib/wsl/lib"))
-
-
-def load_nvml():
-    """Import and initialise pynvml, or raise TelemetryUnavailable with the reason."""
-    if no_nvidia_driver():
-        raise TelemetryUnavailable("no NVIDIA driver on this machine")
-    import warnings
-
-    try:
-        with warnings.catch_warnings():
-            # The old "pynvml" package, installed beside nvidia-ml-py, warns at every import that it
-            # is deprecated; that one warning says nothing about this run.
-            warnings.filterwarnings("ignore", message=r"(?s).*pynvml package is deprecated",
-                                    category=FutureWarning)
-            import pynvml
-    except ImportError:
-        raise TelemetryUnavailable("nvidia-ml-py is not installed") from None
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        raise TelemetryUnavailable(f"NVML did not initialise ({_nvml_text(exc)})") from None
-    return pynvml
-
-
-def _nvml_text(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text or type(exc).__name__
-
-
-@dataclass
-class Device:
-    """One GPU the step can see: ``handle`` reads power/clocks/heat, ``mem_handle`` memory use."""
-
-    index: int  # NVML index of the physical GPU
-    handle: Any
-    mem_handle: Any
-    label: str  # what CUDA_VISIBLE_DEVICES said, or the index
-
-
-def _call(fn, *args):
-    """An NVML reading, or None when this GPU or driver does not support it."""
-    try:
-        return fn(*args)
-    except Exception:
-        return None
-
-
-def read_sm_clock(nvml, handle) -> float | None:
-    """The SM clock in MHz, or None."""
-    sm = _call(nvml.nvmlDeviceGetClockInfo, handle, nvml.NVML_CLOCK_SM)
-    return None if sm is None else float(sm)
-
-
-def read_temperature(nvml, handle) -> float | None:
-    """The GPU temperature in C, or None."""
-    temp = _call(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU)
-    return None if temp is None else float(temp)
-
-
-def read_reasons(nvml, handle) -> int | None:
-    """The clock-event (throttle) reasons bit mask, under either of NVML's names for it, or None."""
-    fn = (getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
-          or getattr(nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
-    reasons = _call(fn, handle) if fn else None
-    return None if reasons is None else int(reasons)
-
-
-def _uuid(nvml, handle) -> str:
-    value = _call(nvml.nvmlDeviceGetUUID, handle) or ""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _parent(nvml, handle):
-    """The physical GPU of a MIG device handle; the handle itself otherwise."""
-    is_mig = getattr(nvml, "nvmlDeviceIsMigDeviceHandle", None)
-    get_parent = getattr(nvml, "nvmlDeviceGetDeviceHandleFromMigDeviceHandle", None)
-    if is_mig and get_parent and _call(is_mig, handle):
-        parent = _call(get_parent, handle)
-        if parent is not None:
-            return parent
-    return handle
-
-
-def parse_visible_devices(text: str | None) -> list[str] | None:
-    """``CUDA_VISIBLE_DEVICES`` as a list of entries; None when unset (all GPUs)."""
-    if text is None:
-        return None
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _bare_uuid(text) -> str:
-    """A GPU UUID in one form for comparing: lower case, without NVML's ``GPU-`` prefix."""
-    value = str(text).strip().lower()
-    return value[4:] if value.startswith("gpu-") else value
-
-
-def cuda_uuids() -> list[str] | None:
-    """The UUIDs of the GPUs CUDA sees, in CUDA's order (index 0 first), from torch when this process
-    has already initialised CUDA through it; None otherwise (torch is never imported here).
-
-    CUDA numbers GPUs fastest first unless ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, NVML in PCI order, so
-    on a host with two GPU models the same index can name two different GPUs: match by UUID.
-    """
-    torch = sys.modules.get("torch")
-    try:
-        if torch is None or not torch.cuda.is_initialized():
-            return None
-        return [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - an old torch without .uuid, or a broken CUDA
-        return None
-
-
-def devices_by_uuid(nvml, order: list[str]) -> list[Device]:
-    """NVML devices for CUDA's devices, matched by UUID (``order`` as from :func:`cuda_uuids`);
-    each Device's label is its CUDA index. Devices NVML does not know end the list."""
-    count = int(nvml.nvmlDeviceGetCount())
-    physical = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-    uuids = [_uuid(nvml, h) for h in physical]
-    bare = [_bare_uuid(u) for u in uuids]
-    devices = []
-    for cuda_index, wanted in enumerate(order):
-        key = _bare_uuid(wanted)
-        if key in bare:
-            i = bare.index(key)
-            devices.append(Device(i, physical[i], physical[i], str(cuda_index)))
-            continue
-        found = _resolve_entry(nvml, str(wanted).strip(), physical, uuids) if key.startswith("mig-") \
-            else None
-        if found is None:
-            break
-        index, handle, mem_handle = found
-        devices.append(Device(index, handle, mem_handle, str(cuda_index)))
-    return devices
-
-
-def mixed_order_warning(nvml, visible: str | None) -> str | None:
-    """A one-line notice when integer ``CUDA_VISIBLE_DEVICES`` indices may name other GPUs for CUDA
-    than for NVML: GPUs of more than one model and ``CUDA_DEVICE_ORDER`` not ``PCI_BUS_ID``."""
-    if os.environ.get("CUDA_DEVICE_ORDER", "").upper() == "PCI_BUS_ID":
-        return None
-    entries = parse_visible_devices(visible)
-    if entries is not None and not any(e.lstrip("-").isdigit() for e in entries):
-        return None  # UUIDs name the same GPU for both
-    try:
-        count = int(nvml.nvmlDeviceGetCount())
-        names = {str(_call(nvml.nvmlDeviceGetName, nvml.nvmlDeviceGetHandleByIndex(i)))
-                 for i in range(count)}
-    except Exception:  # noqa: BLE001
-        return None
-    if len(names) < 2:
-        return None
-    return ("GPUs of several models here and CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA may number "
-            "them differently from NVML, so telemetry may read another GPU; set "
-            "CUDA_DEVICE_ORDER=PCI_BUS_ID or name GPUs by UUID in CUDA_VISIBLE_DEVICES")
-
-
-def resolve_devices(nvml, visible: str | None = None, *, use_env: bool = True,
-                    cuda_order: list[str] | None = None) -> list[Device]:
-    """The GPUs a CUDA program started now would use, as NVML handles.
-
-    Follows CUDA's reading of ``CUDA_VISIBLE_DEVICES``: integer indices, ``GPU-`` UUIDs or unique
-    UUID prefixes, ``MIG-`` UUIDs; the list ends at the first entry that matches nothing. Integer
-    indices are NVML's (PCI bus) order, which is CUDA's order with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` or
-    on hosts with one GPU model. MIG devices are read through their parent GPU (power, clocks and
-    temperature are per physical GPU) and their own memory use.
-    """
-    if cuda_order is not None:
-        return devices_by_uuid(nvml, cuda_order)
-    if use_env and visible is None:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    count = int(nvml.nvmlDeviceGetCount())
-    physical = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-    uuids = [_uuid(nvml, h) for h in physical]
-    entries = parse_visible_devices(visible)
-    if entries is None:
-        return [Device(i, h, h, str(i)) for i, h in enumerate(physical)]
-
-    devices: list[Device] = []
-    seen: set[tuple[int, str]] = set()
-    for entry in entries:
-        found = _resolve_entry(nvml, entry, physical, uuids)
-        if found is None:
-            break  # CUDA ignores this entry and everything after it
-        index, handle, mem_handle = found
-        key = (index, _uuid(nvml, mem_handle))
-        if key in seen:
-            break  # a repeated device makes CUDA stop as well
-        seen.add(key)
-        devices.append(Device(index, handle, mem_handle, entry))
-    return devices
-
-
-def _resolve_entry(nvml, entry: str, physical: list, uuids: list[str]):
-    if entry.lstrip("-").isdigit():
-        i = int(entry)
-        if 0 <= i < len(physical):
-            return i, physical[i], physical[i]
-        return None
-    if entry.upper().startswith("MIG-"):
-        mig = _call(nvml.nvmlDeviceGetHandleByUUID, entry)
-        if mig is None and entry.upper().startswith("MIG-GPU-"):
-            # Old form MIG-GPU-<uuid>/<gi>/<ci>: read the parent GPU.
-            parent_uuid = entry[4:].split("/")[0]
-            matches = [i for i, u in enumerate(uuids) if u.lower() == parent_uuid.lower()]
-            if len(matches) == 1:
-                i = matches[0]
-                return i, physical[i], physical[i]
-            return None
-        if mig is None:
-            return None
-        parent = _parent(nvml, mig)
-        parent_uuid = _uuid(nvml, parent)
-        index = uuids.index(parent_uuid) if parent_uuid in uuids else 0
-        return index, parent, mig
-    prefix = entry if entry.upper().startswith("GPU-") else f"GPU-{entry}"
-    matches = [i for i, u in enumerate(uuids) if u.lower().startswith(prefix.lower())]
-    if len(matches) != 1:
-        return None
-    i = matches[0]
-    return i, physical[i], physical[i]
-
+# Samples
 
 def read_sample(nvml, device: Device, t_unix_s: float | None = None) -> dict:
     """One telemetry row for one GPU (step_id is added by the sampler). Unsupported fields are None."""
     h = device.handle
-    power_mw = _call(nvml.nvmlDeviceGetPowerUsage, h)
-    energy_mj = _call(nvml.nvmlDeviceGetTotalEnergyConsumption, h)
-    mem = _call(nvml.nvmlDeviceGetClockInfo, h, nvml.NVML_CLOCK_MEM)
-    util = _call(nvml.nvmlDeviceGetUtilizationRates, h)
-    meminfo = _call(nvml.nvmlDeviceGetMemoryInfo, device.mem_handle)
+    power_mw = call(nvml.nvmlDeviceGetPowerUsage, h)
+    energy_mj = call(nvml.nvmlDeviceGetTotalEnergyConsumption, h)
+    mem = call(nvml.nvmlDeviceGetClockInfo, h, nvml.NVML_CLOCK_MEM)
+    util = call(nvml.nvmlDeviceGetUtilizationRates, h)
+    meminfo = call(nvml.nvmlDeviceGetMemoryInfo, device.mem_handle)
     reasons = read_reasons(nvml, h)
     throttled = is_throttled(reasons)
     return {
@@ -581,7 +301,7 @@ class Sampler(TelemetryHandle):
                     self.write_failed = f"summary not recorded ({exc})"
             self._result = result
         except Exception as exc:  # never let telemetry break a step
-            self.notice(f"telemetry stopped: {_nvml_text(exc)}")
+            self.notice(f"telemetry stopped: {first_line(exc)}")
         finally:
             self.cpu_s = time.thread_time() - cpu0
             if self.write_failed:
@@ -592,7 +312,7 @@ class Sampler(TelemetryHandle):
                 except Exception:
                     pass
             if self.owns_nvml:
-                _call(getattr(self.nvml, "nvmlShutdown", lambda: None))
+                call(getattr(self.nvml, "nvmlShutdown", lambda: None))
             self._done.set()
 
     def _flush(self, db, rows: list[dict]) -> None:
@@ -603,7 +323,7 @@ class Sampler(TelemetryHandle):
                 db["telemetry_samples"].insert_all(rows)
             self.written += len(rows)
         except Exception as exc:
-            self.write_failed = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.write_failed = first_line(exc)
 
 
 def _telemetry_disabled() -> str | None:
@@ -636,27 +356,27 @@ def start_telemetry(db, step_id: str, *, interval_s: float = 0.1,
             try:
                 nvml.nvmlInit()
             except Exception as exc:
-                raise TelemetryUnavailable(f"NVML did not initialise ({_nvml_text(exc)})") from None
+                raise NvmlUnavailable(f"NVML did not initialise ({first_line(exc)})") from None
         try:
             order = cuda_uuids()
             devices = resolve_devices(nvml, visible, cuda_order=order)
             warning = None if order is not None else mixed_order_warning(
                 nvml, visible if visible is not None else os.environ.get("CUDA_VISIBLE_DEVICES"))
         except Exception as exc:
-            _call(getattr(nvml, "nvmlShutdown", lambda: None))
-            raise TelemetryUnavailable(f"cannot list GPUs ({_nvml_text(exc)})") from None
+            call(getattr(nvml, "nvmlShutdown", lambda: None))
+            raise NvmlUnavailable(f"cannot list GPUs ({first_line(exc)})") from None
         if warning:
             notice(f"telemetry: {warning}")
         if not devices:
-            _call(getattr(nvml, "nvmlShutdown", lambda: None))
-            raise TelemetryUnavailable("no GPU visible to this step")
-    except TelemetryUnavailable as exc:
+            call(getattr(nvml, "nvmlShutdown", lambda: None))
+            raise NvmlUnavailable("no GPU visible to this step")
+    except NvmlUnavailable as exc:
         notice(f"telemetry off: {exc}")
         return _Off(str(exc))
     db_path = getattr(db, "path", None)
     if db_path is None:
         notice("telemetry off: the database has no file path")
-        _call(getattr(nvml, "nvmlShutdown", lambda: None))
+        call(getattr(nvml, "nvmlShutdown", lambda: None))
         return _Off("database has no path")
     return Sampler(nvml=nvml, devices=devices, db_path=db_path, step_id=step_id,
                    interval_s=interval_s, notice=notice, clock=clock).start()

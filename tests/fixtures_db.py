@@ -170,26 +170,11 @@ def _telemetry_summary(db, step_id, mean, peak, energy, temp, clk_min, clk_max, 
         _metric(db, step_id, key, value, unit, "telemetry")
 
 
-def ensure_contract_tables(db) -> None:
-    """The correctness and bench tables come from their owners' migrations in MIGRATIONS.
-
-    While a migration is not registered yet, its owner's migration function creates the table here.
-    """
-    import importlib
-
-    for table, target in (("correctness_results", "sessionkit.kernels.correctness:m003_correctness"),
-                          ("bench_results", "sessionkit.bench.schema:m004_bench")):
-        if not db[table].exists():
-            module, func = target.split(":")
-            getattr(importlib.import_module(module), func)(db)
-
-
 _TEMPLATE: dict[str, str] = {}
 
 
 def _build(path):
     db = open_db(path, create=True)
-    ensure_contract_tables(db)
     with db.conn:
         _session_1(db)
         _session_2(db)

@@ -54,7 +54,7 @@ def test_wrong_kernel_gets_no_speed():
 
 
 def test_slowed_samples_are_left_out_and_power_capped_ones_kept():
-    from sessionkit.telemetry import REASON_HW_SLOWDOWN, REASON_SW_POWER_CAP, REASON_SW_THERMAL
+    from sessionkit.nvml import REASON_HW_SLOWDOWN, REASON_SW_POWER_CAP, REASON_SW_THERMAL
 
     samples = [1.0] * 10 + [2.0] * 4
     # heat: the four slow samples are left out; the power cap: they stay in, counted

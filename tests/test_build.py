@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from sessionkit.kernels import build
 from sessionkit.kernels.ptxas import first_compile_error, parse_ptxas
+from sessionkit.steps.build import BuildStep
 
 # Captured from a ninja build of csrc/ with nvcc 13.0 (-Xptxas=-v), trimmed to two kernels, plus a
 # made-up third kernel with static smem and spills to cover those fields.
@@ -158,14 +159,14 @@ def test_step_skips_without_cuda(make_context, monkeypatch):
         raise build.NoCudaError("no CUDA GPU is visible to torch")
 
     monkeypatch.setattr(build, "_torch_cuda", no_cuda)
-    result = build.BuildStep().run(make_context(name="build"))
+    result = BuildStep().run(make_context(name="build"))
     assert result.status == "skipped"
     assert "no CUDA GPU" in result.message
 
 
 def test_step_skips_when_torch_missing(make_context, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
-    result = build.BuildStep().run(make_context(name="build"))
+    result = BuildStep().run(make_context(name="build"))
     assert result.status == "skipped"
     assert "torch is not installed" in result.message
 
@@ -181,7 +182,7 @@ def test_step_fails_with_first_error_and_log(make_context, monkeypatch, tmp_path
     monkeypatch.setattr(build, "_torch_cuda", lambda: None)
     monkeypatch.setattr(build, "build_extension", broken)
     context = make_context(name="build")
-    result = build.BuildStep().run(context)
+    result = BuildStep().run(context)
     assert result.status == "failed"
     assert result.message == "/src/csrc/flash_fwd_kernel.cuh:7: expected a \";\""
     rows = list(db.query("SELECT path, kind FROM artifacts WHERE step_id = ?", [context.step_id]))

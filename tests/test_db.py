@@ -1,4 +1,4 @@
-"""The store: exact schema from blank, connection settings, location rules and DB errors."""
+"""The store: exact schema from blank (every table, view, index and trigger), connection settings, location rules and DB errors."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import sqlite3
 
 import pytest
 
-from sessionkit.db import MIGRATIONS, applied_migrations, find_db, open_db, resolve_db_path
+from sessionkit.db import applied_migrations, find_db, open_db, resolve_db_path
 from sessionkit.errors import DatabaseError, NoDatabaseError
+from sessionkit.schema import migration_names
 
-CORE_COLUMNS = {
+# Every table a new database has, with its columns in order.
+SCHEMA_COLUMNS = {
     "sessions": ["id", "number", "name", "objective", "status", "outcome", "started_at", "ended_at",
                  "budget_s", "gpu_rate_usd_per_h", "ai_rate_usd_per_h", "plan", "step_budgets", "host",
                  "cwd", "git_commit", "origin_number", "imported_from", "imported_at"],
@@ -27,26 +29,81 @@ CORE_COLUMNS = {
                           "sm_clock_mhz", "mem_clock_mhz", "temp_c", "gpu_util_pct", "mem_used_mib",
                           "throttle_reasons", "throttled"],
     "patterns_applied": ["id", "session_id", "pattern_id", "note", "applied_at"],
+    "correctness_results": ["id", "step_id", "idx", "dtype", "batch_size", "num_heads", "seq_len_q",
+                            "seq_len_k", "head_dim", "causal", "layout", "seed", "max_err", "bound",
+                            "lse_err", "passed", "worst_index", "worst_out", "worst_ref", "failure",
+                            "sdpa_err", "scale", "lse_worst_index", "num_heads_k", "causal_alignment"],
+    "bench_results": ["id", "step_id", "impl", "dtype", "batch_size", "num_heads", "seq_len_q",
+                      "seq_len_k", "head_dim", "causal", "latency_ms", "iqr_ms", "samples", "tflops",
+                      "pct_peak", "memory_mb", "throttled_samples", "speedup_vs_sdpa", "speedup_vs_best",
+                      "status", "note", "launches_per_sample", "max_abs_err", "stop_reason", "passes",
+                      "pass_spread_pct", "sm_clock_mhz", "num_heads_k", "causal_alignment"],
+    "bench_samples": ["id", "result_id", "idx", "latency_ms", "throttled", "pass", "sm_clock_mhz",
+                      "clock_reasons"],
+    "_step_rollups": ["step_id", "session_id", "seq", "name", "status", "bench_configs", "bench_best",
+                      "bench_geomean", "correctness_configs", "correctness_passed",
+                      "correctness_worst_ratio"],
+    "_session_rollups": ["session_id", "steps", "passed", "failed", "interrupted", "bench_step_id",
+                         "bench_configs", "bench_best", "bench_geomean", "correctness_status",
+                         "correctness_configs", "correctness_passed", "correctness_worst_ratio"],
+    "_step_rollups_dirty": ["step_id"],
+    "_step_rollups_mark": ["id", "steps_rowid"],
+    "_sqlite_migrations": ["id", "migration_set", "name", "applied_at"],  # sqlite-utils' own
 }
+SCHEMA_VIEWS = {"step_overview", "metric_overview"}
+SCHEMA_INDEXES = {
+    "idx__sqlite_migrations_migration_set_name", "idx_artifacts_step", "idx_bench_results_ours",
+    "idx_bench_results_step", "idx_bench_samples_result", "idx_correctness_bounds",
+    "idx_correctness_step", "idx_env_session", "idx_metrics_step", "idx_patterns_session",
+    "idx_sessions_host", "idx_sessions_number", "idx_step_rollups_session", "idx_steps_name_status",
+    "idx_steps_session", "idx_steps_session_status", "idx_steps_status", "idx_telemetry_step",
+}
+SCHEMA_TRIGGERS = {f"{table}_rollup_{event}" for table in ("bench_results", "correctness_results")
+                   for event in ("insert", "update", "delete")} | {"steps_rollup_update",
+                                                                   "steps_rollup_delete"}
 
 
-def test_migrate_from_blank_gives_exact_core_schema(tmp_path):
+def test_migrate_from_blank_gives_exact_schema(tmp_path):
     db = open_db(tmp_path / "new.db", create=True)
-    for table, columns in CORE_COLUMNS.items():
+    assert set(db.table_names()) == set(SCHEMA_COLUMNS)
+    for table, columns in SCHEMA_COLUMNS.items():
         assert [c.name for c in db[table].columns] == columns, table
-    assert {"step_overview", "metric_overview"} <= set(db.view_names())
-    assert applied_migrations(db) == [name for name, _ in MIGRATIONS]
+    assert set(db.view_names()) == SCHEMA_VIEWS
+
+    def names(kind):
+        return {row[0] for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = ? AND name NOT LIKE 'sqlite_%'", [kind])}
+
+    assert names("index") == SCHEMA_INDEXES
+    assert names("trigger") == SCHEMA_TRIGGERS
+    assert applied_migrations(db) == migration_names()
     # foreign keys are declared, so Datasette can link rows
     assert {fk.other_table for fk in db["steps"].foreign_keys} == {"sessions"}
     assert {fk.other_table for fk in db["metrics"].foreign_keys} == {"steps"}
+    assert {fk.other_table for fk in db["bench_samples"].foreign_keys} == {"bench_results"}
+    assert {fk.other_table for fk in db["correctness_results"].foreign_keys} == {"steps"}
 
 
 def test_migrations_are_named_ordered_and_unique():
-    names = [name for name, _ in MIGRATIONS]
+    names = migration_names()
     assert names[0] == "m001_core"
     assert len(names) == len(set(names))
     numbers = [int(name[1:4]) for name in names]
-    assert len(numbers) == len(set(numbers))
+    assert numbers == sorted(set(numbers))  # applied in the order of their numbers
+    assert 2 not in numbers  # m002 never existed; the gap is documented in sessionkit.schema
+
+
+def test_every_migration_function_is_registered():
+    """A migration written without ``@migration`` would never be applied."""
+    import inspect
+    import re
+
+    from sessionkit import schema
+
+    defined = [name for name, fn in inspect.getmembers(schema, inspect.isfunction)
+               if re.fullmatch(r"m\d{3}_\w+", name) and fn.__module__ == schema.__name__]
+    assert sorted(defined) == sorted(migration_names())
+    assert schema.MIGRATIONS == [getattr(schema, name) for name in migration_names()]
 
 
 def test_connection_settings(tmp_path):
@@ -64,7 +121,7 @@ def test_reopen_is_idempotent(tmp_path):
         {"id": "a", "number": 1, "name": "n", "started_at": "2026-01-01T00:00:00+00:00"})
     again = open_db(path)
     assert again["sessions"].count == 1
-    assert applied_migrations(again) == [name for name, _ in MIGRATIONS]
+    assert applied_migrations(again) == migration_names()
 
 
 def test_location_explicit_then_env_then_upward(tmp_path, monkeypatch):

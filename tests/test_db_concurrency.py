@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from sessionkit.db import MIGRATIONS, open_db
+from sessionkit.db import open_db
+from sessionkit.schema import migration_names
 
 PROCS = 8
 ROUNDS = 20
@@ -85,7 +86,7 @@ def test_processes_opening_one_database_at_once(tmp_path, start_from):
         db = open_db(path)
         applied = [r[0] for r in db.execute(
             "SELECT name FROM _sqlite_migrations ORDER BY id").fetchall()]
-        assert applied == [name for name, _ in MIGRATIONS]
+        assert applied == migration_names()
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         db.conn.close()
     assert failures == [], f"{len(failures)}/{PROCS * ROUNDS} opens failed: {failures[:5]}"
@@ -93,15 +94,15 @@ def test_processes_opening_one_database_at_once(tmp_path, start_from):
 
 def _make_older(path):
     """A database as the release before this one left it: every migration but the last."""
-    import sessionkit.db as dbmod
+    from sessionkit.schema import MIGRATIONS
 
-    saved = list(dbmod.MIGRATIONS)
-    dbmod.MIGRATIONS[:] = saved[:-1]
+    saved = list(MIGRATIONS)
+    MIGRATIONS[:] = saved[:-1]
     try:
         db = open_db(path, create=True)
         db.conn.close()
     finally:
-        dbmod.MIGRATIONS[:] = saved
+        MIGRATIONS[:] = saved
 
 
 def test_start_force_from_several_processes_numbers_every_session(tmp_path):

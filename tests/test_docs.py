@@ -1,4 +1,5 @@
-"""README.md documents every command and every registered step, and its test command is CI's."""
+"""README.md documents every command and every registered step, every command has help, and the
+README's test command is CI's."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from sessionkit.cli import cli
 from sessionkit.steps import REGISTRY
@@ -14,21 +16,26 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-def all_commands(group: click.Group, prefix: str = "sessionkit"):
+def command_objects(group: click.Group, path: tuple[str, ...] = ("sessionkit",)):
+    """(command path, click command) for every command and subcommand, groups included."""
     ctx = click.Context(group)
     for name in group.list_commands(ctx):
         command = group.get_command(ctx, name)
-        yield f"{prefix} {name}"
+        yield " ".join((*path, name)), command
         if isinstance(command, click.Group):
-            yield from all_commands(command, f"{prefix} {name}")
+            yield from command_objects(command, (*path, name))
 
 
-@pytest.mark.parametrize("command", sorted(set(all_commands(cli))))
+COMMANDS = dict(command_objects(cli))
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_is_in_the_readme(command):
     parts = command.split()
-    if len(parts) == 3 and parts[1] in ("pattern", "env"):
-        # grouped forms are written "sessionkit pattern list|show ID|apply ID"
-        assert f"sessionkit {parts[1]}" in README and parts[2] in README, command
+    if len(parts) == 3 and parts[1] == "pattern":
+        # the group's subcommands share one row: "sessionkit pattern list|show ID|apply ID"
+        row = next(line for line in README.splitlines() if "`sessionkit pattern list" in line)
+        assert parts[2] in row.split("`")[1], command
     else:
         assert f"`{command}" in README, f"{command} is not documented in README.md"
 
@@ -43,3 +50,43 @@ def test_ci_runs_the_readme_test_command():
     test_command = "python3 -m pytest -q"
     assert f"&& {test_command}\n" in README
     assert ci.rstrip().splitlines()[-1] == test_command
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help(command):
+    """Each command says what it does in ``--help``: a summary line and a non-empty help text."""
+    obj = COMMANDS[command]
+    assert (obj.help or "").strip(), f"{command} has no help text"
+    assert obj.get_short_help_str(limit=80).strip(), f"{command} has no summary line"
+    args = command.split()[1:] + ["--help"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert obj.get_short_help_str(limit=300).split()[0] in result.output
+
+
+def test_architecture_page_is_current():
+    """docs/architecture.md's command list and table list are what the code has."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "architecture_doc.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_architecture_page_names_paths_that_exist():
+    """Every path the page names (a `...` span with a slash) exists, and the five questions a
+    newcomer asks are answered there."""
+    import re
+
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    # paths from the repository root, or (in the layer table) from the sessionkit package;
+    # .sessionkit/sessions.db is where a database is made at run time; hello.py is the example step
+    paths = {p for p in re.findall(r"`([\w./-]+/[\w./-]*)`", page)
+             if not p.startswith(".sessionkit/") and p != "sessionkit/steps/hello.py"}
+    assert len(paths) > 15
+    missing = sorted(p for p in paths if not ((ROOT / p).exists() or (ROOT / "sessionkit" / p).exists()))
+    assert missing == []
+    for question in ("A session is stored", "A step is defined", "The kernel lives",
+                     "A report is rendered", "An SDPA backend is added"):
+        assert f"**{question}**" in page

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import warnings
 
-from sessionkit import telemetry
+from sessionkit import nvml as nvml_reader
 
 L4 = "GPU-1111aaaa-0000-0000-0000-000000000001"
 H100 = "GPU-2222bbbb-0000-0000-0000-000000000002"
@@ -43,7 +43,7 @@ class TwoModelNVML:
 def test_cuda_index_0_on_a_mixed_host_reads_the_gpu_cuda_uses():
     # CUDA orders fastest first: its device 0 is the H100 (torch reports the UUID without "GPU-").
     cuda_order = [H100[4:], L4[4:]]
-    devices = telemetry.resolve_devices(TwoModelNVML(), "0", cuda_order=cuda_order)
+    devices = nvml_reader.resolve_devices(TwoModelNVML(), "0", cuda_order=cuda_order)
     assert [d.index for d in devices] == [1, 0]
     assert devices[0].handle == ("gpu", 1) and devices[0].label == "0"
 
@@ -51,8 +51,8 @@ def test_cuda_index_0_on_a_mixed_host_reads_the_gpu_cuda_uses():
 def test_bench_probe_reads_the_gpu_of_the_torch_device(monkeypatch):
     from sessionkit.bench.timing import Probe
 
-    monkeypatch.setattr(telemetry, "load_nvml", lambda: TwoModelNVML())
-    monkeypatch.setattr(telemetry, "cuda_uuids", lambda: [H100, L4])
+    monkeypatch.setattr(nvml_reader, "load_nvml", lambda: TwoModelNVML())
+    monkeypatch.setattr(nvml_reader, "cuda_uuids", lambda: [H100, L4])
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     probe = Probe.for_torch_device(0)
     assert probe.device.handle == ("gpu", 1)  # the H100, not NVML's index 0
@@ -60,10 +60,10 @@ def test_bench_probe_reads_the_gpu_of_the_torch_device(monkeypatch):
 
 def test_mixed_models_without_pci_order_are_named_when_cuda_order_is_unknown(monkeypatch):
     monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
-    assert "CUDA_DEVICE_ORDER" in telemetry.mixed_order_warning(TwoModelNVML(), "0")
-    assert telemetry.mixed_order_warning(TwoModelNVML(), H100) is None
+    assert "CUDA_DEVICE_ORDER" in nvml_reader.mixed_order_warning(TwoModelNVML(), "0")
+    assert nvml_reader.mixed_order_warning(TwoModelNVML(), H100) is None
     monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-    assert telemetry.mixed_order_warning(TwoModelNVML(), "0") is None
+    assert nvml_reader.mixed_order_warning(TwoModelNVML(), "0") is None
 
 
 FAKE_PYNVML = '''
@@ -81,9 +81,9 @@ def test_only_the_deprecated_pynvml_warning_is_silenced(tmp_path, monkeypatch):
     (tmp_path / "pynvml.py").write_text(FAKE_PYNVML)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "pynvml", raising=False)
-    monkeypatch.setattr(telemetry, "no_nvidia_driver", lambda: False)
+    monkeypatch.setattr(nvml_reader, "no_nvidia_driver", lambda: False)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        nvml = telemetry.load_nvml()
+        nvml = nvml_reader.load_nvml()
     assert nvml.__file__ == str(tmp_path / "pynvml.py")
     assert [str(w.message) for w in seen] == ["another warning that must still be seen"]

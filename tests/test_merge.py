@@ -3,7 +3,6 @@ migration levels; history, report and compare on the merged sessions."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import sqlite3
 from pathlib import Path
@@ -14,7 +13,8 @@ from hypothesis import strategies as st
 
 from fixtures_db import _bench, build_fixture_db, sid
 from sessionkit.cli import cli
-from sessionkit.db import MIGRATIONS, open_db
+from sessionkit.db import open_db
+from sessionkit.schema import MIGRATIONS
 from sessionkit.merge import merge_database
 from sessionkit.runner import run_step
 from sessionkit.sessions import end_session, start_session
@@ -155,10 +155,9 @@ def _old_database(path: Path, upto: str):
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite_utils.Database(path)
     migrations = Migrations("sessionkit")
-    for name, target in MIGRATIONS:
-        module, func = target.split(":")
-        migrations(name=name)(getattr(importlib.import_module(module), func))
-        if name == upto:
+    for fn in MIGRATIONS:
+        migrations(name=fn.__name__)(fn)
+        if fn.__name__ == upto:
             break
     migrations.apply(db)
     sess, step = "11111111-0000-4000-8000-000000000001", "11111111-0000-4000-9000-000000000001"

@@ -19,7 +19,7 @@ from sessionkit.cli import cli
 from sessionkit.db import open_db
 from sessionkit.preflight import (Check, NvmlUnavailable, PreflightStep, Probe, format_report,
                                   parse_compiler_version, run_checks)
-from sessionkit.telemetry import REASON_GPU_IDLE, REASON_HW_SLOWDOWN, REASON_SW_THERMAL
+from sessionkit.nvml import REASON_GPU_IDLE, REASON_HW_SLOWDOWN, REASON_SW_THERMAL
 from sessionkit.toolchain import Found
 
 CUDA13 = "/opt/fake/cuda-13.0"

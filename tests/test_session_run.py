@@ -165,10 +165,6 @@ def test_default_report_path_is_beside_the_database(db, capsys):
 def test_outcome_quotes_measured_bench_figures(db, tmp_path):
     class Bench(Fake):
         def run(self, context):
-            from sessionkit.bench.schema import m004_bench
-
-            if not context.db["bench_results"].exists():
-                m004_bench(context.db)
             for sq, ms in ((1024, 0.5), (4096, 2.0)):
                 context.db["bench_results"].insert({
                     "step_id": context.step_id, "impl": "ours", "dtype": "bf16", "batch_size": 1,

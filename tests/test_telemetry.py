@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sessionkit import nvml as nvml_reader
 from sessionkit import telemetry
 from sessionkit.db import open_db
 from sessionkit.timefmt import now_iso
@@ -149,7 +150,7 @@ def test_disabled_by_environment(tdb, monkeypatch):
 
 def test_sampler_writes_rows_and_summary_metrics(tdb):
     db, step_id = tdb
-    fake = FakeNVML(gpus=2, reasons=telemetry.REASON_SW_POWER_CAP)
+    fake = FakeNVML(gpus=2, reasons=nvml_reader.REASON_SW_POWER_CAP)
     notes = []
     ticks = iter(range(10_000))
     handle = telemetry.start_telemetry(db, step_id, nvml=fake, interval_s=0.005, visible="1,0",
@@ -232,22 +233,22 @@ def test_write_failure_is_a_notice_not_a_crash(tdb):
 
 def test_resolve_devices_indices_uuids_and_mig():
     fake = FakeNVML(gpus=3, mig={"MIG-1234abcd-0000-1111-2222-333344445555": 2})
-    assert [d.index for d in telemetry.resolve_devices(fake, None, use_env=False)] == [0, 1, 2]
-    assert [d.index for d in telemetry.resolve_devices(fake, "2, 0")] == [2, 0]
+    assert [d.index for d in nvml_reader.resolve_devices(fake, None, use_env=False)] == [0, 1, 2]
+    assert [d.index for d in nvml_reader.resolve_devices(fake, "2, 0")] == [2, 0]
     # a unique UUID prefix, with or without "GPU-"
-    assert [d.index for d in telemetry.resolve_devices(fake, "GPU-00000001")] == [1]
+    assert [d.index for d in nvml_reader.resolve_devices(fake, "GPU-00000001")] == [1]
     # CUDA stops at the first entry that matches nothing
-    assert [d.index for d in telemetry.resolve_devices(fake, "1,7,0")] == [1]
-    assert telemetry.resolve_devices(fake, "-1") == []
+    assert [d.index for d in nvml_reader.resolve_devices(fake, "1,7,0")] == [1]
+    assert nvml_reader.resolve_devices(fake, "-1") == []
     # an ambiguous prefix matches nothing
-    assert telemetry.resolve_devices(fake, "GPU-0000") == []
-    mig = telemetry.resolve_devices(fake, "MIG-1234abcd-0000-1111-2222-333344445555")
+    assert nvml_reader.resolve_devices(fake, "GPU-0000") == []
+    mig = nvml_reader.resolve_devices(fake, "MIG-1234abcd-0000-1111-2222-333344445555")
     assert [d.index for d in mig] == [2]
     assert mig[0].handle == ("gpu", 2) and mig[0].mem_handle[0] == "mig"
     row = telemetry.read_sample(fake, mig[0], 1.0)
     assert row["mem_used_mib"] == 512 and row["power_w"] == 302.0
     # old MIG form names the parent GPU
-    assert [d.index for d in telemetry.resolve_devices(fake, f"MIG-{fake.uuids[1]}/1/0")] == [1]
+    assert [d.index for d in nvml_reader.resolve_devices(fake, f"MIG-{fake.uuids[1]}/1/0")] == [1]
 
 
 class OldFakeNVML(FakeNVML):
@@ -258,20 +259,20 @@ class OldFakeNVML(FakeNVML):
 
 def test_unsupported_fields_are_none():
     fake = OldFakeNVML(energy=False)
-    row = telemetry.read_sample(fake, telemetry.resolve_devices(fake, "0")[0], 5.0)
+    row = telemetry.read_sample(fake, nvml_reader.resolve_devices(fake, "0")[0], 5.0)
     assert row["energy_mj"] is None and row["throttled"] is None and row["power_w"] == 300.0
     assert row["sm_clock_mhz"] == 1980 and row["gpu_util_pct"] == 97
 
 
 def test_throttle_mask():
-    assert telemetry.is_throttled(telemetry.REASON_GPU_IDLE | telemetry.REASON_APP_CLOCKS) is False
-    assert telemetry.is_throttled(telemetry.REASON_SYNC_BOOST) is False
-    for bit in (telemetry.REASON_HW_SLOWDOWN, telemetry.REASON_HW_THERMAL,
-                telemetry.REASON_HW_POWER_BRAKE, telemetry.REASON_SW_THERMAL,
-                telemetry.REASON_SW_POWER_CAP):
-        assert telemetry.is_throttled(bit | telemetry.REASON_GPU_IDLE) is True
-    assert telemetry.is_throttled(None) is None
-    assert telemetry.reason_names(0x5) == ["idle", "sw_power_cap"]
+    assert nvml_reader.is_throttled(nvml_reader.REASON_GPU_IDLE | nvml_reader.REASON_APP_CLOCKS) is False
+    assert nvml_reader.is_throttled(nvml_reader.REASON_SYNC_BOOST) is False
+    for bit in (nvml_reader.REASON_HW_SLOWDOWN, nvml_reader.REASON_HW_THERMAL,
+                nvml_reader.REASON_HW_POWER_BRAKE, nvml_reader.REASON_SW_THERMAL,
+                nvml_reader.REASON_SW_POWER_CAP):
+        assert nvml_reader.is_throttled(bit | nvml_reader.REASON_GPU_IDLE) is True
+    assert nvml_reader.is_throttled(None) is None
+    assert nvml_reader.reason_names(0x5) == ["idle", "sw_power_cap"]
 
 
 def _s(t, p=None, e=None, gpu=0, temp=None, sm=None, thr=None):
@@ -327,20 +328,18 @@ def test_summary_properties(readings):
 def test_no_driver_is_detected_without_loading_nvml(monkeypatch):
     import sys
 
-    from sessionkit import telemetry
-
     monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.setattr(telemetry.os.path, "exists", lambda path: False)
-    assert telemetry.no_nvidia_driver()
-    with pytest.raises(telemetry.TelemetryUnavailable, match="no NVIDIA driver on this machine"):
-        telemetry.load_nvml()
-    monkeypatch.setattr(telemetry.os.path, "exists", lambda path: path == "/dev/nvidiactl")
-    assert not telemetry.no_nvidia_driver()
+    monkeypatch.setattr(nvml_reader.os.path, "exists", lambda path: False)
+    assert nvml_reader.no_nvidia_driver()
+    with pytest.raises(nvml_reader.NvmlUnavailable, match="no NVIDIA driver on this machine"):
+        nvml_reader.load_nvml()
+    monkeypatch.setattr(nvml_reader.os.path, "exists", lambda path: path == "/dev/nvidiactl")
+    assert not nvml_reader.no_nvidia_driver()
 
 
 def test_bench_probe_reads_through_the_same_nvml_readers():
     from sessionkit.bench.timing import Probe
-    from sessionkit.telemetry import REASON_SW_POWER_CAP, resolve_devices
+    from sessionkit.nvml import REASON_SW_POWER_CAP, resolve_devices
 
     nvml = FakeNVML(gpus=2, reasons=REASON_SW_POWER_CAP)
     probe = Probe(nvml, resolve_devices(nvml, use_env=False)[1])

@@ -20,11 +20,11 @@ import click
 
 from ..errors import UsageError
 from ..paramtypes import FilePath
+from ..schema import IMPLS
 from ..steps import Step, StepContext, StepResult
 from .flops import tflops as to_tflops
 from .grids import BenchConfig, select_configs
 from .passes import ResultStore, measure_grid
-from .schema import IMPLS
 from .stats import StopRule, geomean
 
 DEFAULT_TIME_LIMIT_S = 150.0

@@ -28,7 +28,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .. import telemetry
+from .. import nvml as nvml_reader
+from ..errors import first_line
 from .grids import BenchConfig
 from .stats import StopRule, iqr, median, usable_samples
 
@@ -59,11 +60,11 @@ def input_sets_for(set_bytes: int, launches: int, *, cap: int = INPUT_MEMORY_CAP
 
 def slowdown_flags(throttled: list[bool], reasons: list[int | None] | None = None) -> list[bool]:
     """Per sample, whether it was taken under a slowdown imposed from outside the kernel
-    (:data:`~sessionkit.telemetry.SLOWDOWN_MASK`). A sample without recorded reasons (rows
+    (:data:`~sessionkit.nvml.SLOWDOWN_MASK`). A sample without recorded reasons (rows
     stored before reasons were kept) falls back to its throttled flag."""
     reasons = list(reasons or [])
     reasons += [None] * (len(throttled) - len(reasons))
-    return [telemetry.is_slowdown(r) if r is not None else bool(t)
+    return [nvml_reader.is_slowdown(r) if r is not None else bool(t)
             for t, r in zip(throttled, reasons)]
 
 
@@ -71,7 +72,7 @@ def summarize_samples(samples: list[float], throttled: list[bool],
                       reasons: list[int | None] | None = None, *, min_clean: int = 5) -> dict:
     """Median and IQR over the samples not taken under an outside slowdown (when enough are
     left: :func:`~sessionkit.bench.stats.usable_samples`). Samples at the power cap count as
-    throttled but stay in the median: see :data:`~sessionkit.telemetry.SLOWDOWN_MASK`."""
+    throttled but stay in the median: see :data:`~sessionkit.nvml.SLOWDOWN_MASK`."""
     flags = slowdown_flags(throttled, reasons)
     used, with_slowed = usable_samples(samples, flags, min_clean=min_clean)
     return {
@@ -100,12 +101,12 @@ class Probe:
     @classmethod
     def for_torch_device(cls, index: int) -> "Probe":
         try:
-            nvml = telemetry.load_nvml()
-        except telemetry.TelemetryUnavailable as exc:
+            nvml = nvml_reader.load_nvml()
+        except nvml_reader.NvmlUnavailable as exc:
             return cls(reason=str(exc))
         try:
             # Matched by UUID: CUDA's index `index` need not be NVML's (mixed GPU models).
-            devices = telemetry.resolve_devices(nvml, cuda_order=telemetry.cuda_uuids())
+            devices = nvml_reader.resolve_devices(nvml, cuda_order=nvml_reader.cuda_uuids())
         except Exception as exc:
             return cls(reason=f"cannot list GPUs ({exc})")
         if index >= len(devices):
@@ -118,13 +119,13 @@ class Probe:
         return self.device is not None
 
     def sm_clock(self) -> float | None:
-        return telemetry.read_sm_clock(self.nvml, self.device.handle) if self.available else None
+        return nvml_reader.read_sm_clock(self.nvml, self.device.handle) if self.available else None
 
     def reasons(self) -> int | None:
-        return telemetry.read_reasons(self.nvml, self.device.handle) if self.available else None
+        return nvml_reader.read_reasons(self.nvml, self.device.handle) if self.available else None
 
     def temperature(self) -> float | None:
-        return telemetry.read_temperature(self.nvml, self.device.handle) if self.available else None
+        return nvml_reader.read_temperature(self.nvml, self.device.handle) if self.available else None
 
     def close(self) -> None:
         if self.nvml is not None:
@@ -193,7 +194,7 @@ def ours_impl(torch, config: BenchConfig) -> tuple[Impl | None, str | None]:
         fn = getattr(kernels, "flash_attention", None)
         into = None if fn is not None else getattr(kernels, "flash_attention_into", None)
     except Exception as exc:  # not built yet, or a broken extension
-        return None, f"sessionkit.kernels is not available ({type(exc).__name__}: {error_line(exc)})"
+        return None, f"sessionkit.kernels is not available ({type(exc).__name__}: {first_line(exc, limit=160)})"
     scale = 1.0 / math.sqrt(config.head_dim)
     causal = config.causal
     variant = {"causal_alignment": config.causal_alignment, "enable_gqa": config.gqa}
@@ -216,11 +217,6 @@ def ours_impl(torch, config: BenchConfig) -> tuple[Impl | None, str | None]:
             return out
         return Impl("ours", launch), None
     return None, "sessionkit.kernels has no flash_attention entry point"
-
-
-def error_line(exc: BaseException, limit: int = 160) -> str:
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return text[:limit]
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,7 +382,7 @@ class Timer:
                     out = impl.launch(*sets[0])
                     torch.cuda.synchronize(self.device)
             except RuntimeError as exc:
-                text = error_line(exc)
+                text = first_line(exc, limit=160)
                 run.status = "unsupported" if _looks_unsupported(text) else "error"
                 run.note = text
                 torch.cuda.synchronize(self.device)
@@ -416,7 +412,7 @@ class Timer:
                     self.capture(impl, runs[impl.name], sets)
                 except Exception as exc:  # not capturable: time it eagerly
                     runs[impl.name].graph = None
-                    runs[impl.name].note = f"eager (graph capture failed: {error_line(exc, 80)})"
+                    runs[impl.name].note = f"eager (graph capture failed: {first_line(exc, limit=80)})"
                     torch.cuda.synchronize(self.device)
 
         self._warm(live, runs, sets, warmup_s, warmup_cap_s)
@@ -432,7 +428,7 @@ class Timer:
             self.rest(time.perf_counter() - t0)
             clock = self.probe.sm_clock()
             reasons = None if before is None and after is None else (before or 0) | (after or 0)
-            throttled = bool(telemetry.is_throttled(reasons))
+            throttled = bool(nvml_reader.is_throttled(reasons))
             for run, (start, end) in pending:
                 run.samples.append(start.elapsed_time(end) / run.launches)
                 run.throttled.append(throttled)

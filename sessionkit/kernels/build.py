@@ -1,4 +1,4 @@
-"""Building and loading the FlashAttention kernels, and the ``build`` step.
+"""Building and loading the FlashAttention kernels (the ``build`` step is :mod:`sessionkit.steps.build`).
 
 The kernels in ``csrc/`` are compiled with ``torch.utils.cpp_extension.load`` (ninja, all cores) into
 ``build_cache_root()/<key>/``, where the key hashes the sources, the torch/CUDA/Python versions, the
@@ -24,11 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import click
-
 from .. import toolchain
-from ..errors import SessionkitError
-from ..steps import Step, StepResult
+from ..errors import SessionkitError, first_line
 from ..timefmt import now_iso
 from .ptxas import first_compile_error, parse_ptxas
 
@@ -358,7 +355,7 @@ def build_extension(progress=None, *, nvcc: str | None = None,
             try:
                 torch.ops.load_library(manifest["library"])
             except (OSError, RuntimeError) as exc:
-                raise BuildError(f"cannot load {manifest['library']}: {str(exc).splitlines()[0]}; "
+                raise BuildError(f"cannot load {manifest['library']}: {first_line(exc)}; "
                                  "rebuild with --force") from None
             if not cached:
                 manifest["kernels"] = _kernel_table(Path(manifest["log"]).read_text(errors="replace"),
@@ -397,61 +394,6 @@ class _FolderLock:
         fcntl.flock(self.fh, fcntl.LOCK_UN)
         self.fh.close()
         return False
-
-
-# --------------------------------------------------------------------------------------------
-# The step
-
-class BuildStep(Step):
-    name = "build"
-    description = ("Compile the FlashAttention kernels (cached by sources, toolchain and GPU arch) "
-                   "and record registers, shared memory and spills per kernel.")
-    budget_s = 120.0
-    params = [click.Option(["--force"], is_flag=True, default=False,
-                           help="Rebuild even when a cached build matches.")]
-
-    def run(self, context) -> StepResult:
-        env = context.latest_env()
-        nvcc = ((env.get("toolchain") or {}).get("nvcc")) if env else None
-        try:
-            _torch_cuda()
-        except NoCudaError as exc:
-            return StepResult("skipped", message=str(exc))
-        try:
-            info = build_extension(progress=context.progress, nvcc=nvcc,
-                                   capability=_capability_from_env(env),
-                                   force=bool(context.options.get("force")))
-        except BuildError as exc:
-            if exc.log_path is not None and Path(exc.log_path).is_file():
-                context.artifact(exc.log_path, "log")
-            return StepResult("failed", message=exc.first_error or str(exc),
-                              summary={"log": str(exc.log_path) if exc.log_path else None})
-        if info.log_path and Path(info.log_path).is_file():
-            context.artifact(info.log_path, "log")
-        if not info.cached and info.build_time_s is not None:
-            context.metric("build_time_s", info.build_time_s, unit="s")
-        context.metric("load_time_s", info.load_time_s, unit="s")
-        for name, row in sorted(info.kernels.items()):
-            context.metric("registers", row.get("registers"), unit="count", subject=name)
-            context.metric("smem_bytes", row.get("smem_bytes"), unit="bytes", subject=name)
-            context.metric("spill_store_bytes", row.get("spill_store_bytes"), unit="bytes",
-                           subject=name)
-            context.metric("spill_load_bytes", row.get("spill_load_bytes"), unit="bytes", subject=name)
-        spills = sorted(n for n, r in info.kernels.items()
-                        if (r.get("spill_store_bytes") or 0) + (r.get("spill_load_bytes") or 0) > 0)
-        regs = [r["registers"] for r in info.kernels.values() if r.get("registers") is not None]
-        how = "cached build loaded" if info.cached else f"built in {info.build_time_s:.1f} s"
-        detail = f"{len(info.kernels)} kernels for {info.arch}"
-        if regs:
-            detail += f", {min(regs)}-{max(regs)} registers"
-        if spills:
-            detail += f", SPILLS in {', '.join(spills)}"
-        context.progress.note(f"library {info.library}")
-        summary = {"nvcc_version": info.nvcc_version, "flags": info.flags, "cached": info.cached,
-                   "key": info.key, "library": info.library, "arch": info.arch,
-                   "load_time_s": info.load_time_s, "build_time_s": info.build_time_s}
-        return StepResult("passed", message=f"{how} in {info.load_time_s:.2f} s: {detail}"
-                          if info.cached else f"{how}: {detail}", summary=summary)
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import SessionkitError, UsageError
+from ..errors import SessionkitError, UsageError, first_line
 
 DTYPES = ("fp16", "bf16")
 HEAD_DIMS = (64, 128)
@@ -387,13 +387,6 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.6g}"
 
 
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    text = (str(exc).strip().splitlines() or [""])[0]
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def device_alive(device) -> bool:
     """False when the device can no longer run work (a CUDA error left the context unusable)."""
     import torch
@@ -450,7 +443,7 @@ def check_config(kernel: Kernel, config: Config, device) -> CheckResult:
     except SessionkitError:
         raise
     except Exception as exc:
-        result.failures.append(f"kernel raised {_first_line(exc)}")
+        result.failures.append(f"kernel raised {first_line(exc, limit=200, named=True)}")
         result.context_lost = not device_alive(q.device)
         return result
 

@@ -14,7 +14,7 @@ from typing import Callable
 import click
 
 from ..db import SQLITE_MAX_INT
-from ..errors import SessionkitError, UsageError
+from ..errors import SessionkitError, UsageError, first_line
 from ..steps import Metric, Step, StepContext, StepResult
 
 DEFAULT_CONFIGS = 64
@@ -28,44 +28,6 @@ class KernelUnavailable(SessionkitError):
 
 class NoCuda(Exception):
     """No CUDA device or no CUDA build of torch: the step is skipped with this reason."""
-
-
-def m003_correctness(db) -> None:
-    db.execute(
-        """
-        CREATE TABLE correctness_results (
-            id INTEGER PRIMARY KEY,
-            step_id TEXT NOT NULL REFERENCES steps(id),
-            idx INTEGER NOT NULL,
-            dtype TEXT NOT NULL,
-            batch_size INTEGER NOT NULL,
-            num_heads INTEGER NOT NULL,
-            seq_len_q INTEGER NOT NULL,
-            seq_len_k INTEGER NOT NULL,
-            head_dim INTEGER NOT NULL,
-            causal INTEGER NOT NULL CHECK (causal IN (0, 1)),
-            layout TEXT NOT NULL CHECK (layout IN ('bhsd', 'bshd')),
-            seed INTEGER NOT NULL,
-            max_err REAL,
-            bound REAL,
-            lse_err REAL,
-            passed INTEGER NOT NULL CHECK (passed IN (0, 1)),
-            worst_index TEXT,
-            worst_out REAL,
-            worst_ref REAL,
-            failure TEXT,
-            sdpa_err REAL,
-            scale REAL,
-            lse_worst_index TEXT
-        )"""
-    )
-    db.execute("CREATE INDEX idx_correctness_step ON correctness_results(step_id, idx)")
-
-
-def m006_correctness_variants(db) -> None:
-    """Grouped-query configs keep their key/value head count, causal ones their alignment."""
-    db.execute("ALTER TABLE correctness_results ADD COLUMN num_heads_k INTEGER")
-    db.execute("ALTER TABLE correctness_results ADD COLUMN causal_alignment TEXT")
 
 
 @dataclass
@@ -98,9 +60,8 @@ def load_kernel(progress=None) -> LoadedKernel:
     except SessionkitError:
         raise
     except Exception as exc:  # a missing or broken extension: say so in one line
-        text = (str(exc).strip().splitlines() or [""])[0]
         raise KernelUnavailable(
-            f"cannot load the attention kernel ({type(exc).__name__}: {text}); "
+            f"cannot load the attention kernel ({first_line(exc, named=True)}); "
             "run 'sessionkit step build' to see the build log") from None
 
     def kernel(q, k, v, out, lse, causal, scale, causal_alignment="top_left", enable_gqa=False):

@@ -174,7 +174,7 @@ class Step:
 REGISTRY: dict[str, str] = {
     "run": "sessionkit.steps.command:CommandStep",
     "preflight": "sessionkit.preflight:PreflightStep",
-    "build": "sessionkit.kernels.build:BuildStep",
+    "build": "sessionkit.steps.build:BuildStep",
     "correctness": "sessionkit.kernels.correctness:CorrectnessStep",
     "bench": "sessionkit.bench.step:BenchStep",
     "profile": "sessionkit.profile:ProfileStep",
