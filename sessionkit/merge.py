@@ -37,6 +37,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .db import artifacts_root
 from .errors import DatabaseError, UsageError
 from .timefmt import now_iso
 
@@ -185,7 +186,7 @@ def _artifact_source(path_text: str, source_db: Path, origin_number: int) -> tup
     marker = f"session-{origin_number}"
     parts = recorded.parts
     tail = Path(*parts[parts.index(marker) + 1:]) if marker in parts[:-1] else Path(recorded.name)
-    candidates = [recorded, source_db.resolve().parent / "artifacts" / marker / tail]
+    candidates = [recorded, artifacts_root(source_db) / marker / tail]
     if not recorded.is_absolute():
         candidates.insert(0, source_db.resolve().parent / recorded)
     for candidate in candidates:
@@ -230,7 +231,7 @@ def _merge(db, source, other: Path) -> MergeResult:
     shared_step = [c for c in _columns(source, "steps") if c in local_step_cols]
     counts = [(t, c) for t, fks in plan for c, other_t, _ in fks if other_t == "steps"
               and t not in ("artifacts",)]
-    artifacts_root = Path(db.path).resolve().parent / "artifacts"
+    local_artifacts = artifacts_root(db.path)
 
     order = "ORDER BY started_at, number"
     for srow in _rows(source, f"SELECT * FROM sessions {order}"):
@@ -241,13 +242,13 @@ def _merge(db, source, other: Path) -> MergeResult:
             continue
         step_ids = [r[0] for r in source.execute("SELECT id FROM steps WHERE session_id = ?", [srow["id"]])]
         fingerprint = (shared_session, shared_step, counts)
-        _import_session(db, source, other, srow, brief, step_ids, fingerprint, plan, artifacts_root,
+        _import_session(db, source, other, srow, brief, step_ids, fingerprint, plan, local_artifacts,
                         result)
     return result
 
 
 def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: list, fingerprint,
-                    plan, artifacts_root: Path, result: MergeResult) -> None:
+                    plan, local_artifacts: Path, result: MergeResult) -> None:
     """Copy one session and everything below it in one write transaction, or find it already here
     (unchanged or in conflict). The test for "already here" runs after the write lock is taken, so
     concurrent merges of the same source import each session once. Adds to ``result``."""
@@ -293,7 +294,7 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
                         new[column] = keymap[other_t].get(new[column], new[column])
                 if table == "artifacts":
                     got, reason = _place_artifact(new, other, origin_number,
-                                                  artifacts_root / f"session-{number}")
+                                                  local_artifacts / f"session-{number}")
                     if got is None:
                         missing.append({"session_id": srow["id"], "path": new.get("origin_path"),
                                         "reason": reason})

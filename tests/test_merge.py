@@ -279,3 +279,24 @@ def test_damaged_databases_are_one_line_errors(tmp_path_factory, junk, keep):
     assert out.exit_code in (0, 1, 2), out.output
     if out.exit_code:
         assert out.output.strip().splitlines()[-1].startswith("Error:"), out.output
+
+
+def test_logs_of_databases_with_other_names_are_copied(tmp_path):
+    """Two databases in one folder keep their own step folders (artifacts-<stem>/), and merge finds
+    the source's logs there and copies them into the target's own folder, hashes intact."""
+    runner = CliRunner()
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    src, dst = folder / "hostA.db", folder / "agg.db"
+    for args in (["start", "a", "--objective", "o"], ["step", "run", "build", "--", "echo", "LOG-OF-A"],
+                 ["end", "--outcome", "x"]):
+        result = runner.invoke(cli, ["--db", str(src), *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["--db", str(dst), "merge", str(src)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "artifacts: 1 copied, 0 recorded as missing" in result.output, result.output
+    db = open_db(dst)
+    (row,) = [r for r in db["artifacts"].rows if r["kind"] == "log"]
+    path = Path(row["path"])
+    assert path.is_relative_to(folder / "artifacts-agg") and "LOG-OF-A" in path.read_text()
+    assert not (folder / "artifacts").exists()
