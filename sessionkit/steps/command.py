@@ -23,15 +23,12 @@ import sys
 from collections import deque
 
 from . import Step, StepResult
+from ..childproc import child_setup
 from ..errors import UsageError
 from ..liveness import TAIL_BYTES, TAIL_LINES, cap_tail, tail_of_file
 
 GRACE_S = 2.0  # between SIGTERM and SIGKILL for what is left of the command's process group
 # Signals a command must not inherit as ignored (a background job's shell ignores SIGINT/SIGQUIT).
-_DEFAULT_SIGNALS = tuple(getattr(signal, n) for n in (
-    "SIGINT", "SIGQUIT", "SIGTERM", "SIGHUP", "SIGPIPE", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGUSR1",
-    "SIGUSR2", "SIGALRM", "SIGCHLD", "SIGXFSZ") if hasattr(signal, n))
-
 
 class TailBuffer:
     """The last lines of a byte stream, each line and the whole capped in bytes.
@@ -68,33 +65,6 @@ class TailBuffer:
             lines.append(bytes(self.partial))
         return cap_tail(b"\n".join(lines).decode(errors="replace"), self.lines.maxlen, self.max_bytes)
 
-
-def _child_setup():
-    """Runs in the child between fork and exec: default signal dispositions, an empty signal mask
-    and, on Linux, death with the parent. Only async-signal-safe work: no imports, no allocation
-    beyond what these calls need."""
-    for sig in _DEFAULT_SIGNALS:
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def _load_prctl():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
 
 # Waits for sessionkit's end of a pipe to close, then ends the process group written to it.
 _WATCHDOG = ("import os, sys\n"
@@ -170,7 +140,7 @@ class CommandStep(Step):
             try:
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, process_group=0,
-                                        preexec_fn=_child_setup)
+                                        preexec_fn=child_setup)
             except FileNotFoundError:
                 watchdog.close()
                 self.output_tail = ""
