@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from sessionkit.cli import cli
-from sessionkit.db import open_db
+from sessionkit.db import artifacts_root, open_db
 from sessionkit.merge import merge_database
 try:
     from sessionkit.merge import _copy_target
@@ -63,7 +63,7 @@ def test_dotdot_artifact_path_cannot_write_outside(tmp_path):
     for path in _files_under(target.parent.parent):
         if path.parent == target.parent and path.name == "m.db":
             continue
-        assert path.resolve().is_relative_to((target.parent / "artifacts" / "session-1").resolve()), path
+        assert path.resolve().is_relative_to((artifacts_root(target) / "session-1").resolve()), path
     db = open_db(target)
     row = db.execute("SELECT missing, path FROM artifacts WHERE origin_path = ?", [recorded]).fetchone()
     assert row == (1, recorded)
@@ -85,9 +85,9 @@ def test_symlink_escape_and_copy_errors_become_missing_rows(tmp_path):
     target = tmp_path / "t" / "m.db"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    (target.parent / "artifacts" / "session-1").mkdir(parents=True)
-    (target.parent / "artifacts" / "session-1" / "link").symlink_to(elsewhere)
-    (target.parent / "artifacts" / "session-1" / "isdir.txt").mkdir()
+    (artifacts_root(target) / "session-1").mkdir(parents=True)
+    (artifacts_root(target) / "session-1" / "link").symlink_to(elsewhere)
+    (artifacts_root(target) / "session-1" / "isdir.txt").mkdir()
 
     db = open_db(target, create=True)
     result = merge_database(db, src_db)
