@@ -197,31 +197,42 @@ def _wait_serving(base: str, proc, log_path, timeout: float = 60) -> None:
             time.sleep(0.3)
 
 
+def _start_serve(folder):
+    """`sessionkit serve` on the fixture database in its own process, once it answers; returns the
+    process, its base URL and the pids of its children (Datasette)."""
+    db = build_fixture_db(folder / "sessions.db")
+    db.conn.close()
+    port = _free_port()
+    log_path = folder / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "sessionkit", "--db", str(folder / "sessions.db"),
+                                 "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                cwd=folder, env=env)
+    base = f"http://127.0.0.1:{port}"
+    _wait_serving(base, proc, log_path)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "no Datasette child found"
+    return proc, base, children
+
+
+def _assert_gone(pids, what):
+    for pid in pids:
+        deadline = time.monotonic() + 15
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not os.path.exists(f"/proc/{pid}"), f"Datasette (pid {pid}) outlived {what}"
+
+
 @pytest.mark.parametrize("signum,code", [(15, 143), (1, 129), (2, 130)], ids=["TERM", "HUP", "INT"])
 def test_signals_to_serve_stop_datasette_too(tmp_path, signum, code):
     """SIGTERM or SIGHUP to `sessionkit serve` (a closed SSH session, `timeout`) used to leave its
     Datasette running, owned by init, still answering on the port. Now every way of stopping it
     ends Datasette as well, and the exit status says which signal it was."""
-    db = build_fixture_db(tmp_path / "sessions.db")
-    db.conn.close()
-    port = _free_port()
-    log_path = tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "sessionkit", "--db", str(tmp_path / "sessions.db"),
-                                 "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                                cwd=tmp_path, env=env)
-        base = f"http://127.0.0.1:{port}"
-        _wait_serving(base, proc, log_path)
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        assert children, "no Datasette child found"
-        os.kill(proc.pid, signum)
-        assert proc.wait(timeout=30) == code
-    for pid in children:
-        deadline = time.monotonic() + 15
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not os.path.exists(f"/proc/{pid}"), f"Datasette (pid {pid}) outlived sessionkit serve"
+    proc, base, children = _start_serve(tmp_path)
+    os.kill(proc.pid, signum)
+    assert proc.wait(timeout=30) == code
+    _assert_gone(children, "sessionkit serve")
     with pytest.raises(OSError):
         _get(f"{base}/-/versions.json")
 
@@ -230,21 +241,7 @@ def test_kill_9_of_serve_takes_datasette_along(tmp_path):
     """On Linux, Datasette dies with sessionkit even when sessionkit is killed outright."""
     if not sys.platform.startswith("linux"):
         pytest.skip("PR_SET_PDEATHSIG is Linux only")
-    db = build_fixture_db(tmp_path / "sessions.db")
-    db.conn.close()
-    port = _free_port()
-    log_path = tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "sessionkit", "--db", str(tmp_path / "sessions.db"),
-                                 "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                                cwd=tmp_path, env=env)
-        _wait_serving(f"http://127.0.0.1:{port}", proc, log_path)
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        proc.kill()
-        proc.wait(timeout=30)
-    for pid in children:
-        deadline = time.monotonic() + 15
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not os.path.exists(f"/proc/{pid}"), f"Datasette (pid {pid}) outlived a killed sessionkit"
+    proc, _, children = _start_serve(tmp_path)
+    proc.kill()
+    proc.wait(timeout=30)
+    _assert_gone(children, "a killed sessionkit")
