@@ -28,7 +28,7 @@ def restart_seconds(db, host: str, limit: int = HISTORY_SESSIONS) -> list[float]
                (SELECT id, started_at FROM sessions WHERE host = ?
                 ORDER BY started_at DESC LIMIT ?) s
            JOIN steps st ON st.session_id = s.id
-           WHERE st.name = 'build' AND st.status = 'passed' AND st.ended_at IS NOT NULL
+           WHERE st.name = 'build' AND st.kind = 'builtin' AND st.status = 'passed' AND st.ended_at IS NOT NULL
            GROUP BY s.id""", [host, limit]).fetchall()
     out = []
     for started, first_build in rows:

@@ -124,7 +124,7 @@ def test_trend_window_shrinks_and_skips_open_sessions(fdb):
     figures = {f["key"]: f for f in t["figures"]}
     # 30 min against 70, but one session a side is no evidence of a change
     assert (figures["duration_s"]["direction"], figures["duration_s"]["note"]) == (
-        "same", "too few sessions for a test")
+        "untested", "too few sessions for a test")
     assert figures["geomean_speedup"]["recent"] is None
     assert figures["geomean_speedup"]["direction"] is None
 
@@ -147,7 +147,7 @@ def test_trend_groups_are_disjoint_and_ordered(items):
     k = min(5, len(ended) // 2)
     assert t["recent"] == ended[-k:] and t["before"] == ended[-2 * k:-k]
     for f in t["figures"]:
-        assert f["direction"] in (None, "same", "better", "worse")
+        assert f["direction"] in (None, "untested", "same", "better", "worse")
 
 
 def test_cli_history_text_and_json(tmp_path):

@@ -105,3 +105,13 @@ def test_status_shows_idle_and_restart(db):
     assert "stop the GPU unless the next step starts now" in out.output
     data = json.loads(CliRunner().invoke(cli, ["status", "--json"]).output)
     assert data["idle"]["restart_s"] == 180.0 and data["idle"]["idle_s"] > 0
+
+
+def test_a_command_step_named_build_is_not_a_build(db):
+    """`step run build -- sleep 1` is a command that happens to be called build: it says nothing
+    about how long the kernels take to build, so the restart cost ignores it."""
+    sid = _past_session(db, 1, HOST, 10)
+    db["steps"].insert({"id": str(uuid.uuid4()), "session_id": sid, "seq": 9, "name": "build",
+                        "kind": "command", "status": "passed", "started_at": _iso(0, day=1),
+                        "ended_at": _iso(2, day=1), "duration_s": 1.0, "host": HOST, "pid": 1})
+    assert restart_seconds(db, HOST) == [600.0]

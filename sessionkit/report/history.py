@@ -171,14 +171,15 @@ def trend_direction(recent: list[float], before: list[float], better: str, *,
                     alpha: float = TREND_ALPHA, min_effect: float = TREND_MIN_EFFECT):
     """(direction, note) of per-session values: ``better``/``worse`` only for a significant change of
     at least ``min_effect`` (relative to the earlier median); ``same`` otherwise, with the reason;
-    (None, "no data") when a side has no value."""
+    ``untested`` when a side has fewer than two sessions (no test can tell); (None, "no data") when a
+    side has no value."""
     from ..bench.stats import mann_whitney_u
 
     if not recent or not before:
         return None, "no data"
     a, b = median(recent), median(before)
     if len(recent) < 2 or len(before) < 2:
-        return "same", "too few sessions for a test"
+        return "untested", "too few sessions for a test"
     _, p = mann_whitney_u(recent, before, alternative="two-sided")
     if p >= alpha:
         return "same", f"not significant, p={p:.2g}"
