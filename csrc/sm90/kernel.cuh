@@ -12,8 +12,9 @@
 // Key blocks run from the last to the first, so the blocks that need a mask (the causal diagonal
 // and the seqlen_k tail) come first and the bulk of the loop runs without mask code. Blocks above
 // the causal diagonal are never loaded. The grid is persistent: one CTA per SM walks a list of
-// (query block, head, batch) tiles ordered longest first, and its producer loads the next tile's
-// Q and first key blocks while the consumers finish the current one.
+// (query block, head, batch) tiles in L2 sections, longest first inside each (see tile_at), and
+// its producer loads the next tile's Q and first key blocks while the consumers finish the current
+// one. O leaves through shared memory and a TMA store where the shape leaves room for it.
 // The consumers take turns on the tensor cores (pingpong, on named barriers), and inside a
 // consumer the next Q K^T is issued before the current P V is waited on, so the softmax of one
 // block runs while GEMMs are in flight. Method: FlashAttention-3 (Shah et al., 2024), sections
