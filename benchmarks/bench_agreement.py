@@ -32,7 +32,7 @@ def agree(args) -> int:
 
 
 def repeat(args) -> int:
-    from sessionkit.bench.step import BenchStep
+    from sessionkit.steps.bench import BenchStep
     from sessionkit.db import open_db
     from sessionkit.runner import run_step
     from sessionkit.sessions import start_session

@@ -1,7 +1,8 @@
 """Preflight checks: is this machine ready to build, check and time the kernel?
 
-``sessionkit doctor`` runs them anywhere (no session, no database); ``sessionkit step preflight`` runs
-them in a session, records the environment snapshot and fails the step when a check fails.
+``sessionkit doctor`` runs them anywhere (no session, no database); ``sessionkit step preflight``
+(:mod:`sessionkit.steps.preflight`) runs them in a session, records the environment snapshot and fails
+the step when a check fails.
 
 Everything the checks learn about the machine goes through a :class:`Probe` (``which``, ``run``,
 ``import_torch``, ``nvml``, ``disk_usage``, ``env``, ...), so tests hand in a fake one. The facts are
@@ -28,14 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import click
-
 from . import toolchain
-from .envinfo import Redactor, relevant_env, store_snapshot
+from .envinfo import Redactor, relevant_env
 from .gitinfo import git_state
 from .nvml import NvmlUnavailable, read_facts
-from .steps import Step, StepContext, StepResult
-from .timefmt import now_iso
 
 STATUSES = ("pass", "warn", "fail")
 
@@ -1000,7 +997,12 @@ _STYLE = {"pass": ("PASS", "green"), "warn": ("WARN", "yellow"), "fail": ("FAIL"
 
 def format_check(check: Check, width: int, *, color: bool = False) -> list[str]:
     word, fg = _STYLE[check.status]
-    tag = click.style(word, fg=fg, bold=True) if color else word
+    if color:
+        import click  # only a terminal wants colour; the checks themselves never import click
+
+        tag = click.style(word, fg=fg, bold=True)
+    else:
+        tag = word
     lines = [f"{tag}  {check.name.ljust(width)}  {check.finding}"]
     if check.fix:
         lines.append(f"{' ' * (6 + width + 2)}fix: {check.fix}")
@@ -1022,35 +1024,3 @@ def format_report(report: Report, *, color: bool = False) -> str:
         lines += format_check(check, width, color=color)
     lines.append(summary_line(report))
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# The session step
-
-
-class PreflightStep(Step):
-    name = "preflight"
-    description = "Check Python, torch, GPU, driver, nvcc, host compiler and build cache; snapshot the environment."
-    budget_s = 30.0
-    params = []
-
-    probe_factory: Callable[[], Probe] = Probe  # tests swap in a fake
-
-    def run(self, context: StepContext) -> StepResult:
-        report = run_checks(self.probe_factory())
-        snapshot_id = store_snapshot(context.db, report.snapshot, session_id=context.session["id"],
-                                     step_id=context.step_id, taken_at=now_iso())
-        for key, value in (("checks_passed", report.passed), ("checks_warned", report.warned),
-                           ("checks_failed", report.failed)):
-            context.metric(key, value, unit="count")
-        path = Path(context.workdir) / "preflight.json"
-        path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
-        context.artifact(path, "json")
-        summary = {"checks": [asdict(c) for c in report.checks], "passed": report.passed,
-                   "warned": report.warned, "failed": report.failed, "snapshot_id": snapshot_id}
-        line = summary_line(report)
-        context.progress.note(format_report(report, color=getattr(context.progress, "color", False)))
-        if report.failed:
-            names = ", ".join(c.name for c in report.checks if c.status == "fail")
-            return StepResult("failed", message=f"{line} ({names})", summary=summary, exit_code=1)
-        return StepResult("passed", message=line, summary=summary)

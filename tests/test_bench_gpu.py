@@ -33,7 +33,8 @@ def test_sdpa_medians_agree_with_do_bench():
 
 def test_bench_step_records_results_samples_ceiling_and_csv(make_context, db, tmp_path):
     _cuda()
-    from sessionkit.bench.step import BenchStep, CSV_COLUMNS
+    from sessionkit.bench.step import CSV_COLUMNS
+    from sessionkit.steps.bench import BenchStep
 
     options = {"grid": None, "configs": ("2,8,1024,1024,64,fp16,1", "1,8,128,128,64,bf16,0"),
                "impls": ("sdpa,sdpa_flash",), "time_limit": "20s",
@@ -68,7 +69,7 @@ def test_bench_step_records_results_samples_ceiling_and_csv(make_context, db, tm
 
 def test_graph_mode_times_like_eager(make_context, db):
     _cuda()
-    from sessionkit.bench.step import BenchStep
+    from sessionkit.steps.bench import BenchStep
 
     options = {"grid": None, "configs": ("4,16,2048,2048,128,bf16,0",), "impls": ("sdpa",),
                "time_limit": "10s", "csv_path": None, "preheat": "0"}

@@ -10,6 +10,7 @@ from sessionkit.bench import step as bench_step
 from sessionkit.bench.grids import BenchConfig
 from sessionkit.bench.timing import ImplRun, input_sets_for, launches_for, summarize_samples
 from sessionkit.errors import UsageError
+from sessionkit.steps import bench as steps_bench
 
 CFG = BenchConfig(4, 16, 4096, 4096, 128, "bf16", True)
 
@@ -135,21 +136,21 @@ def test_step_skips_without_cuda(make_context):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("this checks the CPU-only path")
-    result = bench_step.BenchStep().run(make_context({"grid": "quick"}, name="bench"))
+    result = steps_bench.BenchStep().run(make_context({"grid": "quick"}, name="bench"))
     assert result.status == "skipped" and "CUDA" in result.message
 
 
 def test_step_rejects_bad_options_before_touching_the_gpu(make_context):
     with pytest.raises(UsageError, match="no grid named"):
-        bench_step.BenchStep().run(make_context({"grid": "nope"}, name="bench"))
+        steps_bench.BenchStep().run(make_context({"grid": "nope"}, name="bench"))
     with pytest.raises(UsageError, match="must be positive"):
-        bench_step.run_bench(make_context(name="bench"), grid=None, time_limit_s=-1)
+        steps_bench.run_bench(make_context(name="bench"), grid=None, time_limit_s=-1)
     for bad in (-0.5, 11, None):
         with pytest.raises(UsageError, match="--cooldown must be between 0 and 10"):
-            bench_step.run_bench(make_context(name="bench"), grid=None, cooldown=bad)
+            steps_bench.run_bench(make_context(name="bench"), grid=None, cooldown=bad)
     for bad in (0, 21, 2.5):
         with pytest.raises(UsageError, match="--passes must be a whole number"):
-            bench_step.run_bench(make_context(name="bench"), grid=None, passes=bad)
+            steps_bench.run_bench(make_context(name="bench"), grid=None, passes=bad)
 
 
 def test_cli_step_bench_is_registered_and_skips(tmp_path):
@@ -281,7 +282,7 @@ def test_run_bench_end_to_end_with_a_fake_gpu(make_context, db, monkeypatch, tmp
     monkeypatch.setattr(timing, "matmul_ceiling", lambda timer: (700.0, 1.57))
 
     ctx = make_context(name="bench")
-    result = bench_step.run_bench(ctx, grid=None, configs=("1,8,512,512,64,fp16,0",
+    result = steps_bench.run_bench(ctx, grid=None, configs=("1,8,512,512,64,fp16,0",
                                                            "2,8,1024,1024,128,bf16,1"),
                                   csv_path=str(tmp_path / "b.csv"), passes=3, cooldown=0.5)
     assert result.status == "passed", result.message

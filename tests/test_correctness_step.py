@@ -18,6 +18,7 @@ from sessionkit.db import open_db
 from sessionkit.kernels import correctness
 from sessionkit.sessions import start_session
 from sessionkit.steps import REGISTRY, get_step
+from sessionkit.steps import correctness as correctness_step
 
 CONTRACT_COLUMNS = [
     "id", "step_id", "idx", "dtype", "batch_size", "num_heads", "seq_len_q", "seq_len_k",
@@ -96,7 +97,7 @@ def test_records_the_kernel_family(open_session, monkeypatch):
 
 
 def test_registered_and_migrated(db):
-    assert REGISTRY["correctness"] == "sessionkit.kernels.correctness:CorrectnessStep"
+    assert REGISTRY["correctness"] == "sessionkit.steps.correctness:CorrectnessStep"
     step = get_step("correctness")
     assert step.name == "correctness" and step.budget_s > 0
     assert {p.name for p in step.params} == {"seed", "configs", "max_seq_len"}
@@ -106,7 +107,8 @@ def test_registered_and_migrated(db):
 
 
 def test_step_modules_do_not_import_torch():
-    code = ("import sys, sessionkit.kernels.correctness, sessionkit.kernels.checking; "
+    code = ("import sys, sessionkit.kernels.correctness, sessionkit.kernels.checking, "
+            "sessionkit.steps.correctness; "
             "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
     root = str(Path(sessionkit.__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
@@ -269,7 +271,7 @@ def test_options_are_checked_in_the_library_too(make_context, inject):
     from sessionkit.errors import UsageError
 
     inject(cpu_kernel())
-    step = correctness.CorrectnessStep()
+    step = correctness_step.CorrectnessStep()
     with pytest.raises(UsageError, match="at least 50"):
         step.run(make_context({"configs": 10}, name="correctness"))
     with pytest.raises(UsageError, match="leaves no sequence length"):

@@ -17,8 +17,9 @@ from click.testing import CliRunner
 from sessionkit import preflight
 from sessionkit.cli import cli
 from sessionkit.db import open_db
-from sessionkit.preflight import (Check, NvmlUnavailable, PreflightStep, Probe, format_report,
+from sessionkit.preflight import (Check, NvmlUnavailable, Probe, format_report,
                                   parse_compiler_version, run_checks)
+from sessionkit.steps.preflight import PreflightStep
 from sessionkit.nvml import REASON_GPU_IDLE, REASON_HW_SLOWDOWN, REASON_SW_THERMAL
 from sessionkit.toolchain import Found
 

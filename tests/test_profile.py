@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 from sessionkit import profile
 from sessionkit.errors import ConfigError, UsageError
-from sessionkit.profile import (Ceilings, KernelNumbers, KernelRecord, ProfileConfig, ProfileStep,
-                                classify, load_tree, make_facts, parse_config, parse_ncu_csv)
+from sessionkit.profile import (Ceilings, KernelNumbers, KernelRecord, ProfileConfig, classify,
+                                load_tree, make_facts, parse_config, parse_ncu_csv)
+from sessionkit.steps.profile import ProfileStep
 from sessionkit.toolchain import Found
 
 ROOT = Path(__file__).resolve().parent.parent

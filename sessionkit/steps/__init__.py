@@ -173,11 +173,11 @@ class Step:
 # name -> "module:Class". Built-in steps import lazily so that the CLI starts fast.
 REGISTRY: dict[str, str] = {
     "run": "sessionkit.steps.command:CommandStep",
-    "preflight": "sessionkit.preflight:PreflightStep",
+    "preflight": "sessionkit.steps.preflight:PreflightStep",
     "build": "sessionkit.steps.build:BuildStep",
-    "correctness": "sessionkit.kernels.correctness:CorrectnessStep",
-    "bench": "sessionkit.bench.step:BenchStep",
-    "profile": "sessionkit.profile:ProfileStep",
+    "correctness": "sessionkit.steps.correctness:CorrectnessStep",
+    "bench": "sessionkit.steps.bench:BenchStep",
+    "profile": "sessionkit.steps.profile:ProfileStep",
 }
 
 

@@ -1,0 +1,167 @@
+"""``sessionkit step profile``: Nsight Compute on one call of a kernel, and what to change next.
+
+How the profile is taken, read and classified is :mod:`sessionkit.profile`; this module is the step:
+its options, running ``ncu`` inside a session and recording what it found.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import click
+
+from .. import profile as prof
+from ..errors import UsageError
+from . import Step, StepResult
+
+
+def _config_option(ctx, param, value):
+    try:
+        return prof.parse_config(value).label
+    except UsageError as exc:
+        raise click.BadParameter(str(exc).removeprefix("bad --config "), ctx=ctx, param=param) from None
+
+
+class ProfileStep(Step):
+    name = "profile"
+    description = ("Profile one call of a kernel with Nsight Compute. Records SM/DRAM/tensor "
+                   "throughput, occupancy, stalls and L2 hit rate, gives a verdict and next moves.")
+    budget_s = 120.0
+    params = [
+        click.Option(["--config"], default=prof.DEFAULT_CONFIG, show_default=True,
+                     callback=_config_option, help="B,H,Sq,Sk,D,dtype,causal to profile."),
+        click.Option(["--kernel"], type=click.Choice(prof.KERNELS), default="ours", show_default=True,
+                     help="Our kernel, or torch SDPA (default dispatch or one backend)."),
+        click.Option(["--kernel-regex"], default=None,
+                     help="Profile only the first launch whose name matches (ncu --kernel-name)."),
+        click.Option(["--warmup"], type=click.IntRange(0, 100), default=3, show_default=True,
+                     help="Calls before the profiled one."),
+    ]
+
+    def check_options(self, options: dict) -> None:
+        if options.get("config"):
+            prof.parse_config(options["config"])
+
+    def run(self, context) -> StepResult:
+        opts = context.options
+        cfg = prof.parse_config(opts.get("config") or prof.DEFAULT_CONFIG)
+        kernel = opts.get("kernel") or "ours"
+        if kernel not in prof.KERNELS:
+            raise UsageError(f"bad --kernel {kernel!r}: choose one of {', '.join(prof.KERNELS)}")
+        tree = prof.load_tree()  # a broken tree fails before the GPU time is spent
+
+        from ..toolchain import find_cuda_tool
+
+        found = find_cuda_tool("ncu")
+        if found.path is None:
+            return StepResult("skipped", message="ncu not found on PATH, in $CUDA_HOME/bin or "
+                              "/usr/local/cuda*/bin: install Nsight Compute or put ncu on PATH")
+        skip, gpu_name = prof._gpu_facts()
+        if skip:
+            return StepResult("skipped", message=skip)
+        context.progress.note(f"ncu {found.path} ({found.where}); GPU {gpu_name}")
+
+        workdir = Path(context.workdir)
+        log_path = workdir / "ncu.log"
+        context.artifact(log_path, "log")
+        available = prof.query_metric_names(found.path)
+        metrics = prof.choose_metrics(available)
+        if available is None:
+            context.progress.note("ncu --query-metrics gave no list: sections only")
+        report_base = workdir / "profile"
+        target = prof.target_command(cfg, kernel, int(opts.get("warmup", 3)))
+        cmd = prof.ncu_command(found.path, target, report_base, metrics, opts.get("kernel_regex"))
+        root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, PYTHONUNBUFFERED="1",
+                   PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        context.progress.note(f"profiling {kernel} {cfg.label}: one call after "
+                              f"{opts.get('warmup', 3)} warm-up calls")
+        code, output = prof.run_logged(cmd, log_path, env, prof.NCU_TIMEOUT_S)
+        context.artifact(log_path, "log")
+        reason = prof.ncu_failure(output, code)
+        if reason:
+            return StepResult("failed", message=reason,
+                              exit_code=code or 1,
+                              summary={"kernel": kernel, "config": cfg.label,
+                                       "permission_error": prof.permission_denied(output)})
+        rep = report_base.with_suffix(".ncu-rep")
+        if not rep.is_file():
+            raise prof.ProfileError(f"ncu wrote no report {rep} (log: {log_path})")
+        context.artifact(rep, "ncu-rep")
+
+        csv_path = workdir / "profile.csv"
+        proc = subprocess.run([found.path, "--import", str(rep), "--csv", "--page", "raw",
+                               "--print-units", "base"], capture_output=True, text=True,
+                              timeout=prof.NCU_TIMEOUT_S)
+        csv_path.write_text(proc.stdout)
+        context.artifact(csv_path, "csv")
+        if proc.returncode != 0:
+            raise prof.ProfileError(
+                f"ncu --import failed: {(proc.stderr or proc.stdout).strip()[:200]}")
+        records = prof.parse_ncu_csv(proc.stdout)
+        record = prof.main_kernel(records)
+        if len(records) > 1:
+            context.progress.note(f"{len(records)} kernels in the call; the longest is classified")
+        numbers = prof.kernel_numbers(record)
+        info = prof._target_info(output)
+        ceilings = prof.find_ceilings(context.db, context.session, info.get("gpu_name") or gpu_name)
+        facts = prof.make_facts(numbers, cfg, kernel, ceilings)
+        result = prof.classify(facts, tree)
+        self._record(context, numbers, facts, kernel)
+
+        context.progress.note(f"kernel {record.name[:160]}")
+        for line in prof.numbers_table(numbers, facts, ceilings):
+            context.progress.note(line)
+        context.progress.note(f"{'verdict':<20} {result.verdict}: {result.summary}")
+        context.progress.note("next:")
+        for move in result.suggestions:
+            context.progress.note(f"  - {move['text']} [{move['pattern']}]")
+        stalls = [[n, round(p, 1)] for n, p in numbers.top_stalls(3)]
+        summary = {
+            "verdict": result.verdict, "config": cfg.label, "kernel": kernel,
+            "kernel_name": record.name, "stalls": stalls,
+            "suggestions": [{"text": m["text"], "pattern": m["pattern"]} for m in result.suggestions],
+            "verdict_summary": result.summary,
+            "ceilings": {"matmul_tflops": ceilings.tflops, "matmul_source": ceilings.tflops_source,
+                         "dram_tbs": ceilings.tbs, "dram_source": ceilings.tbs_source},
+            "achieved": {"tflops": facts["tflops"], "tflops_pct": facts["tflops_pct"],
+                         "bandwidth_tbs": facts["bandwidth_tbs"],
+                         "bandwidth_pct": facts["bandwidth_pct"],
+                         "traffic_ratio": facts["traffic_ratio"]},
+            "occupancy_limiters": numbers.occupancy_limiters,
+            "kernels_profiled": len(records), "gpu": info.get("gpu_name") or gpu_name,
+            "torch": info.get("torch"), "ncu": found.path, "metrics": metrics,
+            "sections": list(prof.SECTIONS), "tree": tree.path,
+        }
+        top = f", top stall {stalls[0][0]}" if stalls else ""
+        message = (f"{result.verdict}: {prof._fmt(numbers.duration_ms, 'ms', 3)}, tensor pipe "
+                   f"{prof._fmt(numbers.tensor_pipe_pct, '%', 0)}, DRAM "
+                   f"{prof._fmt(numbers.dram_throughput_pct, '%', 0)}{top}")
+        return StepResult("passed", message=message, summary=summary)
+
+    @staticmethod
+    def _record(context, numbers: prof.KernelNumbers, facts: dict, kernel: str) -> None:
+        from . import Metric
+
+        rows = [
+            ("sm_throughput_pct", numbers.sm_throughput_pct, "%"),
+            ("dram_throughput_pct", numbers.dram_throughput_pct, "%"),
+            ("tensor_pipe_pct", numbers.tensor_pipe_pct, "%"),
+            ("achieved_occupancy_pct", numbers.achieved_occupancy_pct, "%"),
+            ("registers_per_thread", numbers.registers_per_thread, "count"),
+            ("smem_per_block_bytes", numbers.smem_per_block_bytes, "bytes"),
+            ("l2_hit_rate_pct", numbers.l2_hit_rate_pct, "%"),
+            ("duration_ms", numbers.duration_ms, "ms"),
+            ("memory_throughput_pct", numbers.memory_throughput_pct, "%"),
+            ("theoretical_occupancy_pct", numbers.theoretical_occupancy_pct, "%"),
+            ("dram_bytes", numbers.dram_bytes, "bytes"),
+            ("achieved_tflops", facts.get("tflops"), "TFLOP/s"),
+            ("tflops_pct_of_ceiling", facts.get("tflops_pct"), "%"),
+            ("dram_tbs", facts.get("bandwidth_tbs"), "TB/s"),
+            ("dram_pct_of_ceiling", facts.get("bandwidth_pct"), "%"),
+        ]
+        metrics = [Metric(k, v, u, kernel) for k, v, u in rows if v is not None]
+        metrics += [Metric("stall_pct", p, "%", n) for n, p in numbers.top_stalls(3)]
+        context.metrics(metrics)
