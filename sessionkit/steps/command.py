@@ -66,6 +66,19 @@ class TailBuffer:
         return cap_tail(b"\n".join(lines).decode(errors="replace"), self.lines.maxlen, self.max_bytes)
 
 
+def _write_log(log, data: bytes) -> OSError | None:
+    """Appends to the step's log; returns the error when the disk is full (the caller ends the
+    step with it), raises any other error."""
+    try:
+        log.write(data)
+        log.flush()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        return exc
+    return None
+
+
 # Waits for sessionkit's end of a pipe to close, then ends the process group written to it.
 _WATCHDOG = ("import os, sys\n"
              "line = sys.stdin.readline()\n"
@@ -155,13 +168,8 @@ class CommandStep(Step):
                 for chunk in _output(proc):
                     clean = scrub.feed(chunk)
                     if disk_full is None:
-                        try:
-                            log.write(clean)
-                            log.flush()
-                        except OSError as exc:
-                            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                                raise
-                            disk_full = exc
+                        disk_full = _write_log(log, clean)
+                        if disk_full is not None:
                             _stop_group(proc)
                     tail.feed(clean)
                     if out is not None:
@@ -173,13 +181,7 @@ class CommandStep(Step):
                 rest = scrub.flush()
                 tail.feed(rest)
                 if disk_full is None:
-                    try:
-                        log.write(rest)
-                        log.flush()
-                    except OSError as exc:
-                        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                            raise
-                        disk_full = exc
+                    disk_full = _write_log(log, rest)
             except BaseException:
                 _stop_group(proc)
                 # An interruption can land between writing a chunk to the log and adding it to
