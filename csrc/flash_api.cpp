@@ -285,6 +285,18 @@ void launch(const at::Tensor& q_given, const at::Tensor& k_given, const at::Tens
   const bool is_bf16 = q.scalar_type() == at::kBFloat16;
   const int head_dim = static_cast<int>(q.size(3));
   const Family family = family_for(q.get_device());
+  // The sm90 causal kernels hand out tiles from a counter that must read 0 at launch: a fresh
+  // int32 from the caching allocator (stream-ordered, so safe under concurrency and in CUDA
+  // graphs), zeroed by a 4-byte memset on the same stream.
+  at::Tensor tile_counter;
+  if (family == Family::kSm90 && causal) {
+    tile_counter = at::empty({1}, q.options().dtype(at::kInt));
+    p.tile_counter = tile_counter.data_ptr<int>();
+    const cudaError_t zeroed = cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream);
+    SK_CHECK(zeroed == cudaSuccess,
+             std::string("flash_attn_fwd: could not zero the tile counter: ") +
+                 cudaGetErrorString(zeroed));
+  }
   cudaError_t err = SK_DTYPE_SWITCH(is_bf16, kDtype, [&] {
     return SK_BOOL_SWITCH(causal, kCausal, [&] {
       if (family == Family::kSm90) {

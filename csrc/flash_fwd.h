@@ -43,6 +43,10 @@ struct FlashFwdParams {
   int causal_offset;
 
   float scale_log2;  // softmax scale times log2(e): the kernels work in base 2
+
+  // The sm90 family's causal tile counter: one int32 in device memory, zero at launch, that the
+  // persistent CTAs take their next tile from (atomicAdd). Null where the kernel does not use it.
+  int* tile_counter;
 };
 
 // One explicit instantiation per (dtype, head dim, causal) and family lives in its own .cu file

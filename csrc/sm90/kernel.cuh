@@ -47,15 +47,19 @@ struct Sm90Args {
   int section_pairs;  // (batch, head) pairs per L2 section (see tile_at)
 };
 
-// The persistent schedule: in round r, CTA i takes tile r * gridDim.x + i of one list. (With
-// -DSK_SM90_SNAKE=1 it takes r * gridDim.x + (gridDim.x - 1 - i) in odd rounds, meant to balance
-// causal work; it measured 10-15 % slower on causal shapes, see docs/kernel-notes.md.) The (batch, head)
+// The persistent schedule walks one list of (query block, head, batch) tiles. The (batch, head)
 // pairs are cut into L2 sections of section_pairs pairs whose K and V fit in L2 together; the
 // list runs section by section, and inside a section longest first: the section's pairs of the
 // last query block (under a causal mask the most key blocks), then of the one before, and so on.
 // The CTAs running at one time thus share the K and V of a few heads, read from L2, and the long
-// causal tiles start first. Query heads that share a key/value head are neighbours. Method:
-// FlashAttention-3's dynamic persistent scheduler (longest first, L2 sections), made static.
+// causal tiles start first. Query heads that share a key/value head are neighbours.
+// Without a causal mask every tile is as long, and in round r CTA i takes tile r * gridDim.x + i
+// (static). With one, CTA i starts on tile i and then takes the next tile of the list from a
+// global counter when its producer has issued the last load of its current tile (dynamic), so
+// the long tiles do not pile up on a few CTAs. (-DSK_SM90_SNAKE=1 makes the static order alternate
+// its slot order each round; it measured 10-15 % slower on causal shapes, docs/kernel-notes.md.)
+// Method: FlashAttention-3's persistent tile schedulers (static for non-causal; for causal, an
+// atomic counter handing out the longest tiles first within L2 sections).
 struct Tile {
   int m_block, head, batch;
 };
@@ -80,6 +84,12 @@ __device__ __forceinline__ Tile tile_at(const Sm90Args& args, int index) {
 template <class Tr>
 struct SmemPlan {
   uint32_t q, k, v, bar;
+  // Tile ring (dynamic schedule): the producer writes tile indices into two slots.
+  __device__ __forceinline__ uint32_t tile_full(int slot) const { return bar + 8 * (2 + 4 * Tr::kStages + slot); }
+  __device__ __forceinline__ uint32_t tile_empty(int slot) const { return bar + 8 * (4 + 4 * Tr::kStages + slot); }
+  __device__ __forceinline__ uint32_t tile_slot(int slot) const {
+    return bar + (Tr::kTileSlotOffset - Tr::kBarrierOffset) + 4 * slot;
+  }
   __device__ __forceinline__ uint32_t k_stage(int s) const { return k + s * Tr::kKVBytes; }
   __device__ __forceinline__ uint32_t v_stage(int s) const { return v + s * Tr::kKVBytes; }
   __device__ __forceinline__ uint32_t q_full() const { return bar; }
@@ -133,6 +143,11 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       mbarrier_init(sm.k_empty(s), Tr::kConsumerWarpgroups);
       mbarrier_init(sm.v_empty(s), Tr::kConsumerWarpgroups);
     }
+#pragma unroll
+    for (int slot = 0; slot < 2; ++slot) {
+      mbarrier_init(sm.tile_full(slot), 1);
+      mbarrier_init(sm.tile_empty(slot), 128 * Tr::kConsumerWarpgroups);
+    }
     fence_mbarrier_init();
   }
   __syncthreads();
@@ -147,24 +162,34 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     if (Tr::kTmaStoreO && args.tma_store) prefetch_tensormap(&args.tma_o);
     int it = 0;      // key blocks loaded so far, over all tiles: ring slot and phase
     int q_round = 0;  // Q tiles loaded so far
+    int index = blockIdx.x;  // the dynamic schedule's current tile
     for (int round = 0;; ++round) {
-      const int index = tile_index(round);
+      if constexpr (Tr::kDynamicSchedule) {
+        // Hand the tile to the consumers through the two-slot tile ring.
+        const int slot = round & 1;
+        mbarrier_wait(sm.tile_empty(slot), ((round >> 1) & 1) ^ 1);
+        st_shared_b32(sm.tile_slot(slot), static_cast<uint32_t>(index));
+        mbarrier_arrive(sm.tile_full(slot));  // release: the consumers' wait sees the index
+      } else {
+        index = tile_index(round);
+      }
       if (index >= args.num_tiles) break;
       const Tile tile = tile_at(args, index);
       const int row0 = tile.m_block * kBlockM;
       const int n_blocks = key_blocks<Tr, kCausal>(p, row0);
-      if (n_blocks <= 0) continue;
       const int head_k = tile.head / p.head_ratio;
-      // Q: the consumers release it after their last Q K^T of the previous tile.
-      mbarrier_wait(sm.q_empty(), (q_round & 1) ^ 1);
-      mbarrier_arrive_expect_tx(sm.q_full(), Tr::kQBytes);
+      if (n_blocks > 0) {
+        // Q: the consumers release it after their last Q K^T of the previous tile.
+        mbarrier_wait(sm.q_empty(), (q_round & 1) ^ 1);
+        mbarrier_arrive_expect_tx(sm.q_full(), Tr::kQBytes);
 #pragma unroll
-      for (int c = 0; c < Tr::kChunks; ++c) {
-        cp_async_bulk_tensor_4d_global_to_shared(sm.q + c * Tr::kQChunkBytes, &args.tma_q,
-                                                 c * Tr::kChunkCols, row0, tile.head, tile.batch,
-                                                 sm.q_full());
+        for (int c = 0; c < Tr::kChunks; ++c) {
+          cp_async_bulk_tensor_4d_global_to_shared(sm.q + c * Tr::kQChunkBytes, &args.tma_q,
+                                                   c * Tr::kChunkCols, row0, tile.head,
+                                                   tile.batch, sm.q_full());
+        }
+        ++q_round;
       }
-      ++q_round;
       for (int j = 0; j < n_blocks; ++j, ++it) {
         const int n = n_blocks - 1 - j;
         const int s = it % kStages;
@@ -186,6 +211,10 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
                                                    head_k, tile.batch, sm.v_full(s));
         }
       }
+      // The last loads of this tile are issued: the consumers are about kStages key blocks from
+      // its end, which hides the atomic's latency. The first tiles (0 .. gridDim.x - 1) went
+      // one to each CTA, so the counter's n-th ticket is tile gridDim.x + n.
+      if constexpr (Tr::kDynamicSchedule) index = atomicAdd(p.tile_counter, 1) + gridDim.x;
     }
     return;
   }
@@ -254,7 +283,15 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   int it = 0;       // key blocks consumed so far, over all tiles: ring slot and phase
   int q_round = 0;  // Q tiles consumed so far
   for (int round = 0;; ++round) {
-    const int index = tile_index(round);
+    int index;
+    if constexpr (Tr::kDynamicSchedule) {
+      const int slot = round & 1;
+      mbarrier_wait(sm.tile_full(slot), (round >> 1) & 1);
+      index = static_cast<int>(ld_shared_b32(sm.tile_slot(slot)));
+      mbarrier_arrive(sm.tile_empty(slot));  // every consumer thread, after its read
+    } else {
+      index = tile_index(round);
+    }
     if (index >= args.num_tiles) break;
     const Tile tile = tile_at(args, index);
     const int row0 = tile.m_block * kBlockM;
@@ -366,7 +403,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
                                 (((i % 8) ^ (row % 8)) << 4) + 4 * t;
           const uint32_t packed =
               fwd::pack2<kDtype>(acc_o[i][2 * r] * inv_sum[r], acc_o[i][2 * r + 1] * inv_sum[r]);
-          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(packed) : "memory");
+          st_shared_b32(addr, packed);
         }
       }
       fence_proxy_async_shared_cta();

@@ -73,6 +73,8 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
                    std::atomic<bool>* smem_raised) {
   using Tr = Traits<kHeadDim, kCausal>;
   constexpr bool kBf16 = kDtype == DType::kBFloat16;
+  // The dynamic schedule needs the zeroed tile counter (the binding allocates it).
+  if (Tr::kDynamicSchedule && p.tile_counter == nullptr) return cudaErrorInvalidValue;
   Sm90Args args{};
   args.p = p;
   const bool ok =

@@ -45,6 +45,9 @@ namespace sm90 {
 #ifndef SK_SM90_SNAKE
 #define SK_SM90_SNAKE 0  // 1: alternate the slot order of the persistent rounds (measured slower)
 #endif
+#ifndef SK_SM90_DYNAMIC_CAUSAL
+#define SK_SM90_DYNAMIC_CAUSAL 1  // causal tiles handed out by an atomic counter (else static)
+#endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
@@ -65,6 +68,10 @@ struct Traits {
                         : SK_SM90_BLOCK_N_D256;
   static constexpr int kStages = SK_SM90_STAGES;
   static constexpr bool kPingpong = SK_SM90_PINGPONG != 0;  // consumers take turns on the GEMMs
+  // Causal tiles differ in length (the last query block visits every key block, the first one
+  // block), so a static round robin leaves some CTAs with up to 15 % more work than the mean; a
+  // CTA that finishes takes the next tile of the list from a counter instead (see kernel.cuh).
+  static constexpr bool kDynamicSchedule = kCausal && SK_SM90_DYNAMIC_CAUSAL != 0;
   static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);  // warpgroup 0 produces
   // setmaxnreg budgets within the SM's 65536 registers: with two consumers 24 * 128 + 240 * 256
   // = 64512, with three 32 * 128 + 160 * 384 = 65536.
@@ -97,9 +104,12 @@ struct Traits {
   static constexpr int kOOffset = kVOffset + kStages * kKVBytes;
   static constexpr int kBarrierOffset =
       kOOffset + (kTmaStoreO ? kConsumerWarpgroups * kOBytesPerConsumer : 0);
-  static constexpr int kBarriers = 2 + 4 * kStages;  // q full/empty, k full/empty, v full/empty
+  // q full/empty, k full/empty, v full/empty, and the tile ring's full/empty (two slots)
+  static constexpr int kBarriers = 2 + 4 * kStages + 4;
+  // The tile ring: two int32 tile indices the producer passes to the consumers.
+  static constexpr int kTileSlotOffset = kBarrierOffset + 8 * kBarriers;
   // +1024: the dynamic shared-memory base is rounded up to the 1024-byte swizzle alignment.
-  static constexpr int kSmemBytes = kBarrierOffset + 8 * kBarriers + 1024;
+  static constexpr int kSmemBytes = kTileSlotOffset + 8 + 1024;
 
   static_assert(kConsumerWarpgroups == 2 || kConsumerWarpgroups == 3, "two or three consumers");
   static_assert(kHeadDim % 32 == 0, "head dim must be a multiple of 32");
