@@ -56,7 +56,9 @@ cudaError_t run_flash_fwd_sm80(const FlashFwdParams& params, cudaStream_t stream
 
 // Returns cudaErrorNotSupported (launching nothing) when the inputs cannot be described by TMA
 // tensor maps (for example a zero stride); the caller then runs the sm80 family instead.
-template <DType kDtype, int kHeadDim, bool kCausal>
+// kShortKeys selects the tile shape tuned for seq_len_k <= 2048 where a shape has one (D=64
+// causal; see generate_kernels.py, VARIANTS).
+template <DType kDtype, int kHeadDim, bool kCausal, bool kShortKeys>
 cudaError_t run_flash_fwd_sm90(const FlashFwdParams& params, cudaStream_t stream);
 
 }  // namespace sessionkit

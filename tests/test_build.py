@@ -89,7 +89,10 @@ def test_first_compile_error_none_on_clean_log():
 def test_sources_are_found_and_named():
     root = build.csrc_dir()
     names = build.kernel_names(root)
-    assert len(names) == 24  # sm80: D 64, 128; sm90: D 64, 96, 128, 256; x {fp16, bf16} x {causal, not}
+    # sm80: D 64, 128; sm90: D 64, 96, 128, 256; x {fp16, bf16} x {causal, not}; plus the sm90
+    # D=64 causal short-keys variant in both dtypes
+    assert len(names) == 26
+    assert "flash_fwd_sm90_bf16_hdim64_causal_shortkeys" in names
     assert "flash_fwd_sm90_bf16_hdim128_causal" in names
     assert "flash_fwd_sm80_fp16_hdim64_noncausal" in names
     files = {str(p.relative_to(root)) for p in build.source_files(root)}

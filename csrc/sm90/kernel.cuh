@@ -47,17 +47,19 @@ struct Sm90Args {
   int section_pairs;  // (batch, head) pairs per L2 section (see tile_at)
 };
 
-// The persistent schedule walks one list of (query block, head, batch) tiles. The (batch, head)
-// pairs are cut into L2 sections of section_pairs pairs whose K and V fit in L2 together; the
-// list runs section by section, and inside a section longest first: the section's pairs of the
-// last query block (under a causal mask the most key blocks), then of the one before, and so on.
-// The CTAs running at one time thus share the K and V of a few heads, read from L2, and the long
-// causal tiles start first. Query heads that share a key/value head are neighbours.
-// Without a causal mask every tile is as long, and in round r CTA i takes tile r * gridDim.x + i
-// (static). With one, CTA i starts on tile i and then takes the next tile of the list from a
-// global counter when its producer has issued the last load of its current tile (dynamic), so
-// the long tiles do not pile up on a few CTAs. (-DSK_SM90_SNAKE=1 makes the static order alternate
-// its slot order each round; it measured 10-15 % slower on causal shapes, docs/kernel-notes.md.)
+// The persistent schedule walks one list of (query block, head, batch) tiles.
+// Causal: the (batch, head) pairs are cut into L2 sections of section_pairs pairs whose K and V
+// fit in L2 together; the list runs section by section, and inside a section longest first: the
+// section's pairs of the last query block (the most key blocks), then of the one before, and so
+// on. The CTAs running at one time thus share the K and V of a few heads, and the long tiles start
+// first. CTA i starts on tile i and then takes the next tile of the list from a global counter
+// when its producer has issued the last load of its current tile (dynamic), so the long tiles do
+// not pile up on a few CTAs (a static round robin left the most loaded CTA 15 % above the mean).
+// Non-causal: every tile is as long, and in round r CTA i takes tile r * gridDim.x + i (static);
+// two-consumer shapes list the tiles head-major (the query blocks of one pair are neighbours), the
+// three-consumer D=64 shape in the L2 sections above. Query heads that share a key/value head are
+// neighbours in both orders. (-DSK_SM90_SNAKE=1 makes the static order alternate its slot order
+// each round; it measured 10-15 % slower on causal shapes, docs/kernel-notes.md.)
 // Method: FlashAttention-3's persistent tile schedulers (static for non-causal; for causal, an
 // atomic counter handing out the longest tiles first within L2 sections).
 struct Tile {
@@ -69,7 +71,12 @@ __device__ __forceinline__ int tile_index(int round) {
   return round * gridDim.x + slot;
 }
 
+template <bool kHeadMajor>
 __device__ __forceinline__ Tile tile_at(const Sm90Args& args, int index) {
+  if constexpr (kHeadMajor) {
+    const int pair = index / args.num_m_blocks;
+    return Tile{index - pair * args.num_m_blocks, pair % args.p.heads, pair / args.p.heads};
+  }
   const int pairs = args.p.heads * args.p.batch;
   const int section_tiles = args.num_m_blocks * args.section_pairs;
   const int section = index / section_tiles;
@@ -111,9 +118,9 @@ __device__ __forceinline__ int key_blocks(const FlashFwdParams& p, int row0) {
   return n;
 }
 
-template <DType kDtype, int kHeadDim, bool kCausal>
+template <DType kDtype, int kHeadDim, bool kCausal, bool kShortKeys>
 __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
-  using Tr = Traits<kHeadDim, kCausal>;
+  using Tr = Traits<kHeadDim, kCausal, kShortKeys>;
   using T = typename fwd::Elem<kDtype>::type;
   constexpr int kBlockM = Tr::kBlockM;
   constexpr int kBlockN = Tr::kBlockN;
@@ -174,7 +181,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         index = tile_index(round);
       }
       if (index >= args.num_tiles) break;
-      const Tile tile = tile_at(args, index);
+      const Tile tile = tile_at<Tr::kHeadMajor>(args, index);
       const int row0 = tile.m_block * kBlockM;
       const int n_blocks = key_blocks<Tr, kCausal>(p, row0);
       const int head_k = tile.head / p.head_ratio;
@@ -293,7 +300,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       index = tile_index(round);
     }
     if (index >= args.num_tiles) break;
-    const Tile tile = tile_at(args, index);
+    const Tile tile = tile_at<Tr::kHeadMajor>(args, index);
     const int row0 = tile.m_block * kBlockM;
     const int n_blocks = key_blocks<Tr, kCausal>(p, row0);
     const int wg_row0 = row0 + consumer * 64;

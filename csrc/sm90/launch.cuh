@@ -68,10 +68,10 @@ inline bool make_tensor_map(CUtensorMap* map, const void* ptr, bool bf16, int64_
   return res == CUDA_SUCCESS;
 }
 
-template <DType kDtype, int kHeadDim, bool kCausal, typename Kernel>
+template <DType kDtype, int kHeadDim, bool kCausal, bool kShortKeys, typename Kernel>
 cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
                    std::atomic<bool>* smem_raised) {
-  using Tr = Traits<kHeadDim, kCausal>;
+  using Tr = Traits<kHeadDim, kCausal, kShortKeys>;
   constexpr bool kBf16 = kDtype == DType::kBFloat16;
   // The dynamic schedule needs the zeroed tile counter (the binding allocates it).
   if (Tr::kDynamicSchedule && p.tile_counter == nullptr) return cudaErrorInvalidValue;
@@ -106,7 +106,7 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
   args.num_tiles = static_cast<int>(num_tiles);
   // L2 sections: as many (batch, head) pairs as keep their K and V within kL2SectionBytes (query
   // heads of one key/value head share it), rounded down to a power of two.
-  constexpr int64_t kL2SectionBytes = int64_t(32) << 20;
+  constexpr int64_t kL2SectionBytes = int64_t(SK_SM90_L2_SECTION_MB) << 20;
   const int64_t kv_bytes_per_pair =
       std::max<int64_t>(1, int64_t(p.seqlen_k) * kHeadDim * 2 * 2 / p.head_ratio);
   const int64_t fit = std::max<int64_t>(1, kL2SectionBytes / kv_bytes_per_pair);
@@ -128,26 +128,26 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
 // The body is compiled only for sm_90a (wgmma and setmaxnreg need the arch-specific target); for
 // any other target the kernel is empty, and the binding never launches it there.
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, ARGS)
+#define SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, SHORT, ARGS)
 #else
-#define SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, ARGS) \
-  sessionkit::sm90::flash_fwd_body<DTYPE, HDIM, CAUSAL>(ARGS);
+#define SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, SHORT, ARGS) \
+  sessionkit::sm90::flash_fwd_body<DTYPE, HDIM, CAUSAL, SHORT>(ARGS);
 #endif
 
 // Defines, in one .cu file, the sm90-family kernel `NAME` (a plain extern "C" symbol, so that
 // ptxas and the profiler report it by that name), its shared-memory size as `NAME_smem_bytes`,
-// and the launcher run_flash_fwd_sm90<DTYPE, HDIM, CAUSAL>.
-#define SESSIONKIT_FLASH_FWD_SM90_INSTANCE(NAME, DTYPE, HDIM, CAUSAL)                             \
-  extern "C" __global__ void __launch_bounds__(sessionkit::sm90::Traits<HDIM, CAUSAL>::kThreads, 1)     \
+// and the launcher run_flash_fwd_sm90<DTYPE, HDIM, CAUSAL, SHORT> (SHORT: the short-keys variant).
+#define SESSIONKIT_FLASH_FWD_SM90_INSTANCE(NAME, DTYPE, HDIM, CAUSAL, SHORT)                             \
+  extern "C" __global__ void __launch_bounds__(sessionkit::sm90::Traits<HDIM, CAUSAL, SHORT>::kThreads, 1)     \
       NAME(const __grid_constant__ sessionkit::sm90::Sm90Args args) {                           \
-    SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, args)                                              \
+    SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, SHORT, args)                                              \
   }                                                                                              \
-  extern "C" const int NAME##_smem_bytes = sessionkit::sm90::Traits<HDIM, CAUSAL>::kSmemBytes;           \
+  extern "C" const int NAME##_smem_bytes = sessionkit::sm90::Traits<HDIM, CAUSAL, SHORT>::kSmemBytes;           \
   namespace sessionkit {                                                                         \
   template <>                                                                                    \
-  cudaError_t run_flash_fwd_sm90<DTYPE, HDIM, CAUSAL>(const FlashFwdParams& params,             \
+  cudaError_t run_flash_fwd_sm90<DTYPE, HDIM, CAUSAL, SHORT>(const FlashFwdParams& params,             \
                                                        cudaStream_t stream) {                   \
     static std::atomic<bool> smem_raised[fwd::kMaxTrackedDevices];                              \
-    return sm90::launch<DTYPE, HDIM, CAUSAL>(NAME, params, stream, smem_raised);                        \
+    return sm90::launch<DTYPE, HDIM, CAUSAL, SHORT>(NAME, params, stream, smem_raised);                        \
   }                                                                                              \
   }
