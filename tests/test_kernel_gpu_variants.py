@@ -105,9 +105,9 @@ DECODE_CASES = [  # (B, H_q, H_kv, Sk): one query row per head against a long ke
 @pytest.mark.parametrize("case", DECODE_CASES)
 @pytest.mark.parametrize("mask", ["none", "bottom_right"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_decode_shapes_with_split_keys(case, mask, dtype, family):
-    """Sq=1 with every key visible runs with the grouped heads as rows and the keys split into
-    chunks merged by LSE (csrc/flash_api.cpp, launch_decode): same rule, same LSE."""
+def test_decode_shapes_with_grouped_heads_as_rows(case, mask, dtype, family):
+    """Sq=1 with every key visible runs with the query heads of each key/value head as the rows of
+    one tile (csrc/flash_api.cpp, launch_decode): same rule, same LSE."""
     b, hq, hkv, sk = case
     for d in _head_dims():
         _check_forward(b, hq, hkv, 1, sk, d, dtype, mask != "none", mask == "bottom_right",
