@@ -30,7 +30,7 @@ def _domain_modules() -> list[str]:
 
     root = Path(sessionkit.__file__).parent
     names = []
-    for package in ("kernels", "bench"):
+    for package in ("kernels", "bench", "preflight", "profile"):
         names += [f"sessionkit.{package}.{p.stem}" for p in sorted((root / package).glob("*.py"))
                   if p.stem != "__init__"]
     return names

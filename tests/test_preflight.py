@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from sessionkit import preflight
 from sessionkit.cli import cli
 from sessionkit.db import open_db
-from sessionkit.preflight import (Check, NvmlUnavailable, Probe, format_report,
+from sessionkit.preflight import (Check, Probe, format_report,
                                   parse_compiler_version, run_checks)
 from sessionkit.steps.preflight import PreflightStep
-from sessionkit.nvml import REASON_GPU_IDLE, REASON_HW_SLOWDOWN, REASON_SW_THERMAL
+from sessionkit.nvml import REASON_GPU_IDLE, REASON_HW_SLOWDOWN, REASON_SW_THERMAL, NvmlUnavailable
 from sessionkit.toolchain import Found
 
 CUDA13 = "/opt/fake/cuda-13.0"
@@ -391,7 +391,7 @@ def test_a_check_that_raises_becomes_a_fail_and_the_rest_still_run(tmp_path, mon
 
     checks = list(preflight.CHECKS)
     checks[1] = ("pip", boom)
-    monkeypatch.setattr(preflight, "CHECKS", checks)
+    monkeypatch.setattr(preflight.checks, "CHECKS", checks)
     report = run_checks(FakeProbe(tmp_path))
     check = by_name(report)["pip"]
     assert check.status == "fail"
