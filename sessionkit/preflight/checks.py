@@ -38,8 +38,8 @@ ARCH_MIN_NVCC = {
     (8, 0): (11, 0), (8, 6): (11, 1), (8, 7): (11, 4), (8, 9): (11, 8), (9, 0): (12, 0),
     (10, 0): (12, 8), (10, 3): (12, 9), (12, 0): (12, 8),
 }
-# CUDA 13.0 removed offline compilation for GPUs older than Turing (cc 7.5).
-NVCC13_MIN_CC = (7, 5)
+# The kernel's oldest family (sm80: cp.async, bf16 mma.sync) needs Ampere.
+MIN_KERNEL_CC = (8, 0)
 
 # Oldest driver branch per CUDA major version (CUDA toolkit release notes, "minimum required driver
 # version for CUDA minor version compatibility"), only for the fix line.
@@ -356,27 +356,50 @@ def check_pybind11(f: Facts):
     return ok(f"pybind11 {version or '(unknown version)'}")
 
 
+def _head_dims(family: str) -> str:
+    """The head dims a kernel family has kernels for, as text ("?" when the sources are missing)."""
+    try:
+        from ..kernels.api import head_dims_by_family
+
+        dims = head_dims_by_family().get(family)
+    except Exception:  # noqa: BLE001 - no kernel sources shipped: say so, the build check will fail
+        dims = None
+    return ", ".join(str(d) for d in dims) if dims else "?"
+
+
 def check_arch(f: Facts):
+    """What the kernel runs on this GPU: the sm90 family (TMA + wgmma, built as sm_90a) on compute
+    capability 9.0, the sm80 family (mma.sync, built for the GPU's own arch) on every other GPU from
+    8.0 on (csrc/flash_api.cpp dispatches the same way); nothing older than 8.0."""
     a = f.get("arch")
     cc = f.get("capability")
     flags = " ".join(a["flags"])
     if cc is None:
         return warn(f"no GPU to read a compute capability from; builds target {a['arch']} ({flags})",
                     "run on the GPU that will time the kernel (an H100 for sm_90a)")
+    sm90 = f"the sm90 kernels (TMA + wgmma, head dims {_head_dims('sm90')})"
+    sm80 = f"the sm80 kernels (mma.sync, head dims {_head_dims('sm80')})"
+    if cc < MIN_KERNEL_CC:
+        return fail(f"cc {a['cc']} is older than {MIN_KERNEL_CC[0]}.{MIN_KERNEL_CC[1]}: {sm80} need "
+                    f"cc {MIN_KERNEL_CC[0]}.{MIN_KERNEL_CC[1]} or newer (cp.async, bf16 mma) and {sm90} "
+                    "cc 9.0", "run on an Ampere or newer GPU (cc 8.0+); an H100 or H200 (cc 9.0) "
+                    "runs the sm90 kernels")
     n = f.maybe("nvcc") or {}
     nvcc_v = _version_tuple(n.get("version"))
-    if nvcc_v:
-        need = ARCH_MIN_NVCC.get(cc)
-        if need and nvcc_v < need:
-            return fail(f"{a['arch']} for cc {a['cc']} needs nvcc {need[0]}.{need[1]}+, have {n['version']}",
-                        f"install CUDA {need[0]}.{need[1]} or newer")
-        if nvcc_v[0] >= 13 and cc < NVCC13_MIN_CC:
-            return fail(f"cc {a['cc']} is older than Turing; nvcc {n['version']} cannot build for it",
-                        "use a CUDA 12.x toolkit or a newer GPU")
+    need = ARCH_MIN_NVCC.get(cc)
+    if nvcc_v and need and nvcc_v < need:
+        return fail(f"{a['arch']} for cc {a['cc']} needs nvcc {need[0]}.{need[1]}+, have {n['version']}",
+                    f"install CUDA {need[0]}.{need[1]} or newer")
     if a["arch"] == "sm_90a":
-        return ok(f"Hopper (cc {a['cc']}): {flags}")
-    return warn(f"cc {a['cc']} is not Hopper: builds use {flags}; the Hopper paths (wgmma, TMA) "
-                "of the kernel are not available", "time the kernel on an H100 or H200 (cc 9.0)")
+        forced = f.get("env").get("SESSIONKIT_KERNEL_FAMILY")
+        if forced == "sm80":
+            return warn(f"cc {a['cc']} (Hopper), builds {flags}; SESSIONKIT_KERNEL_FAMILY=sm80 makes "
+                        f"every call run {sm80} instead of {sm90}",
+                        "unset SESSIONKIT_KERNEL_FAMILY to time the sm90 kernels")
+        return ok(f"cc {a['cc']} (Hopper), builds {flags}: calls run {sm90}; inputs TMA cannot "
+                  f"describe run {sm80}")
+    return warn(f"cc {a['cc']}, builds {flags}: calls run {sm80}; {sm90} need cc 9.0",
+                "to time the sm90 kernels, run on an H100 or H200 (cc 9.0)")
 
 
 def _compare_manifest(m: dict, current: dict) -> list[str]:
