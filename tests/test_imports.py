@@ -16,7 +16,8 @@ def _loaded_after_import(module: str, watched: tuple[str, ...]) -> str:
     return out.stdout.strip()
 
 
-@pytest.mark.parametrize("module", ["sessionkit.kernels", "sessionkit.bench", "sessionkit.preflight",
+@pytest.mark.parametrize("module", ["sessionkit.attention", "sessionkit.kernels", "sessionkit.bench",
+                                    "sessionkit.preflight",
                                     "sessionkit.profile", "sessionkit.schema", "sessionkit.db"])
 def test_import_leaves_click_and_steps_unimported(module):
     loaded = _loaded_after_import(module, ("click", "sessionkit.steps", "torch"))
