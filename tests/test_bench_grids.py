@@ -145,3 +145,19 @@ def test_headdims_grid_has_96_and_256():
     assert all(c.num_heads * c.head_dim in (2048, 2016) or c.num_heads == 2048 // c.head_dim
                for c in configs)
     assert any(c.head_dim == 256 and c.seq_len_q == 4096 for c in configs)
+
+
+def test_grid_tables_take_the_causal_words_of_the_config_text(tmp_path):
+    _pyproject(tmp_path, """
+[tool.sessionkit.grids.cache]
+dtype = "bf16"
+head_dim = 128
+seq_len_q = [1]
+seq_len_k = [4096]
+batch_size = 8
+num_heads = 32
+causal = ["br", false, true]
+""")
+    configs = load_grid("cache", tmp_path)
+    assert [c.mask for c in configs] == ["causal-br", "full", "causal"]
+    assert configs[0].pairs == 4096 and configs[2].pairs == 1
