@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sessionkit import profile
-from sessionkit.attention import IMPLS
+from sessionkit.attention import IMPLS, parse_config
 from sessionkit.errors import ConfigError, UsageError
 from sessionkit.profile import (Ceilings, KernelNumbers, KernelRecord, classify, load_tree,
                                 make_facts, parse_ncu_csv, parse_profile_config)
@@ -41,28 +41,33 @@ def test_profile_config_is_the_attention_config_text():
     assert parse_profile_config("8,32,1,4096,128,bf16,br,8").bottom_right
 
 
-@pytest.mark.parametrize("text, words", [
-    ("4,16,4096,4096,128,bf16", "B,H,Sq,Sk,D,dtype,causal"),
-    ("4,16,0,4096,128,bf16,0", "seq_len_q must be a positive integer"),
-    ("4,16,4096,4096,128,int8,0", "unknown dtype"),
-    ("4,16,4096,4096,100,bf16,0", "head_dim must be a multiple of 8, at most 256, to profile"),
-    ("4,16,4096,4096,512,bf16,0", "at most 256"),
-])
-def test_profile_config_rejects_bad_text_in_one_line(text, words):
-    with pytest.raises(UsageError, match=re.escape(words)) as err:
+@pytest.mark.parametrize("head_dim, fused", [(8, True), (64, True), (96, True), (256, True),
+                                             (100, False), (264, False), (512, False)])
+def test_profile_config_takes_the_head_dims_sdpa_fuses(head_dim, fused):
+    text = f"4,16,4096,4096,{head_dim},bf16,0"
+    if fused:
+        assert parse_profile_config(text).head_dim == head_dim
+        return
+    with pytest.raises(UsageError, match=re.escape(
+            f"bad config '{text}': head_dim must be a multiple of 8, at most 256, to profile")):
         parse_profile_config(text)
-    assert "\n" not in str(err.value)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.text(max_size=40))
-def test_profile_config_never_raises_anything_but_usage_error(text):
+@settings(max_examples=80, deadline=None)
+@given(st.one_of(st.text(max_size=40),
+                 st.integers(1, 300).map(lambda d: f"1,2,64,64,{d},bf16,1")))
+def test_profile_config_is_the_shared_parser_and_the_head_dim_rule(text):
     try:
-        cfg = parse_profile_config(text)
+        shared = parse_config(text)
+    except UsageError:
+        shared = None
+    try:
+        got = parse_profile_config(text)
     except UsageError as exc:
         assert "\n" not in str(exc)
+        assert shared is None or shared.head_dim % 8 or shared.head_dim > 256
         return
-    assert parse_profile_config(cfg.spec) == cfg
+    assert got == shared
 
 
 def test_flops_and_least_traffic_of_the_default_config():

@@ -197,13 +197,20 @@ def check_nvml(f: Facts):
     return ok(f"NVML works: driver {n['driver']}, {len(n['gpus'])} GPU(s); telemetry on")
 
 
-def check_gpu_processes(f: Facts):
-    err = f.error("nvml")
-    if err:
-        return warn("other processes on the GPU not checked (NVML unavailable)", "see the nvml check above")
+def _nvml_gpus(f: Facts, what: str):
+    """(GPUs as NVML reads them, None), or (None, the warning that ``what`` was not checked)."""
+    if f.error("nvml"):
+        return None, warn(f"{what} not checked (NVML unavailable)", "see the nvml check above")
     gpus = f.get("gpus")
     if not gpus:
-        return warn("other processes not checked: no GPU visible", "see the gpu check above")
+        return None, warn(f"{what} not checked: no GPU visible", "see the gpu check above")
+    return gpus, None
+
+
+def check_gpu_processes(f: Facts):
+    gpus, unchecked = _nvml_gpus(f, "other processes on the GPU")
+    if unchecked:
+        return unchecked
     busy = [(g, p) for g in gpus for p in g.get("processes") or []]
     if not busy:
         return ok(f"no other processes on {_gpu_list(gpus)}")
@@ -222,12 +229,9 @@ def _gpu_list(gpus) -> str:
 def check_clocks(f: Facts):
     from ..nvml import THROTTLE_MASK, reason_names
 
-    err = f.error("nvml")
-    if err:
-        return warn("clocks and throttling not checked (NVML unavailable)", "see the nvml check above")
-    gpus = f.get("gpus")
-    if not gpus:
-        return warn("clocks not checked: no GPU visible", "see the gpu check above")
+    gpus, unchecked = _nvml_gpus(f, "clocks and throttling")
+    if unchecked:
+        return unchecked
     parts, throttled = [], []
     for g in gpus:
         reasons = g.get("clock_reasons")
