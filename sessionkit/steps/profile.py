@@ -22,7 +22,7 @@ def _config_option(ctx, param, value):
     try:
         return prof.parse_profile_config(value).spec
     except UsageError as exc:
-        raise click.BadParameter(str(exc).removeprefix("bad --config "), ctx=ctx, param=param) from None
+        raise click.BadParameter(str(exc).removeprefix("bad config "), ctx=ctx, param=param) from None
 
 
 class ProfileStep(Step):
