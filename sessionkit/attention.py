@@ -210,8 +210,12 @@ class AttentionConfig:
         differ, ``H32/8kv`` with grouped-query heads."""
         seq = (f"S{self.seq_len_q}" if self.seq_len_q == self.seq_len_k
                else f"Sq{self.seq_len_q} Sk{self.seq_len_k}")
-        heads = f"H{self.num_heads}" + (f"/{self.num_heads_k}kv" if self.gqa else "")
-        return f"{self.dtype} B{self.batch_size} {heads} {seq} D{self.head_dim} {self.mask}"
+        return f"{self.dtype} B{self.batch_size} {self.heads} {seq} D{self.head_dim} {self.mask}"
+
+    @property
+    def heads(self) -> str:
+        """``H16``, or ``H32/8kv`` with grouped-query heads."""
+        return f"H{self.num_heads}" + (f"/{self.num_heads_k}kv" if self.gqa else "")
 
     @property
     def spec(self) -> str:

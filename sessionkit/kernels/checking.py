@@ -69,10 +69,7 @@ class Config(AttentionConfig):
 
     @property
     def shape(self) -> str:
-        heads = (f"H{self.num_heads}" if self.num_heads_k == self.num_heads
-                 else f"H{self.num_heads}/{self.num_heads_k}kv")
-        return (f"B{self.batch_size} {heads} S{self.seq_len_q}x{self.seq_len_k} "
-                f"{self.layout}")
+        return f"B{self.batch_size} {self.heads} S{self.seq_len_q}x{self.seq_len_k} {self.layout}"
 
     @property
     def case(self) -> str:
