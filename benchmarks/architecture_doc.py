@@ -2,10 +2,11 @@
 
 Run: python benchmarks/architecture_doc.py [--check]
 
-Two blocks of the page are written from the code, between ``<!-- generated: NAME -->`` and
+Three blocks of the page are written from the code, between ``<!-- generated: NAME -->`` and
 ``<!-- end generated -->`` lines: ``commands`` (every CLI command and subcommand with the first line of
-its help, from the click group) and ``schema`` (every table of a new database with its columns and
-the migration that made it, from a database migrated in memory). With ``--check`` nothing is written
+its help, from the click group), ``implementations`` (the registry of ``sessionkit.attention``) and
+``schema`` (every table of a new database with its columns and the migration that made it, from a
+database migrated in memory). With ``--check`` nothing is written
 and the exit status is 1 when the page is out of date (the test suite runs this).
 """
 
@@ -40,6 +41,18 @@ def command_rows() -> str:
     return "\n".join(rows)
 
 
+def implementation_rows() -> str:
+    from sessionkit.attention import IMPLEMENTATIONS
+
+    rows = ["| name | bench table header | SDPA backend forced | reference | what it is |",
+            "|---|---|---|---|---|"]
+    for impl in IMPLEMENTATIONS:
+        forced = f"`{impl.sdpa_backend}`" if impl.sdpa_backend else "-"
+        reference = "yes" if impl.reference else ""
+        rows.append(f"| `{impl.name}` | {impl.short} | {forced} | {reference} | {impl.description} |")
+    return "\n".join(rows)
+
+
 def schema_rows() -> str:
     import sqlite3
 
@@ -60,7 +73,7 @@ def schema_rows() -> str:
     return "\n".join(rows)
 
 
-BLOCKS = {"commands": command_rows, "schema": schema_rows}
+BLOCKS = {"commands": command_rows, "implementations": implementation_rows, "schema": schema_rows}
 
 
 def regenerate(text: str) -> str:

@@ -4,8 +4,9 @@
 
 For each of {fp16, bf16} x {D64, D128} x {causal, full}: random inputs, warm-up, then `reps` rounds
 that time every implementation once each (interleaved), each timed with CUDA events after a 256 MB
-buffer is zeroed to flush L2. Reports the median, TFLOP/s (4*B*H*D per unmasked (query, key) pair)
-and our ratio to each SDPA variant. Needs a CUDA GPU.
+buffer is zeroed to flush L2. Reports the median, TFLOP/s (the FLOPs of
+``sessionkit.attention.AttentionConfig``: 4*B*H*D per unmasked (query, key) pair) and our ratio to
+each SDPA variant; the implementations are those of ``sessionkit.attention.REGISTRY``. Needs a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -14,18 +15,6 @@ import argparse
 import json
 import statistics
 import sys
-
-
-def causal_pairs(seq_q: int, seq_k: int) -> int:
-    """Unmasked (query, key) pairs under SDPA's top-left causal mask: row i sees min(i+1, Sk) keys."""
-    full_rows = max(0, seq_q - seq_k)  # rows i >= Sk see every key
-    partial = min(seq_q, seq_k)
-    return partial * (partial + 1) // 2 + full_rows * seq_k
-
-
-def attention_flops(batch, heads, seq_q, seq_k, dim, causal) -> int:
-    pairs = causal_pairs(seq_q, seq_k) if causal else seq_q * seq_k
-    return 4 * batch * heads * dim * pairs
 
 
 def main(argv=None) -> int:
@@ -40,10 +29,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from sessionkit.kernels import flash_attention, load_extension
+    from sessionkit.attention import REGISTRY, AttentionConfig
+    from sessionkit.attention import tflops as to_tflops
+    from sessionkit.bench.timing import make_input_sets
+    from sessionkit.kernels import load_extension
 
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -57,26 +47,16 @@ def main(argv=None) -> int:
     b, h, s = args.batch, args.heads, args.seq
     rows = []
     only = {x for x in args.only.split(",") if x}
-    for dtype_name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+    for dtype_name in ("fp16", "bf16"):
         for dim in (64, 128):
             for causal in (False, True):
-                label = f"{dtype_name}-d{dim}-{'causal' if causal else 'full'}"
+                cfg = AttentionConfig(b, h, s, s, dim, dtype_name, causal)
+                label = f"{cfg.dtype}-d{cfg.head_dim}-{cfg.mask}"
                 if only and label not in only:
                     continue
-                gen = torch.Generator(device="cuda").manual_seed(dim + causal)
-                q, k, v = (torch.randn(b, h, s, dim, device="cuda", dtype=dtype, generator=gen)
-                           for _ in range(3))
-
-                def sdpa_flash(q=q, k=k, v=v, causal=causal):
-                    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-
-                impls = {
-                    "ours": lambda q=q, k=k, v=v, causal=causal: flash_attention(q, k, v, causal=causal),
-                    "sdpa": lambda q=q, k=k, v=v, causal=causal: F.scaled_dot_product_attention(
-                        q, k, v, is_causal=causal),
-                    "sdpa_flash": sdpa_flash,
-                }
+                q, k, v = make_input_sets(torch, cfg, "cuda", 1, seed=dim + causal)[0]
+                impls = {name: (lambda fn=REGISTRY[name].launcher(cfg), qkv=(q, k, v): fn(*qkv))
+                         for name in ("ours", "sdpa", "sdpa_flash")}
                 ref = impls["sdpa"]()
                 err = (impls["ours"]().float() - ref.float()).abs().max().item()
                 for fn in impls.values():
@@ -94,9 +74,9 @@ def main(argv=None) -> int:
                         end.record()
                         end.synchronize()
                         samples[name].append(start.elapsed_time(end))
-                flops = attention_flops(b, h, s, s, dim, causal)
+                flops = cfg.flops
                 med = {name: statistics.median(x) for name, x in samples.items()}
-                tflops = {name: flops / (ms * 1e-3) / 1e12 for name, ms in med.items()}
+                tflops = {name: to_tflops(flops, ms) for name, ms in med.items()}
                 rows.append({"config": label, "dtype": dtype_name, "head_dim": dim, "causal": causal,
                              "batch": b, "heads": h, "seq": s, "flops": flops, "median_ms": med,
                              "tflops": tflops, "samples_ms": samples, "max_abs_diff_vs_sdpa": err})

@@ -32,10 +32,11 @@ def agree(args) -> int:
 
 
 def repeat(args) -> int:
-    from sessionkit.steps.bench import BenchStep
+    from sessionkit.attention import AttentionConfig
     from sessionkit.db import open_db
     from sessionkit.runner import run_step
     from sessionkit.sessions import start_session
+    from sessionkit.steps.bench import BenchStep
 
     path = Path(args.db) if args.db else Path(tempfile.mkdtemp()) / "sessions.db"
     db = open_db(path, create=True)
@@ -46,8 +47,7 @@ def repeat(args) -> int:
                "cooldown": args.cooldown}
     steps = [run_step(db, session, BenchStep(), dict(options, csv_path=args.csv)),
              run_step(db, session, BenchStep(), options)]
-    a, b = ({(r["dtype"], r["batch_size"], r["num_heads"], r["seq_len_q"], r["seq_len_k"],
-              r["head_dim"], r["causal"], r["impl"]): r
+    a, b = ({(AttentionConfig.from_row(r), r["impl"]): r
              for r in db.query("SELECT * FROM bench_results WHERE step_id = ?", [s["id"]])}
             for s in steps)
     print(f"database: {path}")
@@ -59,8 +59,8 @@ def repeat(args) -> int:
         if not rb or ra["status"] != "ok" or rb["status"] != "ok":
             continue
         diff = 100.0 * (rb["latency_ms"] - ra["latency_ms"]) / ra["latency_ms"]
-        dtype, bs, h, sq, sk, d, causal, impl = key
-        label = f"{dtype} B{bs} H{h} S{sq}/{sk} D{d} {'causal' if causal else 'full'}"
+        config, impl = key
+        label = config.label
         mark = "" if ra["latency_ms"] >= args.threshold_ms else "  (< 0.2 ms)"
         spreads = "/".join("-" if r.get("pass_spread_pct") is None else f"{r['pass_spread_pct']:.1f}"
                            for r in (ra, rb))

@@ -33,8 +33,8 @@ def main(argv=None) -> int:
 
     import torch
 
+    from sessionkit.attention import parse_config
     from sessionkit.bench import timing
-    from sessionkit.bench.grids import parse_config
     from sessionkit.bench.passes import median_clock, merge_run
     from sessionkit.bench.step import stop_rule
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
                     ours, _ = timing.ours_impl(torch, config)
                     if ours is not None:
                         impls.insert(0, ours)
-                    set_bytes = timing.input_set_bytes(config)
+                    set_bytes = config.input_bytes
                     sets = timing.make_input_sets(torch, config, device, 4)
                     known = merged.get(config, {})
                     runs = timer.measure(impls, sets, rule=stop_rule(args.visit_s, args.passes),

@@ -43,25 +43,23 @@ def make_step(db, session_id: str) -> str:
 
 
 def workloads(torch):
-    import torch.nn.functional as F
+    from sessionkit.attention import REGISTRY, parse_config
+    from sessionkit.bench.timing import make_input_sets
 
-    dev = torch.device("cuda")
-    gen = torch.Generator(device=dev)
-    gen.manual_seed(0)
+    def sdpa_on(spec):
+        config = parse_config(spec)
+        return REGISTRY["sdpa"].launcher(config), make_input_sets(torch, config, "cuda", 1)[0]
 
-    def qkv(b, h, s, d, dtype):
-        return [torch.randn(b, h, s, d, generator=gen, device=dev, dtype=dtype) for _ in range(3)]
-
-    big = qkv(4, 16, 4096, 128, torch.bfloat16)
-    small = qkv(1, 8, 128, 64, torch.float16)
+    big, big_qkv = sdpa_on("4,16,4096,4096,128,bf16,0")
+    small, small_qkv = sdpa_on("1,8,128,128,64,fp16,0")
 
     def gpu_bound():
         for _ in range(250):
-            F.scaled_dot_product_attention(*big)
+            big(*big_qkv)
 
     def host_bound():
         for _ in range(8000):
-            F.scaled_dot_product_attention(*small)
+            small(*small_qkv)
 
     return {"gpu-bound": gpu_bound, "host-bound": host_bound}
 

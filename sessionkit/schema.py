@@ -37,11 +37,6 @@ def migration_names() -> list[str]:
     return [fn.__name__ for fn in MIGRATIONS]
 
 
-#: The values of ``bench_results.impl``: our kernel, then PyTorch's SDPA (its own backend choice,
-#: then each backend forced).
-IMPLS = ("ours", "sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math")
-
-
 @migration
 def m001_core(db) -> None:
     db.execute(

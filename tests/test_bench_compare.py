@@ -7,17 +7,17 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from sessionkit.attention import AttentionConfig
 from sessionkit.bench import compare as cmp
 from sessionkit.bench import step as bench_step
-from sessionkit.bench.grids import BenchConfig
 from sessionkit.bench.passes import ResultStore
 from sessionkit.bench.timing import ImplRun
 from sessionkit.cli import cli
 from sessionkit.errors import SessionkitError, UsageError
 from sessionkit.sessions import end_session, start_session
 
-BIG = BenchConfig(4, 16, 4096, 4096, 128, "bf16", True)
-SMALL = BenchConfig(1, 8, 512, 512, 64, "fp16", False)
+BIG = AttentionConfig(4, 16, 4096, 4096, 128, "bf16", True)
+SMALL = AttentionConfig(1, 8, 512, 512, 64, "fp16", False)
 
 
 def _samples(center, n=40):

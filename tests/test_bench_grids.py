@@ -1,11 +1,13 @@
-"""Grids: built-in ones, ``--config`` parsing and ``[tool.sessionkit.grids]`` loading."""
+"""Grids: built-in ones, ``--config`` selection and ``[tool.sessionkit.grids]`` loading (parsing the
+config text itself is tested in test_attention.py)."""
 
 from __future__ import annotations
 
 import pytest
 
+from sessionkit.attention import AttentionConfig
 from sessionkit.bench import grids
-from sessionkit.bench.grids import BenchConfig, load_grid, parse_config, select_configs
+from sessionkit.bench.grids import load_grid, select_configs
 from sessionkit.errors import UsageError
 
 
@@ -33,27 +35,6 @@ def test_seeds_and_quick():
     assert flops[0] < 1e9 < 1e12 < flops[-1]
     assert any(c.causal for c in quick) and any(not c.causal for c in quick)
     assert any(c.seq_len_q != c.seq_len_k for c in quick)
-
-
-def test_parse_config():
-    c = parse_config("4,16,4096,2048,128,bfloat16,causal")
-    assert c == BenchConfig(4, 16, 4096, 2048, 128, "bf16", True)
-    assert c.spec == "4,16,4096,2048,128,bf16,1"
-    assert parse_config(c.spec) == c
-    assert c.label == "bf16 B4 H16 Sq4096 Sk2048 D128 causal"
-    assert parse_config(" 1, 8, 512, 512, 64, fp16, 0 ").causal is False
-
-
-@pytest.mark.parametrize("text, fragment", [
-    ("1,2,3", "expected B,H,Sq,Sk,D,dtype,causal"),
-    ("0,8,512,512,64,fp16,0", "positive integer"),
-    ("1,8,x,512,64,fp16,0", "positive integer"),
-    ("1,8,512,512,64,int8,0", "unknown dtype"),
-    ("1,8,512,512,64,fp16,maybe", "bad causal"),
-])
-def test_bad_configs_are_usage_errors(text, fragment):
-    with pytest.raises(UsageError, match=fragment):
-        parse_config(text)
 
 
 def test_select_configs():
@@ -89,10 +70,10 @@ seq_len_k = [4096]
 batch_size = [8]
 num_heads = 32
 """)
-    assert load_grid("mine", tmp_path) == [BenchConfig(1, 16, 8192, 8192, 128, "bf16", True)]
+    assert load_grid("mine", tmp_path) == [AttentionConfig(1, 16, 8192, 8192, 128, "bf16", True)]
     long = load_grid("long", tmp_path)
     assert len(long) == 8
-    assert BenchConfig(2, 16, 8192, 8192, 128, "fp16", False) in long
+    assert AttentionConfig(2, 16, 8192, 8192, 128, "fp16", False) in long
     decode = load_grid("decode", tmp_path)
     assert [(c.seq_len_q, c.seq_len_k) for c in decode] == [(1, 4096), (16, 4096)]
     assert set(grids.grid_names(tmp_path)) == {"quick", "seeds", "standard", "mine", "long",
@@ -113,7 +94,7 @@ num_heads = 32
     ('[tool.sessionkit.grids.bad]\ndtype="bf16"\nhead_dim=64\nseq_len=8\nbatch_size=1\n'
      'hidden=100\n', "not a multiple"),
     ('[tool.sessionkit.grids.bad]\ndtype="bf16"\nhead_dim=64\nseq_len=[8, -1]\nbatch_size=1\n'
-     'num_heads=2\n', "bad seq_len"),
+     'num_heads=2\n', "seq_len must be a positive integer"),
     ('[tool.sessionkit]\ngrids = 3\n', "must be a table"),
 ])
 def test_bad_project_grids_are_one_line_usage_errors(tmp_path, body, fragment):
@@ -144,7 +125,7 @@ def test_gqa_grid_is_llama_style():
     assert sorted({c.seq_len_q for c in configs}) == [1024, 2048, 4096, 8192, 16384]
     assert {c.causal for c in configs} == {False, True}
     assert all(c.causal_alignment == "top_left" and c.seq_len_q == c.seq_len_k for c in configs)
-    assert BenchConfig(2, 32, 16384, 16384, 128, "bf16", True, 8) in configs
+    assert AttentionConfig(2, 32, 16384, 16384, 128, "bf16", True, 8) in configs
 
 
 def test_decode_grid_is_bottom_right_against_long_caches():
@@ -152,9 +133,9 @@ def test_decode_grid_is_bottom_right_against_long_caches():
     assert {c.seq_len_q for c in configs} == {1, 4, 16}
     assert min(c.seq_len_k for c in configs) == 1024 and max(c.seq_len_k for c in configs) == 131072
     assert all(c.bottom_right and c.num_heads_k == 8 and c.batch_size == 8 for c in configs)
-    assert BenchConfig(8, 32, 1, 32768, 128, "bf16", True, 8, "bottom_right") in configs
+    assert AttentionConfig(8, 32, 1, 32768, 128, "bf16", True, 8, "bottom_right") in configs
     # a single query against Sk keys, bottom-right, sees them all
-    assert BenchConfig(8, 32, 1, 32768, 128, "bf16", True, 8, "bottom_right").flops == \
+    assert AttentionConfig(8, 32, 1, 32768, 128, "bf16", True, 8, "bottom_right").flops == \
         4 * 8 * 32 * 128 * 32768
 
 
@@ -166,24 +147,17 @@ def test_headdims_grid_has_96_and_256():
     assert any(c.head_dim == 256 and c.seq_len_q == 4096 for c in configs)
 
 
-@pytest.mark.parametrize("text, want", [
-    ("8,32,1,32768,128,bf16,br,8", BenchConfig(8, 32, 1, 32768, 128, "bf16", True, 8,
-                                                "bottom_right")),
-    ("2,32,4096,4096,128,bf16,1,8", BenchConfig(2, 32, 4096, 4096, 128, "bf16", True, 8)),
-    ("2,32,4096,4096,128,bf16,0", BenchConfig(2, 32, 4096, 4096, 128, "bf16", False)),
-])
-def test_config_specs_with_gqa_and_alignment_round_trip(text, want):
-    got = grids.parse_config(text)
-    assert got == want and grids.parse_config(got.spec) == got
-    assert ("/8kv" in got.label) == got.gqa and ("causal-br" in got.label) == got.bottom_right
-
-
-@pytest.mark.parametrize("text, words", [
-    ("2,32,64,64,128,bf16,1,5", "not a multiple of H_kv"),
-    ("2,32,64,64,128,bf16,1,0", "positive integer"),
-    ("2,32,64,64,128,bf16,sideways", "bad causal value"),
-    ("2,32,64,64,128,bf16,1,8,9", "expected B,H,Sq,Sk,D,dtype,causal"),
-])
-def test_bad_gqa_and_alignment_specs(text, words):
-    with pytest.raises(UsageError, match=words):
-        grids.parse_config(text)
+def test_grid_tables_take_the_causal_words_of_the_config_text(tmp_path):
+    _pyproject(tmp_path, """
+[tool.sessionkit.grids.cache]
+dtype = "bf16"
+head_dim = 128
+seq_len_q = [1]
+seq_len_k = [4096]
+batch_size = 8
+num_heads = 32
+causal = ["br", false, true]
+""")
+    configs = load_grid("cache", tmp_path)
+    assert [c.mask for c in configs] == ["causal-br", "full", "causal"]
+    assert configs[0].pairs == 4096 and configs[2].pairs == 1

@@ -6,15 +6,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sessionkit.attention import AttentionConfig
 from sessionkit.bench import step as bench_step
-from sessionkit.bench.grids import BenchConfig
 from sessionkit.bench.passes import (ResultStore, measure_grid, merge_run, pass_medians,
                                      pass_spread_pct, visit_order)
 from sessionkit.bench.timing import ImplRun
 
-A = BenchConfig(1, 8, 512, 512, 64, "fp16", False)
-B = BenchConfig(4, 16, 4096, 4096, 128, "bf16", True)
-C = BenchConfig(2, 16, 2048, 2048, 128, "bf16", False)
+A = AttentionConfig(1, 8, 512, 512, 64, "fp16", False)
+B = AttentionConfig(4, 16, 4096, 4096, 128, "bf16", True)
+C = AttentionConfig(2, 16, 2048, 2048, 128, "bf16", False)
 
 
 def _run(name, samples, *, status="ok", note="", clocks=None, err=None, reasons=None):
@@ -205,7 +205,7 @@ def test_stored_samples_are_exactly_the_merged_ones(db, make_context, passes, n_
     measure_grid(ResultStore(db, ctx.step_id), configs, visit, passes=passes, deadline=10.0,
                  max_visit_s=1.0, rows_for=_rows_for, clock=FakeClock())
     for r in bench_step.step_rows(db, ctx.step_id):
-        config = BenchConfig(r["batch_size"], r["num_heads"], r["seq_len_q"], r["seq_len_k"],
+        config = AttentionConfig(r["batch_size"], r["num_heads"], r["seq_len_q"], r["seq_len_k"],
                              r["head_dim"], r["dtype"], bool(r["causal"]))
         got = [s[0] for s in db.execute("SELECT latency_ms FROM bench_samples WHERE result_id = ? "
                                         "ORDER BY idx", [r["id"]])]

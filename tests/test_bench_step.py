@@ -6,13 +6,13 @@ import csv
 
 import pytest
 
+from sessionkit.attention import AttentionConfig
 from sessionkit.bench import step as bench_step
-from sessionkit.bench.grids import BenchConfig
 from sessionkit.bench.timing import ImplRun, input_sets_for, launches_for, summarize_samples
 from sessionkit.errors import UsageError
 from sessionkit.steps import bench as steps_bench
 
-CFG = BenchConfig(4, 16, 4096, 4096, 128, "bf16", True)
+CFG = AttentionConfig(4, 16, 4096, 4096, 128, "bf16", True)
 
 
 def _run(name, samples, throttled=None, status="ok", note=""):

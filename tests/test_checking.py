@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+from sessionkit import attention  # noqa: E402
 from sessionkit.errors import SessionkitError, UsageError  # noqa: E402
 from sessionkit.kernels import checking  # noqa: E402
 from sessionkit.kernels.checking import Config  # noqa: E402
@@ -282,7 +283,7 @@ def test_one_wrong_element_is_localized_exactly(c, data):
 
 
 def torch_dtype(c):
-    return checking.torch_dtype(c.dtype)
+    return attention.torch_dtype(c.dtype)
 
 
 @FAST
@@ -478,7 +479,7 @@ def test_results_table_has_one_line_per_group():
     # both alignments of causal configs are drawn: 8 (dtype, dim, causal) combos, some split in two
     assert any(g.endswith("causal-br") for g in groups) and len(groups) > 8
     assert len(lines) == 2 + len(groups)
-    name = sorted(g for g in groups if g.startswith("fp16") and "non-causal" not in g)[0]
+    name = sorted(g for g in groups if g.startswith("fp16") and not g.endswith(" full"))[0]
     fp16_causal = [line for line in lines if line.startswith(name + " ")]
     assert len(fp16_causal) == 1 and fp16_causal[0].split()[3:5] == [str(groups[name]), "0"]
     failing = [r for r in results if not r.passed]

@@ -16,7 +16,8 @@ def _loaded_after_import(module: str, watched: tuple[str, ...]) -> str:
     return out.stdout.strip()
 
 
-@pytest.mark.parametrize("module", ["sessionkit.kernels", "sessionkit.bench", "sessionkit.preflight",
+@pytest.mark.parametrize("module", ["sessionkit.attention", "sessionkit.kernels", "sessionkit.bench",
+                                    "sessionkit.preflight",
                                     "sessionkit.profile", "sessionkit.schema", "sessionkit.db"])
 def test_import_leaves_click_and_steps_unimported(module):
     loaded = _loaded_after_import(module, ("click", "sessionkit.steps", "torch"))
@@ -30,7 +31,7 @@ def _domain_modules() -> list[str]:
 
     root = Path(sessionkit.__file__).parent
     names = []
-    for package in ("kernels", "bench"):
+    for package in ("kernels", "bench", "preflight", "profile"):
         names += [f"sessionkit.{package}.{p.stem}" for p in sorted((root / package).glob("*.py"))
                   if p.stem != "__init__"]
     return names

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from sessionkit import preflight
 from sessionkit.cli import cli
 from sessionkit.db import open_db
-from sessionkit.preflight import (Check, NvmlUnavailable, Probe, format_report,
+from sessionkit.preflight import (Check, Probe, format_report,
                                   parse_compiler_version, run_checks)
 from sessionkit.steps.preflight import PreflightStep
-from sessionkit.nvml import REASON_GPU_IDLE, REASON_HW_SLOWDOWN, REASON_SW_THERMAL
+from sessionkit.nvml import REASON_GPU_IDLE, REASON_HW_SLOWDOWN, REASON_SW_THERMAL, NvmlUnavailable
 from sessionkit.toolchain import Found
 
 CUDA13 = "/opt/fake/cuda-13.0"
@@ -379,6 +379,40 @@ def test_non_hopper_gpu_gets_its_own_arch_with_a_warning(tmp_path):
     assert report.snapshot["toolchain"]["arch"] == "sm_80"
 
 
+def test_arch_check_names_the_kernel_family_each_gpu_runs(tmp_path):
+    """cc 9.0 runs the sm90 family (TMA + wgmma) and every other GPU from 8.0 the sm80 family
+    (mma.sync), with the head dims of the shipped instantiations; neither is promised where it
+    does not run."""
+    from sessionkit.kernels.api import head_dims_by_family
+
+    dims = {fam: ", ".join(map(str, d)) for fam, d in head_dims_by_family().items()}
+    hopper = by_name(run_checks(FakeProbe(tmp_path)))["arch"]
+    assert hopper.status == "pass"
+    assert f"calls run the sm90 kernels (TMA + wgmma, head dims {dims['sm90']})" in hopper.finding
+    assert f"run the sm80 kernels (mma.sync, head dims {dims['sm80']})" in hopper.finding
+
+    probe = FakeProbe(tmp_path)
+    probe.nvml_data = {**probe.nvml_data, "gpus": [h100(name="NVIDIA L40S", cc="8.9")]}
+    other = by_name(run_checks(probe))["arch"]
+    assert other.status == "warn" and "calls run the sm80 kernels (mma.sync" in other.finding
+    assert "calls run the sm90" not in other.finding and "need cc 9.0" in other.finding
+    assert "sm_89" in other.finding and "H100 or H200" in other.fix
+
+
+def test_arch_check_fails_below_ampere_and_names_a_forced_family(tmp_path):
+    probe = FakeProbe(tmp_path)
+    probe.nvml_data = {**probe.nvml_data, "gpus": [h100(name="Tesla T4", cc="7.5")]}
+    old = by_name(run_checks(probe))["arch"]
+    assert old.status == "fail" and "cc 7.5 is older than 8.0" in old.finding
+    assert "cc 8.0+" in old.fix
+
+    probe = FakeProbe(tmp_path)
+    probe.environ["SESSIONKIT_KERNEL_FAMILY"] = "sm80"
+    forced = by_name(run_checks(probe))["arch"]
+    assert forced.status == "warn" and "SESSIONKIT_KERNEL_FAMILY=sm80" in forced.finding
+    assert "unset SESSIONKIT_KERNEL_FAMILY" in forced.fix
+
+
 @pytest.mark.parametrize("free, status", [(0.5, "fail"), (3.0, "warn"), (50.0, "pass")])
 def test_free_disk_where_the_build_cache_lives(tmp_path, free, status):
     check = by_name(run_checks(FakeProbe(tmp_path, free_gib=free)))["disk"]
@@ -391,7 +425,7 @@ def test_a_check_that_raises_becomes_a_fail_and_the_rest_still_run(tmp_path, mon
 
     checks = list(preflight.CHECKS)
     checks[1] = ("pip", boom)
-    monkeypatch.setattr(preflight, "CHECKS", checks)
+    monkeypatch.setattr(preflight.checks, "CHECKS", checks)
     report = run_checks(FakeProbe(tmp_path))
     check = by_name(report)["pip"]
     assert check.status == "fail"

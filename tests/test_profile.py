@@ -20,62 +20,59 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sessionkit import profile
+from sessionkit.attention import IMPLS, parse_config
 from sessionkit.errors import ConfigError, UsageError
-from sessionkit.profile import (Ceilings, KernelNumbers, KernelRecord, ProfileConfig, classify,
-                                load_tree, make_facts, parse_config, parse_ncu_csv)
+from sessionkit.profile import (Ceilings, KernelNumbers, KernelRecord, classify, load_tree,
+                                make_facts, parse_ncu_csv, parse_profile_config)
 from sessionkit.steps.profile import ProfileStep
 from sessionkit.toolchain import Found
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = Path(__file__).resolve().parent / "data" / "ncu_sample.csv"
-CFG = parse_config("4,16,4096,4096,128,bf16,0")
+CFG = parse_profile_config(profile.DEFAULT_CONFIG)
 H100 = "NVIDIA H100 80GB HBM3"
 
 
 # ---- configuration --------------------------------------------------------------------------------
 
-def test_parse_config_reads_every_field():
-    cfg = parse_config(" 2, 8,1024,2048, 64, FP16, causal ")
-    assert cfg == ProfileConfig(2, 8, 1024, 2048, 64, "fp16", True)
-    assert cfg.label == "2,8,1024,2048,64,fp16,1"
+def test_profile_config_is_the_attention_config_text():
+    cfg = parse_profile_config(" 2, 8,1024,2048, 64, FP16, causal ")
+    assert cfg.spec == "2,8,1024,2048,64,fp16,1" and parse_profile_config(cfg.spec) == cfg
+    assert parse_profile_config("8,32,1,4096,128,bf16,br,8").bottom_right
 
 
-@pytest.mark.parametrize("text, words", [
-    ("4,16,4096,4096,128,bf16", "B,H,Sq,Sk,D,dtype,causal"),
-    ("4,16,0,4096,128,bf16,0", "seq_q must be a positive integer"),
-    ("4,x,4096,4096,128,bf16,0", "heads must be a positive integer"),
-    ("4,16,4096,4096,128,int8,0", "dtype must be one of"),
-    ("4,16,4096,4096,128,bf16,maybe", "causal must be 0 or 1"),
-    ("4,16,4096,4096,100,bf16,0", "multiple of 8"),
-])
-def test_parse_config_rejects_bad_text_in_one_line(text, words):
-    with pytest.raises(UsageError, match=re.escape(words)) as err:
-        parse_config(text)
-    assert "\n" not in str(err.value)
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.text(max_size=40))
-def test_parse_config_never_raises_anything_but_usage_error(text):
-    try:
-        cfg = parse_config(text)
-    except UsageError:
+@pytest.mark.parametrize("head_dim, fused", [(8, True), (64, True), (96, True), (256, True),
+                                             (100, False), (264, False), (512, False)])
+def test_profile_config_takes_the_head_dims_sdpa_fuses(head_dim, fused):
+    text = f"4,16,4096,4096,{head_dim},bf16,0"
+    if fused:
+        assert parse_profile_config(text).head_dim == head_dim
         return
-    assert parse_config(cfg.label) == cfg
+    with pytest.raises(UsageError, match=re.escape(
+            f"bad config '{text}': head_dim must be a multiple of 8, at most 256, to profile")):
+        parse_profile_config(text)
 
 
-@settings(max_examples=60, deadline=None)
-@given(sq=st.integers(1, 40), sk=st.integers(1, 40), causal=st.booleans())
-def test_attended_pairs_match_the_mask_counted_by_hand(sq, sk, causal):
-    cfg = ProfileConfig(1, 1, sq, sk, 8, "bf16", causal)
-    by_hand = sum(1 for i in range(sq) for j in range(sk) if not causal or j <= i)
-    assert cfg.attended_pairs() == by_hand
-    assert cfg.flops() == 4 * 8 * by_hand
+@settings(max_examples=80, deadline=None)
+@given(st.one_of(st.text(max_size=40),
+                 st.integers(1, 300).map(lambda d: f"1,2,64,64,{d},bf16,1")))
+def test_profile_config_is_the_shared_parser_and_the_head_dim_rule(text):
+    try:
+        shared = parse_config(text)
+    except UsageError:
+        shared = None
+    try:
+        got = parse_profile_config(text)
+    except UsageError as exc:
+        assert "\n" not in str(exc)
+        assert shared is None or shared.head_dim % 8 or shared.head_dim > 256
+        return
+    assert got == shared
 
 
 def test_flops_and_least_traffic_of_the_default_config():
-    assert CFG.flops() == 4 * 4 * 16 * 4096 * 4096 * 128
-    assert CFG.min_bytes() == 4 * 16 * 4 * 4096 * 128 * 2  # Q, K, V, O, 2 bytes each
+    assert CFG.flops == 4 * 4 * 16 * 4096 * 4096 * 128
+    assert CFG.min_bytes == 4 * 16 * 4 * 4096 * 128 * 2  # Q, K, V, O, 2 bytes each
 
 
 # ---- reading ncu's CSV ---------------------------------------------------------------------------
@@ -215,7 +212,7 @@ def _facts(**numbers):
     ceilings = numbers.pop("ceilings", Ceilings(tflops=762.0, tbs=2.96))
     base = dict(duration_ms=2.0, sm_throughput_pct=30.0, dram_throughput_pct=10.0,
                 memory_throughput_pct=30.0, tensor_pipe_pct=25.0, achieved_occupancy_pct=40.0,
-                l2_hit_rate_pct=90.0, dram_bytes=float(CFG.min_bytes()), waves_per_sm=2.0)
+                l2_hit_rate_pct=90.0, dram_bytes=float(CFG.min_bytes), waves_per_sm=2.0)
     base.update(numbers)
     return make_facts(KernelNumbers("k", **base), CFG, kernel, ceilings)
 
@@ -227,7 +224,7 @@ CASES = {
     "compute-not-mma": ("compute-bound", dict(sm_throughput_pct=75.0, tensor_pipe_pct=40.0)),
     "dram-excess-traffic": ("memory-bound", dict(dram_throughput_pct=70.0,
                                                  memory_throughput_pct=70.0,
-                                                 dram_bytes=3.0 * CFG.min_bytes())),
+                                                 dram_bytes=3.0 * CFG.min_bytes)),
     "dram-low-l2-hit": ("memory-bound", dict(dram_throughput_pct=80.0, memory_throughput_pct=80.0,
                                              l2_hit_rate_pct=30.0)),
     "onchip-memory": ("memory-bound", dict(memory_throughput_pct=85.0)),
@@ -270,7 +267,7 @@ def test_measured_ceiling_makes_a_fast_kernel_compute_bound_without_counters():
     # No counters at all but duration: 0.9 ms is 611 TFLOP/s = 80 % of the measured 762.
     facts = _facts(duration_ms=0.9, sm_throughput_pct=None, tensor_pipe_pct=None,
                    dram_throughput_pct=None, memory_throughput_pct=None)
-    assert facts["tflops"] == pytest.approx(CFG.flops() / 0.9e-3 / 1e12)
+    assert facts["tflops"] == pytest.approx(CFG.flops / 0.9e-3 / 1e12)
     assert facts["tflops_pct"] == pytest.approx(100 * facts["tflops"] / 762.0)
     assert classify(facts, load_tree()).verdict == "compute-bound"
     unmeasured = _facts(duration_ms=0.9, sm_throughput_pct=None, tensor_pipe_pct=None,
@@ -403,7 +400,7 @@ def fake_gpu(tmp_path, monkeypatch):
     def install(*, perm=False):
         path = _fake_ncu(tmp_path, perm=perm)
         monkeypatch.setattr("sessionkit.toolchain.find_cuda_tool", lambda tool: Found(path, True, "PATH"))
-        monkeypatch.setattr(profile, "_gpu_facts", lambda: (None, H100))
+        monkeypatch.setattr(profile, "gpu_facts", lambda: (None, H100))
         return path
     return install
 
@@ -437,7 +434,7 @@ def test_permission_error_fails_the_step_with_the_fix(db, session, fake_gpu, cap
     from sessionkit.runner import run_step
 
     fake_gpu(perm=True)
-    row = run_step(db, session, ProfileStep(), {"kernel": "sdpa", "config": CFG.label, "warmup": 3})
+    row = run_step(db, session, ProfileStep(), {"kernel": "sdpa", "config": CFG.spec, "warmup": 3})
     assert row["status"] == "failed"
     assert "NVreg_RestrictProfilingToAdminUsers=0" in row["message"]
     assert _summary(row)["permission_error"] is True
@@ -448,7 +445,7 @@ def test_step_records_contract_metrics_summary_and_artifacts(db, session, fake_g
     from sessionkit.runner import run_step
 
     fake_gpu()
-    row = run_step(db, session, ProfileStep(), {"kernel": "sdpa", "config": CFG.label, "warmup": 2})
+    row = run_step(db, session, ProfileStep(), {"kernel": "sdpa", "config": CFG.spec, "warmup": 2})
     assert row["status"] == "passed", row["message"]
     metrics = {r["key"]: r for r in db.query("SELECT * FROM metrics WHERE step_id = ?", [row["id"]])}
     expected = profile.kernel_numbers(_sample_record())
@@ -459,7 +456,7 @@ def test_step_records_contract_metrics_summary_and_artifacts(db, session, fake_g
         assert metrics[key]["subject"] == "sdpa"
     summary = _summary(row)
     assert summary["verdict"] in ("compute-bound", "memory-bound", "latency-bound")
-    assert summary["config"] == CFG.label and summary["kernel"] == "sdpa"
+    assert summary["config"] == CFG.spec and summary["kernel"] == "sdpa"
     assert [s[0] for s in summary["stalls"]] == [n for n, _ in expected.top_stalls(3)]
     assert summary["suggestions"] and all(s["pattern"] for s in summary["suggestions"])
     assert summary["ceilings"]["dram_source"].startswith("default")
@@ -469,7 +466,65 @@ def test_step_records_contract_metrics_summary_and_artifacts(db, session, fake_g
     prof = next(c for c in calls if "--export" in c)
     assert prof[prof.index("--metrics") + 1] == "lts__t_sector_hit_rate.pct,dram__bytes_read.sum"
     assert prof[prof.index("--clock-control") + 1] == "none"
-    assert prof[prof.index("--config") + 1] == CFG.label
+    assert prof[prof.index("--config") + 1] == CFG.spec
+    target = prof[prof.index("--launch-count") + 2:]  # the command ncu runs, after its own options
+    assert target[:3] == [sys.executable, "-m", "sessionkit.profile.target"]
+
+
+def _installed_copy(tmp_path) -> dict:
+    """The sessionkit package alone, copied to a folder of its own as an install would lay it out
+    (no checkout around it: no benchmarks/, no tests/), and an environment that imports it first."""
+    import shutil
+
+    import sessionkit
+
+    site = tmp_path / "site"
+    shutil.copytree(Path(sessionkit.__file__).parent, site / "sessionkit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return dict(os.environ, PYTHONPATH=str(site))
+
+
+def test_profile_target_runs_as_a_module_without_the_checkout(tmp_path):
+    """``python -m sessionkit.profile.target`` from a folder that holds no checkout, importing the
+    copied package: its help, a bad config (usage error) and, on this machine, either the profiled
+    call (a GPU) or the one-line reason it cannot run (no GPU)."""
+    import subprocess
+
+    env = _installed_copy(tmp_path)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+
+    def run(*args):
+        return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    where = run("-c", "import sessionkit.profile.target as t; print(t.__file__)")
+    assert where.stdout.strip() == str(tmp_path / "site" / "sessionkit" / "profile" / "target.py")
+    helped = run("-m", "sessionkit.profile.target", "--help")
+    assert helped.returncode == 0 and "python -m sessionkit.profile.target" in helped.stdout
+    assert "{" + ",".join(IMPLS) + "}" in helped.stdout
+    bad = run("-m", "sessionkit.profile.target", "--config", "1,2,3")
+    assert bad.returncode == 2 and "bad config '1,2,3'" in bad.stderr and "Traceback" not in bad.stderr
+    ran = run("-m", "sessionkit.profile.target", "--kernel", "sdpa", "--warmup", "1",
+              "--config", "1,8,256,256,64,bf16,1")
+    if ran.returncode == 0:
+        info = profile.target_info(ran.stdout)
+        assert info["kernel"] == "sdpa" and info["config"] == "1,8,256,256,64,bf16,1"
+    else:
+        skip, _ = profile.gpu_facts()
+        assert skip is not None and ran.stderr.strip() == skip and ran.returncode == 1
+
+
+def test_every_package_ships_in_the_wheel():
+    """pyproject's [tool.setuptools] packages lists every package of sessionkit/, so that an install
+    from a wheel carries them (the profile target runs from one)."""
+    import sessionkit
+
+    root = Path(sessionkit.__file__).parent
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("sessionkit",) + p.parent.relative_to(root).parts)
+             for p in root.rglob("__init__.py") if "__pycache__" not in p.parts}
+    assert found <= listed, sorted(found - listed)
 
 
 def test_cli_profile_without_ncu_says_skipped(monkeypatch):

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import time
 
-from .grids import BenchConfig
+from ..attention import AttentionConfig
 
 
-def agreement_rows(configs: list[BenchConfig], *, repeats: int = 3, budget_s: float = 4.0,
+def agreement_rows(configs: list[AttentionConfig], *, repeats: int = 3, budget_s: float = 4.0,
                    preheat_s: float = 30.0, cooldown: float = 0.0,
                    progress=None) -> list[dict]:
     import torch

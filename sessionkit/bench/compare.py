@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 
+from ..attention import AttentionConfig
 from ..errors import SessionkitError, UsageError
-from .grids import BenchConfig
 from .stats import compare_samples, median, usable_samples
 from .timing import slowdown_flags
 
@@ -40,8 +40,8 @@ def latest_bench_step(db, session_id: str) -> dict | None:
     return dict(rows[0]) if rows else None
 
 
-def load_step_results(db, step_id: str) -> dict[tuple, dict]:
-    """(config key, impl) -> result row with its ``samples`` (clean ones when enough)."""
+def load_step_results(db, step_id: str) -> dict[tuple[AttentionConfig, str], dict]:
+    """(config, impl) -> result row with its ``samples`` (clean ones when enough)."""
     out = {}
     for row in db.query("SELECT * FROM bench_results WHERE step_id = ? ORDER BY id", [step_id]):
         row = dict(row)
@@ -49,17 +49,8 @@ def load_step_results(db, step_id: str) -> dict[tuple, dict]:
                              "WHERE result_id = ? ORDER BY idx", [row["id"]]).fetchall()
         flags = slowdown_flags([t for _, t, _ in samples], [r for _, _, r in samples])
         row["samples_used"], _ = usable_samples([s for s, _, _ in samples], flags)
-        key = (row["dtype"], row["batch_size"], row["num_heads"], row["seq_len_q"],
-               row["seq_len_k"], row["head_dim"], row["causal"],
-               row.get("num_heads_k") or row["num_heads"],
-               row.get("causal_alignment") or "top_left")
-        out[(key, row["impl"])] = row  # a later row of the same pair wins
+        out[(AttentionConfig.from_row(row), row["impl"])] = row  # a later row of a pair wins
     return out
-
-
-def _label(key: tuple) -> str:
-    dtype, b, h, sq, sk, d, causal, heads_k, alignment = key
-    return BenchConfig(b, h, sq, sk, d, dtype, bool(causal), heads_k, alignment).label
 
 
 def _session_ref(db, ref, benchmarked: list[dict]) -> dict:
@@ -108,13 +99,13 @@ def compare_sessions(db, a=None, b=None, *, min_effect: float = 0.05, alpha: flo
             raise SessionkitError(f"session {sess['number']} has no bench results; "
                                   "run 'sessionkit step bench' in it")
     res_a, res_b = load_step_results(db, step_a["id"]), load_step_results(db, step_b["id"])
-    rows = [compare_pair(key, impl, res_a[(key, impl)], res_b[(key, impl)],
+    rows = [compare_pair(config, impl, res_a[(config, impl)], res_b[(config, impl)],
                          min_effect=min_effect, alpha=alpha)
-            for key, impl in res_a if (key, impl) in res_b]
+            for config, impl in res_a if (config, impl) in res_b]
     rows.sort(key=lambda r: (ORDER[r["verdict"]], -(r["ratio"] or 0) if r["verdict"] == "SLOWER"
                              else (r["ratio"] or 0), r["config"], r["impl"]))
-    only_a = sorted(f"{_label(k)} {i}" for k, i in res_a if (k, i) not in res_b)
-    only_b = sorted(f"{_label(k)} {i}" for k, i in res_b if (k, i) not in res_a)
+    only_a = sorted(f"{k.label} {i}" for k, i in res_a if (k, i) not in res_b)
+    only_b = sorted(f"{k.label} {i}" for k, i in res_b if (k, i) not in res_a)
     counts = {v: sum(r["verdict"] == v for r in rows) for v in ORDER}
     env_a, env_b = environment_facts(db, sa), environment_facts(db, sb)
     return {
@@ -170,9 +161,9 @@ def environment_changes(a: dict | None, b: dict | None) -> list[dict]:
             if a.get(key) is not None and b.get(key) is not None and a[key] != b[key]]
 
 
-def compare_pair(key: tuple, impl: str, ra: dict, rb: dict, *, min_effect: float,
+def compare_pair(config: AttentionConfig, impl: str, ra: dict, rb: dict, *, min_effect: float,
                  alpha: float) -> dict:
-    row = {"config": _label(key), "impl": impl, "a_ms": None, "b_ms": None, "ratio": None,
+    row = {"config": config.label, "impl": impl, "a_ms": None, "b_ms": None, "ratio": None,
            "clock_note": "",
            "p_value": None, "a_samples": len(ra["samples_used"]),
            "b_samples": len(rb["samples_used"]), "a_status": ra["status"],

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from .grids import BenchConfig
+from ..attention import AttentionConfig
 from .stats import median
 from .timing import ImplRun
 
@@ -105,7 +105,7 @@ class ResultStore:
         self.ids: dict[tuple, int] = {}  # (config, impl) -> bench_results.id
         self.stored: dict[int, int] = {}  # bench_results.id -> samples already written
 
-    def save(self, config: BenchConfig, rows: list[dict], runs) -> None:
+    def save(self, config: AttentionConfig, rows: list[dict], runs) -> None:
         by_name = {run.name: run for run in runs}
         db = self.db
         with db.conn:
@@ -131,10 +131,10 @@ class ResultStore:
                 self.stored[result_id] = len(run.samples)
 
 
-Visit = Callable[[BenchConfig, dict, float, bool], list[ImplRun]]
+Visit = Callable[[AttentionConfig, dict, float, bool], list[ImplRun]]
 
 
-def measure_grid(store: ResultStore, configs: list[BenchConfig], visit: Visit, *, passes: int,
+def measure_grid(store: ResultStore, configs: list[AttentionConfig], visit: Visit, *, passes: int,
                  deadline: float, max_visit_s: float, rows_for, progress=None,
                  clock=time.monotonic) -> list[dict]:
     """Visit every config ``passes`` times and store as it goes; returns the final rows.

@@ -17,10 +17,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from ..attention import IMPLS, REGISTRY, SDPA_IMPLS, AttentionConfig, implementation, tflops
 from ..errors import UsageError
-from ..schema import IMPLS
-from .flops import tflops as to_tflops
-from .grids import BenchConfig
 from .stats import StopRule
 
 DEFAULT_TIME_LIMIT_S = 150.0
@@ -34,7 +32,6 @@ CSV_COLUMNS = ["implementation", "dtype", "batch_size", "num_heads", "seq_len_q"
                "head_dim", "causal", "num_heads_k", "causal_alignment", "latency_ms", "iqr_ms", "samples", "tflops", "pct_peak",
                "memory_mb", "throttled_samples", "speedup_vs_sdpa", "speedup_vs_best", "passes",
                "pass_spread_pct", "sm_clock_mhz", "status", "note"]
-SDPA_IMPLS = tuple(i for i in IMPLS if i.startswith("sdpa"))
 
 
 def parse_impls(values) -> list[str] | None:
@@ -43,11 +40,8 @@ def parse_impls(values) -> list[str] | None:
     for value in values or ():
         for part in str(value).split(","):
             part = part.strip().lower()
-            if not part:
-                continue
-            if part not in IMPLS:
-                raise UsageError(f"unknown implementation {part!r}; choose from {', '.join(IMPLS)}")
-            names.append(part)
+            if part:
+                names.append(implementation(part).name)
     return list(dict.fromkeys(names)) or None
 
 
@@ -71,7 +65,7 @@ def session_ceiling(db, session_id: str) -> float | None:
     return row[0] if row else None
 
 
-def result_rows(config: BenchConfig, runs, *, ceiling: float | None) -> list[dict]:
+def result_rows(config: AttentionConfig, runs, *, ceiling: float | None) -> list[dict]:
     """bench_results rows (without step_id) for one config, speedups filled in."""
     from .passes import DRIFT_NOTE_PCT, median_clock, pass_spread_pct
     from .timing import summarize_samples
@@ -89,7 +83,7 @@ def result_rows(config: BenchConfig, runs, *, ceiling: float | None) -> list[dic
         if run.status == "ok" and run.samples:
             stats = summarize_samples(run.samples, run.throttled, run.reasons)
             row["latency_ms"], row["iqr_ms"] = stats["latency_ms"], stats["iqr_ms"]
-            row["tflops"] = to_tflops(config.flops, stats["latency_ms"])
+            row["tflops"] = tflops(config.flops, stats["latency_ms"])
             if ceiling and row["tflops"] is not None:
                 row["pct_peak"] = 100.0 * row["tflops"] / ceiling
             notes = [row["note"]]
@@ -161,23 +155,16 @@ def _cell(row: dict | None) -> str:
 def results_table(rows: list[dict]) -> str:
     """Compact text table: TFLOP/s per implementation for each config, ours' speedup last."""
     impls = [i for i in IMPLS if any(r["impl"] == i for r in rows)]
-    configs: dict[tuple, dict] = {}
+    configs: dict[AttentionConfig, dict] = {}
     for r in rows:
-        key = (r["dtype"], r["batch_size"], r["num_heads"], r["seq_len_q"], r["seq_len_k"],
-               r["head_dim"], r["causal"], r.get("num_heads_k") or r["num_heads"],
-               r.get("causal_alignment") or "top_left")
-        configs.setdefault(key, {})[r["impl"]] = r
-    short = {"ours": "ours", "sdpa": "sdpa", "sdpa_flash": "flash", "sdpa_cudnn": "cudnn",
-             "sdpa_efficient": "effic", "sdpa_math": "math"}
-    labels = {k: BenchConfig(k[1], k[2], k[3], k[4], k[5], k[0], bool(k[6]), k[7], k[8]).label
-              for k in configs}
-    width = max([len("config (TFLOP/s)")] + [len(v) for v in labels.values()])
-    head = f"{'config (TFLOP/s)':<{width}} " + " ".join(f"{short[i]:>6}" for i in impls)
+        configs.setdefault(AttentionConfig.from_row(r), {})[r["impl"]] = r
+    width = max([len("config (TFLOP/s)")] + [len(c.label) for c in configs])
+    head = f"{'config (TFLOP/s)':<{width}} " + " ".join(f"{REGISTRY[i].short:>6}" for i in impls)
     if "ours" in impls:
         head += "  ours/sdpa"
     lines = [head]
-    for key, by in configs.items():
-        line = f"{labels[key]:<{width}} " + " ".join(f"{_cell(by.get(i)):>6}" for i in impls)
+    for config, by in configs.items():
+        line = f"{config.label:<{width}} " + " ".join(f"{_cell(by.get(i)):>6}" for i in impls)
         ours = by.get("ours")
         if "ours" in impls:
             ratio = ours.get("speedup_vs_sdpa") if ours else None
@@ -212,7 +199,7 @@ def stop_rule(budget_s: float, passes: int = 1) -> StopRule:
                     min_time_s=min(1.0, budget_s * 0.4))
 
 
-def bench_config(timer, torch, config: BenchConfig, impls, rule: StopRule, *, deadline: float,
+def bench_config(timer, torch, config: AttentionConfig, impls, rule: StopRule, *, deadline: float,
                  first: bool, known=None):
     """Time ``impls`` on one config: their ImplRuns with the raw samples.
 
@@ -222,7 +209,7 @@ def bench_config(timer, torch, config: BenchConfig, impls, rule: StopRule, *, de
     from . import timing
 
     guess_ms = config.flops / 300e12 * 1e3
-    set_bytes = timing.input_set_bytes(config)
+    set_bytes = config.input_bytes
     count = timing.input_sets_for(set_bytes, timing.launches_for(guess_ms))
     sets = timing.make_input_sets(torch, config, timer.device, count)
     if first:

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import nvml as nvml_reader
+from ..attention import (DTYPES, REGISTRY, SDPA_IMPLS, AttentionConfig, ImplementationUnavailable,
+                         torch_dtype)
 from ..errors import first_line
-from .grids import BenchConfig
 from .stats import StopRule, iqr, median, usable_samples
 
 TARGET_SAMPLE_MS = 0.25  # small kernels are batched up to about this much work per event pair
@@ -40,7 +41,6 @@ HOST_OVERHEAD_MS = 0.03  # host time of a sample besides its launches (events, f
 MAX_LAUNCHES = 512
 INPUT_SETS = 4  # rotating input sets (placements) per config, memory allowing
 INPUT_MEMORY_CAP = 2 << 30  # bytes for all input sets of one config
-MATH_SCORES_CAP = 1 << 28  # the math backend only when B*H*Sq*Sk*4 bytes stays under this
 
 
 def launches_for(latency_ms: float, target_ms: float = TARGET_SAMPLE_MS,
@@ -148,75 +148,19 @@ class Impl:
     reference: bool = False  # outputs compared against this one
 
 
-def _torch_dtype(torch, name: str):
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+def sdpa_impls(torch, config: AttentionConfig) -> list[Impl]:
+    """SDPA's own choice and each backend of :data:`~sessionkit.attention.REGISTRY` that runs on
+    ``config`` (the math backend only for small shapes)."""
+    return [Impl(name, REGISTRY[name].launcher(config), REGISTRY[name].reference)
+            for name in SDPA_IMPLS if REGISTRY[name].fits(config)]
 
 
-def sdpa_impls(torch, config: BenchConfig) -> list[Impl]:
-    """SDPA default and each backend (math only for small shapes)."""
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    causal = config.causal and not config.bottom_right
-    gqa = config.gqa
-    mask = None
-    if config.bottom_right:  # SDPA's lower-right causal bias (FlashAttention's alignment)
-        from torch.nn.attention.bias import causal_lower_right
-
-        mask = causal_lower_right(config.seq_len_q, config.seq_len_k)
-
-    def default(q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                              enable_gqa=gqa)
-
-    def backend(which):
-        def run(q, k, v):
-            with sdpa_kernel(which):
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                                      enable_gqa=gqa)
-        return run
-
-    impls = [Impl("sdpa", default, reference=True),
-             Impl("sdpa_flash", backend(SDPBackend.FLASH_ATTENTION)),
-             Impl("sdpa_cudnn", backend(SDPBackend.CUDNN_ATTENTION)),
-             Impl("sdpa_efficient", backend(SDPBackend.EFFICIENT_ATTENTION))]
-    scores = config.batch_size * config.num_heads * config.seq_len_q * config.seq_len_k * 4
-    if scores <= MATH_SCORES_CAP:
-        impls.append(Impl("sdpa_math", backend(SDPBackend.MATH)))
-    return impls
-
-
-def ours_impl(torch, config: BenchConfig) -> tuple[Impl | None, str | None]:
+def ours_impl(torch, config: AttentionConfig) -> tuple[Impl | None, str | None]:
     """The project's kernel, or (None, why not)."""
     try:
-        from .. import kernels
-
-        fn = getattr(kernels, "flash_attention", None)
-        into = None if fn is not None else getattr(kernels, "flash_attention_into", None)
-    except Exception as exc:  # not built yet, or a broken extension
-        return None, f"sessionkit.kernels is not available ({type(exc).__name__}: {first_line(exc, limit=160)})"
-    scale = 1.0 / math.sqrt(config.head_dim)
-    causal = config.causal
-    variant = {"causal_alignment": config.causal_alignment, "enable_gqa": config.gqa}
-    if fn is not None:
-        def launch(q, k, v):
-            out = fn(q, k, v, causal=causal, scale=scale, **variant)
-            return out[0] if isinstance(out, (tuple, list)) else out
-        return Impl("ours", launch), None
-    if into is not None:
-        buffers = {}
-
-        def launch(q, k, v):
-            key = (q.shape, q.dtype, q.device)
-            if key not in buffers:  # outputs allocated once, as a caller of the _into form would
-                b, h, sq, _ = q.shape
-                buffers[key] = (torch.empty_like(q),
-                                torch.empty(b, h, sq, device=q.device, dtype=torch.float32))
-            out, lse = buffers[key]
-            into(q, k, v, out, lse, causal=causal, scale=scale, **variant)
-            return out
-        return Impl("ours", launch), None
-    return None, "sessionkit.kernels has no flash_attention entry point"
+        return Impl("ours", REGISTRY["ours"].launcher(config)), None
+    except ImplementationUnavailable as exc:
+        return None, str(exc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,11 +490,11 @@ def _looks_unsupported(text: str) -> bool:
                                        "only supports", "does not support", "not implemented"))
 
 
-def make_input_sets(torch, config: BenchConfig, device, count: int, seed: int = 0) -> list:
+def make_input_sets(torch, config: AttentionConfig, device, count: int, seed: int = 0) -> list:
     """``count`` sets of q (B, H, Sq, D), k and v (B, H_kv, Sk, D), normal values, fixed seed."""
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
-    dtype = _torch_dtype(torch, config.dtype)
+    dtype = torch_dtype(config.dtype)
     b, h, hk, d = config.batch_size, config.num_heads, config.num_heads_k, config.head_dim
     sets = []
     for _ in range(count):
@@ -561,20 +505,8 @@ def make_input_sets(torch, config: BenchConfig, device, count: int, seed: int = 
     return sets
 
 
-def input_set_bytes(config: BenchConfig) -> int:
-    size = {"fp16": 2, "bf16": 2, "fp32": 4}[config.dtype]
-    b, d = config.batch_size, config.head_dim
-    return size * b * d * (config.num_heads * config.seq_len_q
-                           + 2 * config.num_heads_k * config.seq_len_k)
-
-
-def output_tolerance(dtype: str) -> float:
-    """Max abs difference allowed between two attention outputs of unit-normal inputs."""
-    return {"fp16": 4e-3, "bf16": 3e-2, "fp32": 1e-4}[dtype]
-
-
-def make_check(torch, config: BenchConfig):
-    tol = output_tolerance(config.dtype)
+def make_check(torch, config: AttentionConfig):
+    tol = DTYPES[config.dtype].output_tolerance
 
     def check(name, out, ref):
         if out is None or tuple(out.shape) != tuple(ref.shape):

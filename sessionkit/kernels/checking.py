@@ -29,9 +29,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..attention import AttentionConfig, torch_dtype
 from ..errors import SessionkitError, UsageError, first_line
 
-DTYPES = ("fp16", "bf16")
+DTYPES = ("fp16", "bf16")  # the dtypes configs are drawn from: names of sessionkit.attention.DTYPES
 HEAD_DIMS = (64, 128)
 SEQ_LENS = (1, 17, 64, 113, 128, 1000, 2048, 4097)
 BATCH_SIZES = (1, 2, 3, 4)
@@ -52,52 +53,32 @@ LSE_TOLERANCE = 1e-3
 Kernel = Callable[..., object]
 
 
-@dataclass(frozen=True)
-class Config:
+@dataclass(frozen=True, kw_only=True)
+class Config(AttentionConfig):
+    """One checked case: an attention config (:class:`~sessionkit.attention.AttentionConfig`, fp16 or
+    bf16 here) with its place in the run, the layout its inputs are passed in and their seed."""
+
     idx: int
-    dtype: str  # "fp16" | "bf16"
-    batch_size: int
-    num_heads: int
-    seq_len_q: int
-    seq_len_k: int
-    head_dim: int
-    causal: bool
     layout: str  # "bhsd": contiguous (B, H, S, D); "bshd": (B, S, H, D) made, passed transposed
     seed: int  # seed of this config's inputs
-    num_heads_k: int = 0  # key/value heads (H_kv, a divisor of num_heads); 0: as num_heads
-    causal_alignment: str = "top_left"  # or "bottom_right" (only meaningful when causal)
-
-    def __post_init__(self):
-        if self.num_heads_k == 0:
-            object.__setattr__(self, "num_heads_k", self.num_heads)
-
-    @property
-    def bottom_right(self) -> bool:
-        return self.causal and self.causal_alignment == "bottom_right"
 
     @property
     def group(self) -> str:
-        mask = ("causal-br" if self.bottom_right else "causal") if self.causal else "non-causal"
-        return f"{self.dtype} d{self.head_dim} {mask}"
+        """The results table's line: ``bf16 d128 causal`` (``full``, ``causal`` or ``causal-br``)."""
+        return f"{self.dtype} d{self.head_dim} {self.mask}"
 
     @property
     def shape(self) -> str:
-        heads = (f"H{self.num_heads}" if self.num_heads_k == self.num_heads
-                 else f"H{self.num_heads}/{self.num_heads_k}kv")
-        return (f"B{self.batch_size} {heads} S{self.seq_len_q}x{self.seq_len_k} "
-                f"{self.layout}")
+        return f"B{self.batch_size} {self.heads} S{self.seq_len_q}x{self.seq_len_k} {self.layout}"
 
     @property
-    def label(self) -> str:
+    def case(self) -> str:
+        """``#7 bf16 d128 causal B2 H8/2kv S113x64 bshd``: the case, for progress and failures."""
         return f"#{self.idx} {self.group} {self.shape}"
 
     @property
     def scores(self) -> int:
         return self.batch_size * self.num_heads * self.seq_len_q * self.seq_len_k
-
-    @property
-    def scale(self) -> float:
-        return 1.0 / math.sqrt(self.head_dim)
 
 
 @dataclass
@@ -214,12 +195,6 @@ def generate_configs(count: int, seed: int, *, seq_lens=SEQ_LENS, head_dims=HEAD
 
 # --------------------------------------------------------------------------------------------------
 # Tensors
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
 def make_inputs(config: Config, device):
@@ -559,4 +534,4 @@ def results_table(results: list[CheckResult]) -> str:
 
 
 def failure_line(result: CheckResult) -> str:
-    return f"FAIL {result.config.label}: {result.failure}"
+    return f"FAIL {result.config.case}: {result.failure}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from ..attention import SDPA_IMPLS, AttentionConfig
 from ..costs import session_costs
 from ..sessions import get_session, session_steps
 from ..timefmt import now_iso, seconds_between
@@ -21,24 +22,14 @@ TELEMETRY_KEYS = ("power_mean_w", "power_max_w", "energy_j", "temp_max_c", "sm_c
 PROFILE_KEYS = ("sm_throughput_pct", "dram_throughput_pct", "tensor_pipe_pct",
                 "achieved_occupancy_pct", "registers_per_thread", "smem_per_block_bytes",
                 "l2_hit_rate_pct", "duration_ms")
-CONFIG_KEYS = ("dtype", "batch_size", "num_heads", "seq_len_q", "seq_len_k", "head_dim", "causal")
-SDPA_IMPLS = ("sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math")
 REGRESSION_THRESHOLD = 0.05  # a change in median latency smaller than this is called "same"
 
 
 def config_label(row: dict) -> str:
-    """``bf16 B2 H16 S4096 D128 causal`` (``Sq1024 Sk4096`` when they differ)."""
-    sq, sk = row.get("seq_len_q"), row.get("seq_len_k")
-    seq = f"S{sq}" if sq == sk else f"Sq{sq} Sk{sk}"
-    parts = [str(row.get("dtype")), f"B{row.get('batch_size')}", f"H{row.get('num_heads')}", seq,
-             f"D{row.get('head_dim')}", "causal" if row.get("causal") else "full"]
-    if row.get("layout"):
-        parts.append(row["layout"])
-    return " ".join(parts)
-
-
-def config_key(row: dict) -> tuple:
-    return tuple(row.get(k) for k in CONFIG_KEYS)
+    """A result row's config as :attr:`~sessionkit.attention.AttentionConfig.label`
+    (``bf16 B2 H16 S4096 D128 causal``), followed by a correctness row's layout."""
+    label = AttentionConfig.from_row(row).label
+    return f"{label} {row['layout']}" if row.get("layout") else label
 
 
 def _last_step(steps: list[dict], name: str, *, finished: bool = True) -> dict | None:
@@ -231,19 +222,17 @@ def bench_section(db, steps: list[dict]) -> dict | None:
     if step is None:
         return None
     rows = _bench_rows(db, step["id"]) if table_exists(db, "bench_results") else []
-    configs: dict[tuple, dict] = {}
+    configs: dict[AttentionConfig, dict] = {}
     for r in rows:
-        entry = configs.setdefault(config_key(r), {"label": config_label(r), "key": config_key(r),
-                                                   "impls": {}})
+        entry = configs.setdefault(AttentionConfig.from_row(r), {"label": config_label(r),
+                                                                 "impls": {}})
         entry["impls"][r["impl"]] = r
-        for k in CONFIG_KEYS:
-            entry[k] = r[k]
     table = []
     for entry in configs.values():
         ours, sdpa = entry["impls"].get("ours"), entry["impls"].get("sdpa")
         table.append({
             "label": entry["label"], "ours": ours, "sdpa": sdpa,
-            "others": [entry["impls"][i] for i in SDPA_IMPLS[1:] if i in entry["impls"]],
+            "others": [entry["impls"][i] for i in SDPA_IMPLS if i in entry["impls"] and i != "sdpa"],
             "speedup": ours.get("speedup_vs_sdpa") if ours else None,
         })
     speedups = [t["speedup"] for t in table

@@ -11,6 +11,7 @@ import time
 
 import click
 
+from ..attention import IMPLS
 from ..bench.grids import select_configs
 from ..bench.passes import ResultStore, measure_grid
 from ..bench.stats import geomean
@@ -20,7 +21,6 @@ from ..bench.step import (DEFAULT_COOLDOWN, DEFAULT_PASSES, DEFAULT_PREHEAT_S, D
                           stop_rule, write_csv)
 from ..errors import UsageError
 from ..paramtypes import FilePath
-from ..schema import IMPLS
 from . import Step, StepContext, StepResult
 
 

@@ -67,7 +67,7 @@ class CorrectnessStep(Step):
                               f"on {kcorrectness._device_name(device)}")
 
         def on_start(i, config):
-            context.progress.update(i + 1, len(configs), config.label)
+            context.progress.update(i + 1, len(configs), config.case)
 
         def on_result(result):
             with context.db.conn:

@@ -13,15 +13,16 @@ from pathlib import Path
 import click
 
 from .. import profile as prof
+from ..attention import IMPLS
 from ..errors import UsageError
 from . import Step, StepResult
 
 
 def _config_option(ctx, param, value):
     try:
-        return prof.parse_config(value).label
+        return prof.parse_profile_config(value).spec
     except UsageError as exc:
-        raise click.BadParameter(str(exc).removeprefix("bad --config "), ctx=ctx, param=param) from None
+        raise click.BadParameter(str(exc).removeprefix("bad config "), ctx=ctx, param=param) from None
 
 
 class ProfileStep(Step):
@@ -31,8 +32,8 @@ class ProfileStep(Step):
     budget_s = 120.0
     params = [
         click.Option(["--config"], default=prof.DEFAULT_CONFIG, show_default=True,
-                     callback=_config_option, help="B,H,Sq,Sk,D,dtype,causal to profile."),
-        click.Option(["--kernel"], type=click.Choice(prof.KERNELS), default="ours", show_default=True,
+                     callback=_config_option, help="B,H,Sq,Sk,D,dtype,causal[,H_kv] to profile."),
+        click.Option(["--kernel"], type=click.Choice(IMPLS), default="ours", show_default=True,
                      help="Our kernel, or torch SDPA (default dispatch or one backend)."),
         click.Option(["--kernel-regex"], default=None,
                      help="Profile only the first launch whose name matches (ncu --kernel-name)."),
@@ -42,14 +43,14 @@ class ProfileStep(Step):
 
     def check_options(self, options: dict) -> None:
         if options.get("config"):
-            prof.parse_config(options["config"])
+            prof.parse_profile_config(options["config"])
 
     def run(self, context) -> StepResult:
         opts = context.options
-        cfg = prof.parse_config(opts.get("config") or prof.DEFAULT_CONFIG)
+        cfg = prof.parse_profile_config(opts.get("config") or prof.DEFAULT_CONFIG)
         kernel = opts.get("kernel") or "ours"
-        if kernel not in prof.KERNELS:
-            raise UsageError(f"bad --kernel {kernel!r}: choose one of {', '.join(prof.KERNELS)}")
+        if kernel not in IMPLS:
+            raise UsageError(f"bad --kernel {kernel!r}: choose one of {', '.join(IMPLS)}")
         tree = prof.load_tree()  # a broken tree fails before the GPU time is spent
 
         from ..toolchain import find_cuda_tool
@@ -58,7 +59,7 @@ class ProfileStep(Step):
         if found.path is None:
             return StepResult("skipped", message="ncu not found on PATH, in $CUDA_HOME/bin or "
                               "/usr/local/cuda*/bin: install Nsight Compute or put ncu on PATH")
-        skip, gpu_name = prof._gpu_facts()
+        skip, gpu_name = prof.gpu_facts()
         if skip:
             return StepResult("skipped", message=skip)
         context.progress.note(f"ncu {found.path} ({found.where}); GPU {gpu_name}")
@@ -76,7 +77,7 @@ class ProfileStep(Step):
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-        context.progress.note(f"profiling {kernel} {cfg.label}: one call after "
+        context.progress.note(f"profiling {kernel} {cfg.spec}: one call after "
                               f"{opts.get('warmup', 3)} warm-up calls")
         code, output = prof.run_logged(cmd, log_path, env, prof.NCU_TIMEOUT_S)
         context.artifact(log_path, "log")
@@ -84,7 +85,7 @@ class ProfileStep(Step):
         if reason:
             return StepResult("failed", message=reason,
                               exit_code=code or 1,
-                              summary={"kernel": kernel, "config": cfg.label,
+                              summary={"kernel": kernel, "config": cfg.spec,
                                        "permission_error": prof.permission_denied(output)})
         rep = report_base.with_suffix(".ncu-rep")
         if not rep.is_file():
@@ -105,7 +106,7 @@ class ProfileStep(Step):
         if len(records) > 1:
             context.progress.note(f"{len(records)} kernels in the call; the longest is classified")
         numbers = prof.kernel_numbers(record)
-        info = prof._target_info(output)
+        info = prof.target_info(output)
         ceilings = prof.find_ceilings(context.db, context.session, info.get("gpu_name") or gpu_name)
         facts = prof.make_facts(numbers, cfg, kernel, ceilings)
         result = prof.classify(facts, tree)
@@ -120,7 +121,7 @@ class ProfileStep(Step):
             context.progress.note(f"  - {move['text']} [{move['pattern']}]")
         stalls = [[n, round(p, 1)] for n, p in numbers.top_stalls(3)]
         summary = {
-            "verdict": result.verdict, "config": cfg.label, "kernel": kernel,
+            "verdict": result.verdict, "config": cfg.spec, "kernel": kernel,
             "kernel_name": record.name, "stalls": stalls,
             "suggestions": [{"text": m["text"], "pattern": m["pattern"]} for m in result.suggestions],
             "verdict_summary": result.summary,
@@ -136,9 +137,9 @@ class ProfileStep(Step):
             "sections": list(prof.SECTIONS), "tree": tree.path,
         }
         top = f", top stall {stalls[0][0]}" if stalls else ""
-        message = (f"{result.verdict}: {prof._fmt(numbers.duration_ms, 'ms', 3)}, tensor pipe "
-                   f"{prof._fmt(numbers.tensor_pipe_pct, '%', 0)}, DRAM "
-                   f"{prof._fmt(numbers.dram_throughput_pct, '%', 0)}{top}")
+        message = (f"{result.verdict}: {prof.fmt_value(numbers.duration_ms, 'ms', 3)}, tensor pipe "
+                   f"{prof.fmt_value(numbers.tensor_pipe_pct, '%', 0)}, DRAM "
+                   f"{prof.fmt_value(numbers.dram_throughput_pct, '%', 0)}{top}")
         return StepResult("passed", message=message, summary=summary)
 
     @staticmethod
