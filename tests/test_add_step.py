@@ -12,21 +12,28 @@ from sessionkit.cli import cli
 from sessionkit.db import open_db
 
 HELLO = '''
-import click
+from dataclasses import dataclass
 
 from sessionkit.steps import Step, StepContext, StepResult
+from sessionkit.steps.typed import StepOptions, option
+
+
+@dataclass(frozen=True)
+class HelloOptions(StepOptions):
+    who: str = option("world", help="Whom to greet.")
 
 
 class HelloStep(Step):
     name = "hello"
     description = "Say hello and record one metric."
     budget_s = 5.0
-    params = [click.Option(["--who"], default="world", help="Whom to greet.")]
+    options_type = HelloOptions
 
     def run(self, context: StepContext) -> StepResult:
-        context.progress.note(f"hello {context.options['who']}")
+        options = self.parse_options(context.options)
+        context.progress.note(f"hello {options.who}")
         context.metric("greetings", 1, unit="count")
-        return StepResult("passed", message="said hello", summary={"who": context.options["who"]})
+        return StepResult("passed", message="said hello", summary={"who": options.who})
 '''
 
 
