@@ -19,10 +19,10 @@ A step is a small object with typed options and a typed summary (:mod:`sessionki
         template = "steps/hello.md.j2"          # its section of the report (None: no section)
 
         def run(self, context: StepContext) -> StepResult:
-            options = self.parse_options(context.options)
-            context.progress.note(f"hello {options.who}")
+            context.progress.note(f"hello {context.options.who}")   # a checked HelloOptions
             context.metric("greetings", 1, unit="count")
-            return StepResult("passed", message="said hello", summary=HelloSummary(who=options.who))
+            return StepResult("passed", message="said hello",
+                              summary=HelloSummary(who=context.options.who))
 
 The runner (:mod:`sessionkit.runner`) checks the options, records the step row before ``run`` starts,
 keeps its heartbeat, runs the telemetry sampler around it, and stores the result. A step never exits
@@ -79,11 +79,11 @@ class StepResult:
 
 
 class StepContext:
-    """What a running step sees: the session, the DB, the progress printer and its options (an
-    instance of the step's ``options_type`` when the runner made the context)."""
+    """What a running step sees: the session, the DB, the progress printer and its options, an
+    instance of the step's ``options_type`` (checked values: the runner parses them first)."""
 
     def __init__(self, *, db, session: dict, step_id: str, seq: int, progress,
-                 options: StepOptions | dict, workdir: Path):
+                 options: StepOptions, workdir: Path):
         self.db = db
         self.session = session
         self.step_id = step_id

@@ -236,4 +236,4 @@ class BenchStep(Step):
     template = "steps/bench.md.j2"
 
     def run(self, context: StepContext) -> StepResult:
-        return run_bench(context, self.parse_options(context.options))
+        return run_bench(context, context.options)

@@ -44,7 +44,6 @@ class BuildStep(Step):
     template = "steps/build.md.j2"
 
     def run(self, context) -> StepResult:
-        options = self.parse_options(context.options)
         env = context.latest_env()
         nvcc = ((env.get("toolchain") or {}).get("nvcc")) if env else None
         try:
@@ -54,7 +53,7 @@ class BuildStep(Step):
         try:
             info = kbuild.build_extension(progress=context.progress, nvcc=nvcc,
                                           capability=kbuild._capability_from_env(env),
-                                          force=options.force)
+                                          force=context.options.force)
         except kbuild.BuildError as exc:
             if exc.log_path is not None and Path(exc.log_path).is_file():
                 context.artifact(exc.log_path, "log")

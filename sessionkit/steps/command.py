@@ -160,7 +160,7 @@ class CommandStep(Step):
     def run(self, context) -> StepResult:
         from ..secrets import current_redactor
 
-        argv = list(self.parse_options(context.options).argv)
+        argv = list(context.options.argv)
         if not argv:
             raise UsageError("no command given after --: sessionkit step run NAME -- CMD ARGS...")
         redactor = current_redactor(argv=argv)

@@ -62,7 +62,7 @@ class CorrectnessStep(Step):
     def run(self, context: StepContext) -> StepResult:
         from ..kernels import checking
 
-        options = self.parse_options(context.options)
+        options: CorrectnessOptions = context.options
         count = options.configs
         seed = options.seed
         if seed is None:

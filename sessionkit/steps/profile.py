@@ -67,7 +67,7 @@ class ProfileStep(Step):
     template = "steps/profile.md.j2"
 
     def run(self, context) -> StepResult:
-        opts = self.parse_options(context.options)
+        opts: ProfileOptions = context.options
         cfg, kernel = opts.config, opts.kernel
         tree = prof.load_tree()  # a broken tree fails before the GPU time is spent
 
