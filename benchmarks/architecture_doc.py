@@ -4,10 +4,12 @@ Run: python benchmarks/architecture_doc.py [--check]
 
 Three blocks of the page are written from the code, between ``<!-- generated: NAME -->`` and
 ``<!-- end generated -->`` lines: ``commands`` (every CLI command and subcommand with the first line of
-its help, from the click group), ``implementations`` (the registry of ``sessionkit.attention``) and
+its help, from the click group), ``implementations`` (the registry of ``sessionkit.attention``),
 ``schema`` (every table of a new database with its columns and the migration that made it, from a
-database migrated in memory). With ``--check`` nothing is written
-and the exit status is 1 when the page is out of date (the test suite runs this).
+database migrated in memory) and ``add-step`` (the example step's module and template,
+``tests/data/hello_step.py`` and ``tests/data/hello.md.j2``, which ``tests/test_add_step.py``
+registers and runs). With ``--check`` nothing is written and the exit status is 1 when the page is
+out of date (the test suite runs this).
 """
 
 from __future__ import annotations
@@ -73,7 +75,16 @@ def schema_rows() -> str:
     return "\n".join(rows)
 
 
-BLOCKS = {"commands": command_rows, "implementations": implementation_rows, "schema": schema_rows}
+def example_step() -> str:
+    data = ROOT / "tests" / "data"
+    module = (data / "hello_step.py").read_text()
+    template = (data / "hello.md.j2").read_text()
+    return (f"```python\n{module}```\n\nIts template, `templates/steps/hello.md.j2` "
+            f"(`tests/data/hello.md.j2`):\n\n```jinja\n{template}```")
+
+
+BLOCKS = {"commands": command_rows, "implementations": implementation_rows, "schema": schema_rows,
+          "add-step": example_step}
 
 
 def regenerate(text: str) -> str:

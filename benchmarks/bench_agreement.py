@@ -42,8 +42,7 @@ def repeat(args) -> int:
     db = open_db(path, create=True)
     session = start_session(db, "repeat", objective="back-to-back bench reproducibility",
                             force=True)
-    options = {"grid": args.grid, "configs": (), "impls": (), "time_limit": args.time_limit,
-               "graph": False, "csv_path": None, "passes": args.passes,
+    options = {"grid": args.grid, "time_limit_s": args.time_limit, "passes": args.passes,
                "cooldown": args.cooldown}
     steps = [run_step(db, session, BenchStep(), dict(options, csv_path=args.csv)),
              run_step(db, session, BenchStep(), options)]

@@ -160,17 +160,20 @@ class _Signals:
         return False
 
 
-def run_step(db, session: dict, step: Step, options: dict | None = None, *, name: str | None = None,
+def run_step(db, session: dict, step: Step, options=None, *, name: str | None = None,
              kind: str = "builtin", command: list[str] | None = None, index: int | None = None,
              total: int | None = None, budget_s: float | None = None,
              telemetry_interval_s: float | None = None, stream=None) -> dict:
     """Run ``step`` inside ``session`` and return the finished step row.
 
+    ``options``: an instance of the step's ``options_type``, or a mapping of option names to
+    values that is checked first (:meth:`Step.parse_options`; a bad value raises
+    :class:`~sessionkit.steps.typed.OptionError` before anything is recorded).
     Raises :class:`StepInterrupted` (after recording) on Ctrl-C or SIGTERM.
     """
     from .sessions import session_steps
 
-    options = dict(options or {})
+    options = step.parse_options(options)
     name = name or step.name
     check_step_name(name)
     if session["status"] != "open":
@@ -182,7 +185,7 @@ def run_step(db, session: dict, step: Step, options: dict | None = None, *, name
     row = {
         "id": step_id, "session_id": session["id"], "name": name, "kind": kind,
         "command": json.dumps(redactor.argv(command)) if command is not None else None,
-        "options": json.dumps(redactor.value(options), default=str), "status": "running",
+        "options": json.dumps(redactor.value(options.to_json()), default=str), "status": "running",
         "started_at": now_iso(), "budget_s": budget, "host": socket.gethostname(),
         "pid": os.getpid(), "pid_started": process_start_time(os.getpid()), "pid_ns": pid_namespace(),
         "heartbeat_at": now_iso(),
@@ -308,7 +311,8 @@ def _finish(db, step, step_id, result, context, status, message, exit_code, dura
         message = redactor.text(message or "") if message is not None else None
         update = {"status": status, "ended_at": now_iso(), "duration_s": duration,
                   "exit_code": exit_code, "message": message,
-                  "summary": json.dumps(redactor.value(result.summary if result else {}), default=str)}
+                  "summary": json.dumps(redactor.value(result.summary_json() if result else {}),
+                                        default=str)}
         tail = getattr(step, "output_tail", None)
         if tail is not None:
             update["output_tail"] = redactor.text(tail)

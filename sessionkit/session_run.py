@@ -83,18 +83,6 @@ class SkippedStep(Step):
         return StepResult("skipped", message=self.reason)
 
 
-def default_options(step: Step) -> dict:
-    """The option values a step gets from its command line when no option is given."""
-    import click
-
-    params = list(getattr(step, "params", []) or [])
-    if not params:
-        return {}
-    command = click.Command(step.name or "step", params=params)
-    with command.make_context(step.name or "step", [], resilient_parsing=False) as ctx:
-        return dict(ctx.params)
-
-
 @dataclass
 class RunResult:
     session: dict
@@ -105,8 +93,9 @@ class RunResult:
 
 
 def _failed_checks(row: dict) -> list[str]:
-    checks = (row.get("summary") or {}).get("checks") or []
-    return [c.get("name") for c in checks if isinstance(c, dict) and c.get("status") == "fail"]
+    from .steps.preflight import PreflightSummary
+
+    return PreflightSummary.from_json(row.get("summary")).failed_checks()
 
 
 def _why_not(row: dict) -> str:
@@ -189,14 +178,12 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
     if len(set(plan)) != len(plan):
         raise UsageError(f"a step appears twice in the plan: {', '.join(plan)}")
     planned = {step_name: step_factory(step_name) for step_name in plan}  # unknown names fail here
-    # Every option each step will get is checked before the session opens, as 'step NAME' does.
-    prepared: dict[str, dict] = {}
+    # Every step starts from its declared defaults, and --grid goes to the steps that take a grid;
+    # the values are checked here, before the session opens, as 'step NAME' does.
+    prepared = {}
     for step_name, step in planned.items():
-        options = default_options(step)
-        if step_name == "bench" and grid:
-            options["grid"] = grid
-        step.check_options(options)
-        prepared[step_name] = options
+        takes_grid = any(spec.name == "grid" for spec in step.options_type.specs())
+        prepared[step_name] = step.parse_options({"grid": grid} if grid and takes_grid else {})
     opts = dict(start_options or {})
     opts["plan"] = plan
     if objective is not None:

@@ -25,9 +25,12 @@ def isolated(tmp_path, monkeypatch):
 
 @pytest.fixture
 def db(tmp_path):
+    """A new database in tmp_path; its connection is closed after the test."""
     from sessionkit.db import open_db
 
-    return open_db(tmp_path / "sessions.db", create=True)
+    handle = open_db(tmp_path / "sessions.db", create=True)
+    yield handle
+    handle.conn.close()
 
 
 @pytest.fixture
@@ -39,14 +42,17 @@ def session(db):
 
 @pytest.fixture
 def make_context(db, session):
-    """``make_context(options=None, name="x")`` -> a StepContext on a real running step row."""
+    """``make_context(options=None, name="x")`` -> a StepContext on a real running step row.
+
+    ``options`` (a mapping) are parsed into the options of the registered step ``name``, as the
+    runner does; for a name no step has, they are kept as given."""
     import os
     import socket
     import uuid
 
     from sessionkit.progress import Progress
     from sessionkit.runner import artifacts_dir
-    from sessionkit.steps import StepContext
+    from sessionkit.steps import REGISTRY, StepContext, get_step
     from sessionkit.timefmt import now_iso
 
     def make(options=None, name="x"):
@@ -57,8 +63,10 @@ def make_context(db, session):
                             "started_at": now_iso(), "host": socket.gethostname(), "pid": os.getpid()})
         workdir = artifacts_dir(db, session, seq, name)
         workdir.mkdir(parents=True, exist_ok=True)
+        if name in REGISTRY:
+            options = get_step(name).parse_options(options)
         return StepContext(db=db, session=session, step_id=step_id, seq=seq,
-                           progress=Progress(f"[{seq}]", name), options=dict(options or {}),
+                           progress=Progress(f"[{seq}]", name), options=options or {},
                            workdir=workdir)
 
     return make

@@ -1,54 +1,90 @@
-"""Adding a step takes its own module and one registry entry, nothing else (docs/architecture.md)."""
+"""Adding a step takes its own module, its report template and one registry entry, nothing else
+(docs/architecture.md, "How to add a step", shows the same example step).
+
+The step is tests/data/hello_step.py with tests/data/hello.md.j2: typed options, a typed summary
+and a template. This test adds nothing but the registry entry, then finds the step in
+``sessionkit step --help``, its options in ``sessionkit step hello --help``, runs it, plans it in
+``sessionkit run``, and reads its section in the report.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
-import textwrap
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from sessionkit import steps
 from sessionkit.cli import cli
 from sessionkit.db import open_db
 
-HELLO = '''
-import click
-
-from sessionkit.steps import Step, StepContext, StepResult
+DATA = Path(__file__).resolve().parent / "data"
 
 
-class HelloStep(Step):
-    name = "hello"
-    description = "Say hello and record one metric."
-    budget_s = 5.0
-    params = [click.Option(["--who"], default="world", help="Whom to greet.")]
-
-    def run(self, context: StepContext) -> StepResult:
-        context.progress.note(f"hello {context.options['who']}")
-        context.metric("greetings", 1, unit="count")
-        return StepResult("passed", message="said hello", summary={"who": context.options["who"]})
-'''
-
-
-def test_a_new_step_needs_only_its_module_and_a_registry_entry(tmp_path, monkeypatch):
-    (tmp_path / "hello_step.py").write_text(textwrap.dedent(HELLO))
-    monkeypatch.syspath_prepend(str(tmp_path))
+@pytest.fixture
+def hello(monkeypatch):
+    monkeypatch.syspath_prepend(str(DATA))
     monkeypatch.setitem(steps.REGISTRY, "hello", "hello_step:HelloStep")
+    yield
+    sys.modules.pop("hello_step", None)
+
+
+def test_a_new_step_needs_only_its_module_template_and_registry_entry(hello, tmp_path):
     db_path = str(tmp_path / "s.db")
     runner = CliRunner()
-    assert runner.invoke(cli, ["--db", db_path, "start", "--objective", "greet"]).exit_code == 0
 
-    listed = runner.invoke(cli, ["--db", db_path, "step", "list"])
-    assert listed.exit_code == 0 and "hello" in listed.output
-    helped = runner.invoke(cli, ["--db", db_path, "step", "hello", "--help"])
-    assert helped.exit_code == 0 and "--who" in helped.output and "Whom to greet." in helped.output
-    result = runner.invoke(cli, ["--db", db_path, "step", "hello", "--who", "reader"])
-    assert result.exit_code == 0, result.output
+    def invoke(*args):
+        return runner.invoke(cli, ["--db", db_path, *args], catch_exceptions=False)
+
+    assert invoke("start", "--objective", "greet").exit_code == 0
+    group_help = invoke("step", "--help")
+    assert group_help.exit_code == 0
+    assert any(line.split()[:1] == ["hello"] and "Say hello and record one metric" in line
+               for line in group_help.output.splitlines()), group_help.output
+    assert "hello" in invoke("step", "list").output
+
+    helped = invoke("step", "hello", "--help")
+    assert helped.exit_code == 0
+    assert "--who TEXT" in helped.output and "Whom to greet.  [default: world]" in helped.output
+    assert "--times INTEGER RANGE" in helped.output and "[default: 1; 1<=x<=10]" in helped.output
+
+    bad = invoke("step", "hello", "--times", "11")
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1
+    assert bad.output.startswith("Error: Invalid value for '--times': 11 is not in the range 1<=x<=10.")
+
+    assert invoke("step", "hello", "--who", "reader", "--times", "2").exit_code == 0
+    assert invoke("step", "hello").exit_code == 0
 
     db = open_db(db_path)
-    row = db.execute("SELECT status, message, summary, id FROM steps WHERE name = 'hello'").fetchone()
-    assert row[:3] == ("passed", "said hello", '{"who": "reader"}')
-    assert db.execute("SELECT key, value, unit FROM metrics WHERE step_id = ?", [row[3]]).fetchall() \
-        == [("greetings", 1.0, "count")]
+    rows = db.execute("SELECT seq, status, message, options, summary, id FROM steps "
+                      "WHERE name = 'hello' ORDER BY seq").fetchall()
+    assert [(r[0], r[1], r[2]) for r in rows] == [(1, "passed", "said hello"), (2, "passed", "said hello")]
+    assert json.loads(rows[0][3]) == {"who": "reader", "times": 2}
+    assert json.loads(rows[0][4]) == {"who": "reader", "greetings": 2}
+    assert json.loads(rows[1][4]) == {"who": "world", "greetings": 1}
+    assert db.execute("SELECT key, value, unit FROM metrics WHERE step_id = ? AND subject IS NULL",
+                      [rows[0][5]]).fetchall() == [("greetings", 2.0, "count")]
     db.conn.close()
-    sys.modules.pop("hello_step", None)
+
+    report = invoke("report")
+    assert report.exit_code == 0
+    section = report.output.split("## Greetings\n", 1)[1].split("\n## ", 1)[0]
+    assert section.split() == "### Step 1 Greeted reader 2 times. ### Step 2 Greeted world 1 time.".split()
+
+    # In a plan, the step starts from the defaults its options dataclass declares.
+    assert invoke("end", "--outcome", "greeted").exit_code == 0
+    run = invoke("run", "--objective", "greet in a plan", "--plan", "hello", "--no-hooks",
+                 "--no-plots", "-o", str(tmp_path / "run.md"))
+    assert run.exit_code == 0, run.output
+    text = (tmp_path / "run.md").read_text()
+    assert "## Greetings\n\nGreeted world 1 time.\n" in text
+
+
+def test_a_session_without_the_step_says_so_in_its_section(hello, tmp_path):
+    db_path = str(tmp_path / "s.db")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--db", db_path, "start", "--objective", "x"]).exit_code == 0
+    report = runner.invoke(cli, ["--db", db_path, "report"])
+    assert "## Greetings\n\nNo hello step in this session.\n" in report.output

@@ -37,12 +37,12 @@ def test_bench_step_records_results_samples_ceiling_and_csv(make_context, db, tm
     from sessionkit.steps.bench import BenchStep
 
     options = {"grid": None, "configs": ("2,8,1024,1024,64,fp16,1", "1,8,128,128,64,bf16,0"),
-               "impls": ("sdpa,sdpa_flash",), "time_limit": "20s",
-               "csv_path": str(tmp_path / "bench.csv"), "graph": False, "preheat": "0"}
+               "impls": ("sdpa,sdpa_flash",), "time_limit_s": "20s",
+               "csv_path": str(tmp_path / "bench.csv"), "graph": False, "preheat_s": "0"}
     result = BenchStep().run(make_context(options, name="bench"))
     assert result.status == "passed", result.message
-    assert result.summary["configs"] == 2 and result.summary["ceiling_reused"] is False
-    assert 100 < result.summary["ceiling_tflops"] < 2000
+    assert result.summary.configs == 2 and result.summary.ceiling_reused is False
+    assert 100 < result.summary.ceiling_tflops < 2000
     rows = list(db.query("SELECT * FROM bench_results"))
     assert {r["impl"] for r in rows} == {"sdpa", "sdpa_flash"}
     for r in rows:
@@ -55,7 +55,7 @@ def test_bench_step_records_results_samples_ceiling_and_csv(make_context, db, tm
                                            "WHERE result_id = ?", [r["id"]])}
         assert passes == {0, 1, 2}
         assert r["latency_ms"] > 0 and r["tflops"] > 0 and r["memory_mb"] > 0
-        assert r["pct_peak"] == pytest.approx(100 * r["tflops"] / result.summary["ceiling_tflops"])
+        assert r["pct_peak"] == pytest.approx(100 * r["tflops"] / result.summary.ceiling_tflops)
     small = [r for r in rows if r["seq_len_q"] == 128]
     assert all(r["launches_per_sample"] > 1 for r in small), "small kernels must be batched"
     with open(tmp_path / "bench.csv") as fh:
@@ -63,8 +63,8 @@ def test_bench_step_records_results_samples_ceiling_and_csv(make_context, db, tm
     assert list(lines[0]) == CSV_COLUMNS and len(lines) == 4
 
     again = BenchStep().run(make_context(dict(options, csv_path=None), name="bench"))
-    assert again.summary["ceiling_reused"] is True
-    assert again.summary["ceiling_tflops"] == result.summary["ceiling_tflops"]
+    assert again.summary.ceiling_reused is True
+    assert again.summary.ceiling_tflops == result.summary.ceiling_tflops
 
 
 def test_graph_mode_times_like_eager(make_context, db):
@@ -72,7 +72,7 @@ def test_graph_mode_times_like_eager(make_context, db):
     from sessionkit.steps.bench import BenchStep
 
     options = {"grid": None, "configs": ("4,16,2048,2048,128,bf16,0",), "impls": ("sdpa",),
-               "time_limit": "10s", "csv_path": None, "preheat": "0"}
+               "time_limit_s": "10s", "csv_path": None, "preheat_s": "0"}
     eager = BenchStep().run(make_context(dict(options, graph=False), name="bench"))
     graph = BenchStep().run(make_context(dict(options, graph=True), name="bench"))
     assert eager.status == graph.status == "passed"

@@ -141,16 +141,33 @@ def test_step_skips_without_cuda(make_context):
 
 
 def test_step_rejects_bad_options_before_touching_the_gpu(make_context):
+    from sessionkit.steps.bench import BenchOptions
+
     with pytest.raises(UsageError, match="no grid named"):
         steps_bench.BenchStep().run(make_context({"grid": "nope"}, name="bench"))
-    with pytest.raises(UsageError, match="must be positive"):
-        steps_bench.run_bench(make_context(name="bench"), grid=None, time_limit_s=-1)
-    for bad in (-0.5, 11, None):
-        with pytest.raises(UsageError, match="--cooldown must be between 0 and 10"):
-            steps_bench.run_bench(make_context(name="bench"), grid=None, cooldown=bad)
-    for bad in (0, 21, 2.5):
-        with pytest.raises(UsageError, match="--passes must be a whole number"):
-            steps_bench.run_bench(make_context(name="bench"), grid=None, passes=bad)
+    for bad in (-1, 0):
+        with pytest.raises(UsageError, match=r"'--time-limit': .* is not in the range x>0"):
+            BenchOptions(time_limit_s=bad)
+    with pytest.raises(UsageError, match="'--time-limit': bad duration '0s'"):
+        BenchOptions.parse({"time_limit_s": "0s"})
+    for bad in (-0.5, 11):
+        with pytest.raises(UsageError, match=r"'--cooldown': .* is not in the range 0<=x<=10"):
+            BenchOptions.parse({"cooldown": bad})
+    for bad in (0, 21):
+        with pytest.raises(UsageError, match=r"'--passes': .* is not in the range 1<=x<=20"):
+            BenchOptions.parse({"passes": bad})
+    with pytest.raises(UsageError, match="'--passes': 2.5 is not a valid integer"):
+        BenchOptions.parse({"passes": 2.5})
+
+
+def test_time_limit_and_preheat_are_parsed_once_into_seconds():
+    from sessionkit.steps.bench import BenchOptions
+
+    options = BenchOptions.parse({"time_limit_s": "2m", "preheat_s": "off", "impls": ("sdpa, ours",)})
+    assert (options.time_limit_s, options.preheat_s, options.impls) == (120.0, 0.0, ("sdpa", "ours"))
+    assert BenchOptions().time_limit_s == bench_step.DEFAULT_TIME_LIMIT_S
+    assert BenchOptions().preheat_s == bench_step.DEFAULT_PREHEAT_S
+    assert BenchOptions.parse(options) is options  # typed options are not parsed again
 
 
 def test_cli_step_bench_is_registered_and_skips(tmp_path):
@@ -244,54 +261,22 @@ def test_preheat_stops_when_the_temperature_levels_off():
 
 def test_run_bench_end_to_end_with_a_fake_gpu(make_context, db, monkeypatch, tmp_path):
     """The whole step on the CPU: a stand-in torch and timer, real passes, storage, CSV, metrics."""
-    import sys
-    import types
+    from step_standins import fake_bench_gpu
 
-    from sessionkit.bench import timing
+    from sessionkit.steps.bench import BenchOptions
 
-    fake_torch = types.SimpleNamespace(
-        __version__="0.0-fake",
-        cuda=types.SimpleNamespace(is_available=lambda: True, current_device=lambda: 0),
-        device=lambda kind, index: types.SimpleNamespace(type=kind, index=index))
-    monkeypatch.setitem(sys.modules, "torch", fake_torch)
-    visits = []
-
-    class FakeTimer:
-        def __init__(self, torch, device, *, probe=None, graph=False, cooldown=0.0):
-            self.device, self.cooldown = device, cooldown
-
-        def measure(self, impls, sets, *, rule, deadline, known=None, **_):
-            visits.append(({i.name for i in impls}, bool(known), rule.min_samples))
-            base = 1.0 + 0.01 * len(visits)
-            return [ImplRun(i.name, samples=[base * (2 if i.name == "sdpa" else 1)] * 12,
-                            throttled=[False] * 12, reasons=[0] * 12, clocks=[1980.0] * 12,
-                            launches=1, memory_mb=5.0, estimate_ms=base)
-                    for i in impls]
-
-    monkeypatch.setattr(timing, "Timer", FakeTimer)
-    monkeypatch.setattr(timing.Probe, "for_torch_device", classmethod(
-        lambda cls, index: cls(reason="no NVML in this test")))
-    monkeypatch.setattr(timing, "ours_impl",
-                        lambda torch, config: (timing.Impl("ours", lambda q, k, v: None), None))
-    monkeypatch.setattr(timing, "sdpa_impls", lambda torch, config: [
-        timing.Impl("sdpa", lambda q, k, v: None, reference=True),
-        timing.Impl("sdpa_flash", lambda q, k, v: None)])
-    monkeypatch.setattr(timing, "make_input_sets", lambda *a, **k: [])
-    monkeypatch.setattr(timing, "preheat", lambda timer, cap_s: {
-        "seconds": 1.0, "temp_start_c": None, "temp_end_c": None, "steady": False})
-    monkeypatch.setattr(timing, "matmul_ceiling", lambda timer: (700.0, 1.57))
-
+    visits = fake_bench_gpu(monkeypatch)
     ctx = make_context(name="bench")
-    result = steps_bench.run_bench(ctx, grid=None, configs=("1,8,512,512,64,fp16,0",
-                                                           "2,8,1024,1024,128,bf16,1"),
-                                  csv_path=str(tmp_path / "b.csv"), passes=3, cooldown=0.5)
+    options = BenchOptions.parse({"configs": ("1,8,512,512,64,fp16,0", "2,8,1024,1024,128,bf16,1"),
+                                  "csv_path": str(tmp_path / "b.csv"), "passes": 3, "cooldown": 0.5})
+    result = steps_bench.run_bench(ctx, options)
     assert result.status == "passed", result.message
     assert len(visits) == 6 and [v[1] for v in visits] == [False, False, True, True, True, True]
     assert all(v[0] == {"ours", "sdpa", "sdpa_flash"} and v[2] == 10 for v in visits)
     summary = result.summary
-    assert summary["passes"] == 3 and summary["cooldown"] == 0.5
-    assert summary["geomean_speedup_vs_sdpa"] == pytest.approx(2.0)
-    assert summary["sm_clock_median_mhz"] == 1980.0 and summary["throttled_sample_share"] == 0.0
+    assert summary.passes == 3 and summary.cooldown == 0.5 and summary.graph is False
+    assert summary.geomean_speedup_vs_sdpa == pytest.approx(2.0)
+    assert summary.sm_clock_median_mhz == 1980.0 and summary.throttled_sample_share == 0.0
     rows = bench_step.step_rows(db, ctx.step_id)
     assert len(rows) == 6 and all(r["samples"] == 36 and r["passes"] == 3 for r in rows)
     metrics = {m["key"]: m["value"] for m in db.query(

@@ -100,7 +100,7 @@ def test_registered_and_migrated(db):
     assert REGISTRY["correctness"] == "sessionkit.steps.correctness:CorrectnessStep"
     step = get_step("correctness")
     assert step.name == "correctness" and step.budget_s > 0
-    assert {p.name for p in step.params} == {"seed", "configs", "max_seq_len"}
+    assert [spec.flag for spec in step.options_type.specs()] == ["--seed", "--configs", "--max-seq-len"]
     columns = [c.name for c in db["correctness_results"].columns]
     assert columns[:len(CONTRACT_COLUMNS)] == CONTRACT_COLUMNS
     assert db["correctness_results"].foreign_keys[0].other_table == "steps"
@@ -272,9 +272,9 @@ def test_options_are_checked_in_the_library_too(make_context, inject):
 
     inject(cpu_kernel())
     step = correctness_step.CorrectnessStep()
-    with pytest.raises(UsageError, match="at least 50"):
+    with pytest.raises(UsageError, match=r"'--configs': 10 is not in the range 50<=x<=100000"):
         step.run(make_context({"configs": 10}, name="correctness"))
-    with pytest.raises(UsageError, match="leaves no sequence length"):
+    with pytest.raises(UsageError, match=r"'--max-seq-len': 0 is not in the range x>=1"):
         step.run(make_context({"configs": 50, "max_seq_len": 0}, name="correctness"))
 
 

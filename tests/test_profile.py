@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import sys
 import textwrap
 import tomllib
@@ -26,11 +25,10 @@ from sessionkit.profile import (Ceilings, KernelNumbers, KernelRecord, classify,
                                 make_facts, parse_ncu_csv, parse_profile_config)
 from sessionkit.steps.profile import ProfileStep
 from sessionkit.toolchain import Found
+from step_standins import H100, PERM_OUTPUT, SAMPLE, fake_ncu, write_fake_ncu
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = Path(__file__).resolve().parent / "data" / "ncu_sample.csv"
 CFG = parse_profile_config(profile.DEFAULT_CONFIG)
-H100 = "NVIDIA H100 80GB HBM3"
 
 
 # ---- configuration --------------------------------------------------------------------------------
@@ -359,11 +357,6 @@ def test_only_metrics_ncu_lists_are_requested():
                       "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active"]
 
 
-PERM_OUTPUT = ("==PROF== Connected to process 4242 (/usr/bin/python3.12)\n"
-               "==ERROR== ERR_NVGPUCTRPERM - The user does not have permission to access NVIDIA GPU "
-               "Performance Counters on the target device 0.\n")
-
-
 def test_permission_error_gets_the_fix_line():
     reason = profile.ncu_failure(PERM_OUTPUT, 1)
     assert "NVreg_RestrictProfilingToAdminUsers=0" in reason and "\n" not in reason
@@ -372,37 +365,9 @@ def test_permission_error_gets_the_fix_line():
     assert profile.ncu_failure("fine\n", 0) is None
 
 
-def _fake_ncu(tmp_path, *, perm=False) -> str:
-    """A stand-in ncu: lists metrics, 'profiles' by writing the report, imports by printing the sample."""
-    script = tmp_path / "ncu"
-    script.write_text(f'''#!{sys.executable}
-import sys, json
-args = sys.argv[1:]
-with open({str(tmp_path / "ncu-calls.txt")!r}, "a") as fh:
-    fh.write(json.dumps(args) + "\\n")
-if "--query-metrics" in args:
-    print("lts__t_sector_hit_rate   Ratio   hit rate\\ndram__bytes_read   Counter   bytes")
-elif "--import" in args:
-    sys.stdout.write(open({str(SAMPLE)!r}).read())
-elif {perm!r}:
-    sys.stdout.write({PERM_OUTPUT!r})
-    sys.exit(1)
-else:
-    open(args[args.index("--export") + 1] + ".ncu-rep", "wb").write(b"report")
-    print("PROFILE_TARGET " + json.dumps({{"gpu_name": {H100!r}, "torch": "2.11.0+cu130"}}))
-''')
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return str(script)
-
-
 @pytest.fixture
 def fake_gpu(tmp_path, monkeypatch):
-    def install(*, perm=False):
-        path = _fake_ncu(tmp_path, perm=perm)
-        monkeypatch.setattr("sessionkit.toolchain.find_cuda_tool", lambda tool: Found(path, True, "PATH"))
-        monkeypatch.setattr(profile, "gpu_facts", lambda: (None, H100))
-        return path
-    return install
+    return lambda *, perm=False: fake_ncu(tmp_path, monkeypatch, perm=perm)
 
 
 def test_step_without_ncu_is_skipped(make_context, monkeypatch):
@@ -420,7 +385,7 @@ def test_step_without_a_gpu_is_skipped(make_context, monkeypatch, tmp_path, torc
         torch_module.cuda = type(sys)("torch.cuda")
         torch_module.cuda.is_available = lambda: False
     monkeypatch.setitem(sys.modules, "torch", torch_module)
-    path = _fake_ncu(tmp_path)
+    path = write_fake_ncu(tmp_path)
     monkeypatch.setattr("sessionkit.toolchain.find_cuda_tool", lambda tool: Found(path, True, "PATH"))
     result = ProfileStep().run(make_context({"kernel": "sdpa"}, name="profile"))
     assert result.status == "skipped" and words in result.message

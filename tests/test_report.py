@@ -19,13 +19,17 @@ from sessionkit.report.render import f_cell, f_delta
 
 @pytest.fixture
 def fdb(tmp_path):
-    return build_fixture_db(tmp_path / "fixture.db")
+    db = build_fixture_db(tmp_path / "fixture.db")
+    yield db
+    db.conn.close()
 
 
 @pytest.fixture
 def cli_db():
     """The fixture DB at $SESSIONKIT_DB, where the CLI looks."""
-    return build_fixture_db(os.environ["SESSIONKIT_DB"])
+    db = build_fixture_db(os.environ["SESSIONKIT_DB"])
+    yield db
+    db.conn.close()
 
 
 def invoke(*args):

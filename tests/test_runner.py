@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
-import click
 import pytest
 from click.testing import CliRunner
 
@@ -15,23 +15,30 @@ from sessionkit.progress import Progress, estimate_from_history
 from sessionkit.runner import exit_code_for, run_step
 from sessionkit.sessions import session_steps
 from sessionkit.steps import Metric, Step, StepResult
+from sessionkit.steps.typed import StepOptions, option
 
 
 def invoke(*args):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
+@dataclass(frozen=True)
+class CountingOptions(StepOptions):
+    n: int = option(3, help="How far to count.")
+
+
 class Counting(Step):
     name = "counting"
     description = "Counts to n and records a metric."
     budget_s = 5.0
-    params = [click.Option(["--n"], type=int, default=3)]
+    options_type = CountingOptions
 
     def run(self, context):
-        for i in range(context.options["n"]):
-            context.progress.update(i + 1, context.options["n"], "counting")
-        context.metric("counted", context.options["n"], unit="count")
-        return StepResult("passed", message="counted", summary={"n": context.options["n"]},
+        n = context.options.n
+        for i in range(n):
+            context.progress.update(i + 1, n, "counting")
+        context.metric("counted", n, unit="count")
+        return StepResult("passed", message="counted", summary={"n": n},
                           metrics=[Metric("answer", 42, "count", subject="x")])
 
 

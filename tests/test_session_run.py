@@ -11,12 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sessionkit.errors import ConfigError, StepInterrupted, StepNotFound, UsageError
-from sessionkit.session_run import Hooks, default_options, parse_hooks, run_session
+from sessionkit.session_run import Hooks, parse_hooks, run_session
 from sessionkit.steps import Step, StepResult, get_step
 
 
 class Fake(Step):
-    """A stand-in for a built-in step: passes or fails, records one metric and what it was given."""
+    """A stand-in for a built-in step, with its options: passes or fails, records one metric and
+    what it was given."""
 
     budget_s = 5.0
 
@@ -24,9 +25,10 @@ class Fake(Step):
         self.name, self.status, self.exit_code = name, status, exit_code
         self.summary, self.interrupt = summary or {}, interrupt
         self.options = None
+        self.options_type = get_step(name).options_type
 
     def run(self, context):
-        self.options = dict(context.options)
+        self.options = context.options
         if self.interrupt:
             raise KeyboardInterrupt
         context.metric("ran", 1, unit="count")
@@ -61,7 +63,7 @@ def test_all_steps_pass(db, tmp_path, capsys):
                          report_path=tmp_path / "r.md", plots=False)
     assert result.exit_code == 0 and result.session["status"] == "passed"
     assert statuses(result) == [(n, "builtin", "passed") for n in ("preflight", "build", "correctness", "bench")]
-    assert make.made["bench"].options["grid"] == "quick"
+    assert make.made["bench"].options.grid == "quick"
     out = capsys.readouterr().out.splitlines()
     for i, name in enumerate(("preflight", "build", "correctness", "bench"), 1):
         assert any(line.startswith(f"[{i}/4] {name} passed") for line in out)
@@ -213,15 +215,21 @@ def test_parse_hooks_fuzz(raw):
     assert all(argv and all(isinstance(a, str) for a in argv) for argv in hooks.before + hooks.after)
 
 
-def test_default_options_follow_click_defaults():
-    import click
+def test_each_step_starts_from_its_declared_defaults(db, tmp_path):
+    """run hands every step the defaults of its options dataclass (no click involved), and --grid
+    only to the steps that take a grid."""
+    from sessionkit.steps.bench import BenchOptions
+    from sessionkit.steps.correctness import CorrectnessOptions
 
-    class WithParams(Step):
-        name = "p"
-        params = [click.Option(["--grid"], default="quick"), click.Option(["--flag"], is_flag=True),
-                  click.Option(["--config", "configs"], multiple=True)]
-
-    assert default_options(WithParams()) == {"grid": "quick", "flag": False, "configs": ()}
+    make = factory()
+    run_session(db, objective="defaults", plan=["build", "correctness", "bench"], grid="seeds",
+                step_factory=make, report_path=tmp_path / "r.md", plots=False)
+    assert make.made["correctness"].options == CorrectnessOptions()
+    assert make.made["bench"].options == BenchOptions(grid="seeds")
+    assert make.made["bench"].options.time_limit_s == 150.0  # parsed from its declaration once
+    assert make.made["build"].options.force is False
+    stored = db.execute("SELECT options FROM steps WHERE name = 'bench'").fetchone()[0]
+    assert '"grid": "seeds"' in stored and '"time_limit_s": 150.0' in stored
 
 
 # --------------------------------------------------------------------------------------------

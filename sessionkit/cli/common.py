@@ -45,7 +45,9 @@ def open_db(ctx: click.Context, *, create: bool = False, read_only: bool = False
 
 
 def echo_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    """Print ``data`` as JSON; a typed step summary is printed as the JSON object it is stored as."""
+    click.echo(json.dumps(data, indent=2,
+                          default=lambda o: o.to_json() if hasattr(o, "to_json") else str(o)))
 
 
 def session_options(fn):

@@ -9,12 +9,11 @@ import click
 from .common import db_option, echo_json, json_option, open_db
 
 
-def _run_registered(ctx, step, options: dict, *, name=None, kind="builtin", command=None):
+def _run_registered(ctx, step, options, *, name=None, kind="builtin", command=None):
     from ..config import load_config
     from ..runner import exit_code_for, run_step
     from ..sessions import get_open_session
 
-    step.check_options(options)
     db = open_db(ctx)
     session = get_open_session(db)
     cfg = load_config()
@@ -83,10 +82,17 @@ class StepGroup(click.Group):
         step = get_step(name)
 
         @click.pass_context
-        def callback(ctx, **options):
+        def callback(ctx, **given):
+            from ..steps.typed import OptionError
+
+            try:  # the one check of the values: errors read like click's own, exit status 2
+                options = step.parse_options(given)
+            except OptionError as exc:
+                param = next((p for p in ctx.command.params if exc.flag in p.opts), None)
+                raise click.BadParameter(exc.problem, ctx=ctx, param=param) from None
             _run_registered(ctx, step, options)
 
-        command = click.Command(name, params=list(step.params), callback=callback,
+        command = click.Command(name, params=step.options_type.click_params(), callback=callback,
                                 help=step.description, short_help=step.description.split(". ")[0])
         return db_option(command)
 

@@ -2,12 +2,12 @@
 
 Everything here returns dicts and lists of numbers and strings read from rows (or computed from
 them in the open, like a geometric mean); the templates only format. A section without data is
-``None`` or an empty list, and the template says so in one line.
+``None`` or an empty list, and the template says so in one line. Each step's summary is read back
+through the step's ``summary_type`` dataclass (see :mod:`sessionkit.steps.typed`), never by bare
+keys, so that a key an older sessionkit did not store reads as None.
 """
 
 from __future__ import annotations
-
-import json
 
 from ..attention import SDPA_IMPLS, AttentionConfig
 from ..costs import session_costs
@@ -30,11 +30,6 @@ def config_label(row: dict) -> str:
     (``bf16 B2 H16 S4096 D128 causal``), followed by a correctness row's layout."""
     label = AttentionConfig.from_row(row).label
     return f"{label} {row['layout']}" if row.get("layout") else label
-
-
-def _last_step(steps: list[dict], name: str, *, finished: bool = True) -> dict | None:
-    found = [s for s in steps if s["name"] == name and (not finished or s["status"] != "running")]
-    return found[-1] if found else None
 
 
 def _step_metrics(db, step_id: str) -> list[dict]:
@@ -153,25 +148,35 @@ def environment_section(db, session: dict) -> dict | None:
             "snapshots": len(rows), "previous": previous, "data": data}
 
 
-def preflight_section(steps: list[dict]) -> dict | None:
-    """The last preflight's checks that did not pass, failures first, with their fixes."""
-    step = _last_step(steps, "preflight")
-    if step is None:
-        return None
-    summary = step.get("summary") or {}
-    checks = [c for c in summary.get("checks") or [] if isinstance(c, dict)]
+# --------------------------------------------------------------------------------------------
+# Step sections: one per registered step with a template, holding every instance of the step in
+# the session, in order. A step's summary is read back through its summary_type.
+
+
+def step_instances(steps: list[dict], name: str) -> list[dict]:
+    """The finished built-in steps named ``name``, in order (a command step that took the name,
+    ``sessionkit step run bench -- ...``, is not one; a running step is left out)."""
+    return [s for s in steps if s["name"] == name and s.get("kind", "builtin") == "builtin"
+            and s["status"] != "running"]
+
+
+def instance_base(step: dict, summary) -> dict:
+    """What every step instance of a section has: its row's facts and its typed summary."""
+    return {"step_id": step["id"], "seq": step["seq"], "name": step["name"],
+            "status": step["status"], "message": step.get("message"),
+            "duration_s": step.get("duration_s"), "summary": summary}
+
+
+def preflight_instance(db, step: dict, summary) -> dict:
+    """The preflight's checks that did not pass, failures first, with their fixes."""
+    checks = [c for c in summary.checks or [] if isinstance(c, dict)]
     order = {"fail": 0, "warn": 1}
     problems = sorted((c for c in checks if c.get("status") in order),
                       key=lambda c: order[c["status"]])
-    return {"seq": step["seq"], "status": step["status"], "message": step.get("message"),
-            "checks": len(checks), "passed": summary.get("passed"), "warned": summary.get("warned"),
-            "failed": summary.get("failed"), "problems": problems}
+    return {**instance_base(step, summary), "checks": len(checks), "problems": problems}
 
 
-def build_section(db, steps: list[dict]) -> dict | None:
-    step = _last_step(steps, "build")
-    if step is None:
-        return None
+def build_instance(db, step: dict, summary) -> dict:
     metrics = _step_metrics(db, step["id"])
     build_time = next((m["value"] for m in metrics if m["key"] == "build_time_s" and not m["subject"]),
                       None)
@@ -179,25 +184,15 @@ def build_section(db, steps: list[dict]) -> dict | None:
     for m in metrics:
         if m["subject"] and m["key"] in BUILD_KERNEL_KEYS:
             kernels.setdefault(m["subject"], {"name": m["subject"]})[m["key"]] = m["value"]
-    summary = step.get("summary") or {}
-    return {"status": step["status"], "message": step.get("message"), "seq": step["seq"],
-            "duration_s": step.get("duration_s"), "build_time_s": build_time,
-            "cached": summary.get("cached"), "nvcc_version": summary.get("nvcc_version"),
-            "arch": summary.get("arch"), "flags": summary.get("flags") or [],
-            "key": summary.get("key"), "library": summary.get("library"),
-            "kernels": [kernels[k] for k in sorted(kernels)],
-            "runs": sum(1 for s in steps if s["name"] == "build")}
+    return {**instance_base(step, summary), "build_time_s": build_time,
+            "kernels": [kernels[k] for k in sorted(kernels)]}
 
 
-def correctness_section(db, steps: list[dict]) -> dict | None:
-    step = _last_step(steps, "correctness")
-    if step is None:
-        return None
+def correctness_instance(db, step: dict, summary) -> dict:
     rows = []
     if table_exists(db, "correctness_results"):
         rows = [dict(r) for r in db.query(
             "SELECT * FROM correctness_results WHERE step_id = ? ORDER BY idx, id", [step["id"]])]
-    summary = step.get("summary") or {}
     worst = None
     for r in rows:
         if r.get("bound") and r.get("max_err") is not None:
@@ -206,10 +201,9 @@ def correctness_section(db, steps: list[dict]) -> dict | None:
                 worst = {**r, "ratio": ratio, "label": config_label(r)}
     failures = [{**r, "label": config_label(r)} for r in rows if not r.get("passed")]
     dtypes = sorted({r["dtype"] for r in rows if r.get("dtype")})
-    return {"status": step["status"], "message": step.get("message"), "seq": step["seq"],
-            "duration_s": step.get("duration_s"), "seed": summary.get("seed"),
-            "configs": len(rows), "passed": sum(1 for r in rows if r.get("passed")),
-            "failed": len(failures), "worst": worst, "failures": failures, "dtypes": dtypes}
+    return {**instance_base(step, summary), "configs": len(rows),
+            "passed": sum(1 for r in rows if r.get("passed")), "failed": len(failures),
+            "worst": worst, "failures": failures, "dtypes": dtypes}
 
 
 def _bench_rows(db, step_id: str) -> list[dict]:
@@ -217,10 +211,8 @@ def _bench_rows(db, step_id: str) -> list[dict]:
         "SELECT * FROM bench_results WHERE step_id = ? ORDER BY id", [step_id])]
 
 
-def bench_section(db, steps: list[dict]) -> dict | None:
-    step = _last_step(steps, "bench")
-    if step is None:
-        return None
+def bench_instance(db, step: dict, summary) -> dict:
+    """One bench step: per config, ours against SDPA and the other backends, from its rows."""
     rows = _bench_rows(db, step["id"]) if table_exists(db, "bench_results") else []
     configs: dict[AttentionConfig, dict] = {}
     for r in rows:
@@ -239,16 +231,91 @@ def bench_section(db, steps: list[dict]) -> dict | None:
                 if t["ours"] and t["ours"].get("status") == "ok" and t["speedup"] is not None]
     ceiling = next((m["value"] for m in _step_metrics(db, step["id"])
                     if m["key"] == "matmul_bf16_tflops"), None)
-    summary = step.get("summary") or {}
     impls = sorted({r["impl"] for r in rows}, key=lambda i: (i != "ours", i))
-    return {"status": step["status"], "message": step.get("message"), "seq": step["seq"],
-            "step_id": step["id"], "duration_s": step.get("duration_s"),
-            "grid": summary.get("grid"), "rows": table, "configs": len(table), "impls": impls,
-            "passes": summary.get("passes"), "cooldown": summary.get("cooldown"),
-            "ceiling_tflops": ceiling, "geomean_speedup": geomean(speedups),
-            "best_speedup": max(speedups) if speedups else None,
+    return {**instance_base(step, summary), "grid": summary.grid, "rows": table,
+            "configs": len(table), "impls": impls, "ceiling_tflops": ceiling,
+            "geomean_speedup": geomean(speedups), "best_speedup": max(speedups) if speedups else None,
             "not_ok": [t for t in table if t["ours"] and t["ours"].get("status") != "ok"],
             "raw": rows}
+
+
+def bench_side_by_side(instances: list[dict]) -> dict | None:
+    """The session's bench steps side by side, when it has two or more with results.
+
+    For one implementation (ours where two or more of the steps timed it, else SDPA): per config,
+    each step's TFLOP/s from its ``ok`` rows, and each later step's TFLOP/s over the first step's
+    (above 1: faster), with the geometric mean of those ratios per step.
+    """
+    timed = [b for b in instances if b["raw"]]
+    if len(timed) < 2:
+        return None
+
+    def tflops(bench: dict, impl: str) -> dict[tuple, float]:
+        return {AttentionConfig.from_row(r): r["tflops"] for r in bench["raw"]
+                if r["impl"] == impl and r.get("status") == "ok" and r.get("tflops")}
+
+    impl = "ours" if sum(1 for b in timed if tflops(b, "ours")) >= 2 else "sdpa"
+    per_step = [tflops(b, impl) for b in timed]
+    labels: dict[tuple, str] = {}
+    for bench in timed:
+        for r in bench["raw"]:
+            if r["impl"] == impl:
+                labels.setdefault(AttentionConfig.from_row(r), config_label(r))
+    rows = []
+    for key, label in labels.items():
+        values = [figures.get(key) for figures in per_step]
+        rows.append({"label": label, "tflops": values,
+                     "ratios": [v / values[0] if v and values[0] else None for v in values[1:]]})
+    geomeans = [geomean(r["ratios"][i] for r in rows) for i in range(len(timed) - 1)]
+    steps = [{"seq": b["seq"], "graph": b["summary"].graph, "grid": b["grid"]} for b in timed]
+    return {"impl": impl, "steps": steps, "rows": rows, "geomeans": geomeans}
+
+
+def profile_instance(db, step: dict, summary) -> dict:
+    metrics = {m["key"]: m for m in _step_metrics(db, step["id"]) if m["key"] in PROFILE_KEYS}
+    return {**instance_base(step, summary),
+            "metrics": [{"key": k, **metrics[k]} for k in PROFILE_KEYS if k in metrics],
+            "stalls": [list(s) for s in summary.stalls or []],
+            "suggestions": [g for g in summary.suggestions or [] if isinstance(g, dict)]}
+
+
+def any_instance(db, step: dict, summary) -> dict:
+    """A step without its own reader here: its summary and its metrics (telemetry aside)."""
+    metrics = [m for m in _step_metrics(db, step["id"]) if m["subject"] != "telemetry"]
+    return {**instance_base(step, summary), "metrics": metrics}
+
+
+# step name -> the reader of one instance; a step not named here gets any_instance
+INSTANCE_READERS = {"preflight": preflight_instance, "build": build_instance,
+                    "correctness": correctness_instance, "bench": bench_instance,
+                    "profile": profile_instance}
+
+
+def step_sections(db, steps: list[dict]) -> list[dict]:
+    """One section per registered step that has a report template, in the registry's order:
+    ``{"name", "template", "description", "instances": [...]}`` (the bench section also has
+    ``side_by_side``). Each instance's ``summary`` is the step's ``summary_type`` read back from
+    the row (a dict for a step without one)."""
+    from ..steps import REGISTRY, get_step
+
+    sections = []
+    for name in REGISTRY:
+        step_obj = get_step(name)
+        if not step_obj.template:
+            continue
+        reader = INSTANCE_READERS.get(name, any_instance)
+        instances = []
+        for row in step_instances(steps, name):
+            stored = row.get("summary") or {}
+            summary = (step_obj.summary_type.from_json(stored) if step_obj.summary_type
+                       else stored)
+            instances.append(reader(db, row, summary))
+        section = {"name": name, "template": step_obj.template,
+                   "description": step_obj.description, "instances": instances}
+        if name == "bench":
+            section["side_by_side"] = bench_side_by_side(instances)
+        sections.append(section)
+    return sections
 
 
 def telemetry_section(db, steps: list[dict]) -> list[dict]:
@@ -305,20 +372,6 @@ def comparison_section(db, session: dict, bench: dict | None) -> dict | None:
             "only_before": result["only_in_a"], "only_now": result["only_in_b"]}
 
 
-def profile_section(db, steps: list[dict]) -> dict | None:
-    step = _last_step(steps, "profile")
-    if step is None:
-        return None
-    metrics = {m["key"]: m for m in _step_metrics(db, step["id"]) if m["key"] in PROFILE_KEYS}
-    summary = step.get("summary") or {}
-    return {"status": step["status"], "message": step.get("message"), "seq": step["seq"],
-            "verdict": summary.get("verdict"), "config": summary.get("config"),
-            "kernel": summary.get("kernel"),
-            "metrics": [{"key": k, **metrics[k]} for k in PROFILE_KEYS if k in metrics],
-            "stalls": [list(s) for s in summary.get("stalls") or []],
-            "suggestions": summary.get("suggestions") or []}
-
-
 def patterns_section(db, session: dict) -> list[dict]:
     rows = [dict(r) for r in db.query(
         "SELECT pattern_id, note, applied_at FROM patterns_applied WHERE session_id = ? "
@@ -356,7 +409,11 @@ def telemetry_timeline(db, steps: list[dict]) -> dict | None:
 
 
 def report_data(db, session_ref=None, *, now: str | None = None) -> dict:
-    """All the facts of one session's report. ``session_ref``: id, number, name, 'last', or None."""
+    """All the facts of one session's report. ``session_ref``: id, number, name, 'last', or None.
+
+    ``sections`` holds the step sections (:func:`step_sections`); ``bench`` is the last bench
+    step's instance (the one MLflow logs and the previous session is compared with), or None.
+    """
     session = session_ref if isinstance(session_ref, dict) else get_session(db, session_ref)
     now = now or now_iso()
     steps = session_steps(db, session["id"])
@@ -364,27 +421,22 @@ def report_data(db, session_ref=None, *, now: str | None = None) -> dict:
     latest_env = None
     if env is not None:
         latest_env = {**_env_rows(db, session["id"])[-1], "data": env["data"]}
-    bench = bench_section(db, steps)
+    sections = step_sections(db, steps)
+    benches = next((s["instances"] for s in sections if s["name"] == "bench"), [])
+    bench = benches[-1] if benches else None
     return {
         "session": header_section(session, latest_env, now),
         "steps": steps_section(steps, now),
         "environment": env,
-        "preflight": preflight_section(steps),
-        "build": build_section(db, steps),
-        "correctness": correctness_section(db, steps),
+        "sections": sections,
         "bench": bench,
         "telemetry": telemetry_section(db, steps),
         "cost": cost_section(session, steps, now),
         "comparison": comparison_section(db, session, bench),
-        "profile": profile_section(db, steps),
         "patterns": patterns_section(db, session),
         "timeline": telemetry_timeline(db, steps),
         "generated_at": now,
     }
-
-
-def to_json(data: dict) -> str:
-    return json.dumps(data, indent=2, default=str)
 
 
 __all__ = ["report_data", "config_label", "diff_snapshots", "aggregates"]

@@ -119,9 +119,15 @@ def make_plots(data: dict, out_dir: Path, stem: str) -> dict:
         return {"state": "missing", "hint": INSTALL_HINT, "images": []}
     out_dir.mkdir(parents=True, exist_ok=True)
     images = []
-    bench = data.get("bench")
-    if bench and bench["raw"]:
-        images += plot_bench(bench["raw"], out_dir, stem, bench.get("ceiling_tflops"))
+    benches = [b for section in data.get("sections") or [] if section["name"] == "bench"
+               for b in section["instances"] if b["raw"]]
+    for bench in benches:  # every bench step; with two or more, each plot names its step
+        many = len(benches) > 1
+        for image in plot_bench(bench["raw"], out_dir, f"{stem}-step{bench['seq']}" if many else stem,
+                                bench.get("ceiling_tflops")):
+            if many:
+                image["title"] = f"Step {bench['seq']}: {image['title']}"
+            images.append(image)
     if data.get("timeline"):
         image = plot_timeline(data["timeline"], out_dir, stem)
         if image:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 from ..timefmt import fmt_duration, fmt_money, parse_iso
 from ..views import printable
@@ -124,7 +125,9 @@ def environment():
     from .resources import templates_dir
 
     def load(name: str):
-        path = templates_dir() / name
+        # A name is a path under templates/ ("steps/bench.md.j2"), or an absolute path: the
+        # template of a step that lives outside the package (its Step.template).
+        path = Path(name) if Path(name).is_absolute() else templates_dir() / name
         if not path.is_file():
             return None
         return path.read_text(encoding="utf-8")

@@ -1,22 +1,33 @@
 """The step interface and the registry.
 
-A step is a small object::
+A step is a small object with typed options and a typed summary (:mod:`sessionkit.steps.typed`)::
+
+    @dataclass(frozen=True)
+    class HelloOptions(StepOptions):
+        who: str = option("world", help="Whom to greet.")
+
+    @dataclass
+    class HelloSummary(StepSummary):
+        who: str | None = fact(None, help="Whom it greeted.")
 
     class Hello(Step):
         name = "hello"
         description = "Say hello and record one metric."
         budget_s = 5.0
-        params = [click.Option(["--who"], default="world")]   # CLI options -> context.options
+        options_type = HelloOptions             # -> the CLI options, checked values in context.options
+        summary_type = HelloSummary             # -> what the report reads back from steps.summary
+        template = "steps/hello.md.j2"          # its section of the report (None: no section)
 
         def run(self, context: StepContext) -> StepResult:
-            context.progress.note(f"hello {context.options['who']}")
+            context.progress.note(f"hello {context.options.who}")   # a checked HelloOptions
             context.metric("greetings", 1, unit="count")
-            return StepResult("passed", message="said hello")
+            return StepResult("passed", message="said hello",
+                              summary=HelloSummary(who=context.options.who))
 
-The runner (:mod:`sessionkit.runner`) records the step row before ``run`` starts, keeps its heartbeat,
-runs the telemetry sampler around it, and stores the result. A step never exits the process: it
-returns ``failed`` or raises a :class:`~sessionkit.errors.SessionkitError`. Step modules must not import
-torch, jinja2 or pynvml at module level, so that listing steps stays fast.
+The runner (:mod:`sessionkit.runner`) checks the options, records the step row before ``run`` starts,
+keeps its heartbeat, runs the telemetry sampler around it, and stores the result. A step never exits
+the process: it returns ``failed`` or raises a :class:`~sessionkit.errors.SessionkitError`. Step
+modules must not import torch, jinja2 or pynvml at module level, so that listing steps stays fast.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from typing import Any, ClassVar
 
 from ..errors import StepNotFound
 from ..timefmt import now_iso
+from .typed import NoOptions, StepOptions, StepSummary
 
 STATUSES = ("passed", "failed", "skipped", "interrupted")
 
@@ -51,7 +63,8 @@ class Artifact:
 class StepResult:
     status: str  # "passed" | "failed" | "skipped"
     message: str = ""  # one line, shown at the end of the step
-    summary: dict[str, Any] = field(default_factory=dict)  # JSON-able facts for reports
+    # what the step found, for reports: its summary_type, or a JSON-able dict
+    summary: StepSummary | dict[str, Any] = field(default_factory=dict)
     metrics: list[Metric] = field(default_factory=list)
     artifacts: list[Artifact] = field(default_factory=list)
     exit_code: int | None = None
@@ -60,12 +73,17 @@ class StepResult:
         if self.status not in ("passed", "failed", "skipped"):
             raise ValueError(f"bad step status {self.status!r}")
 
+    def summary_json(self) -> dict[str, Any]:
+        """The summary as stored in ``steps.summary``."""
+        return self.summary.to_json() if isinstance(self.summary, StepSummary) else self.summary
+
 
 class StepContext:
-    """What a running step sees: the session, the DB, the progress printer and its options."""
+    """What a running step sees: the session, the DB, the progress printer and its options, an
+    instance of the step's ``options_type`` (checked values: the runner parses them first)."""
 
-    def __init__(self, *, db, session: dict, step_id: str, seq: int, progress, options: dict,
-                 workdir: Path):
+    def __init__(self, *, db, session: dict, step_id: str, seq: int, progress,
+                 options: StepOptions, workdir: Path):
         self.db = db
         self.session = session
         self.step_id = step_id
@@ -160,14 +178,21 @@ class Step:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     budget_s: ClassVar[float] = 60.0
-    params: ClassVar[list] = []  # click.Option objects; their values arrive in context.options
+    # The options dataclass: its fields make the CLI options; checked values reach context.options.
+    options_type: ClassVar[type[StepOptions]] = NoOptions
+    # The summary dataclass the report reads back from steps.summary (None: a plain dict).
+    summary_type: ClassVar[type[StepSummary] | None] = None
+    # The step's report section, a Jinja template: a path under templates/ (``steps/NAME.md.j2``)
+    # or an absolute path (a step outside the package). None: the step has no section.
+    template: ClassVar[str | None] = None
 
     def run(self, context: StepContext) -> StepResult:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def check_options(self, options: dict) -> None:
-        """Reject bad options (raise :class:`~sessionkit.errors.UsageError`) before the step is
-        started and recorded. The default accepts everything; ``run`` checks again."""
+    def parse_options(self, raw) -> StepOptions:
+        """Checked, typed options from a mapping of names to text or values (or an instance,
+        returned as it is); raises :class:`~sessionkit.steps.typed.OptionError` (a UsageError)."""
+        return self.options_type.parse(raw)
 
 
 # name -> "module:Class". Built-in steps import lazily so that the CLI starts fast.

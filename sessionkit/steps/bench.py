@@ -7,21 +7,98 @@ step: its options, and :func:`run_bench`, which runs the grid inside a session.
 
 from __future__ import annotations
 
+import operator
 import time
+from dataclasses import dataclass
 
-import click
-
-from ..attention import IMPLS
-from ..bench.grids import select_configs
+from ..attention import IMPLS, AttentionConfig
+from ..bench.grids import load_grid, parse_config, select_configs
 from ..bench.passes import ResultStore, measure_grid
 from ..bench.stats import geomean
 from ..bench.step import (DEFAULT_COOLDOWN, DEFAULT_PASSES, DEFAULT_PREHEAT_S, DEFAULT_TIME_LIMIT_S,
                           MAX_CONFIG_S, MAX_COOLDOWN, MAX_PASSES, bench_config, noise_metrics,
                           parse_impls, parse_preheat, result_rows, results_table, session_ceiling,
                           stop_rule, write_csv)
-from ..errors import UsageError
-from ..paramtypes import FilePath
+from ..timefmt import parse_duration
 from . import Step, StepContext, StepResult
+from .typed import StepOptions, StepSummary, fact, file_path, option
+
+
+def _grid_name(name: str) -> str:
+    load_grid(name)  # an unknown grid (or a broken [tool.sessionkit.grids]) fails here
+    return name
+
+
+def _impl_names(text: str) -> tuple[str, ...]:
+    return tuple(parse_impls([text]) or ())
+
+
+@dataclass(frozen=True)
+class BenchOptions(StepOptions):
+    grid: str | None = option(None, parse=_grid_name,
+                              help="Named grid: quick (default), standard, seeds, or one from "
+                                   "[tool.sessionkit.grids] in pyproject.toml.")
+    configs: tuple[AttentionConfig, ...] = option(
+        (), flag="--config", multiple=True, parse=parse_config, metavar="B,H,Sq,Sk,D,DTYPE,CAUSAL",
+        dump=operator.attrgetter("spec"),
+        help="A config to time (repeatable); alone it replaces the grid.")
+    csv_path: str | None = option(None, flag="--csv", parse=file_path, metavar="FILE",
+                                  help="Also write the results as CSV.")
+    impls: tuple[str, ...] = option((), flag="--impl", multiple=True, parse=_impl_names,
+                                    help="Only these implementations (repeatable or comma "
+                                         "separated): " + ", ".join(IMPLS) + ".")
+    time_limit_s: float = option(DEFAULT_TIME_LIMIT_S, flag="--time-limit", unit="s", min=0,
+                                 min_open=True, parse=parse_duration, metavar="DURATION",
+                                 default_text=f"{DEFAULT_TIME_LIMIT_S:g}s",
+                                 help="Time for all configs together; each stops early once its "
+                                      "medians are steady.")
+    graph: bool = option(False, help="Time CUDA-graph replays of the launches.")
+    passes: int = option(DEFAULT_PASSES, unit="count", min=1, max=MAX_PASSES,
+                         help="Visit every config this many times, spread over the run (forward, "
+                              "then backward); each median is over the samples of all passes.")
+    cooldown: float = option(DEFAULT_COOLDOWN, unit="ratio", min=0, max=MAX_COOLDOWN,
+                             help="After each batch of samples, leave the GPU idle this many times "
+                                  "the batch's duration, so that it stays under its power cap and "
+                                  "at full clock; 0 measures at sustained full load, where the "
+                                  "power cap sets the clock and results vary more from run to "
+                                  "run.")
+    preheat_s: float = option(DEFAULT_PREHEAT_S, flag="--preheat", unit="s", min=0,
+                              parse=parse_preheat, metavar="DURATION", default_text=f"{DEFAULT_PREHEAT_S:g}s",
+                              help="Load the GPU until its temperature levels off, for at most "
+                                   "this long (0 to skip); counts against --time-limit.")
+
+
+@dataclass
+class BenchSummary(StepSummary):
+    """What a bench step stored in ``steps.summary``; each config and implementation is a row of
+    ``bench_results`` with its samples in ``bench_samples``."""
+
+    grid: str | None = fact(None, help="The grid: a grid's name, custom (--config alone) or "
+                                       "NAME+custom.")
+    configs: int | None = fact(None, unit="count", help="Configs timed.")
+    ceiling_tflops: float | None = fact(None, unit="TFLOP/s",
+                                        help="The bf16 matmul ceiling that % of peak refers to.")
+    ceiling_reused: bool | None = fact(None, help="True when the ceiling was measured earlier in "
+                                                  "the session.")
+    geomean_speedup_vs_sdpa: float | None = fact(None, unit="ratio",
+                                                 help="Geometric mean of SDPA's latency / ours.")
+    best_speedup_vs_sdpa: float | None = fact(None, unit="ratio",
+                                              help="The largest SDPA latency / ours.")
+    impls: list[str] | None = fact(None, help="The implementations timed.")
+    graph: bool | None = fact(None, help="True when CUDA-graph replays were timed (--graph).")
+    passes: int | None = fact(None, unit="count", help="Visits of every config (--passes).")
+    cooldown: float | None = fact(None, unit="ratio", help="Idle time per busy time (--cooldown).")
+    ours: str | None = fact(None, help="'measured', or why our kernel was not.")
+    elapsed_s: float | None = fact(None, unit="s", help="Wall time of the whole run.")
+    preheat: dict | None = fact(None, help="The preheat: {seconds, temp_start_c, temp_end_c, "
+                                           "steady}; None when skipped.")
+    pass_spread_median_pct: float | None = fact(None, unit="%",
+                                                help="Median spread of the per-pass medians.")
+    throttled_sample_share: float | None = fact(None, unit="fraction",
+                                                help="Share of samples taken at a throttle reason.")
+    sm_clock_median_mhz: float | None = fact(None, unit="MHz", help="Median SM clock of the "
+                                                                    "samples.")
+    kernel_family: str | None = fact(None, help="The family our kernel ran as: sm90 or sm80.")
 
 
 def _kernel_family() -> str | None:
@@ -34,23 +111,13 @@ def _kernel_family() -> str | None:
         return None
 
 
-def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
-              time_limit_s: float = DEFAULT_TIME_LIMIT_S, graph: bool = False,
-              csv_path: str | None = None, preheat_s: float = DEFAULT_PREHEAT_S,
-              passes: int = DEFAULT_PASSES, cooldown: float = DEFAULT_COOLDOWN) -> StepResult:
-    """The bench step's work (see :mod:`sessionkit.bench.step`): time ``impls`` (default: all) on
-    the grid or ``configs``, store ``bench_results`` / ``bench_samples`` rows through ``context``,
-    and return the step's result. Bad options raise :class:`~sessionkit.errors.UsageError`."""
-    grid_label, chosen = select_configs(grid, configs)
-    wanted = parse_impls(impls)
-    if time_limit_s is not None and time_limit_s <= 0:
-        raise UsageError("--time-limit must be positive")
-    if preheat_s is None or preheat_s < 0:
-        raise UsageError("--preheat must be 0 or a positive duration")
-    if cooldown is None or not 0 <= cooldown <= MAX_COOLDOWN:
-        raise UsageError(f"--cooldown must be between 0 and {MAX_COOLDOWN:g}")
-    if not isinstance(passes, int) or not 1 <= passes <= MAX_PASSES:
-        raise UsageError(f"--passes must be a whole number from 1 to {MAX_PASSES}")
+def run_bench(context: StepContext, options: BenchOptions) -> StepResult:
+    """The bench step's work (see :mod:`sessionkit.bench.step`): time ``options.impls`` (default:
+    all) on the grid or ``options.configs``, store ``bench_results`` / ``bench_samples`` rows
+    through ``context``, and return the step's result with a :class:`BenchSummary`."""
+    grid_label, chosen = select_configs(options.grid, options.configs)
+    wanted = list(options.impls) or None
+    graph, passes, cooldown = options.graph, options.passes, options.cooldown
     try:
         import torch
     except ImportError:
@@ -77,8 +144,8 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
             if ours_note:
                 progress.note(f"ours skipped: {ours_note}")
         heat = None
-        if preheat_s > 0:
-            heat = timing.preheat(timer, cap_s=preheat_s)
+        if options.preheat_s > 0:
+            heat = timing.preheat(timer, cap_s=options.preheat_s)
             temps = ""
             if heat["temp_start_c"] is not None and heat["temp_end_c"] is not None:
                 temps = f", {heat['temp_start_c']:.0f} C -> {heat['temp_end_c']:.0f} C"
@@ -91,7 +158,7 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
             progress.note(f"matmul ceiling: bf16 8192^3 in {ms:.3f} ms = {ceiling:.0f} TFLOP/s")
         context.metric("matmul_bf16_tflops", ceiling, unit="TFLOP/s", subject="ceiling")
 
-        deadline_total = started + (time_limit_s or DEFAULT_TIME_LIMIT_S)
+        deadline_total = started + options.time_limit_s
         n = len(chosen)
 
         def impls_for(config):
@@ -127,8 +194,8 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
     progress.note(table)
     (context.workdir / "bench_table.txt").write_text(table + "\n")
     context.artifact(context.workdir / "bench_table.txt", "report")
-    if csv_path:
-        path = write_csv(csv_path, all_rows)
+    if options.csv_path:
+        path = write_csv(options.csv_path, all_rows)
         context.artifact(path, "csv")
 
     noise = noise_metrics(all_rows)
@@ -137,89 +204,36 @@ def run_bench(context: StepContext, *, grid: str | None, configs=(), impls=None,
             context.metric(key, value, unit=unit)
     ours_rows = [r for r in all_rows if r["impl"] == "ours"]
     speedups = [r["speedup_vs_sdpa"] for r in ours_rows if r["speedup_vs_sdpa"]]
-    summary = {
-        "grid": grid_label, "configs": n, "ceiling_tflops": ceiling, "ceiling_reused": reused,
-        "geomean_speedup_vs_sdpa": geomean(speedups),
-        "best_speedup_vs_sdpa": max(speedups) if speedups else None,
-        "impls": sorted({r["impl"] for r in all_rows}), "graph": bool(graph), "passes": passes,
-        "cooldown": cooldown,
-        "ours": "measured" if ours_rows else (ours_note or "not requested"),
-        "elapsed_s": round(time.monotonic() - started, 1),
-        "preheat": heat,
-        **{key: value for key, (value, _) in noise.items()},
-    }
-    if ours_rows:
-        summary["kernel_family"] = _kernel_family()
+    summary = BenchSummary(
+        grid=grid_label, configs=n, ceiling_tflops=ceiling, ceiling_reused=reused,
+        geomean_speedup_vs_sdpa=geomean(speedups),
+        best_speedup_vs_sdpa=max(speedups) if speedups else None,
+        impls=sorted({r["impl"] for r in all_rows}), graph=graph, passes=passes, cooldown=cooldown,
+        ours="measured" if ours_rows else (ours_note or "not requested"),
+        elapsed_s=round(time.monotonic() - started, 1), preheat=heat,
+        kernel_family=_kernel_family() if ours_rows else None,
+        **{key: value for key, (value, _) in noise.items()})
     wrong = [r for r in ours_rows if r["status"] in ("wrong", "error")]
     if wrong:
         return StepResult("failed", f"ours is wrong or failed on {len(wrong)} of {n} configs; "
                                     "no speed reported for those", summary=summary)
     if speedups:
-        family = f" ({summary['kernel_family']})" if summary.get("kernel_family") else ""
+        family = f" ({summary.kernel_family})" if summary.kernel_family else ""
         message = (f"{n} configs; ours{family} vs SDPA: geomean "
-                   f"{summary['geomean_speedup_vs_sdpa']:.2f}x, "
-                   f"best {summary['best_speedup_vs_sdpa']:.2f}x")
+                   f"{summary.geomean_speedup_vs_sdpa:.2f}x, "
+                   f"best {summary.best_speedup_vs_sdpa:.2f}x")
     else:
-        message = f"{n} configs timed ({', '.join(summary['impls'])})"
+        message = f"{n} configs timed ({', '.join(summary.impls)})"
     return StepResult("passed", message, summary=summary)
-
 
 
 class BenchStep(Step):
     name = "bench"
     description = "Time our attention kernel against SDPA and each SDPA backend on a grid."
     budget_s = 300.0
-    params = [
-        click.Option(["--grid"], default=None,
-                     help="Named grid: quick (default), standard, seeds, or one from "
-                          "[tool.sessionkit.grids] in pyproject.toml."),
-        click.Option(["--config", "configs"], multiple=True, metavar="B,H,Sq,Sk,D,DTYPE,CAUSAL",
-                     help="A config to time (repeatable); alone it replaces the grid."),
-        click.Option(["--csv", "csv_path"], type=FilePath(), default=None,
-                     help="Also write the results as CSV."),
-        click.Option(["--impl", "impls"], multiple=True,
-                     help="Only these implementations (repeatable or comma separated): "
-                          + ", ".join(IMPLS) + "."),
-        click.Option(["--time-limit", "time_limit"], default="150s", show_default=True,
-                     help="Time for all configs together; each stops early once its medians "
-                          "are steady."),
-        click.Option(["--graph"], is_flag=True, help="Time CUDA-graph replays of the launches."),
-        click.Option(["--passes"], type=click.IntRange(1, MAX_PASSES), default=DEFAULT_PASSES,
-                     show_default=True,
-                     help="Visit every config this many times, spread over the run (forward, "
-                          "then backward); each median is over the samples of all passes."),
-        click.Option(["--cooldown"], type=click.FloatRange(0, MAX_COOLDOWN),
-                     default=DEFAULT_COOLDOWN, show_default=True,
-                     help="After each batch of samples, leave the GPU idle this many times the "
-                          "batch's duration, so that it stays under its power cap and at full "
-                          "clock; 0 measures at sustained full load, where the power cap sets "
-                          "the clock and results vary more from run to run."),
-        click.Option(["--preheat"], default="45s", show_default=True,
-                     help="Load the GPU until its temperature levels off, for at most this long "
-                          "(0 to skip); counts against --time-limit."),
-    ]
-
-    def check_options(self, options: dict) -> None:
-        from ..timefmt import parse_duration
-
-        select_configs(options.get("grid"), options.get("configs") or ())
-        parse_impls(options.get("impls") or ())
-        limit = options.get("time_limit")
-        if limit and parse_duration(limit) <= 0:
-            raise UsageError("--time-limit must be positive")
-        parse_preheat(options.get("preheat"))
+    options_type = BenchOptions
+    summary_type = BenchSummary
+    template = "steps/bench.md.j2"
 
     def run(self, context: StepContext) -> StepResult:
-        from ..timefmt import parse_duration
-
-        opts = context.options
-        limit = opts.get("time_limit")
-        preheat = opts.get("preheat")
-        return run_bench(context, grid=opts.get("grid"), configs=opts.get("configs") or (),
-                         impls=opts.get("impls") or (),
-                         time_limit_s=parse_duration(limit) if limit else DEFAULT_TIME_LIMIT_S,
-                         graph=bool(opts.get("graph")), csv_path=opts.get("csv_path"),
-                         preheat_s=parse_preheat(preheat),
-                         passes=opts.get("passes") or DEFAULT_PASSES,
-                         cooldown=float(DEFAULT_COOLDOWN if opts.get("cooldown") is None
-                                        else opts["cooldown"]))
+        return run_bench(context, context.options)

@@ -4,12 +4,34 @@ record registers, shared memory and spills per kernel. The building itself is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-
-import click
 
 from ..kernels import build as kbuild
 from . import Step, StepResult
+from .typed import StepOptions, StepSummary, fact, option
+
+
+@dataclass(frozen=True)
+class BuildOptions(StepOptions):
+    force: bool = option(False, help="Rebuild even when a cached build matches.")
+
+
+@dataclass
+class BuildSummary(StepSummary):
+    """What a build step stored in ``steps.summary``. Per-kernel registers, shared memory and
+    spills are metrics (subject: the kernel's name), not summary fields."""
+
+    nvcc_version: str | None = fact(None, help="The nvcc release that compiled the kernels.")
+    flags: list[str] | None = fact(None, help="The nvcc flags of the build.")
+    cached: bool | None = fact(None, help="True when a cached build was loaded, nothing compiled.")
+    key: str | None = fact(None, help="The build cache key (sources, torch, CUDA, Python, arch, "
+                                      "flags).")
+    library: str | None = fact(None, help="Path of the loaded extension library.")
+    arch: str | None = fact(None, help="The GPU architecture compiled for, e.g. sm_90a.")
+    load_time_s: float | None = fact(None, unit="s", help="Time to load the library.")
+    build_time_s: float | None = fact(None, unit="s", help="Compile time; None when cached.")
+    log: str | None = fact(None, help="Path of the build log of a failed build.")
 
 
 class BuildStep(Step):
@@ -17,8 +39,9 @@ class BuildStep(Step):
     description = ("Compile the FlashAttention kernels (cached by sources, toolchain and GPU arch) "
                    "and record registers, shared memory and spills per kernel.")
     budget_s = 120.0
-    params = [click.Option(["--force"], is_flag=True, default=False,
-                           help="Rebuild even when a cached build matches.")]
+    options_type = BuildOptions
+    summary_type = BuildSummary
+    template = "steps/build.md.j2"
 
     def run(self, context) -> StepResult:
         env = context.latest_env()
@@ -30,12 +53,12 @@ class BuildStep(Step):
         try:
             info = kbuild.build_extension(progress=context.progress, nvcc=nvcc,
                                           capability=kbuild._capability_from_env(env),
-                                          force=bool(context.options.get("force")))
+                                          force=context.options.force)
         except kbuild.BuildError as exc:
             if exc.log_path is not None and Path(exc.log_path).is_file():
                 context.artifact(exc.log_path, "log")
             return StepResult("failed", message=exc.first_error or str(exc),
-                              summary={"log": str(exc.log_path) if exc.log_path else None})
+                              summary=BuildSummary(log=str(exc.log_path) if exc.log_path else None))
         if info.log_path and Path(info.log_path).is_file():
             context.artifact(info.log_path, "log")
         if not info.cached and info.build_time_s is not None:
@@ -57,8 +80,8 @@ class BuildStep(Step):
         if spills:
             detail += f", SPILLS in {', '.join(spills)}"
         context.progress.note(f"library {info.library}")
-        summary = {"nvcc_version": info.nvcc_version, "flags": info.flags, "cached": info.cached,
-                   "key": info.key, "library": info.library, "arch": info.arch,
-                   "load_time_s": info.load_time_s, "build_time_s": info.build_time_s}
+        summary = BuildSummary(nvcc_version=info.nvcc_version, flags=info.flags, cached=info.cached,
+                               key=info.key, library=info.library, arch=info.arch,
+                               load_time_s=info.load_time_s, build_time_s=info.build_time_s)
         return StepResult("passed", message=f"{how} in {info.load_time_s:.2f} s: {detail}"
                           if info.cached else f"{how}: {detail}", summary=summary)

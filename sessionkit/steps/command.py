@@ -21,11 +21,13 @@ import signal
 import subprocess
 import sys
 from collections import deque
+from dataclasses import dataclass
 
 from . import Step, StepResult
 from ..childproc import child_setup
 from ..errors import UsageError
 from ..liveness import TAIL_BYTES, TAIL_LINES, cap_tail, tail_of_file
+from .typed import StepOptions, StepSummary, fact, option
 
 GRACE_S = 2.0  # between SIGTERM and SIGKILL for what is left of the command's process group
 # Signals a command must not inherit as ignored (a background job's shell ignores SIGINT/SIGQUIT).
@@ -128,10 +130,29 @@ class _GroupWatchdog:
             self.proc = None
 
 
+@dataclass(frozen=True)
+class CommandOptions(StepOptions):
+    """What ``sessionkit step run NAME -- CMD ARGS...`` runs (its CLI is written by hand)."""
+
+    argv: tuple[str, ...] = option((), multiple=True,
+                                   help="The command and its arguments, run without a shell.")
+
+
+@dataclass
+class CommandSummary(StepSummary):
+    """What a command step stored in ``steps.summary``."""
+
+    argv: list[str] | None = fact(None, help="The command and its arguments, secrets redacted.")
+    exit_code: int | None = fact(None, help="The command's exit status; 128 + N after signal N.")
+    log: str | None = fact(None, help="Path of the full output log.")
+
+
 class CommandStep(Step):
     name = "run"
     description = "Run any command as a tracked step: sessionkit step run NAME -- CMD ARGS..."
     budget_s = 600.0
+    options_type = CommandOptions
+    summary_type = CommandSummary
 
     def __init__(self):
         self.output_tail: str | None = None
@@ -139,7 +160,7 @@ class CommandStep(Step):
     def run(self, context) -> StepResult:
         from ..secrets import current_redactor
 
-        argv = list(context.options.get("argv") or [])
+        argv = list(context.options.argv)
         if not argv:
             raise UsageError("no command given after --: sessionkit step run NAME -- CMD ARGS...")
         redactor = current_redactor(argv=argv)
@@ -205,7 +226,7 @@ class CommandStep(Step):
                 disk_full = disk_full or exc
         # A negative code is death by signal N; report it shell-style (128 + N).
         exit_code = code if code >= 0 else 128 - code
-        summary = {"argv": redactor.argv(argv), "exit_code": exit_code, "log": str(log_path)}
+        summary = CommandSummary(argv=redactor.argv(argv), exit_code=exit_code, log=str(log_path))
         if disk_full is not None:
             return StepResult("failed", message=f"no space left on device: the log {log_path} "
                               "could not be written, so the command was stopped",

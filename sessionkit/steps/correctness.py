@@ -9,13 +9,44 @@ step is skipped.
 from __future__ import annotations
 
 import secrets
-
-import click
+from dataclasses import dataclass
 
 from ..db import SQLITE_MAX_INT
 from ..errors import UsageError
 from ..kernels import correctness as kcorrectness
 from . import Metric, Step, StepContext, StepResult
+from .typed import StepOptions, StepSummary, fact, option
+
+
+@dataclass(frozen=True)
+class CorrectnessOptions(StepOptions):
+    seed: int | None = option(None, type=int, min=0, max=SQLITE_MAX_INT,
+                              help="Seed for the configs and inputs (default: a random one, "
+                                   "printed).")
+    configs: int = option(kcorrectness.DEFAULT_CONFIGS, unit="count",
+                          min=kcorrectness.MIN_CONFIGS, max=kcorrectness.MAX_CONFIGS,
+                          help="How many random configs to check.")
+    max_seq_len: int | None = option(None, type=int, min=1,
+                                     help="Leave out sequence lengths above this (for quick "
+                                          "runs).")
+
+
+@dataclass
+class CorrectnessSummary(StepSummary):
+    """What a correctness step stored in ``steps.summary``; each config's result is a row of
+    ``correctness_results``."""
+
+    seed: int | None = fact(None, help="The seed of the configs and inputs.")
+    configs: int | None = fact(None, unit="count", help="Configs checked.")
+    passed: int | None = fact(None, unit="count", help="Configs within the error bound.")
+    failed: int | None = fact(None, unit="count", help="Configs outside it (or not run).")
+    worst_ratio: float | None = fact(None, unit="ratio",
+                                     help="The largest max error / bound over configs with a "
+                                          "finite output; None when none had one.")
+    nonfinite: int | None = fact(None, unit="count", help="Configs whose output held NaN or Inf.")
+    device: str | None = fact(None, help="The GPU the checks ran on.")
+    build_key: str | None = fact(None, help="The build cache key of the checked kernels.")
+    kernel_family: str | None = fact(None, help="The kernel family checked: sm90 or sm80.")
 
 
 class CorrectnessStep(Step):
@@ -24,31 +55,20 @@ class CorrectnessStep(Step):
                    "(fp16/bf16, every head dim of the kernel family, causal top-left and "
                    "bottom-right or not, grouped-query heads, Sq != Sk, strided inputs).")
     budget_s = 180.0
-    params = [
-        click.Option(["--seed"], type=click.IntRange(0, SQLITE_MAX_INT), default=None,
-                     help="Seed for the configs and inputs (default: a random one, printed)."),
-        click.Option(["--configs"],
-                     type=click.IntRange(kcorrectness.MIN_CONFIGS, kcorrectness.MAX_CONFIGS),
-                     default=kcorrectness.DEFAULT_CONFIGS,
-                     show_default=True, help="How many random configs to check."),
-        click.Option(["--max-seq-len"], type=click.IntRange(min=1), default=None,
-                     help="Leave out sequence lengths above this (for quick runs)."),
-    ]
+    options_type = CorrectnessOptions
+    summary_type = CorrectnessSummary
+    template = "steps/correctness.md.j2"
 
     def run(self, context: StepContext) -> StepResult:
         from ..kernels import checking
 
-        options = context.options
-        count = options.get("configs")
-        if count is None:
-            count = kcorrectness.DEFAULT_CONFIGS
-        if count < kcorrectness.MIN_CONFIGS:
-            raise UsageError(f"--configs must be at least {kcorrectness.MIN_CONFIGS}, got {count}")
-        seed = options.get("seed")
+        options: CorrectnessOptions = context.options
+        count = options.configs
+        seed = options.seed
         if seed is None:
             seed = secrets.randbelow(1 << 31)
         seq_lens = checking.SEQ_LENS
-        max_seq = options.get("max_seq_len")
+        max_seq = options.max_seq_len
         if max_seq is not None:
             seq_lens = tuple(s for s in seq_lens if s <= max_seq)
             if not seq_lens:
@@ -78,28 +98,27 @@ class CorrectnessStep(Step):
 
         results = checking.run_checks(kernel, configs, device, on_start=on_start,
                                       on_result=on_result)
-        summary = checking.summarize(results, seed)
-        summary["device"] = kcorrectness._device_name(device)
-        summary["build_key"] = loaded.build_key
-        summary["kernel_family"] = loaded.family
+        summary = CorrectnessSummary(**checking.summarize(results, seed),
+                                     device=kcorrectness._device_name(device),
+                                     build_key=loaded.build_key, kernel_family=loaded.family)
         context.progress.note(checking.results_table(results))
 
         metrics = [
-            Metric("configs_passed", summary["passed"], "count"),
-            Metric("configs_failed", summary["failed"], "count"),
+            Metric("configs_passed", summary.passed, "count"),
+            Metric("configs_failed", summary.failed, "count"),
         ]
-        if summary["worst_ratio"] is not None:
-            metrics.append(Metric("worst_err_ratio", summary["worst_ratio"], "ratio"))
-        worst = (f"worst err/bound {summary['worst_ratio']:.3g}"
-                 if summary["worst_ratio"] is not None else "no finite output")
-        if summary["failed"]:
+        if summary.worst_ratio is not None:
+            metrics.append(Metric("worst_err_ratio", summary.worst_ratio, "ratio"))
+        worst = (f"worst err/bound {summary.worst_ratio:.3g}"
+                 if summary.worst_ratio is not None else "no finite output")
+        if summary.failed:
             first = next(r for r in results if not r.passed)
             family = f"{loaded.family} kernels: " if loaded.family else ""
-            message = (f"{family}{summary['failed']} of {summary['configs']} configs failed "
+            message = (f"{family}{summary.failed} of {summary.configs} configs failed "
                        f"(seed {seed}); "
                        f"first: #{first.config.idx} {first.config.group} {first.config.shape}")
             return StepResult("failed", message=message, summary=summary, metrics=metrics,
                               exit_code=1)
         family = f"{loaded.family} kernels: " if loaded.family else ""
-        message = f"{family}{summary['configs']} configs passed (seed {seed}, {worst})"
+        message = f"{family}{summary.configs} configs passed (seed {seed}, {worst})"
         return StepResult("passed", message=message, summary=summary, metrics=metrics)

@@ -6,20 +6,40 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import preflight
 from ..envinfo import store_snapshot
 from ..timefmt import now_iso
 from . import Step, StepContext, StepResult
+from .typed import StepSummary, fact
+
+
+@dataclass
+class PreflightSummary(StepSummary):
+    """What a preflight step stored in ``steps.summary``; the environment snapshot itself is a row
+    of ``env_snapshots``."""
+
+    checks: list[dict] | None = fact(None, help="Every check: {name, status (pass, warn or fail), "
+                                                "finding, fix}, in the order they ran.")
+    passed: int | None = fact(None, unit="count", help="Checks that passed.")
+    warned: int | None = fact(None, unit="count", help="Checks that warned.")
+    failed: int | None = fact(None, unit="count", help="Checks that failed.")
+    snapshot_id: int | None = fact(None, help="The id of the env_snapshots row it wrote.")
+
+    def failed_checks(self) -> list[str]:
+        """The names of the checks that failed."""
+        return [c.get("name") for c in self.checks or []
+                if isinstance(c, dict) and c.get("status") == "fail"]
 
 
 class PreflightStep(Step):
     name = "preflight"
     description = "Check Python, torch, GPU, driver, nvcc, host compiler and build cache; snapshot the environment."
     budget_s = 30.0
-    params = []
+    summary_type = PreflightSummary
+    template = "steps/preflight.md.j2"
 
     probe_factory: Callable[[], preflight.Probe] = preflight.Probe  # tests swap in a fake
 
@@ -33,8 +53,9 @@ class PreflightStep(Step):
         path = Path(context.workdir) / "preflight.json"
         path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
         context.artifact(path, "json")
-        summary = {"checks": [asdict(c) for c in report.checks], "passed": report.passed,
-                   "warned": report.warned, "failed": report.failed, "snapshot_id": snapshot_id}
+        summary = PreflightSummary(checks=[asdict(c) for c in report.checks], passed=report.passed,
+                                   warned=report.warned, failed=report.failed,
+                                   snapshot_id=snapshot_id)
         line = preflight.summary_line(report)
         context.progress.note(preflight.format_report(
             report, color=getattr(context.progress, "color", False)))

@@ -6,23 +6,57 @@ its options, running ``ncu`` inside a session and recording what it found.
 
 from __future__ import annotations
 
+import operator
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
 from .. import profile as prof
-from ..attention import IMPLS
-from ..errors import UsageError
+from ..attention import IMPLS, AttentionConfig
 from . import Step, StepResult
+from .typed import StepOptions, StepSummary, fact, option
 
 
-def _config_option(ctx, param, value):
-    try:
-        return prof.parse_profile_config(value).spec
-    except UsageError as exc:
-        raise click.BadParameter(str(exc).removeprefix("bad config "), ctx=ctx, param=param) from None
+@dataclass(frozen=True)
+class ProfileOptions(StepOptions):
+    config: AttentionConfig = option(prof.parse_profile_config(prof.DEFAULT_CONFIG),
+                                     parse=prof.parse_profile_config,
+                                     dump=operator.attrgetter("spec"), metavar="TEXT",
+                                     help="B,H,Sq,Sk,D,dtype,causal[,H_kv] to profile.")
+    kernel: str = option("ours", choices=IMPLS,
+                         help="Our kernel, or torch SDPA (default dispatch or one backend).")
+    kernel_regex: str | None = option(None, help="Profile only the first launch whose name "
+                                                 "matches (ncu --kernel-name).")
+    warmup: int = option(3, unit="count", min=0, max=100, help="Calls before the profiled one.")
+
+
+@dataclass
+class ProfileSummary(StepSummary):
+    """What a profile step stored in ``steps.summary``; the kernel's numbers are metrics (subject:
+    the kernel profiled)."""
+
+    verdict: str | None = fact(None, help="The decision tree's verdict (patterns/profile-tree.toml).")
+    config: str | None = fact(None, help="The config profiled, as B,H,Sq,Sk,D,dtype,causal.")
+    kernel: str | None = fact(None, help="What was profiled: ours, sdpa or an SDPA backend.")
+    kernel_name: str | None = fact(None, help="The name of the profiled CUDA kernel.")
+    stalls: list | None = fact(None, help="The top stall reasons: [[name, % of stalls], ...].")
+    suggestions: list[dict] | None = fact(None, help="Next moves: [{text, pattern}, ...].")
+    verdict_summary: str | None = fact(None, help="The verdict in one sentence.")
+    ceilings: dict | None = fact(None, help="{matmul_tflops (TFLOP/s), matmul_source, dram_tbs "
+                                            "(TB/s), dram_source}.")
+    achieved: dict | None = fact(None, help="{tflops (TFLOP/s), tflops_pct (%), bandwidth_tbs "
+                                            "(TB/s), bandwidth_pct (%), traffic_ratio}.")
+    occupancy_limiters: list | None = fact(None, help="What limits occupancy, per ncu.")
+    kernels_profiled: int | None = fact(None, unit="count", help="Kernels in the profiled call.")
+    gpu: str | None = fact(None, help="The GPU profiled on.")
+    torch: str | None = fact(None, help="The torch release of the profiled process.")
+    ncu: str | None = fact(None, help="Path of the ncu that profiled.")
+    metrics: list[str] | None = fact(None, help="The ncu metrics asked for.")
+    sections: list[str] | None = fact(None, help="The ncu sections asked for.")
+    tree: str | None = fact(None, help="Path of the decision tree used.")
+    permission_error: bool | None = fact(None, help="True when ncu had no access to the GPU's "
+                                                    "performance counters.")
 
 
 class ProfileStep(Step):
@@ -30,27 +64,13 @@ class ProfileStep(Step):
     description = ("Profile one call of a kernel with Nsight Compute. Records SM/DRAM/tensor "
                    "throughput, occupancy, stalls and L2 hit rate, gives a verdict and next moves.")
     budget_s = 120.0
-    params = [
-        click.Option(["--config"], default=prof.DEFAULT_CONFIG, show_default=True,
-                     callback=_config_option, help="B,H,Sq,Sk,D,dtype,causal[,H_kv] to profile."),
-        click.Option(["--kernel"], type=click.Choice(IMPLS), default="ours", show_default=True,
-                     help="Our kernel, or torch SDPA (default dispatch or one backend)."),
-        click.Option(["--kernel-regex"], default=None,
-                     help="Profile only the first launch whose name matches (ncu --kernel-name)."),
-        click.Option(["--warmup"], type=click.IntRange(0, 100), default=3, show_default=True,
-                     help="Calls before the profiled one."),
-    ]
-
-    def check_options(self, options: dict) -> None:
-        if options.get("config"):
-            prof.parse_profile_config(options["config"])
+    options_type = ProfileOptions
+    summary_type = ProfileSummary
+    template = "steps/profile.md.j2"
 
     def run(self, context) -> StepResult:
-        opts = context.options
-        cfg = prof.parse_profile_config(opts.get("config") or prof.DEFAULT_CONFIG)
-        kernel = opts.get("kernel") or "ours"
-        if kernel not in IMPLS:
-            raise UsageError(f"bad --kernel {kernel!r}: choose one of {', '.join(IMPLS)}")
+        opts: ProfileOptions = context.options
+        cfg, kernel = opts.config, opts.kernel
         tree = prof.load_tree()  # a broken tree fails before the GPU time is spent
 
         from ..toolchain import find_cuda_tool
@@ -72,21 +92,22 @@ class ProfileStep(Step):
         if available is None:
             context.progress.note("ncu --query-metrics gave no list: sections only")
         report_base = workdir / "profile"
-        target = prof.target_command(cfg, kernel, int(opts.get("warmup", 3)))
-        cmd = prof.ncu_command(found.path, target, report_base, metrics, opts.get("kernel_regex"))
+        target = prof.target_command(cfg, kernel, opts.warmup)
+        cmd = prof.ncu_command(found.path, target, report_base, metrics, opts.kernel_regex)
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         context.progress.note(f"profiling {kernel} {cfg.spec}: one call after "
-                              f"{opts.get('warmup', 3)} warm-up calls")
+                              f"{opts.warmup} warm-up calls")
         code, output = prof.run_logged(cmd, log_path, env, prof.NCU_TIMEOUT_S)
         context.artifact(log_path, "log")
         reason = prof.ncu_failure(output, code)
         if reason:
             return StepResult("failed", message=reason,
                               exit_code=code or 1,
-                              summary={"kernel": kernel, "config": cfg.spec,
-                                       "permission_error": prof.permission_denied(output)})
+                              summary=ProfileSummary(
+                                  kernel=kernel, config=cfg.spec,
+                                  permission_error=prof.permission_denied(output)))
         rep = report_base.with_suffix(".ncu-rep")
         if not rep.is_file():
             raise prof.ProfileError(f"ncu wrote no report {rep} (log: {log_path})")
@@ -120,22 +141,20 @@ class ProfileStep(Step):
         for move in result.suggestions:
             context.progress.note(f"  - {move['text']} [{move['pattern']}]")
         stalls = [[n, round(p, 1)] for n, p in numbers.top_stalls(3)]
-        summary = {
-            "verdict": result.verdict, "config": cfg.spec, "kernel": kernel,
-            "kernel_name": record.name, "stalls": stalls,
-            "suggestions": [{"text": m["text"], "pattern": m["pattern"]} for m in result.suggestions],
-            "verdict_summary": result.summary,
-            "ceilings": {"matmul_tflops": ceilings.tflops, "matmul_source": ceilings.tflops_source,
-                         "dram_tbs": ceilings.tbs, "dram_source": ceilings.tbs_source},
-            "achieved": {"tflops": facts["tflops"], "tflops_pct": facts["tflops_pct"],
-                         "bandwidth_tbs": facts["bandwidth_tbs"],
-                         "bandwidth_pct": facts["bandwidth_pct"],
-                         "traffic_ratio": facts["traffic_ratio"]},
-            "occupancy_limiters": numbers.occupancy_limiters,
-            "kernels_profiled": len(records), "gpu": info.get("gpu_name") or gpu_name,
-            "torch": info.get("torch"), "ncu": found.path, "metrics": metrics,
-            "sections": list(prof.SECTIONS), "tree": tree.path,
-        }
+        summary = ProfileSummary(
+            verdict=result.verdict, config=cfg.spec, kernel=kernel, kernel_name=record.name,
+            stalls=stalls,
+            suggestions=[{"text": m["text"], "pattern": m["pattern"]} for m in result.suggestions],
+            verdict_summary=result.summary,
+            ceilings={"matmul_tflops": ceilings.tflops, "matmul_source": ceilings.tflops_source,
+                      "dram_tbs": ceilings.tbs, "dram_source": ceilings.tbs_source},
+            achieved={"tflops": facts["tflops"], "tflops_pct": facts["tflops_pct"],
+                      "bandwidth_tbs": facts["bandwidth_tbs"],
+                      "bandwidth_pct": facts["bandwidth_pct"],
+                      "traffic_ratio": facts["traffic_ratio"]},
+            occupancy_limiters=numbers.occupancy_limiters, kernels_profiled=len(records),
+            gpu=info.get("gpu_name") or gpu_name, torch=info.get("torch"), ncu=found.path,
+            metrics=metrics, sections=list(prof.SECTIONS), tree=tree.path)
         top = f", top stall {stalls[0][0]}" if stalls else ""
         message = (f"{result.verdict}: {prof.fmt_value(numbers.duration_ms, 'ms', 3)}, tensor pipe "
                    f"{prof.fmt_value(numbers.tensor_pipe_pct, '%', 0)}, DRAM "
