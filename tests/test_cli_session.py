@@ -258,3 +258,16 @@ def test_end_session_default_counts_interrupted_steps(db, session):
                             "host": "h", "pid": 1})
     done = end_session(db, session, outcome="stopped")
     assert done["status"] == "failed" and done["status_reason"] == "the latest run of bench interrupted"
+
+
+def test_a_budget_without_a_unit_is_one_line_error(tmp_path):
+    r = invoke("start", "--objective", "x", "--budget", "2")
+    assert r.exit_code == 2 and r.output.strip() == (
+        "Error: bad duration '2': give it a unit, e.g. 2s, 2m or 2h (a bare number is not taken as seconds)")
+    r = invoke("start", "--objective", "x", "--step-budget", "build=60")
+    assert r.exit_code == 2 and r.output.strip().startswith("Error: bad duration '60': give it a unit")
+    (tmp_path / "pyproject.toml").write_text("[tool.sessionkit]\nbudget = 7200\n")
+    r = invoke("start", "--objective", "x")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
+    assert "budget" in r.output and "bad duration 7200: give it a unit" in r.output
+    assert not (tmp_path / "sessions.db").exists() or open_db()["sessions"].count == 0
