@@ -16,7 +16,7 @@ import pytest
 from fixtures_db import build_fixture_db
 from sessionkit.serve import chromium, metadata
 
-pytest.importorskip("datasette", reason="needs datasette (pip install 'sessionkit[browse]')")
+pytest.importorskip("datasette", reason="needs datasette (pip install -e '.[browse]' in the checkout)")
 
 
 def _free_port() -> int:
