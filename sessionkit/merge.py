@@ -1,8 +1,8 @@
 """Bring sessions recorded in other databases (other GPU hosts) into this one.
 
 Sessions are keyed by their UUID, so a merge is idempotent: a session that is already here with the
-same content is skipped. One that is here with different content is a conflict: it is reported and
-neither copy is changed. An imported session keeps its id and host; its number on the host that
+same content is skipped. One that is here with different content is a conflict: it is reported, with
+the fields that differ (here and there), and neither copy is changed. An imported session keeps its id and host; its number on the host that
 recorded it is kept as ``origin_number`` and it gets the next local number. Every row that hangs off
 it (steps, metrics, artifacts, telemetry, environment snapshots, applied patterns, correctness and
 bench results with their samples) comes with it, with integer row ids renumbered.
@@ -48,7 +48,9 @@ LOCAL_COLUMNS = {"number", "origin_number", "imported_from", "imported_at"}
 @dataclass
 class MergeResult:
     """What one merge did. Each list holds ``{"id", "number", "name", ...}`` dicts of the source's
-    sessions; ``imported`` ones also carry their new ``local_number``."""
+    sessions; ``imported`` ones also carry their new ``local_number``, ``conflicts`` the
+    ``local_number`` of the copy here and either a ``reason`` or ``differences`` (``[{"field",
+    "here", "there"}]``, at most :data:`MAX_DIFFERENCES`) with ``differences_total``."""
 
     source: str
     imported: list[dict] = field(default_factory=list)
@@ -180,6 +182,68 @@ def _fingerprint(conn, session_id: str, session_cols: list[str], step_cols: list
     return digest.hexdigest()
 
 
+MAX_DIFFERENCES = 20  # fields listed per conflicting session (the rest are counted)
+SHOWN_DIFFERENCES = 5  # of those, printed by format_merge
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _differences(local, source, session_id: str, session_cols: list[str], step_cols: list[str],
+                 counts: list[tuple[str, str]]) -> tuple[list[dict], int]:
+    """What differs between the two copies of a session, over what :func:`_fingerprint` reads:
+    ([{"field", "here", "there"}] with at most :data:`MAX_DIFFERENCES` entries, total number of
+    differences). Values are shortened reprs; ``field`` is a session column, ``step N (name)
+    column``, ``step N (name)`` for a step only one side has, or ``TABLE rows``."""
+    found: list[dict] = []
+    total = 0
+
+    def add(field_name: str, here, there) -> None:
+        nonlocal total
+        total += 1
+        if len(found) < MAX_DIFFERENCES:
+            found.append({"field": field_name, "here": _short(here), "there": _short(there)})
+
+    def same(a, b) -> bool:  # as the fingerprint compares: through their JSON text
+        return json.dumps(a, default=str) == json.dumps(b, default=str)
+
+    def session_row(conn):
+        return _rows(conn, f"SELECT {', '.join(f'[{c}]' for c in session_cols)} FROM sessions "
+                           "WHERE id = ?", [session_id])[0]
+
+    mine, theirs = session_row(local), session_row(source)
+    for column in session_cols:
+        if not same(mine[column], theirs[column]):
+            add(column, mine[column], theirs[column])
+    cols = list(dict.fromkeys(["id", "seq", "name", *step_cols]))
+
+    def step_rows(conn):
+        return {r["id"]: r for r in _rows(conn, f"SELECT {', '.join(f'[{c}]' for c in cols)} FROM steps "
+                                                "WHERE session_id = ? ORDER BY seq, id", [session_id])}
+
+    mine_steps, their_steps = step_rows(local), step_rows(source)
+    for step_id in list(dict.fromkeys([*mine_steps, *their_steps])):
+        a, b = mine_steps.get(step_id), their_steps.get(step_id)
+        row = a or b
+        label = f"step {row['seq']} ({row['name']})"
+        if a is None or b is None:
+            add(label, "present" if a else "absent", "present" if b else "absent")
+            continue
+        for column in step_cols:
+            if column != "id" and not same(a[column], b[column]):
+                add(f"{label} {column}", a[column], b[column])
+    for table, column in counts:
+        sql = (f"SELECT COUNT(*) FROM [{table}] WHERE [{column}] IN "
+               "(SELECT id FROM steps WHERE session_id = ?)")
+        n_here = local.execute(sql, [session_id]).fetchone()[0]
+        n_there = source.execute(sql, [session_id]).fetchone()[0]
+        if n_here != n_there:
+            add(f"{table} rows", n_here, n_there)
+    return found, total
+
+
 def _artifact_source(path_text: str, source_db: Path, origin_number: int) -> tuple[Path | None, str]:
     """The file an artifact row names, if it can be found, and its path below ``session-N/``."""
     recorded = Path(path_text)
@@ -263,9 +327,14 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
         if here is not None:
             mine = _fingerprint(local, srow["id"], *fingerprint)
             theirs = _fingerprint(source, srow["id"], *fingerprint)
+            if mine == theirs:
+                local.execute("COMMIT")
+                result.unchanged.append({**brief, "local_number": here[0]})
+                return
+            differences, total = _differences(local, source, srow["id"], *fingerprint)
             local.execute("COMMIT")
-            target = result.unchanged if mine == theirs else result.conflicts
-            target.append({**brief, "local_number": here[0]})
+            result.conflicts.append({**brief, "local_number": here[0], "differences": differences,
+                                     "differences_total": total})
             return
         clash = local.execute(
             f"SELECT COUNT(*) FROM steps WHERE id IN ({','.join('?' * len(step_ids))})",
@@ -371,6 +440,8 @@ def _place_artifact(row: dict, other: Path, origin_number: int, folder: Path) ->
 
 def format_merge(result: MergeResult) -> str:
     """The merge result as a few lines of text for the terminal."""
+    from .views import printable
+
     lines = [f"Merged {result.source}: {len(result.imported)} imported, "
              f"{len(result.unchanged)} already here, {len(result.conflicts)} in conflict"
              + (f", {len(result.skipped_open)} still open there (not imported)" if result.skipped_open else "")]
@@ -379,6 +450,13 @@ def format_merge(result: MergeResult) -> str:
     for s in result.conflicts:
         why = s.get("reason") or f"differs from session #{s['local_number']} here; neither was changed"
         lines.append(f"  CONFLICT  {s['id']}  {s['host'] or '-'} #{s['number']}  {s['name']}: {why}")
+        shown = s.get("differences") or []
+        for d in shown[:SHOWN_DIFFERENCES]:
+            lines.append(f"    {printable(d['field'])}: here {d['here']}, there {d['there']}")
+        more = s.get("differences_total", len(shown)) - min(len(shown), SHOWN_DIFFERENCES)
+        if more > 0:
+            lines.append(f"    ... and {more} more difference{'s' if more > 1 else ''} (--json lists "
+                         f"up to {MAX_DIFFERENCES})")
     for s in result.skipped_open:
         lines.append(f"  open      {s['id']}  {s['host'] or '-'} #{s['number']}  {s['name']}: merge again once it has ended")
     if result.imported:

@@ -300,3 +300,34 @@ def test_logs_of_databases_with_other_names_are_copied(tmp_path):
     path = Path(row["path"])
     assert path.is_relative_to(folder / "artifacts-agg") and "LOG-OF-A" in path.read_text()
     assert not (folder / "artifacts").exists()
+
+
+def test_a_conflict_says_which_fields_differ(tmp_path):
+    a, b = host_a(tmp_path / "a"), host_b(tmp_path / "b")
+    merge_database(a, b.path)
+    with b.conn:  # edited on host B after the first merge
+        b.execute("UPDATE sessions SET outcome = 'rewritten later' WHERE name = 'b-1'")
+        b.execute("UPDATE steps SET duration_s = 7.5, message = 'probed again' WHERE session_id IN "
+                  "(SELECT id FROM sessions WHERE name = 'b-2')")
+        b.execute("DELETE FROM metrics WHERE step_id IN (SELECT st.id FROM steps st JOIN sessions s "
+                  "ON s.id = st.session_id WHERE s.name = 'b-2')")
+    result = merge_database(a, b.path)
+    by_name = {c["name"]: c for c in result.conflicts}
+    assert by_name["b-1"]["differences"] == [
+        {"field": "outcome", "here": "'probed'", "there": "'rewritten later'"}]
+    b2 = {d["field"]: (d["here"], d["there"]) for d in by_name["b-2"]["differences"]}
+    here_s = a.execute("SELECT duration_s FROM steps st JOIN sessions s ON s.id = st.session_id "
+                       "WHERE s.name = 'b-2'").fetchone()[0]
+    assert b2 == {"step 1 (probe) duration_s": (repr(here_s), "7.5"),
+                  "step 1 (probe) message": ("'probed'", "'probed again'"),
+                  "metrics rows": ("1", "0")}
+    assert by_name["b-2"]["differences_total"] == 3
+
+    out = CliRunner().invoke(cli, ["--db", str(a.path), "merge", str(b.path)])
+    assert out.exit_code == 1
+    assert "    outcome: here 'probed', there 'rewritten later'" in out.output
+    assert "    step 1 (probe) message: here 'probed', there 'probed again'" in out.output
+    assert "    metrics rows: here 1, there 0" in out.output
+    listed = json.loads(CliRunner().invoke(cli, ["--db", str(a.path), "merge", "--json", str(b.path)])
+                        .output.split("\nError:")[0])
+    assert {d["field"] for c in listed[0]["conflicts"] for d in c["differences"]} == set(b2) | {"outcome"}
