@@ -82,6 +82,10 @@ def format_show(data: dict) -> str:
              + (f" (budget {fmt_duration(s['budget_s'])})" if s["budget_s"] else ""),
              f"  commit:    {printable(s['git_commit'] or '-')}",
              f"  cost:      {_cost_line(data['costs'])}"]
+    if s.get("imported_from") is not None:
+        lines.insert(4, f"  imported:  from {printable(imported_label(s))} on "
+                        f"{(s.get('imported_at') or '-')[:19].replace('T', ' ')} UTC "
+                        f"({printable(s['imported_from'])})")
     if s.get("outcome"):
         lines.append(f"  outcome:   {printable(s['outcome'])}")
     lines += ["", _steps_table(data)]
@@ -93,11 +97,25 @@ def format_session_list(rows: list[dict]) -> str:
         return "No sessions yet. Start one with: sessionkit start --objective TEXT"
     from .costs import session_costs
 
+    imported = any(r.get("imported_from") is not None for r in rows)
     out = []
     for r in rows:
         cost = session_costs(r, [])["total_usd"]
-        out.append([r["number"], r["name"][:30], r["status"], r["started_at"][:16].replace("T", " "),
-                    fmt_duration(r["duration_s"]), f"{r['passed']}/{r['failed']}/{r['interrupted']}",
-                    fmt_money(cost) if cost is not None else "rate not set", (r["objective"] or "")[:40]])
-    return table(["#", "name", "status", "started (UTC)", "duration", "ok/fail/int", "cost", "objective"],
-                 out, right={0, 4})
+        row = [r["number"], r["name"][:30], r["status"], r["started_at"][:16].replace("T", " "),
+               fmt_duration(r["duration_s"]), f"{r['passed']}/{r['failed']}/{r['interrupted']}",
+               fmt_money(cost) if cost is not None else "rate not set", (r["objective"] or "")[:40]]
+        if imported:  # a column only where some session came from another database
+            row.insert(3, imported_label(r))
+        out.append(row)
+    headers = ["#", "name", "status", "started (UTC)", "duration", "ok/fail/int", "cost", "objective"]
+    if imported:
+        headers.insert(3, "imported from")
+    return table(headers, out, right={0, 5 if imported else 4})
+
+
+def imported_label(session: dict) -> str | None:
+    """``host #N`` for a session merged from another database (its host and its number there),
+    None for one recorded here."""
+    if session.get("imported_from") is None:
+        return None
+    return f"{session.get('host') or 'unknown host'} #{session.get('origin_number')}"

@@ -331,3 +331,30 @@ def test_a_conflict_says_which_fields_differ(tmp_path):
     listed = json.loads(CliRunner().invoke(cli, ["--db", str(a.path), "merge", "--json", str(b.path)])
                         .output.split("\nError:")[0])
     assert {d["field"] for c in listed[0]["conflicts"] for d in c["differences"]} == set(b2) | {"outcome"}
+
+
+def test_imported_sessions_are_marked_in_the_human_listings(tmp_path):
+    a, b = host_a(tmp_path / "a"), host_b(tmp_path / "b")
+    merge_database(a, b.path)
+    runner = CliRunner()
+
+    listing = runner.invoke(cli, ["--db", str(a.path), "sessions"]).output.splitlines()
+    assert listing[0].split()[:5] == ["#", "name", "status", "imported", "from"]
+    rows = {line.split()[0]: line for line in listing[2:]}
+    assert rows["6"].split()[1:5] == ["b-2", "passed", "a100-box", "#2"]
+    assert rows["5"].split()[1:5] == ["b-1", "passed", "a100-box", "#1"]
+    assert rows["1"].split()[3] == "-"  # recorded here
+
+    history = runner.invoke(cli, ["--db", str(a.path), "history"]).output
+    assert "| 6 | b-2 (imported from a100-box #2) |" in history
+    assert "| 5 | b-1 (imported from a100-box #1) |" in history
+    data = json.loads(runner.invoke(cli, ["--db", str(a.path), "history", "--json"]).output)
+    assert [(r["number"], r["host"], r["origin_number"]) for r in data["sessions"][-2:]] == [
+        (5, HOST_B, 1), (6, HOST_B, 2)]
+    assert data["sessions"][0]["imported_from"] is None
+
+    show = runner.invoke(cli, ["--db", str(a.path), "show", "6"]).output
+    assert f"  imported:  from a100-box #2 on " in show and str(b.path.resolve()) in show
+    assert "imported" not in runner.invoke(cli, ["--db", str(a.path), "show", "1"]).output
+    # a database without imported sessions lists as before, without the column
+    assert "imported" not in runner.invoke(cli, ["--db", str(b.path), "sessions"]).output
