@@ -10,8 +10,11 @@ bench results with their samples) comes with it, with integer row ids renumbered
 The other database is opened read-only and is never migrated or changed; it may be at an older
 migration level (tables or columns it lacks get their defaults here) or a newer one (what this
 version does not know is left out, and said so). Artifact files are copied under this database's
-``artifacts/session-N/`` when they can be found (at their recorded path, or at the same place
-relative to the other database); otherwise their row is kept with ``missing = 1``. A copy only ever
+``artifacts/session-N/`` when they can be found inside the other database's own artifacts folder (at
+their recorded path, or at the same place below that folder); otherwise their row is kept with
+``missing = 1``. Reads are confined as writes are: a recorded path that resolves outside the other
+database's artifacts folder (an absolute path elsewhere, ``..``, a symlink out) is never read, and
+its row is kept with ``missing = 1`` and the reason. A copy only ever
 lands inside ``artifacts/session-N/``: a recorded path whose part below ``session-N/`` is absolute,
 holds ``..`` or resolves (through symlinks) outside that folder is not copied; its row is kept with
 ``missing = 1`` and the reason is listed in :attr:`MergeResult.missing_artifacts`, as is a copy that
@@ -244,19 +247,44 @@ def _differences(local, source, session_id: str, session_cols: list[str], step_c
     return found, total
 
 
-def _artifact_source(path_text: str, source_db: Path, origin_number: int) -> tuple[Path | None, str]:
-    """The file an artifact row names, if it can be found, and its path below ``session-N/``."""
+def _artifact_tail(path_text: str, markers: list[str]) -> str:
+    """An artifact's path below its ``session-N/`` folder (the first of ``markers`` found in the
+    recorded path), else its file name."""
     recorded = Path(path_text)
-    marker = f"session-{origin_number}"
     parts = recorded.parts
-    tail = Path(*parts[parts.index(marker) + 1:]) if marker in parts[:-1] else Path(recorded.name)
-    candidates = [recorded, artifacts_root(source_db) / marker / tail]
-    if not recorded.is_absolute():
-        candidates.insert(0, source_db.resolve().parent / recorded)
+    for marker in markers:
+        if marker in parts[:-1]:
+            return str(Path(*parts[parts.index(marker) + 1:]))
+    return recorded.name
+
+
+def _artifact_source(path_text: str, source_db: Path, folder: str, tail: str) -> tuple[Path | None, str]:
+    """The file an artifact row of the source database names, or None and why not.
+
+    Only files inside the source database's own artifacts folder (:func:`~sessionkit.db.artifacts_root`)
+    are read: the recorded path (taken relative to the database's folder when relative), then
+    ``<artifacts>/<folder>/<tail>``. One that resolves elsewhere (an absolute path out, ``..``, a
+    symlink that leads out) is refused, so that a crafted database cannot have any readable file of
+    this host copied in."""
+    root = artifacts_root(source_db)
+    recorded = Path(path_text)
+    candidates = [recorded if recorded.is_absolute() else source_db.resolve().parent / recorded,
+                  root / folder / tail]
+    refused = None
     for candidate in candidates:
-        if candidate.is_file():
-            return candidate, str(tail)
-    return None, str(tail)
+        try:
+            if not candidate.is_file():
+                continue
+            inside = candidate.resolve().is_relative_to(root.resolve())
+        except (OSError, ValueError):  # odd path text, a symlink loop
+            continue
+        if inside:
+            return candidate, ""
+        refused = refused or candidate
+    if refused is not None:
+        return None, (f"its file {str(refused)!r} is outside the source database's artifacts folder "
+                      f"({root}); only files inside it are read")
+    return None, "file not found"
 
 
 def _sha256(path: Path) -> str:
@@ -362,7 +390,7 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
                     if new.get(column) is not None and other_t in keymap:
                         new[column] = keymap[other_t].get(new[column], new[column])
                 if table == "artifacts":
-                    got, reason = _place_artifact(new, other, origin_number,
+                    got, reason = _place_artifact(new, other, srow["number"], origin_number,
                                                   local_artifacts / f"session-{number}")
                     if got is None:
                         missing.append({"session_id": srow["id"], "path": new.get("origin_path"),
@@ -408,19 +436,24 @@ def _copy_target(folder: Path, tail: str) -> tuple[Path | None, str | None]:
     return target, None
 
 
-def _place_artifact(row: dict, other: Path, origin_number: int, folder: Path) -> tuple[Path | None, str]:
+def _place_artifact(row: dict, other: Path, source_number: int, origin_number: int,
+                    folder: Path) -> tuple[Path | None, str]:
     """Copy an artifact's file under ``folder`` and point ``row`` at the copy; or mark the row
-    missing. Returns ``(new path, "")``, or ``(None, reason)`` when the file was not found, its
-    sha256 differs, its copy would land outside ``folder``, or copying failed."""
+    missing. Returns ``(new path, "")``, or ``(None, reason)`` when its copy would land outside
+    ``folder``, the file was not found or lies outside the source database's artifacts folder, its
+    sha256 differs, or copying failed. The file is looked for under the source's own folder of the
+    session (``session-<source_number>``)."""
     recorded = row["path"]
     row["origin_path"] = row.get("origin_path") or recorded
     row["missing"] = 1
     try:
-        found, tail = _artifact_source(recorded, other, origin_number)
-        if found is None:
-            return None, "file not found"
+        markers = list(dict.fromkeys([f"session-{source_number}", f"session-{origin_number}"]))
+        tail = _artifact_tail(recorded, markers)
         target, reason = _copy_target(folder, tail)
         if target is None:
+            return None, reason
+        found, reason = _artifact_source(recorded, other, markers[0], tail)
+        if found is None:
             return None, reason
         if row.get("sha256") and _sha256(found) != row["sha256"]:
             return None, "file differs from its recorded sha256"
