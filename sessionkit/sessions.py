@@ -231,14 +231,21 @@ def list_sessions(db, limit: int | None = None) -> list[dict]:
 
 
 def session_status(db, session: dict | None = None) -> dict:
-    """Elapsed time against budget, cost so far, steps done and the next planned one."""
+    """Elapsed time against budget, cost so far, steps run and the next planned one.
+
+    ``runs`` counts finished step runs (a step run three times counts three); ``planned_done``
+    lists the planned steps whose latest finished run passed or was skipped, and ``next_step`` is
+    the first planned step that is not among them (a step that passed and then failed on a later
+    run is due again), or None.
+    """
     session = session or get_open_session(db)
     steps = session_steps(db, session["id"])
     now = now_iso()
     costs = session_costs(session, steps, now=now)
-    done = {s["name"] for s in steps if s["status"] in ("passed", "skipped")}
+    latest = {s["name"]: s["status"] for s in steps if s["status"] != "running"}  # ordered by seq
     plan = session["plan"]
-    next_step = next((name for name in plan if name not in done), None)
+    planned_done = [name for name in plan if latest.get(name) in ("passed", "skipped")]
+    next_step = next((name for name in plan if name not in planned_done), None)
     elapsed = costs["wall_s"]
     return {
         "session": session,
@@ -248,6 +255,8 @@ def session_status(db, session: dict | None = None) -> dict:
         "costs": costs,
         "steps": steps,
         "plan": plan,
+        "runs": sum(1 for s in steps if s["status"] != "running"),
+        "planned_done": planned_done,
         "next_step": next_step,
     }
 

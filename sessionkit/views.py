@@ -65,8 +65,11 @@ def format_status(data: dict) -> str:
         elapsed += f" ({fmt_duration(left)} left)" if left >= 0 else f" (OVER by {fmt_duration(-left)})"
     lines.append(f"  elapsed:   {elapsed}")
     lines.append(f"  cost:      {_cost_line(data['costs'])}")
-    done = sum(1 for st in data["steps"] if st["status"] != "running")
-    lines.append(f"  steps:     {done} done" + (f" of {len(data['plan'])} planned" if data["plan"] else ""))
+    runs = data["runs"]
+    line = f"  steps:     {runs} run{'s' if runs != 1 else ''}"
+    if data["plan"]:
+        line += f"; {len(data['planned_done'])} of {len(data['plan'])} planned done"
+    lines.append(line)
     if data["plan"]:
         lines.append(f"  next:      {data['next_step'] or 'all planned steps done'}")
     lines.append("")

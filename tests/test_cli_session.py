@@ -271,3 +271,19 @@ def test_a_budget_without_a_unit_is_one_line_error(tmp_path):
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
     assert "budget" in r.output and "bad duration 7200: give it a unit" in r.output
     assert not (tmp_path / "sessions.db").exists() or open_db()["sessions"].count == 0
+
+
+def test_status_counts_runs_apart_from_the_planned_steps_done():
+    """Retries and unplanned steps are runs, not planned steps done; a planned step whose latest
+    run failed is next again."""
+    invoke("start", "--objective", "x", "--plan", "build,bench")
+    for name, command in (("build", "false"), ("build", "true"), ("hello", "true"), ("bench", "true")):
+        invoke("step", "run", name, "--", command)
+    r = invoke("status")
+    assert "  steps:     4 runs; 2 of 2 planned done" in r.output
+    assert "  next:      all planned steps done" in r.output
+    invoke("step", "run", "bench", "--", "false")
+    r = invoke("status")
+    assert "  steps:     5 runs; 1 of 2 planned done" in r.output and "  next:      bench" in r.output
+    data = json.loads(invoke("status", "--json").output)
+    assert (data["runs"], data["planned_done"], data["next_step"]) == (5, ["build"], "bench")
