@@ -16,25 +16,11 @@ import statistics
 import sys
 
 
-def causal_pairs(seq_q: int, seq_k: int) -> int:
-    """Unmasked (query, key) pairs under SDPA's top-left causal mask: row i sees min(i+1, Sk) keys."""
-    full_rows = max(0, seq_q - seq_k)  # rows i >= Sk see every key
-    partial = min(seq_q, seq_k)
-    return partial * (partial + 1) // 2 + full_rows * seq_k
-
-
-def attention_flops(batch, heads, seq_q, seq_k, dim, causal) -> int:
-    pairs = causal_pairs(seq_q, seq_k) if causal else seq_q * seq_k
-    return 4 * batch * heads * dim * pairs
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=4096)
-    parser.add_argument("--reps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
+    for option, default in (("--batch", 4), ("--heads", 16), ("--seq", 4096), ("--reps", 30),
+                            ("--warmup", 5)):
+        parser.add_argument(option, type=int, default=default)
     parser.add_argument("--only", default="", help="comma list of config labels to run, e.g. bf16-d128-full")
     parser.add_argument("--json", dest="json_path", help="write all samples and medians here")
     args = parser.parse_args(argv)
@@ -43,6 +29,7 @@ def main(argv=None) -> int:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from sessionkit.bench.flops import attention_flops  # the count the bench step uses
     from sessionkit.kernels import flash_attention, load_extension
 
     if not torch.cuda.is_available():

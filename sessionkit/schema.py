@@ -189,22 +189,34 @@ def m001_core(db) -> None:
     )
 
 
-@migration
-def m003_correctness(db) -> None:
-    """The correctness step: one row per checked config, with its error against the fp32 reference."""
-    db.execute(
-        """
-        CREATE TABLE correctness_results (
+def _config_result_table(table: str, key_column: str) -> str:
+    """The start of a ``CREATE TABLE`` of per-step result rows, one per attention config: the row
+    and step ids, ``key_column`` and the config's columns up to ``head_dim``; the caller adds the
+    rest and the closing parenthesis.
+
+    SQLite stores this text in ``sqlite_master``: m003 and m004 have produced it since they
+    shipped, so it must stay exactly as it is (``tests/test_db.py`` compares the whole schema's SQL).
+    """
+    return f"""
+        CREATE TABLE {table} (
             id INTEGER PRIMARY KEY,
             step_id TEXT NOT NULL REFERENCES steps(id),
-            idx INTEGER NOT NULL,
+            {key_column},
             dtype TEXT NOT NULL,
             batch_size INTEGER NOT NULL,
             num_heads INTEGER NOT NULL,
             seq_len_q INTEGER NOT NULL,
             seq_len_k INTEGER NOT NULL,
             head_dim INTEGER NOT NULL,
-            causal INTEGER NOT NULL CHECK (causal IN (0, 1)),
+"""
+
+
+@migration
+def m003_correctness(db) -> None:
+    """The correctness step: one row per checked config, with its error against the fp32 reference."""
+    db.execute(
+        _config_result_table("correctness_results", "idx INTEGER NOT NULL") +
+        """            causal INTEGER NOT NULL CHECK (causal IN (0, 1)),
             layout TEXT NOT NULL CHECK (layout IN ('bhsd', 'bshd')),
             seed INTEGER NOT NULL,
             max_err REAL,
@@ -227,18 +239,8 @@ def m003_correctness(db) -> None:
 def m004_bench(db) -> None:
     """The bench step: one row per (implementation, config) and every raw timing sample."""
     db.execute(
-        """
-        CREATE TABLE bench_results (
-            id INTEGER PRIMARY KEY,
-            step_id TEXT NOT NULL REFERENCES steps(id),
-            impl TEXT NOT NULL,
-            dtype TEXT NOT NULL,
-            batch_size INTEGER NOT NULL,
-            num_heads INTEGER NOT NULL,
-            seq_len_q INTEGER NOT NULL,
-            seq_len_k INTEGER NOT NULL,
-            head_dim INTEGER NOT NULL,
-            causal INTEGER NOT NULL,
+        _config_result_table("bench_results", "impl TEXT NOT NULL") +
+        """            causal INTEGER NOT NULL,
             latency_ms REAL,
             iqr_ms REAL,
             samples INTEGER,

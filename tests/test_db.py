@@ -186,3 +186,14 @@ def test_read_only_db(tmp_path):
             open_db(path)["sessions"].insert({"id": "x"})
     finally:
         tmp_path.chmod(0o755)
+
+
+def test_the_schema_sql_is_what_the_migrations_have_always_made(tmp_path):
+    """SQLite keeps each object's SQL text: every migration must go on producing it exactly, down to
+    the types, constraints and spacing (tests/snapshots/schema.sql; a new migration adds to it)."""
+    from fixtures_db import assert_snapshot
+
+    db = open_db(tmp_path / "new.db", create=True)
+    text = "".join(f"-- {kind} {name}\n{sql};\n\n" for kind, name, sql in db.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type, name"))
+    assert_snapshot("schema.sql", text)
