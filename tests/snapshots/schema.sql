@@ -35,6 +35,9 @@ CREATE INDEX idx_sessions_host ON sessions(host, started_at);
 -- index idx_sessions_number
 CREATE UNIQUE INDEX idx_sessions_number ON sessions(number);
 
+-- index idx_sessions_open
+CREATE INDEX idx_sessions_open ON sessions(number) WHERE status = 'open';
+
 -- index idx_step_rollups_session
 CREATE INDEX idx_step_rollups_session ON _step_rollups(session_id, seq);
 
@@ -231,6 +234,9 @@ CREATE TABLE sessions (
             cwd TEXT,
             git_commit TEXT
         , origin_number INTEGER, imported_from TEXT, imported_at TEXT);
+
+-- table sqlite_stat1
+CREATE TABLE sqlite_stat1(tbl,idx,stat);
 
 -- table steps
 CREATE TABLE steps (
