@@ -19,11 +19,9 @@ import sys
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=4096)
-    parser.add_argument("--reps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
+    for option, default in (("--batch", 4), ("--heads", 16), ("--seq", 4096), ("--reps", 30),
+                            ("--warmup", 5)):
+        parser.add_argument(option, type=int, default=default)
     parser.add_argument("--only", default="", help="comma list of config labels to run, e.g. bf16-d128-full")
     parser.add_argument("--json", dest="json_path", help="write all samples and medians here")
     args = parser.parse_args(argv)

@@ -5,11 +5,13 @@ few seconds. Any later sessionkit command calls :func:`reap_dead_steps`: on the 
 process is gone (or whose pid now belongs to another process, or is a zombie nobody reaped) is dead;
 on another host, or in another pid namespace of this host (two containers sharing a folder and a host
 name), a step whose heartbeat is older than :data:`STALE_AFTER_S` is dead. Dead steps become
-``interrupted``; nothing else is touched.
+``interrupted``, with an end and duration estimated from their last sign of life (heartbeat,
+telemetry sample or file write, whichever is latest); nothing else is touched.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections import deque
@@ -103,25 +105,74 @@ def is_dead(step: dict, *, host: str | None = None, namespace: str | None = None
     return (utcnow() - beat).total_seconds() > STALE_AFTER_S
 
 
+def _iso_of_unix(seconds: float) -> str:
+    import datetime as _dt
+
+    return _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def last_sign_of_life(db, step: dict, *, now: str | None = None) -> tuple[str, str]:
+    """(ISO time, what it is) of the latest evidence that a step's process was still working: its
+    heartbeat, its last NVML telemetry sample (``telemetry_samples.t_unix_s``) or the last write to
+    one of its recorded files (its log first of all, by modification time). Kept between the step's
+    start and ``now``, so that a skewed clock cannot make it end before it began or in the future.
+
+    The heartbeat alone is refreshed every :data:`HEARTBEAT_S` seconds, so a step killed before its
+    first refresh would look as if it lasted nothing; its log and samples say how far it got.
+    """
+    now = now or now_iso()
+    started = parse_iso(step["started_at"])
+    found = [(parse_iso(step.get("heartbeat_at") or step["started_at"]), "heartbeat")]
+    sample = db.execute("SELECT MAX(t_unix_s) FROM telemetry_samples WHERE step_id = ?",
+                        [step["id"]]).fetchone()
+    if sample and sample[0] is not None:
+        found.append((parse_iso(_iso_of_unix(sample[0])), "telemetry sample"))
+    for path, kind in db.execute("SELECT path, kind FROM artifacts WHERE step_id = ?", [step["id"]]):
+        try:
+            mtime = os.stat(path).st_mtime
+        except (OSError, ValueError):
+            continue
+        found.append((parse_iso(_iso_of_unix(mtime)), "log write" if kind == "log" else f"{kind} file write"))
+    latest, what = max(found, key=lambda item: item[0])
+    latest = min(max(latest, started), parse_iso(now))
+    return latest.isoformat(timespec="microseconds"), what
+
+
 def reap_dead_steps(db) -> list[str]:
-    """Mark dead running steps ``interrupted``; return one notice per step marked."""
+    """Mark dead running steps ``interrupted``; return one notice per step marked.
+
+    The step's end and duration are taken from its last sign of life (:func:`last_sign_of_life`):
+    an estimate, which the message says, and which the summary records as
+    ``{"duration_estimate": {"from": what, "at": ISO time}}``.
+    """
+    from .timefmt import fmt_duration
+
     notices = []
     running = [dict(r) for r in db.query("SELECT * FROM steps WHERE status = 'running'")]
     for step in running:
         if not is_dead(step):
             continue
-        last_seen = step.get("heartbeat_at") or step["started_at"]
+        last_seen, what = last_sign_of_life(db, step)
+        duration = seconds_between(step["started_at"], last_seen)
         log = db.execute("SELECT path FROM artifacts WHERE step_id = ? AND kind = 'log' LIMIT 1",
                          [step["id"]]).fetchone()
         tail = tail_of_file(log[0]) if log else None
-        message = (f"process {step['pid']} on {step['host']} ended without a word "
-                   f"(last heartbeat {last_seen[:19].replace('T', ' ')} UTC)")
+        message = (f"process {step['pid']} on {step['host']} ended without a word; its duration "
+                   f"({fmt_duration(duration)}) is an estimate, up to its last sign of life "
+                   f"({what} at {last_seen[:19].replace('T', ' ')} UTC)")
+        try:
+            summary = json.loads(step.get("summary") or "{}")
+        except ValueError:
+            summary = {}
+        if not isinstance(summary, dict):
+            summary = {}
+        summary["duration_estimate"] = {"from": what, "at": last_seen}
         with db.conn:
             # Only touch it if it is still running: another process may have reaped it meanwhile.
             db.execute(
                 "UPDATE steps SET status = 'interrupted', ended_at = ?, duration_s = ?, message = ?,"
-                " output_tail = COALESCE(output_tail, ?) WHERE id = ? AND status = 'running'",
-                [last_seen, seconds_between(step["started_at"], last_seen), message, tail, step["id"]])
+                " summary = ?, output_tail = COALESCE(output_tail, ?) WHERE id = ? AND status = 'running'",
+                [last_seen, duration, message, json.dumps(summary), tail, step["id"]])
         from .steps import refresh_artifacts
 
         refresh_artifacts(db, step["id"])  # its log grew after it was recorded

@@ -1,8 +1,8 @@
 """Bring sessions recorded in other databases (other GPU hosts) into this one.
 
 Sessions are keyed by their UUID, so a merge is idempotent: a session that is already here with the
-same content is skipped. One that is here with different content is a conflict: it is reported and
-neither copy is changed. An imported session keeps its id and host; its number on the host that
+same content is skipped. One that is here with different content is a conflict: it is reported, with
+the fields that differ (here and there), and neither copy is changed. An imported session keeps its id and host; its number on the host that
 recorded it is kept as ``origin_number`` and it gets the next local number. Every row that hangs off
 it (steps, metrics, artifacts, telemetry, environment snapshots, applied patterns, correctness and
 bench results with their samples) comes with it, with integer row ids renumbered.
@@ -10,8 +10,11 @@ bench results with their samples) comes with it, with integer row ids renumbered
 The other database is opened read-only and is never migrated or changed; it may be at an older
 migration level (tables or columns it lacks get their defaults here) or a newer one (what this
 version does not know is left out, and said so). Artifact files are copied under this database's
-``artifacts/session-N/`` when they can be found (at their recorded path, or at the same place
-relative to the other database); otherwise their row is kept with ``missing = 1``. A copy only ever
+``artifacts/session-N/`` when they can be found inside the other database's own artifacts folder (at
+their recorded path, or at the same place below that folder); otherwise their row is kept with
+``missing = 1``. Reads are confined as writes are: a recorded path that resolves outside the other
+database's artifacts folder (an absolute path elsewhere, ``..``, a symlink out) is never read, and
+its row is kept with ``missing = 1`` and the reason. A copy only ever
 lands inside ``artifacts/session-N/``: a recorded path whose part below ``session-N/`` is absolute,
 holds ``..`` or resolves (through symlinks) outside that folder is not copied; its row is kept with
 ``missing = 1`` and the reason is listed in :attr:`MergeResult.missing_artifacts`, as is a copy that
@@ -48,7 +51,9 @@ LOCAL_COLUMNS = {"number", "origin_number", "imported_from", "imported_at"}
 @dataclass
 class MergeResult:
     """What one merge did. Each list holds ``{"id", "number", "name", ...}`` dicts of the source's
-    sessions; ``imported`` ones also carry their new ``local_number``."""
+    sessions; ``imported`` ones also carry their new ``local_number``, ``conflicts`` the
+    ``local_number`` of the copy here and either a ``reason`` or ``differences`` (``[{"field",
+    "here", "there"}]``, at most :data:`MAX_DIFFERENCES`) with ``differences_total``."""
 
     source: str
     imported: list[dict] = field(default_factory=list)
@@ -180,19 +185,106 @@ def _fingerprint(conn, session_id: str, session_cols: list[str], step_cols: list
     return digest.hexdigest()
 
 
-def _artifact_source(path_text: str, source_db: Path, origin_number: int) -> tuple[Path | None, str]:
-    """The file an artifact row names, if it can be found, and its path below ``session-N/``."""
+MAX_DIFFERENCES = 20  # fields listed per conflicting session (the rest are counted)
+SHOWN_DIFFERENCES = 5  # of those, printed by format_merge
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _differences(local, source, session_id: str, session_cols: list[str], step_cols: list[str],
+                 counts: list[tuple[str, str]]) -> tuple[list[dict], int]:
+    """What differs between the two copies of a session, over what :func:`_fingerprint` reads:
+    ([{"field", "here", "there"}] with at most :data:`MAX_DIFFERENCES` entries, total number of
+    differences). Values are shortened reprs; ``field`` is a session column, ``step N (name)
+    column``, ``step N (name)`` for a step only one side has, or ``TABLE rows``."""
+    found: list[dict] = []
+    total = 0
+
+    def add(field_name: str, here, there) -> None:
+        nonlocal total
+        total += 1
+        if len(found) < MAX_DIFFERENCES:
+            found.append({"field": field_name, "here": _short(here), "there": _short(there)})
+
+    def same(a, b) -> bool:  # as the fingerprint compares: through their JSON text
+        return json.dumps(a, default=str) == json.dumps(b, default=str)
+
+    def session_row(conn):
+        return _rows(conn, f"SELECT {', '.join(f'[{c}]' for c in session_cols)} FROM sessions "
+                           "WHERE id = ?", [session_id])[0]
+
+    mine, theirs = session_row(local), session_row(source)
+    for column in session_cols:
+        if not same(mine[column], theirs[column]):
+            add(column, mine[column], theirs[column])
+    cols = list(dict.fromkeys(["id", "seq", "name", *step_cols]))
+
+    def step_rows(conn):
+        return {r["id"]: r for r in _rows(conn, f"SELECT {', '.join(f'[{c}]' for c in cols)} FROM steps "
+                                                "WHERE session_id = ? ORDER BY seq, id", [session_id])}
+
+    mine_steps, their_steps = step_rows(local), step_rows(source)
+    for step_id in list(dict.fromkeys([*mine_steps, *their_steps])):
+        a, b = mine_steps.get(step_id), their_steps.get(step_id)
+        row = a or b
+        label = f"step {row['seq']} ({row['name']})"
+        if a is None or b is None:
+            add(label, "present" if a else "absent", "present" if b else "absent")
+            continue
+        for column in step_cols:
+            if column != "id" and not same(a[column], b[column]):
+                add(f"{label} {column}", a[column], b[column])
+    for table, column in counts:
+        sql = (f"SELECT COUNT(*) FROM [{table}] WHERE [{column}] IN "
+               "(SELECT id FROM steps WHERE session_id = ?)")
+        n_here = local.execute(sql, [session_id]).fetchone()[0]
+        n_there = source.execute(sql, [session_id]).fetchone()[0]
+        if n_here != n_there:
+            add(f"{table} rows", n_here, n_there)
+    return found, total
+
+
+def _artifact_tail(path_text: str, markers: list[str]) -> str:
+    """An artifact's path below its ``session-N/`` folder (the first of ``markers`` found in the
+    recorded path), else its file name."""
     recorded = Path(path_text)
-    marker = f"session-{origin_number}"
     parts = recorded.parts
-    tail = Path(*parts[parts.index(marker) + 1:]) if marker in parts[:-1] else Path(recorded.name)
-    candidates = [recorded, artifacts_root(source_db) / marker / tail]
-    if not recorded.is_absolute():
-        candidates.insert(0, source_db.resolve().parent / recorded)
+    for marker in markers:
+        if marker in parts[:-1]:
+            return str(Path(*parts[parts.index(marker) + 1:]))
+    return recorded.name
+
+
+def _artifact_source(path_text: str, source_db: Path, folder: str, tail: str) -> tuple[Path | None, str]:
+    """The file an artifact row of the source database names, or None and why not.
+
+    Only files inside the source database's own artifacts folder (:func:`~sessionkit.db.artifacts_root`)
+    are read: the recorded path (taken relative to the database's folder when relative), then
+    ``<artifacts>/<folder>/<tail>``. One that resolves elsewhere (an absolute path out, ``..``, a
+    symlink that leads out) is refused, so that a crafted database cannot have any readable file of
+    this host copied in."""
+    root = artifacts_root(source_db)
+    recorded = Path(path_text)
+    candidates = [recorded if recorded.is_absolute() else source_db.resolve().parent / recorded,
+                  root / folder / tail]
+    refused = None
     for candidate in candidates:
-        if candidate.is_file():
-            return candidate, str(tail)
-    return None, str(tail)
+        try:
+            if not candidate.is_file():
+                continue
+            inside = candidate.resolve().is_relative_to(root.resolve())
+        except (OSError, ValueError):  # odd path text, a symlink loop
+            continue
+        if inside:
+            return candidate, ""
+        refused = refused or candidate
+    if refused is not None:
+        return None, (f"its file {str(refused)!r} is outside the source database's artifacts folder "
+                      f"({root}); only files inside it are read")
+    return None, "file not found"
 
 
 def _sha256(path: Path) -> str:
@@ -263,9 +355,14 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
         if here is not None:
             mine = _fingerprint(local, srow["id"], *fingerprint)
             theirs = _fingerprint(source, srow["id"], *fingerprint)
+            if mine == theirs:
+                local.execute("COMMIT")
+                result.unchanged.append({**brief, "local_number": here[0]})
+                return
+            differences, total = _differences(local, source, srow["id"], *fingerprint)
             local.execute("COMMIT")
-            target = result.unchanged if mine == theirs else result.conflicts
-            target.append({**brief, "local_number": here[0]})
+            result.conflicts.append({**brief, "local_number": here[0], "differences": differences,
+                                     "differences_total": total})
             return
         clash = local.execute(
             f"SELECT COUNT(*) FROM steps WHERE id IN ({','.join('?' * len(step_ids))})",
@@ -293,7 +390,7 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
                     if new.get(column) is not None and other_t in keymap:
                         new[column] = keymap[other_t].get(new[column], new[column])
                 if table == "artifacts":
-                    got, reason = _place_artifact(new, other, origin_number,
+                    got, reason = _place_artifact(new, other, srow["number"], origin_number,
                                                   local_artifacts / f"session-{number}")
                     if got is None:
                         missing.append({"session_id": srow["id"], "path": new.get("origin_path"),
@@ -339,19 +436,24 @@ def _copy_target(folder: Path, tail: str) -> tuple[Path | None, str | None]:
     return target, None
 
 
-def _place_artifact(row: dict, other: Path, origin_number: int, folder: Path) -> tuple[Path | None, str]:
+def _place_artifact(row: dict, other: Path, source_number: int, origin_number: int,
+                    folder: Path) -> tuple[Path | None, str]:
     """Copy an artifact's file under ``folder`` and point ``row`` at the copy; or mark the row
-    missing. Returns ``(new path, "")``, or ``(None, reason)`` when the file was not found, its
-    sha256 differs, its copy would land outside ``folder``, or copying failed."""
+    missing. Returns ``(new path, "")``, or ``(None, reason)`` when its copy would land outside
+    ``folder``, the file was not found or lies outside the source database's artifacts folder, its
+    sha256 differs, or copying failed. The file is looked for under the source's own folder of the
+    session (``session-<source_number>``)."""
     recorded = row["path"]
     row["origin_path"] = row.get("origin_path") or recorded
     row["missing"] = 1
     try:
-        found, tail = _artifact_source(recorded, other, origin_number)
-        if found is None:
-            return None, "file not found"
+        markers = list(dict.fromkeys([f"session-{source_number}", f"session-{origin_number}"]))
+        tail = _artifact_tail(recorded, markers)
         target, reason = _copy_target(folder, tail)
         if target is None:
+            return None, reason
+        found, reason = _artifact_source(recorded, other, markers[0], tail)
+        if found is None:
             return None, reason
         if row.get("sha256") and _sha256(found) != row["sha256"]:
             return None, "file differs from its recorded sha256"
@@ -371,6 +473,8 @@ def _place_artifact(row: dict, other: Path, origin_number: int, folder: Path) ->
 
 def format_merge(result: MergeResult) -> str:
     """The merge result as a few lines of text for the terminal."""
+    from .views import printable
+
     lines = [f"Merged {result.source}: {len(result.imported)} imported, "
              f"{len(result.unchanged)} already here, {len(result.conflicts)} in conflict"
              + (f", {len(result.skipped_open)} still open there (not imported)" if result.skipped_open else "")]
@@ -379,6 +483,13 @@ def format_merge(result: MergeResult) -> str:
     for s in result.conflicts:
         why = s.get("reason") or f"differs from session #{s['local_number']} here; neither was changed"
         lines.append(f"  CONFLICT  {s['id']}  {s['host'] or '-'} #{s['number']}  {s['name']}: {why}")
+        shown = s.get("differences") or []
+        for d in shown[:SHOWN_DIFFERENCES]:
+            lines.append(f"    {printable(d['field'])}: here {d['here']}, there {d['there']}")
+        more = s.get("differences_total", len(shown)) - min(len(shown), SHOWN_DIFFERENCES)
+        if more > 0:
+            lines.append(f"    ... and {more} more difference{'s' if more > 1 else ''} (--json lists "
+                         f"up to {MAX_DIFFERENCES})")
     for s in result.skipped_open:
         lines.append(f"  open      {s['id']}  {s['host'] or '-'} #{s['number']}  {s['name']}: merge again once it has ended")
     if result.imported:

@@ -151,11 +151,17 @@ def _http_settings():
             os.environ.pop(k, None)
 
 
+def _client_missing() -> str:
+    from .extras import install_hint
+
+    return f"the MLflow client is not installed: {install_hint('mlflow')}"
+
+
 def _client(tracking_uri: str):
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
-        raise MlflowUnavailable("the MLflow client is not installed: pip install 'sessionkit[mlflow]'") from None
+        raise MlflowUnavailable(_client_missing()) from None
     return MlflowClient(tracking_uri=tracking_uri)
 
 
@@ -347,7 +353,7 @@ def push_sessions(db, refs, *, tracking_uri: str, experiment: str = DEFAULT_EXPE
     try:
         from mlflow.exceptions import MlflowException
     except ImportError:
-        raise MlflowUnavailable("the MLflow client is not installed: pip install 'sessionkit[mlflow]'") from None
+        raise MlflowUnavailable(_client_missing()) from None
     probe_server(parts)
     results = []
     with _http_settings():

@@ -184,22 +184,34 @@ def m001_core(db) -> None:
     )
 
 
-@migration
-def m003_correctness(db) -> None:
-    """The correctness step: one row per checked config, with its error against the fp32 reference."""
-    db.execute(
-        """
-        CREATE TABLE correctness_results (
+def _config_result_table(table: str, key_column: str) -> str:
+    """The start of a ``CREATE TABLE`` of per-step result rows, one per attention config: the row
+    and step ids, ``key_column`` and the config's columns up to ``head_dim``; the caller adds the
+    rest and the closing parenthesis.
+
+    SQLite stores this text in ``sqlite_master``: m003 and m004 have produced it since they
+    shipped, so it must stay exactly as it is (``tests/test_db.py`` compares the whole schema's SQL).
+    """
+    return f"""
+        CREATE TABLE {table} (
             id INTEGER PRIMARY KEY,
             step_id TEXT NOT NULL REFERENCES steps(id),
-            idx INTEGER NOT NULL,
+            {key_column},
             dtype TEXT NOT NULL,
             batch_size INTEGER NOT NULL,
             num_heads INTEGER NOT NULL,
             seq_len_q INTEGER NOT NULL,
             seq_len_k INTEGER NOT NULL,
             head_dim INTEGER NOT NULL,
-            causal INTEGER NOT NULL CHECK (causal IN (0, 1)),
+"""
+
+
+@migration
+def m003_correctness(db) -> None:
+    """The correctness step: one row per checked config, with its error against the fp32 reference."""
+    db.execute(
+        _config_result_table("correctness_results", "idx INTEGER NOT NULL") +
+        """            causal INTEGER NOT NULL CHECK (causal IN (0, 1)),
             layout TEXT NOT NULL CHECK (layout IN ('bhsd', 'bshd')),
             seed INTEGER NOT NULL,
             max_err REAL,
@@ -222,18 +234,8 @@ def m003_correctness(db) -> None:
 def m004_bench(db) -> None:
     """The bench step: one row per (implementation, config) and every raw timing sample."""
     db.execute(
-        """
-        CREATE TABLE bench_results (
-            id INTEGER PRIMARY KEY,
-            step_id TEXT NOT NULL REFERENCES steps(id),
-            impl TEXT NOT NULL,
-            dtype TEXT NOT NULL,
-            batch_size INTEGER NOT NULL,
-            num_heads INTEGER NOT NULL,
-            seq_len_q INTEGER NOT NULL,
-            seq_len_k INTEGER NOT NULL,
-            head_dim INTEGER NOT NULL,
-            causal INTEGER NOT NULL,
+        _config_result_table("bench_results", "impl TEXT NOT NULL") +
+        """            causal INTEGER NOT NULL,
             latency_ms REAL,
             iqr_ms REAL,
             samples INTEGER,
@@ -375,3 +377,49 @@ def m010_step_rollups(db) -> None:
     db.execute("CREATE TABLE _step_rollups_mark (id INTEGER PRIMARY KEY CHECK (id = 1), "
                "steps_rowid INTEGER NOT NULL)")
     db.execute("INSERT INTO _step_rollups_mark (id, steps_rowid) VALUES (1, 0)")
+
+
+#: Row counts SQLite's query planner assumes for ``sessions``, ``steps`` and ``metrics`` and their
+#: indexes (``sqlite_stat1`` rows: total rows, then rows per distinct value of each leading column),
+#: written by :func:`m011_planner_statistics`. The shape of a database that has grown: many sessions,
+#: ten or so steps each, a handful of step names and statuses shared by very many steps, ten or so
+#: metrics per step.
+PLANNER_STATISTICS = {
+    ("sessions", None): "100000",
+    ("sessions", "sqlite_autoindex_sessions_1"): "100000 1",
+    ("sessions", "idx_sessions_number"): "100000 1",
+    ("sessions", "idx_sessions_host"): "100000 10000 1",
+    ("sessions", "idx_sessions_open"): "1 1",
+    ("steps", None): "1000000",
+    ("steps", "sqlite_autoindex_steps_1"): "1000000 1",
+    ("steps", "idx_steps_session"): "1000000 10 1",
+    ("steps", "idx_steps_name_status"): "1000000 100000 50000",
+    ("steps", "idx_steps_status"): "1000000 250000",
+    ("steps", "idx_steps_session_status"): "1000000 10 4 1",
+    ("metrics", None): "10000000",
+    ("metrics", "idx_metrics_step"): "10000000 10 1",
+}
+
+
+@migration
+def m011_planner_statistics(db) -> None:
+    """Statistics for SQLite's query planner on ``sessions``, ``steps`` and ``metrics``
+    (:data:`PLANNER_STATISTICS`, in ``sqlite_stat1``), the tables the cross-session queries of
+    reports and pattern evidence join, and an index of the open sessions.
+
+    Without statistics the planner takes ``steps.name = 'bench'`` to match about ten rows, so to
+    find the previous session that benchmarked it read every bench step of the database and sorted
+    them (0.8 s of ``sessionkit report`` at 100,000 sessions) instead of walking sessions newest
+    first through ``idx_sessions_number`` (under a millisecond). Fixed figures rather than
+    ``ANALYZE``, whose counts taken on a young database would mislead the planner once it grows
+    (SQLite's "fixed results of ANALYZE"). Statistics a database already has (from ``ANALYZE``) are
+    kept; ``ANALYZE`` later replaces these.
+    """
+    # the open sessions, which nearly every command looks up, without reading every session
+    db.execute("CREATE INDEX idx_sessions_open ON sessions(number) WHERE status = 'open'")
+    db.execute("ANALYZE sqlite_schema")  # creates sqlite_stat1, analysing nothing
+    have = {row[0] for row in db.execute("SELECT DISTINCT tbl FROM sqlite_stat1")}
+    db.conn.executemany("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)",
+                        [(table, index, stat) for (table, index), stat in PLANNER_STATISTICS.items()
+                         if table not in have])
+    db.execute("ANALYZE sqlite_schema")  # loads them into this connection's planner

@@ -77,7 +77,9 @@ def datasette_command(db_path: str | Path, metadata_path: str | Path, *, host: s
     import importlib.util
 
     if importlib.util.find_spec("datasette") is None:
-        raise DatasetteUnavailable("datasette is not installed: pip install 'sessionkit[browse]'") from None
+        from .extras import install_hint
+
+        raise DatasetteUnavailable(f"datasette is not installed: {install_hint('browse')}") from None
     return [sys.executable, "-m", "datasette", "serve", str(db_path), "--metadata", str(metadata_path),
             "--host", host, "--port", str(port), "--setting", "sql_time_limit_ms", "10000"]
 

@@ -193,13 +193,16 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
 
     total = len(hooks.before) + len(plan) + len(hooks.after)
     counter = iter(range(1, total + 1))
+    # After hooks keep the last positions even when an interruption ends the plan early.
+    after_positions = iter(range(total - len(hooks.after) + 1, total + 1))
     rows: list[dict] = []
     results: dict[str, dict] = {}
     skip_reasons: dict[str, str] = {}  # planned steps not run -> the first cause
 
-    def record(step, options=None, *, step_name=None, kind="builtin", command=None):
+    def record(step, options=None, *, step_name=None, kind="builtin", command=None, position=None):
         row = run_step(db, session, step, options, name=step_name, kind=kind, command=command,
-                       index=next(counter), total=total, telemetry_interval_s=telemetry_interval_s)
+                       index=position or next(counter), total=total,
+                       telemetry_interval_s=telemetry_interval_s)
         rows.append(row)
         return row
 
@@ -230,7 +233,7 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
         for argv in hooks.after:
             try:
                 record(step_factory("run"), {"argv": argv}, step_name="hook:after", kind="hook",
-                       command=argv)
+                       command=argv, position=next(after_positions))
             except StepInterrupted as exc:
                 interrupted = interrupted or exc
                 break

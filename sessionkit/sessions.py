@@ -96,8 +96,37 @@ def start_session(db, name: str | None = None, *, objective: str, plan=None, bud
     return _decode(row)
 
 
-def end_session(db, session: dict | None = None, *, outcome: str, status: str = "passed") -> dict:
-    if status not in END_STATUSES:
+def steps_status(db, session_id: str) -> tuple[str, str]:
+    """The status a session's steps call for, and why: ``("failed", reason)`` when the latest run of
+    any step name ended ``failed`` or ``interrupted``, else ``("passed", reason)``. A step that failed
+    and then passed on a later run counts as passed; a skipped step counts as neither.
+
+    This is what :func:`end_session` records when it is given no status.
+    """
+    latest: dict[str, str] = {}
+    for name, status in db.execute(
+            "SELECT name, status FROM steps WHERE session_id = ? AND status != 'running' ORDER BY seq",
+            [session_id]).fetchall():
+        latest[name] = status
+    bad = [f"{name} {status}" for name, status in latest.items() if status in ("failed", "interrupted")]
+    if bad:
+        return "failed", "the latest run of " + ", ".join(bad)
+    passed = sum(1 for status in latest.values() if status == "passed")
+    if not latest:
+        return "passed", "no step ran"
+    return "passed", f"the latest run of each step passed or was skipped ({passed} passed)"
+
+
+def end_session(db, session: dict | None = None, *, outcome: str, status: str | None = None) -> dict:
+    """End ``session`` (default: the open one) with ``outcome`` and ``status`` (one of
+    :data:`END_STATUSES`). Without ``status`` it is taken from the steps (:func:`steps_status`):
+    ``failed`` when the latest run of any step failed or was interrupted, else ``passed``; the
+    returned row then carries the reason as ``status_reason``.
+
+    Raises :class:`UsageError` for a bad status, an empty outcome, a session already ended or a step
+    still running, and :class:`NoOpenSession` when no session is given and none is open.
+    """
+    if status is not None and status not in END_STATUSES:
         raise UsageError(f"bad status {status!r}: use one of {', '.join(END_STATUSES)}")
     if not outcome or not outcome.strip():
         raise UsageError("an outcome is required: --outcome TEXT")
@@ -116,6 +145,9 @@ def end_session(db, session: dict | None = None, *, outcome: str, status: str = 
         if running:
             raise UsageError(f"step {running[0][0]!r} is still running in this session; "
                              "wait for it or stop it")
+        reason = None
+        if status is None:
+            status, reason = steps_status(db, session["id"])
         changed = conn.execute(
             "UPDATE sessions SET status = ?, outcome = ?, ended_at = ? WHERE id = ? AND status = 'open'",
             [status, scrub_prose(outcome.strip()), now_iso(), session["id"]]).rowcount
@@ -128,7 +160,10 @@ def end_session(db, session: dict | None = None, *, outcome: str, status: str = 
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return get_session(db, session["id"])
+    ended = get_session(db, session["id"])
+    if reason is not None:
+        ended["status_reason"] = reason
+    return ended
 
 
 def get_session(db, ref: str | int | None = None) -> dict:
@@ -196,14 +231,21 @@ def list_sessions(db, limit: int | None = None) -> list[dict]:
 
 
 def session_status(db, session: dict | None = None) -> dict:
-    """Elapsed time against budget, cost so far, steps done and the next planned one."""
+    """Elapsed time against budget, cost so far, steps run and the next planned one.
+
+    ``runs`` counts finished step runs (a step run three times counts three); ``planned_done``
+    lists the planned steps whose latest finished run passed or was skipped, and ``next_step`` is
+    the first planned step that is not among them (a step that passed and then failed on a later
+    run is due again), or None.
+    """
     session = session or get_open_session(db)
     steps = session_steps(db, session["id"])
     now = now_iso()
     costs = session_costs(session, steps, now=now)
-    done = {s["name"] for s in steps if s["status"] in ("passed", "skipped")}
+    latest = {s["name"]: s["status"] for s in steps if s["status"] != "running"}  # ordered by seq
     plan = session["plan"]
-    next_step = next((name for name in plan if name not in done), None)
+    planned_done = [name for name in plan if latest.get(name) in ("passed", "skipped")]
+    next_step = next((name for name in plan if name not in planned_done), None)
     elapsed = costs["wall_s"]
     return {
         "session": session,
@@ -213,6 +255,8 @@ def session_status(db, session: dict | None = None) -> dict:
         "costs": costs,
         "steps": steps,
         "plan": plan,
+        "runs": sum(1 for s in steps if s["status"] != "running"),
+        "planned_done": planned_done,
         "next_step": next_step,
     }
 

@@ -12,29 +12,34 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|min|s|m|h|d)")
 
 
-def parse_duration(text: str | float | int) -> float:
-    """Seconds in a duration such as ``90``, ``45s``, ``2h``, ``1h30m`` or ``1.5h``.
+def parse_duration(text: str) -> float:
+    """Seconds in a duration with its unit, such as ``45s``, ``90m``, ``2h``, ``1h30m``, ``1.5h`` or
+    ``250ms`` (units ``ms``, ``s``, ``m``/``min``, ``h``, ``d``).
+
+    A bare number (``"90"``, or a TOML number) has no unit and is refused, since one reader takes
+    ``--budget 2`` as two hours and another as two seconds. Raises :class:`UsageError` (one line) for
+    that, for anything else that is not a duration, and for one that is not positive.
 
     >>> parse_duration("1h30m")
     5400.0
     """
-    if isinstance(text, bool):
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
         raise UsageError(f"bad duration {text!r}: use a form like 45s, 10m, 2h or 1h30m")
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        raw = str(text).strip().lower()
-        if re.fullmatch(r"\d+(\.\d+)?", raw):
-            value = float(raw)
-        else:
-            pos, value = 0, 0.0
-            for match in _PART.finditer(raw):
-                if match.start() != pos and raw[pos : match.start()].strip():
-                    break
-                value += float(match.group(1)) * _UNITS[match.group(2)]
-                pos = match.end()
-            if not raw or pos != len(raw) or not _PART.search(raw):
-                raise UsageError(f"bad duration {text!r}: use a form like 45s, 10m, 2h or 1h30m")
+    number = str(text).strip()
+    if not isinstance(text, str) or re.fullmatch(r"\d+(\.\d+)?", number):
+        if re.fullmatch(r"\d+(\.\d+)?", number) and float(number) > 0:
+            raise UsageError(f"bad duration {text!r}: give it a unit, e.g. {number}s, {number}m or "
+                             f"{number}h (a bare number is not taken as seconds)")
+        raise UsageError(f"bad duration {text!r}: use a form like 45s, 10m, 2h or 1h30m")
+    raw = str(text).strip().lower()
+    pos, value = 0, 0.0
+    for match in _PART.finditer(raw):
+        if match.start() != pos and raw[pos : match.start()].strip():
+            break
+        value += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if not raw or pos != len(raw) or not _PART.search(raw):
+        raise UsageError(f"bad duration {text!r}: use a form like 45s, 10m, 2h or 1h30m")
     if not math.isfinite(value) or value <= 0:
         raise UsageError(f"bad duration {text!r}: it must be a positive length of time")
     return value

@@ -35,7 +35,10 @@ def _steps_table(data: dict) -> str:
     for s in data["steps"]:
         secs = per_step[s["id"]]["seconds"]
         delta = None if not s["budget_s"] or s["status"] in ("running", "skipped") else secs - s["budget_s"]
-        rows.append([s["seq"], s["name"], s["status"], fmt_duration(secs), fmt_duration(s["budget_s"]),
+        # "~": estimated from the last sign of life of a step whose process died without a word
+        estimated = isinstance(s.get("summary"), dict) and "duration_estimate" in s["summary"]
+        rows.append([s["seq"], s["name"], s["status"], ("~" if estimated else "") + fmt_duration(secs),
+                     fmt_duration(s["budget_s"]),
                      "-" if delta is None else ("+" if delta > 0 else "-") + fmt_duration(abs(delta)),
                      fmt_money(per_step[s["id"]]["total_usd"]) if data["costs"]["total_usd"] is not None else "-",
                      (s.get("message") or "")[:60]])
@@ -62,8 +65,11 @@ def format_status(data: dict) -> str:
         elapsed += f" ({fmt_duration(left)} left)" if left >= 0 else f" (OVER by {fmt_duration(-left)})"
     lines.append(f"  elapsed:   {elapsed}")
     lines.append(f"  cost:      {_cost_line(data['costs'])}")
-    done = sum(1 for st in data["steps"] if st["status"] != "running")
-    lines.append(f"  steps:     {done} done" + (f" of {len(data['plan'])} planned" if data["plan"] else ""))
+    runs = data["runs"]
+    line = f"  steps:     {runs} run{'s' if runs != 1 else ''}"
+    if data["plan"]:
+        line += f"; {len(data['planned_done'])} of {len(data['plan'])} planned done"
+    lines.append(line)
     if data["plan"]:
         lines.append(f"  next:      {data['next_step'] or 'all planned steps done'}")
     lines.append("")
@@ -82,6 +88,10 @@ def format_show(data: dict) -> str:
              + (f" (budget {fmt_duration(s['budget_s'])})" if s["budget_s"] else ""),
              f"  commit:    {printable(s['git_commit'] or '-')}",
              f"  cost:      {_cost_line(data['costs'])}"]
+    if s.get("imported_from") is not None:
+        lines.insert(4, f"  imported:  from {printable(imported_label(s))} on "
+                        f"{(s.get('imported_at') or '-')[:19].replace('T', ' ')} UTC "
+                        f"({printable(s['imported_from'])})")
     if s.get("outcome"):
         lines.append(f"  outcome:   {printable(s['outcome'])}")
     lines += ["", _steps_table(data)]
@@ -93,11 +103,25 @@ def format_session_list(rows: list[dict]) -> str:
         return "No sessions yet. Start one with: sessionkit start --objective TEXT"
     from .costs import session_costs
 
+    imported = any(r.get("imported_from") is not None for r in rows)
     out = []
     for r in rows:
         cost = session_costs(r, [])["total_usd"]
-        out.append([r["number"], r["name"][:30], r["status"], r["started_at"][:16].replace("T", " "),
-                    fmt_duration(r["duration_s"]), f"{r['passed']}/{r['failed']}/{r['interrupted']}",
-                    fmt_money(cost) if cost is not None else "rate not set", (r["objective"] or "")[:40]])
-    return table(["#", "name", "status", "started (UTC)", "duration", "ok/fail/int", "cost", "objective"],
-                 out, right={0, 4})
+        row = [r["number"], r["name"][:30], r["status"], r["started_at"][:16].replace("T", " "),
+               fmt_duration(r["duration_s"]), f"{r['passed']}/{r['failed']}/{r['interrupted']}",
+               fmt_money(cost) if cost is not None else "rate not set", (r["objective"] or "")[:40]]
+        if imported:  # a column only where some session came from another database
+            row.insert(3, imported_label(r))
+        out.append(row)
+    headers = ["#", "name", "status", "started (UTC)", "duration", "ok/fail/int", "cost", "objective"]
+    if imported:
+        headers.insert(3, "imported from")
+    return table(headers, out, right={0, 5 if imported else 4})
+
+
+def imported_label(session: dict) -> str | None:
+    """``host #N`` for a session merged from another database (its host and its number there),
+    None for one recorded here."""
+    if session.get("imported_from") is None:
+        return None
+    return f"{session.get('host') or 'unknown host'} #{session.get('origin_number')}"

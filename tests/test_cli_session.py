@@ -222,3 +222,68 @@ def test_stored_control_characters_are_escaped_on_the_terminal(tmp_path):
     # the row of session 1 in the listing is one line
     rows = [line for line in outputs["sessions"].stdout.splitlines() if "PWN" in line]
     assert len(rows) == 1 and "line one\\n2  fake" in rows[0]
+
+
+def test_end_without_status_takes_it_from_the_latest_run_of_each_step():
+    """A session whose latest run of a step failed does not end as passed unless told; a failure
+    fixed by a later run of the same step does not count."""
+    invoke("start", "--objective", "a")
+    invoke("step", "run", "build", "--", "false")
+    r = invoke("end", "--outcome", "done")
+    assert r.exit_code == 0 and "Ended session 1 (Session 1): failed" in r.output
+    assert "status failed from the steps: the latest run of build failed" in r.output
+    assert get_session(open_db(), 1)["status"] == "failed"
+
+    invoke("start", "--objective", "b")
+    invoke("step", "run", "build", "--", "false")
+    invoke("step", "run", "build", "--", "true")
+    invoke("step", "run", "hello", "--", "true")
+    r = invoke("end", "--outcome", "fixed it", "--json")
+    done = json.loads(r.output)
+    assert done["status"] == "passed" and "passed" in done["status_reason"]
+
+    invoke("start", "--objective", "c")
+    invoke("step", "run", "build", "--", "false")
+    r = invoke("end", "--outcome", "said so", "--status", "passed")
+    assert "Ended session 3 (Session 3): passed" in r.output and "from the steps" not in r.output
+    assert get_session(open_db(), 3)["status"] == "passed"
+
+
+def test_end_session_default_counts_interrupted_steps(db, session):
+    from sessionkit.sessions import end_session
+
+    for seq, (name, status) in enumerate([("build", "passed"), ("bench", "interrupted")], 1):
+        db["steps"].insert({"id": f"s{seq}", "session_id": session["id"], "seq": seq, "name": name,
+                            "status": status, "started_at": "2026-01-01T00:00:00+00:00",
+                            "host": "h", "pid": 1})
+    done = end_session(db, session, outcome="stopped")
+    assert done["status"] == "failed" and done["status_reason"] == "the latest run of bench interrupted"
+
+
+def test_a_budget_without_a_unit_is_one_line_error(tmp_path):
+    r = invoke("start", "--objective", "x", "--budget", "2")
+    assert r.exit_code == 2 and r.output.strip() == (
+        "Error: bad duration '2': give it a unit, e.g. 2s, 2m or 2h (a bare number is not taken as seconds)")
+    r = invoke("start", "--objective", "x", "--step-budget", "build=60")
+    assert r.exit_code == 2 and r.output.strip().startswith("Error: bad duration '60': give it a unit")
+    (tmp_path / "pyproject.toml").write_text("[tool.sessionkit]\nbudget = 7200\n")
+    r = invoke("start", "--objective", "x")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
+    assert "budget" in r.output and "bad duration 7200: give it a unit" in r.output
+    assert not (tmp_path / "sessions.db").exists() or open_db()["sessions"].count == 0
+
+
+def test_status_counts_runs_apart_from_the_planned_steps_done():
+    """Retries and unplanned steps are runs, not planned steps done; a planned step whose latest
+    run failed is next again."""
+    invoke("start", "--objective", "x", "--plan", "build,bench")
+    for name, command in (("build", "false"), ("build", "true"), ("hello", "true"), ("bench", "true")):
+        invoke("step", "run", name, "--", command)
+    r = invoke("status")
+    assert "  steps:     4 runs; 2 of 2 planned done" in r.output
+    assert "  next:      all planned steps done" in r.output
+    invoke("step", "run", "bench", "--", "false")
+    r = invoke("status")
+    assert "  steps:     5 runs; 1 of 2 planned done" in r.output and "  next:      bench" in r.output
+    data = json.loads(invoke("status", "--json").output)
+    assert (data["runs"], data["planned_done"], data["next_step"]) == (5, ["build"], "bench")

@@ -39,7 +39,7 @@ def test_open_session_costs_up_to_now():
     assert session_costs(session, [], now="2026-01-01T00:10:00+00:00")["gpu_usd"] == pytest.approx(0.6)
 
 
-@pytest.mark.parametrize("text, seconds", [("90", 90), ("45s", 45), ("2h", 7200), ("1h30m", 5400),
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("45s", 45), ("2h", 7200), ("1h30m", 5400),
                                            ("1.5h", 5400), ("250ms", 0.25), ("10 m", 600), ("1d", 86400)])
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
@@ -49,6 +49,16 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects(text):
     with pytest.raises(UsageError, match="bad duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["90", "2", " 1.5 ", 7200, 2.0])
+def test_a_bare_number_is_not_a_duration(text):
+    """``--budget 2`` could mean two hours or two seconds: refused, with the unit to add."""
+    number = str(text).strip()
+    with pytest.raises(UsageError) as err:
+        parse_duration(text)
+    assert str(err.value) == (f"bad duration {text!r}: give it a unit, e.g. {number}s, {number}m or "
+                              f"{number}h (a bare number is not taken as seconds)")
 
 
 @given(st.text(max_size=20))

@@ -49,13 +49,14 @@ SCHEMA_COLUMNS = {
     "_step_rollups_dirty": ["step_id"],
     "_step_rollups_mark": ["id", "steps_rowid"],
     "_sqlite_migrations": ["id", "migration_set", "name", "applied_at"],  # sqlite-utils' own
+    "sqlite_stat1": ["tbl", "idx", "stat"],  # SQLite's own: the planner statistics of m011
 }
 SCHEMA_VIEWS = {"step_overview", "metric_overview"}
 SCHEMA_INDEXES = {
     "idx__sqlite_migrations_migration_set_name", "idx_artifacts_step", "idx_bench_results_ours",
     "idx_bench_results_step", "idx_bench_samples_result", "idx_correctness_bounds",
     "idx_correctness_step", "idx_env_session", "idx_metrics_step", "idx_patterns_session",
-    "idx_sessions_host", "idx_sessions_number", "idx_step_rollups_session", "idx_steps_name_status",
+    "idx_sessions_host", "idx_sessions_number", "idx_sessions_open", "idx_step_rollups_session", "idx_steps_name_status",
     "idx_steps_session", "idx_steps_session_status", "idx_steps_status", "idx_telemetry_step",
 }
 SCHEMA_TRIGGERS = {f"{table}_rollup_{event}" for table in ("bench_results", "correctness_results")
@@ -186,3 +187,37 @@ def test_read_only_db(tmp_path):
             open_db(path)["sessions"].insert({"id": "x"})
     finally:
         tmp_path.chmod(0o755)
+
+
+def test_the_schema_sql_is_what_the_migrations_have_always_made(tmp_path):
+    """SQLite keeps each object's SQL text: every migration must go on producing it exactly, down to
+    the types, constraints and spacing (tests/snapshots/schema.sql; a new migration adds to it)."""
+    from fixtures_db import assert_snapshot
+
+    db = open_db(tmp_path / "new.db", create=True)
+    text = "".join(f"-- {kind} {name}\n{sql};\n\n" for kind, name, sql in db.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type, name"))
+    assert_snapshot("schema.sql", text)
+
+
+def test_planner_statistics_are_written_once_and_keep_what_analyze_found(tmp_path):
+    from sessionkit.schema import PLANNER_STATISTICS
+
+    path = tmp_path / "s.db"
+    db = open_db(path, create=True)
+    rows = {(t, i): s for t, i, s in db.execute("SELECT tbl, idx, stat FROM sqlite_stat1")}
+    assert rows == PLANNER_STATISTICS
+    db.conn.close()
+    # a database from before m011 whose steps table had been analysed (ANALYZE) keeps those
+    # figures when it is migrated; the other tables get the fixed ones
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm011_planner_statistics'")
+    conn.execute("DROP INDEX idx_sessions_open")
+    conn.execute("DELETE FROM sqlite_stat1")
+    conn.execute("INSERT INTO sqlite_stat1 VALUES ('steps', 'idx_steps_session', '42 6 1')")
+    conn.close()
+    db = open_db(path)
+    rows = {(t, i): s for t, i, s in db.execute("SELECT tbl, idx, stat FROM sqlite_stat1")}
+    assert rows[("steps", "idx_steps_session")] == "42 6 1" and ("steps", None) not in rows
+    assert rows[("sessions", "idx_sessions_number")] == "100000 1"
+    assert applied_migrations(db)[-1] == "m011_planner_statistics"

@@ -75,6 +75,58 @@ def test_kill_9_is_detected_by_next_command(session_with_history):
     assert "Notice" not in sk("status").stderr
 
 
+TICKER = ("import time\nprint('started', flush=True)\n"
+          "for i in range(600):\n    print('tick', i, flush=True)\n    time.sleep(0.1)\n")
+
+
+def test_kill_9_duration_comes_from_the_last_sign_of_life(session_with_history):
+    """Killed before its first heartbeat, a step still worked for seconds: its log says so, and the
+    duration recorded is that estimate, marked as one (it used to be 0.0 s)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sessionkit", "step", "run", "ticker", "--", sys.executable, "-c", TICKER],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    wait_running(proc, "ticker")
+    time.sleep(2.5)  # the heartbeat comes every 5 s: none since the row was written
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    killed_at = time.time()
+
+    shown = sk("show", "last")
+    assert "was marked interrupted" in shown.stderr and "is an estimate" in shown.stderr
+    line = next(line for line in shown.stdout.splitlines() if " ticker " in line)
+    assert " ~" in line  # the duration column says it is estimated
+
+    row = dict(next(open_db().query("SELECT * FROM steps WHERE name = 'ticker'")))
+    assert row["status"] == "interrupted"
+    from sessionkit.timefmt import parse_iso
+
+    lived = killed_at - parse_iso(row["started_at"]).timestamp()
+    assert 2.0 <= row["duration_s"] <= lived
+    assert "is an estimate, up to its last sign of life (log write at" in row["message"]
+    estimate = json.loads(row["summary"])["duration_estimate"]
+    assert estimate["from"] == "log write" and row["ended_at"] == estimate["at"]
+
+
+def test_last_sign_of_life_takes_the_latest_evidence_within_the_step(db, session, tmp_path):
+    from sessionkit.liveness import last_sign_of_life
+
+    started, beat = "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:05+00:00"
+    db["steps"].insert({"id": "s", "session_id": session["id"], "seq": 1, "name": "s",
+                        "started_at": started, "host": "h", "pid": 1, "heartbeat_at": beat})
+    step = dict(db["steps"].get("s"))
+    now = "2026-01-01T01:00:00+00:00"
+    assert last_sign_of_life(db, step, now=now) == ("2026-01-01T00:00:05.000000+00:00", "heartbeat")
+    db["telemetry_samples"].insert({"step_id": "s", "t_unix_s": 1767225612.5})  # 00:00:12.5
+    assert last_sign_of_life(db, step, now=now) == ("2026-01-01T00:00:12.500000+00:00", "telemetry sample")
+    log = tmp_path / "out.log"
+    log.write_text("x")
+    os.utime(log, (1767225630, 1767225630))  # 00:00:30
+    db["artifacts"].insert({"step_id": "s", "path": str(log), "kind": "log", "created_at": started})
+    assert last_sign_of_life(db, step, now=now) == ("2026-01-01T00:00:30.000000+00:00", "log write")
+    # a clock ahead of ours cannot end the step in the future
+    assert last_sign_of_life(db, step, now="2026-01-01T00:00:20+00:00")[0] == "2026-01-01T00:00:20.000000+00:00"
+
+
 def test_ctrl_c_marks_interrupted_and_exits_130(session_with_history):
     proc = spawn_step("ctrlc")
     wait_running(proc, "ctrlc")

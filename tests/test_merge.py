@@ -300,3 +300,61 @@ def test_logs_of_databases_with_other_names_are_copied(tmp_path):
     path = Path(row["path"])
     assert path.is_relative_to(folder / "artifacts-agg") and "LOG-OF-A" in path.read_text()
     assert not (folder / "artifacts").exists()
+
+
+def test_a_conflict_says_which_fields_differ(tmp_path):
+    a, b = host_a(tmp_path / "a"), host_b(tmp_path / "b")
+    merge_database(a, b.path)
+    with b.conn:  # edited on host B after the first merge
+        b.execute("UPDATE sessions SET outcome = 'rewritten later' WHERE name = 'b-1'")
+        b.execute("UPDATE steps SET duration_s = 7.5, message = 'probed again' WHERE session_id IN "
+                  "(SELECT id FROM sessions WHERE name = 'b-2')")
+        b.execute("DELETE FROM metrics WHERE step_id IN (SELECT st.id FROM steps st JOIN sessions s "
+                  "ON s.id = st.session_id WHERE s.name = 'b-2')")
+    result = merge_database(a, b.path)
+    by_name = {c["name"]: c for c in result.conflicts}
+    assert by_name["b-1"]["differences"] == [
+        {"field": "outcome", "here": "'probed'", "there": "'rewritten later'"}]
+    b2 = {d["field"]: (d["here"], d["there"]) for d in by_name["b-2"]["differences"]}
+    here_s = a.execute("SELECT duration_s FROM steps st JOIN sessions s ON s.id = st.session_id "
+                       "WHERE s.name = 'b-2'").fetchone()[0]
+    assert b2 == {"step 1 (probe) duration_s": (repr(here_s), "7.5"),
+                  "step 1 (probe) message": ("'probed'", "'probed again'"),
+                  "metrics rows": ("1", "0")}
+    assert by_name["b-2"]["differences_total"] == 3
+
+    out = CliRunner().invoke(cli, ["--db", str(a.path), "merge", str(b.path)])
+    assert out.exit_code == 1
+    assert "    outcome: here 'probed', there 'rewritten later'" in out.output
+    assert "    step 1 (probe) message: here 'probed', there 'probed again'" in out.output
+    assert "    metrics rows: here 1, there 0" in out.output
+    listed = json.loads(CliRunner().invoke(cli, ["--db", str(a.path), "merge", "--json", str(b.path)])
+                        .output.split("\nError:")[0])
+    assert {d["field"] for c in listed[0]["conflicts"] for d in c["differences"]} == set(b2) | {"outcome"}
+
+
+def test_imported_sessions_are_marked_in_the_human_listings(tmp_path):
+    a, b = host_a(tmp_path / "a"), host_b(tmp_path / "b")
+    merge_database(a, b.path)
+    runner = CliRunner()
+
+    listing = runner.invoke(cli, ["--db", str(a.path), "sessions"]).output.splitlines()
+    assert listing[0].split()[:5] == ["#", "name", "status", "imported", "from"]
+    rows = {line.split()[0]: line for line in listing[2:]}
+    assert rows["6"].split()[1:5] == ["b-2", "passed", "a100-box", "#2"]
+    assert rows["5"].split()[1:5] == ["b-1", "passed", "a100-box", "#1"]
+    assert rows["1"].split()[3] == "-"  # recorded here
+
+    history = runner.invoke(cli, ["--db", str(a.path), "history"]).output
+    assert "| 6 | b-2 (imported from a100-box #2) |" in history
+    assert "| 5 | b-1 (imported from a100-box #1) |" in history
+    data = json.loads(runner.invoke(cli, ["--db", str(a.path), "history", "--json"]).output)
+    assert [(r["number"], r["host"], r["origin_number"]) for r in data["sessions"][-2:]] == [
+        (5, HOST_B, 1), (6, HOST_B, 2)]
+    assert data["sessions"][0]["imported_from"] is None
+
+    show = runner.invoke(cli, ["--db", str(a.path), "show", "6"]).output
+    assert f"  imported:  from a100-box #2 on " in show and str(b.path.resolve()) in show
+    assert "imported" not in runner.invoke(cli, ["--db", str(a.path), "show", "1"]).output
+    # a database without imported sessions lists as before, without the column
+    assert "imported" not in runner.invoke(cli, ["--db", str(b.path), "sessions"]).output

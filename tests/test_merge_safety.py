@@ -121,6 +121,39 @@ def test_same_file_source_and_target_is_no_traceback(tmp_path):
     assert own.read_text() == "one file\n"
 
 
+def test_reads_stay_inside_the_source_databases_artifacts_folder(tmp_path):
+    """A source database can name any path; only files inside its own artifacts folder are read.
+    One outside (absolute, relative with .., through a symlink) is a missing row with the reason."""
+    b = host_b(tmp_path / "b", sessions=1)
+    b.conn.close()
+    src_db = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    secret = tmp_path / "home" / "id_ed25519"
+    secret.parent.mkdir()
+    secret.write_text("PRIVATE KEY\n")
+    session_dir = src_db.parent / "artifacts" / "session-1"
+    (session_dir / "logs").mkdir(parents=True)
+    (session_dir / "logs" / "key.log").symlink_to(secret)
+    (session_dir / "ok.log").write_text("inside\n")
+    crafted = [str(secret), "../../home/id_ed25519", str(session_dir / "logs" / "key.log"),
+               str(session_dir / "ok.log")]
+    for recorded in crafted:
+        _craft(src_db, recorded)
+    target = tmp_path / "t" / "m.db"
+    target.parent.mkdir()
+
+    out = CliRunner().invoke(cli, ["--db", str(target), "merge", str(src_db)])
+    assert out.exit_code == 0 and "Traceback" not in out.output, out.output
+    copies = [p for p in _files_under(tmp_path / "t") if p.suffix != ".db"]
+    assert [p.read_text() for p in copies if p.read_text() != "probe ran\n"] == ["inside\n"]
+    assert not any("PRIVATE" in p.read_text() for p in copies)
+    db = open_db(target)
+    rows = dict(db.execute("SELECT origin_path, missing FROM artifacts").fetchall())
+    assert [rows[r] for r in crafted] == [1, 1, 1, 0]
+    refused = "is outside the source database's artifacts folder"
+    assert out.output.count(refused) == 3
+    assert f"missing  {secret}: its file '{secret}' {refused} ({src_db.parent / 'artifacts'})" in out.output
+
+
 @pytest.mark.parametrize("damaged", ["idx_sessions_number", "patterns_applied"])
 def test_damaged_source_is_refused(tmp_path, damaged):
     """A source with a damaged b-tree page that the import itself would not read (PRAGMA quick_check

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from fixtures_db import build_fixture_db, sid, stid
 from sessionkit.cli import cli
 
-mlflow = pytest.importorskip("mlflow", reason="needs mlflow (pip install 'sessionkit[test]')")
+mlflow = pytest.importorskip("mlflow", reason="needs mlflow (pip install -e '.[test]' in the checkout)")
 pytestmark = pytest.mark.slow
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -238,7 +239,8 @@ def test_without_matplotlib_the_report_says_how_to_get_plots(fdb, tmp_path, monk
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     result = session_report(fdb, 2, out=tmp_path / "r.md", now=NOW)
     assert result.images == []
-    assert "Plots need matplotlib: `pip install 'sessionkit[plots]'`" in result.text
+    root = Path(__file__).resolve().parent.parent  # installed from this checkout
+    assert f"Plots need matplotlib: `pip install -e '{root}[plots]'`" in result.text
     assert list(tmp_path.glob("*.png")) == []
 
 

@@ -292,3 +292,15 @@ def test_cli_run_takes_its_plan_from_the_config_unless_given(tmp_path):
                                 catch_exceptions=False)
     steps = [line.split()[1] for line in result.output.splitlines() if line.startswith("[1/")]
     assert steps and set(steps) == {"preflight"}, result.output
+
+
+def test_after_hooks_keep_their_place_in_the_count_when_the_plan_is_cut_short(db, tmp_path, capsys):
+    """Interrupted at step 3 of 6, the after hook is still step 6 of 6, not "4/6" with two more to
+    come."""
+    hooks = Hooks(before=[[PY, "-c", "pass"]], after=[[PY, "-c", "pass"]])
+    with pytest.raises(StepInterrupted):
+        run_session(db, objective="ctrl-c", step_factory=factory(build=Fake("build", interrupt=True)),
+                    hooks=hooks, report_path=tmp_path / "r.md", plots=False)
+    labels = [line.split()[0] + " " + line.split()[1] for line in capsys.readouterr().out.splitlines()
+              if line.startswith("[") and (" passed " in line or " INTERRUPTED " in line)]
+    assert labels == ["[1/6] hook:before", "[2/6] preflight", "[3/6] build", "[6/6] hook:after"]

@@ -24,12 +24,26 @@ class RegressionFound(SessionkitError):
     """``compare --fail-on-regression`` found at least one regression."""
 
 
-def benchmarked_sessions(db) -> list[dict]:
-    """Sessions with at least one bench result, newest first."""
-    return [dict(r) for r in db.query(
-        "SELECT DISTINCT se.id, se.number, se.name FROM sessions se "
-        "JOIN steps st ON st.session_id = se.id JOIN bench_results br ON br.step_id = st.id "
-        "ORDER BY se.number DESC")]
+def benchmarked_sessions(db, limit: int | None = None, *, exclude: str | None = None) -> list[dict]:
+    """Sessions with at least one bench result, newest first: ``{"id", "number", "name"}``, at most
+    ``limit`` of them, leaving out the session whose id is ``exclude``.
+
+    Sessions are walked newest first and each is probed for a bench result, so that the newest few
+    cost a few index lookups however many sessions the database holds (a join over every step and
+    result row took seconds at 100,000 sessions).
+    """
+    sql = ("SELECT se.id, se.number, se.name FROM sessions se WHERE EXISTS (SELECT 1 FROM steps st "
+           "WHERE st.session_id = se.id AND EXISTS (SELECT 1 FROM bench_results br "
+           "WHERE br.step_id = st.id))")
+    args: list = []
+    if exclude is not None:
+        sql += " AND se.id != ?"
+        args.append(exclude)
+    sql += " ORDER BY se.number DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(int(limit))
+    return [dict(r) for r in db.query(sql, args)]
 
 
 def latest_bench_step(db, session_id: str) -> dict | None:
@@ -53,7 +67,7 @@ def load_step_results(db, step_id: str) -> dict[tuple[AttentionConfig, str], dic
     return out
 
 
-def _session_ref(db, ref, benchmarked: list[dict]) -> dict:
+def _session_ref(db, ref) -> dict:
     from ..sessions import get_session
 
     session = get_session(db, ref)
@@ -70,25 +84,25 @@ def compare_sessions(db, a=None, b=None, *, min_effect: float = 0.05, alpha: flo
         raise UsageError(f"--min-effect must be within [0, 1), got {min_effect}")
     if not 0 < alpha < 1:
         raise UsageError(f"--alpha must be within (0, 1), got {alpha}")
-    benchmarked = benchmarked_sessions(db)
     if b is None:
         if a is None:
+            benchmarked = benchmarked_sessions(db, limit=2)
             if len(benchmarked) < 2:
                 raise SessionkitError(
                     f"need two sessions with bench results to compare; found {len(benchmarked)}"
                     " (run 'sessionkit step bench' in another session)")
             sa, sb = benchmarked[1], benchmarked[0]
         else:
-            sa = _session_ref(db, a, benchmarked)
-            others = [s for s in benchmarked if s["id"] != sa["id"]]
+            sa = _session_ref(db, a)
+            others = benchmarked_sessions(db, limit=1, exclude=sa["id"])
             if not others:
                 raise SessionkitError("no other session with bench results to compare with")
             sb = others[0]
             if sb["number"] < sa["number"]:
                 sa, sb = sb, sa
     else:
-        sa = _session_ref(db, a, benchmarked) if a is not None else None
-        sb = _session_ref(db, b, benchmarked)
+        sa = _session_ref(db, a) if a is not None else None
+        sb = _session_ref(db, b)
         if sa is None:
             raise UsageError("give session A as well as B")
     if sa["id"] == sb["id"]:

@@ -54,9 +54,10 @@ def session_options(fn):
     """The options that open a session, shared by ``start`` and ``run``."""
     for option in reversed([
         click.option("--objective", "-m", help="What this session is for (required; or set in pyproject)."),
-        click.option("--budget", help="Session time budget, e.g. 2h or 90m."),
+        click.option("--budget", help="Session time budget with its unit, e.g. 2h, 90m or 1h30m "
+                                      "(a bare number is refused)."),
         click.option("--step-budget", "step_budgets", multiple=True, metavar="NAME=DURATION",
-                     help="Budget for one step, e.g. build=60s (repeatable)."),
+                     help="Budget for one step with its unit, e.g. build=60s (repeatable)."),
         click.option("--gpu-rate", help="GPU cost in USD per hour."),
         click.option("--ai-rate", help="AI assistant cost in USD per hour."),
     ]):

@@ -16,15 +16,30 @@ def register(cli: click.Group) -> None:
         cli.add_command(command)
 
 
-def _emit(result, as_json: bool, data) -> None:
+def _emit(result, as_json: bool) -> None:
     if as_json:
-        echo_json(data)
+        echo_json(result.data)
     elif result.path is not None:
         for image in result.images:
             click.echo(f"plot: {image}")
         click.echo(f"Wrote {result.path}")
     else:
         click.echo(result.text, nl=False)
+
+
+def _render(ctx, make, out, as_json: bool, *args, **kwargs) -> None:
+    """Open the database for reading, call ``make(db, *args, out=..., **kwargs)`` (a function of
+    :mod:`sessionkit.report`) and print its result: the Markdown, where it was written, or its
+    data as JSON (then nothing is written)."""
+    db = open_db(ctx, read_only=True)
+    _emit(make(db, *args, out=None if as_json else out, **kwargs), as_json)
+
+
+def _report_command(fn):
+    """A command that renders a whole-database report: ``-o``, ``--db`` and ``--json``."""
+    for decorate in (click.pass_context, json_option, db_option, _out_option, click.command()):
+        fn = decorate(fn)
+    return fn
 
 
 @click.command()
@@ -39,37 +54,23 @@ def report(ctx, session_ref, out, no_plots, as_json):
     else the last one)."""
     from ..report import session_report
 
-    db = open_db(ctx, read_only=True)
-    result = session_report(db, session_ref, out=None if as_json else out, plots=not no_plots)
-    _emit(result, as_json, result.data)
+    _render(ctx, session_report, out, as_json, session_ref, plots=not no_plots)
 
 
-@click.command()
-@_out_option
-@db_option
-@json_option
-@click.pass_context
+@_report_command
 def history(ctx, out, as_json):
     """All sessions in one table, and the trend of the last ones."""
     from ..report import history_report
 
-    db = open_db(ctx, read_only=True)
-    result = history_report(db, out=None if as_json else out)
-    _emit(result, as_json, result.data)
+    _render(ctx, history_report, out, as_json)
 
 
-@click.command()
-@_out_option
-@db_option
-@json_option
-@click.pass_context
+@_report_command
 def patterns(ctx, out, as_json):
     """The pattern library, with the sessions that applied each pattern and its measured effect."""
     from ..report import patterns_report
 
-    db = open_db(ctx, read_only=True)
-    result = patterns_report(db, out=None if as_json else out)
-    _emit(result, as_json, result.data)
+    _render(ctx, patterns_report, out, as_json)
 
 
 @click.group()

@@ -80,7 +80,8 @@ def status(ctx, as_json):
 @click.command()
 @click.option("--outcome", "-m", required=True, help="What came of the session, in a sentence.")
 @click.option("--status", "end_status", type=click.Choice(["passed", "failed", "abandoned"]),
-              default="passed", show_default=True)
+              help="How the session ended (default: failed when the latest run of any step failed "
+                   "or was interrupted, else passed).")
 @click.option("--session", "session_ref", help="Session to end (default: the open one).")
 @db_option
 @json_option
@@ -101,8 +102,11 @@ def end(ctx, outcome, end_status, session_ref, as_json):
     costs = session_costs(done, session_steps(db, done["id"]))
     from ..views import printable
 
-    click.echo(f"Ended session {done['number']} ({printable(done['name'])}): {end_status} after "
+    click.echo(f"Ended session {done['number']} ({printable(done['name'])}): {done['status']} after "
                f"{fmt_duration(costs['wall_s'])}; cost {fmt_money(costs['total_usd'])}")
+    if done.get("status_reason"):
+        click.echo(f"  status {done['status']} from the steps: {printable(done['status_reason'])} "
+                   "(--status sets it)")
 
 
 @click.command()

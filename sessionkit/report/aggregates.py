@@ -39,6 +39,20 @@ def ensure_math_functions(conn) -> None:
                              deterministic=True)
 
 
+def last_per_session(rows) -> dict:
+    """session_id -> the row of its highest ``seq`` (the last of equal ones), from rows whose first
+    two items are ``(session_id, seq)``."""
+    out: dict = {}
+    seqs: dict = {}
+    for row in rows:
+        session_id, seq = row[0], row[1]
+        if seqs.get(session_id, -1) > seq:
+            continue
+        seqs[session_id] = seq
+        out[session_id] = row
+    return out
+
+
 def bench_speedups(db) -> dict[str, dict]:
     """session_id -> {"geomean", "best", "configs", "step_id"} from the session's last bench step.
 
@@ -65,14 +79,8 @@ def bench_speedups(db) -> dict[str, dict]:
                      WHERE impl = 'ours' AND status = 'ok' AND speedup_vs_sdpa IS NOT NULL
                      GROUP BY step_id) p
                JOIN steps st ON st.id = p.step_id""").fetchall()
-    out: dict[str, dict] = {}
-    seqs: dict[str, int] = {}
-    for session_id, seq, step_id, n, best, geo in rows:
-        if seqs.get(session_id, -1) > seq:
-            continue
-        seqs[session_id] = seq
-        out[session_id] = {"geomean": geo, "best": best, "configs": n, "step_id": step_id}
-    return out
+    return {session_id: {"geomean": geo, "best": best, "configs": n, "step_id": step_id}
+            for session_id, (_, _, step_id, n, best, geo) in last_per_session(rows).items()}
 
 
 def correctness_by_session(db) -> dict[str, dict]:
@@ -94,15 +102,9 @@ def correctness_by_session(db) -> dict[str, dict]:
     else:
         rows = db.execute("""SELECT session_id, seq, status, 0, 0, NULL FROM steps
                              WHERE name = 'correctness' AND status != 'running'""").fetchall()
-    out: dict[str, dict] = {}
-    seqs: dict[str, int] = {}
-    for session_id, seq, status, configs, passed, worst in rows:
-        if seqs.get(session_id, -1) > seq:
-            continue
-        seqs[session_id] = seq
-        out[session_id] = {"status": status, "configs": configs or 0, "passed": passed or 0,
-                           "worst_ratio": worst}
-    return out
+    return {session_id: {"status": status, "configs": configs or 0, "passed": passed or 0,
+                         "worst_ratio": worst}
+            for session_id, (_, _, status, configs, passed, worst) in last_per_session(rows).items()}
 
 
 def step_counts(db) -> dict[str, dict]:

@@ -15,7 +15,7 @@ TREND_WINDOW = 5
 
 
 _SESSIONS = """SELECT id, number, name, status, objective, outcome, started_at, ended_at,
-                       gpu_rate_usd_per_h, ai_rate_usd_per_h"""
+                       gpu_rate_usd_per_h, ai_rate_usd_per_h, host, origin_number, imported_from"""
 
 _ROLLUPS = """SELECT session_id, steps, passed, failed, interrupted, bench_best, bench_geomean,
                       bench_configs, correctness_status, correctness_configs, correctness_passed,
@@ -53,6 +53,9 @@ def _dict_rows(db):
 def history_data(db, *, now: str | None = None, table: list[str] | None = None) -> dict:
     """One row per session (oldest first) and the trend, as plain data.
 
+    A session merged from another database (``sessionkit merge``) keeps its ``host``,
+    ``origin_number`` and ``imported_from``; its Markdown line names the host and that number.
+
     Durations are seconds (to ``now`` for open sessions); ``cost_usd`` is the GPU and AI rates in USD
     per hour times the duration (None when neither rate is set); speedups are ratios over SDPA.
     A fixed number of queries whatever the number of sessions.
@@ -82,7 +85,8 @@ def history_data(db, *, now: str | None = None, table: list[str] | None = None) 
     line = table.append if table is not None else None
     sessions, figures = source
     get = figures.get
-    for sid, number, name, status, objective, outcome, started, ended, gpu_rate, ai_rate in sessions:
+    for (sid, number, name, status, objective, outcome, started, ended, gpu_rate, ai_rate, host,
+         origin_number, imported_from) in sessions:
         (steps, passed, failed, interrupted, best, geo, configs,
          c_status, c_configs, c_passed, c_worst) = get(sid, _NO_ROLLUP)
         duration = ((parse(ended) if ended else now_dt) - parse(started)).total_seconds()
@@ -103,6 +107,7 @@ def history_data(db, *, now: str | None = None, table: list[str] | None = None) 
             "steps": steps, "passed": passed, "failed": failed, "interrupted": interrupted,
             "correctness": correctness,
             "geomean_speedup": geo, "best_speedup": best, "bench_configs": configs,
+            "host": host, "origin_number": origin_number, "imported_from": imported_from,
         })
         if line is None:
             continue
@@ -112,8 +117,11 @@ def history_data(db, *, now: str | None = None, table: list[str] | None = None) 
             corr = f"{c_passed or 0}/{c_configs} {c_status}"
         else:
             corr = c_status
+        shown = short(name, 40)
+        if imported_from is not None:
+            shown += f" (imported from {short(host or 'unknown host', 40)} #{origin_number})"
         line(
-            f"| {number} | {short(name, 40)} | "
+            f"| {number} | {shown} | "
             f"{started[:10] if started.endswith('+00:00') else f_date(started)} | "
             f"{f_dur(duration)}{' (open)' if is_open else ''} | "
             f"{f_money(cost) if cost is None else f'${cost:,.2f}'} | "

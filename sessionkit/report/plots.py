@@ -1,4 +1,5 @@
-"""PNG plots for a report (optional: needs matplotlib, ``pip install 'sessionkit[plots]'``).
+"""PNG plots for a report (optional: needs matplotlib, the ``[plots]`` extra; the command that
+installs it is :func:`sessionkit.extras.install_hint`).
 
 matplotlib is imported inside the functions, through its object API (no pyplot state), so that
 plots can be drawn from threads and tests without a display.
@@ -7,9 +8,6 @@ plots can be drawn from threads and tests without a display.
 from __future__ import annotations
 
 from pathlib import Path
-
-INSTALL_HINT = "pip install 'sessionkit[plots]'"
-
 
 def matplotlib_available() -> bool:
     try:
@@ -116,7 +114,9 @@ def plot_timeline(timeline: dict, out_dir: Path, stem: str) -> dict | None:
 def make_plots(data: dict, out_dir: Path, stem: str) -> dict:
     """Draw the report's plots beside it. Returns the ``plots`` section for the template."""
     if not matplotlib_available():
-        return {"state": "missing", "hint": INSTALL_HINT, "images": []}
+        from ..extras import install_hint
+
+        return {"state": "missing", "hint": install_hint("plots"), "images": []}
     out_dir.mkdir(parents=True, exist_ok=True)
     images = []
     benches = [b for section in data.get("sections") or [] if section["name"] == "bench"
