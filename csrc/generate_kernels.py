@@ -89,29 +89,20 @@ def wgmma_header() -> str:
     for n in WGMMA_N:
         regs = n // 2
         acc, binds = _acc_operands(n)
-        # SS
-        out += [
-            f"template <DType kDtype, int kTransB>",
-            f"__device__ __forceinline__ void wgmma_mma_async_ss_m64n{n}k16(float (&d)[{n // 8}][4], uint64_t desc_a,",
-            f"                                                       uint64_t desc_b, int scale_d) {{",
-            "  if constexpr (kDtype == DType::kFloat16) {",
-            *_ss_asm(n, "f16", acc, binds, regs),
-            "  } else {",
-            *_ss_asm(n, "bf16", acc, binds, regs),
-            "  }",
-            "}",
-            "",
-            f"template <DType kDtype, int kTransB>",
-            f"__device__ __forceinline__ void wgmma_mma_async_rs_m64n{n}k16(float (&d)[{n // 8}][4], const uint32_t (&a)[4],",
-            f"                                                       uint64_t desc_b, int scale_d) {{",
-            "  if constexpr (kDtype == DType::kFloat16) {",
-            *_rs_asm(n, "f16", acc, binds, regs),
-            "  } else {",
-            *_rs_asm(n, "bf16", acc, binds, regs),
-            "  }",
-            "}",
-            "",
-        ]
+        for kind, a_param, emit in (("ss", "uint64_t desc_a", _ss_asm),
+                                    ("rs", "const uint32_t (&a)[4]", _rs_asm)):
+            out += [
+                f"template <DType kDtype, int kTransB>",
+                f"__device__ __forceinline__ void wgmma_mma_async_{kind}_m64n{n}k16(float (&d)[{n // 8}][4], {a_param},",
+                f"                                                       uint64_t desc_b, int scale_d) {{",
+                "  if constexpr (kDtype == DType::kFloat16) {",
+                *emit(n, "f16", acc, binds, regs),
+                "  } else {",
+                *emit(n, "bf16", acc, binds, regs),
+                "  }",
+                "}",
+                "",
+            ]
     for kind, a_param, a_arg in (("ss", "uint64_t a", "a"), ("rs", "const uint32_t (&a)[4]", "a")):
         out += [
             f"// wgmma_{kind}<kDtype, kN, kTransB>: the m64nNk16 wrapper above for a compile-time N.",

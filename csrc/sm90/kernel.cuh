@@ -118,6 +118,20 @@ __device__ __forceinline__ int key_blocks(const FlashFwdParams& p, int row0) {
   return n;
 }
 
+// A tile of the list and the key blocks it visits.
+struct TileWork {
+  Tile tile;
+  int row0;      // its first query row
+  int n_blocks;  // key blocks [0, n_blocks)
+};
+
+template <class Tr, bool kCausal>
+__device__ __forceinline__ TileWork work_at(const Sm90Args& args, int index) {
+  const Tile tile = tile_at<Tr::kHeadMajor>(args, index);
+  const int row0 = tile.m_block * Tr::kBlockM;
+  return TileWork{tile, row0, key_blocks<Tr, kCausal>(args.p, row0)};
+}
+
 template <DType kDtype, int kHeadDim, bool kCausal, bool kShortKeys>
 __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   using Tr = Traits<kHeadDim, kCausal, kShortKeys>;
@@ -181,9 +195,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         index = tile_index(round);
       }
       if (index >= args.num_tiles) break;
-      const Tile tile = tile_at<Tr::kHeadMajor>(args, index);
-      const int row0 = tile.m_block * kBlockM;
-      const int n_blocks = key_blocks<Tr, kCausal>(p, row0);
+      const auto [tile, row0, n_blocks] = work_at<Tr, kCausal>(args, index);
       const int head_k = tile.head / p.head_ratio;
       if (n_blocks > 0) {
         // Q: the consumers release it after their last Q K^T of the previous tile.
@@ -300,9 +312,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       index = tile_index(round);
     }
     if (index >= args.num_tiles) break;
-    const Tile tile = tile_at<Tr::kHeadMajor>(args, index);
-    const int row0 = tile.m_block * kBlockM;
-    const int n_blocks = key_blocks<Tr, kCausal>(p, row0);
+    const auto [tile, row0, n_blocks] = work_at<Tr, kCausal>(args, index);
     const int wg_row0 = row0 + consumer * 64;
     const int row_g = wg_row0 + warp * 16 + g;  // query row of this thread's s[i][0]
 
