@@ -45,6 +45,15 @@ def test_every_step_is_in_the_readme(step):
     assert f"sessionkit step {step}" in README
 
 
+def test_the_profile_row_names_every_implementation():
+    """README's `step profile` row lists the choices of --kernel: every registered implementation."""
+    from sessionkit.attention import IMPLS
+
+    row = next(line for line in README.splitlines() if line.startswith("| `sessionkit step profile"))
+    choices = "\\|".join(IMPLS)  # a | inside a Markdown table cell is written \|
+    assert f"[--kernel {choices}]" in row, row
+
+
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     test_command = "python3 -m pytest -q"

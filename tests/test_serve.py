@@ -247,3 +247,12 @@ def test_kill_9_of_serve_takes_datasette_along(tmp_path):
     proc.kill()
     proc.wait(timeout=30)
     _assert_gone(children, "a killed sessionkit")
+
+
+def test_the_impl_column_names_every_implementation(tmp_path):
+    """The Datasette description of bench_results.impl lists the registry's names, in its order."""
+    from sessionkit.attention import IMPLS
+
+    db = build_fixture_db(tmp_path / "sessions.db")
+    text = metadata(db.path)["databases"]["sessions"]["tables"]["bench_results"]["columns"]["impl"]
+    assert f"({', '.join(IMPLS)})" in text, text
