@@ -2,7 +2,7 @@
 
 Run: python benchmarks/architecture_doc.py [--check]
 
-Three blocks of the page are written from the code, between ``<!-- generated: NAME -->`` and
+Four blocks of the page are written from the code, between ``<!-- generated: NAME -->`` and
 ``<!-- end generated -->`` lines: ``commands`` (every CLI command and subcommand with the first line of
 its help, from the click group), ``implementations`` (the registry of ``sessionkit.attention``),
 ``schema`` (every table of a new database with its columns and the migration that made it, from a

@@ -71,15 +71,22 @@ def metadata(db_path: str | Path) -> dict:
     return yaml.safe_load(metadata_text(db_path))
 
 
-def datasette_command(db_path: str | Path, metadata_path: str | Path, *, host: str = "127.0.0.1",
-                      port: int = DEFAULT_PORT) -> list[str]:
-    """The Datasette command line that serves ``db_path`` with the metadata at ``metadata_path``."""
+def require_datasette() -> None:
+    """Raise :class:`DatasetteUnavailable`, naming the command that installs it, when datasette
+    cannot be imported."""
     import importlib.util
 
     if importlib.util.find_spec("datasette") is None:
         from .extras import install_hint
 
         raise DatasetteUnavailable(f"datasette is not installed: {install_hint('browse')}") from None
+
+
+def datasette_command(db_path: str | Path, metadata_path: str | Path, *, host: str = "127.0.0.1",
+                      port: int = DEFAULT_PORT) -> list[str]:
+    """The Datasette command line that serves ``db_path`` with the metadata at ``metadata_path``.
+    Raises :class:`DatasetteUnavailable` when datasette is not installed."""
+    require_datasette()
     return [sys.executable, "-m", "datasette", "serve", str(db_path), "--metadata", str(metadata_path),
             "--host", host, "--port", str(port), "--setting", "sql_time_limit_ms", "10000"]
 

@@ -1,4 +1,4 @@
-"""Adding a step takes its own module, its report template and one registry entry, nothing else
+"""Adding a step takes its own module, its report template and one registry entry, and no other code
 (docs/architecture.md, "How to add a step", shows the same example step).
 
 The step is tests/data/hello_step.py with tests/data/hello.md.j2: typed options, a typed summary

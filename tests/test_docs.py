@@ -45,6 +45,15 @@ def test_every_step_is_in_the_readme(step):
     assert f"sessionkit step {step}" in README
 
 
+def test_the_profile_row_names_every_implementation():
+    """README's `step profile` row lists the choices of --kernel: every registered implementation."""
+    from sessionkit.attention import IMPLS
+
+    row = next(line for line in README.splitlines() if line.startswith("| `sessionkit step profile"))
+    choices = "\\|".join(IMPLS)  # a | inside a Markdown table cell is written \|
+    assert f"[--kernel {choices}]" in row, row
+
+
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     test_command = "python3 -m pytest -q"
@@ -92,3 +101,26 @@ def test_architecture_page_names_paths_that_exist():
     for question in ("A session is stored", "A step is defined", "The kernel lives",
                      "A report is rendered", "An SDPA backend is added"):
         assert f"**{question}**" in page
+
+
+def test_readme_configuration_example_is_read(tmp_path):
+    """The `[tool.sessionkit]` example of README.md's Configuration section parses, and `start`
+    takes its objective, plan, budget, rates and step budgets from it."""
+    import re
+
+    from sessionkit.config import load_config
+    from sessionkit.session_defaults import resolve_start_options
+
+    section = README.split("## Configuration", 1)[1]
+    example = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "pyproject.toml").write_text(example)
+    cfg = load_config(tmp_path)
+    assert cfg.telemetry_interval_s == 0.1 and cfg.raw["hooks"]["before"] == [["nvidia-smi", "-L"]]
+    options = resolve_start_options(start=tmp_path)
+    assert options == {"objective": "D128 causal past SDPA",
+                       "plan": ["preflight", "build", "correctness", "bench"], "budget_s": 7200.0,
+                       "gpu_rate": 2.49, "ai_rate": 6.0, "step_budgets": {"build": 60.0}}
+    from sessionkit.bench.grids import load_grid
+
+    assert [c.spec for c in load_grid("mine", start=tmp_path)] == [
+        "1,8,1024,1024,64,fp16,0", "4,16,4096,4096,128,bf16,1"]

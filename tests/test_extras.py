@@ -84,6 +84,21 @@ def test_missing_extras_name_the_command_for_this_install(monkeypatch, tmp_path)
     assert str(err.value) == f"the MLflow client is not installed: pip install -e '{ROOT}[mlflow]'"
 
 
+def test_serve_without_datasette_is_the_error_alone(monkeypatch, tmp_path):
+    """`sessionkit serve` says nothing about serving when it cannot: the one Error line, exit 1."""
+    from click.testing import CliRunner
+
+    from sessionkit.cli import cli
+
+    db = str(tmp_path / "s.db")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--db", db, "start", "--objective", "x"]).exit_code == 0
+    monkeypatch.setitem(sys.modules, "datasette", None)
+    out = runner.invoke(cli, ["--db", db, "serve", "--port", "0"])
+    assert out.exit_code == 1
+    assert out.output == f"Error: datasette is not installed: pip install -e '{ROOT}[browse]'\n"
+
+
 def test_no_hint_names_a_package_index_install():
     """Every install hint comes from sessionkit.extras."""
     package = ROOT / "sessionkit"

@@ -247,3 +247,41 @@ def test_kill_9_of_serve_takes_datasette_along(tmp_path):
     proc.kill()
     proc.wait(timeout=30)
     _assert_gone(children, "a killed sessionkit")
+
+
+def test_the_impl_column_names_every_implementation(tmp_path):
+    """The Datasette description of bench_results.impl lists the registry's names, in its order."""
+    from sessionkit.attention import IMPLS
+
+    db = build_fixture_db(tmp_path / "sessions.db")
+    text = metadata(db.path)["databases"]["sessions"]["tables"]["bench_results"]["columns"]["impl"]
+    assert f"({', '.join(IMPLS)})" in text, text
+
+
+def test_serve_on_port_0_names_no_address_of_its_own(tmp_path):
+    """With --port 0 the port is Datasette's choice: sessionkit's line does not make one up
+    (http://127.0.0.1:0/), and Datasette's own line gives the real address."""
+    db = build_fixture_db(tmp_path / "sessions.db")
+    db.conn.close()
+    env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
+    proc = subprocess.Popen([sys.executable, "-m", "sessionkit", "--db", str(tmp_path / "sessions.db"),
+                             "serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    import queue
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    try:
+        first = lines.get(timeout=60)
+        assert first == (f"Serving {tmp_path / 'sessions.db'} on a free port of 127.0.0.1 (Datasette "
+                         "prints its address below) (Ctrl-C stops)\n")
+        line = ""
+        while "running on http://127.0.0.1:" not in line.lower():
+            line = lines.get(timeout=60)  # queue.Empty: Datasette never said where it listens
+        port = int(line.lower().split("running on http://127.0.0.1:", 1)[1].split()[0].rstrip("/"))
+        assert port > 0
+        assert _get(f"http://127.0.0.1:{port}/-/versions.json")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

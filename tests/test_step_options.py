@@ -96,3 +96,12 @@ def test_the_cli_checks_with_the_same_declaration():
     helped = " ".join(runner.invoke(cli, ["step", "bench", "--help"]).output.split())
     assert "--time-limit DURATION Time for all configs together" in helped
     assert "medians are steady. [default: 150s]" in helped
+
+
+def test_bench_help_names_every_builtin_grid_and_the_kv_heads():
+    from sessionkit.bench.grids import BUILTIN_GRIDS
+
+    helped = " ".join(CliRunner().invoke(cli, ["step", "bench", "--help"]).output.split())
+    grid_help = helped.split("--grid TEXT", 1)[1].split("--config", 1)[0]
+    assert all(name in grid_help for name in BUILTIN_GRIDS), grid_help
+    assert "--config B,H,Sq,Sk,D,DTYPE,CAUSAL[,H_KV]" in helped

@@ -90,14 +90,17 @@ def serve(ctx, port, host):
     import tempfile
     from pathlib import Path
 
-    from ..serve import check_port_free
+    from ..serve import check_port_free, require_datasette
     from ..serve import serve as run_serve
 
     db = open_db(ctx)
+    require_datasette()
     check_port_free(host, port)
     path = Path(db.path)
     db.conn.close()
-    click.echo(f"Serving {path} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    where = (f"on a free port of {host} (Datasette prints its address below)" if port == 0
+             else f"at http://{host}:{port}/")
+    click.echo(f"Serving {path} {where} (Ctrl-C stops)", err=True)
     with tempfile.TemporaryDirectory(prefix="sessionkit-serve-") as tmp:
         code = run_serve(path, host=host, port=port, workdir=Path(tmp))
     sys.exit(code)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from ..attention import IMPLS, AttentionConfig
-from ..bench.grids import load_grid, parse_config, select_configs
+from ..bench.grids import BUILTIN_GRIDS, load_grid, parse_config, select_configs
 from ..bench.passes import ResultStore, measure_grid
 from ..bench.stats import geomean
 from ..bench.step import (DEFAULT_COOLDOWN, DEFAULT_PASSES, DEFAULT_PREHEAT_S, DEFAULT_TIME_LIMIT_S,
@@ -36,10 +36,12 @@ def _impl_names(text: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class BenchOptions(StepOptions):
     grid: str | None = option(None, parse=_grid_name,
-                              help="Named grid: quick (default), standard, seeds, or one from "
-                                   "[tool.sessionkit.grids] in pyproject.toml.")
+                              help="Named grid: quick (default), "
+                                   + ", ".join(g for g in BUILTIN_GRIDS if g != "quick")
+                                   + ", or one from [tool.sessionkit.grids] in pyproject.toml.")
     configs: tuple[AttentionConfig, ...] = option(
-        (), flag="--config", multiple=True, parse=parse_config, metavar="B,H,Sq,Sk,D,DTYPE,CAUSAL",
+        (), flag="--config", multiple=True, parse=parse_config,
+        metavar="B,H,Sq,Sk,D,DTYPE,CAUSAL[,H_KV]",
         dump=operator.attrgetter("spec"),
         help="A config to time (repeatable); alone it replaces the grid.")
     csv_path: str | None = option(None, flag="--csv", parse=file_path, metavar="FILE",
