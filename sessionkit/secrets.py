@@ -23,6 +23,16 @@ from .envinfo import MIN_SECRET_LEN, REDACTED, Redactor, is_secret_name
 _URL_CARRY = 512
 
 
+_WORDS = re.compile(r"\s+")
+# Taken off a value found inside a shell script: quotes, and separators that end a command.
+_SHELL_PUNCTUATION = "'\";&|()`"
+
+
+def _secret_assignment(name: str) -> bool:
+    """``API_KEY`` of ``API_KEY=xyz``: an identifier that names a secret."""
+    return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)) and is_secret_name(name)
+
+
 def _secret_option(name: str) -> bool:
     """``--password``, ``--api-key``, ``-token``: an option whose name says it holds a secret."""
     bare = name.lstrip("-")
@@ -43,16 +53,22 @@ class SecretScrubber(Redactor):
 
     @staticmethod
     def argv_secrets(argv: list[str]) -> list[str]:
-        """The values that ``argv`` passes in secret options or ``NAME=value`` secrets."""
+        """The values that ``argv`` passes in secret options or ``NAME=value`` secrets. An argument
+        that holds several words (the script of ``sh -c``) is read word by word the same way, with
+        the shell's quotes and separators taken off each value."""
         found = []
         for i, arg in enumerate(argv):
-            name, sep, value = str(arg).partition("=")
-            if sep and value and (_secret_option(name) or (not name.startswith("-")
-                                                            and is_secret_name(name))):
+            arg = str(arg)
+            if _WORDS.search(arg):
+                words = _WORDS.split(arg.strip())
+                found += [w.strip(_SHELL_PUNCTUATION) for w in SecretScrubber.argv_secrets(words)]
+                continue
+            name, sep, value = arg.partition("=")
+            if sep and value and (_secret_option(name) or _secret_assignment(name)):
                 found.append(value)
-            elif not sep and _secret_option(str(arg)) and i + 1 < len(argv):
+            elif not sep and _secret_option(arg) and i + 1 < len(argv):
                 found.append(str(argv[i + 1]))
-        return found
+        return [v for v in found if v]
 
     def argv(self, argv: list[str]) -> list[str]:
         """``argv`` with secret option values, ``NAME=value`` secrets and URL credentials replaced."""
@@ -64,11 +80,13 @@ class SecretScrubber(Redactor):
                 out.append(REDACTED)
                 hide_next = False
                 continue
+            if _WORDS.search(arg):  # several words in one argument (a shell script): word by word
+                out.append(self.prose(arg))
+                continue
             name, sep, value = arg.partition("=")
-            if sep and value and (_secret_option(name) or (not name.startswith("-")
-                                                            and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)
-                                                            and is_secret_name(name))):
-                out.append(f"{name}={REDACTED}")
+            if sep and value and (_secret_option(name) or _secret_assignment(name)):
+                core = value.rstrip(_SHELL_PUNCTUATION)  # keep a script's ';' or closing quote
+                out.append(f"{name}={REDACTED}{value[len(core):]}")
                 continue
             if not sep and _secret_option(arg):
                 hide_next = True

@@ -59,6 +59,32 @@ def test_no_secret_is_stored_or_rendered(tmp_path):
     assert f"https://{REDACTED}@example.com" in stored
 
 
+def test_secrets_inside_a_shell_script_are_scrubbed_everywhere(tmp_path):
+    """A secret option written inside one argument (the script of ``sh -c``) is found word by
+    word: its value leaves the stored command, options, summary, output tail and log, and the rest
+    of the script is kept."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), MY_API_TOKEN=TOKEN,
+               SESSIONKIT_DB=str(tmp_path / "sessions.db"))
+    assert sk("start", "--objective", "secrets in a script", env=env).returncode == 0
+    script = (f"echo $MY_API_TOKEN; echo --password={PASSWORD}; "
+              f"echo https://user:{URL_PASS}@host/x")
+    result = sk("step", "run", "s", "--", "sh", "-c", script, env=env)
+    assert result.returncode == 0, result.stderr
+    stored = everything_stored(tmp_path, env)
+    for secret in (TOKEN, PASSWORD, URL_PASS):
+        assert secret not in stored, secret
+    assert f"echo --password={REDACTED}; echo https://{REDACTED}@host/x" in stored  # the script
+    assert f"\n--password={REDACTED}\n" in stored  # the command's output line, in its log
+
+
+def test_script_arguments_are_read_word_by_word():
+    found = SecretScrubber.argv_secrets(["sh", "-c", "run --token=abc123def; API_KEY='q1w2e3r4' go"])
+    assert sorted(found) == ["abc123def", "q1w2e3r4"]
+    scrub = SecretScrubber({}, found)
+    assert scrub.argv(["sh", "-c", "run --token=abc123def; echo done"]) == [
+        "sh", "-c", f"run --token={REDACTED}; echo done"]
+
+
 def test_argv_scrubbing():
     scrub = SecretScrubber({"HF_TOKEN": "hf_abcdefgh"})
     assert scrub.argv(["tool", "--password=xyz", "--token", "abc", "--auth-token=q", "-v",
