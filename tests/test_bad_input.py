@@ -44,6 +44,15 @@ def test_an_unusable_step_name_leaves_no_row(name):
     assert open_db()["steps"].count == 0
 
 
+def test_step_run_without_a_name_is_a_usage_error_and_records_nothing():
+    """``step run -- echo hi``: click would take ``echo`` as the name and run ``hi``."""
+    assert invoke("start", "--objective", "x").exit_code == 0
+    result = invoke("step", "run", "--", "echo", "hi")
+    one_line_error(result, 2)
+    assert "no step name before --" in result.output
+    assert open_db()["steps"].count == 0
+
+
 def test_a_hundred_character_step_name_of_wide_letters_runs():
     assert invoke("start", "--objective", "x").exit_code == 0
     assert invoke("step", "run", "界" * 100, "--", "true").exit_code == 0

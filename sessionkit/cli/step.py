@@ -24,8 +24,19 @@ def _run_registered(ctx, step, options, *, name=None, kind="builtin", command=No
         sys.exit(code)
 
 
-@click.command("run", context_settings={"ignore_unknown_options": True,
-                                        "allow_interspersed_args": False})
+class _RunCommand(click.Command):
+    """``step run``: a ``--`` before NAME means the name was left out (click would take the
+    command's first word as the name)."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] == "--":
+            raise click.UsageError("no step name before --: sessionkit step run NAME -- CMD ARGS...",
+                                   ctx=ctx)
+        return super().parse_args(ctx, args)
+
+
+@click.command("run", cls=_RunCommand, context_settings={"ignore_unknown_options": True,
+                                                         "allow_interspersed_args": False})
 @click.argument("name")
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 @db_option
