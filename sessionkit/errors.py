@@ -52,8 +52,8 @@ class SessionAlreadyOpen(SessionkitError):
     """``start`` was asked while another session is open."""
 
 
-class StepNotFound(SessionkitError):
-    """No registered step has that name."""
+class StepNotFound(UsageError):
+    """No registered step has that name (a name the user gave: exit status 2)."""
 
 
 class StepFailed(SessionkitError):

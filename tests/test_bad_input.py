@@ -53,6 +53,13 @@ def test_step_run_without_a_name_is_a_usage_error_and_records_nothing():
     assert open_db()["steps"].count == 0
 
 
+def test_run_with_an_unknown_step_in_its_plan_is_a_usage_error():
+    result = invoke("run", "--objective", "x", "--plan", "preflight,nosuchstep", "--no-hooks",
+                    "--no-plots")
+    one_line_error(result, 2)
+    assert "nosuchstep" in result.output
+
+
 def test_a_hundred_character_step_name_of_wide_letters_runs():
     assert invoke("start", "--objective", "x").exit_code == 0
     assert invoke("step", "run", "界" * 100, "--", "true").exit_code == 0
