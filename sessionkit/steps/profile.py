@@ -22,7 +22,8 @@ from .typed import StepOptions, StepSummary, fact, option
 class ProfileOptions(StepOptions):
     config: AttentionConfig = option(prof.parse_profile_config(prof.DEFAULT_CONFIG),
                                      parse=prof.parse_profile_config,
-                                     dump=operator.attrgetter("spec"), metavar="TEXT",
+                                     dump=operator.attrgetter("spec"),
+                                     metavar="B,H,Sq,Sk,D,DTYPE,CAUSAL[,H_KV]",
                                      help="B,H,Sq,Sk,D,dtype,causal[,H_kv] to profile.")
     kernel: str = option("ours", choices=IMPLS,
                          help="Our kernel, or torch SDPA (default dispatch or one backend).")
