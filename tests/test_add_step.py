@@ -82,9 +82,27 @@ def test_a_new_step_needs_only_its_module_template_and_registry_entry(hello, tmp
     assert "## Greetings\n\nGreeted world 1 time.\n" in text
 
 
-def test_a_session_without_the_step_says_so_in_its_section(hello, tmp_path):
+def test_adding_the_step_changes_no_report_of_a_session_without_it(tmp_path, monkeypatch):
+    """A step added later shows only where it ran: the report of a session that never ran it is the
+    same with the step registered as without (so adding a step rewrites no report snapshot)."""
     db_path = str(tmp_path / "s.db")
     runner = CliRunner()
     assert runner.invoke(cli, ["--db", db_path, "start", "--objective", "x"]).exit_code == 0
-    report = runner.invoke(cli, ["--db", db_path, "report"])
-    assert "## Greetings\n\nNo hello step in this session.\n" in report.output
+    assert runner.invoke(cli, ["--db", db_path, "step", "run", "a", "--", "true"]).exit_code == 0
+
+    def report() -> str:
+        result = runner.invoke(cli, ["--db", db_path, "report", "--no-plots"],
+                               catch_exceptions=False)
+        assert result.exit_code == 0
+        return result.output
+
+    before = report()
+    monkeypatch.syspath_prepend(str(DATA))
+    monkeypatch.setitem(steps.REGISTRY, "hello", "hello_step:HelloStep")
+    try:
+        after = report()
+    finally:
+        sys.modules.pop("hello_step", None)
+    assert "No bench step in this session." in before  # built-in steps still say what was skipped
+    assert after == before
+    assert "Greetings" not in after

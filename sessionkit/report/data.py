@@ -292,7 +292,8 @@ INSTANCE_READERS = {"preflight": preflight_instance, "build": build_instance,
 
 
 def step_sections(db, steps: list[dict]) -> list[dict]:
-    """One section per registered step that has a report template, in the registry's order:
+    """One section per registered step that has a report template and ran in the session (or, for
+    the built-in pipeline steps, ``report_when_absent``, did not), in the registry's order:
     ``{"name", "template", "description", "instances": [...]}`` (the bench section also has
     ``side_by_side``). Each instance's ``summary`` is the step's ``summary_type`` read back from
     the row (a dict for a step without one)."""
@@ -310,6 +311,8 @@ def step_sections(db, steps: list[dict]) -> list[dict]:
             summary = (step_obj.summary_type.from_json(stored) if step_obj.summary_type
                        else stored)
             instances.append(reader(db, row, summary))
+        if not instances and not step_obj.report_when_absent:
+            continue
         section = {"name": name, "template": step_obj.template,
                    "description": step_obj.description, "instances": instances}
         if name == "bench":

@@ -185,6 +185,10 @@ class Step:
     # The step's report section, a Jinja template: a path under templates/ (``steps/NAME.md.j2``)
     # or an absolute path (a step outside the package). None: the step has no section.
     template: ClassVar[str | None] = None
+    # Whether the report shows the section when the step did not run ("No bench step in this
+    # session."): the built-in pipeline steps do; a step added later shows only where it ran, so
+    # that adding it changes no other report.
+    report_when_absent: ClassVar[bool] = False
 
     def run(self, context: StepContext) -> StepResult:  # pragma: no cover - interface
         raise NotImplementedError

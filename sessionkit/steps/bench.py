@@ -236,6 +236,7 @@ class BenchStep(Step):
     options_type = BenchOptions
     summary_type = BenchSummary
     template = "steps/bench.md.j2"
+    report_when_absent = True
 
     def run(self, context: StepContext) -> StepResult:
         return run_bench(context, context.options)

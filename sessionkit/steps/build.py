@@ -42,6 +42,7 @@ class BuildStep(Step):
     options_type = BuildOptions
     summary_type = BuildSummary
     template = "steps/build.md.j2"
+    report_when_absent = True
 
     def run(self, context) -> StepResult:
         env = context.latest_env()

@@ -58,6 +58,7 @@ class CorrectnessStep(Step):
     options_type = CorrectnessOptions
     summary_type = CorrectnessSummary
     template = "steps/correctness.md.j2"
+    report_when_absent = True
 
     def run(self, context: StepContext) -> StepResult:
         from ..kernels import checking

@@ -40,6 +40,7 @@ class PreflightStep(Step):
     budget_s = 30.0
     summary_type = PreflightSummary
     template = "steps/preflight.md.j2"
+    report_when_absent = True
 
     probe_factory: Callable[[], preflight.Probe] = preflight.Probe  # tests swap in a fake
 

@@ -68,6 +68,7 @@ class ProfileStep(Step):
     options_type = ProfileOptions
     summary_type = ProfileSummary
     template = "steps/profile.md.j2"
+    report_when_absent = True
 
     def run(self, context) -> StepResult:
         opts: ProfileOptions = context.options
