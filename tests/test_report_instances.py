@@ -157,3 +157,44 @@ def test_a_session_of_old_summaries_renders(db, session, make_context):
     assert "**Verdict:** memory-bound\n" in text
     side = re.search(r"\| config \| step 4 TFLOP/s \| step 5 TFLOP/s \| step 5 / step 4 \|", text)
     assert side is not None and "| fp16 B1 H8 S1024 D64 full | 10.7 | 10.7 | 1.000x |" in text
+
+
+# Values of the wrong type in a stored summary: a release that stored a field differently, or a
+# merged database from elsewhere.
+ODD_VALUES = [5, "text", [1], {"a": 1}, True, float("nan"), [[1, 2, 3]], ["ab"], [None], -1e308]
+
+
+def test_a_summary_value_of_the_wrong_type_reads_as_the_default():
+    from sessionkit.steps.bench import BenchSummary
+    from sessionkit.steps.preflight import PreflightSummary
+    from sessionkit.steps.profile import ProfileSummary
+
+    bench = BenchSummary.from_json({"cooldown": "1", "passes": True, "graph": "yes", "grid": 5,
+                                    "impls": ["ours", 1], "elapsed_s": 3, "preheat": [1]})
+    assert (bench.cooldown, bench.passes, bench.graph, bench.grid, bench.preheat) == (None,) * 5
+    assert bench.impls == ["ours"] and bench.elapsed_s == 3  # an int where a float is declared
+    checks = PreflightSummary.from_json({"checks": [1, {"name": "gpu"}, "x"], "failed": "2"})
+    assert checks.checks == [{"name": "gpu"}] and checks.failed is None
+    assert ProfileSummary.from_json({"stalls": 5, "suggestions": 3}) == ProfileSummary()
+
+
+def test_summaries_of_the_wrong_types_render(db, session, make_context):
+    names = [name for name in REGISTRY if get_step(name).summary_type is not None]
+    for value in ODD_VALUES:
+        for name in names:
+            context = make_context(name=name)
+            if name == "bench":
+                context.db["bench_results"].insert({
+                    "step_id": context.step_id, "impl": "ours", "dtype": "fp16", "batch_size": 1,
+                    "num_heads": 8, "seq_len_q": 1024, "seq_len_k": 1024, "head_dim": 64,
+                    "causal": 0, "latency_ms": 0.2, "tflops": 10.7, "status": "ok",
+                    "speedup_vs_sdpa": 1.1})
+            stored = {field: value for field in get_step(name).summary_type.units()}
+            with db.conn:
+                db.execute("UPDATE steps SET status = 'passed', summary = ?, ended_at = started_at,"
+                           " duration_s = 1 WHERE id = ?", [json.dumps(stored), context.step_id])
+    data = report_data(db, session["number"])
+    for name in ("preflight", "build", "correctness", "bench", "profile"):
+        assert len(section(data, name)["instances"]) == len(ODD_VALUES), name
+    text = session_report(db, session["number"]).text
+    assert text.count("| config | ours (ms) | SDPA (ms) |") == len(ODD_VALUES)

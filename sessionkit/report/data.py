@@ -271,11 +271,17 @@ def bench_side_by_side(instances: list[dict]) -> dict | None:
     return {"impl": impl, "steps": steps, "rows": rows, "geomeans": geomeans}
 
 
+def _stall(entry) -> bool:
+    """A stored stall reason is ``[name, % of stalls]``; anything else is left out."""
+    return (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], (int, float))
+            and not isinstance(entry[1], bool))
+
+
 def profile_instance(db, step: dict, summary) -> dict:
     metrics = {m["key"]: m for m in _step_metrics(db, step["id"]) if m["key"] in PROFILE_KEYS}
     return {**instance_base(step, summary),
             "metrics": [{"key": k, **metrics[k]} for k in PROFILE_KEYS if k in metrics],
-            "stalls": [list(s) for s in summary.stalls or []],
+            "stalls": [list(s) for s in summary.stalls or [] if _stall(s)],
             "suggestions": [g for g in summary.suggestions or [] if isinstance(g, dict)]}
 
 
