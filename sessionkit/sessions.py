@@ -16,11 +16,30 @@ from .timefmt import fmt_duration, now_iso, seconds_between
 END_STATUSES = ("passed", "failed", "abandoned")
 
 
+def _loads(text, default=None):
+    """A JSON column's value; ``default`` for text that is not JSON (a damaged or foreign row)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
 def _decode(row: dict) -> dict:
+    """A sessions row with its JSON columns read: ``plan`` a list of step names and
+    ``step_budgets`` {name: seconds}; what a damaged or foreign row holds instead is left out."""
+    import math
+
     row = dict(row)
-    for key in ("plan", "step_budgets"):
-        if isinstance(row.get(key), str):
-            row[key] = json.loads(row[key])
+    if "plan" in row:
+        plan = _loads(row["plan"]) if isinstance(row["plan"], str) else row["plan"]
+        row["plan"] = [p for p in plan if isinstance(p, str)] if isinstance(plan, list) else []
+    if "step_budgets" in row:
+        budgets = row["step_budgets"]
+        budgets = _loads(budgets) if isinstance(budgets, str) else budgets
+        row["step_budgets"] = {
+            k: v for k, v in budgets.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        } if isinstance(budgets, dict) else {}
     return row
 
 
@@ -203,9 +222,9 @@ def session_steps(db, session_id: str) -> list[dict]:
     out = []
     for row in rows:
         row = dict(row)
-        for key in ("summary", "options", "command"):
+        for key in ("summary", "options", "command"):  # text that is not JSON stays text
             if isinstance(row.get(key), str):
-                row[key] = json.loads(row[key])
+                row[key] = _loads(row[key], row[key])
         out.append(row)
     return out
 

@@ -287,3 +287,29 @@ def test_status_counts_runs_apart_from_the_planned_steps_done():
     assert "  steps:     5 runs; 1 of 2 planned done" in r.output and "  next:      bench" in r.output
     data = json.loads(invoke("status", "--json").output)
     assert (data["runs"], data["planned_done"], data["next_step"]) == (5, ["build"], "bench")
+
+
+@pytest.mark.parametrize("column, text", [
+    ("steps.summary", "not json{"), ("steps.options", "not json{"), ("steps.command", "{"),
+    ("sessions.plan", "not json{"), ("sessions.plan", "5"), ("sessions.plan", "null"),
+    ("sessions.plan", '["build", 1]'), ("sessions.step_budgets", "not json{"),
+    ("sessions.step_budgets", "[1]"), ("sessions.step_budgets", '{"x": "60s", "y": NaN}'),
+])
+def test_json_columns_that_do_not_hold_what_was_written_are_read_without_a_crash(column, text):
+    """A row damaged or written elsewhere (a merged database) is still shown, exported and
+    reported, and the open session still records steps."""
+    assert invoke("start", "--objective", "odd rows", "--plan", "x,build").exit_code == 0
+    assert invoke("step", "run", "x", "--", "true").exit_code == 0
+    table, name = column.split(".")
+    db = open_db()
+    with db.conn:
+        db.execute(f"UPDATE {table} SET {name} = ?", [text])
+    for args in (["show", "last"], ["status"], ["export"], ["report"], ["sessions"],
+                 ["step", "run", "y", "--", "true"], ["status", "--json"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0 and result.exception is None, (args, result.output)
+    exported = json.loads(invoke("export").output)
+    session = exported["session"]
+    assert isinstance(session["plan"], list) and isinstance(session["step_budgets"], dict)
+    if column == "steps.summary":  # the text is shown as it is, not dropped
+        assert "not json{" in json.dumps(exported)
