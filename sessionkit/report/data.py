@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from ..attention import SDPA_IMPLS, AttentionConfig
 from ..costs import session_costs
+from ..envinfo import snapshot_data
 from ..sessions import get_session, session_steps
 from ..timefmt import now_iso, seconds_between
 from . import aggregates
-from .aggregates import decode_json, geomean, table_exists
+from .aggregates import geomean, table_exists
 
 BUILD_KERNEL_KEYS = ("registers", "smem_bytes", "spill_store_bytes", "spill_load_bytes")
 TELEMETRY_KEYS = ("power_mean_w", "power_max_w", "energy_j", "temp_max_c", "sm_clock_min_mhz",
@@ -114,7 +115,7 @@ def environment_section(db, session: dict) -> dict | None:
     if not rows:
         return None
     latest = rows[-1]
-    data = decode_json(latest["data"], {}) or {}
+    data = snapshot_data(latest["data"])
     latest = {**latest, "data": data}
     torch_info = data.get("torch") or {}
     tool = data.get("toolchain") or {}
@@ -140,7 +141,7 @@ def environment_section(db, session: dict) -> dict | None:
         [session["number"]]))
     if prev_rows:
         prev = prev_rows[0]
-        changes = diff_snapshots(decode_json(prev["data"], {}) or {}, data)
+        changes = diff_snapshots(snapshot_data(prev["data"]), data)
         previous = {"number": prev["number"], "name": prev["name"],
                     "changes": [{"key": k, "old": o, "new": n} for k, o, n in changes]}
     return {"taken_at": latest["taken_at"], "host": latest.get("host"),
