@@ -288,10 +288,12 @@ class StepOptions:
 
 
 def file_path(text: str) -> str:
-    """The ``parse`` of an option naming a file to write: the path as given, refused when it holds
-    a NUL character (no file name can) or names a folder."""
+    """The ``parse`` of an option naming a file to write: the path as given, refused when it is
+    empty, holds a NUL character (no file name can) or names a folder."""
     import os
 
+    if not text.strip():
+        raise UsageError("an empty file name.")
     if "\x00" in text:
         raise UsageError(f"{text!r} contains a NUL character")
     if os.path.isdir(text):
