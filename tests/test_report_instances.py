@@ -198,3 +198,27 @@ def test_summaries_of_the_wrong_types_render(db, session, make_context):
         assert len(section(data, name)["instances"]) == len(ODD_VALUES), name
     text = session_report(db, session["number"]).text
     assert text.count("| config | ours (ms) | SDPA (ms) |") == len(ODD_VALUES)
+
+
+def test_a_step_still_running_is_shown_with_what_it_recorded_so_far(db, session, make_context):
+    """A report taken while bench and correctness run (from another terminal) showed 'No bench
+    step in this session.' and hid the results already stored."""
+    bench = make_context(name="bench")
+    bench.db["bench_results"].insert({
+        "step_id": bench.step_id, "impl": "ours", "dtype": "fp16", "batch_size": 1, "num_heads": 8,
+        "seq_len_q": 1024, "seq_len_k": 1024, "head_dim": 64, "causal": 0, "latency_ms": 0.2,
+        "tflops": 10.7, "status": "ok", "speedup_vs_sdpa": 1.1})
+    make_context(name="correctness")  # running, nothing recorded yet
+    assert [r["status"] for r in db.query("SELECT status FROM steps ORDER BY seq")] == \
+        ["running", "running"]
+    data = report_data(db, session["number"])
+    assert [i["status"] for i in section(data, "bench")["instances"]] == ["running"]
+    assert data["bench"] is None  # the finished bench that MLflow logs and compare reads: none yet
+    text = session_report(db, session["number"]).text
+    assert "No bench step in this session." not in text
+    assert "No correctness step in this session." not in text
+    assert "The bench step (step 1) is still running: what it recorded so far." in text
+    assert "| fp16 B1 H8 S1024 D64 full | 0.200 |" in text
+    assert "The correctness step (step 2) is still running, so far without recording any " \
+        "configuration." in text
+    assert "Nothing to compare yet: the bench step is still running." in text

@@ -155,10 +155,9 @@ def environment_section(db, session: dict) -> dict | None:
 
 
 def step_instances(steps: list[dict], name: str) -> list[dict]:
-    """The finished built-in steps named ``name``, in order (a command step that took the name,
-    ``sessionkit step run bench -- ...``, is not one; a running step is left out)."""
-    return [s for s in steps if s["name"] == name and s.get("kind", "builtin") == "builtin"
-            and s["status"] != "running"]
+    """The built-in steps named ``name``, in order, a running one with what it recorded so far (a
+    command step that took the name, ``sessionkit step run bench -- ...``, is not one)."""
+    return [s for s in steps if s["name"] == name and s.get("kind", "builtin") == "builtin"]
 
 
 def instance_base(step: dict, summary) -> dict:
@@ -418,8 +417,8 @@ def telemetry_timeline(db, steps: list[dict]) -> dict | None:
 def report_data(db, session_ref=None, *, now: str | None = None) -> dict:
     """All the facts of one session's report. ``session_ref``: id, number, name, 'last', or None.
 
-    ``sections`` holds the step sections (:func:`step_sections`); ``bench`` is the last bench
-    step's instance (the one MLflow logs and the previous session is compared with), or None.
+    ``sections`` holds the step sections (:func:`step_sections`); ``bench`` is the last finished
+    bench step's instance (the one MLflow logs and the previous session is compared with), or None.
     """
     session = session_ref if isinstance(session_ref, dict) else get_session(db, session_ref)
     now = now or now_iso()
@@ -430,7 +429,7 @@ def report_data(db, session_ref=None, *, now: str | None = None) -> dict:
         latest_env = {**_env_rows(db, session["id"])[-1], "data": env["data"]}
     sections = step_sections(db, steps)
     benches = next((s["instances"] for s in sections if s["name"] == "bench"), [])
-    bench = benches[-1] if benches else None
+    bench = next((b for b in reversed(benches) if b["status"] != "running"), None)
     return {
         "session": header_section(session, latest_env, now),
         "steps": steps_section(steps, now),
