@@ -117,8 +117,9 @@ def start_session(db, name: str | None = None, *, objective: str, plan=None, bud
 
 def steps_status(db, session_id: str) -> tuple[str, str]:
     """The status a session's steps call for, and why: ``("failed", reason)`` when the latest run of
-    any step name ended ``failed`` or ``interrupted``, else ``("passed", reason)``. A step that failed
-    and then passed on a later run counts as passed; a skipped step counts as neither.
+    any step name ended ``failed`` or ``interrupted``, or when no step passed (none ran, or every
+    one was skipped), else ``("passed", reason)``. A step that failed and then passed on a later run
+    counts as passed; a skipped step counts as neither.
 
     This is what :func:`end_session` records when it is given no status.
     """
@@ -132,14 +133,21 @@ def steps_status(db, session_id: str) -> tuple[str, str]:
         return "failed", "the latest run of " + ", ".join(bad)
     passed = sum(1 for status in latest.values() if status == "passed")
     if not latest:
-        return "passed", "no step ran"
+        return "failed", "no step ran"
+    if not passed:  # every step skipped: nothing was shown to work
+        return "failed", f"no step passed ({_count(len(latest), 'step')} skipped)"
     return "passed", f"the latest run of each step passed or was skipped ({passed} passed)"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def end_session(db, session: dict | None = None, *, outcome: str, status: str | None = None) -> dict:
     """End ``session`` (default: the open one) with ``outcome`` and ``status`` (one of
     :data:`END_STATUSES`). Without ``status`` it is taken from the steps (:func:`steps_status`):
-    ``failed`` when the latest run of any step failed or was interrupted, else ``passed``; the
+    ``failed`` when the latest run of any step failed or was interrupted or no step passed, else
+    ``passed``; the
     returned row then carries the reason as ``status_reason``.
 
     Raises :class:`UsageError` for a bad status, an empty outcome, a session already ended or a step

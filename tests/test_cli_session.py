@@ -249,6 +249,22 @@ def test_end_without_status_takes_it_from_the_latest_run_of_each_step():
     assert get_session(open_db(), 3)["status"] == "passed"
 
 
+def test_end_without_status_does_not_call_a_session_where_no_step_passed_passed(db, session):
+    """A session whose steps were all skipped (a CPU machine) or that ran none ended 'passed',
+    while 'sessionkit run' calls the same steps 'failed'."""
+    from sessionkit.sessions import end_session, start_session
+
+    for seq, name in enumerate(["build", "bench"], 1):
+        db["steps"].insert({"id": f"s{seq}", "session_id": session["id"], "seq": seq, "name": name,
+                            "status": "skipped", "started_at": "2026-01-01T00:00:00+00:00",
+                            "host": "h", "pid": 1})
+    done = end_session(db, session, outcome="no GPU here")
+    assert (done["status"], done["status_reason"]) == ("failed", "no step passed (2 steps skipped)")
+    empty = start_session(db, objective="nothing")
+    done = end_session(db, empty, outcome="nothing ran")
+    assert (done["status"], done["status_reason"]) == ("failed", "no step ran")
+
+
 def test_end_session_default_counts_interrupted_steps(db, session):
     from sessionkit.sessions import end_session
 
