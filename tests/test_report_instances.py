@@ -11,6 +11,8 @@ import json
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from step_standins import GRAPH_SPEEDUP, fake_bench_gpu, fake_ncu
 
 from sessionkit.report import session_report
@@ -176,6 +178,40 @@ def test_a_summary_value_of_the_wrong_type_reads_as_the_default():
     checks = PreflightSummary.from_json({"checks": [1, {"name": "gpu"}, "x"], "failed": "2"})
     assert checks.checks == [{"name": "gpu"}] and checks.failed is None
     assert ProfileSummary.from_json({"stalls": 5, "suggestions": 3}) == ProfileSummary()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from([n for n in REGISTRY if get_step(n).summary_type is not None]),
+       data=st.data())
+def test_any_stored_summary_reads_as_values_of_the_declared_types(name, data):
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    declared = {  # the annotations the built-in summaries use, and what each admits
+        "str | None": lambda v: isinstance(v, str),
+        "int | None": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float | None": number, "bool | None": lambda v: isinstance(v, bool),
+        "dict | None": lambda v: isinstance(v, dict), "list | None": lambda v: isinstance(v, list),
+        "list[str] | None": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+        "list[dict] | None": lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v),
+    }
+    summary_type = get_step(name).summary_type
+    fields = list(summary_type.units())
+    stored = data.draw(st.one_of(
+        JSON_VALUES, st.dictionaries(st.sampled_from(fields), JSON_VALUES, max_size=len(fields))))
+    summary = summary_type.from_json(json.dumps(stored))
+    annotations = {}
+    for cls in reversed(summary_type.__mro__):
+        annotations.update(getattr(cls, "__annotations__", {}))
+    for field in fields:
+        value = getattr(summary, field)
+        assert value is None or declared[annotations[field]](value), (field, value)
 
 
 def test_summaries_of_the_wrong_types_render(db, session, make_context):
