@@ -13,8 +13,8 @@ from pathlib import Path
 from .errors import SessionkitError
 
 
-def write_atomic(path: str | os.PathLike, text: str, *, make_parents: bool = False) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically and return the path.
+def write_atomic(path: str | os.PathLike, text: str | bytes, *, make_parents: bool = False) -> Path:
+    """Write ``text`` (str as UTF-8, or bytes) to ``path`` atomically and return the path.
 
     A regular file or a new path is replaced whole (a temporary file, then a rename). A symbolic link
     is kept: its target is written that way instead. Anything else that is not a regular file (a FIFO,
@@ -52,11 +52,11 @@ def _target(path: Path) -> Path | None:
     return path
 
 
-def _write_in_place(path: Path, text: str) -> None:
+def _write_in_place(path: Path, text: str | bytes) -> None:
     """Write to a FIFO, device or descriptor link as it is (no temporary file, no rename)."""
     try:
         with open(path, "wb") as fh:
-            fh.write(text.encode("utf-8"))
+            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
             fh.flush()
     except OSError as exc:
         raise SessionkitError(f"cannot write {path}: {_reason(exc)}") from None
@@ -68,7 +68,7 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _replace(path: Path, text: str, *, make_parents: bool, shown: Path) -> None:
+def _replace(path: Path, text: str | bytes, *, make_parents: bool, shown: Path) -> None:
     tmp = None
     try:
         if make_parents:
@@ -76,8 +76,8 @@ def _replace(path: Path, text: str, *, make_parents: bool, shown: Path) -> None:
         elif not path.parent.is_dir():
             raise SessionkitError(f"cannot write {shown}: the folder {path.parent} does not exist")
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
             fh.flush()
             os.fsync(fh.fileno())
         umask = os.umask(0)

@@ -156,10 +156,30 @@ def _snapshot_row(db, session: dict) -> dict:
     return _with_session(rows[0], session)
 
 
+def snapshot_data(text) -> dict:
+    """A snapshot's ``data`` column read back as a dict. A row that does not hold what
+    :func:`store_snapshot` writes (not JSON, not an object; a damaged or foreign row) reads as {};
+    of the parts readers look into, ``gpus`` keeps only its objects and ``torch``, ``toolchain``,
+    ``git`` and ``python`` are left out unless they are objects."""
+    if isinstance(text, str):
+        try:
+            text = json.loads(text or "{}")
+        except ValueError:
+            text = None
+    data = dict(text) if isinstance(text, dict) else {}
+    if "gpus" in data:
+        gpus = data["gpus"]
+        data["gpus"] = [g for g in gpus if isinstance(g, dict)] if isinstance(gpus, list) else []
+    for key in ("torch", "toolchain", "git", "python"):
+        if key in data and not isinstance(data[key], dict):
+            del data[key]
+    return data
+
+
 def _with_session(row: dict, session: dict) -> dict:
     return {"session": {"number": session["number"], "id": session["id"], "name": session["name"]},
             "taken_at": row["taken_at"], "step_id": row["step_id"], "id": row["id"],
-            "data": json.loads(row["data"] or "{}")}
+            "data": snapshot_data(row["data"])}
 
 
 def _latest_snapshot_sessions(db, limit: int) -> list[dict]:

@@ -13,8 +13,9 @@ version does not know is left out, and said so). Artifact files are copied under
 ``artifacts/session-N/`` when they can be found inside the other database's own artifacts folder (at
 their recorded path, or at the same place below that folder); otherwise their row is kept with
 ``missing = 1``. Reads are confined as writes are: a recorded path that resolves outside the other
-database's artifacts folder (an absolute path elsewhere, ``..``, a symlink out) is never read, and
-its row is kept with ``missing = 1`` and the reason. A copy only ever
+database's artifacts folder (an absolute path elsewhere, ``..``, a symlink out) is never read, nor
+is any file when that folder is itself a symlink, and its row is kept with ``missing = 1`` and the
+reason. A copy only ever
 lands inside ``artifacts/session-N/``: a recorded path whose part below ``session-N/`` is absolute,
 holds ``..`` or resolves (through symlinks) outside that folder is not copied; its row is kept with
 ``missing = 1`` and the reason is listed in :attr:`MergeResult.missing_artifacts`, as is a copy that
@@ -265,8 +266,11 @@ def _artifact_source(path_text: str, source_db: Path, folder: str, tail: str) ->
     are read: the recorded path (taken relative to the database's folder when relative), then
     ``<artifacts>/<folder>/<tail>``. One that resolves elsewhere (an absolute path out, ``..``, a
     symlink that leads out) is refused, so that a crafted database cannot have any readable file of
-    this host copied in."""
+    this host copied in. An artifacts folder that is itself a symbolic link is not read at all."""
     root = artifacts_root(source_db)
+    if root.is_symlink():  # "inside" it would be inside wherever it points: / or a home folder
+        return None, (f"the source database's artifacts folder {root} is a symbolic link; files "
+                      "are read only from a real folder")
     recorded = Path(path_text)
     candidates = [recorded if recorded.is_absolute() else source_db.resolve().parent / recorded,
                   root / folder / tail]

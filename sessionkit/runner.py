@@ -31,7 +31,9 @@ EXIT_SKIPPED = 125
 SIGNAL_NAMES = {EXIT_SIGTERM: "SIGTERM", EXIT_SIGHUP: "SIGHUP", EXIT_SIGINT: "Ctrl-C"}
 # Disk space kept free while a step runs and given back before its end is written, so that a step
 # that filled the disk can still be recorded as failed, with the reason.
+# With less free space than that, the most of it that can be had, halving down to the least.
 RESERVE_BYTES = 512 * 1024
+RESERVE_MIN_BYTES = 16 * 1024
 RESERVE_NAME = ".space-reserve"
 
 
@@ -57,20 +59,25 @@ def _chain(exc: BaseException | None):
 
 
 def _reserve_space(workdir: Path) -> Path | None:
+    """A file in ``workdir`` holding :data:`RESERVE_BYTES` of disk space (or, on a disk with less
+    free, the most it can hold, down to :data:`RESERVE_MIN_BYTES`); None without one."""
     path = workdir / RESERVE_NAME
-    try:
-        with open(path, "wb") as fh:
-            try:
-                os.posix_fallocate(fh.fileno(), 0, RESERVE_BYTES)
-            except (AttributeError, OSError):
-                fh.write(b"\0" * RESERVE_BYTES)
-        return path
-    except OSError:
+    size = RESERVE_BYTES
+    while size >= RESERVE_MIN_BYTES:
         try:
-            path.unlink()
+            with open(path, "wb") as fh:
+                try:
+                    os.posix_fallocate(fh.fileno(), 0, size)
+                except (AttributeError, OSError):
+                    fh.write(b"\0" * size)
+            return path
         except OSError:
-            pass
-        return None
+            size //= 2
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    return None
 
 
 def _release_space(path: Path | None) -> None:

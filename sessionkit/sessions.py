@@ -16,11 +16,30 @@ from .timefmt import fmt_duration, now_iso, seconds_between
 END_STATUSES = ("passed", "failed", "abandoned")
 
 
+def _loads(text, default=None):
+    """A JSON column's value; ``default`` for text that is not JSON (a damaged or foreign row)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
 def _decode(row: dict) -> dict:
+    """A sessions row with its JSON columns read: ``plan`` a list of step names and
+    ``step_budgets`` {name: seconds}; what a damaged or foreign row holds instead is left out."""
+    import math
+
     row = dict(row)
-    for key in ("plan", "step_budgets"):
-        if isinstance(row.get(key), str):
-            row[key] = json.loads(row[key])
+    if "plan" in row:
+        plan = _loads(row["plan"]) if isinstance(row["plan"], str) else row["plan"]
+        row["plan"] = [p for p in plan if isinstance(p, str)] if isinstance(plan, list) else []
+    if "step_budgets" in row:
+        budgets = row["step_budgets"]
+        budgets = _loads(budgets) if isinstance(budgets, str) else budgets
+        row["step_budgets"] = {
+            k: v for k, v in budgets.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        } if isinstance(budgets, dict) else {}
     return row
 
 
@@ -98,8 +117,9 @@ def start_session(db, name: str | None = None, *, objective: str, plan=None, bud
 
 def steps_status(db, session_id: str) -> tuple[str, str]:
     """The status a session's steps call for, and why: ``("failed", reason)`` when the latest run of
-    any step name ended ``failed`` or ``interrupted``, else ``("passed", reason)``. A step that failed
-    and then passed on a later run counts as passed; a skipped step counts as neither.
+    any step name ended ``failed`` or ``interrupted``, or when no step passed (none ran, or every
+    one was skipped), else ``("passed", reason)``. A step that failed and then passed on a later run
+    counts as passed; a skipped step counts as neither.
 
     This is what :func:`end_session` records when it is given no status.
     """
@@ -113,14 +133,21 @@ def steps_status(db, session_id: str) -> tuple[str, str]:
         return "failed", "the latest run of " + ", ".join(bad)
     passed = sum(1 for status in latest.values() if status == "passed")
     if not latest:
-        return "passed", "no step ran"
+        return "failed", "no step ran"
+    if not passed:  # every step skipped: nothing was shown to work
+        return "failed", f"no step passed ({_count(len(latest), 'step')} skipped)"
     return "passed", f"the latest run of each step passed or was skipped ({passed} passed)"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def end_session(db, session: dict | None = None, *, outcome: str, status: str | None = None) -> dict:
     """End ``session`` (default: the open one) with ``outcome`` and ``status`` (one of
     :data:`END_STATUSES`). Without ``status`` it is taken from the steps (:func:`steps_status`):
-    ``failed`` when the latest run of any step failed or was interrupted, else ``passed``; the
+    ``failed`` when the latest run of any step failed or was interrupted or no step passed, else
+    ``passed``; the
     returned row then carries the reason as ``status_reason``.
 
     Raises :class:`UsageError` for a bad status, an empty outcome, a session already ended or a step
@@ -203,9 +230,9 @@ def session_steps(db, session_id: str) -> list[dict]:
     out = []
     for row in rows:
         row = dict(row)
-        for key in ("summary", "options", "command"):
+        for key in ("summary", "options", "command"):  # text that is not JSON stays text
             if isinstance(row.get(key), str):
-                row[key] = json.loads(row[key])
+                row[key] = _loads(row[key], row[key])
         out.append(row)
     return out
 

@@ -45,8 +45,14 @@ def parse_duration(text: str) -> float:
     return value
 
 
+# A $/hour rate above this is a typo (a full 8-GPU node rents for tens of dollars an hour); with it,
+# costs stay finite numbers (JSON has no Infinity) for any length of time a session can have.
+MAX_RATE_USD_PER_H = 1_000_000.0
+
+
 def parse_rate(text: str | float | int | None, what: str) -> float | None:
-    """A $/hour rate, ``None`` when not set. Accepts ``2.5`` or ``$2.50``."""
+    """A $/hour rate, ``None`` when not set. Accepts ``2.5`` or ``$2.50``, from 0 to
+    :data:`MAX_RATE_USD_PER_H`; UsageError (one line) for anything else."""
     if text is None or text == "":
         return None
     try:
@@ -55,6 +61,8 @@ def parse_rate(text: str | float | int | None, what: str) -> float | None:
         raise UsageError(f"bad {what} {text!r}: give US dollars per hour, e.g. 2.50") from None
     if not math.isfinite(value) or value < 0:
         raise UsageError(f"bad {what} {text!r}: it must be a non-negative number of dollars per hour")
+    if value > MAX_RATE_USD_PER_H:
+        raise UsageError(f"bad {what} {text!r}: at most {MAX_RATE_USD_PER_H:,.0f} dollars per hour")
     return value
 
 

@@ -169,6 +169,57 @@ def test_report_files_are_replaced_whole_or_not_at_all(tmp_path):
     assert ".tmp" not in out  # no temporary file left behind
 
 
+PLOTS_ATOMIC = textwrap.dedent("""
+    set -u
+    mount -t tmpfs -o size=3m tmpfs "$1" || exit 77
+    cd "$1"
+    "$2" -c "import fixtures_db; fixtures_db.build_fixture_db('$1/f.db')" || exit 78
+    "$2" -m sessionkit --db f.db report 2 -o r.md >/dev/null || exit 79
+    ls r*.png >/dev/null || exit 80
+    for png in r*.png; do echo "an earlier image" > "$png"; done   # smaller than the new ones
+    sha256sum r.md r*.png > "$3"
+    head -c 3000000 /dev/zero > filler 2>/dev/null   # the disk is now full
+    "$2" -m sessionkit --db f.db report 2 -o r.md; echo "EXIT $?"
+    sha256sum -c "$3" && echo INTACT
+    ls -a
+""")
+
+
+def test_report_plots_are_replaced_whole_or_not_at_all(tmp_path):
+    pytest.importorskip("matplotlib", reason="plots need matplotlib (the 'plots' extra)")
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("util-linux's unshare is needed to mount a small tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([unshare, "-rm", "sh", "-c", PLOTS_ATOMIC, "sh", str(mnt),
+                             sys.executable, str(tmp_path / "sums")], capture_output=True,
+                            text=True, timeout=120, env=env)
+    if result.returncode == 77 or result.stderr.startswith("unshare:"):
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()[:200]}")
+    out, err = result.stdout, result.stderr
+    assert "EXIT 1" in out and "INTACT" in out, out + err
+    assert "Traceback" not in err
+    assert err.strip().startswith("Error: ") and len(err.strip().splitlines()) == 1, err
+    assert "no space left on device" in err and ".tmp" not in out
+
+
+def test_report_plots_into_a_folder_that_cannot_be_made_is_one_line(tmp_path):
+    pytest.importorskip("matplotlib", reason="plots need matplotlib (the 'plots' extra)")
+    from fixtures_db import build_fixture_db
+
+    build_fixture_db(tmp_path / "f.db").conn.close()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = CliRunner().invoke(cli, ["--db", str(tmp_path / "f.db"), "report", "2", "-o",
+                                      str(blocker / "sub" / "r.md")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    assert result.output.startswith("Error: cannot make the folder") and \
+        len(result.output.strip().splitlines()) == 1, result.output
+
+
 @pytest.mark.parametrize("args, named", [
     ([b"start", b"\xff", b"--objective", b"o"], b"argument 2"),
     ([b"start", b"--objective", b"o\xfe"], b"the value of --objective"),

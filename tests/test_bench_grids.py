@@ -96,6 +96,11 @@ num_heads = 32
     ('[tool.sessionkit.grids.bad]\ndtype="bf16"\nhead_dim=64\nseq_len=[8, -1]\nbatch_size=1\n'
      'num_heads=2\n', "seq_len must be a positive integer"),
     ('[tool.sessionkit]\ngrids = 3\n', "must be a table"),
+    # a table with an empty list made a grid of no config, which the bench ran as nothing
+    ('[tool.sessionkit.grids.bad]\ndtype=[]\nhead_dim=64\nseq_len=8\nbatch_size=1\n'
+     'num_heads=1\n', "'dtype' is an empty list"),
+    ('[tool.sessionkit.grids.bad]\ndtype="bf16"\nhead_dim=64\nseq_len=8\nbatch_size=1\n'
+     'num_heads=1\ncausal=[]\n', "'causal' is an empty list"),
 ])
 def test_bad_project_grids_are_one_line_usage_errors(tmp_path, body, fragment):
     if body.startswith("[tool.sessionkit]\n"):

@@ -194,6 +194,12 @@ def test_preheat_option():
     assert bench_step.parse_preheat("20s") == 20.0
     with pytest.raises(UsageError, match="bad duration"):
         bench_step.parse_preheat("soon")
+    # a zero length of time in any unit skips it too, as --help says "0 to skip"
+    for zero in ("0ms", "0.0s", "0m", "0h0m", " 0 s "):
+        assert bench_step.parse_preheat(zero) == 0.0, zero
+    for bad in ("-0s", "0x", "0s5"):
+        with pytest.raises(UsageError, match="bad duration"):
+            bench_step.parse_preheat(bad)
 
 
 def test_cooldown_rests_the_gpu_in_proportion(monkeypatch):

@@ -249,6 +249,22 @@ def test_end_without_status_takes_it_from_the_latest_run_of_each_step():
     assert get_session(open_db(), 3)["status"] == "passed"
 
 
+def test_end_without_status_does_not_call_a_session_where_no_step_passed_passed(db, session):
+    """A session whose steps were all skipped (a CPU machine) or that ran none ended 'passed',
+    while 'sessionkit run' calls the same steps 'failed'."""
+    from sessionkit.sessions import end_session, start_session
+
+    for seq, name in enumerate(["build", "bench"], 1):
+        db["steps"].insert({"id": f"s{seq}", "session_id": session["id"], "seq": seq, "name": name,
+                            "status": "skipped", "started_at": "2026-01-01T00:00:00+00:00",
+                            "host": "h", "pid": 1})
+    done = end_session(db, session, outcome="no GPU here")
+    assert (done["status"], done["status_reason"]) == ("failed", "no step passed (2 steps skipped)")
+    empty = start_session(db, objective="nothing")
+    done = end_session(db, empty, outcome="nothing ran")
+    assert (done["status"], done["status_reason"]) == ("failed", "no step ran")
+
+
 def test_end_session_default_counts_interrupted_steps(db, session):
     from sessionkit.sessions import end_session
 
@@ -287,3 +303,29 @@ def test_status_counts_runs_apart_from_the_planned_steps_done():
     assert "  steps:     5 runs; 1 of 2 planned done" in r.output and "  next:      bench" in r.output
     data = json.loads(invoke("status", "--json").output)
     assert (data["runs"], data["planned_done"], data["next_step"]) == (5, ["build"], "bench")
+
+
+@pytest.mark.parametrize("column, text", [
+    ("steps.summary", "not json{"), ("steps.options", "not json{"), ("steps.command", "{"),
+    ("sessions.plan", "not json{"), ("sessions.plan", "5"), ("sessions.plan", "null"),
+    ("sessions.plan", '["build", 1]'), ("sessions.step_budgets", "not json{"),
+    ("sessions.step_budgets", "[1]"), ("sessions.step_budgets", '{"x": "60s", "y": NaN}'),
+])
+def test_json_columns_that_do_not_hold_what_was_written_are_read_without_a_crash(column, text):
+    """A row damaged or written elsewhere (a merged database) is still shown, exported and
+    reported, and the open session still records steps."""
+    assert invoke("start", "--objective", "odd rows", "--plan", "x,build").exit_code == 0
+    assert invoke("step", "run", "x", "--", "true").exit_code == 0
+    table, name = column.split(".")
+    db = open_db()
+    with db.conn:
+        db.execute(f"UPDATE {table} SET {name} = ?", [text])
+    for args in (["show", "last"], ["status"], ["export"], ["report"], ["sessions"],
+                 ["step", "run", "y", "--", "true"], ["status", "--json"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0 and result.exception is None, (args, result.output)
+    exported = json.loads(invoke("export").output)
+    session = exported["session"]
+    assert isinstance(session["plan"], list) and isinstance(session["step_budgets"], dict)
+    if column == "steps.summary":  # the text is shown as it is, not dropped
+        assert "not json{" in json.dumps(exported)

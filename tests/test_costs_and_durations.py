@@ -82,6 +82,15 @@ def test_parse_rate():
             parse_rate(bad, "gpu rate")
 
 
+@pytest.mark.parametrize("rate", ["1e308", "1e300", "1000001", "inf"])
+def test_a_rate_beyond_any_machine_is_refused(rate):
+    """A rate of 1e308 $/h was taken: costs became inf ('$inf'), and export and --json wrote
+    Infinity, which is not JSON."""
+    with pytest.raises(UsageError, match="per hour"):
+        parse_rate(rate, "--gpu-rate")
+    assert parse_rate("1000000", "--gpu-rate") == 1e6
+
+
 def test_fmt_duration():
     assert [fmt_duration(s) for s in (None, 3.25, 45, 60, 90, 3725)] == ["-", "3.2 s", "45 s", "60 s",
                                                                           "1m30s", "1h02m"]

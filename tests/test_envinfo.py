@@ -240,3 +240,21 @@ def test_cli_env_show_and_diff(db):
     r = runner.invoke(cli, ["env", "show", "9"])
     assert r.exit_code == 1 and r.output.startswith("Error: no session matches '9'")
     assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("data", ["not json{", "5", '"text"', "[1]", "null",
+                                  '{"gpus": 5, "torch": "x", "toolchain": 3, "git": [1]}',
+                                  '{"gpus": ["a", {"name": "H100"}], "python": 1}'])
+def test_a_snapshot_that_is_not_what_preflight_stores_is_read_without_a_crash(tmp_path, data):
+    """A damaged snapshot row, or one from a database merged from elsewhere: the report, compare
+    and env show/diff still answer."""
+    from fixtures_db import build_fixture_db
+
+    path = tmp_path / "fixture.db"
+    db = build_fixture_db(path)
+    with db.conn:
+        db.execute("UPDATE env_snapshots SET data = ?", [data])
+    for args in (["report", "2", "--no-plots"], ["compare", "1", "2"], ["env", "show", "2"],
+                 ["env", "diff", "1", "2"], ["report", "2", "--json"]):
+        result = CliRunner().invoke(cli, ["--db", str(path), *args])
+        assert result.exit_code == 0 and result.exception is None, (args, repr(result.exception))

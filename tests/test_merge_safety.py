@@ -154,6 +154,33 @@ def test_reads_stay_inside_the_source_databases_artifacts_folder(tmp_path):
     assert f"missing  {secret}: its file '{secret}' {refused} ({src_db.parent / 'artifacts'})" in out.output
 
 
+def test_an_artifacts_folder_that_is_a_symlink_is_not_read(tmp_path):
+    """A source whose artifacts folder is itself a link (to /, to a home folder) would make every
+    file there "inside" it: none is read, each row is missing with the reason."""
+    b = host_b(tmp_path / "b", sessions=1)
+    b.conn.close()
+    src_db = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    secret = tmp_path / "home" / "id_ed25519"
+    secret.parent.mkdir()
+    secret.write_text("PRIVATE KEY\n")
+    root = artifacts_root(src_db)
+    root.rename(root.with_name("artifacts.moved"))
+    root.symlink_to(tmp_path)  # artifacts -> a folder that holds home/id_ed25519
+    recorded = str(root / "home" / "id_ed25519")
+    _craft(src_db, recorded)
+    target = tmp_path / "t" / "m.db"
+    target.parent.mkdir()
+
+    out = CliRunner().invoke(cli, ["--db", str(target), "merge", str(src_db)])
+    assert out.exit_code == 0 and "Traceback" not in out.output, out.output
+    copies = [p for p in _files_under(tmp_path / "t") if p.suffix != ".db"]
+    assert not any("PRIVATE" in p.read_text() for p in copies)
+    missing = dict(open_db(target).execute("SELECT origin_path, missing FROM artifacts").fetchall())
+    assert missing[recorded] == 1
+    assert f"missing  {recorded}: the source database's artifacts folder {root} is a symbolic link" \
+        in out.output
+
+
 @pytest.mark.parametrize("damaged", ["idx_sessions_number", "patterns_applied"])
 def test_damaged_source_is_refused(tmp_path, damaged):
     """A source with a damaged b-tree page that the import itself would not read (PRAGMA quick_check

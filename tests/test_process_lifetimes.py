@@ -228,6 +228,46 @@ def test_a_full_disk_ends_the_step_failed_with_the_reason(tmp_path):
     assert "no space left on device" in flood["message"]
 
 
+LITTLE_LEFT = textwrap.dedent("""
+    set -u
+    mount -t tmpfs -o size=4m tmpfs "$1" || exit 77
+    cd "$1"
+    export SESSIONKIT_DB="$1/.sessionkit/sessions.db"
+    "$2" -m sessionkit start --objective full >/dev/null || exit 78
+    # leave 300 KiB: less than the space a step keeps aside while it runs
+    avail=$(df --output=avail -k . | tail -1)
+    head -c $(( (avail - 300) * 1024 )) /dev/zero > filler 2>/dev/null
+    "$2" -m sessionkit step run flood -- sh -c 'head -c 10000000 /dev/zero > inner 2>/dev/null; seq 1 20000' >/dev/null 2>"$3"
+    echo "EXIT $?"
+    echo "STDERR-BEGIN"; cat "$3"; echo "STDERR-END"
+    rm -f filler inner
+    "$2" -m sessionkit show last --json 2>/dev/null
+""")
+
+
+def test_a_step_that_starts_with_little_space_left_is_still_recorded_failed(tmp_path):
+    """With less free space than the step's reserve at its start, the command filling the disk
+    must still leave the step recorded as failed with the reason, not as a process that died."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("util-linux's unshare is needed to mount a small tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([unshare, "-rm", "sh", "-c", LITTLE_LEFT, "sh", str(mnt),
+                             sys.executable, str(tmp_path / "stderr.txt")],
+                            capture_output=True, text=True, timeout=120, env=env)
+    if result.returncode == 77 or result.stderr.startswith("unshare:"):
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()[:200]}")
+    out = result.stdout
+    stderr = out.split("STDERR-BEGIN\n", 1)[1].split("STDERR-END", 1)[0]
+    assert "Traceback" not in stderr
+    shown = json.loads(out.split("STDERR-END\n", 1)[1])
+    flood = next(s for s in shown["steps"] if s["name"] == "flood")
+    assert flood["status"] == "failed", (flood, stderr)
+    assert "no space left on device" in flood["message"]
+
+
 # ---- output without newlines ----------------------------------------------------------------------
 
 def test_one_enormous_line_keeps_only_its_end(opened):

@@ -297,6 +297,20 @@ def test_cli_report_unwritable_output_is_one_line(cli_db, tmp_path):
     assert result.output.startswith("Error: cannot write") and len(result.output.strip().splitlines()) == 1
 
 
+def test_infinite_figures_render(fdb):
+    """A metric or result stored as +-inf (a division by a zero time, a database from elsewhere)
+    is written as inf, not a crash of the report."""
+    inf = float("inf")
+    with fdb.conn:
+        fdb.execute("UPDATE metrics SET value = ?", [inf])
+        fdb.execute("UPDATE bench_results SET throttled_samples = ?, tflops = ?, latency_ms = ?, "
+                    "speedup_vs_sdpa = ?, pct_peak = ?", [inf, inf, inf, inf, -inf])
+        fdb.execute("UPDATE correctness_results SET max_err = ?", [inf])
+    text = session_report(fdb, 2).text
+    assert "| flash_fwd_bf16_hdim128_causal | inf | inf | inf | inf |" in text
+    assert session_report(fdb, 1).text
+
+
 # --------------------------------------------------------------------------------------------
 # Formatting helpers
 

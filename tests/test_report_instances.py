@@ -11,6 +11,8 @@ import json
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from step_standins import GRAPH_SPEEDUP, fake_bench_gpu, fake_ncu
 
 from sessionkit.report import session_report
@@ -157,3 +159,102 @@ def test_a_session_of_old_summaries_renders(db, session, make_context):
     assert "**Verdict:** memory-bound\n" in text
     side = re.search(r"\| config \| step 4 TFLOP/s \| step 5 TFLOP/s \| step 5 / step 4 \|", text)
     assert side is not None and "| fp16 B1 H8 S1024 D64 full | 10.7 | 10.7 | 1.000x |" in text
+
+
+# Values of the wrong type in a stored summary: a release that stored a field differently, or a
+# merged database from elsewhere.
+ODD_VALUES = [5, "text", [1], {"a": 1}, True, float("nan"), [[1, 2, 3]], ["ab"], [None], -1e308]
+
+
+def test_a_summary_value_of_the_wrong_type_reads_as_the_default():
+    from sessionkit.steps.bench import BenchSummary
+    from sessionkit.steps.preflight import PreflightSummary
+    from sessionkit.steps.profile import ProfileSummary
+
+    bench = BenchSummary.from_json({"cooldown": "1", "passes": True, "graph": "yes", "grid": 5,
+                                    "impls": ["ours", 1], "elapsed_s": 3, "preheat": [1]})
+    assert (bench.cooldown, bench.passes, bench.graph, bench.grid, bench.preheat) == (None,) * 5
+    assert bench.impls == ["ours"] and bench.elapsed_s == 3  # an int where a float is declared
+    checks = PreflightSummary.from_json({"checks": [1, {"name": "gpu"}, "x"], "failed": "2"})
+    assert checks.checks == [{"name": "gpu"}] and checks.failed is None
+    assert ProfileSummary.from_json({"stalls": 5, "suggestions": 3}) == ProfileSummary()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from([n for n in REGISTRY if get_step(n).summary_type is not None]),
+       data=st.data())
+def test_any_stored_summary_reads_as_values_of_the_declared_types(name, data):
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    declared = {  # the annotations the built-in summaries use, and what each admits
+        "str | None": lambda v: isinstance(v, str),
+        "int | None": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float | None": number, "bool | None": lambda v: isinstance(v, bool),
+        "dict | None": lambda v: isinstance(v, dict), "list | None": lambda v: isinstance(v, list),
+        "list[str] | None": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+        "list[dict] | None": lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v),
+    }
+    summary_type = get_step(name).summary_type
+    fields = list(summary_type.units())
+    stored = data.draw(st.one_of(
+        JSON_VALUES, st.dictionaries(st.sampled_from(fields), JSON_VALUES, max_size=len(fields))))
+    summary = summary_type.from_json(json.dumps(stored))
+    annotations = {}
+    for cls in reversed(summary_type.__mro__):
+        annotations.update(getattr(cls, "__annotations__", {}))
+    for field in fields:
+        value = getattr(summary, field)
+        assert value is None or declared[annotations[field]](value), (field, value)
+
+
+def test_summaries_of_the_wrong_types_render(db, session, make_context):
+    names = [name for name in REGISTRY if get_step(name).summary_type is not None]
+    for value in ODD_VALUES:
+        for name in names:
+            context = make_context(name=name)
+            if name == "bench":
+                context.db["bench_results"].insert({
+                    "step_id": context.step_id, "impl": "ours", "dtype": "fp16", "batch_size": 1,
+                    "num_heads": 8, "seq_len_q": 1024, "seq_len_k": 1024, "head_dim": 64,
+                    "causal": 0, "latency_ms": 0.2, "tflops": 10.7, "status": "ok",
+                    "speedup_vs_sdpa": 1.1})
+            stored = {field: value for field in get_step(name).summary_type.units()}
+            with db.conn:
+                db.execute("UPDATE steps SET status = 'passed', summary = ?, ended_at = started_at,"
+                           " duration_s = 1 WHERE id = ?", [json.dumps(stored), context.step_id])
+    data = report_data(db, session["number"])
+    for name in ("preflight", "build", "correctness", "bench", "profile"):
+        assert len(section(data, name)["instances"]) == len(ODD_VALUES), name
+    text = session_report(db, session["number"]).text
+    assert text.count("| config | ours (ms) | SDPA (ms) |") == len(ODD_VALUES)
+
+
+def test_a_step_still_running_is_shown_with_what_it_recorded_so_far(db, session, make_context):
+    """A report taken while bench and correctness run (from another terminal) showed 'No bench
+    step in this session.' and hid the results already stored."""
+    bench = make_context(name="bench")
+    bench.db["bench_results"].insert({
+        "step_id": bench.step_id, "impl": "ours", "dtype": "fp16", "batch_size": 1, "num_heads": 8,
+        "seq_len_q": 1024, "seq_len_k": 1024, "head_dim": 64, "causal": 0, "latency_ms": 0.2,
+        "tflops": 10.7, "status": "ok", "speedup_vs_sdpa": 1.1})
+    make_context(name="correctness")  # running, nothing recorded yet
+    assert [r["status"] for r in db.query("SELECT status FROM steps ORDER BY seq")] == \
+        ["running", "running"]
+    data = report_data(db, session["number"])
+    assert [i["status"] for i in section(data, "bench")["instances"]] == ["running"]
+    assert data["bench"] is None  # the finished bench that MLflow logs and compare reads: none yet
+    text = session_report(db, session["number"]).text
+    assert "No bench step in this session." not in text
+    assert "No correctness step in this session." not in text
+    assert "The bench step (step 1) is still running: what it recorded so far." in text
+    assert "| fp16 B1 H8 S1024 D64 full | 0.200 |" in text
+    assert "The correctness step (step 2) is still running, so far without recording any " \
+        "configuration." in text
+    assert "Nothing to compare yet: the bench step is still running." in text

@@ -88,6 +88,18 @@ def test_any_text_for_any_option_is_taken_or_refused_in_one_line(step, data):
     assert options_type.parse(options.to_json()) == options
 
 
+@pytest.mark.parametrize("text", ["", " "])
+def test_an_empty_csv_path_is_refused_not_ignored(text):
+    """--csv '' used to be taken, and no CSV was written, without a word."""
+    from sessionkit.steps.bench import BenchOptions
+
+    with pytest.raises(OptionError, match="'--csv': an empty file name"):
+        BenchOptions.parse({"csv_path": text})
+    result = CliRunner().invoke(cli, ["step", "bench", "--csv", text])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert result.output.startswith("Error: Invalid value for '--csv': an empty file name.")
+
+
 def test_the_cli_checks_with_the_same_declaration():
     runner = CliRunner()
     result = runner.invoke(cli, ["step", "bench", "--time-limit", "soon"])

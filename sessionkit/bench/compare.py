@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 from ..attention import AttentionConfig
+from ..envinfo import snapshot_data
 from ..errors import SessionkitError, UsageError
 from .stats import compare_samples, median, usable_samples
 from .timing import slowdown_flags
@@ -152,11 +153,7 @@ def environment_facts(db, session: dict) -> dict | None:
     facts = dict.fromkeys(key for key, _ in ENV_FACTS)
     if snap is not None:
         gpu, driver, torch, cuda, nvcc, data = snap
-        try:
-            gpus = [g.get("name") for g in (json.loads(data or "{}").get("gpus") or [])
-                    if isinstance(g, dict) and g.get("name")]
-        except (ValueError, AttributeError):
-            gpus = []
+        gpus = [g.get("name") for g in snapshot_data(data).get("gpus", []) if g.get("name")]
         facts.update(gpu=", ".join(gpus) or gpu, driver=driver, torch=torch, cuda=cuda, nvcc=nvcc)
     if build is not None:
         try:

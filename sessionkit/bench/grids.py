@@ -108,6 +108,9 @@ def grid_from_table(name: str, table: dict) -> list[AttentionConfig]:
         raise UsageError("give exactly one of 'batch_size' and 'tokens'")
     if ("num_heads" in table) == ("hidden" in table):
         raise UsageError("give exactly one of 'num_heads' and 'hidden'")
+    empty = [key for key in sorted(table) if table[key] == []]
+    if empty:  # every combination of the lists would be none at all
+        raise UsageError(f"{empty[0]!r} is an empty list")
 
     dtypes = [parse_dtype(v) for v in _as_list(table["dtype"])]
     dims = [positive_int(v, "head_dim") for v in _as_list(table["head_dim"])]

@@ -46,12 +46,17 @@ def parse_impls(values) -> list[str] | None:
 
 
 def parse_preheat(value) -> float:
-    """``--preheat``: a duration, or 0/off to skip; default when not given."""
+    """``--preheat``: a duration, or 0 (in any unit: ``0ms``, ``0.0s``) or off to skip; default when
+    not given."""
+    import re
+
     from ..timefmt import parse_duration
 
     if value is None or str(value).strip() == "":
         return DEFAULT_PREHEAT_S
-    if str(value).strip().lower() in ("0", "0s", "off", "no", "none"):
+    text = str(value).strip().lower()
+    if text in ("0", "off", "no", "none") or re.fullmatch(
+            r"(?:0+(?:\.0+)?\s*(?:ms|min|s|m|h|d)\s*)+", text):
         return 0.0
     return parse_duration(value)
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from ..attention import SDPA_IMPLS, AttentionConfig
 from ..costs import session_costs
+from ..envinfo import snapshot_data
 from ..sessions import get_session, session_steps
 from ..timefmt import now_iso, seconds_between
 from . import aggregates
-from .aggregates import decode_json, geomean, table_exists
+from .aggregates import geomean, table_exists
 
 BUILD_KERNEL_KEYS = ("registers", "smem_bytes", "spill_store_bytes", "spill_load_bytes")
 TELEMETRY_KEYS = ("power_mean_w", "power_max_w", "energy_j", "temp_max_c", "sm_clock_min_mhz",
@@ -114,7 +115,7 @@ def environment_section(db, session: dict) -> dict | None:
     if not rows:
         return None
     latest = rows[-1]
-    data = decode_json(latest["data"], {}) or {}
+    data = snapshot_data(latest["data"])
     latest = {**latest, "data": data}
     torch_info = data.get("torch") or {}
     tool = data.get("toolchain") or {}
@@ -140,7 +141,7 @@ def environment_section(db, session: dict) -> dict | None:
         [session["number"]]))
     if prev_rows:
         prev = prev_rows[0]
-        changes = diff_snapshots(decode_json(prev["data"], {}) or {}, data)
+        changes = diff_snapshots(snapshot_data(prev["data"]), data)
         previous = {"number": prev["number"], "name": prev["name"],
                     "changes": [{"key": k, "old": o, "new": n} for k, o, n in changes]}
     return {"taken_at": latest["taken_at"], "host": latest.get("host"),
@@ -154,10 +155,9 @@ def environment_section(db, session: dict) -> dict | None:
 
 
 def step_instances(steps: list[dict], name: str) -> list[dict]:
-    """The finished built-in steps named ``name``, in order (a command step that took the name,
-    ``sessionkit step run bench -- ...``, is not one; a running step is left out)."""
-    return [s for s in steps if s["name"] == name and s.get("kind", "builtin") == "builtin"
-            and s["status"] != "running"]
+    """The built-in steps named ``name``, in order, a running one with what it recorded so far (a
+    command step that took the name, ``sessionkit step run bench -- ...``, is not one)."""
+    return [s for s in steps if s["name"] == name and s.get("kind", "builtin") == "builtin"]
 
 
 def instance_base(step: dict, summary) -> dict:
@@ -271,11 +271,17 @@ def bench_side_by_side(instances: list[dict]) -> dict | None:
     return {"impl": impl, "steps": steps, "rows": rows, "geomeans": geomeans}
 
 
+def _stall(entry) -> bool:
+    """A stored stall reason is ``[name, % of stalls]``; anything else is left out."""
+    return (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], (int, float))
+            and not isinstance(entry[1], bool))
+
+
 def profile_instance(db, step: dict, summary) -> dict:
     metrics = {m["key"]: m for m in _step_metrics(db, step["id"]) if m["key"] in PROFILE_KEYS}
     return {**instance_base(step, summary),
             "metrics": [{"key": k, **metrics[k]} for k in PROFILE_KEYS if k in metrics],
-            "stalls": [list(s) for s in summary.stalls or []],
+            "stalls": [list(s) for s in summary.stalls or [] if _stall(s)],
             "suggestions": [g for g in summary.suggestions or [] if isinstance(g, dict)]}
 
 
@@ -414,8 +420,8 @@ def telemetry_timeline(db, steps: list[dict]) -> dict | None:
 def report_data(db, session_ref=None, *, now: str | None = None) -> dict:
     """All the facts of one session's report. ``session_ref``: id, number, name, 'last', or None.
 
-    ``sections`` holds the step sections (:func:`step_sections`); ``bench`` is the last bench
-    step's instance (the one MLflow logs and the previous session is compared with), or None.
+    ``sections`` holds the step sections (:func:`step_sections`); ``bench`` is the last finished
+    bench step's instance (the one MLflow logs and the previous session is compared with), or None.
     """
     session = session_ref if isinstance(session_ref, dict) else get_session(db, session_ref)
     now = now or now_iso()
@@ -426,7 +432,7 @@ def report_data(db, session_ref=None, *, now: str | None = None) -> dict:
         latest_env = {**_env_rows(db, session["id"])[-1], "data": env["data"]}
     sections = step_sections(db, steps)
     benches = next((s["instances"] for s in sections if s["name"] == "bench"), [])
-    bench = benches[-1] if benches else None
+    bench = next((b for b in reversed(benches) if b["status"] != "running"), None)
     return {
         "session": header_section(session, latest_env, now),
         "steps": steps_section(steps, now),

@@ -17,6 +17,19 @@ def matplotlib_available() -> bool:
     return True
 
 
+def _save(fig, path: Path) -> None:
+    """Write ``fig`` as a PNG at ``path`` whole or not at all (:func:`sessionkit.atomic.write_atomic`):
+    a full disk or an interruption leaves the previous image as it was. SessionkitError, one line,
+    when it cannot be written."""
+    import io
+
+    from ..atomic import write_atomic
+
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    write_atomic(path, png.getvalue())
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
@@ -73,7 +86,7 @@ def plot_bench(rows: list[dict], out_dir: Path, stem: str, ceiling: float | None
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         name = f"{stem}-tflops-{_slug(dtype)}-d{head_dim}-{mask}.png"
-        fig.savefig(out_dir / name, dpi=100)
+        _save(fig, out_dir / name)
         images.append({"title": title, "file": name})
     return images
 
@@ -107,7 +120,7 @@ def plot_timeline(timeline: dict, out_dir: Path, stem: str) -> dict | None:
     title = f"Telemetry of step {timeline['seq']} ({timeline['step']}), the longest step with samples"
     fig.suptitle(title, fontsize=10)
     name = f"{stem}-telemetry.png"
-    fig.savefig(out_dir / name, dpi=100)
+    _save(fig, out_dir / name)
     return {"title": title, "file": name}
 
 
@@ -117,7 +130,12 @@ def make_plots(data: dict, out_dir: Path, stem: str) -> dict:
         from ..extras import install_hint
 
         return {"state": "missing", "hint": install_hint("plots"), "images": []}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from ..errors import SessionkitError
+
+        raise SessionkitError(f"cannot make the folder {out_dir}: {exc.strerror or exc}") from None
     images = []
     benches = [b for section in data.get("sections") or [] if section["name"] == "bench"
                for b in section["instances"] if b["raw"]]

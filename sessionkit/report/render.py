@@ -37,8 +37,10 @@ def f_num(value, digits: int = 1) -> str:
 
 
 def f_int(value) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return DASH
+    if isinstance(value, float) and math.isinf(value):
+        return f"{value}"  # inf, -inf: no integer to round to
     return f"{int(round(value)):,}"
 
 

@@ -288,10 +288,12 @@ class StepOptions:
 
 
 def file_path(text: str) -> str:
-    """The ``parse`` of an option naming a file to write: the path as given, refused when it holds
-    a NUL character (no file name can) or names a folder."""
+    """The ``parse`` of an option naming a file to write: the path as given, refused when it is
+    empty, holds a NUL character (no file name can) or names a folder."""
     import os
 
+    if not text.strip():
+        raise UsageError("an empty file name.")
     if "\x00" in text:
         raise UsageError(f"{text!r} contains a NUL character")
     if os.path.isdir(text):
@@ -330,7 +332,9 @@ class StepSummary:
     def from_json(cls, data):
         """A summary read back from ``steps.summary`` (a dict, or its JSON text): keys an older
         sessionkit did not write take their default, keys this one does not know are left out,
-        and anything that is not a JSON object reads as an empty summary."""
+        a value whose type is not the field's (text where a number was declared, a number where
+        a list was) takes the default too, a list keeps only its items of the declared type, and
+        anything that is not a JSON object reads as an empty summary."""
         if isinstance(data, str):
             import json
 
@@ -340,8 +344,14 @@ class StepSummary:
                 data = None
         if not isinstance(data, dict):
             data = {}
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        hints = _field_types(cls)
+        values = {}
+        for key, value in data.items():
+            if key in hints and value is not None:
+                value = _read(value, hints[key])
+                if value is not _UNFIT:
+                    values[key] = value
+        return cls(**values)
 
     def to_json(self) -> dict:
         """The summary as stored in ``steps.summary`` (a JSON object)."""
@@ -352,6 +362,72 @@ class StepSummary:
         """field name -> its unit."""
         return {f.name: (f.metadata.get(SPEC_KEY) or {}).get("unit")
                 for f in dataclasses.fields(cls)}
+
+
+_TYPES: dict[type, dict[str, Any]] = {}
+
+
+def _field_types(cls) -> dict[str, Any]:
+    """field name -> its annotation, evaluated (``int | None``, ``list[str] | None``...)."""
+    if cls not in _TYPES:
+        import typing
+
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # an annotation that cannot be evaluated: take any value for it
+            hints = {}
+        _TYPES[cls] = {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
+    return _TYPES[cls]
+
+
+_UNFIT = object()
+
+
+def _read(value, hint):
+    """``value`` as a field annotated ``hint`` takes it: as it is when it fits (:func:`_fits`), a
+    list without the items that do not fit when the field is a list of a type (``list[dict]``),
+    else ``_UNFIT``."""
+    import typing
+
+    if _fits(value, hint):
+        return value
+    if isinstance(value, list):
+        for arg in typing.get_args(hint) or ():
+            if typing.get_origin(arg) is list and len(typing.get_args(arg)) == 1:
+                return [item for item in value if _fits(item, typing.get_args(arg)[0])]
+    return _UNFIT
+
+
+def _fits(value, hint) -> bool:
+    """Whether a value read from JSON is of the annotated type: ``int`` (not a bool), ``float``
+    (an int too), ``str``, ``bool``, ``list[X]`` and ``dict[K, V]`` item by item, unions; an
+    annotation it does not know takes anything."""
+    import types
+    import typing
+
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if origin is not None:
+        if not isinstance(origin, type) or not isinstance(value, origin):
+            return not isinstance(origin, type)
+        args = typing.get_args(hint)
+        if origin is list and len(args) == 1:
+            return all(_fits(item, args[0]) for item in value)
+        if origin is dict and len(args) == 2:
+            return all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+        return True
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
 
 
 __all__ = ["OptionError", "OptionSpec", "StepOptions", "NoOptions", "option", "file_path",
