@@ -195,7 +195,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         index = tile_index(round);
       }
       if (index >= args.num_tiles) break;
-      const auto [tile, row0, n_blocks] = work_at<Tr, kCausal>(args, index);
+      const TileWork work = work_at<Tr, kCausal>(args, index);
+      const Tile tile = work.tile;
+      const int row0 = work.row0, n_blocks = work.n_blocks;
       const int head_k = tile.head / p.head_ratio;
       if (n_blocks > 0) {
         // Q: the consumers release it after their last Q K^T of the previous tile.
@@ -213,22 +215,19 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         const int n = n_blocks - 1 - j;
         const int s = it % kStages;
         const uint32_t phase = (it / kStages) & 1;
-        mbarrier_wait(sm.k_empty(s), phase ^ 1);
-        mbarrier_arrive_expect_tx(sm.k_full(s), Tr::kKVBytes);
+        // K, then V, of key block n into ring slot s, each once the consumers have freed it.
+        auto load = [&](const CUtensorMap* map, uint32_t dst, uint32_t full, uint32_t empty) {
+          mbarrier_wait(empty, phase ^ 1);
+          mbarrier_arrive_expect_tx(full, Tr::kKVBytes);
 #pragma unroll
-        for (int c = 0; c < Tr::kChunks; ++c) {
-          cp_async_bulk_tensor_4d_global_to_shared(sm.k_stage(s) + c * Tr::kKVChunkBytes,
-                                                   &args.tma_k, c * Tr::kChunkCols, n * kBlockN,
-                                                   head_k, tile.batch, sm.k_full(s));
-        }
-        mbarrier_wait(sm.v_empty(s), phase ^ 1);
-        mbarrier_arrive_expect_tx(sm.v_full(s), Tr::kKVBytes);
-#pragma unroll
-        for (int c = 0; c < Tr::kChunks; ++c) {
-          cp_async_bulk_tensor_4d_global_to_shared(sm.v_stage(s) + c * Tr::kKVChunkBytes,
-                                                   &args.tma_v, c * Tr::kChunkCols, n * kBlockN,
-                                                   head_k, tile.batch, sm.v_full(s));
-        }
+          for (int c = 0; c < Tr::kChunks; ++c) {
+            cp_async_bulk_tensor_4d_global_to_shared(dst + c * Tr::kKVChunkBytes, map,
+                                                     c * Tr::kChunkCols, n * kBlockN, head_k,
+                                                     tile.batch, full);
+          }
+        };
+        load(&args.tma_k, sm.k_stage(s), sm.k_full(s), sm.k_empty(s));
+        load(&args.tma_v, sm.v_stage(s), sm.v_full(s), sm.v_empty(s));
       }
       // The last loads of this tile are issued: the consumers are about kStages key blocks from
       // its end, which hides the atomic's latency. The first tiles (0 .. gridDim.x - 1) went
@@ -312,7 +311,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       index = tile_index(round);
     }
     if (index >= args.num_tiles) break;
-    const auto [tile, row0, n_blocks] = work_at<Tr, kCausal>(args, index);
+    const TileWork work = work_at<Tr, kCausal>(args, index);
+    const Tile tile = work.tile;
+    const int row0 = work.row0, n_blocks = work.n_blocks;
     const int wg_row0 = row0 + consumer * 64;
     const int row_g = wg_row0 + warp * 16 + g;  // query row of this thread's s[i][0]
 
