@@ -89,6 +89,8 @@ def test_adding_the_step_changes_no_report_of_a_session_without_it(tmp_path, mon
     runner = CliRunner()
     assert runner.invoke(cli, ["--db", db_path, "start", "--objective", "x"]).exit_code == 0
     assert runner.invoke(cli, ["--db", db_path, "step", "run", "a", "--", "true"]).exit_code == 0
+    # ended, so that the report holds no "so far" duration that moves between the two renders
+    assert runner.invoke(cli, ["--db", db_path, "end", "--outcome", "done"]).exit_code == 0
 
     def report() -> str:
         result = runner.invoke(cli, ["--db", db_path, "report", "--no-plots"],
