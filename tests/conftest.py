@@ -7,14 +7,22 @@ the reason shown in the summary (``-ra``).
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 
 import pytest
+
+# The checkout's root: child processes (``python -m sessionkit``) import this sessionkit too, also
+# where it is not installed (a run of the tests straight from a clone).
+ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Run in tmp_path with the DB, build cache and config all pointing inside it."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
     monkeypatch.setenv("SESSIONKIT_DB", str(tmp_path / "sessions.db"))
     monkeypatch.setenv("SESSIONKIT_PROGRESS_EVERY", "30")
     monkeypatch.delenv("SESSIONKIT_TELEMETRY_INTERVAL", raising=False)
