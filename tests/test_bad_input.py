@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from small_disk import run_on_small_disk
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -148,17 +149,7 @@ ATOMIC = textwrap.dedent("""
 
 
 def test_report_files_are_replaced_whole_or_not_at_all(tmp_path):
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("util-linux's unshare is needed to mount a small tmpfs")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run([unshare, "-rm", "sh", "-c", ATOMIC, "sh", str(mnt), sys.executable,
-                             str(tmp_path / "sums")], capture_output=True, text=True, timeout=120,
-                            env=env)
-    if result.returncode == 77 or result.stderr.startswith("unshare:"):
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()[:200]}")
+    result = run_on_small_disk(ATOMIC, tmp_path, str(tmp_path / "sums"), timeout=120)
     out, err = result.stdout, result.stderr
     assert out.count("EXIT 1") == 2, out + err
     assert "INTACT" in out, out + err
@@ -187,17 +178,7 @@ PLOTS_ATOMIC = textwrap.dedent("""
 
 def test_report_plots_are_replaced_whole_or_not_at_all(tmp_path):
     pytest.importorskip("matplotlib", reason="plots need matplotlib (the 'plots' extra)")
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("util-linux's unshare is needed to mount a small tmpfs")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run([unshare, "-rm", "sh", "-c", PLOTS_ATOMIC, "sh", str(mnt),
-                             sys.executable, str(tmp_path / "sums")], capture_output=True,
-                            text=True, timeout=120, env=env)
-    if result.returncode == 77 or result.stderr.startswith("unshare:"):
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()[:200]}")
+    result = run_on_small_disk(PLOTS_ATOMIC, tmp_path, str(tmp_path / "sums"), timeout=120)
     out, err = result.stdout, result.stderr
     assert "EXIT 1" in out and "INTACT" in out, out + err
     assert "Traceback" not in err

@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+from small_disk import run_on_small_disk
+
 import sessionkit.db as dbmod
 from sessionkit.db import open_db
 from sessionkit.errors import DatabaseError
@@ -145,20 +147,11 @@ READ_WHEN_FULL = textwrap.dedent("""
 
 def test_reading_commands_work_on_a_full_disk(tmp_path):
     """With no space left, the reading commands fall back to the read-only open and still answer."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("util-linux's unshare is needed to mount a small tmpfs")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    env.pop("SESSIONKIT_DB", None)
     outs = tmp_path / "outs"
     outs.mkdir()
-    result = subprocess.run([unshare, "-rm", "sh", "-c", READ_WHEN_FULL, "sh", str(mnt), sys.executable,
-                             str(outs)],
-                            capture_output=True, text=True, timeout=180, env=env)
-    if result.returncode == 77 or result.stderr.startswith("unshare:"):
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()[:200]}")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("SESSIONKIT_DB", None)
+    result = run_on_small_disk(READ_WHEN_FULL, tmp_path, str(outs), timeout=180, env=env)
     out, err = result.stdout, result.stderr
     for cmd in ("status", "show 1", "export 1", "report 1", "history", "sessions"):
         assert f"EXIT {cmd} 0" in out, out + err

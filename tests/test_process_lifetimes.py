@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +15,8 @@ import time
 import uuid
 
 import pytest
+
+from small_disk import run_on_small_disk
 
 from sessionkit.db import open_db
 
@@ -206,17 +207,7 @@ FULL_DISK = textwrap.dedent("""
 
 
 def test_a_full_disk_ends_the_step_failed_with_the_reason(tmp_path):
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("util-linux's unshare is needed to mount a small tmpfs")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run([unshare, "-rm", "sh", "-c", FULL_DISK, "sh", str(mnt), sys.executable,
-                             str(tmp_path / "stderr.txt")],
-                            capture_output=True, text=True, timeout=120, env=env)
-    if result.returncode == 77 or result.stderr.startswith("unshare:"):
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()[:200]}")
+    result = run_on_small_disk(FULL_DISK, tmp_path, str(tmp_path / "stderr.txt"), timeout=120)
     out = result.stdout
     code = int(out.split("EXIT ", 1)[1].split()[0])
     stderr = out.split("STDERR-BEGIN\n", 1)[1].split("STDERR-END", 1)[0]
@@ -248,17 +239,7 @@ LITTLE_LEFT = textwrap.dedent("""
 def test_a_step_that_starts_with_little_space_left_is_still_recorded_failed(tmp_path):
     """With less free space than the step's reserve at its start, the command filling the disk
     must still leave the step recorded as failed with the reason, not as a process that died."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("util-linux's unshare is needed to mount a small tmpfs")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run([unshare, "-rm", "sh", "-c", LITTLE_LEFT, "sh", str(mnt),
-                             sys.executable, str(tmp_path / "stderr.txt")],
-                            capture_output=True, text=True, timeout=120, env=env)
-    if result.returncode == 77 or result.stderr.startswith("unshare:"):
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()[:200]}")
+    result = run_on_small_disk(LITTLE_LEFT, tmp_path, str(tmp_path / "stderr.txt"), timeout=120)
     out = result.stdout
     stderr = out.split("STDERR-BEGIN\n", 1)[1].split("STDERR-END", 1)[0]
     assert "Traceback" not in stderr
