@@ -40,6 +40,16 @@ def _files_under(folder: Path) -> set[Path]:
             and not p.name.endswith(("-wal", "-shm"))}
 
 
+def _merge_into_new(tmp_path, src_db):
+    """Merge ``src_db`` into a new database under tmp_path/t: (its path, the CLI result, the files
+    copied beside it)."""
+    target = tmp_path / "t" / "m.db"
+    target.parent.mkdir()
+    out = CliRunner().invoke(cli, ["--db", str(target), "merge", str(src_db)])
+    assert out.exit_code == 0 and "Traceback" not in out.output, out.output
+    return target, out, [p for p in _files_under(tmp_path / "t") if p.suffix != ".db"]
+
+
 def test_dotdot_artifact_path_cannot_write_outside(tmp_path):
     b = host_b(tmp_path / "src" / "b", sessions=1)
     b.conn.close()
@@ -138,12 +148,7 @@ def test_reads_stay_inside_the_source_databases_artifacts_folder(tmp_path):
                str(session_dir / "ok.log")]
     for recorded in crafted:
         _craft(src_db, recorded)
-    target = tmp_path / "t" / "m.db"
-    target.parent.mkdir()
-
-    out = CliRunner().invoke(cli, ["--db", str(target), "merge", str(src_db)])
-    assert out.exit_code == 0 and "Traceback" not in out.output, out.output
-    copies = [p for p in _files_under(tmp_path / "t") if p.suffix != ".db"]
+    target, out, copies = _merge_into_new(tmp_path, src_db)
     assert [p.read_text() for p in copies if p.read_text() != "probe ran\n"] == ["inside\n"]
     assert not any("PRIVATE" in p.read_text() for p in copies)
     db = open_db(target)
@@ -168,12 +173,7 @@ def test_an_artifacts_folder_that_is_a_symlink_is_not_read(tmp_path):
     root.symlink_to(tmp_path)  # artifacts -> a folder that holds home/id_ed25519
     recorded = str(root / "home" / "id_ed25519")
     _craft(src_db, recorded)
-    target = tmp_path / "t" / "m.db"
-    target.parent.mkdir()
-
-    out = CliRunner().invoke(cli, ["--db", str(target), "merge", str(src_db)])
-    assert out.exit_code == 0 and "Traceback" not in out.output, out.output
-    copies = [p for p in _files_under(tmp_path / "t") if p.suffix != ".db"]
+    target, out, copies = _merge_into_new(tmp_path, src_db)
     assert not any("PRIVATE" in p.read_text() for p in copies)
     missing = dict(open_db(target).execute("SELECT origin_path, missing FROM artifacts").fetchall())
     assert missing[recorded] == 1
