@@ -25,6 +25,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -237,20 +238,36 @@ cudaError_t run_sm90(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
                      cudaStream_t stream) {
   if constexpr (kCausal) {
     if (head_dim == 64 && p.seqlen_k <= kShortKeysMax) {
-      return run_flash_fwd_sm90<kDtype, 64, true, true>(p, stream);
+      return run_flash_fwd_sm90<kDtype, 64, true, Sm90Variant::kShortKeys>(p, stream);
     }
   }
+  constexpr Sm90Variant kSplit = Sm90Variant::kSplitKV;
+  const bool split = !kCausal && p.num_splits >= 1 && p.o_accum != nullptr;
   cudaError_t err = cudaErrorInvalidValue;
-  ((head_dim == kDims ? (err = run_flash_fwd_sm90<kDtype, kDims, kCausal, false>(p, stream), true)
-                      : false) ||
+  ((head_dim == kDims
+        ? (err = split ? run_flash_fwd_sm90<kDtype, kDims, false, kSplit>(p, stream)
+                       : run_flash_fwd_sm90<kDtype, kDims, kCausal, Sm90Variant::kDefault>(p, stream),
+           true)
+        : false) ||
    ...);
   return err;
 }
 
-void launch_kernels(const at::Tensor& q_given, const at::Tensor& k_given,
+// Split-KV buffers of a decode-shaped call (see launch_decode): float32 partial O and LSE.
+struct SplitKV {
+  int num_splits;
+  at::Tensor o_accum;    // (num_splits, B, H, Sq, D) float32
+  at::Tensor lse_accum;  // (num_splits, B, H, Sq) float32
+};
+
+// Runs the kernel of the family this device dispatches to. With `split` (non-causal calls on the
+// sm90 family), the kernel writes split->o_accum / lse_accum instead of out and lse, and the
+// result is true: the caller merges them. Where the split cannot run (the sm80 family, or inputs
+// TMA cannot describe) the kernel writes out and lse itself and the result is false.
+bool launch_kernels(const at::Tensor& q_given, const at::Tensor& k_given,
                     const at::Tensor& v_given, const at::Tensor& out, const at::Tensor& lse,
-                    bool causal, double scale, bool bottom_right) {
-  if (q_given.size(0) == 0 || q_given.size(1) == 0 || q_given.size(2) == 0) return;  // nothing to do
+                    bool causal, double scale, bool bottom_right, const SplitKV* split = nullptr) {
+  if (q_given.size(0) == 0 || q_given.size(1) == 0 || q_given.size(2) == 0) return false;
   const at::Tensor q_in = kernel_ready(q_given);
   const at::Tensor k = kernel_ready(k_given);
   const at::Tensor v = kernel_ready(v_given);
@@ -295,6 +312,12 @@ void launch_kernels(const at::Tensor& q_given, const at::Tensor& k_given,
   const bool is_bf16 = q.scalar_type() == at::kBFloat16;
   const int head_dim = static_cast<int>(q.size(3));
   const Family family = family_for(q.get_device());
+  const bool use_split = split != nullptr && family == Family::kSm90 && !causal;
+  if (use_split) {
+    p.num_splits = split->num_splits;
+    p.o_accum = split->o_accum.data_ptr<float>();
+    p.lse_accum = split->lse_accum.data_ptr<float>();
+  }
   // The sm90 causal kernels hand out tiles from a counter that must read 0 at launch: a fresh
   // int32 from the caching allocator (stream-ordered, so safe under concurrency and in CUDA
   // graphs), zeroed by a 4-byte memset on the same stream.
@@ -307,11 +330,18 @@ void launch_kernels(const at::Tensor& q_given, const at::Tensor& k_given,
              std::string("flash_attn_fwd: could not zero the tile counter: ") +
                  cudaGetErrorString(zeroed));
   }
+  bool split_ran = false;
   cudaError_t err = SK_DTYPE_SWITCH(is_bf16, kDtype, [&] {
     return SK_BOOL_SWITCH(causal, kCausal, [&] {
       if (family == Family::kSm90) {
         const cudaError_t status = run_sm90<kDtype, kCausal>(Sm90HeadDims{}, head_dim, p, stream);
-        if (status != cudaErrorNotSupported) return status;
+        if (status != cudaErrorNotSupported) {
+          split_ran = use_split;
+          return status;
+        }
+        p.num_splits = 0;  // the sm80 family writes out and lse itself
+        p.o_accum = nullptr;
+        p.lse_accum = nullptr;
         // TMA cannot describe these inputs: the sm80 family runs them, if it has this head dim.
         SK_CHECK(Sm80HeadDims::has(head_dim),
                  "flash_attn_fwd: these inputs need the sm80 kernels (TMA cannot describe them), "
@@ -323,6 +353,7 @@ void launch_kernels(const at::Tensor& q_given, const at::Tensor& k_given,
   });
   SK_CHECK(err == cudaSuccess,
            std::string("flash_attn_fwd: kernel launch failed: ") + cudaGetErrorString(err));
+  return split_ran && err == cudaSuccess;
 }
 
 // ---- decode-shaped calls: one query row per head ------------------------------------------------
@@ -330,18 +361,39 @@ void launch_kernels(const at::Tensor& q_given, const at::Tensor& k_given,
 // With Sq = 1 and every key visible (no mask, or a bottom-right mask, under which the one row
 // sees every key), a tile of 64-row warpgroups would hold one real row and read all of K and V
 // once per query head. Instead the H_q / H_kv query heads that share a key/value head become the
-// rows of one tile: q (B, H_q, 1, D) is read as (B, H_kv, H_q / H_kv, D), so K and V are read once
-// per key/value head and the grid has H_q / H_kv times fewer tiles. Each row's arithmetic is the
-// same as on the plain path (same key blocks, same order). Method: FlashAttention 2's
-// "seqlen_q = 1 with the grouped heads swapped into the rows".
-//
-// Not done here: splitting the keys over more CTAs (split-KV). Merged from partial outputs in the
-// input dtype it broke the 2x error rule (1 of 200 random configs, bf16 D=96, Sk=2048: each
-// partial is rounded before the merge); it needs float32 partial outputs from the kernels.
+// rows of one tile: q (B, H_q, 1, D) is read as (B, H_kv, H_q / H_kv, D) (out and lse likewise, as
+// strided views: no copy), so K and V are read once per key/value head. That leaves B * H_kv
+// tiles, often fewer than the SMs, each walking every key: on the sm90 family the keys are then
+// split into ranges (split-KV), each range a tile of its own writing its O and LSE in float32,
+// and a second kernel merges the ranges by their LSE (run_flash_combine). The partial results stay
+// in float32 until the merge: rounded to the input dtype first, they broke the 2x error rule.
+// Method: FlashAttention 2's "seqlen_q = 1 with the grouped heads swapped into the rows" and its
+// split-KV (flash-decoding).
 
 // Key blocks the longest CTA runs, in 128-key blocks: whether packing the rows shortens the grid.
 int64_t grid_cost(int64_t tiles, int64_t keys, int64_t sms) {
   return ((tiles + sms - 1) / sms) * ((keys + 127) / 128);
+}
+
+// How many key ranges to split `tiles` tiles of `keys` keys into: the count (at most 64, each
+// range at least 512 keys) whose tiles fill the persistent grid's rounds best, or the smallest
+// count within 4 % of that (fewer ranges: less per-tile work and a smaller merge); 1 when the
+// tiles already fill the SMs.
+int split_count(int64_t tiles, int64_t keys, int64_t sms) {
+  constexpr int kMaxSplits = 64;
+  constexpr int64_t kMinKeysPerSplit = 512;
+  if (tiles >= sms) return 1;
+  const int64_t most = std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, keys / kMinKeysPerSplit));
+  auto fill = [&](int64_t s) {
+    const int64_t n = tiles * s;
+    return static_cast<double>(n) / static_cast<double>(((n + sms - 1) / sms) * sms);
+  };
+  double best = 0.0;
+  for (int64_t s = 1; s <= most; ++s) best = std::max(best, fill(s));
+  for (int64_t s = 1; s <= most; ++s) {
+    if (fill(s) >= best - 0.04) return static_cast<int>(s);
+  }
+  return 1;
 }
 
 bool launch_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -359,14 +411,48 @@ bool launch_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
       sms <= 0) {
     return false;
   }
-  if (grid_cost(batch * heads_k, seq_k, sms) >= grid_cost(batch * heads, seq_k, sms)) return false;
+  const bool sm90 = family_for(q.get_device()) == Family::kSm90;
+  const int splits = sm90 ? split_count(batch * heads_k, seq_k, sms) : 1;
+  if (splits == 1 &&
+      grid_cost(batch * heads_k, seq_k, sms) >= grid_cost(batch * heads, seq_k, sms)) {
+    return false;
+  }
   const int64_t ratio = heads / heads_k;
   const at::Tensor q_rows = q.reshape({batch, heads_k, ratio, dim});
-  at::Tensor rows_out = at::empty({batch, heads_k, ratio, dim}, q.options());
-  at::Tensor rows_lse = at::empty({batch, heads_k, ratio}, q.options().dtype(at::kFloat));
-  launch_kernels(q_rows, k, v, rows_out, rows_lse, false, scale, false);
-  out.copy_(rows_out.view({batch, heads, 1, dim}));
-  lse.copy_(rows_lse.view({batch, heads, 1}));
+  const at::Tensor out_rows = out.as_strided({batch, heads_k, ratio, dim},
+                                             {out.stride(0), out.stride(1) * ratio, out.stride(1),
+                                              out.stride(3)});
+  const at::Tensor lse_rows =
+      lse.as_strided({batch, heads_k, ratio}, {lse.stride(0), lse.stride(1) * ratio, lse.stride(1)});
+  if (splits == 1) {
+    launch_kernels(q_rows, k, v, out_rows, lse_rows, false, scale, false);
+    return true;
+  }
+  const auto f32 = q.options().dtype(at::kFloat);
+  const SplitKV split{splits, at::empty({splits, batch, heads_k, ratio, dim}, f32),
+                      at::empty({splits, batch, heads_k, ratio}, f32)};
+  if (!launch_kernels(q_rows, k, v, out_rows, lse_rows, false, scale, false, &split)) return true;
+  FlashFwdParams c{};
+  c.out = out_rows.data_ptr();
+  c.lse = lse_rows.data_ptr<float>();
+  c.o_batch_stride = out_rows.stride(0);
+  c.o_head_stride = out_rows.stride(1);
+  c.o_row_stride = out_rows.stride(2);
+  c.lse_batch_stride = lse_rows.stride(0);
+  c.lse_head_stride = lse_rows.stride(1);
+  c.lse_row_stride = lse_rows.stride(2);
+  c.batch = static_cast<int>(batch);
+  c.heads = static_cast<int>(heads_k);
+  c.seqlen_q = static_cast<int>(ratio);
+  c.num_splits = splits;
+  c.o_accum = split.o_accum.data_ptr<float>();
+  c.lse_accum = split.lse_accum.data_ptr<float>();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const cudaError_t err = q.scalar_type() == at::kBFloat16
+                              ? run_flash_combine<DType::kBFloat16>(c, static_cast<int>(dim), stream)
+                              : run_flash_combine<DType::kFloat16>(c, static_cast<int>(dim), stream);
+  SK_CHECK(err == cudaSuccess,
+           std::string("flash_attn_fwd: split-KV merge failed: ") + cudaGetErrorString(err));
   return true;
 }
 

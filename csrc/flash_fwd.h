@@ -47,6 +47,17 @@ struct FlashFwdParams {
   // The sm90 family's causal tile counter: one int32 in device memory, zero at launch, that the
   // persistent CTAs take their next tile from (atomicAdd). Null where the kernel does not use it.
   int* tile_counter;
+
+  // Split-KV (the sm90 family's kSplitKV kernels only; decode-shaped calls): with num_splits > 1
+  // the key blocks of each tile are cut into num_splits contiguous ranges of blocks_per_split
+  // blocks, each run as a tile of its own, and each range writes its O (normalised over its keys)
+  // and its LSE in float32 to o_accum, (num_splits, batch, heads, seqlen_q, head_dim) contiguous,
+  // and lse_accum, (num_splits, batch, heads, seqlen_q); out and lse are left alone and
+  // run_flash_combine merges the ranges into them. A range past the last key block writes O = 0
+  // and LSE = -inf. num_splits = 1 (o_accum null): no split.
+  int num_splits;
+  float* o_accum;
+  float* lse_accum;
 };
 
 // One explicit instantiation per (dtype, head dim, causal) and family lives in its own .cu file
@@ -54,11 +65,21 @@ struct FlashFwdParams {
 template <DType kDtype, int kHeadDim, bool kCausal>
 cudaError_t run_flash_fwd_sm80(const FlashFwdParams& params, cudaStream_t stream);
 
+// The sm90 family's extra instantiations of some shapes (generate_kernels.py, VARIANTS):
+//   kShortKeys: the tile shape tuned for seq_len_k <= 2048 (D=64 causal);
+//   kSplitKV: non-causal kernels that split the keys (FlashFwdParams::num_splits), for
+//             decode-shaped calls.
+enum class Sm90Variant : int { kDefault = 0, kShortKeys = 1, kSplitKV = 2 };
+
 // Returns cudaErrorNotSupported (launching nothing) when the inputs cannot be described by TMA
 // tensor maps (for example a zero stride); the caller then runs the sm80 family instead.
-// kShortKeys selects the tile shape tuned for seq_len_k <= 2048 where a shape has one (D=64
-// causal; see generate_kernels.py, VARIANTS).
-template <DType kDtype, int kHeadDim, bool kCausal, bool kShortKeys>
+template <DType kDtype, int kHeadDim, bool kCausal, Sm90Variant kVariant>
 cudaError_t run_flash_fwd_sm90(const FlashFwdParams& params, cudaStream_t stream);
+
+// Merges the num_splits partial results in params.o_accum / params.lse_accum into params.out (the
+// input dtype, params' strides) and params.lse: for each row, LSE = log(sum_s exp(LSE_s)) and
+// O = sum_s exp(LSE_s - LSE) O_s, in float32. head_dim is the last dimension of O (even, <= 256).
+template <DType kDtype>
+cudaError_t run_flash_combine(const FlashFwdParams& params, int head_dim, cudaStream_t stream);
 
 }  // namespace sessionkit

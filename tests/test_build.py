@@ -89,16 +89,18 @@ def test_first_compile_error_none_on_clean_log():
 def test_sources_are_found_and_named():
     root = build.csrc_dir()
     names = build.kernel_names(root)
-    # sm80: D 64, 128; sm90: D 64, 96, 128, 256; x {fp16, bf16} x {causal, not}; plus the sm90
-    # D=64 causal short-keys variant in both dtypes
-    assert len(names) == 26
+    # sm80: D 64, 128; sm90: D 64, 96, 128, 256; x {fp16, bf16} x {causal, not}; plus, in both
+    # dtypes, the sm90 D=64 causal short-keys variant and a split-KV variant per sm90 head dim
+    assert len(names) == 8 + 16 + 2 + 8
     assert "flash_fwd_sm90_bf16_hdim64_causal_shortkeys" in names
+    assert "flash_fwd_sm90_fp16_hdim256_noncausal_splitkv" in names
     assert "flash_fwd_sm90_bf16_hdim128_causal" in names
     assert "flash_fwd_sm80_fp16_hdim64_noncausal" in names
     files = {str(p.relative_to(root)) for p in build.source_files(root)}
     assert {"flash_api.cpp", "flash_fwd.h", "sm80/kernel.cuh", "sm90/kernel.cuh", "sm90/ptx.cuh",
             "common/softmax.cuh", "common/mask.cuh",
-            "instantiations/flash_fwd_sm90_bf16_hdim128_causal.cu"} <= files
+            "instantiations/flash_fwd_sm90_bf16_hdim128_causal.cu", "common/combine.cuh",
+            "instantiations/flash_combine_bf16.cu"} <= files
 
 
 def _key(**over):

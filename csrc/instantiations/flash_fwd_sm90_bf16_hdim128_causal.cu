@@ -2,4 +2,4 @@
 // head dim 128, causal.
 #include "../sm90/launch.cuh"
 
-SESSIONKIT_FLASH_FWD_SM90_INSTANCE(flash_fwd_sm90_bf16_hdim128_causal, sessionkit::DType::kBFloat16, 128, true, false)
+SESSIONKIT_FLASH_FWD_SM90_INSTANCE(flash_fwd_sm90_bf16_hdim128_causal, sessionkit::DType::kBFloat16, 128, true, sessionkit::Sm90Variant::kDefault)

@@ -2,4 +2,4 @@
 // head dim 256, noncausal.
 #include "../sm90/launch.cuh"
 
-SESSIONKIT_FLASH_FWD_SM90_INSTANCE(flash_fwd_sm90_bf16_hdim256_noncausal, sessionkit::DType::kBFloat16, 256, false, false)
+SESSIONKIT_FLASH_FWD_SM90_INSTANCE(flash_fwd_sm90_bf16_hdim256_noncausal, sessionkit::DType::kBFloat16, 256, false, sessionkit::Sm90Variant::kDefault)

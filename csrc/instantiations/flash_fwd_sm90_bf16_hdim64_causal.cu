@@ -2,4 +2,4 @@
 // head dim 64, causal.
 #include "../sm90/launch.cuh"
 
-SESSIONKIT_FLASH_FWD_SM90_INSTANCE(flash_fwd_sm90_bf16_hdim64_causal, sessionkit::DType::kBFloat16, 64, true, false)
+SESSIONKIT_FLASH_FWD_SM90_INSTANCE(flash_fwd_sm90_bf16_hdim64_causal, sessionkit::DType::kBFloat16, 64, true, sessionkit::Sm90Variant::kDefault)

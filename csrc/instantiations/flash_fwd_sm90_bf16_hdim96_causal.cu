@@ -2,4 +2,4 @@
 // head dim 96, causal.
 #include "../sm90/launch.cuh"
 
-SESSIONKIT_FLASH_FWD_SM90_INSTANCE(flash_fwd_sm90_bf16_hdim96_causal, sessionkit::DType::kBFloat16, 96, true, false)
+SESSIONKIT_FLASH_FWD_SM90_INSTANCE(flash_fwd_sm90_bf16_hdim96_causal, sessionkit::DType::kBFloat16, 96, true, sessionkit::Sm90Variant::kDefault)

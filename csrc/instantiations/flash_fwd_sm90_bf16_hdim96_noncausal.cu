@@ -2,4 +2,4 @@
 // head dim 96, noncausal.
 #include "../sm90/launch.cuh"
 
-SESSIONKIT_FLASH_FWD_SM90_INSTANCE(flash_fwd_sm90_bf16_hdim96_noncausal, sessionkit::DType::kBFloat16, 96, false, false)
+SESSIONKIT_FLASH_FWD_SM90_INSTANCE(flash_fwd_sm90_bf16_hdim96_noncausal, sessionkit::DType::kBFloat16, 96, false, sessionkit::Sm90Variant::kDefault)

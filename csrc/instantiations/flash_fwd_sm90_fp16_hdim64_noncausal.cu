@@ -2,4 +2,4 @@
 // head dim 64, noncausal.
 #include "../sm90/launch.cuh"
 
-SESSIONKIT_FLASH_FWD_SM90_INSTANCE(flash_fwd_sm90_fp16_hdim64_noncausal, sessionkit::DType::kFloat16, 64, false, false)
+SESSIONKIT_FLASH_FWD_SM90_INSTANCE(flash_fwd_sm90_fp16_hdim64_noncausal, sessionkit::DType::kFloat16, 64, false, sessionkit::Sm90Variant::kDefault)

@@ -2,4 +2,4 @@
 // head dim 96, causal.
 #include "../sm90/launch.cuh"
 
-SESSIONKIT_FLASH_FWD_SM90_INSTANCE(flash_fwd_sm90_fp16_hdim96_causal, sessionkit::DType::kFloat16, 96, true, false)
+SESSIONKIT_FLASH_FWD_SM90_INSTANCE(flash_fwd_sm90_fp16_hdim96_causal, sessionkit::DType::kFloat16, 96, true, sessionkit::Sm90Variant::kDefault)

@@ -43,8 +43,9 @@ struct Sm90Args {
   FlashFwdParams p;
   int tma_store;      // 0: O goes out in plain 4-byte stores (strides TMA cannot describe)
   int num_m_blocks;   // query blocks per (batch, head)
-  int num_tiles;      // num_m_blocks * heads * batch
+  int num_tiles;      // num_m_blocks * heads * batch * max(1, p.num_splits)
   int section_pairs;  // (batch, head) pairs per L2 section (see tile_at)
+  int blocks_per_split;  // key blocks per split-KV range (p.num_splits > 1)
 };
 
 // The persistent schedule walks one list of (query block, head, batch) tiles.
@@ -122,19 +123,36 @@ __device__ __forceinline__ int key_blocks(const FlashFwdParams& p, int row0) {
 struct TileWork {
   Tile tile;
   int row0;      // its first query row
-  int n_blocks;  // key blocks [0, n_blocks)
+  int n_begin;   // key blocks [n_begin, n_begin + n_blocks)
+  int n_blocks;
+  int split;     // its split-KV range (0 without a split)
 };
 
+// Split-KV (the kSplitKV variant): the num_splits ranges of one tile are
+// neighbours in the list (they share its Q), and range r visits key blocks
+// [r * blocks_per_split, (r + 1) * blocks_per_split) clipped to the keys.
 template <class Tr, bool kCausal>
 __device__ __forceinline__ TileWork work_at(const Sm90Args& args, int index) {
+  int split = 0;
+  if constexpr (Tr::kSplitKV) {
+    const int tile_index = index / args.p.num_splits;
+    split = index - tile_index * args.p.num_splits;
+    index = tile_index;
+  }
   const Tile tile = tile_at<Tr::kHeadMajor>(args, index);
   const int row0 = tile.m_block * Tr::kBlockM;
-  return TileWork{tile, row0, key_blocks<Tr, kCausal>(args.p, row0)};
+  const int n_total = key_blocks<Tr, kCausal>(args.p, row0);
+  if constexpr (Tr::kSplitKV) {
+    const int n_begin = split * args.blocks_per_split;
+    const int n_blocks = max(0, min(args.blocks_per_split, n_total - n_begin));
+    return TileWork{tile, row0, n_begin, n_blocks, split};
+  }
+  return TileWork{tile, row0, 0, n_total, 0};
 }
 
-template <DType kDtype, int kHeadDim, bool kCausal, bool kShortKeys>
+template <DType kDtype, int kHeadDim, bool kCausal, Sm90Variant kVariant>
 __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
-  using Tr = Traits<kHeadDim, kCausal, kShortKeys>;
+  using Tr = Traits<kHeadDim, kCausal, kVariant>;
   using T = typename fwd::Elem<kDtype>::type;
   constexpr int kBlockM = Tr::kBlockM;
   constexpr int kBlockN = Tr::kBlockN;
@@ -197,7 +215,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       if (index >= args.num_tiles) break;
       const TileWork work = work_at<Tr, kCausal>(args, index);
       const Tile tile = work.tile;
-      const int row0 = work.row0, n_blocks = work.n_blocks;
+      const int row0 = work.row0, n_begin = work.n_begin, n_blocks = work.n_blocks;
       const int head_k = tile.head / p.head_ratio;
       if (n_blocks > 0) {
         // Q: the consumers release it after their last Q K^T of the previous tile.
@@ -212,7 +230,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         ++q_round;
       }
       for (int j = 0; j < n_blocks; ++j, ++it) {
-        const int n = n_blocks - 1 - j;
+        const int n = n_begin + n_blocks - 1 - j;
         const int s = it % kStages;
         const uint32_t phase = (it / kStages) & 1;
         // K, then V, of key block n into ring slot s, each once the consumers have freed it.
@@ -313,7 +331,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     if (index >= args.num_tiles) break;
     const TileWork work = work_at<Tr, kCausal>(args, index);
     const Tile tile = work.tile;
-    const int row0 = work.row0, n_blocks = work.n_blocks;
+    const int row0 = work.row0, n_begin = work.n_begin, n_blocks = work.n_blocks;
     const int wg_row0 = row0 + consumer * 64;
     const int row_g = wg_row0 + warp * 16 + g;  // query row of this thread's s[i][0]
 
@@ -349,7 +367,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
           mbarrier_arrive(sm.k_empty(s));
           if (n_blocks == 1) mbarrier_arrive(sm.q_empty());  // Q is no longer read
         }
-        softmax_block(n_blocks - 1);
+        softmax_block(n_begin + n_blocks - 1);
         fwd::probs_to_a_frags<kDtype>(acc_s, p_frag);
       }
 
@@ -373,7 +391,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
           mbarrier_arrive(sm.k_empty(s));
           if (j == n_blocks - 1) mbarrier_arrive(sm.q_empty());
         }
-        softmax_block(n_blocks - 1 - j);
+        softmax_block(n_begin + n_blocks - 1 - j);
         wgmma_wait_group<0>();
         fence_registers(acc_o);
         fence_registers(p_frag);
@@ -400,7 +418,26 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     float inv_sum[2], row_lse[2];
     softmax.finalize(p.scale_log2, inv_sum, row_lse);
     float* lse = p.lse + tile.batch * p.lse_batch_stride + tile.head * p.lse_head_stride;
-    if (Tr::kTmaStoreO && args.tma_store) {
+    if constexpr (Tr::kSplitKV) {
+      // A split-KV range: O (normalised over this range's keys) and its LSE in float32, for
+      // run_flash_combine to merge.
+      const int64_t plane =
+          ((static_cast<int64_t>(work.split) * p.batch + tile.batch) * p.heads + tile.head) *
+          p.seqlen_q;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = row_g + 8 * r;
+        if (row < p.seqlen_q) {
+          float* orow = p.o_accum + (plane + row) * kHeadDim + 2 * t;
+#pragma unroll
+          for (int i = 0; i < kDTiles; ++i) {
+            *reinterpret_cast<float2*>(orow + i * 8) =
+                make_float2(acc_o[i][2 * r] * inv_sum[r], acc_o[i][2 * r + 1] * inv_sum[r]);
+          }
+          if (t == 0) p.lse_accum[plane + row] = row_lse[r];
+        }
+      }
+    } else if (Tr::kTmaStoreO && args.tma_store) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = row_g + 8 * r;

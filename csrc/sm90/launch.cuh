@@ -68,10 +68,10 @@ inline bool make_tensor_map(CUtensorMap* map, const void* ptr, bool bf16, int64_
   return res == CUDA_SUCCESS;
 }
 
-template <DType kDtype, int kHeadDim, bool kCausal, bool kShortKeys, typename Kernel>
+template <DType kDtype, int kHeadDim, bool kCausal, Sm90Variant kVariant, typename Kernel>
 cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
                    std::atomic<bool>* smem_raised) {
-  using Tr = Traits<kHeadDim, kCausal, kShortKeys>;
+  using Tr = Traits<kHeadDim, kCausal, kVariant>;
   constexpr bool kBf16 = kDtype == DType::kBFloat16;
   // The dynamic schedule needs the zeroed tile counter (the binding allocates it).
   if (Tr::kDynamicSchedule && p.tile_counter == nullptr) return cudaErrorInvalidValue;
@@ -99,7 +99,14 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
   if (attr != cudaSuccess) return attr;
   // Persistent grid: one CTA per SM (at most one per tile), each walking the tile list.
   const int64_t num_m_blocks = (p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM;
-  const int64_t num_tiles = num_m_blocks * p.heads * p.batch;
+  // Split-KV: the kSplitKV variant only, with its float32 partial buffers.
+  if (Tr::kSplitKV != (p.num_splits >= 1 && p.o_accum != nullptr && p.lse_accum != nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t splits = Tr::kSplitKV ? p.num_splits : 1;
+  const int64_t key_blocks = (int64_t(p.seqlen_k) + Tr::kBlockN - 1) / Tr::kBlockN;
+  args.blocks_per_split = static_cast<int>((key_blocks + splits - 1) / splits);
+  const int64_t num_tiles = num_m_blocks * p.heads * p.batch * splits;
   // Tile indices (plus one round of slack) must fit in 32 bits.
   if (num_tiles > INT32_MAX - 4096) return cudaErrorNotSupported;
   args.num_m_blocks = static_cast<int>(num_m_blocks);
@@ -128,26 +135,28 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
 // The body is compiled only for sm_90a (wgmma and setmaxnreg need the arch-specific target); for
 // any other target the kernel is empty, and the binding never launches it there.
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, SHORT, ARGS)
+#define SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, VARIANT, ARGS)
 #else
-#define SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, SHORT, ARGS) \
-  sessionkit::sm90::flash_fwd_body<DTYPE, HDIM, CAUSAL, SHORT>(ARGS);
+#define SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, VARIANT, ARGS) \
+  sessionkit::sm90::flash_fwd_body<DTYPE, HDIM, CAUSAL, VARIANT>(ARGS);
 #endif
 
 // Defines, in one .cu file, the sm90-family kernel `NAME` (a plain extern "C" symbol, so that
 // ptxas and the profiler report it by that name), its shared-memory size as `NAME_smem_bytes`,
-// and the launcher run_flash_fwd_sm90<DTYPE, HDIM, CAUSAL, SHORT> (SHORT: the short-keys variant).
-#define SESSIONKIT_FLASH_FWD_SM90_INSTANCE(NAME, DTYPE, HDIM, CAUSAL, SHORT)                             \
-  extern "C" __global__ void __launch_bounds__(sessionkit::sm90::Traits<HDIM, CAUSAL, SHORT>::kThreads, 1)     \
-      NAME(const __grid_constant__ sessionkit::sm90::Sm90Args args) {                           \
-    SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, SHORT, args)                                              \
+// and the launcher run_flash_fwd_sm90<DTYPE, HDIM, CAUSAL, VARIANT> (an Sm90Variant).
+#define SESSIONKIT_FLASH_FWD_SM90_INSTANCE(NAME, DTYPE, HDIM, CAUSAL, VARIANT)                      \
+  extern "C" __global__ void __launch_bounds__(                                                  \
+      sessionkit::sm90::Traits<HDIM, CAUSAL, VARIANT>::kThreads, 1)                              \
+      NAME(const __grid_constant__ sessionkit::sm90::Sm90Args args) {                            \
+    SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, VARIANT, args)                                     \
   }                                                                                              \
-  extern "C" const int NAME##_smem_bytes = sessionkit::sm90::Traits<HDIM, CAUSAL, SHORT>::kSmemBytes;           \
+  extern "C" const int NAME##_smem_bytes =                                                       \
+      sessionkit::sm90::Traits<HDIM, CAUSAL, VARIANT>::kSmemBytes;                               \
   namespace sessionkit {                                                                         \
   template <>                                                                                    \
-  cudaError_t run_flash_fwd_sm90<DTYPE, HDIM, CAUSAL, SHORT>(const FlashFwdParams& params,             \
-                                                       cudaStream_t stream) {                   \
+  cudaError_t run_flash_fwd_sm90<DTYPE, HDIM, CAUSAL, VARIANT>(const FlashFwdParams& params,    \
+                                                               cudaStream_t stream) {           \
     static std::atomic<bool> smem_raised[fwd::kMaxTrackedDevices];                              \
-    return sm90::launch<DTYPE, HDIM, CAUSAL, SHORT>(NAME, params, stream, smem_raised);                        \
+    return sm90::launch<DTYPE, HDIM, CAUSAL, VARIANT>(NAME, params, stream, smem_raised);       \
   }                                                                                              \
   }

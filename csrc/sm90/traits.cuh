@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "../flash_fwd.h"
+
 namespace sessionkit {
 namespace sm90 {
 
@@ -61,15 +63,20 @@ namespace sm90 {
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
 
-template <int kHeadDim_, bool kCausal_, bool kShortKeys_ = false>
+template <int kHeadDim_, bool kCausal_, Sm90Variant kVariant_ = Sm90Variant::kDefault>
 struct Traits {
   // The variant for short key sequences (seq_len_k <= 2048, chosen by the binding): shapes that
   // have one use a smaller key block there, where the causal diagonal's waste dominates.
-  static constexpr bool kShortKeys = kShortKeys_;
+  static constexpr bool kShortKeys = kVariant_ == Sm90Variant::kShortKeys;
+  // The split-KV variant (decode-shaped calls, non-causal): each tile is one range of key blocks
+  // and writes float32 partial results (FlashFwdParams::num_splits). Two consumers at every head
+  // dim: the three-consumer D=64 shape has no registers left for the split's bookkeeping.
+  static constexpr bool kSplitKV = kVariant_ == Sm90Variant::kSplitKV;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kCausal = kCausal_;
   static constexpr int kConsumerWarpgroups =
-      kHeadDim == 64 ? (kCausal ? SK_SM90_CONSUMERS_D64_CAUSAL : SK_SM90_CONSUMERS_D64_FULL)
+      kSplitKV ? 2
+      : kHeadDim == 64 ? (kCausal ? SK_SM90_CONSUMERS_D64_CAUSAL : SK_SM90_CONSUMERS_D64_FULL)
       : kHeadDim == 128 ? SK_SM90_CONSUMERS_D128
                         : 2;
   static constexpr int kBlockM = 64 * kConsumerWarpgroups;  // 64 query rows per consumer warpgroup
@@ -117,7 +124,7 @@ struct Traits {
   // O leaves through shared memory and TMA with two consumers and the 128-byte swizzle, where
   // shared memory has room; otherwise (three consumers: no registers to spare; D=96; D=256: no
   // shared memory to spare) in plain stores.
-  static constexpr bool kTmaStoreO = SK_SM90_TMA_STORE_O != 0 && kConsumerWarpgroups == 2 &&
+  static constexpr bool kTmaStoreO = SK_SM90_TMA_STORE_O != 0 && !kSplitKV && kConsumerWarpgroups == 2 &&
                                      kSwizzleBytes == 128 && kHeadDim <= 128;
   // The output tile of each consumer (64 rows, chunked and swizzled like Q) for the TMA store.
   static constexpr int kOChunkBytes = 64 * kSwizzleBytes;
@@ -133,6 +140,7 @@ struct Traits {
   static constexpr int kSmemBytes = kTileSlotOffset + 8 + 1024;
 
   static_assert(kConsumerWarpgroups == 2 || kConsumerWarpgroups == 3, "two or three consumers");
+  static_assert(!(kSplitKV && kCausal), "split-KV kernels are non-causal");
   static_assert(kHeadDim % 32 == 0, "head dim must be a multiple of 32");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "key block must be a wgmma n");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory plan exceeds the 227 KB per block");
