@@ -350,3 +350,19 @@ def test_plot_lines_follow_each_implementation_across_lengths():
     # two shapes at one length for one implementation: those lines are told apart
     rows.append({**rows[0], "batch_size": 1, "tflops": 50.0})
     assert "ours B32 H16" in bench_groups(rows)[("bf16", 128, False)]
+
+
+def test_gpu_comes_from_a_step_when_no_preflight_ran(fdb):
+    """A session without a preflight snapshot names the GPU its correctness step recorded."""
+    session_id = sid(1)
+    fdb.conn.execute("DELETE FROM env_snapshots WHERE session_id = ?", [session_id])
+    step = fdb.conn.execute("SELECT id, summary FROM steps WHERE session_id = ? AND name = ?",
+                            [session_id, "correctness"]).fetchone()
+    summary = {**json.loads(step[1]), "device": "NVIDIA H200"}
+    fdb.conn.execute("UPDATE steps SET summary = ? WHERE id = ?", [json.dumps(summary), step[0]])
+    fdb.conn.commit()
+    text = session_report(fdb, 1, now=NOW).text
+    assert "| GPU | NVIDIA H200 (recorded by the correctness step) |" in text
+    fdb.conn.execute("UPDATE steps SET summary = ? WHERE id = ?", [step[1], step[0]])
+    fdb.conn.commit()
+    assert "| GPU | not recorded (no preflight snapshot) |" in session_report(fdb, 1, now=NOW).text

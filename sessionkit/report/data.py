@@ -42,7 +42,19 @@ def _step_metrics(db, step_id: str) -> list[dict]:
 # Sections
 
 
-def header_section(session: dict, env: dict | None, now: str) -> dict:
+def _step_device(steps: list[dict]) -> str | None:
+    """The device a step recorded in its summary (the correctness step does), for sessions that
+    ran no preflight."""
+    for s in steps:
+        summary = s.get("summary")
+        device = summary.get("device") if isinstance(summary, dict) else None
+        if isinstance(device, str) and device.strip():
+            return f"{device.strip()} (recorded by the {s['name']} step)"
+    return None
+
+
+def header_section(session: dict, env: dict | None, now: str,
+                   step_device: str | None = None) -> dict:
     end = session.get("ended_at")
     gpu = None
     if env:
@@ -52,6 +64,7 @@ def header_section(session: dict, env: dict | None, now: str) -> dict:
             gpu = f"{gpu} (cc {env.get('gpu_cc') or gpus[0].get('cc')})"
     if env and not gpu:
         gpu = "none found by preflight"
+    gpu = gpu or step_device
     return {
         "id": session["id"], "number": session["number"], "name": session["name"],
         "status": session["status"], "objective": session.get("objective"),
@@ -434,7 +447,7 @@ def report_data(db, session_ref=None, *, now: str | None = None) -> dict:
     benches = next((s["instances"] for s in sections if s["name"] == "bench"), [])
     bench = next((b for b in reversed(benches) if b["status"] != "running"), None)
     return {
-        "session": header_section(session, latest_env, now),
+        "session": header_section(session, latest_env, now, _step_device(steps)),
         "steps": steps_section(steps, now),
         "environment": env,
         "sections": sections,
