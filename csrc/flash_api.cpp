@@ -232,6 +232,9 @@ cudaError_t run_sm80(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
 // many keys: D=64 causal measured 0.78 -> 0.87 of SDPA at S=512 with key blocks of 128 instead of
 // 192, equal at 2048, and 5-10 % slower from 4096 on (docs/kernel-notes.md, v8).
 constexpr int kShortKeysMax = 2048;
+// D=128 non-causal runs its long-keys variant (key blocks of 176) from this many keys: measured
+// +2-3 % of SDPA at 8192 and 16384 keys, equal at 4096, 4-13 % slower at 512-2048 (v10).
+constexpr int kLongKeysMin = 8192;
 
 template <::sessionkit::DType kDtype, bool kCausal, int... kDims>
 cudaError_t run_sm90(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
@@ -243,6 +246,11 @@ cudaError_t run_sm90(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
   }
   constexpr Sm90Variant kSplit = Sm90Variant::kSplitKV;
   const bool split = !kCausal && p.num_splits >= 1 && p.o_accum != nullptr;
+  if constexpr (!kCausal) {
+    if (head_dim == 128 && !split && p.seqlen_k >= kLongKeysMin) {
+      return run_flash_fwd_sm90<kDtype, 128, false, Sm90Variant::kLongKeys>(p, stream);
+    }
+  }
   cudaError_t err = cudaErrorInvalidValue;
   ((head_dim == kDims
         ? (err = split ? run_flash_fwd_sm90<kDtype, kDims, false, kSplit>(p, stream)

@@ -68,8 +68,9 @@ cudaError_t run_flash_fwd_sm80(const FlashFwdParams& params, cudaStream_t stream
 // The sm90 family's extra instantiations of some shapes (generate_kernels.py, VARIANTS):
 //   kShortKeys: the tile shape tuned for seq_len_k <= 2048 (D=64 causal);
 //   kSplitKV: non-causal kernels that split the keys (FlashFwdParams::num_splits), for
-//             decode-shaped calls.
-enum class Sm90Variant : int { kDefault = 0, kShortKeys = 1, kSplitKV = 2 };
+//             decode-shaped calls;
+//   kLongKeys: the tile shape tuned for seq_len_k >= 8192 (D=128 non-causal).
+enum class Sm90Variant : int { kDefault = 0, kShortKeys = 1, kSplitKV = 2, kLongKeys = 3 };
 
 // Returns cudaErrorNotSupported (launching nothing) when the inputs cannot be described by TMA
 // tensor maps (for example a zero stride); the caller then runs the sm80 family instead.

@@ -31,11 +31,15 @@ MASKS = {"causal": "true", "noncausal": "false"}
 # (flash_api.cpp, kShortKeysMax): D=64 causal runs key blocks of 128 there and of 192 above
 # (docs/kernel-notes.md, v8). "splitkv": non-causal kernels that split the keys over several tiles
 # and write float32 partial results, for decode-shaped calls (flash_api.cpp, launch_decode).
+# "longkeys": D=128 non-causal with key blocks of 176, picked when seq_len_k >= 8192
+# (flash_api.cpp, kLongKeysMin; docs/kernel-notes.md, v10).
 VARIANTS = {("sm90", 64, "causal"): ("shortkeys",),
-            **{("sm90", d, "noncausal"): ("splitkv",) for d in (64, 96, 128, 256)}}
+            **{("sm90", d, "noncausal"): ("splitkv",) for d in (64, 96, 256)},
+            ("sm90", 128, "noncausal"): ("splitkv", "longkeys")}
 VARIANT_ENUMS = {"": "sessionkit::Sm90Variant::kDefault",
                  "shortkeys": "sessionkit::Sm90Variant::kShortKeys",
-                 "splitkv": "sessionkit::Sm90Variant::kSplitKV"}
+                 "splitkv": "sessionkit::Sm90Variant::kSplitKV",
+                 "longkeys": "sessionkit::Sm90Variant::kLongKeys"}
 WGMMA_N = (64, 80, 96, 128, 176, 192, 256)  # n of the m64nNk16 shapes: the key block for Q K^T, the head dim for P V
 
 INSTANCE = """\

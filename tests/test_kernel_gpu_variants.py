@@ -114,6 +114,23 @@ def test_decode_shapes_with_grouped_heads_as_rows(case, mask, dtype, family):
                        seed=hash((case, mask, d)) % 10_000)
 
 
+LONG_KEY_CASES = [  # (B, H_q, H_kv, Sq, Sk): from 8192 keys D=128 non-causal runs key blocks of 176
+    (1, 2, 2, 300, 8192), (1, 4, 2, 129, 9001), (2, 2, 1, 1, 8200), (1, 2, 2, 1000, 16384),
+]
+
+
+@pytest.mark.parametrize("case", LONG_KEY_CASES)
+@pytest.mark.parametrize("mask", ["none", "bottom_right"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_long_key_sequences(case, mask, dtype, family):
+    """Long key sequences (the long-keys tile shape at D=128, a ragged last block of 176 keys at
+    9001 and 8200, grouped heads), non-causal and bottom-right causal."""
+    b, hq, hkv, sq, sk = case
+    for d in _head_dims():
+        _check_forward(b, hq, hkv, sq, sk, d, dtype, mask != "none", mask == "bottom_right",
+                       seed=hash((case, mask, d)) % 10_000, layout="bshd" if sq % 2 else "bhsd")
+
+
 @pytest.mark.parametrize("sq,sk", [(9, 4), (300, 100), (128, 1), (1000, 999)])
 def test_rows_that_see_no_key_are_zero_and_minus_inf(sq, sk, family):
     for d in _head_dims():

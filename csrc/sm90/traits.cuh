@@ -32,6 +32,9 @@ namespace sm90 {
 #ifndef SK_SM90_BLOCK_N_D128_FULL
 #define SK_SM90_BLOCK_N_D128_FULL 128
 #endif
+#ifndef SK_SM90_BLOCK_N_D128_FULL_LONG
+#define SK_SM90_BLOCK_N_D128_FULL_LONG 176  // the long-keys variant (seq_len_k >= 8192)
+#endif
 #ifndef SK_SM90_BLOCK_N_D128_CAUSAL
 #define SK_SM90_BLOCK_N_D128_CAUSAL 128
 #endif
@@ -72,6 +75,10 @@ struct Traits {
   // and writes float32 partial results (FlashFwdParams::num_splits). Two consumers at every head
   // dim: the three-consumer D=64 shape has no registers left for the split's bookkeeping.
   static constexpr bool kSplitKV = kVariant_ == Sm90Variant::kSplitKV;
+  // The variant for long key sequences (seq_len_k >= 8192, chosen by the binding): D=128
+  // non-causal runs key blocks of 176 there (FlashAttention-3's tile), which leaves no shared
+  // memory for the TMA store of O; measured +2-3 % at 8k-16k keys and 4-13 % slower at 512-2048.
+  static constexpr bool kLongKeys = kVariant_ == Sm90Variant::kLongKeys;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kCausal = kCausal_;
   static constexpr int kConsumerWarpgroups =
@@ -84,7 +91,9 @@ struct Traits {
       kHeadDim == 64    ? (kCausal ? (kShortKeys ? SK_SM90_BLOCK_N_D64_CAUSAL_SHORT
                                                  : SK_SM90_BLOCK_N_D64_CAUSAL)
                                    : SK_SM90_BLOCK_N_D64_FULL)
-      : kHeadDim == 128 ? (kCausal ? SK_SM90_BLOCK_N_D128_CAUSAL : SK_SM90_BLOCK_N_D128_FULL)
+      : kHeadDim == 128 ? (kCausal    ? SK_SM90_BLOCK_N_D128_CAUSAL
+                           : kLongKeys ? SK_SM90_BLOCK_N_D128_FULL_LONG
+                                       : SK_SM90_BLOCK_N_D128_FULL)
       : kHeadDim == 96  ? SK_SM90_BLOCK_N_D96
                         : SK_SM90_BLOCK_N_D256;
   static constexpr int kStages = SK_SM90_STAGES;
@@ -121,19 +130,21 @@ struct Traits {
   static constexpr int kQOffset = 0;
   static constexpr int kKOffset = kQOffset + kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKVBytes;
-  // O leaves through shared memory and TMA with two consumers and the 128-byte swizzle, where
-  // shared memory has room; otherwise (three consumers: no registers to spare; D=96; D=256: no
-  // shared memory to spare) in plain stores.
-  static constexpr bool kTmaStoreO = SK_SM90_TMA_STORE_O != 0 && !kSplitKV && kConsumerWarpgroups == 2 &&
-                                     kSwizzleBytes == 128 && kHeadDim <= 128;
   // The output tile of each consumer (64 rows, chunked and swizzled like Q) for the TMA store.
   static constexpr int kOChunkBytes = 64 * kSwizzleBytes;
   static constexpr int kOBytesPerConsumer = kOChunkBytes * kChunks;
   static constexpr int kOOffset = kVOffset + kStages * kKVBytes;
-  static constexpr int kBarrierOffset =
-      kOOffset + (kTmaStoreO ? kConsumerWarpgroups * kOBytesPerConsumer : 0);
   // q full/empty, k full/empty, v full/empty, and the tile ring's full/empty (two slots)
   static constexpr int kBarriers = 2 + 4 * kStages + 4;
+  // O leaves through shared memory and TMA with two consumers and the 128-byte swizzle, where
+  // shared memory has room; otherwise (three consumers: no registers to spare; D=96; D=256 and
+  // the 176-key block: no shared memory to spare; split-KV: float32 partials) in plain stores.
+  static constexpr bool kTmaStoreO =
+      SK_SM90_TMA_STORE_O != 0 && !kSplitKV && kConsumerWarpgroups == 2 &&
+      kSwizzleBytes == 128 && kHeadDim <= 128 &&
+      kOOffset + kConsumerWarpgroups * kOBytesPerConsumer + 8 * kBarriers + 8 + 1024 <= 227 * 1024;
+  static constexpr int kBarrierOffset =
+      kOOffset + (kTmaStoreO ? kConsumerWarpgroups * kOBytesPerConsumer : 0);
   // The tile ring: two int32 tile indices the producer passes to the consumers.
   static constexpr int kTileSlotOffset = kBarrierOffset + 8 * kBarriers;
   // +1024: the dynamic shared-memory base is rounded up to the 1024-byte swizzle alignment.
@@ -141,6 +152,7 @@ struct Traits {
 
   static_assert(kConsumerWarpgroups == 2 || kConsumerWarpgroups == 3, "two or three consumers");
   static_assert(!(kSplitKV && kCausal), "split-KV kernels are non-causal");
+  static_assert(!(kLongKeys && kCausal), "the long-keys variant is non-causal");
   static_assert(kHeadDim % 32 == 0, "head dim must be a multiple of 32");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "key block must be a wgmma n");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory plan exceeds the 227 KB per block");
