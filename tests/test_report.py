@@ -366,3 +366,29 @@ def test_gpu_comes_from_a_step_when_no_preflight_ran(fdb):
     fdb.conn.execute("UPDATE steps SET summary = ? WHERE id = ?", [step[1], step[0]])
     fdb.conn.commit()
     assert "| GPU | not recorded (no preflight snapshot) |" in session_report(fdb, 1, now=NOW).text
+
+
+def test_report_json_and_export_are_strict_json_with_non_finite_figures(cli_db, tmp_path):
+    """A stored summary holding NaN or an infinity (an old or hand-edited row) comes out as null:
+    ``report --json`` and ``export`` print JSON that strict parsers read."""
+    step = cli_db.conn.execute("SELECT id, summary FROM steps WHERE session_id = ? AND name = ?",
+                               [sid(1), "bench"]).fetchone()
+    summary = {**json.loads(step[1]), "geomean_speedup_vs_sdpa": float("nan"),
+               "best_speedup_vs_sdpa": float("inf")}
+    cli_db.conn.execute("UPDATE steps SET summary = ? WHERE id = ?", [json.dumps(summary), step[0]])
+    cli_db.conn.commit()
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+    for args in (("report", "1", "--json"), ("export", "1")):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        assert "NaN" not in result.output and "Infinity" not in result.output
+        strict(result.output)
+    out = tmp_path / "export.json"
+    assert invoke("export", "1", "-o", str(out)).exit_code == 0
+    exported = strict(out.read_text())
+    bench = next(s for s in exported["steps"] if s["name"] == "bench")
+    assert bench["summary"]["geomean_speedup_vs_sdpa"] is None
+    assert bench["summary"]["best_speedup_vs_sdpa"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
@@ -44,10 +45,32 @@ def open_db(ctx: click.Context, *, create: bool = False, read_only: bool = False
     return db
 
 
+def _plain(obj):
+    """``obj`` as plain JSON values: typed step summaries as the objects they are stored as, other
+    unknown objects as text, and NaN or infinite floats (a stored summary may hold them) as null,
+    which every JSON parser reads (``NaN`` and ``Infinity`` are not JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    if hasattr(obj, "to_json"):
+        return _plain(obj.to_json())
+    return str(obj)
+
+
+def dumps_json(data) -> str:
+    """Strict JSON text of ``data`` (see :func:`_plain`), indented."""
+    return json.dumps(_plain(data), indent=2, allow_nan=False)
+
+
 def echo_json(data) -> None:
-    """Print ``data`` as JSON; a typed step summary is printed as the JSON object it is stored as."""
-    click.echo(json.dumps(data, indent=2,
-                          default=lambda o: o.to_json() if hasattr(o, "to_json") else str(o)))
+    """Print ``data`` as strict JSON; a typed step summary is printed as the JSON object it is
+    stored as, and non-finite numbers as null."""
+    click.echo(dumps_json(data))
 
 
 def session_options(fn):

@@ -147,13 +147,13 @@ def show(ctx, session_ref, as_json):
 @click.pass_context
 def export(ctx, session_ref, as_json, output):
     """Export everything recorded for a session as JSON."""
-    import json
 
     from ..sessions import export_session, get_session
+    from .common import dumps_json
 
     db = open_db(ctx, read_only=True)
     data = export_session(db, get_session(db, session_ref))
-    text = json.dumps(data, indent=2, default=str)
+    text = dumps_json(data)
     if output:
         from ..atomic import write_atomic
 
