@@ -167,6 +167,25 @@ class _Signals:
         return False
 
 
+DEFAULT_TELEMETRY_INTERVAL_S = 0.1
+
+
+def telemetry_interval_from_env() -> float | None:
+    """``$SESSIONKIT_TELEMETRY_INTERVAL`` in seconds (a duration with its unit: ``250ms``,
+    ``1s``), or None when it is unset or empty. It wins over ``telemetry_interval`` in
+    ``[tool.sessionkit]``. A bare number or anything else that is not a duration raises
+    :class:`~sessionkit.errors.UsageError` naming the variable, before the step is recorded."""
+    raw = os.environ.get("SESSIONKIT_TELEMETRY_INTERVAL")
+    if raw is None or not raw.strip():
+        return None
+    from .timefmt import parse_duration
+
+    try:
+        return parse_duration(raw)
+    except UsageError as exc:
+        raise UsageError(f"SESSIONKIT_TELEMETRY_INTERVAL: {exc}") from None
+
+
 def run_step(db, session: dict, step: Step, options=None, *, name: str | None = None,
              kind: str = "builtin", command: list[str] | None = None, index: int | None = None,
              total: int | None = None, budget_s: float | None = None,
@@ -183,6 +202,8 @@ def run_step(db, session: dict, step: Step, options=None, *, name: str | None = 
     options = step.parse_options(options)
     name = name or step.name
     check_step_name(name)
+    interval = (telemetry_interval_from_env() or telemetry_interval_s
+                or DEFAULT_TELEMETRY_INTERVAL_S)
     if session["status"] != "open":
         raise SessionkitError(f"session {session['number']} is {session['status']}; start a new one")
     budgets = session.get("step_budgets") or {}
@@ -222,7 +243,6 @@ def run_step(db, session: dict, step: Step, options=None, *, name: str | None = 
     started = time.monotonic()
     heartbeat = _Heartbeat(db.path, step_id, progress, started)
     heartbeat.start()
-    interval = telemetry_interval_s or float(os.environ.get("SESSIONKIT_TELEMETRY_INTERVAL", "0.1"))
     telemetry = _start_telemetry(db, step_id, interval, progress)
     interrupted: BaseException | None = None
     exit_code = None

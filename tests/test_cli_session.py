@@ -329,3 +329,30 @@ def test_json_columns_that_do_not_hold_what_was_written_are_read_without_a_crash
     assert isinstance(session["plan"], list) and isinstance(session["step_budgets"], dict)
     if column == "steps.summary":  # the text is shown as it is, not dropped
         assert "not json{" in json.dumps(exported)
+
+
+@pytest.mark.parametrize("value", ["60", "0.5", "fast", "-1s"])
+def test_bad_telemetry_interval_is_one_line_and_records_nothing(value, monkeypatch):
+    """$SESSIONKIT_TELEMETRY_INTERVAL takes a duration with its unit; anything else stops the step
+    before it is recorded, with one line naming the variable."""
+    assert invoke("start", "x", "--objective", "o").exit_code == 0
+    monkeypatch.setenv("SESSIONKIT_TELEMETRY_INTERVAL", value)
+    r = invoke("step", "run", "hello", "--", "true")
+    assert r.exit_code != 0
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "SESSIONKIT_TELEMETRY_INTERVAL" in lines[0], r.output
+    assert "Traceback" not in r.output
+    db = open_db()
+    assert db.execute("SELECT COUNT(*) FROM steps").fetchone()[0] == 0
+
+
+def test_telemetry_interval_from_the_environment_wins_over_pyproject(monkeypatch):
+    from sessionkit.runner import telemetry_interval_from_env
+
+    monkeypatch.delenv("SESSIONKIT_TELEMETRY_INTERVAL", raising=False)
+    assert telemetry_interval_from_env() is None
+    monkeypatch.setenv("SESSIONKIT_TELEMETRY_INTERVAL", "250ms")
+    assert telemetry_interval_from_env() == 0.25
+    assert invoke("start", "x", "--objective", "o").exit_code == 0
+    r = invoke("step", "run", "hello", "--", "true")
+    assert r.exit_code == 0, r.output

@@ -36,7 +36,7 @@ def test_two_processes_and_a_sampler_thread(tmp_path):
     db = open_db(path, create=True)
     session = start_session(db, objective="concurrency")
     steps_per_process = 100  # each step is 4 writes: insert, metric, finish, plus heartbeats
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), SESSIONKIT_TELEMETRY_INTERVAL="60")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), SESSIONKIT_TELEMETRY_INTERVAL="60s")
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), session["id"],
                                str(steps_per_process), tag], env=env, stderr=subprocess.PIPE, text=True)
              for tag in ("a", "b")]
