@@ -26,6 +26,25 @@ from .errors import ConfigError, UsageError
 from .timefmt import parse_duration, parse_rate
 
 
+# Every key [tool.sessionkit] may hold; any other is refused (a typo would otherwise be ignored).
+KNOWN_KEYS = ("objective", "plan", "budget", "gpu_rate", "ai_rate", "step_budgets",
+              "telemetry_interval", "hooks", "grids")
+
+
+def check_keys(raw: dict, path: Path) -> None:
+    """Raise :class:`ConfigError` (one line) for a key of ``[tool.sessionkit]`` that sessionkit
+    does not read, naming the closest known key."""
+    import difflib
+
+    for key in raw:
+        if key in KNOWN_KEYS:
+            continue
+        close = difflib.get_close_matches(str(key), KNOWN_KEYS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"[tool.sessionkit] in {path}: unknown key {key!r}; {hint}"
+                          f"known keys: {', '.join(KNOWN_KEYS)}")
+
+
 @dataclass
 class Config:
     path: Path | None = None
@@ -92,6 +111,7 @@ def load_config(start: Path | None = None) -> Config:
     raw = tool.get("sessionkit", {})
     if not isinstance(raw, dict):
         raise ConfigError(f"[tool.sessionkit] in {path} must be a table")
+    check_keys(raw, path)
     objective = raw.get("objective")
     if objective is not None and not isinstance(objective, str):
         raise ConfigError(f"[tool.sessionkit] in {path}: objective must be a string, "

@@ -102,6 +102,34 @@ def test_any_value_of_any_key_is_loaded_or_refused_in_one_line(tmp_path, key, va
         assert isinstance(exc, UsageError), f"{key} = {value}: {type(exc).__name__}: {exc}"
 
 
+def test_keys_match_the_config_module():
+    from sessionkit.config import KNOWN_KEYS
+
+    assert sorted(KEYS) == sorted(KNOWN_KEYS)
+
+
+@pytest.mark.parametrize("typo, hint", [("budjet", "did you mean 'budget'?"),
+                                        ("step_budget", "did you mean 'step_budgets'?"),
+                                        ("colour", "known keys: objective")])
+def test_an_unknown_key_is_refused_in_one_line_naming_the_closest(tmp_path, typo, hint):
+    """A typo in [tool.sessionkit] is an error, not a setting silently ignored; the CLI says so in
+    one line and opens nothing."""
+    (tmp_path / "pyproject.toml").write_text(f'[tool.sessionkit]\n{typo} = "2h"\n')
+    with pytest.raises(ConfigError, match=f"unknown key '{typo}'") as info:
+        load_config(tmp_path)
+    assert hint in str(info.value) and "\n" not in str(info.value)
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = invoke("start", "--objective", "x")
+    finally:
+        os.chdir(cwd)
+    one_line_error(result)
+    assert typo in result.output
+
+
 def test_run_checks_every_option_before_opening_the_session():
     result = invoke("run", "--objective", "x", "--grid", "nosuch", "--no-hooks", "--no-plots")
     one_line_error(result, 2)
