@@ -372,7 +372,8 @@ bool launch_kernels(const at::Tensor& q_given, const at::Tensor& k_given,
 // rows of one tile: q (B, H_q, 1, D) is read as (B, H_kv, H_q / H_kv, D) (out and lse likewise, as
 // strided views: no copy), so K and V are read once per key/value head. That leaves B * H_kv
 // tiles, often fewer than the SMs, each walking every key: on the sm90 family the keys are then
-// split into ranges (split-KV), each range a tile of its own writing its O and LSE in float32,
+// split into ranges (split-KV; with H_q = H_kv the rows are the heads themselves and only the
+// split applies), each range a tile of its own writing its O and LSE in float32,
 // and a second kernel merges the ranges by their LSE (run_flash_combine). The partial results stay
 // in float32 until the merge: rounded to the input dtype first, they broke the 2x error rule.
 // Method: FlashAttention 2's "seqlen_q = 1 with the grouped heads swapped into the rows" and its
@@ -385,8 +386,8 @@ int64_t grid_cost(int64_t tiles, int64_t keys, int64_t sms) {
 
 // How many key ranges to split `tiles` tiles of `keys` keys into: the count (at most 64, each
 // range at least 512 keys) whose tiles fill the persistent grid's rounds best, or the smallest
-// count within 4 % of that (fewer ranges: less per-tile work and a smaller merge); 1 when the
-// tiles already fill the SMs.
+// count whose fill is within 4 % of that, relatively (fewer ranges: less per-tile work and a
+// smaller merge); 1 when the tiles already fill the SMs.
 int split_count(int64_t tiles, int64_t keys, int64_t sms) {
   constexpr int kMaxSplits = 64;
   constexpr int64_t kMinKeysPerSplit = 512;
@@ -399,7 +400,7 @@ int split_count(int64_t tiles, int64_t keys, int64_t sms) {
   double best = 0.0;
   for (int64_t s = 1; s <= most; ++s) best = std::max(best, fill(s));
   for (int64_t s = 1; s <= most; ++s) {
-    if (fill(s) >= best - 0.04) return static_cast<int>(s);
+    if (fill(s) >= best * 0.96) return static_cast<int>(s);
   }
   return 1;
 }
@@ -409,8 +410,8 @@ bool launch_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
                    bool bottom_right) {
   const int64_t batch = q.size(0), heads = q.size(1), dim = q.size(3);
   const int64_t heads_k = k.size(1), seq_k = k.size(2);
-  if (q.size(2) != 1 || (causal && !bottom_right) || heads == heads_k || batch == 0 ||
-      heads_k == 0) {
+  if (q.size(2) != 1 || (causal && !bottom_right) || batch == 0 || heads_k == 0 ||
+      heads % heads_k != 0) {
     return false;
   }
   int sms = 0;
@@ -420,12 +421,14 @@ bool launch_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
     return false;
   }
   const bool sm90 = family_for(q.get_device()) == Family::kSm90;
-  const int splits = sm90 ? split_count(batch * heads_k, seq_k, sms) : 1;
-  if (splits == 1 &&
-      grid_cost(batch * heads_k, seq_k, sms) >= grid_cost(batch * heads, seq_k, sms)) {
+  const int64_t ratio = heads / heads_k;
+  // Tiles of the packed call: 128 rows each (the split kernels' two 64-row consumers; the sm80
+  // family's tile is 128 rows too).
+  const int64_t packed_tiles = batch * heads_k * ((ratio + 127) / 128);
+  const int splits = sm90 ? split_count(packed_tiles, seq_k, sms) : 1;
+  if (splits == 1 && grid_cost(packed_tiles, seq_k, sms) >= grid_cost(batch * heads, seq_k, sms)) {
     return false;
   }
-  const int64_t ratio = heads / heads_k;
   const at::Tensor q_rows = q.reshape({batch, heads_k, ratio, dim});
   const at::Tensor out_rows = out.as_strided({batch, heads_k, ratio, dim},
                                              {out.stride(0), out.stride(1) * ratio, out.stride(1),

@@ -99,6 +99,7 @@ def test_gqa_and_alignments(case, mask, dtype, family):
 
 DECODE_CASES = [  # (B, H_q, H_kv, Sk): one query row per head against a long key sequence
     (8, 32, 8, 32768), (1, 4, 4, 8192), (2, 16, 1, 5000), (1, 8, 2, 65600), (3, 6, 3, 2048),
+    (1, 8, 1, 2048), (1, 512, 2, 3000),
 ]
 
 
@@ -115,7 +116,7 @@ def test_decode_shapes_with_grouped_heads_as_rows(case, mask, dtype, family):
 
 
 LONG_KEY_CASES = [  # (B, H_q, H_kv, Sq, Sk): from 8192 keys D=128 non-causal runs key blocks of 176
-    (1, 2, 2, 300, 8192), (1, 4, 2, 129, 9001), (2, 2, 1, 1, 8200), (1, 2, 2, 1000, 16384),
+    (1, 2, 2, 300, 8192), (1, 4, 2, 129, 9001), (2, 2, 1, 2, 8200), (1, 2, 2, 1000, 16384),
 ]
 
 
@@ -123,12 +124,36 @@ LONG_KEY_CASES = [  # (B, H_q, H_kv, Sq, Sk): from 8192 keys D=128 non-causal ru
 @pytest.mark.parametrize("mask", ["none", "bottom_right"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_long_key_sequences(case, mask, dtype, family):
-    """Long key sequences (the long-keys tile shape at D=128, a ragged last block of 176 keys at
-    9001 and 8200, grouped heads), non-causal and bottom-right causal."""
+    """Long key sequences: without a mask, the long-keys tile shape at D=128 (a ragged last block
+    of 176 keys at 9001 and 8200, grouped heads); bottom-right causal runs the causal kernels."""
     b, hq, hkv, sq, sk = case
     for d in _head_dims():
         _check_forward(b, hq, hkv, sq, sk, d, dtype, mask != "none", mask == "bottom_right",
                        seed=hash((case, mask, d)) % 10_000, layout="bshd" if sq % 2 else "bhsd")
+
+
+@pytest.mark.parametrize("case", [(2, 16, 4, 4096), (1, 8, 8, 9000)])
+def test_decode_into_strided_out_and_lse(case, family):
+    """Decode-shaped calls write out and lse through strided views of the caller's buffers (the
+    grouped heads as rows, the split-KV merge): a (B, 1, H, D) buffer seen as (B, H, 1, D)."""
+    from sessionkit.kernels import flash_attention_into
+
+    b, hq, hkv, sk = case
+    for d in _head_dims():
+        q, k, v = _make(b, hq, hkv, 1, sk, d, torch.bfloat16, sk + d)
+        out_buf = torch.full((b, 1, hq, d + 8), float("nan"), device="cuda", dtype=torch.bfloat16)
+        out = out_buf[..., :d].transpose(1, 2)  # strides (H*(D+8), D+8, H*(D+8), 1)
+        lse_buf = torch.full((b, 1, hq, 3), float("nan"), device="cuda", dtype=torch.float32)
+        lse = lse_buf[..., 0].transpose(1, 2)
+        scale = 1 / math.sqrt(d)
+        flash_attention_into(q, k, v, out, lse, scale=scale, enable_gqa=hq != hkv)
+        torch.cuda.synchronize()
+        ref, ref_lse = checking.reference(q, k, v, False, scale)
+        sdpa = checking.sdpa_same_dtype(q, k, v, False, scale)
+        bound = 2 * float((sdpa.float() - ref).abs().max()) + 1e-5
+        assert float((out.float() - ref).abs().max()) <= bound
+        assert float((lse - ref_lse).abs().max()) <= 1e-3
+        assert torch.isnan(out_buf[..., d:]).all() and torch.isnan(lse_buf[..., 1:]).all()
 
 
 @pytest.mark.parametrize("sq,sk", [(9, 4), (300, 100), (128, 1), (1000, 999)])
