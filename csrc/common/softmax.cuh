@@ -16,6 +16,13 @@
 namespace sessionkit {
 namespace fwd {
 
+// Experiment switch (off in the shipped build): of every 8 n8-tiles of scores, the first
+// SK_SOFTMAX_POLY_EXP2_EIGHTHS take their exponentials from poly_exp2 (FMA pipe) instead of
+// MUFU.EX2, so that the two units share the softmax. Not measured yet (docs/kernel-notes.md).
+#ifndef SK_SOFTMAX_POLY_EXP2_EIGHTHS
+#define SK_SOFTMAX_POLY_EXP2_EIGHTHS 0
+#endif
+
 struct OnlineSoftmax {
   float row_max[2];  // running max of rows g and g + 8, unscaled
   float row_sum[2];  // this thread's share of the running denominators
@@ -45,7 +52,8 @@ struct OnlineSoftmax {
     for (int i = 0; i < kNTiles; ++i) {
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
-        const float p = fast_exp2(fmaf(s[i][2 * r + c], scale_log2, -m_scaled));
+        const float x = fmaf(s[i][2 * r + c], scale_log2, -m_scaled);
+        const float p = (i % 8) < SK_SOFTMAX_POLY_EXP2_EIGHTHS ? poly_exp2(x) : fast_exp2(x);
         s[i][2 * r + c] = p;
         sum += p;
       }

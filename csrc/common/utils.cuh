@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 
 #include "../flash_fwd.h"
 
@@ -34,6 +35,37 @@ __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+}
+
+// 2^x for x <= 0 on the FMA and integer pipes, without the special-function unit: x is rounded
+// to the nearest integer j by adding 1.5 * 2^23 (the sum's low mantissa bits then hold j), 2^(x - j)
+// comes from a degree-3 polynomial on [-0.5, 0.5] (coefficients fitted for the least maximum
+// relative error: 7.5e-5, below the rounding of P to fp16 or bf16), and j is added to the result's
+// exponent bits. x < -125 (and -inf, a masked score) gives 0, as ex2.approx.ftz flushes it.
+// Sharing the exponentials of a block between this and MUFU.EX2 (SK_SOFTMAX_POLY_EXP2_EIGHTHS in
+// softmax.cuh) leaves the MUFU fewer to do where it limits the softmax (D=64). Method:
+// FlashAttention-4's software exp2 (Shah, Dao et al., 2025, for Blackwell's MUFU bottleneck).
+__host__ __device__ __forceinline__ float poly_exp2(float x) {
+  constexpr float kRound = 12582912.f;  // 1.5 * 2^23
+  const float clamped = fmaxf(x, -125.f);
+  const float shifted = clamped + kRound;
+  const float f = clamped - (shifted - kRound);  // in [-0.5, 0.5]
+  float p = fmaf(0.05517166853f, f, 0.24261114001f);
+  p = fmaf(p, f, 0.69326096773f);
+  p = fmaf(p, f, 0.99992805719f);
+#ifdef __CUDA_ARCH__
+  const int shifted_bits = __float_as_int(shifted);
+  const float y = __int_as_float(__float_as_int(p) + (shifted_bits << 23));
+#else
+  int shifted_bits, p_bits;
+  memcpy(&shifted_bits, &shifted, 4);
+  memcpy(&p_bits, &p, 4);
+  const int y_bits = static_cast<int>(static_cast<unsigned>(p_bits) +
+                                      (static_cast<unsigned>(shifted_bits) << 23));
+  float y;
+  memcpy(&y, &y_bits, 4);
+#endif
+  return x >= -125.f ? y : 0.f;
 }
 
 // Two floats -> one register of two 16-bit values (lo = first).
