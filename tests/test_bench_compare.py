@@ -137,3 +137,63 @@ def test_clock_note_shows_when_the_power_state_moved(db, two):
     assert "SLOWER  (SM clock 1830 -> 1980 MHz)" in text
     assert "2 row(s) ran at SM clocks 2 % or more apart" in text
     assert cmp.clock_note(1900, 1930) == "" and cmp.clock_note(None, 1980) == ""
+
+
+def _add_bench_step(db, session, seq, timings, *, graph=False):
+    """Another bench step in ``session``; ``graph`` records it as a ``bench --graph`` step."""
+    import os
+    import socket
+    import uuid
+
+    from sessionkit.timefmt import now_iso
+
+    step_id = str(uuid.uuid4())
+    db["steps"].insert({"id": step_id, "session_id": session["id"], "seq": seq, "name": "bench",
+                        "started_at": now_iso(), "host": socket.gethostname(),
+                        "pid": os.getpid(), "status": "passed",
+                        "options": json.dumps({"grid": None, "graph": graph})})
+    for config in {c for c, _ in timings}:
+        runs = [ImplRun(impl, status="ok", samples=_samples(center), throttled=[False] * 40)
+                for (c, impl), center in timings.items() if c == config]
+        ResultStore(db, step_id).save(config, bench_step.result_rows(config, runs, ceiling=None),
+                                      runs)
+    return step_id
+
+
+def test_every_bench_step_of_a_session_counts_the_latest_winning(db, two):
+    """A session that benched the whole grid, then one config again, compares on every config;
+    the re-measured one with its latest numbers."""
+    a, b = two
+    _add_bench_step(db, b, 2, {(SMALL, "ours"): 0.03, (SMALL, "sdpa"): 0.03})
+    result = cmp.compare_sessions(db, a["number"], b["number"])
+    by = {(r["config"], r["impl"]): r for r in result["rows"]}
+    assert (BIG.label, "ours") in by and by[(BIG.label, "ours")]["verdict"] == "SLOWER"
+    assert by[(SMALL.label, "ours")]["verdict"] == "SLOWER"  # 0.02 -> 0.03 ms, the second step
+    assert len(result["b"]["step_ids"]) == 2 and result["b"]["step_id"] == result["b"]["step_ids"][-1]
+
+
+def test_graph_timings_are_compared_only_with_graph_timings(db, two):
+    a, b = two
+    _add_bench_step(db, b, 2, {(BIG, "ours"): 0.1}, graph=True)  # much faster: graph replays
+    eager = cmp.compare_sessions(db, a["number"], b["number"])
+    big = next(r for r in eager["rows"] if r["config"] == BIG.label and r["impl"] == "ours")
+    assert big["verdict"] == "SLOWER" and not eager["graph"]
+    with pytest.raises(SessionkitError, match="no CUDA-graph bench results"):
+        cmp.compare_sessions(db, a["number"], b["number"], graph=True)
+    _add_bench_step(db, a, 2, {(BIG, "ours"): 0.2}, graph=True)
+    graphed = cmp.compare_sessions(db, a["number"], b["number"], graph=True)
+    assert [(r["config"], r["impl"], r["verdict"]) for r in graphed["rows"]] == [
+        (BIG.label, "ours", "FASTER")]
+    result = CliRunner().invoke(cli, ["compare", str(a["number"]), str(b["number"]), "--graph",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["graph"] is True
+
+
+def test_a_session_with_graph_timings_only_says_how_to_compare_them(db):
+    a = _bench(db, "eager", {(BIG, "ours"): 1.0})
+    end_session(db, a, outcome="done")
+    b = start_session(db, "graphs", objective="graph only")
+    _add_bench_step(db, b, 1, {(BIG, "ours"): 0.5}, graph=True)
+    with pytest.raises(SessionkitError, match="CUDA-graph timings only.*--graph"):
+        cmp.compare_sessions(db, a["number"], b["number"])

@@ -47,12 +47,42 @@ def benchmarked_sessions(db, limit: int | None = None, *, exclude: str | None = 
     return [dict(r) for r in db.query(sql, args)]
 
 
-def latest_bench_step(db, session_id: str) -> dict | None:
-    rows = list(db.query(
-        "SELECT st.id, st.seq, st.started_at FROM steps st WHERE st.session_id = ? AND EXISTS "
-        "(SELECT 1 FROM bench_results br WHERE br.step_id = st.id) ORDER BY st.seq DESC LIMIT 1",
-        [session_id]))
-    return dict(rows[0]) if rows else None
+def _graph_mode(step: dict) -> bool:
+    """Whether a bench step timed CUDA-graph replays (``bench --graph``), read from its options,
+    else its summary; steps that recorded neither timed eager launches."""
+    for column in ("options", "summary"):
+        try:
+            value = json.loads(step.get(column) or "{}")
+        except (TypeError, ValueError):
+            continue
+        if isinstance(value, dict) and "graph" in value:
+            return value["graph"] is True
+    return False
+
+
+def bench_steps(db, session_id: str, *, graph: bool = False) -> list[dict]:
+    """The session's steps with bench results that timed eager launches (or, with ``graph``,
+    CUDA-graph replays), oldest first."""
+    rows = db.query(
+        "SELECT st.id, st.seq, st.started_at, st.options, st.summary FROM steps st "
+        "WHERE st.session_id = ? AND EXISTS (SELECT 1 FROM bench_results br WHERE br.step_id = st.id) "
+        "ORDER BY st.seq", [session_id])
+    return [dict(r) for r in rows if _graph_mode(dict(r)) == graph]
+
+
+def latest_bench_step(db, session_id: str, *, graph: bool = False) -> dict | None:
+    steps = bench_steps(db, session_id, graph=graph)
+    return steps[-1] if steps else None
+
+
+def load_session_results(db, steps: list[dict]) -> dict[tuple[AttentionConfig, str], dict]:
+    """(config, impl) -> result row over several bench steps of one session: each pair's row from
+    the latest step that measured it (a session that ran the standard grid, then a few configs
+    again, compares on all of them)."""
+    out = {}
+    for step in steps:
+        out.update(load_step_results(db, step["id"]))
+    return out
 
 
 def load_step_results(db, step_id: str) -> dict[tuple[AttentionConfig, str], dict]:
@@ -75,8 +105,11 @@ def _session_ref(db, ref) -> dict:
     return {"id": session["id"], "number": session["number"], "name": session["name"]}
 
 
-def compare_sessions(db, a=None, b=None, *, min_effect: float = 0.05, alpha: float = 0.01) -> dict:
-    """Compare the latest bench step of session ``a`` (old) with that of ``b`` (new).
+def compare_sessions(db, a=None, b=None, *, min_effect: float = 0.05, alpha: float = 0.01,
+                     graph: bool = False) -> dict:
+    """Compare the bench results of session ``a`` (old) with those of ``b`` (new): per config and
+    implementation, the latest bench step of each session that measured it, eager launches only
+    (``graph``: CUDA-graph replays only; the two are different measurements).
 
     Defaults: the two most recent sessions that benchmarked (``a`` the older). With only ``a``,
     ``b`` is the most recent other session that benchmarked.
@@ -108,12 +141,17 @@ def compare_sessions(db, a=None, b=None, *, min_effect: float = 0.05, alpha: flo
             raise UsageError("give session A as well as B")
     if sa["id"] == sb["id"]:
         raise UsageError(f"both sides are session {sa['number']}; give two different sessions")
-    step_a, step_b = latest_bench_step(db, sa["id"]), latest_bench_step(db, sb["id"])
-    for sess, step in ((sa, step_a), (sb, step_b)):
-        if step is None:
-            raise SessionkitError(f"session {sess['number']} has no bench results; "
-                                  "run 'sessionkit step bench' in it")
-    res_a, res_b = load_step_results(db, step_a["id"]), load_step_results(db, step_b["id"])
+    steps_a = bench_steps(db, sa["id"], graph=graph)
+    steps_b = bench_steps(db, sb["id"], graph=graph)
+    for sess, steps in ((sa, steps_a), (sb, steps_b)):
+        if not steps:
+            other = "--graph " if not graph and bench_steps(db, sess["id"], graph=True) else ""
+            kind = "CUDA-graph" if graph else "eager"
+            hint = (f"it has CUDA-graph timings only: compare them with 'sessionkit compare {other}"
+                    "A B'" if other else "run 'sessionkit step bench' in it")
+            raise SessionkitError(f"session {sess['number']} has no {kind} bench results; {hint}")
+    step_a, step_b = steps_a[-1], steps_b[-1]
+    res_a, res_b = load_session_results(db, steps_a), load_session_results(db, steps_b)
     rows = [compare_pair(config, impl, res_a[(config, impl)], res_b[(config, impl)],
                          min_effect=min_effect, alpha=alpha)
             for config, impl in res_a if (config, impl) in res_b]
@@ -124,7 +162,9 @@ def compare_sessions(db, a=None, b=None, *, min_effect: float = 0.05, alpha: flo
     counts = {v: sum(r["verdict"] == v for r in rows) for v in ORDER}
     env_a, env_b = environment_facts(db, sa), environment_facts(db, sb)
     return {
-        "a": {**sa, "step_id": step_a["id"]}, "b": {**sb, "step_id": step_b["id"]},
+        "a": {**sa, "step_id": step_a["id"], "step_ids": [st["id"] for st in steps_a]},
+        "b": {**sb, "step_id": step_b["id"], "step_ids": [st["id"] for st in steps_b]},
+        "graph": graph,
         "environment": {"a": env_a, "b": env_b, "changes": environment_changes(env_a, env_b)},
         "min_effect": min_effect, "alpha": alpha, "rows": rows,
         "regressions": counts["SLOWER"] + counts["BROKEN"], "improvements": counts["FASTER"],

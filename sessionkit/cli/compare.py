@@ -24,19 +24,22 @@ def register(cli: click.Group) -> None:
 @click.option("--allow-env-change", is_flag=True,
               help="With --fail-on-regression: judge sessions that ran on another GPU, driver, "
                    "torch, CUDA or kernel build.")
+@click.option("--graph", is_flag=True,
+              help="Compare the CUDA-graph timings (bench --graph) instead of the eager ones.")
 @db_option
 @json_option
 @click.pass_context
-def compare(ctx, a, b, min_effect, alpha, fail_on_regression, allow_env_change, as_json):
+def compare(ctx, a, b, min_effect, alpha, fail_on_regression, allow_env_change, graph, as_json):
     """Compare the bench results of session A (older) with session B (newer).
 
     A and B are session numbers, names or ids; by default the last two sessions that benchmarked.
+    Each config is taken from the latest bench step of its session that measured it.
     """
     from ..bench.compare import (RegressionFound, check_same_environment, compare_sessions,
                                  format_comparison)
 
     db = open_db(ctx, read_only=True)
-    result = compare_sessions(db, a, b, min_effect=min_effect, alpha=alpha)
+    result = compare_sessions(db, a, b, min_effect=min_effect, alpha=alpha, graph=graph)
     if as_json:
         echo_json(result)
     else:
