@@ -166,3 +166,20 @@ causal = ["br", false, true]
     configs = load_grid("cache", tmp_path)
     assert [c.mask for c in configs] == ["causal-br", "full", "causal"]
     assert configs[0].pairs == 4096 and configs[2].pairs == 1
+
+
+def test_a_grid_past_the_cap_is_refused_before_it_is_expanded(tmp_path):
+    """Lists that multiply to 10^10 combinations are a slip: refused in one line, at once."""
+    import time
+
+    many = "[" + ", ".join(str(i) for i in range(1, 101)) + "]"
+    _pyproject(tmp_path, f'[tool.sessionkit.grids.huge]\ndtype="bf16"\nhead_dim=64\n'
+                         f'seq_len={many}\nbatch_size={many}\nnum_heads={many}\ncausal=[0, 1]\n')
+    started = time.monotonic()
+    with pytest.raises(UsageError, match="2,000,000 combinations; a grid holds at most 10,000") as info:
+        load_grid("quick", tmp_path)
+    assert time.monotonic() - started < 5 and "\n" not in str(info.value)
+    configs = ", ".join(f'"1,1,{s},{s},64,bf16,0"' for s in range(1, 10_002))
+    (tmp_path / "pyproject.toml").write_text(f"[tool.sessionkit.grids]\nmine = [{configs}]\n")
+    with pytest.raises(UsageError, match="10,001 configs; a grid holds at most 10,000"):
+        load_grid("quick", tmp_path)

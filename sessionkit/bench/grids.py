@@ -32,6 +32,7 @@ More grids can be named in the nearest pyproject.toml::
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 from ..attention import AttentionConfig, parse_causal, parse_config, parse_dtype, positive_int
@@ -92,6 +93,11 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
+# The most configs one grid may hold: the standard grid is 48 (about 2.5 minutes of bench); a
+# table whose lists multiply past this is a slip, refused before anything is expanded.
+MAX_GRID_CONFIGS = 10_000
+
+
 def grid_from_table(name: str, table: dict) -> list[AttentionConfig]:
     """Every combination of a ``[tool.sessionkit.grids.NAME]`` table's lists."""
     unknown = sorted(set(table) - _TABLE_KEYS)
@@ -111,6 +117,10 @@ def grid_from_table(name: str, table: dict) -> list[AttentionConfig]:
     empty = [key for key in sorted(table) if table[key] == []]
     if empty:  # every combination of the lists would be none at all
         raise UsageError(f"{empty[0]!r} is an empty list")
+    combinations = math.prod(len(_as_list(value)) for value in table.values())
+    if combinations > MAX_GRID_CONFIGS:
+        raise UsageError(f"its lists make {combinations:,} combinations; a grid holds at most "
+                         f"{MAX_GRID_CONFIGS:,} configs")
 
     dtypes = [parse_dtype(v) for v in _as_list(table["dtype"])]
     dims = [positive_int(v, "head_dim") for v in _as_list(table["head_dim"])]
@@ -148,6 +158,8 @@ def parse_grid_entry(name: str, value) -> list[AttentionConfig]:
             raise UsageError("an empty list")
         if not all(isinstance(v, str) for v in value):
             raise UsageError("a list must hold config strings 'B,H,Sq,Sk,D,dtype,causal'")
+        if len(value) > MAX_GRID_CONFIGS:
+            raise UsageError(f"{len(value):,} configs; a grid holds at most {MAX_GRID_CONFIGS:,}")
         return [parse_config(v) for v in value]
     if isinstance(value, dict):
         return grid_from_table(name, value)
