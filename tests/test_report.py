@@ -392,3 +392,15 @@ def test_report_json_and_export_are_strict_json_with_non_finite_figures(cli_db, 
     bench = next(s for s in exported["steps"] if s["name"] == "bench")
     assert bench["summary"]["geomean_speedup_vs_sdpa"] is None
     assert bench["summary"]["best_speedup_vs_sdpa"] is None
+
+
+def test_an_unnamed_session_is_titled_by_its_number_once(tmp_path):
+    """A session started without a name is called "Session N": the title says it once."""
+    from sessionkit.db import open_db
+    from sessionkit.sessions import start_session
+
+    db = open_db(tmp_path / "x.db", create=True)
+    start_session(db, None, objective="no name")
+    start_session(db, "tiles", objective="named", force=True)
+    assert session_report(db, 1, now=NOW).text.startswith("# Session 1\n")
+    assert session_report(db, 2, now=NOW).text.startswith("# Session 2: tiles\n")
