@@ -356,3 +356,19 @@ def test_telemetry_interval_from_the_environment_wins_over_pyproject(monkeypatch
     assert invoke("start", "x", "--objective", "o").exit_code == 0
     r = invoke("step", "run", "hello", "--", "true")
     assert r.exit_code == 0, r.output
+
+
+def test_db_option_between_the_step_name_and_the_command(tmp_path):
+    """`step run NAME --db PATH -- CMD` records the step in PATH (the option was once taken as the
+    command and the step landed, failed, in the default database); without `--` it is refused."""
+    other = tmp_path / "other.db"
+    assert invoke("--db", str(other), "start", "-m", "there").exit_code == 0
+    r = invoke("step", "run", "hi", "--db", str(other), "--", "true")
+    assert r.exit_code == 0, r.output
+    db = open_db(other)
+    assert [tuple(row) for row in db.execute("SELECT name, status FROM steps")] == [("hi", "passed")]
+    r = invoke("step", "run", "hi", f"--db={other}", "--", "true")
+    assert r.exit_code == 0, r.output
+    r = invoke("step", "run", "hi", "--db", str(other), "true")
+    assert r.exit_code == 2 and "options go before the command" in r.output
+    assert db.execute("SELECT COUNT(*) FROM steps").fetchone()[0] == 2

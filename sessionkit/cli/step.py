@@ -26,12 +26,23 @@ def _run_registered(ctx, step, options, *, name=None, kind="builtin", command=No
 
 class _RunCommand(click.Command):
     """``step run``: a ``--`` before NAME means the name was left out (click would take the
-    command's first word as the name)."""
+    command's first word as the name). sessionkit's own options (``--db PATH``) may stand between
+    NAME and ``--``: they are moved before NAME, so that they are not taken as the command. Without
+    a ``--``, everything after NAME is the command; a ``--db`` there is refused, since it would
+    otherwise run as a program and the step would land in the wrong database."""
 
     def parse_args(self, ctx, args):
+        args = list(args)
         if args and args[0] == "--":
             raise click.UsageError("no step name before --: sessionkit step run NAME -- CMD ARGS...",
                                    ctx=ctx)
+        if "--" in args:
+            cut = args.index("--")
+            if cut > 1 and args[1].startswith("-"):
+                args = args[1:cut] + [args[0]] + args[cut:]
+        elif len(args) > 1 and (args[1] == "--db" or args[1].startswith("--db=")):
+            raise click.UsageError("sessionkit's options go before the command: "
+                                   "sessionkit step run NAME --db PATH -- CMD ARGS...", ctx=ctx)
         return super().parse_args(ctx, args)
 
 
