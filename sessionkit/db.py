@@ -59,6 +59,16 @@ def artifacts_root(db_path: str | os.PathLike) -> Path:
     return path.parent / f"artifacts-{path.stem or path.name}"
 
 
+def reports_root(db_path: str | os.PathLike) -> Path:
+    """The folder ``sessionkit run`` writes its reports to, for the database at ``db_path``:
+    ``reports/`` beside ``sessions.db``, ``reports-<file stem>/`` beside any other name (as
+    :func:`artifacts_root`), so that two databases in one folder keep their own reports."""
+    path = Path(db_path).resolve()
+    if path.name == DB_FILENAME:
+        return path.parent / "reports"
+    return path.parent / f"reports-{path.stem or path.name}"
+
+
 def resolve_db_path(explicit=None, *, create: bool = False, start: Path | None = None) -> Path:
     """Like :func:`find_db`, but with ``create`` falls back to ``./.sessionkit/sessions.db``."""
     path = find_db(explicit, start=start)

@@ -23,6 +23,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .db import reports_root
 from .errors import ConfigError, StepInterrupted, UsageError
 from .steps import Step, StepResult
 
@@ -242,7 +243,7 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
         session = end_session(db, get_session(db, session["id"]), outcome=outcome, status=status)
         echo(f"Session {session['number']} ended {status}: {outcome}")
         if report_path is None:
-            report_path = Path(db.path).resolve().parent / "reports" / f"session-{session['number']}.md"
+            report_path = reports_root(db.path) / f"session-{session['number']}.md"
         report = session_report(db, session["id"], out=report_path, plots=plots)
         echo(f"Report: {report.path}")
     if interrupted is not None:

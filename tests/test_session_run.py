@@ -159,9 +159,28 @@ def test_bad_plans_fail_before_a_session_starts(db):
 
 
 def test_default_report_path_is_beside_the_database(db, capsys):
+    from sessionkit.db import reports_root
+
     result = run_session(db, objective="where", step_factory=factory(), plan=["preflight"], plots=False)
-    expected = db.path.resolve().parent / "reports" / f"session-{result.session['number']}.md"
+    expected = reports_root(db.path) / f"session-{result.session['number']}.md"
     assert result.report_path == expected and expected.is_file()
+
+
+def test_two_databases_in_one_folder_keep_their_own_reports(tmp_path):
+    """`reports/` beside sessions.db, `reports-<stem>/` beside any other name: session 1 of x.db
+    and session 1 of y.db no longer overwrite each other's report."""
+    from sessionkit.db import open_db
+
+    paths = []
+    for name in ("sessions.db", "x.db", "y.db"):
+        other = open_db(tmp_path / name, create=True)
+        result = run_session(other, objective=f"in {name}", step_factory=factory(),
+                             plan=["preflight"], plots=False)
+        paths.append(result.report_path)
+        other.conn.close()
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == [
+        "reports/session-1.md", "reports-x/session-1.md", "reports-y/session-1.md"]
+    assert "in x.db" in paths[1].read_text() and "in y.db" in paths[2].read_text()
 
 
 def test_outcome_quotes_measured_bench_figures(db, tmp_path):
