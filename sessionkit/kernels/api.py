@@ -28,7 +28,7 @@ _HEAD_DIMS: dict[str, tuple[int, ...]] | None = None  # read once (a plain globa
 def head_dims_by_family() -> dict[str, tuple[int, ...]]:
     """The head dims each kernel family has kernels for, read from the shipped instantiation files
     (``csrc/instantiations/flash_fwd_<family>_<dtype>_hdim<D>_<mask>.cu``), e.g.
-    ``{"sm80": (64, 128), "sm90": (64, 128)}``. csrc/flash_api.cpp holds the same table."""
+    ``{"sm80": (64, 128), "sm90": (64, 96, 128, 256)}``. csrc/flash_api.cpp holds the same table."""
     global _HEAD_DIMS
     if _HEAD_DIMS is None:
         from .build import csrc_dir, kernel_names
