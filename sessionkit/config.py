@@ -96,6 +96,21 @@ def parse_step_budgets(items) -> dict[str, float]:
     return {name: parse_duration(value) for name, value in pairs}
 
 
+MAX_TELEMETRY_INTERVAL_S = 3600.0
+
+
+def check_telemetry_interval(seconds: float) -> float:
+    """``seconds`` if it is a usable sampling interval (at most an hour: a longer one would take
+    no sample in any step, and past the thread timer's range none at all), else UsageError."""
+    if seconds > MAX_TELEMETRY_INTERVAL_S:
+        raise UsageError(f"a telemetry interval of {seconds:g} s is too long; at most 1h")
+    return seconds
+
+
+def _telemetry_interval(value) -> float:
+    return check_telemetry_interval(parse_duration(value))
+
+
 def load_config(start: Path | None = None) -> Config:
     path = find_pyproject(start)
     if path is None:
@@ -103,8 +118,10 @@ def load_config(start: Path | None = None) -> Config:
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"cannot read {path}: nested too deeply") from None
     tool = data.get("tool", {})
     if not isinstance(tool, dict):
         raise ConfigError(f"'tool' in {path} must be a table ([tool.sessionkit])")
@@ -124,7 +141,7 @@ def load_config(start: Path | None = None) -> Config:
             gpu_rate=parse_rate(raw.get("gpu_rate"), "gpu_rate"),
             ai_rate=parse_rate(raw.get("ai_rate"), "ai_rate"),
             step_budgets=parse_step_budgets(raw.get("step_budgets", {})),
-            telemetry_interval_s=parse_duration(raw.get("telemetry_interval", "100ms")),
+            telemetry_interval_s=_telemetry_interval(raw.get("telemetry_interval", "100ms")),
             raw=raw,
         )
     except UsageError as exc:

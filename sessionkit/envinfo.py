@@ -164,7 +164,7 @@ def snapshot_data(text) -> dict:
     if isinstance(text, str):
         try:
             text = json.loads(text or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep
             text = None
     data = dict(text) if isinstance(text, dict) else {}
     if "gpus" in data:

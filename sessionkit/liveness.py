@@ -162,7 +162,7 @@ def reap_dead_steps(db) -> list[str]:
                    f"({what} at {last_seen[:19].replace('T', ' ')} UTC)")
         try:
             summary = json.loads(step.get("summary") or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep
             summary = {}
         if not isinstance(summary, dict):
             summary = {}

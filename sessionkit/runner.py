@@ -178,12 +178,14 @@ def telemetry_interval_from_env() -> float | None:
     raw = os.environ.get("SESSIONKIT_TELEMETRY_INTERVAL")
     if raw is None or not raw.strip():
         return None
+    from .config import check_telemetry_interval
     from .timefmt import parse_duration
 
     try:
-        return parse_duration(raw)
+        return check_telemetry_interval(parse_duration(raw))
     except UsageError as exc:
         raise UsageError(f"SESSIONKIT_TELEMETRY_INTERVAL: {exc}") from None
+
 
 
 def run_step(db, session: dict, step: Step, options=None, *, name: str | None = None,

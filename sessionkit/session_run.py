@@ -164,7 +164,7 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
     import click
 
     from .report import session_report
-    from .runner import run_step
+    from .runner import run_step, telemetry_interval_from_env
     from .sessions import end_session, get_session, session_steps, start_session
     from .steps import get_step
 
@@ -185,6 +185,7 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
     for step_name, step in planned.items():
         takes_grid = any(spec.name == "grid" for spec in step.options_type.specs())
         prepared[step_name] = step.parse_options({"grid": grid} if grid and takes_grid else {})
+    telemetry_interval_from_env()  # a bad $SESSIONKIT_TELEMETRY_INTERVAL stops here, not mid-run
     opts = dict(start_options or {})
     opts["plan"] = plan
     if objective is not None:

@@ -20,7 +20,7 @@ def _loads(text, default=None):
     """A JSON column's value; ``default`` for text that is not JSON (a damaged or foreign row)."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return default
 
 

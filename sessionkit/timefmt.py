@@ -67,10 +67,16 @@ def parse_rate(text: str | float | int | None, what: str) -> float | None:
 
 
 def fmt_duration(seconds: float | None) -> str:
-    """``38 s``, ``1m30s``, ``2h05m``; ``-`` for None."""
+    """``38 s``, ``1m30s``, ``2h05m``; ``-`` for None and for a stored value that is not a finite
+    number (a damaged or merged row)."""
     if seconds is None:
         return "-"
-    seconds = float(seconds)
+    try:
+        seconds = float(seconds)
+    except (TypeError, ValueError):
+        return "-"
+    if not math.isfinite(seconds):
+        return "-"
     if seconds < 10:
         return f"{seconds:.1f} s"
     if seconds < 60.5:

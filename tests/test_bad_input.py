@@ -257,3 +257,21 @@ def test_command_after_double_dash_keeps_its_bytes():
                           b"echo", b"a\xff"], capture_output=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert b"a\xff\n" in res.stdout
+
+
+@pytest.mark.parametrize("content", [b"\xff[tool.sessionkit]\n",
+                                     b"[tool.sessionkit]\nplan = " + b"[" * 3000 + b"]" * 3000 + b"\n",
+                                     b'[tool.sessionkit]\ntelemetry_interval = "2h"\n'])
+def test_a_pyproject_sessionkit_cannot_use_is_one_line(tmp_path, content):
+    """Not UTF-8, nested past the TOML parser's depth, or an interval past an hour: one line."""
+    import os
+
+    (tmp_path / "pyproject.toml").write_bytes(content)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = invoke("start", "--objective", "x")
+    finally:
+        os.chdir(cwd)
+    one_line_error(result)
+    assert "pyproject.toml" in result.output

@@ -372,3 +372,25 @@ def test_db_option_between_the_step_name_and_the_command(tmp_path):
     r = invoke("step", "run", "hi", "--db", str(other), "true")
     assert r.exit_code == 2 and "options go before the command" in r.output
     assert db.execute("SELECT COUNT(*) FROM steps").fetchone()[0] == 2
+
+
+def test_run_with_a_bad_telemetry_interval_opens_no_session(tmp_path, monkeypatch):
+    """`sessionkit run` checks $SESSIONKIT_TELEMETRY_INTERVAL before the session opens: nothing is
+    left open, no after-hook is skipped half-way."""
+    monkeypatch.setenv("SESSIONKIT_TELEMETRY_INTERVAL", "5")
+    r = invoke("run", "-m", "x", "--plan", "preflight", "--no-hooks", "--no-plots")
+    assert r.exit_code == 2 and "SESSIONKIT_TELEMETRY_INTERVAL" in r.output
+    assert "started" not in r.output
+    assert open_db(create=True)["sessions"].count == 0
+
+
+@pytest.mark.parametrize("value", ["2h", "120000d", "9" * 300 + "d"])
+def test_a_telemetry_interval_past_an_hour_is_refused(value, monkeypatch):
+    from sessionkit.errors import UsageError
+    from sessionkit.runner import telemetry_interval_from_env
+
+    monkeypatch.setenv("SESSIONKIT_TELEMETRY_INTERVAL", value)
+    with pytest.raises(UsageError, match="SESSIONKIT_TELEMETRY_INTERVAL"):
+        telemetry_interval_from_env()
+    monkeypatch.setenv("SESSIONKIT_TELEMETRY_INTERVAL", "1h")
+    assert telemetry_interval_from_env() == 3600.0

@@ -88,3 +88,22 @@ def test_regular_file_output_is_replaced_whole(tmp_path, recorded):
     inode = out.stat().st_ino
     assert sk("history", "-o", str(out)).returncode == 0
     assert out.read_text() != "old\n" and out.stat().st_ino != inode  # a new file, renamed in place
+
+
+@pytest.mark.parametrize("args", [("sessions", "--json"), ("export",), ("report",), ("show", "1")])
+def test_printing_to_a_full_disk_is_one_error(tmp_path, recorded, args):
+    """stdout on a full disk (a copy of /dev/full): one Error line, exit 1, no traceback, and
+    nothing written again at exit."""
+    device = tmp_path / "full"
+    try:
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    except (PermissionError, AttributeError) as exc:
+        pytest.skip(f"cannot make a device node here: {exc}")
+    with open(device, "w") as full:
+        res = subprocess.run([sys.executable, "-m", "sessionkit", *args], stdout=full,
+                             stderr=subprocess.PIPE, text=True, timeout=60)
+    if "Permission denied" in res.stderr or "Operation not permitted" in res.stderr:
+        pytest.skip(f"device nodes do not work in {tmp_path}: {res.stderr.strip()}")
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip() == "Error: No space left on device"
+

@@ -404,3 +404,25 @@ def test_an_unnamed_session_is_titled_by_its_number_once(tmp_path):
     start_session(db, "tiles", objective="named", force=True)
     assert session_report(db, 1, now=NOW).text.startswith("# Session 1\n")
     assert session_report(db, 2, now=NOW).text.startswith("# Session 2: tiles\n")
+
+
+def test_deeply_nested_and_infinite_stored_values_print(cli_db):
+    """A summary nested 600 deep (the json module handles it) and infinite durations, as a merged
+    database may hold: show, export and report print them, or say in one line why not."""
+    cli_db.conn.execute("UPDATE steps SET summary = ? WHERE session_id = ? AND name = 'build'",
+                        ['{"a": ' + "[" * 600 + "]" * 600 + "}", sid(1)])
+    cli_db.conn.execute("UPDATE steps SET duration_s = 9e999 WHERE session_id = ?", [sid(1)])
+    cli_db.conn.execute("UPDATE sessions SET budget_s = 9e999 WHERE id = ?", [sid(1)])
+    cli_db.conn.commit()
+    for args in (("show", "1", "--json"), ("export", "1"), ("report", "1"), ("report", "1", "--json"),
+                 ("show", "1")):
+        result = invoke(*args)
+        assert result.exit_code == 0, (args, result.output[-500:])
+        if "--json" in args or args[0] == "export":
+            json.loads(result.output, parse_constant=lambda c: pytest.fail(c))
+    cli_db.conn.execute("UPDATE steps SET summary = ? WHERE session_id = ? AND name = 'build'",
+                        ['{"a": ' + "[" * 5000 + "]" * 5000 + "}", sid(1)])
+    cli_db.conn.commit()
+    for args in (("show", "1", "--json"), ("export", "1"), ("report", "1")):
+        result = invoke(*args)
+        assert "Traceback" not in result.output and "RecursionError" not in result.output, args

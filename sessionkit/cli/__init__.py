@@ -6,6 +6,7 @@ Heavy modules (torch, jinja2, pynvml) are imported only inside the commands that
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sqlite3
@@ -94,7 +95,9 @@ class SessionkitGroup(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a full disk or a closed pipe surfaces here, not at exit
+            return result
         except _SHOW_HELP:
             raise
         except click.UsageError as exc:  # bad arguments or options of any subcommand
@@ -110,6 +113,23 @@ class SessionkitGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Aborted.", err=True)
             sys.exit(130)
+        except OSError as exc:  # e.g. stdout on a full disk; recorded data is already committed
+            _drop_stdout()
+            if exc.errno == errno.EPIPE:  # the reader went away (| head): nothing to say
+                sys.exit(141)
+            where = f": {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that output still buffered is not written again (and does not
+    fail again) when the interpreter exits."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 @click.group(cls=SessionkitGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
 
 import click
 
+from ..errors import SessionkitError
 from ..paramtypes import FilePath
 
 
@@ -45,26 +45,24 @@ def open_db(ctx: click.Context, *, create: bool = False, read_only: bool = False
     return db
 
 
-def _plain(obj):
-    """``obj`` as plain JSON values: typed step summaries as the objects they are stored as, other
-    unknown objects as text, and NaN or infinite floats (a stored summary may hold them) as null,
-    which every JSON parser reads (``NaN`` and ``Infinity`` are not JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    if hasattr(obj, "to_json"):
-        return _plain(obj.to_json())
-    return str(obj)
+def _default(obj):
+    """Typed step summaries as the JSON objects they are stored as; other objects as text."""
+    return obj.to_json() if hasattr(obj, "to_json") else str(obj)
 
 
 def dumps_json(data) -> str:
-    """Strict JSON text of ``data`` (see :func:`_plain`), indented."""
-    return json.dumps(_plain(data), indent=2, allow_nan=False)
+    """Strict JSON text of ``data``, indented: typed step summaries as the objects they are stored
+    as, other unknown objects as text, and NaN or infinite numbers (a stored summary may hold them)
+    as null, which every JSON parser reads (``NaN`` and ``Infinity`` are not JSON). The conversion
+    runs in the json module's C encoder and decoder (a first pass that writes the constants, a
+    parse that turns them into None), not in Python recursion, so deeply nested stored values print
+    as before; nesting too deep even for them is a one-line error."""
+    try:
+        loose = json.dumps(data, default=_default)
+        return json.dumps(json.loads(loose, parse_constant=lambda _: None), indent=2,
+                          allow_nan=False)
+    except RecursionError:
+        raise SessionkitError("a stored value is nested too deeply to print as JSON") from None
 
 
 def echo_json(data) -> None:

@@ -158,5 +158,5 @@ def decode_json(text, default=None):
         return text
     try:
         return json.loads(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: nested too deep
         return default

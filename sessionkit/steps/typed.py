@@ -340,7 +340,7 @@ class StepSummary:
 
             try:
                 data = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested too deep
                 data = None
         if not isinstance(data, dict):
             data = {}
