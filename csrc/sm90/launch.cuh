@@ -97,7 +97,13 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
                        : 0;
   const cudaError_t attr = fwd::raise_smem_limit(kernel, Tr::kSmemBytes, smem_raised);
   if (attr != cudaSuccess) return attr;
-  // Persistent grid: one CTA per SM (at most one per tile), each walking the tile list.
+  if constexpr (Tr::kBlocksPerSm > 1) {
+    // Two CTAs of up to 113 KB need the whole 228 KB of the SM as shared memory.
+    const cudaError_t carveout = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+    if (carveout != cudaSuccess) return carveout;
+  }
+  // Persistent grid: kBlocksPerSm CTAs per SM (at most one per tile), each walking the tile list.
   const int64_t num_m_blocks = (p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM;
   // Split-KV: the kSplitKV variant only, with its float32 partial buffers.
   if (Tr::kSplitKV != (p.num_splits >= 1 && p.o_accum != nullptr && p.lse_accum != nullptr)) {
@@ -124,7 +130,8 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
   cudaError_t status = cudaGetDevice(&device);
   if (status == cudaSuccess) status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (status != cudaSuccess) return status;
-  const int ctas = static_cast<int>(num_tiles < sms ? num_tiles : sms);
+  const int64_t slots = int64_t(sms) * Tr::kBlocksPerSm;  // persistent CTAs the SMs hold at once
+  const int ctas = static_cast<int>(num_tiles < slots ? num_tiles : slots);
   kernel<<<ctas, Tr::kThreads, Tr::kSmemBytes, stream>>>(args);
   return cudaGetLastError();
 }
@@ -146,7 +153,8 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
 // and the launcher run_flash_fwd_sm90<DTYPE, HDIM, CAUSAL, VARIANT> (an Sm90Variant).
 #define SESSIONKIT_FLASH_FWD_SM90_INSTANCE(NAME, DTYPE, HDIM, CAUSAL, VARIANT)                      \
   extern "C" __global__ void __launch_bounds__(                                                  \
-      sessionkit::sm90::Traits<HDIM, CAUSAL, VARIANT>::kThreads, 1)                              \
+      sessionkit::sm90::Traits<HDIM, CAUSAL, VARIANT>::kThreads,                                 \
+      sessionkit::sm90::Traits<HDIM, CAUSAL, VARIANT>::kBlocksPerSm)                             \
       NAME(const __grid_constant__ sessionkit::sm90::Sm90Args args) {                            \
     SESSIONKIT_SM90_BODY(DTYPE, HDIM, CAUSAL, VARIANT, args)                                     \
   }                                                                                              \

@@ -97,7 +97,12 @@ struct Traits {
       : kHeadDim == 96  ? SK_SM90_BLOCK_N_D96
                         : SK_SM90_BLOCK_N_D256;
   static constexpr int kStages = SK_SM90_STAGES;
-  static constexpr bool kPingpong = SK_SM90_PINGPONG != 0;  // consumers take turns on the GEMMs
+  // Consumers take turns on the GEMMs (two or three of them in one CTA).
+  static constexpr bool kPingpong = SK_SM90_PINGPONG != 0 && kConsumerWarpgroups > 1;
+  // One consumer (an experiment shape: -DSK_SM90_CONSUMERS_D64_CAUSAL=1, say): 64-row tiles and
+  // two CTAs per SM, each walking its own tiles, so that one CTA's first Q K^T, masked diagonal
+  // block and epilogue run under the other's GEMMs (cuDNN's D=64 kernel works on 64-row tiles).
+  static constexpr int kBlocksPerSm = kConsumerWarpgroups == 1 ? 2 : 1;
   // Causal tiles differ in length (the last query block visits every key block, the first one
   // block), so a static round robin leaves some CTAs with up to 15 % more work than the mean; a
   // CTA that finishes takes the next tile of the list from a counter instead (see kernel.cuh).
@@ -110,10 +115,13 @@ struct Traits {
   static constexpr bool kHeadMajor =
       !kCausal && SK_SM90_HEAD_MAJOR_FULL != 0 && kConsumerWarpgroups == 2;
   static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);  // warpgroup 0 produces
-  // setmaxnreg budgets within the SM's 65536 registers: with two consumers 24 * 128 + 240 * 256
-  // = 64512, with three 32 * 128 + 160 * 384 = 65536.
-  static constexpr int kProducerRegisters = kConsumerWarpgroups == 2 ? 24 : 32;
-  static constexpr int kConsumerRegisters = kConsumerWarpgroups == 2 ? 240 : 160;
+  static constexpr int kRegistersPerSm = 65536 / kBlocksPerSm;
+  // setmaxnreg budgets within the CTA's registers (the pool setmaxnreg draws from): with two
+  // consumers 24 * 128 + 240 * 256 = 64512 of 65536, with three 32 * 128 + 160 * 384 = 65536,
+  // with one (two CTAs per SM) 24 * 128 + 232 * 128 = 32768.
+  static constexpr int kProducerRegisters = kConsumerWarpgroups == 3 ? 32 : 24;
+  static constexpr int kConsumerRegisters =
+      kConsumerWarpgroups == 1 ? 232 : kConsumerWarpgroups == 2 ? 240 : 160;
 
   // Tiles are stored as column chunks of swizzle-wide rows (one TMA box each): 64 columns of
   // 128 bytes with the 128-byte swizzle when the head dim is a multiple of 64, else 32 columns of
@@ -127,6 +135,8 @@ struct Traits {
   static constexpr int kKVBytes = kKVChunkBytes * kChunks;  // one K or one V tile
   static constexpr int kRowGroupBytes = 8 * kSwizzleBytes;  // descriptor stride of 8-row groups
 
+  // 228 KB per SM, 1 KB of it reserved per CTA: 227 KB for one CTA, 113 KB each for two.
+  static constexpr int kSmemPerBlockMax = kBlocksPerSm == 1 ? 227 * 1024 : 113 * 1024;
   static constexpr int kQOffset = 0;
   static constexpr int kKOffset = kQOffset + kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKVBytes;
@@ -140,9 +150,10 @@ struct Traits {
   // shared memory has room; otherwise (three consumers: no registers to spare; D=96; D=256 and
   // the 176-key block: no shared memory to spare; split-KV: float32 partials) in plain stores.
   static constexpr bool kTmaStoreO =
-      SK_SM90_TMA_STORE_O != 0 && !kSplitKV && kConsumerWarpgroups == 2 &&
+      SK_SM90_TMA_STORE_O != 0 && !kSplitKV && kConsumerWarpgroups <= 2 &&
       kSwizzleBytes == 128 && kHeadDim <= 128 &&
-      kOOffset + kConsumerWarpgroups * kOBytesPerConsumer + 8 * kBarriers + 8 + 1024 <= 227 * 1024;
+      kOOffset + kConsumerWarpgroups * kOBytesPerConsumer + 8 * kBarriers + 8 + 1024 <=
+          kSmemPerBlockMax;
   static constexpr int kBarrierOffset =
       kOOffset + (kTmaStoreO ? kConsumerWarpgroups * kOBytesPerConsumer : 0);
   // The tile ring: two int32 tile indices the producer passes to the consumers.
@@ -150,12 +161,16 @@ struct Traits {
   // +1024: the dynamic shared-memory base is rounded up to the 1024-byte swizzle alignment.
   static constexpr int kSmemBytes = kTileSlotOffset + 8 + 1024;
 
-  static_assert(kConsumerWarpgroups == 2 || kConsumerWarpgroups == 3, "two or three consumers");
+  static_assert(kConsumerWarpgroups >= 1 && kConsumerWarpgroups <= 3, "one to three consumers");
+  static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumerWarpgroups <=
+                    kRegistersPerSm,
+                "setmaxnreg budgets exceed the CTA's registers");
   static_assert(!(kSplitKV && kCausal), "split-KV kernels are non-causal");
   static_assert(!(kLongKeys && kCausal), "the long-keys variant is non-causal");
   static_assert(kHeadDim % 32 == 0, "head dim must be a multiple of 32");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "key block must be a wgmma n");
-  static_assert(kSmemBytes <= 227 * 1024, "shared memory plan exceeds the 227 KB per block");
+  static_assert(kSmemBytes <= kSmemPerBlockMax,
+                "shared memory plan exceeds the 227 KB per block (113 KB with two CTAs per SM)");
 };
 
 }  // namespace sm90
