@@ -160,3 +160,36 @@ def test_generated_files_are_current():
     proc = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+# Experiment switches that the kernel notes name as the next A/B runs: each must still build without
+# spills, so that a GPU call can time it straight away (docs/kernel-notes.md, "Next hypotheses").
+EXPERIMENTS = [
+    ("-DSK_SM90_CONSUMERS_D64_CAUSAL=1", "flash_fwd_sm90_bf16_hdim64_causal", "0xe8", "0x18"),
+    ("-DSK_SM90_CONSUMERS_D64_CAUSAL=1", "flash_fwd_sm90_fp16_hdim64_causal_shortkeys", "0xe8",
+     "0x18"),
+    ("-DSK_SM90_CONSUMERS_D64_FULL=1", "flash_fwd_sm90_bf16_hdim64_noncausal", "0xe8", "0x18"),
+    ("-DSK_SOFTMAX_POLY_EXP2_EIGHTHS=2", "flash_fwd_sm90_bf16_hdim64_noncausal", "0xa0", "0x20"),
+    ("-DSK_SOFTMAX_POLY_EXP2_EIGHTHS=2", "flash_fwd_sm90_bf16_hdim128_causal", "0xf0", "0x18"),
+]
+
+
+@pytest.mark.parametrize("flag, name, consumer_regs, producer_regs", EXPERIMENTS)
+def test_experiment_switches_build_without_spills(tmp_path, flag, name, consumer_regs,
+                                                  producer_regs):
+    nvcc = _nvcc()
+    root = csrc_dir()
+    cubin = tmp_path / f"{name}.cubin"
+    proc = subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-Xptxas=-v",
+                           "-cubin", *toolchain.arch_flags((9, 0)), flag, "-I", str(root), "-o",
+                           str(cubin), str(root / "instantiations" / f"{name}.cu")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "C7518" not in proc.stderr, "ptxas serialized the wgmma"
+    res = parse_ptxas(proc.stdout + proc.stderr).get(name)
+    assert res is not None and res.spill_store_bytes + res.spill_load_bytes == 0, res
+    assert res.stack_frame_bytes == 0
+    cuobjdump = _cuobjdump()
+    regs = [line for line in _sass(cuobjdump, cubin).splitlines() if "USETMAXREG" in line]
+    assert any("TRY_ALLOC" in r and consumer_regs in r for r in regs), regs
+    assert any("DEALLOC" in r and producer_regs in r for r in regs), regs
