@@ -3,9 +3,13 @@
 # step through the CLI, the GPU tests, compute-sanitizer memcheck, racecheck and synccheck on a small
 # run of each kernel family, and the speed table. Logs go to $OUT (default /tmp/sessionkit-gpu-check); a short summary prints last.
 #
-#   bash benchmarks/gpu_check.sh [build] [tests] [cppchecks] [sanitize] [bench] [variants]
+#   bash benchmarks/gpu_check.sh [build] [tests] [cppchecks] [sanitize] [bench] [variants] [ab]
 #   (no argument: build tests sanitize bench)
 # variants: rebuilds with each set of -D flags in $VARIANTS (separated by ';') and times them.
+# ab: the same A/B through sessionkit itself, in one session: for the plain build and each set of
+#   flags in $VARIANTS, `step correctness` (64 configs) and then `step bench` on the configs in
+#   $AB_CONFIGS (space-separated B,H,Sq,Sk,D,dtype,causal specs), SDPA timed in every bench step;
+#   the session's report (one column per bench step) lands in $OUT/ab.md.
 #
 # Builds into $SESSIONKIT_BUILD_DIR (default ./.skbuild) so that a run starts from a clean cache.
 set -u
@@ -132,6 +136,29 @@ if has variants; then
     grep -E "^(fp16|bf16)-" /tmp/variant.txt | tee -a "$SUMMARY"
     { echo "== variant [$flags]"; cat /tmp/variant.txt; } >> "$OUT/variants.txt"
   done
+fi
+
+if has ab; then
+  export SESSIONKIT_DB="$OUT/ab.db"
+  rm -f "$SESSIONKIT_DB"
+  read -ra CONFIGS <<< "${AB_CONFIGS:-32,32,512,512,64,bf16,1 8,32,2048,2048,64,bf16,1 1,32,16384,16384,64,bf16,0}"
+  CONFIG_ARGS=()
+  for c in "${CONFIGS[@]}"; do CONFIG_ARGS+=(--config "$c"); done
+  python3 -m sessionkit start "A/B of experiment switches" \
+    -m "plain build against: ${VARIANTS:-(no variants)}" > /dev/null
+  IFS=';' read -ra SETS <<< ";${VARIANTS:-}"  # the empty first set is the plain build
+  for flags in "${SETS[@]}"; do
+    label=${flags:-plain}
+    export SESSIONKIT_NVCC_FLAGS="$flags"
+    if python3 -m sessionkit step correctness --configs 64 --max-seq-len 2048 > "$OUT/ab_correctness.txt" 2>&1; then
+      note "ab [$label]: $(python3 -m sessionkit step bench --preheat 10s "${CONFIG_ARGS[@]}" 2>&1 | tail -n 1)"
+    else
+      note "ab [$label]: correctness did not pass, not timed: $(tail -n 1 "$OUT/ab_correctness.txt")"
+    fi
+  done
+  unset SESSIONKIT_NVCC_FLAGS
+  python3 -m sessionkit end --outcome "A/B done" > /dev/null
+  python3 -m sessionkit report -o "$OUT/ab.md" > /dev/null && note "ab report: $OUT/ab.md"
 fi
 
 echo
