@@ -258,3 +258,24 @@ def test_a_step_still_running_is_shown_with_what_it_recorded_so_far(db, session,
     assert "The correctness step (step 2) is still running, so far without recording any " \
         "configuration." in text
     assert "Nothing to compare yet: the bench step is still running." in text
+
+
+def test_bench_steps_name_the_build_they_timed(db, two_of_each, monkeypatch):
+    """An A/B session (one bench step per -D switch): each bench step records its kernel build
+    and experiment flags, and the report says which step timed which build."""
+    from sessionkit.kernels import build
+
+    class Loaded:
+        key = "abc123"
+
+    monkeypatch.setattr(build, "loaded", lambda: Loaded())
+    monkeypatch.setenv("SESSIONKIT_NVCC_FLAGS", "-DSK_SM90_PINGPONG=0")
+    row = run_step(db, two_of_each, BenchStep(), {"configs": CONFIGS, "preheat_s": "0",
+                                                  "passes": "1"})
+    assert row["status"] == "passed", row["message"]
+    summary = row["summary"] if isinstance(row["summary"], dict) else json.loads(row["summary"])
+    assert summary["build_key"] == "abc123" and summary["nvcc_flags"] == "-DSK_SM90_PINGPONG=0"
+    text = session_report(db, two_of_each["number"]).text
+    assert f"### Step {row['seq']}: grid custom, kernels built with `-DSK_SM90_PINGPONG=0`\n" in text
+    assert f"step {row['seq']} `-DSK_SM90_PINGPONG=0` TFLOP/s |" in text
+    assert "### Step 1: grid custom\n" in text  # the plain build's step says nothing more

@@ -280,7 +280,8 @@ def bench_side_by_side(instances: list[dict]) -> dict | None:
         rows.append({"label": label, "tflops": values,
                      "ratios": [v / values[0] if v and values[0] else None for v in values[1:]]})
     geomeans = [geomean(r["ratios"][i] for r in rows) for i in range(len(timed) - 1)]
-    steps = [{"seq": b["seq"], "graph": b["summary"].graph, "grid": b["grid"]} for b in timed]
+    steps = [{"seq": b["seq"], "graph": b["summary"].graph, "grid": b["grid"],
+              "flags": b["summary"].nvcc_flags or None} for b in timed]
     return {"impl": impl, "steps": steps, "rows": rows, "geomeans": geomeans}
 
 

@@ -97,6 +97,13 @@ def f_cell(value) -> str:
     return printable(str(value).replace("\r", " ").replace("\n", " ").replace("|", "\\|"))
 
 
+def f_code(value) -> str:
+    """Inline code, safe inside a table cell (as :func:`f_cell`; a backquote becomes a quote)."""
+    if value is None or value == "":
+        return DASH
+    return "`" + f_cell(value).replace("`", "'") + "`"
+
+
 def f_short(value, length: int = 80) -> str:
     text = f_cell(value)
     return text if len(text) <= length else text[: length - 3].rstrip() + "..."
@@ -117,7 +124,7 @@ def f_value(value, fmt: str) -> str:
 
 FILTERS = {"dur": f_dur, "delta": f_delta, "money": f_money, "num": f_num, "auto": f_auto, "int": f_int,
            "pct": f_pct, "times": f_times, "sci": f_sci, "ts": f_ts, "date": f_date,
-           "cell": f_cell, "short": f_short, "value": f_value}
+           "cell": f_cell, "short": f_short, "value": f_value, "code": f_code}
 
 
 @functools.lru_cache(maxsize=1)

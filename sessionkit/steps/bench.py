@@ -101,6 +101,21 @@ class BenchSummary(StepSummary):
     sm_clock_median_mhz: float | None = fact(None, unit="MHz", help="Median SM clock of the "
                                                                     "samples.")
     kernel_family: str | None = fact(None, help="The family our kernel ran as: sm90 or sm80.")
+    build_key: str | None = fact(None, help="The build cache key of our kernel's library: two "
+                                            "bench steps on different builds differ here.")
+    nvcc_flags: str | None = fact(None, help="The experiment flags of that build "
+                                             "($SESSIONKIT_NVCC_FLAGS), empty for the plain build.")
+
+
+def _kernel_build() -> tuple[str | None, str | None]:
+    """The build key and the experiment flags of our loaded kernel library, (None, None) if none
+    is loaded in this process."""
+    from ..kernels import build
+
+    info = build.loaded()
+    if info is None:
+        return None, None
+    return info.key, " ".join(build.extra_nvcc_flags())
 
 
 def _kernel_family() -> str | None:
@@ -205,6 +220,7 @@ def run_bench(context: StepContext, options: BenchOptions) -> StepResult:
         if value is not None:
             context.metric(key, value, unit=unit)
     ours_rows = [r for r in all_rows if r["impl"] == "ours"]
+    build_key, nvcc_flags = _kernel_build() if ours_rows else (None, None)
     speedups = [r["speedup_vs_sdpa"] for r in ours_rows if r["speedup_vs_sdpa"]]
     summary = BenchSummary(
         grid=grid_label, configs=n, ceiling_tflops=ceiling, ceiling_reused=reused,
@@ -213,7 +229,8 @@ def run_bench(context: StepContext, options: BenchOptions) -> StepResult:
         impls=sorted({r["impl"] for r in all_rows}), graph=graph, passes=passes, cooldown=cooldown,
         ours="measured" if ours_rows else (ours_note or "not requested"),
         elapsed_s=round(time.monotonic() - started, 1), preheat=heat,
-        kernel_family=_kernel_family() if ours_rows else None,
+        kernel_family=_kernel_family() if ours_rows else None, build_key=build_key,
+        nvcc_flags=nvcc_flags,
         **{key: value for key, (value, _) in noise.items()})
     wrong = [r for r in ours_rows if r["status"] in ("wrong", "error")]
     if wrong:
