@@ -44,7 +44,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // exponent bits. x < -125 (and -inf, a masked score) gives 0, as ex2.approx.ftz flushes it.
 // Sharing the exponentials of a block between this and MUFU.EX2 (SK_SOFTMAX_POLY_EXP2_EIGHTHS in
 // softmax.cuh) leaves the MUFU fewer to do where it limits the softmax (D=64). Method:
-// FlashAttention-4's software exp2 (Shah, Dao et al., 2025, for Blackwell's MUFU bottleneck).
+// FlashAttention-4's software exp2 (its answer to the MUFU bottleneck on Blackwell).
 __host__ __device__ __forceinline__ float poly_exp2(float x) {
   constexpr float kRound = 12582912.f;  // 1.5 * 2^23
   const float clamped = fmaxf(x, -125.f);
