@@ -34,11 +34,11 @@ KNOWN_KEYS = ("objective", "plan", "budget", "gpu_rate", "ai_rate", "step_budget
 def check_keys(raw: dict, path: Path) -> None:
     """Raise :class:`ConfigError` (one line) for a key of ``[tool.sessionkit]`` that sessionkit
     does not read, naming the closest known key."""
-    import difflib
-
     for key in raw:
         if key in KNOWN_KEYS:
             continue
+        import difflib  # only on the error path: the CLI's start-up does not pay for it
+
         close = difflib.get_close_matches(str(key), KNOWN_KEYS, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(f"[tool.sessionkit] in {path}: unknown key {key!r}; {hint}"

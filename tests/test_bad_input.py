@@ -111,21 +111,16 @@ def test_keys_match_the_config_module():
 @pytest.mark.parametrize("typo, hint", [("budjet", "did you mean 'budget'?"),
                                         ("step_budget", "did you mean 'step_budgets'?"),
                                         ("colour", "known keys: objective")])
-def test_an_unknown_key_is_refused_in_one_line_naming_the_closest(tmp_path, typo, hint):
+def test_an_unknown_key_is_refused_in_one_line_naming_the_closest(tmp_path, monkeypatch, typo,
+                                                                  hint):
     """A typo in [tool.sessionkit] is an error, not a setting silently ignored; the CLI says so in
     one line and opens nothing."""
     (tmp_path / "pyproject.toml").write_text(f'[tool.sessionkit]\n{typo} = "2h"\n')
     with pytest.raises(ConfigError, match=f"unknown key '{typo}'") as info:
         load_config(tmp_path)
     assert hint in str(info.value) and "\n" not in str(info.value)
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        result = invoke("start", "--objective", "x")
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("start", "--objective", "x")
     one_line_error(result)
     assert typo in result.output
 
@@ -262,16 +257,10 @@ def test_command_after_double_dash_keeps_its_bytes():
 @pytest.mark.parametrize("content", [b"\xff[tool.sessionkit]\n",
                                      b"[tool.sessionkit]\nplan = " + b"[" * 3000 + b"]" * 3000 + b"\n",
                                      b'[tool.sessionkit]\ntelemetry_interval = "2h"\n'])
-def test_a_pyproject_sessionkit_cannot_use_is_one_line(tmp_path, content):
+def test_a_pyproject_sessionkit_cannot_use_is_one_line(tmp_path, monkeypatch, content):
     """Not UTF-8, nested past the TOML parser's depth, or an interval past an hour: one line."""
-    import os
-
     (tmp_path / "pyproject.toml").write_bytes(content)
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        result = invoke("start", "--objective", "x")
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("start", "--objective", "x")
     one_line_error(result)
     assert "pyproject.toml" in result.output
