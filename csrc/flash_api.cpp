@@ -261,6 +261,18 @@ cudaError_t run_sm90(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
   return err;
 }
 
+// out (B, H, Sq, D) and lse (B, H, Sq) into the parameters: pointers and outer strides.
+void set_outputs(FlashFwdParams& p, const at::Tensor& out, const at::Tensor& lse) {
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  p.o_batch_stride = out.stride(0);
+  p.o_head_stride = out.stride(1);
+  p.o_row_stride = out.stride(2);
+  p.lse_batch_stride = lse.stride(0);
+  p.lse_head_stride = lse.stride(1);
+  p.lse_row_stride = lse.stride(2);
+}
+
 // Split-KV buffers of a decode-shaped call (see launch_decode): float32 partial O and LSE.
 struct SplitKV {
   int num_splits;
@@ -287,8 +299,7 @@ bool launch_kernels(const at::Tensor& q_given, const at::Tensor& k_given,
   p.q = q.data_ptr();
   p.k = k.data_ptr();
   p.v = v.data_ptr();
-  p.out = out.data_ptr();
-  p.lse = lse.data_ptr<float>();
+  set_outputs(p, out, lse);
   p.q_batch_stride = q.stride(0);
   p.q_head_stride = q.stride(1);
   p.q_row_stride = q.stride(2);
@@ -298,12 +309,6 @@ bool launch_kernels(const at::Tensor& q_given, const at::Tensor& k_given,
   p.v_batch_stride = v.stride(0);
   p.v_head_stride = v.stride(1);
   p.v_row_stride = v.stride(2);
-  p.o_batch_stride = out.stride(0);
-  p.o_head_stride = out.stride(1);
-  p.o_row_stride = out.stride(2);
-  p.lse_batch_stride = lse.stride(0);
-  p.lse_head_stride = lse.stride(1);
-  p.lse_row_stride = lse.stride(2);
   p.batch = static_cast<int>(q.size(0));
   p.heads = static_cast<int>(q.size(1));
   p.heads_k = static_cast<int>(k.size(1));
@@ -444,14 +449,7 @@ bool launch_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
                       at::empty({splits, batch, heads_k, ratio}, f32)};
   if (!launch_kernels(q_rows, k, v, out_rows, lse_rows, false, scale, false, &split)) return true;
   FlashFwdParams c{};
-  c.out = out_rows.data_ptr();
-  c.lse = lse_rows.data_ptr<float>();
-  c.o_batch_stride = out_rows.stride(0);
-  c.o_head_stride = out_rows.stride(1);
-  c.o_row_stride = out_rows.stride(2);
-  c.lse_batch_stride = lse_rows.stride(0);
-  c.lse_head_stride = lse_rows.stride(1);
-  c.lse_row_stride = lse_rows.stride(2);
+  set_outputs(c, out_rows, lse_rows);
   c.batch = static_cast<int>(batch);
   c.heads = static_cast<int>(heads_k);
   c.seqlen_q = static_cast<int>(ratio);
