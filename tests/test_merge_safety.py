@@ -131,15 +131,20 @@ def test_same_file_source_and_target_is_no_traceback(tmp_path):
     assert own.read_text() == "one file\n"
 
 
-def test_reads_stay_inside_the_source_databases_artifacts_folder(tmp_path):
-    """A source database can name any path; only files inside its own artifacts folder are read.
-    One outside (absolute, relative with .., through a symlink) is a missing row with the reason."""
+def _source_and_secret(tmp_path):
+    """A source database of one session, and a private file outside its artifacts folder."""
     b = host_b(tmp_path / "b", sessions=1)
     b.conn.close()
-    src_db = tmp_path / "b" / ".sessionkit" / "sessions.db"
     secret = tmp_path / "home" / "id_ed25519"
     secret.parent.mkdir()
     secret.write_text("PRIVATE KEY\n")
+    return tmp_path / "b" / ".sessionkit" / "sessions.db", secret
+
+
+def test_reads_stay_inside_the_source_databases_artifacts_folder(tmp_path):
+    """A source database can name any path; only files inside its own artifacts folder are read.
+    One outside (absolute, relative with .., through a symlink) is a missing row with the reason."""
+    src_db, secret = _source_and_secret(tmp_path)
     session_dir = src_db.parent / "artifacts" / "session-1"
     (session_dir / "logs").mkdir(parents=True)
     (session_dir / "logs" / "key.log").symlink_to(secret)
@@ -162,12 +167,7 @@ def test_reads_stay_inside_the_source_databases_artifacts_folder(tmp_path):
 def test_an_artifacts_folder_that_is_a_symlink_is_not_read(tmp_path):
     """A source whose artifacts folder is itself a link (to /, to a home folder) would make every
     file there "inside" it: none is read, each row is missing with the reason."""
-    b = host_b(tmp_path / "b", sessions=1)
-    b.conn.close()
-    src_db = tmp_path / "b" / ".sessionkit" / "sessions.db"
-    secret = tmp_path / "home" / "id_ed25519"
-    secret.parent.mkdir()
-    secret.write_text("PRIVATE KEY\n")
+    src_db, secret = _source_and_secret(tmp_path)
     root = artifacts_root(src_db)
     root.rename(root.with_name("artifacts.moved"))
     root.symlink_to(tmp_path)  # artifacts -> a folder that holds home/id_ed25519
