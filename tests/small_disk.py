@@ -29,3 +29,13 @@ def run_on_small_disk(script: str, tmp_path: Path, arg: str, *, timeout: float =
     if result.returncode == 77 or result.stderr.startswith("unshare:"):
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()[:200]}")
     return result
+
+
+def session_on_tmpfs(size: str, objective: str = "full") -> str:
+    """The start of a script for :func:`run_on_small_disk`: mount a tmpfs of ``size`` (``4m``) at
+    $1, work there with its database, and open a session (exit 77: no mount, 78: no session)."""
+    return (f'set -u\n'
+            f'mount -t tmpfs -o size={size} tmpfs "$1" || exit 77\n'
+            f'cd "$1"\n'
+            f'export SESSIONKIT_DB="$1/.sessionkit/sessions.db"\n'
+            f'"$2" -m sessionkit start --objective {objective} >/dev/null || exit 78\n')

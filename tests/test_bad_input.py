@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from small_disk import run_on_small_disk
+from small_disk import run_on_small_disk, session_on_tmpfs
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -154,12 +154,7 @@ def test_a_skipped_step_exits_125_for_git_bisect():
     assert result.exit_code == 125
 
 
-ATOMIC = textwrap.dedent("""
-    set -u
-    mount -t tmpfs -o size=2m tmpfs "$1" || exit 77
-    cd "$1"
-    export SESSIONKIT_DB="$1/.sessionkit/sessions.db"
-    "$2" -m sessionkit start --objective full >/dev/null || exit 78
+ATOMIC = session_on_tmpfs("2m") + textwrap.dedent("""
     "$2" -m sessionkit history -o history.md >/dev/null || exit 79
     "$2" -m sessionkit export last -o export.json >/dev/null || exit 80
     cp history.md /dev/shm/ 2>/dev/null; sha256sum history.md export.json > "$3"

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from small_disk import run_on_small_disk
+from small_disk import run_on_small_disk, session_on_tmpfs
 
 import sessionkit.db as dbmod
 from sessionkit.db import open_db
@@ -130,12 +130,7 @@ def test_filesystem_type_picks_the_longest_mount_point():
     assert dbmod.filesystem_type("/mnt/my/s.db", mounts) == "ext4"
 
 
-READ_WHEN_FULL = textwrap.dedent("""
-    set -u
-    mount -t tmpfs -o size=2m tmpfs "$1" || exit 77
-    cd "$1"
-    export SESSIONKIT_DB="$1/.sessionkit/sessions.db"
-    "$2" -m sessionkit start --objective full-disk >/dev/null || exit 78
+READ_WHEN_FULL = session_on_tmpfs("2m", "full-disk") + textwrap.dedent("""
     "$2" -m sessionkit step run x -- echo hi >/dev/null || exit 79
     head -c 3000000 /dev/zero > filler 2>/dev/null   # the disk is now full
     for cmd in status "show 1" "export 1" "report 1" history sessions; do

@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from small_disk import run_on_small_disk
+from small_disk import run_on_small_disk, session_on_tmpfs
 
 from sessionkit.db import open_db
 
@@ -190,12 +190,7 @@ def test_steps_record_their_pid_namespace(opened):
 
 # ---- a full disk ----------------------------------------------------------------------------------
 
-FULL_DISK = textwrap.dedent("""
-    set -u
-    mount -t tmpfs -o size=4m tmpfs "$1" || exit 77
-    cd "$1"
-    export SESSIONKIT_DB="$1/.sessionkit/sessions.db"
-    "$2" -m sessionkit start --objective full >/dev/null || exit 78
+FULL_DISK = session_on_tmpfs("4m") + textwrap.dedent("""
     # fill the disk, leaving 1 MiB for the step to fill
     head -c $((3 * 1024 * 1024)) /dev/zero > filler 2>/dev/null
     "$2" -m sessionkit step run flood -- "$2" -c "import sys; [sys.stdout.write('line %d of output\\\\n' % i) for i in range(200000)]" >/dev/null 2>"$3"
@@ -219,12 +214,7 @@ def test_a_full_disk_ends_the_step_failed_with_the_reason(tmp_path):
     assert "no space left on device" in flood["message"]
 
 
-LITTLE_LEFT = textwrap.dedent("""
-    set -u
-    mount -t tmpfs -o size=4m tmpfs "$1" || exit 77
-    cd "$1"
-    export SESSIONKIT_DB="$1/.sessionkit/sessions.db"
-    "$2" -m sessionkit start --objective full >/dev/null || exit 78
+LITTLE_LEFT = session_on_tmpfs("4m") + textwrap.dedent("""
     # leave 300 KiB: less than the space a step keeps aside while it runs
     avail=$(df --output=avail -k . | tail -1)
     head -c $(( (avail - 300) * 1024 )) /dev/zero > filler 2>/dev/null
