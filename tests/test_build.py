@@ -36,6 +36,7 @@ ptxas info    : Compile time = 303.837 ms
 ptxas info    : Function properties for _Z6helperPf
     8 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
 ptxas info    : Compiling entry function 'spilly' for 'sm_90a'
+ptxas info    : (C7514) Potential Performance Loss: wgmma.mma_async instructions are serialized due to non wgmma instructions reading accumulator registers of  a wgmma between start and end of the pipeline stage in the function 'spilly'
 ptxas info    : Function properties for spilly
     40 bytes stack frame, 36 bytes spill stores, 28 bytes spill loads
 ptxas info    : Used 255 registers, used 1 barriers, 4096 bytes smem, 380 bytes cmem[0]
@@ -52,6 +53,9 @@ def test_parse_ptxas_reads_each_kernel():
     s = kernels["spilly"]
     assert (s.registers, s.static_smem_bytes, s.stack_frame_bytes) == (255, 4096, 40)
     assert (s.spill_store_bytes, s.spill_load_bytes) == (36, 28)
+    assert s.wgmma_serialized == ("C7514: due to non wgmma instructions reading accumulator "
+                                  "registers of a wgmma between start and end of the pipeline stage")
+    assert k.wgmma_serialized is None
 
 
 def test_parse_ptxas_ignores_device_functions_and_noise():
@@ -287,3 +291,23 @@ def test_fakes_are_registered_when_the_build_step_loaded_the_library_first(monke
     monkeypatch.setattr(api, "_register_fakes", lambda: calls.append("fakes"))
     assert api.load_extension() == "already loaded by the build step"
     assert calls == ["fakes"]
+
+
+def test_step_names_spilled_and_serialized_kernels(make_context, monkeypatch, tmp_path):
+    """The build step's message names the kernels that spill and those whose wgmma ptxas
+    serialized (both read from the build log by parse_ptxas)."""
+    table = {name: {**res.to_dict(), "smem_bytes": 0} for name, res in parse_ptxas(PTXAS_LOG).items()}
+
+    def built(**_kw):
+        return build.BuildInfo(key="k", folder=str(tmp_path), library=str(tmp_path / "lib.so"),
+                               cached=False, arch="sm_90a", flags=[], nvcc=None, nvcc_version=None,
+                               torch="2", torch_cuda=None, python="3", build_time_s=1.5,
+                               load_time_s=0.1, built_at="now", kernels=table)
+
+    monkeypatch.setattr(build, "_torch_cuda", lambda: None)
+    monkeypatch.setattr(build, "build_extension", built)
+    result = BuildStep().run(make_context(name="build"))
+    assert result.status == "passed"
+    assert "SPILLS in spilly" in result.message
+    assert "WGMMA SERIALIZED in spilly" in result.message
+    assert "flash_fwd_bf16_hdim128_causal" not in result.message

@@ -241,7 +241,7 @@ def _kernel_table(log_text: str, library: str, names: list[str]) -> dict[str, di
         res = resources.get(name)
         row = res.to_dict() if res else {"name": name, "registers": None, "static_smem_bytes": 0,
                                          "stack_frame_bytes": 0, "spill_store_bytes": 0,
-                                         "spill_load_bytes": 0}
+                                         "spill_load_bytes": 0, "wgmma_serialized": None}
         row["dynamic_smem_bytes"] = dynamic.get(name)
         row["smem_bytes"] = row["static_smem_bytes"] + (dynamic.get(name) or 0)
         table[name] = row

@@ -14,6 +14,10 @@ _SPILLS = re.compile(
     r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _USED = re.compile(r"ptxas info\s*:\s*Used (\d+) registers(.*)")
 _SMEM = re.compile(r"(\d+) bytes smem")
+# "ptxas info : (C7514) Potential Performance Loss: wgmma.mma_async instructions are serialized due
+# to <reason> in the function '<name>'": every wgmma of the kernel waits for the one before.
+_SERIALIZED = re.compile(r"\((C\d+)\)[^:]*: wgmma\.mma_async instructions are serialized\s*(.*?)\s*"
+                         r"in the function '([^']+)'")
 
 
 @dataclass
@@ -26,6 +30,9 @@ class KernelResources:
     stack_frame_bytes: int = 0
     spill_store_bytes: int = 0
     spill_load_bytes: int = 0
+    # ptxas's reason when it serialized the kernel's wgmma ("C7514: due to non wgmma instructions
+    # reading accumulator registers ..."), else None
+    wgmma_serialized: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -36,11 +43,19 @@ def parse_ptxas(text: str) -> dict[str, KernelResources]:
 
     Entry functions only: device functions' "Function properties" blocks without a following
     "Used N registers" line for an entry are ignored. A kernel compiled twice keeps its last report.
+    ptxas's "wgmma.mma_async instructions are serialized" warning, which names its kernel, sets
+    that kernel's ``wgmma_serialized`` wherever in the log it stands.
     """
     kernels: dict[str, KernelResources] = {}
+    serialized: dict[str, str] = {}
     current: str | None = None  # entry whose "Used ... registers" line is still to come
     props_for: str | None = None  # function whose spill line comes next
     for line in text.splitlines():
+        match = _SERIALIZED.search(line)
+        if match:
+            reason = " ".join(match.group(2).split())
+            serialized[match.group(3)] = f"{match.group(1)}: {reason}" if reason else match.group(1)
+            continue
         match = _ENTRY.search(line)
         if match:
             current = match.group(1)
@@ -66,6 +81,9 @@ def parse_ptxas(text: str) -> dict[str, KernelResources]:
             smem = _SMEM.search(match.group(2))
             res.static_smem_bytes = int(smem.group(1)) if smem else 0
             current = None
+    for name, reason in serialized.items():
+        if name in kernels:
+            kernels[name].wgmma_serialized = reason
     return {name: res for name, res in kernels.items() if res.registers is not None}
 
 

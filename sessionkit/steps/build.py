@@ -73,6 +73,7 @@ class BuildStep(Step):
             context.metric("spill_load_bytes", row.get("spill_load_bytes"), unit="bytes", subject=name)
         spills = sorted(n for n, r in info.kernels.items()
                         if (r.get("spill_store_bytes") or 0) + (r.get("spill_load_bytes") or 0) > 0)
+        serialized = sorted(n for n, r in info.kernels.items() if r.get("wgmma_serialized"))
         regs = [r["registers"] for r in info.kernels.values() if r.get("registers") is not None]
         how = "cached build loaded" if info.cached else f"built in {info.build_time_s:.1f} s"
         detail = f"{len(info.kernels)} kernels for {info.arch}"
@@ -80,6 +81,12 @@ class BuildStep(Step):
             detail += f", {min(regs)}-{max(regs)} registers"
         if spills:
             detail += f", SPILLS in {', '.join(spills)}"
+        if serialized:
+            # ptxas made every wgmma of these kernels wait for the one before (a large slowdown)
+            detail += f", WGMMA SERIALIZED in {', '.join(serialized)}"
+            for name in serialized:
+                context.progress.note(f"{name}: ptxas serialized its wgmma "
+                                      f"({info.kernels[name]['wgmma_serialized']})")
         context.progress.note(f"library {info.library}")
         summary = BuildSummary(nvcc_version=info.nvcc_version, flags=info.flags, cached=info.cached,
                                key=info.key, library=info.library, arch=info.arch,
