@@ -9,7 +9,7 @@
 # ab: the same A/B through sessionkit itself, in one session: for the plain build and each set of
 #   flags in $VARIANTS, `step correctness` (64 configs) and then `step bench` on the configs in
 #   $AB_CONFIGS (space-separated B,H,Sq,Sk,D,dtype,causal specs), SDPA timed in every bench step;
-#   the session's report (one column per bench step) lands in $OUT/ab.md.
+#   the session's report (one column per bench step) lands in $OUT/ab.md, its database in $OUT/ab.db.
 #
 # Builds into $SESSIONKIT_BUILD_DIR (default ./.skbuild) so that a run starts from a clean cache.
 set -u
@@ -139,8 +139,10 @@ if has variants; then
 fi
 
 if has ab; then
-  export SESSIONKIT_DB="$OUT/ab.db"
-  rm -f "$SESSIONKIT_DB"
+  # The database and the report's figures stay outside $OUT (a report draws a few figures per
+  # bench step); only ab.md and ab.db are copied there at the end.
+  AB_DIR=$(mktemp -d /tmp/sessionkit-ab.XXXXXX)
+  export SESSIONKIT_DB="$AB_DIR/ab.db"
   read -ra CONFIGS <<< "${AB_CONFIGS:-32,32,512,512,64,bf16,1 8,32,2048,2048,64,bf16,1 1,32,16384,16384,64,bf16,0}"
   CONFIG_ARGS=()
   for c in "${CONFIGS[@]}"; do CONFIG_ARGS+=(--config "$c"); done
@@ -158,7 +160,8 @@ if has ab; then
   done
   unset SESSIONKIT_NVCC_FLAGS
   python3 -m sessionkit end --outcome "A/B done" > /dev/null
-  python3 -m sessionkit report -o "$OUT/ab.md" > /dev/null && note "ab report: $OUT/ab.md"
+  python3 -m sessionkit report -o "$AB_DIR/ab.md" > /dev/null
+  cp "$AB_DIR/ab.md" "$AB_DIR/ab.db" "$OUT/" && note "ab report: $OUT/ab.md (database $OUT/ab.db)"
 fi
 
 echo

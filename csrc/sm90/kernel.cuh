@@ -351,7 +351,31 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       softmax.update(acc_s, p.scale_log2, correction);
     };
 
-    if (n_blocks > 0) {
+    // A consumer whose 64 rows all lie past seqlen_q (the last query block of a three-consumer
+    // tile at S = 512, say: 192-row tiles over 512 rows) issues no GEMM and no softmax. It keeps
+    // every barrier wait and arrival of the loop below, in the same order, so the ring's phases
+    // and the pingpong turns run as before. (A branch around each wgmma instead makes ptxas
+    // serialize all of them.)
+    if (SK_SM90_SKIP_IDLE_ROWS && n_blocks > 0 && wg_row0 >= p.seqlen_q) {
+      mbarrier_wait(sm.q_full(), q_round & 1);
+      ++q_round;
+      for (int j = 0; j < n_blocks; ++j) {
+        const int s = (it + j) % kStages;
+        const uint32_t phase = ((it + j) / kStages) & 1;
+        mbarrier_wait(sm.k_full(s), phase);
+        sched_wait();
+        sched_signal();
+        if (signals) {
+          mbarrier_arrive(sm.k_empty(s));
+          if (j == n_blocks - 1) mbarrier_arrive(sm.q_empty());
+        }
+        mbarrier_wait(sm.v_full(s), phase);
+        if (signals) mbarrier_arrive(sm.v_empty(s));
+      }
+      sched_wait();  // the turn of the last P V
+      sched_signal();
+      it += n_blocks;
+    } else if (n_blocks > 0) {
       mbarrier_wait(sm.q_full(), q_round & 1);
       ++q_round;
       // The first (highest) key block: S only.

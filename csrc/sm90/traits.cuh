@@ -20,6 +20,9 @@ namespace sm90 {
 #ifndef SK_SM90_CONSUMERS_D64_CAUSAL
 #define SK_SM90_CONSUMERS_D64_CAUSAL 2
 #endif
+#ifndef SK_SM90_CONSUMERS_D64_CAUSAL_SHORT
+#define SK_SM90_CONSUMERS_D64_CAUSAL_SHORT SK_SM90_CONSUMERS_D64_CAUSAL  // the short-keys variant
+#endif
 #ifndef SK_SM90_BLOCK_N_D64_CAUSAL
 #define SK_SM90_BLOCK_N_D64_CAUSAL 192
 #endif
@@ -62,6 +65,9 @@ namespace sm90 {
 #ifndef SK_SM90_HEAD_MAJOR_FULL
 #define SK_SM90_HEAD_MAJOR_FULL 1  // non-causal two-consumer tiles in (batch, head)-major order
 #endif
+#ifndef SK_SM90_SKIP_IDLE_ROWS
+#define SK_SM90_SKIP_IDLE_ROWS 1  // a consumer whose rows all lie past seqlen_q skips its GEMMs
+#endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
@@ -83,7 +89,9 @@ struct Traits {
   static constexpr bool kCausal = kCausal_;
   static constexpr int kConsumerWarpgroups =
       kSplitKV ? 2
-      : kHeadDim == 64 ? (kCausal ? SK_SM90_CONSUMERS_D64_CAUSAL : SK_SM90_CONSUMERS_D64_FULL)
+      : kHeadDim == 64 ? (kCausal ? (kShortKeys ? SK_SM90_CONSUMERS_D64_CAUSAL_SHORT
+                                                : SK_SM90_CONSUMERS_D64_CAUSAL)
+                                  : SK_SM90_CONSUMERS_D64_FULL)
       : kHeadDim == 128 ? SK_SM90_CONSUMERS_D128
                         : 2;
   static constexpr int kBlockM = 64 * kConsumerWarpgroups;  // 64 query rows per consumer warpgroup
