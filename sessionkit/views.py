@@ -37,7 +37,9 @@ def _steps_table(data: dict) -> str:
         delta = None if not s["budget_s"] or s["status"] in ("running", "skipped") else secs - s["budget_s"]
         # "~": estimated from the last sign of life of a step whose process died without a word
         estimated = isinstance(s.get("summary"), dict) and "duration_estimate" in s["summary"]
-        rows.append([s["seq"], s["name"], s["status"], ("~" if estimated else "") + fmt_duration(secs),
+        # a skipped step never ran: no duration, as in the report
+        actual = None if s["status"] == "skipped" else ("~" if estimated else "") + fmt_duration(secs)
+        rows.append([s["seq"], s["name"], s["status"], actual,
                      fmt_duration(s["budget_s"]),
                      "-" if delta is None else ("+" if delta > 0 else "-") + fmt_duration(abs(delta)),
                      fmt_money(per_step[s["id"]]["total_usd"]) if data["costs"]["total_usd"] is not None else "-",

@@ -394,3 +394,17 @@ def test_a_telemetry_interval_past_an_hour_is_refused(value, monkeypatch):
         telemetry_interval_from_env()
     monkeypatch.setenv("SESSIONKIT_TELEMETRY_INTERVAL", "1h")
     assert telemetry_interval_from_env() == 3600.0
+
+
+def test_status_and_show_give_a_skipped_step_no_duration(db, session):
+    """A skipped step never ran: `status` and `show` print '-' for its duration, as the report
+    does, even when its row spans time (a step skipped after a long wait for its dependency)."""
+    db["steps"].insert({"id": "sk1", "session_id": session["id"], "seq": 1, "name": "bench",
+                        "status": "skipped", "started_at": "2026-01-01T00:00:00+00:00",
+                        "ended_at": "2026-01-01T00:05:00+00:00", "duration_s": 300.0,
+                        "message": "build did not pass", "host": "h", "pid": 1})
+    for args in (["status"], ["show", "last"]):
+        out = invoke(*args).output
+        row = next(line for line in out.splitlines() if line.split()[:3] == ["1", "bench", "skipped"])
+        assert row.split()[3] == "-", (args, row)
+        assert "5m" not in row, (args, row)
