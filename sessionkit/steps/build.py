@@ -37,7 +37,8 @@ class BuildSummary(StepSummary):
 class BuildStep(Step):
     name = "build"
     description = ("Compile the FlashAttention kernels (cached by sources, toolchain and GPU arch) "
-                   "and record registers, shared memory and spills per kernel.")
+                   "and record registers, shared memory and spills per kernel; name the kernels "
+                   "that spill or whose wgmma ptxas serialized.")
     budget_s = 120.0
     options_type = BuildOptions
     summary_type = BuildSummary
