@@ -230,7 +230,9 @@ cudaError_t run_sm80(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
 
 // The sm90 shapes that have a short-keys variant (generate_kernels.py, VARIANTS) run it up to this
 // many keys: D=64 causal measured 0.78 -> 0.87 of SDPA at S=512 with key blocks of 128 instead of
-// 192, equal at 2048, and 5-10 % slower from 4096 on (docs/kernel-notes.md, v8).
+// 192, equal at 2048, and 5-10 % slower from 4096 on (docs/kernel-notes.md, v8); D=64 non-causal,
+// whose variant skips the GEMMs of idle consumers, +4.6 % at S=512, equal at 2048, 1-3 % slower
+// from 4096 on (v11).
 constexpr int kShortKeysMax = 2048;
 // D=128 non-causal runs its long-keys variant (key blocks of 176) from this many keys: measured
 // +2-3 % of SDPA at 8192 and 16384 keys, equal at 4096, 4-13 % slower at 512-2048 (v10).
@@ -239,13 +241,11 @@ constexpr int kLongKeysMin = 8192;
 template <::sessionkit::DType kDtype, bool kCausal, int... kDims>
 cudaError_t run_sm90(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
                      cudaStream_t stream) {
-  if constexpr (kCausal) {
-    if (head_dim == 64 && p.seqlen_k <= kShortKeysMax) {
-      return run_flash_fwd_sm90<kDtype, 64, true, Sm90Variant::kShortKeys>(p, stream);
-    }
-  }
   constexpr Sm90Variant kSplit = Sm90Variant::kSplitKV;
   const bool split = !kCausal && p.num_splits >= 1 && p.o_accum != nullptr;
+  if (head_dim == 64 && !split && p.seqlen_k <= kShortKeysMax) {
+    return run_flash_fwd_sm90<kDtype, 64, kCausal, Sm90Variant::kShortKeys>(p, stream);
+  }
   if constexpr (!kCausal) {
     if (head_dim == 128 && !split && p.seqlen_k >= kLongKeysMin) {
       return run_flash_fwd_sm90<kDtype, 128, false, Sm90Variant::kLongKeys>(p, stream);

@@ -34,7 +34,8 @@ MASKS = {"causal": "true", "noncausal": "false"}
 # "longkeys": D=128 non-causal with key blocks of 176, picked when seq_len_k >= 8192
 # (flash_api.cpp, kLongKeysMin; docs/kernel-notes.md, v10).
 VARIANTS = {("sm90", 64, "causal"): ("shortkeys",),
-            **{("sm90", d, "noncausal"): ("splitkv",) for d in (64, 96, 256)},
+            ("sm90", 64, "noncausal"): ("splitkv", "shortkeys"),
+            **{("sm90", d, "noncausal"): ("splitkv",) for d in (96, 256)},
             ("sm90", 128, "noncausal"): ("splitkv", "longkeys")}
 VARIANT_ENUMS = {"": "sessionkit::Sm90Variant::kDefault",
                  "shortkeys": "sessionkit::Sm90Variant::kShortKeys",

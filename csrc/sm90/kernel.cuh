@@ -352,11 +352,12 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     };
 
     // A consumer whose 64 rows all lie past seqlen_q (the last query block of a three-consumer
-    // tile at S = 512, say: 192-row tiles over 512 rows) issues no GEMM and no softmax. It keeps
+    // tile at S = 512, say: 192-row tiles over 512 rows) issues no GEMM and no softmax, in the
+    // shapes where Tr::kSkipIdleRows is set. It keeps
     // every barrier wait and arrival of the loop below, in the same order, so the ring's phases
     // and the pingpong turns run as before. (A branch around each wgmma instead makes ptxas
     // serialize all of them.)
-    if (SK_SM90_SKIP_IDLE_ROWS && n_blocks > 0 && wg_row0 >= p.seqlen_q) {
+    if (Tr::kSkipIdleRows && n_blocks > 0 && wg_row0 >= p.seqlen_q) {
       mbarrier_wait(sm.q_full(), q_round & 1);
       ++q_round;
       for (int j = 0; j < n_blocks; ++j) {

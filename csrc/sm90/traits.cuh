@@ -66,7 +66,7 @@ namespace sm90 {
 #define SK_SM90_HEAD_MAJOR_FULL 1  // non-causal two-consumer tiles in (batch, head)-major order
 #endif
 #ifndef SK_SM90_SKIP_IDLE_ROWS
-#define SK_SM90_SKIP_IDLE_ROWS 1  // a consumer whose rows all lie past seqlen_q skips its GEMMs
+#define SK_SM90_SKIP_IDLE_ROWS 1  // idle consumers skip their GEMMs (short-keys D64 full only)
 #endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
@@ -74,8 +74,9 @@ namespace sm90 {
 
 template <int kHeadDim_, bool kCausal_, Sm90Variant kVariant_ = Sm90Variant::kDefault>
 struct Traits {
-  // The variant for short key sequences (seq_len_k <= 2048, chosen by the binding): shapes that
-  // have one use a smaller key block there, where the causal diagonal's waste dominates.
+  // The variant for short key sequences (seq_len_k <= 2048, chosen by the binding): D=64 causal
+  // uses a smaller key block there, where the causal diagonal's waste dominates; D=64 non-causal
+  // lets the consumers of a query block's rows past seqlen_q skip their GEMMs (kSkipIdleRows).
   static constexpr bool kShortKeys = kVariant_ == Sm90Variant::kShortKeys;
   // The split-KV variant (decode-shaped calls, non-causal): each tile is one range of key blocks
   // and writes float32 partial results (FlashFwdParams::num_splits). Two consumers at every head
@@ -105,6 +106,12 @@ struct Traits {
       : kHeadDim == 96  ? SK_SM90_BLOCK_N_D96
                         : SK_SM90_BLOCK_N_D256;
   static constexpr int kStages = SK_SM90_STAGES;
+  // A consumer whose 64 rows all lie past seqlen_q skips its GEMMs (see kernel.cuh). The three-
+  // consumer D=64 tile is 192 rows, so at S=512 and 1024 the last query block of each head has an
+  // idle consumer (11 % of the GEMM work); measured +4.6 % there. Only in the short-keys variant:
+  // the extra branch changes the scheduling of the key-block loop (it grew by 3-5 % of its
+  // instructions), and long sequences measured 1-5 % slower with it (docs/kernel-notes.md, v11).
+  static constexpr bool kSkipIdleRows = SK_SM90_SKIP_IDLE_ROWS != 0 && kShortKeys && !kCausal;
   // Consumers take turns on the GEMMs (two or three of them in one CTA).
   static constexpr bool kPingpong = SK_SM90_PINGPONG != 0 && kConsumerWarpgroups > 1;
   // One consumer (an experiment shape: -DSK_SM90_CONSUMERS_D64_CAUSAL=1, say): 64-row tiles and
