@@ -172,6 +172,13 @@ EXPERIMENTS = [
     ("-DSK_SM90_CONSUMERS_D64_FULL=1", "flash_fwd_sm90_bf16_hdim64_noncausal", "0xe8", "0x18"),
     ("-DSK_SOFTMAX_POLY_EXP2_EIGHTHS=2", "flash_fwd_sm90_bf16_hdim64_noncausal", "0xa0", "0x20"),
     ("-DSK_SOFTMAX_POLY_EXP2_EIGHTHS=2", "flash_fwd_sm90_bf16_hdim128_causal", "0xf0", "0x18"),
+    # D=256's key block of 80 spills 44-52 bytes unless Q's descriptors are rebuilt per key block
+    ("-DSK_SM90_Q_DESC_PER_BLOCK=1 -DSK_SM90_BLOCK_N_D256=80",
+     "flash_fwd_sm90_bf16_hdim256_noncausal", "0xf0", "0x18"),
+    ("-DSK_SM90_Q_DESC_PER_BLOCK=1 -DSK_SM90_BLOCK_N_D256=80",
+     "flash_fwd_sm90_fp16_hdim256_causal", "0xf0", "0x18"),
+    ("-DSK_SM90_Q_DESC_PER_BLOCK=1 -DSK_SM90_BLOCK_N_D256=80",
+     "flash_fwd_sm90_bf16_hdim256_noncausal_splitkv", "0xf0", "0x18"),
 ]
 
 
@@ -182,7 +189,7 @@ def test_experiment_switches_build_without_spills(tmp_path, flag, name, consumer
     root = csrc_dir()
     cubin = tmp_path / f"{name}.cubin"
     proc = subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-Xptxas=-v",
-                           "-cubin", *toolchain.arch_flags((9, 0)), flag, "-I", str(root), "-o",
+                           "-cubin", *toolchain.arch_flags((9, 0)), *flag.split(), "-I", str(root), "-o",
                            str(cubin), str(root / "instantiations" / f"{name}.cu")],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

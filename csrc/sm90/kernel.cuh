@@ -276,13 +276,22 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   // S = Q K^T for the key block in ring slot `stage`: both operands K-major in shared memory.
   auto issue_qk = [&](int stage) {
     constexpr int kStepsPerChunk = Tr::kChunkCols / 16;
+    // Q's descriptor of each k-step is the same for every key block, so the compiler keeps all
+    // of them live across the loop: 2 registers per k-step (32 at D=256). With kQDescPerBlock
+    // they are rebuilt per key block from one base (the empty asm hides that it is invariant)
+    // by advancing its address field (smem_desc_advance).
+    uint64_t desc_q0 = make_smem_desc<Tr::kSwizzleBytes>(q_base, 16, Tr::kRowGroupBytes);
+    if constexpr (Tr::kQDescPerBlock) asm volatile("" : "+l"(desc_q0));
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kQKSteps; ++kk) {
       const int c = kk / kStepsPerChunk;                      // column chunk
       const uint32_t col_bytes = (kk % kStepsPerChunk) * 32;  // 16 columns of 2 bytes
-      const uint64_t desc_q = make_smem_desc<Tr::kSwizzleBytes>(
-          q_base + c * Tr::kQChunkBytes + col_bytes, 16, Tr::kRowGroupBytes);
+      const uint64_t desc_q =
+          Tr::kQDescPerBlock ? smem_desc_advance(desc_q0, c * Tr::kQChunkBytes + col_bytes)
+                             : make_smem_desc<Tr::kSwizzleBytes>(
+                                   q_base + c * Tr::kQChunkBytes + col_bytes, 16,
+                                   Tr::kRowGroupBytes);
       const uint64_t desc_k = make_smem_desc<Tr::kSwizzleBytes>(
           sm.k_stage(stage) + c * Tr::kKVChunkBytes + col_bytes, 16, Tr::kRowGroupBytes);
       wgmma_ss<kDtype, kBlockN, 0>(acc_s, desc_q, desc_k, kk > 0 ? 1 : 0);

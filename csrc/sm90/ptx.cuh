@@ -147,7 +147,8 @@ __device__ __forceinline__ void fence_registers(uint32_t (&a)[kSteps][4]) {
 // K. The address needs 16-byte alignment, and the tile 1024-byte alignment. PTX ISA: "Matrix
 // Descriptor Format" of the wgmma section.
 template <int kSwizzleBytes>
-__device__ __forceinline__ uint64_t make_smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+__host__ __device__ __forceinline__ uint64_t make_smem_desc(uint32_t addr, uint32_t lbo,
+                                                             uint32_t sbo) {
   static_assert(kSwizzleBytes == 128 || kSwizzleBytes == 64, "128- or 64-byte swizzle");
   constexpr uint64_t kLayoutType = kSwizzleBytes == 128 ? 1 : 2;
   uint64_t desc = 0;
@@ -156,6 +157,14 @@ __device__ __forceinline__ uint64_t make_smem_desc(uint32_t addr, uint32_t lbo, 
   desc |= static_cast<uint64_t>((sbo & 0x3FFFF) >> 4) << 32;
   desc |= kLayoutType << 62;
   return desc;
+}
+
+// The descriptor of the same layout `bytes` further on: the start address (bits 0-13, 16-byte
+// units) advanced without rebuilding the rest. Equal to make_smem_desc(addr + bytes, ...) while
+// addr + bytes stays below 256 KB (shared memory is 228 KB), which tests/test_smem_desc.py checks
+// on the host for every offset the kernels use.
+__host__ __device__ __forceinline__ uint64_t smem_desc_advance(uint64_t desc, uint32_t bytes) {
+  return desc + (bytes >> 4);
 }
 
 // ---- warpgroup registers and named barriers ---------------------------------------------------

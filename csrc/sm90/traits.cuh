@@ -68,6 +68,9 @@ namespace sm90 {
 #ifndef SK_SM90_SKIP_IDLE_ROWS
 #define SK_SM90_SKIP_IDLE_ROWS 1  // idle consumers skip their GEMMs (short-keys D64 full only)
 #endif
+#ifndef SK_SM90_Q_DESC_PER_BLOCK
+#define SK_SM90_Q_DESC_PER_BLOCK 0  // 1: rebuild Q's wgmma descriptors per key block (kernel.cuh)
+#endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
@@ -111,6 +114,10 @@ struct Traits {
   // idle consumer (11 % of the GEMM work); measured +4.6 % there. Only in the short-keys variant:
   // the extra branch changes the scheduling of the key-block loop (it grew by 3-5 % of its
   // instructions), and long sequences measured 1-5 % slower with it (docs/kernel-notes.md, v11).
+  // Q's wgmma descriptors rebuilt per key block instead of held in 2 registers per k-step across
+  // the loop (32 registers at D=256): with it, D=256's key block of 80 builds without spills.
+  // Not yet timed, so off by default (docs/kernel-notes.md, "Next hypotheses").
+  static constexpr bool kQDescPerBlock = SK_SM90_Q_DESC_PER_BLOCK != 0;
   static constexpr bool kSkipIdleRows = SK_SM90_SKIP_IDLE_ROWS != 0 && kShortKeys && !kCausal;
   // Consumers take turns on the GEMMs (two or three of them in one CTA).
   static constexpr bool kPingpong = SK_SM90_PINGPONG != 0 && kConsumerWarpgroups > 1;
