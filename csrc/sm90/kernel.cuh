@@ -274,7 +274,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   fwd::OnlineSoftmax softmax;
 
   // S = Q K^T for the key block in ring slot `stage`: both operands K-major in shared memory.
-  auto issue_qk = [&](int stage) {
+  // Into `acc` (float[kN / 8][4]): the first kN keys of the block.
+  auto issue_qk_into = [&](int stage, auto& acc) {
+    constexpr int kN = sizeof(acc) / sizeof(acc[0]) * 8;
     constexpr int kStepsPerChunk = Tr::kChunkCols / 16;
     // Q's descriptor of each k-step is the same for every key block, so the compiler keeps all
     // of them live across the loop: 2 registers per k-step (32 at D=256). With kQDescPerBlock
@@ -294,10 +296,11 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
                                    Tr::kRowGroupBytes);
       const uint64_t desc_k = make_smem_desc<Tr::kSwizzleBytes>(
           sm.k_stage(stage) + c * Tr::kKVChunkBytes + col_bytes, 16, Tr::kRowGroupBytes);
-      wgmma_ss<kDtype, kBlockN, 0>(acc_s, desc_q, desc_k, kk > 0 ? 1 : 0);
+      wgmma_ss<kDtype, kN, 0>(acc, desc_q, desc_k, kk > 0 ? 1 : 0);
     }
     wgmma_commit_group();
   };
+  auto issue_qk = [&](int stage) { issue_qk_into(stage, acc_s); };
   // O += P V for the value block in ring slot `stage`: P from registers, V N-major.
   auto issue_pv = [&](int stage) {
     wgmma_fence();
@@ -393,9 +396,36 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         const int s = it % kStages;
         mbarrier_wait(sm.k_full(s), (it / kStages) & 1);
         sched_wait();
-        issue_qk(s);
-        sched_signal();
-        wgmma_wait_group<0>();
+        // Causal (kCausalHalfFirst): where the second half of this block's keys lies past this
+        // consumer's last row (the first consumer on the diagonal block when kBlockM = kBlockN),
+        // Q K^T covers the first half only; the mask below sets the other half to -inf. Each
+        // branch issues and retires its own wgmma (one branch issuing and another waiting makes
+        // ptxas serialize every wgmma of the kernel).
+        if constexpr (Tr::kCausalHalfFirst) {
+          const int col0 = (n_begin + n_blocks - 1) * kBlockN;
+          if (col0 + kBlockN / 2 > wg_row0 + 63 + p.causal_offset) {
+            // Its own accumulators: a half-width wgmma into part of acc_s makes ptxas serialize
+            // every wgmma of the kernel (C7511).
+            float acc_h[kNTiles / 2][4];
+            issue_qk_into(s, acc_h);
+            sched_signal();
+            wgmma_wait_group<0>();
+            fence_registers(acc_h);
+#pragma unroll
+            for (int i = 0; i < kNTiles; ++i) {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) acc_s[i][e] = i < kNTiles / 2 ? acc_h[i][e] : -INFINITY;
+            }
+          } else {
+            issue_qk(s);
+            sched_signal();
+            wgmma_wait_group<0>();
+          }
+        } else {
+          issue_qk(s);
+          sched_signal();
+          wgmma_wait_group<0>();
+        }
         fence_registers(acc_s);
         if (signals) {
           mbarrier_arrive(sm.k_empty(s));

@@ -71,6 +71,9 @@ namespace sm90 {
 #ifndef SK_SM90_Q_DESC_PER_BLOCK
 #define SK_SM90_Q_DESC_PER_BLOCK 0  // 1: rebuild Q's wgmma descriptors per key block (kernel.cuh)
 #endif
+#ifndef SK_SM90_CAUSAL_HALF_FIRST
+#define SK_SM90_CAUSAL_HALF_FIRST 0  // 1: half-width Q K^T on a consumer's masked-half first block
+#endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
@@ -118,6 +121,10 @@ struct Traits {
   // the loop (32 registers at D=256): with it, D=256's key block of 80 builds without spills.
   // Not yet timed, so off by default (docs/kernel-notes.md, "Next hypotheses").
   static constexpr bool kQDescPerBlock = SK_SM90_Q_DESC_PER_BLOCK != 0;
+  // Causal: a consumer whose first (diagonal) key block has its second half past its last row
+  // issues that block's Q K^T at half width (kernel.cuh). Not yet timed: off by default.
+  static constexpr bool kCausalHalfFirst =
+      SK_SM90_CAUSAL_HALF_FIRST != 0 && kCausal && kBlockN / 2 >= 64 && (kBlockN / 2) % 16 == 0;
   static constexpr bool kSkipIdleRows = SK_SM90_SKIP_IDLE_ROWS != 0 && kShortKeys && !kCausal;
   // Consumers take turns on the GEMMs (two or three of them in one CTA).
   static constexpr bool kPingpong = SK_SM90_PINGPONG != 0 && kConsumerWarpgroups > 1;
