@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -35,6 +36,36 @@ def estimate_from_history(db, name: str, *, exclude_step: str | None = None, las
     return statistics.median(r[0] for r in rows), len(rows)
 
 
+def drop_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered, and anything printed later, goes
+    nowhere instead of failing again (the reader of a pipe went away, or the disk is full)."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def is_broken_pipe(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.EPIPE
+
+
+def safe_echo(text: str = "", **kwargs) -> None:
+    """click.echo to stdout that survives the reader going away (`| head`): later lines go
+    nowhere, so a session still running goes on and is recorded."""
+    try:
+        click.echo(text, **kwargs)
+    except OSError as exc:
+        if not is_broken_pipe(exc):
+            raise
+        drop_stdout()
+
+
 class Progress:
     """Prints the lines of one step. ``note`` and ``update`` are what steps call."""
 
@@ -49,7 +80,14 @@ class Progress:
 
     def _echo(self, text: str, *, err: bool = False) -> None:
         with self._lock:
-            click.echo(text, file=sys.stderr if err else self.stream)
+            try:
+                click.echo(text, file=sys.stderr if err else self.stream)
+            except OSError as exc:
+                # The reader of our output went away (`| head`): a step still running must
+                # finish and be recorded, so its lines go nowhere from now on.
+                if not is_broken_pipe(exc):
+                    raise
+                drop_stdout()
 
     def _style(self, text: str, status: str) -> str:
         if not self.color:

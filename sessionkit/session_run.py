@@ -161,14 +161,14 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
     On Ctrl-C or SIGTERM the interrupted step is recorded, after hooks run, the session ends as
     ``abandoned``, the report is written, and :class:`StepInterrupted` is raised again.
     """
-    import click
-
     from .report import session_report
     from .runner import run_step, telemetry_interval_from_env
     from .sessions import end_session, get_session, session_steps, start_session
     from .steps import get_step
 
-    echo = echo or click.echo
+    from .progress import safe_echo
+
+    echo = echo or safe_echo
     step_factory = step_factory or get_step
     hooks = hooks or Hooks()
     plan = list(plan)

@@ -179,3 +179,50 @@ def test_reused_pid_is_not_mistaken_for_the_step(db, session):
                         "started_at": now_iso(), "host": socket.gethostname(), "pid": os.getpid(),
                         "pid_started": 1.0, "heartbeat_at": now_iso()})
     assert len(reap_dead_steps(db)) == 1
+
+
+def test_a_step_whose_output_reader_goes_away_still_runs_and_is_recorded(tmp_path):
+    """`sessionkit step run X -- CMD | head -1`: once the reader has gone, the command keeps
+    running (its output still reaches the log and the tail), the step closes with the command's
+    own status, and nothing is printed in vain."""
+    assert sk("start", "--objective", "pipe").returncode == 0
+    marker = tmp_path / "marker"
+    script = ("import sys, time\n"
+              "print('first', flush=True)\n"
+              "time.sleep(1.0)\n"
+              "for i in range(2000): print('line', i, flush=True)\n"
+              f"open({str(marker)!r}, 'w').write('done')\n")
+    proc = subprocess.Popen([sys.executable, "-m", "sessionkit", "step", "run", "piped", "--",
+                             sys.executable, "-c", script],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline and "first" not in proc.stdout.readline():
+        pass
+    proc.stdout.close()  # as `| head -1` does after its line
+    err = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert marker.read_text() == "done", err
+    assert "Traceback" not in err
+    row = open_db().execute("SELECT status, exit_code, output_tail FROM steps WHERE name = 'piped'"
+                            ).fetchone()
+    assert row[0] == "passed" and row[1] == 0, row
+    assert "line 1999" in row[2]
+
+
+def test_a_session_run_whose_output_reader_goes_away_still_ends_and_is_recorded():
+    """`sessionkit run ... | head -1`: the session's steps still run and are recorded, and the
+    session ends with its report, after the reader of its output has gone."""
+    proc = subprocess.Popen([sys.executable, "-m", "sessionkit", "run", "-m", "piped run",
+                             "--plan", "preflight,build", "--no-plots", "--no-hooks"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    assert "started" in first
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err
+    db = open_db()
+    session = db.execute("SELECT status, ended_at FROM sessions").fetchone()
+    assert session[1] is not None, err
+    steps = [r[0] for r in db.execute("SELECT name FROM steps ORDER BY seq")]
+    assert steps == ["preflight", "build"], (steps, err)

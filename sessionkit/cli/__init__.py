@@ -16,6 +16,7 @@ import click
 
 from ..errors import SessionkitError, StepInterrupted
 from ..paramtypes import FilePath
+from ..progress import drop_stdout
 
 # Each module defines ``register(cli)``; one module per command group.
 COMMAND_MODULES = [
@@ -114,22 +115,13 @@ class SessionkitGroup(click.Group):
             click.echo("Aborted.", err=True)
             sys.exit(130)
         except OSError as exc:  # e.g. stdout on a full disk; recorded data is already committed
-            _drop_stdout()
+            drop_stdout()
             if exc.errno == errno.EPIPE:  # the reader went away (| head): nothing to say
                 sys.exit(141)
             where = f": {exc.filename}" if exc.filename else ""
             raise click.ClickException(f"{exc.strerror or exc}{where}") from None
 
 
-def _drop_stdout() -> None:
-    """Point stdout at /dev/null, so that output still buffered is not written again (and does not
-    fail again) when the interpreter exits."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 @click.group(cls=SessionkitGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -158,6 +158,7 @@ class CommandStep(Step):
         self.output_tail: str | None = None
 
     def run(self, context) -> StepResult:
+        from ..progress import drop_stdout, is_broken_pipe
         from ..secrets import current_redactor
 
         argv = list(context.options.argv)
@@ -167,6 +168,7 @@ class CommandStep(Step):
         log_path = context.workdir / "output.log"
         tail = TailBuffer()
         out = getattr(sys.stdout, "buffer", None)
+        echo = True  # False once our stdout's reader has gone away
         disk_full = None
         with open(log_path, "wb") as log:
             context.artifact(log_path, "log")
@@ -193,11 +195,20 @@ class CommandStep(Step):
                         if disk_full is not None:
                             _stop_group(proc)
                     tail.feed(clean)
-                    if out is not None:
-                        out.write(chunk)
-                        out.flush()
-                    else:
-                        sys.stdout.write(chunk.decode(errors="replace"))
+                    if echo:
+                        try:
+                            if out is not None:
+                                out.write(chunk)
+                                out.flush()
+                            else:
+                                sys.stdout.write(chunk.decode(errors="replace"))
+                        except OSError as exc:
+                            # The reader of our output went away (`| head`): the command keeps
+                            # running, its output still goes to the log and the tail.
+                            if not is_broken_pipe(exc):
+                                raise
+                            echo = False
+                            drop_stdout()
                 code = proc.wait()
                 rest = scrub.flush()
                 tail.feed(rest)
