@@ -36,9 +36,17 @@ def estimate_from_history(db, name: str, *, exclude_step: str | None = None, las
     return statistics.median(r[0] for r in rows), len(rows)
 
 
-def drop_stdout() -> None:
+def drop_stdout(exc: OSError | None = None) -> None:
     """Point stdout at /dev/null: what is still buffered, and anything printed later, goes
-    nowhere instead of failing again (the reader of a pipe went away, or the disk is full)."""
+    nowhere instead of failing again (the reader of a pipe went away, or the disk is full). For
+    any reason but a closed pipe, ``exc`` is said once on stderr."""
+    if exc is not None and exc.errno != errno.EPIPE:
+        try:
+            sys.stderr.write(f"sessionkit: output dropped ({os.strerror(exc.errno).lower()}); "
+                             "what runs goes on and is recorded\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
     try:
         sys.stdout.flush()
     except (OSError, ValueError):
@@ -51,19 +59,21 @@ def drop_stdout() -> None:
         pass
 
 
-def is_broken_pipe(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno == errno.EPIPE
+def stdout_gone(exc: BaseException) -> bool:
+    """Is ``exc`` a write to our output that can never succeed: its reader went away (EPIPE) or
+    it is a file on a full disk or over quota? A step still running then goes on without it."""
+    return isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ENOSPC, errno.EDQUOT)
 
 
 def safe_echo(text: str = "", **kwargs) -> None:
-    """click.echo to stdout that survives the reader going away (`| head`): later lines go
-    nowhere, so a session still running goes on and is recorded."""
+    """click.echo to stdout that survives the reader going away (`| head`) or a full disk: later
+    lines go nowhere, so a session still running goes on and is recorded."""
     try:
         click.echo(text, **kwargs)
     except OSError as exc:
-        if not is_broken_pipe(exc):
+        if not stdout_gone(exc):
             raise
-        drop_stdout()
+        drop_stdout(exc)
 
 
 class Progress:
@@ -83,11 +93,11 @@ class Progress:
             try:
                 click.echo(text, file=sys.stderr if err else self.stream)
             except OSError as exc:
-                # The reader of our output went away (`| head`): a step still running must
-                # finish and be recorded, so its lines go nowhere from now on.
-                if not is_broken_pipe(exc):
+                # The reader of our output went away (`| head`) or it fills a full disk: a step
+                # still running must finish and be recorded, so its lines go nowhere from now on.
+                if not stdout_gone(exc):
                     raise
-                drop_stdout()
+                drop_stdout(exc)
 
     def _style(self, text: str, status: str) -> str:
         if not self.color:

@@ -12,6 +12,8 @@ import threading
 
 import pytest
 
+from sessionkit.db import open_db
+
 
 def sk(*args, **kw):
     return subprocess.run([sys.executable, "-m", "sessionkit", *args], capture_output=True, text=True,
@@ -107,3 +109,27 @@ def test_printing_to_a_full_disk_is_one_error(tmp_path, recorded, args):
     assert res.returncode == 1, res.stderr
     assert res.stderr.strip() == "Error: No space left on device"
 
+
+
+def test_a_step_printing_to_a_full_disk_still_runs_and_is_recorded(tmp_path, recorded):
+    """`sessionkit step run X -- CMD > file-on-a-full-disk`: the command runs to its end, the step
+    is recorded with its own status and output tail, and stderr says once that output was
+    dropped."""
+    device = tmp_path / "full"
+    try:
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    except (PermissionError, AttributeError) as exc:
+        pytest.skip(f"cannot make a device node here: {exc}")
+    marker = tmp_path / "marker"
+    with open(device, "w") as full:
+        res = subprocess.run([sys.executable, "-m", "sessionkit", "step", "run", "onfull", "--",
+                              sys.executable, "-c",
+                              f"print('hello'); open({str(marker)!r}, 'w').write('done')"],
+                             stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    if "Permission denied" in res.stderr or "Operation not permitted" in res.stderr:
+        pytest.skip(f"device nodes do not work in {tmp_path}: {res.stderr.strip()}")
+    assert res.returncode == 0, res.stderr
+    assert marker.read_text() == "done"
+    assert res.stderr.count("output dropped (no space left on device)") == 1, res.stderr
+    row = open_db().execute("SELECT status, output_tail FROM steps WHERE name = 'onfull'").fetchone()
+    assert row[0] == "passed" and "hello" in row[1]

@@ -158,7 +158,7 @@ class CommandStep(Step):
         self.output_tail: str | None = None
 
     def run(self, context) -> StepResult:
-        from ..progress import drop_stdout, is_broken_pipe
+        from ..progress import drop_stdout, stdout_gone
         from ..secrets import current_redactor
 
         argv = list(context.options.argv)
@@ -203,12 +203,13 @@ class CommandStep(Step):
                             else:
                                 sys.stdout.write(chunk.decode(errors="replace"))
                         except OSError as exc:
-                            # The reader of our output went away (`| head`): the command keeps
-                            # running, its output still goes to the log and the tail.
-                            if not is_broken_pipe(exc):
+                            # The reader of our output went away (`| head`) or it is on a full
+                            # disk: the command keeps running, its output still goes to the log
+                            # and the tail.
+                            if not stdout_gone(exc):
                                 raise
                             echo = False
-                            drop_stdout()
+                            drop_stdout(exc)
                 code = proc.wait()
                 rest = scrub.flush()
                 tail.feed(rest)
