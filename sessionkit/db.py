@@ -93,6 +93,22 @@ def _applied_names(conn) -> set[str] | None:
         raise
 
 
+def _refuse_foreign(conn, path) -> None:
+    """Raise :class:`DatabaseError` when ``path`` is a SQLite database of something else: tables
+    and no sessionkit migration. Checked before anything is written (the journal mode included),
+    so that a command given the wrong file never changes it."""
+    if _applied_names(conn):
+        return
+    others = [row[0] for row in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+        "AND name NOT LIKE 'sqlite^_%' ESCAPE '^' AND name != '_sqlite_migrations' "
+        "ORDER BY name LIMIT 4")]
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise DatabaseError(f"{path} is not a sessionkit database (it holds other tables: "
+                            f"{shown}); give another path")
+
+
 def _pending(conn, path) -> bool:
     """True when some migration has not been applied.
 
@@ -244,6 +260,8 @@ def open_db(explicit=None, *, create: bool = False, start: Path | None = None,
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")
+        if not is_new:
+            _refuse_foreign(conn, path)
         fstype = filesystem_type(path)
         mode = _with_busy_retry(lambda: conn.execute("PRAGMA journal_mode").fetchone()[0], deadline)
         if is_network_filesystem(fstype):
@@ -315,6 +333,7 @@ def _open_read_only(sqlite_utils, path: Path):
             conn = sqlite3.connect(uri + extra, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
                                    isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            _refuse_foreign(conn, path)
             if _pending(conn, path):
                 conn.close()
                 raise DatabaseError(f"database {path} is read-only and made by an older sessionkit; "

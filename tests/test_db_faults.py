@@ -87,6 +87,26 @@ def test_a_database_of_a_newer_release_is_refused(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args", [["sessions"], ["status"], ["start", "--objective", "x"],
+                                  ["step", "run", "x", "--", "true"]])
+def test_a_database_of_something_else_is_refused_and_left_as_it_was(tmp_path, args):
+    """A SQLite file of another program (tables, no sessionkit migration) given by mistake: one
+    line, exit 1, and not a byte of it changed (no schema, no switch to WAL)."""
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT)")
+    conn.execute("INSERT INTO accounts (owner) VALUES ('someone')")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    result = _cli(["--db", str(path), *args])
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (f"Error: {path} is not a sessionkit database (it holds other "
+                                     "tables: accounts); give another path")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
 def _fake_mounts(tmp_path, monkeypatch, fstype):
     mounts = tmp_path / "mounts"
     mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/export {tmp_path} {fstype} rw 0 0\n")
