@@ -54,6 +54,31 @@ def test_step_run_without_a_name_is_a_usage_error_and_records_nothing():
     assert open_db()["steps"].count == 0
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--db", "DB", "--", "echo", "hi"], "no step name before --"),  # click took echo as the name
+    (["x", "--db", "--", "echo", "hi"], "--db needs a path"),  # DB was x, the name echo
+    (["", "--", "true"], "a step name must not be empty"),  # was recorded as 'run'
+])
+def test_step_run_with_its_name_missing_or_empty_records_nothing(tmp_path, args, words):
+    db = str(tmp_path / "s.db")
+    assert invoke("--db", db, "start", "--objective", "x").exit_code == 0
+    result = invoke("step", "run", *[db if a == "DB" else a for a in args])
+    one_line_error(result, 2)
+    assert words in result.output
+    assert open_db(db)["steps"].count == 0
+
+
+def test_step_run_options_may_stand_on_either_side_of_the_name(tmp_path):
+    db = str(tmp_path / "s.db")
+    assert invoke("--db", db, "start", "--objective", "x").exit_code == 0
+    for args in (["a", "--db", db, "--", "true"], ["--db", db, "b", "--", "true"],
+                 [f"--db={db}", "c", "--", "true"], ["d", "--db", db, "sh", "-c", "true", "--"]):
+        assert invoke("step", "run", *args).exit_code == 0, args
+    rows = list(open_db(db).query("SELECT name, command FROM steps ORDER BY seq"))
+    assert [r["name"] for r in rows] == ["a", "b", "c", "d"]
+    assert rows[3]["command"] == '["sh", "-c", "true", "--"]'
+
+
 def test_run_with_an_unknown_step_in_its_plan_is_a_usage_error():
     result = invoke("run", "--objective", "x", "--plan", "preflight,nosuchstep", "--no-hooks",
                     "--no-plots")

@@ -25,9 +25,9 @@ def _run_registered(ctx, step, options, *, name=None, kind="builtin", command=No
 
 
 class _RunCommand(click.Command):
-    """``step run``: a ``--`` before NAME means the name was left out (click would take the
-    command's first word as the name). sessionkit's own options (``--db PATH``) may stand between
-    NAME and ``--``: they are moved before NAME, so that they are not taken as the command. Without
+    """``step run``: a step name must stand before ``--`` (else click would take the command's
+    first word as the name). sessionkit's own options (``--db PATH``) may stand before
+    or after NAME there: they are moved before it, so that they are not taken as the command. Without
     a ``--``, everything after NAME is the command; a ``--db`` there is refused, since it would
     otherwise run as a program and the step would land in the wrong database."""
 
@@ -38,8 +38,24 @@ class _RunCommand(click.Command):
                                    ctx=ctx)
         if "--" in args:
             cut = args.index("--")
-            if cut > 1 and args[1].startswith("-"):
-                args = args[1:cut] + [args[0]] + args[cut:]
+            own, names = [], []  # sessionkit's options before --, and the rest (the name)
+            i = 0
+            while i < cut:
+                if args[i] == "--db" and i + 1 < cut:
+                    own += args[i:i + 2]
+                    i += 2
+                    continue
+                (own if args[i].startswith("--db=") else names).append(args[i])
+                i += 1
+            if not names:
+                raise click.UsageError("no step name before --: "
+                                       "sessionkit step run NAME -- CMD ARGS...", ctx=ctx)
+            if "--db" in names:
+                raise click.UsageError("--db needs a path: "
+                                       "sessionkit step run NAME --db PATH -- CMD ARGS...", ctx=ctx)
+            # NAME, then the command (everything after NAME, this -- included when the command
+            # came first: `step run NAME make -- -j8` runs `make -- -j8`)
+            args = own + names + args[cut:]
         elif len(args) > 1 and (args[1] == "--db" or args[1].startswith("--db=")):
             raise click.UsageError("sessionkit's options go before the command: "
                                    "sessionkit step run NAME --db PATH -- CMD ARGS...", ctx=ctx)
@@ -61,6 +77,8 @@ def run_command(ctx, name, argv):
         argv = argv[1:]
     if name.startswith("-"):
         raise UsageError(f"bad step name {name!r}: sessionkit step run NAME -- CMD ARGS...")
+    if not name.strip():
+        raise UsageError("a step name must not be empty: sessionkit step run NAME -- CMD ARGS...")
     if not argv:
         raise UsageError("no command given after --: sessionkit step run NAME -- CMD ARGS...")
     _run_registered(ctx, get_step("run"), {"argv": list(argv)}, name=name, kind="command",
