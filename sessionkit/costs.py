@@ -20,6 +20,10 @@ def session_seconds(session: dict, now: str | None = None) -> float:
 
 
 def step_seconds(step: dict, now: str | None = None) -> float:
+    """Seconds the step ran: 0 for a skipped step (it never ran, whatever its row spans), else
+    its recorded duration, else from its start to its end (or ``now`` while it runs)."""
+    if step.get("status") == "skipped":
+        return 0.0
     if step.get("duration_s") is not None:
         return float(step["duration_s"])
     end = step.get("ended_at") or now or now_iso()

@@ -403,8 +403,12 @@ def test_status_and_show_give_a_skipped_step_no_duration(db, session):
                         "status": "skipped", "started_at": "2026-01-01T00:00:00+00:00",
                         "ended_at": "2026-01-01T00:05:00+00:00", "duration_s": 300.0,
                         "message": "build did not pass", "host": "h", "pid": 1})
+    db["sessions"].update(session["id"], {"gpu_rate_usd_per_h": 3600.0})
     for args in (["status"], ["show", "last"]):
         out = invoke(*args).output
         row = next(line for line in out.splitlines() if line.split()[:3] == ["1", "bench", "skipped"])
         assert row.split()[3] == "-", (args, row)
-        assert "5m" not in row, (args, row)
+        assert "5m" not in row and "$300" not in row, (args, row)  # nor a cost of its 300 s
+    data = json.loads(invoke("status", "--json").output)
+    assert data["costs"]["per_step"]["sk1"]["seconds"] == 0.0
+    assert data["costs"]["per_step"]["sk1"]["total_usd"] == 0.0
