@@ -107,10 +107,10 @@ class Progress:
     def start(self, *, expected_s: float | None, runs: int, budget_s: float | None) -> None:
         self.expected_s = expected_s
         if expected_s is None:
-            guess = "no earlier runs to estimate from"
+            guess = "no earlier passed run to estimate from"
         else:
             plural = "run" if runs == 1 else "runs"
-            guess = f"expected about {fmt_duration(expected_s)} (median of {runs} earlier {plural})"
+            guess = f"expected about {fmt_duration(expected_s)} (median of {runs} earlier passed {plural})"
         budget = f", budget {fmt_duration(budget_s)}" if budget_s else ""
         self._echo(f"{self.label} {self.name} - {guess}{budget}")
 

@@ -61,7 +61,7 @@ def test_registered_step_runs_with_its_options(registered):
     r = invoke("step", "counting", "--n", "4")
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
-    assert lines[0] == "[2/2] counting - no earlier runs to estimate from, budget 5.0 s"
+    assert lines[0] == "[2/2] counting - no earlier passed run to estimate from, budget 5.0 s"
     assert "    4/4 counting" in lines
     assert lines[-1].startswith("[2/2] counting passed in ") and lines[-1].endswith("(budget 5.0 s): counted")
     db = open_db()
@@ -82,7 +82,7 @@ def test_estimate_comes_from_history(registered):
     durations = sorted(r["duration_s"] for r in db["steps"].rows)
     assert runs == 3 and expected == durations[1]
     r = invoke("step", "counting")
-    assert "(median of 3 earlier runs), budget 5.0 s" in r.output.splitlines()[0]
+    assert "(median of 3 earlier passed runs), budget 5.0 s" in r.output.splitlines()[0]
 
 
 def test_crash_is_recorded_with_traceback_artifact(registered):
@@ -160,7 +160,7 @@ def test_progress_line_formats(capsys):
     p.end("passed", 38, budget_s=60)
     p.end("failed", 12, budget_s=60, exit_code=2, log="/tmp/build.log")
     assert capsys.readouterr().out.splitlines() == [
-        "[2/4] build - expected about 45 s (median of 5 earlier runs), budget 60 s",
+        "[2/4] build - expected about 45 s (median of 5 earlier passed runs), budget 60 s",
         "[2/4] build ... 1m30s, expected 45 s",
         "[2/4] build passed in 38 s (budget 60 s)",
         "[2/4] build FAILED (exit 2) in 12 s; log: /tmp/build.log",
