@@ -121,6 +121,18 @@ def test_step_run_streams_output_live():
     assert "hello world" in r.output
 
 
+def test_the_result_line_starts_a_line_of_its_own():
+    """A command whose output does not end in a newline: its last line is ended before the
+    result line, not glued to it (the log keeps the output as it was)."""
+    invoke("start", "--objective", "x")
+    r = invoke("step", "run", "nonl", "--", "printf", "no newline")
+    assert r.exit_code == 0
+    assert "no newline\n[1] nonl passed" in r.output
+    db = open_db()
+    (log,) = db["artifacts"].rows
+    assert open(log["path"]).read() == "no newline"
+
+
 def test_step_run_errors():
     r = invoke("step", "run", "x", "--", "true")
     assert r.exit_code == 1 and "no database" in r.output

@@ -169,6 +169,25 @@ class CommandStep(Step):
         tail = TailBuffer()
         out = getattr(sys.stdout, "buffer", None)
         echo = True  # False once our stdout's reader has gone away
+        open_line = False  # the command's output so far ends without a newline
+
+        def emit(data: bytes) -> None:
+            """The command's output on our stdout. When its reader went away (`| head`) or it is
+            on a full disk, the command keeps running: its output still goes to the log and the
+            tail, and no more to stdout."""
+            nonlocal echo
+            try:
+                if out is not None:
+                    out.write(data)
+                    out.flush()
+                else:
+                    sys.stdout.write(data.decode(errors="replace"))
+            except OSError as exc:
+                if not stdout_gone(exc):
+                    raise
+                echo = False
+                drop_stdout(exc)
+
         disk_full = None
         with open(log_path, "wb") as log:
             context.artifact(log_path, "log")
@@ -196,21 +215,11 @@ class CommandStep(Step):
                             _stop_group(proc)
                     tail.feed(clean)
                     if echo:
-                        try:
-                            if out is not None:
-                                out.write(chunk)
-                                out.flush()
-                            else:
-                                sys.stdout.write(chunk.decode(errors="replace"))
-                        except OSError as exc:
-                            # The reader of our output went away (`| head`) or it is on a full
-                            # disk: the command keeps running, its output still goes to the log
-                            # and the tail.
-                            if not stdout_gone(exc):
-                                raise
-                            echo = False
-                            drop_stdout(exc)
+                        emit(chunk)
+                        open_line = bool(chunk) and not chunk.endswith(b"\n")
                 code = proc.wait()
+                if echo and open_line:  # end the command's last line before the result line
+                    emit(b"\n")
                 rest = scrub.flush()
                 tail.feed(rest)
                 if disk_full is None:
