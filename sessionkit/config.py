@@ -67,16 +67,22 @@ def find_pyproject(start: Path | None = None) -> Path | None:
 
 
 def parse_plan(value) -> list[str]:
-    """``"preflight,build"`` or ``["preflight", "build"]`` -> list of step names."""
-    if value is None:
+    """``"preflight,build"`` or ``["preflight", "build"]`` -> list of step names; ``[]`` for no plan
+    (None, "", []). UsageError for names that are empty (",") or bad, and for a name given twice."""
+    if value is None or value == "" or value == []:  # no plan
         return []
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
         raise UsageError(f"bad plan {value!r}: give step names separated by commas")
     plan = [i.strip() for i in items if i.strip()]
+    if not plan:
+        raise UsageError(f"bad plan {value!r}: it names no step; give step names separated by "
+                         "commas, e.g. preflight,build")
     for name in plan:
         if not name.replace("-", "").replace("_", "").isalnum():
             raise UsageError(f"bad step name {name!r} in plan")
+    if len(set(plan)) != len(plan):
+        raise UsageError(f"a step appears twice in the plan: {', '.join(plan)}")
     return plan
 
 

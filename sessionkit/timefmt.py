@@ -9,7 +9,10 @@ import re
 from .errors import UsageError
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|min|s|m|h|d)")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|min|s|m|h|d)")  # ASCII digits only
+# Outside these a duration is a typo (or would print as a 40-digit number of hours).
+MIN_DURATION_S = 0.001
+MAX_DURATION_S = 366 * 86400.0
 
 
 def parse_duration(text: str) -> float:
@@ -42,6 +45,8 @@ def parse_duration(text: str) -> float:
         raise UsageError(f"bad duration {text!r}: use a form like 45s, 10m, 2h or 1h30m")
     if not math.isfinite(value) or value <= 0:
         raise UsageError(f"bad duration {text!r}: it must be a positive length of time")
+    if value < MIN_DURATION_S or value > MAX_DURATION_S:
+        raise UsageError(f"bad duration {text!r}: it must be between 1 ms and 366 days")
     return value
 
 
@@ -55,8 +60,15 @@ def parse_rate(text: str | float | int | None, what: str) -> float | None:
     :data:`MAX_RATE_USD_PER_H`; UsageError (one line) for anything else."""
     if text is None or text == "":
         return None
+    if isinstance(text, bool):
+        raise UsageError(f"bad {what} {text!r}: give US dollars per hour, e.g. 2.50")
+    number = str(text).strip()
+    if isinstance(text, str):  # plain decimal ASCII digits: float() also takes 1_0, 1e3, ١٠
+        number = number.removeprefix("$")
+        if not re.fullmatch(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", number):
+            raise UsageError(f"bad {what} {text!r}: give US dollars per hour, e.g. 2.50")
     try:
-        value = float(str(text).strip().lstrip("$"))
+        value = float(number)
     except ValueError:
         raise UsageError(f"bad {what} {text!r}: give US dollars per hour, e.g. 2.50") from None
     if not math.isfinite(value) or value < 0:

@@ -85,7 +85,7 @@ def format_show(data: dict) -> str:
              f"  id:        {s['id']}",
              f"  objective: {printable(s['objective'])}",
              f"  started:   {s['started_at'][:19].replace('T', ' ')} UTC on {printable(s['host'])}",
-             f"  ended:     {(s['ended_at'] or '-')[:19].replace('T', ' ')}",
+             f"  ended:     {s['ended_at'][:19].replace('T', ' ') + ' UTC' if s['ended_at'] else '-'}",
              f"  duration:  {fmt_duration(data['elapsed_s'])}"
              + (f" (budget {fmt_duration(s['budget_s'])})" if s["budget_s"] else ""),
              f"  commit:    {printable(s['git_commit'] or '-')}",

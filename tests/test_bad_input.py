@@ -86,6 +86,16 @@ def test_run_with_an_unknown_step_in_its_plan_is_a_usage_error():
     assert "nosuchstep" in result.output
 
 
+@pytest.mark.parametrize("plan, words", [(",", "it names no step"),
+                                         ("build,build", "a step appears twice in the plan")])
+def test_start_refuses_the_plans_run_refuses(plan, words):
+    """`start --plan` took an empty plan and a step twice, which `run` refuses."""
+    result = invoke("start", "--objective", "x", "--plan", plan)
+    one_line_error(result, 2)
+    assert words in result.output
+    assert not os.path.exists(".sessionkit/sessions.db") or open_db()["sessions"].count == 0
+
+
 def test_a_hundred_character_step_name_of_wide_letters_runs():
     assert invoke("start", "--objective", "x").exit_code == 0
     assert invoke("step", "run", "界" * 100, "--", "true").exit_code == 0

@@ -45,7 +45,10 @@ def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "soon", "0", "-5", "5x", "h", "1h x", "inf", "nan"])
+@pytest.mark.parametrize("text", ["", "soon", "0", "-5", "5x", "h", "1h x", "inf", "nan",
+                                  "\u0661\u0660s", "1_0s",  # non-ASCII digits, underscores
+                                  "99999999999999999999999999d", "367d",  # no session lasts that
+                                  "0.0000001ms", "0.5ms"])  # below any clock's resolution here
 def test_parse_duration_rejects(text):
     with pytest.raises(UsageError, match="bad duration"):
         parse_duration(text)
@@ -77,7 +80,9 @@ def test_duration_round_trip_through_seconds(n):
 
 def test_parse_rate():
     assert parse_rate("$2.50", "gpu rate") == 2.5 and parse_rate(None, "x") is None
-    for bad in ("cheap", "-1", "nan"):
+    assert parse_rate(".5", "gpu rate") == 0.5 and parse_rate(3, "gpu rate") == 3.0
+    # float() takes all of these; a rate is plain decimal ASCII digits
+    for bad in ("cheap", "-1", "nan", "1_0", "\u0661\u0660", "1e3", "0x10", " ", "$"):
         with pytest.raises(UsageError):
             parse_rate(bad, "gpu rate")
 

@@ -257,6 +257,11 @@ def test_cli_report_prints_markdown(cli_db):
     result = invoke("report", "2")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("# Session 2: pipelined softmax\n")
+    assert "Plots are drawn when the report is written to a file" in result.output
+    # --no-plots on stdout says so, rather than how to get the plots
+    result = invoke("report", "2", "--no-plots")
+    assert "Plots were turned off (--no-plots)." in result.output
+    assert "Plots are drawn when" not in result.output
 
 
 def test_cli_report_writes_file(cli_db, tmp_path):

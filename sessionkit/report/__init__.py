@@ -27,10 +27,10 @@ def session_report(db, session_ref=None, out: str | Path | None = None, *, plots
 
     data = report_data(db, session_ref, now=now)
     path = Path(out) if out is not None else None
-    if path is None:
-        plot_info = {"state": "stdout", "hint": None, "images": []}
-    elif not plots:
+    if not plots:
         plot_info = {"state": "disabled", "hint": None, "images": []}
+    elif path is None:
+        plot_info = {"state": "stdout", "hint": None, "images": []}
     else:
         from .plots import make_plots
 
