@@ -6,30 +6,14 @@ MUFU.EX2 with flush-to-zero gives."""
 from __future__ import annotations
 
 import math
-import subprocess
-from pathlib import Path
 
 import pytest
-
-from sessionkit import toolchain
-from sessionkit.kernels.build import csrc_dir
-
-HERE = Path(__file__).parent
+from host_check import run_host_check
 
 
 @pytest.fixture(scope="module")
 def output(tmp_path_factory):
-    found = toolchain.find_cuda_tool("nvcc")
-    if not found.path:
-        pytest.skip("nvcc not found (PATH, CUDA_HOME, /usr/local/cuda*): cannot compile the check")
-    exe = tmp_path_factory.mktemp("poly") / "poly_exp2_check"
-    build = subprocess.run([found.path, "-std=c++17", "-O2", "-I", str(csrc_dir()), "-o", str(exe),
-                            str(HERE / "data" / "poly_exp2_check.cu")],
-                           capture_output=True, text=True, timeout=300)
-    assert build.returncode == 0, build.stderr[-2000:]
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    return run.stdout
+    return run_host_check("poly_exp2_check.cu", tmp_path_factory.mktemp("poly"))
 
 
 def test_relative_error_is_below_the_rounding_of_p(output):
