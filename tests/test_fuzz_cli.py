@@ -65,3 +65,28 @@ def test_paths_with_a_nul_character_are_usage_errors(tmp_path):
         result = runner.invoke(cli, args)
         assert result.exit_code == 2, (args, result.output)
         assert "contains a NUL character" in result.output and "Traceback" not in result.output
+
+
+STEP_RUN_WORDS = ["--db", "DB", "--db=DB", "--", "x", "true", "false", "", " ", "-", "-x", "--help",
+                  "é", "--bogus", "a b"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(words=st.lists(st.sampled_from(STEP_RUN_WORDS), max_size=7))
+def test_step_run_argument_shapes_never_trace_back(tmp_path, words):
+    """Whatever stands around NAME and `--` (options, empty names, a missing path), `step run`
+    records a step under a real name or refuses in one line. Only `true`, `false` or words that
+    are no program can run."""
+    db = str(tmp_path / "fz.db")
+    runner = CliRunner()
+    runner.invoke(cli, ["--db", db, "start", "--objective", "fuzz", "--force"])
+    args = ["step", "run", *[w.replace("DB", db) for w in words]]
+    result = runner.invoke(cli, args)
+    assert "Traceback" not in result.output
+    if result.exception is not None:
+        assert isinstance(result.exception, SystemExit), (args, repr(result.exception))
+    assert result.exit_code in (0, 1, 2, 126, 127), (args, result.exit_code, result.output)
+    from sessionkit.db import open_db
+
+    names = [r[0] for r in open_db(db).execute("SELECT name FROM steps")]
+    assert all(n.strip() and not n.startswith("-") for n in names), (args, names)
