@@ -15,14 +15,30 @@ def printable(value) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def display_width(text: str) -> int:
+    """Terminal columns ``text`` takes: East Asian wide and full-width characters take two,
+    combining marks none (Unicode Standard Annex #11)."""
+    import unicodedata
+
+    if text.isascii():
+        return len(text)
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF"
+               else 1 for c in text)
+
+
 def table(headers: list[str], rows: list[list], *, right: set[int] = frozenset()) -> str:
-    """A plain aligned table that reads well in a log file."""
+    """A plain aligned table that reads well in a log file (wide characters counted as two
+    columns)."""
     cells = [[("-" if c is None else printable(c)) for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    widths = [max([display_width(h)] + [display_width(r[i]) for r in cells])
+              for i, h in enumerate(headers)]
+
+    def pad(text: str, width: int, to_right: bool) -> str:
+        fill = " " * (width - display_width(text))
+        return fill + text if to_right else text + fill
 
     def fmt(row):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+        return "  ".join(pad(c, w, i in right) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
 
     lines = [fmt(headers), fmt(["-" * w for w in widths])]
     lines += [fmt(r) for r in cells]

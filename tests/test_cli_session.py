@@ -412,3 +412,16 @@ def test_status_and_show_give_a_skipped_step_no_duration(db, session):
     data = json.loads(invoke("status", "--json").output)
     assert data["costs"]["per_step"]["sk1"]["seconds"] == 0.0
     assert data["costs"]["per_step"]["sk1"]["total_usd"] == 0.0
+
+
+def test_tables_align_wide_characters():
+    """Step names in wide characters (CJK, emoji) take two columns each: the columns after them
+    still line up in `status`."""
+    from sessionkit.views import display_width, table
+
+    assert (display_width("abc"), display_width("名前"), display_width("e\u0301")) == (3, 4, 1)
+    text = table(["step", "status"], [["名前", "passed"], ["ab", "failed"]])
+    lines = [line for line in text.splitlines() if not line.startswith("-")]
+    starts = [display_width(line[:line.index(word)]) for line, word in
+              zip(lines, ["status", "passed", "failed"])]
+    assert len(set(starts)) == 1, text
