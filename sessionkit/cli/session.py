@@ -115,7 +115,7 @@ def end(ctx, outcome, end_status, session_ref, as_json):
 @json_option
 @click.pass_context
 def sessions(ctx, limit, as_json):
-    """List sessions, newest first."""
+    """List sessions, the last numbered first (merged sessions are numbered as they arrive)."""
     from ..sessions import list_sessions
     from ..views import format_session_list
 
