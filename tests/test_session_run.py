@@ -321,5 +321,5 @@ def test_after_hooks_keep_their_place_in_the_count_when_the_plan_is_cut_short(db
         run_session(db, objective="ctrl-c", step_factory=factory(build=Fake("build", interrupt=True)),
                     hooks=hooks, report_path=tmp_path / "r.md", plots=False)
     labels = [line.split()[0] + " " + line.split()[1] for line in capsys.readouterr().out.splitlines()
-              if line.startswith("[") and (" passed " in line or " INTERRUPTED " in line)]
+              if line.startswith("[") and line.split()[2] in ("passed", "INTERRUPTED")]
     assert labels == ["[1/6] hook:before", "[2/6] preflight", "[3/6] build", "[6/6] hook:after"]
