@@ -13,6 +13,35 @@ from pathlib import Path
 from .errors import SessionkitError
 
 
+# Files no output may replace: the database this process opened and its SQLite companions
+# (sessionkit.db.open_db adds them). `report -o sessions.db` would otherwise rename a report over
+# every recorded session.
+_PROTECTED: set[str] = set()
+
+
+def protect(path: str | os.PathLike) -> None:
+    """Refuse, from now on in this process, any write_atomic to ``path`` or its ``-wal``,
+    ``-shm`` and ``-journal`` files (through links and hard links too)."""
+    real = os.path.realpath(path)
+    _PROTECTED.update({real, real + "-wal", real + "-shm", real + "-journal"})
+
+
+def _refuse_protected(path: Path) -> None:
+    if not _PROTECTED:
+        return
+    real = os.path.realpath(path)
+    hit = real in _PROTECTED
+    if not hit and os.path.exists(real):
+        try:
+            st = os.stat(real)
+            hit = any(os.path.exists(p) and os.path.samestat(st, os.stat(p)) for p in _PROTECTED)
+        except OSError:
+            pass
+    if hit:
+        raise SessionkitError(f"will not write {path}: it is the session database (or one of its "
+                              "files); give another output path")
+
+
 def write_atomic(path: str | os.PathLike, text: str | bytes, *, make_parents: bool = False) -> Path:
     """Write ``text`` (str as UTF-8, or bytes) to ``path`` atomically and return the path.
 
@@ -24,6 +53,7 @@ def write_atomic(path: str | os.PathLike, text: str | bytes, *, make_parents: bo
     (unless ``make_parents``), not writable, or the disk is full; the old file, if any, is kept.
     """
     path = Path(path)
+    _refuse_protected(path)
     target = _target(path)
     if target is None:
         _write_in_place(path, text)

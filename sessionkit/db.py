@@ -239,6 +239,9 @@ def open_db(explicit=None, *, create: bool = False, start: Path | None = None,
     path = resolve_db_path(explicit, create=create, start=start)
     if "\x00" in str(path):
         raise DatabaseError(f"bad database path {str(path)!r}: it contains a NUL character")
+    from .atomic import protect
+
+    protect(path)  # no report or export of this process may be written over it
     if path.exists() and path.is_dir():
         raise DatabaseError(f"database path {path} is a folder, not a file")
     is_new = not path.exists() or path.stat().st_size == 0

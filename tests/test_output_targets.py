@@ -133,3 +133,29 @@ def test_a_step_printing_to_a_full_disk_still_runs_and_is_recorded(tmp_path, rec
     assert res.stderr.count("output dropped (no space left on device)") == 1, res.stderr
     row = open_db().execute("SELECT status, output_tail FROM steps WHERE name = 'onfull'").fetchone()
     assert row[0] == "passed" and "hello" in row[1]
+
+
+@pytest.mark.parametrize("command", [["report"], ["export"], ["history"], ["patterns"]])
+@pytest.mark.parametrize("how", ["same", "link", "hardlink", "wal"])
+def test_no_output_is_written_over_the_database(tmp_path, recorded, command, how):
+    """`report -o sessions.db` renamed the report over every recorded session."""
+    db = os.path.realpath(os.environ["SESSIONKIT_DB"])
+    target = {"same": db, "wal": db + "-wal", "link": str(tmp_path / "link.md"),
+              "hardlink": str(tmp_path / "hard.md")}[how]
+    if how == "link":
+        os.symlink(db, target)
+    if how == "hardlink":
+        os.link(db, target)
+    counts = "SELECT (SELECT COUNT(*) FROM sessions), (SELECT COUNT(*) FROM steps)"
+    before = open_db(db).execute(counts).fetchone()
+    res = sk(*command, "-o", target)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.stderr.strip() == (f"Error: will not write {target}: it is the session database "
+                                  "(or one of its files); give another output path")
+    with open(db, "rb") as fh:
+        assert fh.read(16) == b"SQLite format 3\x00"
+    conn = open_db(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute(counts).fetchone() == before
+    assert sk("sessions").returncode == 0
+    assert os.path.islink(target) if how == "link" else True
