@@ -177,6 +177,40 @@ def _with_busy_retry(fn, deadline: float):
             delay = min(delay * 2, 0.05)
 
 
+# How long a finishing step waits for another writer (a merge copying large artifacts, say) to
+# let go of the database, beyond the busy timeout of each statement, before it gives up.
+RECORD_PATIENCE_S = 3600.0
+
+
+def is_locked_error(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc))
+
+
+def patiently(db, write, *, what: str, patience_s: float | None = None, notice=None):
+    """Run ``write()`` (a write that may be repeated: it must not half-apply) until it gets past
+    another writer's lock, for up to ``patience_s`` (default :data:`RECORD_PATIENCE_S`), so that
+    what a finished step recorded is not lost because a long transaction elsewhere (a merge)
+    outlasted the busy timeout. Before each try it waits for the write lock itself (BEGIN
+    IMMEDIATE, released at once). ``notice(text)`` is called once when it has to wait."""
+    deadline = time.monotonic() + (RECORD_PATIENCE_S if patience_s is None else patience_s)
+    told = False
+    while True:
+        try:
+            db.conn.execute("BEGIN IMMEDIATE")
+            db.conn.execute("ROLLBACK")
+            return write()
+        except sqlite3.OperationalError as exc:
+            if not is_locked_error(exc) or time.monotonic() >= deadline:
+                raise
+            if db.conn.in_transaction:
+                db.conn.execute("ROLLBACK")
+            if not told and notice is not None:
+                notice(f"the database is locked by another writer; waiting to record {what}")
+                told = True
+            time.sleep(0.2)
+
+
 def _migrate(conn, db, path) -> None:
     """Apply pending migrations in one write transaction, checked again once the lock is held, so
     that processes opening one database at once never apply a migration twice."""

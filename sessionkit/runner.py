@@ -327,13 +327,28 @@ def check_step_name(name: str) -> None:
 
 def _finish(db, step, step_id, result, context, status, message, exit_code, duration, budget,
             progress) -> None:
+    from .db import patiently
+
+    def notice(text: str) -> None:
+        try:
+            progress.note(text)
+        except OSError:
+            pass
+
+    what = f"step {step.name!r}"
     with _DeferSigint():
+        # Each write below waits out another writer's long lock (patiently): the step has run,
+        # and what it found must land. The metrics go in one transaction, so that a retry
+        # never inserts them twice; the artifact and step updates may be repeated.
+        if result is not None and result.metrics:
+            patiently(db, lambda: _insert_metrics(db, context, result.metrics), what=what,
+                      notice=notice)
         if result is not None:
-            context.metrics(result.metrics)
             for art in result.artifacts:
-                record_artifact(db, step_id, Path(art.path), art.kind)
+                patiently(db, lambda art=art: record_artifact(db, step_id, Path(art.path), art.kind),
+                          what=what, notice=notice)
         # Files recorded while the step ran (its log first of all) have grown since.
-        refresh_artifacts(db, step_id)
+        patiently(db, lambda: refresh_artifacts(db, step_id), what=what, notice=notice)
         log = db.execute("SELECT path FROM artifacts WHERE step_id = ? AND kind = 'log' LIMIT 1",
                          [step_id]).fetchone()
         redactor = current_redactor()
@@ -345,13 +360,26 @@ def _finish(db, step, step_id, result, context, status, message, exit_code, dura
         tail = getattr(step, "output_tail", None)
         if tail is not None:
             update["output_tail"] = redactor.text(tail)
-        with db.conn:
-            db["steps"].update(step_id, update)
+        def write_step():
+            with db.conn:
+                db["steps"].update(step_id, update)
+
+        patiently(db, write_step, what=what, notice=notice)
         try:
             progress.end(status, duration, budget_s=budget, exit_code=exit_code, message=message,
                          log=log[0] if log else None)
         except OSError:  # the terminal is gone (SIGHUP) or its pipe closed; the record is written
             pass
+
+
+def _insert_metrics(db, context, metrics) -> None:
+    """The step's result metrics in one transaction: all or none, so a retry cannot double them."""
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        context.metrics(metrics)  # its own `with conn` commits this transaction
+    finally:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
 
 
 class _DeferSigint:

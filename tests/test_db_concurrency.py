@@ -164,3 +164,36 @@ def test_sessionkit_start_in_a_new_folder_from_several_processes(tmp_path, monke
         db.conn.close()
     assert failures == [], f"{len(failures)}/{PROCS * ROUNDS} starts failed: {failures[:5]}"
     assert opened == ROUNDS
+
+
+def test_a_finishing_write_waits_out_a_lock_longer_than_the_busy_timeout(tmp_path):
+    """A merge copying large artifacts holds the write lock past the busy timeout: a step that
+    finishes meanwhile waits (saying so once) and then records, instead of failing with
+    "database is locked" and being marked interrupted later."""
+    import sqlite3
+    import threading
+
+    from sessionkit.db import open_db, patiently
+
+    path = tmp_path / "s.db"
+    db = open_db(path, create=True)
+    db.conn.execute("CREATE TABLE scratch (x)")
+    db.conn.execute("PRAGMA busy_timeout = 50")  # stands for the 30 s of real use
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.8, lambda: other.execute("ROLLBACK"))
+    release.start()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        db.execute("INSERT INTO scratch VALUES (1)")
+    notes = []
+    patiently(db, lambda: db.execute("INSERT INTO scratch VALUES (2)"), what="step 'x'",
+              notice=notes.append)
+    release.join()
+    assert notes == ["the database is locked by another writer; waiting to record step 'x'"]
+    assert [r[0] for r in db.execute("SELECT x FROM scratch")] == [2]
+    # past its patience it gives up with the error
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        patiently(db, lambda: db.execute("INSERT INTO scratch VALUES (3)"), what="x",
+                  patience_s=0.3)
+    other.execute("ROLLBACK")
