@@ -8,8 +8,22 @@ from __future__ import annotations
 from .timefmt import now_iso, seconds_between
 
 
+def _number(value) -> float | None:
+    """A stored number as a finite float; None for NULL and for anything else (a damaged row)."""
+    import math
+
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _cost(rate: float | None, seconds: float | None) -> float | None:
-    if rate is None or seconds is None:
+    rate = _number(rate)
+    if rate is None or rate < 0 or seconds is None:
         return None
     return rate * seconds / 3600.0
 
@@ -24,8 +38,9 @@ def step_seconds(step: dict, now: str | None = None) -> float:
     its recorded duration, else from its start to its end (or ``now`` while it runs)."""
     if step.get("status") == "skipped":
         return 0.0
-    if step.get("duration_s") is not None:
-        return float(step["duration_s"])
+    duration = _number(step.get("duration_s"))
+    if duration is not None and duration >= 0:
+        return duration
     end = step.get("ended_at") or now or now_iso()
     return max(0.0, seconds_between(step["started_at"], end) or 0.0)
 

@@ -101,7 +101,9 @@ def is_dead(step: dict, *, host: str | None = None, namespace: str | None = None
     same_namespace = step.get("pid_ns") is None or step.get("pid_ns") == namespace
     if step["host"] == host and same_namespace:
         return not process_alive(int(step["pid"]), step.get("pid_started"))
-    beat = parse_iso(step.get("heartbeat_at") or step["started_at"])
+    beat = parse_iso(step.get("heartbeat_at")) or parse_iso(step["started_at"])
+    if beat is None:  # no readable sign of life at all (a damaged row)
+        return True
     return (utcnow() - beat).total_seconds() > STALE_AFTER_S
 
 
@@ -121,8 +123,8 @@ def last_sign_of_life(db, step: dict, *, now: str | None = None) -> tuple[str, s
     first refresh would look as if it lasted nothing; its log and samples say how far it got.
     """
     now = now or now_iso()
-    started = parse_iso(step["started_at"])
-    found = [(parse_iso(step.get("heartbeat_at") or step["started_at"]), "heartbeat")]
+    started = parse_iso(step["started_at"]) or parse_iso(now)
+    found = [(parse_iso(step.get("heartbeat_at")) or started, "heartbeat")]
     sample = db.execute("SELECT MAX(t_unix_s) FROM telemetry_samples WHERE step_id = ?",
                         [step["id"]]).fetchone()
     if sample and sample[0] is not None:

@@ -115,9 +115,16 @@ def now_iso() -> str:
 
 
 def parse_iso(text: str | None) -> _dt.datetime | None:
-    if not text:
+    """An ISO 8601 timestamp as an aware datetime (one without an offset is taken as UTC); None
+    for None, "" and anything that is not such a timestamp (a damaged or foreign row), so that
+    no reader fails on one stored value."""
+    if not text or not isinstance(text, str):
         return None
-    return _dt.datetime.fromisoformat(text)
+    try:
+        moment = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=_dt.timezone.utc)
 
 
 def seconds_between(start: str | None, end: str | None) -> float | None:

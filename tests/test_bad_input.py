@@ -294,3 +294,35 @@ def test_a_pyproject_sessionkit_cannot_use_is_one_line(tmp_path, monkeypatch, co
     result = invoke("start", "--objective", "x")
     one_line_error(result)
     assert "pyproject.toml" in result.output
+
+
+DAMAGE = [
+    ("UPDATE sessions SET started_at = 'garbage'", "sessions"),
+    ("UPDATE sessions SET ended_at = '2026-13-45T99:00'", "sessions"),
+    ("UPDATE sessions SET started_at = '', ended_at = ''", "sessions"),
+    ("UPDATE sessions SET gpu_rate_usd_per_h = 'x', budget_s = 'abc', ai_rate_usd_per_h = -5",
+     "sessions"),
+    ("UPDATE steps SET duration_s = 'abc', budget_s = 'zz', exit_code = 'x'", "steps"),
+    ("UPDATE steps SET started_at = 'nope', ended_at = 'never', heartbeat_at = 'x'", "steps"),
+    ("UPDATE env_snapshots SET taken_at = 'zz'", "env_snapshots"),
+]
+
+
+@pytest.mark.parametrize("sql, table", DAMAGE)
+def test_damaged_times_and_numbers_are_read_without_a_traceback(sql, table):
+    """Rows written elsewhere (a merged database, a hand edit) with timestamps or numbers that
+    are not: every reading command still answers, with what it can show."""
+    assert invoke("start", "--objective", "damaged", "--gpu-rate", "2", "--budget", "1h").exit_code == 0
+    assert invoke("step", "preflight").exit_code in (0, 1)
+    assert invoke("step", "run", "x", "--", "true").exit_code == 0
+    assert invoke("end", "--outcome", "done").exit_code in (0, 1)
+    db = open_db()
+    assert db[table].count > 0
+    with db.conn:
+        db.execute(sql)
+    for args in (["sessions"], ["sessions", "--json"], ["show", "last"], ["export", "last"],
+                 ["report", "last"], ["history"], ["patterns"], ["status", "--json"]):
+        result = invoke(*args)
+        assert "Traceback" not in result.output, (args, result.output[-2000:])
+        assert result.exception is None or isinstance(result.exception, SystemExit), \
+            (args, repr(result.exception))

@@ -7,7 +7,8 @@ step counts and the per-step rollups of bench and correctness results (``report/
 
 from __future__ import annotations
 
-from ..timefmt import now_iso
+from ..costs import session_costs
+from ..timefmt import now_iso, seconds_between
 from . import aggregates
 from .aggregates import median
 
@@ -89,13 +90,21 @@ def history_data(db, *, now: str | None = None, table: list[str] | None = None) 
          origin_number, imported_from) in sessions:
         (steps, passed, failed, interrupted, best, geo, configs,
          c_status, c_configs, c_passed, c_worst) = get(sid, _NO_ROLLUP)
-        duration = ((parse(ended) if ended else now_dt) - parse(started)).total_seconds()
+        try:
+            duration = ((parse(ended) if ended else now_dt) - parse(started)).total_seconds()
+        except (ValueError, TypeError):  # a stored time that is not one (a damaged row)
+            duration = seconds_between(started, ended or now) or 0.0
         if gpu_rate is None and ai_rate is None:
             cost = None
         else:  # as costs.session_costs: the rates times the wall time, never below zero
             wall = duration if duration > 0 else 0.0
-            cost = ((gpu_rate * wall / 3600.0) if gpu_rate is not None else 0.0) + \
-                   ((ai_rate * wall / 3600.0) if ai_rate is not None else 0.0)
+            try:
+                cost = ((gpu_rate * wall / 3600.0) if gpu_rate is not None else 0.0) + \
+                       ((ai_rate * wall / 3600.0) if ai_rate is not None else 0.0)
+            except TypeError:  # a stored rate that is not a number
+                cost = session_costs({"started_at": started, "ended_at": ended,
+                                      "gpu_rate_usd_per_h": gpu_rate,
+                                      "ai_rate_usd_per_h": ai_rate}, [], now=now)["total_usd"]
         is_open = status == "open"
         passed, failed, interrupted = passed or 0, failed or 0, interrupted or 0
         correctness = None if c_status is None else {

@@ -76,8 +76,9 @@ def f_ts(text) -> str:
     import datetime as dt
 
     moment = parse_iso(text)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(dt.timezone.utc)
+    if moment is None:  # not a timestamp (a damaged row): shown as stored
+        return str(text)
+    moment = moment.astimezone(dt.timezone.utc)
     return moment.strftime("%Y-%m-%d %H:%M:%S") + " UTC"
 
 
