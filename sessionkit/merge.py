@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
@@ -77,14 +78,21 @@ def _open_source(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise UsageError(f"no database at {path}")
     conn = None
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
-        problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
-    except sqlite3.DatabaseError as exc:
-        if conn is not None:
-            conn.close()
-        raise DatabaseError(f"cannot read {path}: {exc}") from None
+    # A WAL database in a folder nobody may write (an archive, a read-only mount) has no -shm
+    # to share: it opens as immutable then, as the reading commands do (nothing writes it).
+    tries = [""] if os.access(path.parent, os.W_OK) else ["", "&immutable=1"]
+    for extra in tries:
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro{extra}", uri=True)
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
+            problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
+            break
+        except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
+                conn = None
+            if extra == tries[-1]:
+                raise DatabaseError(f"cannot read {path}: {exc}") from None
     if problems != ["ok"]:
         conn.close()
         found = " ".join(" ".join(str(p).split()) for p in problems)[:200]

@@ -64,6 +64,23 @@ def test_reading_commands_work_on_a_read_only_database(archive, command):
         assert "archived" in result.stdout
 
 
+def test_merge_reads_an_archive_in_a_folder_nobody_may_write(archive, tmp_path):
+    """A WAL database in a read-only folder has no -shm to share: the reading commands opened it
+    (as immutable), `merge` could not ("unable to open database file")."""
+    target_dir = tempfile.mkdtemp(prefix="sessionkit-merge-into-")
+    os.chmod(target_dir, 0o777)
+    target = os.path.join(target_dir, "here.db")
+    try:
+        made = _cli(["--db", target, "start", "--objective", "local"], unprivileged=True)
+        assert made.returncode == 0, made.stderr
+        result = _cli(["--db", target, "merge", archive], unprivileged=True)
+        assert result.returncode == 0, result.stderr
+        shown = _cli(["--db", target, "sessions"], unprivileged=True)
+        assert "archived" in shown.stdout
+    finally:
+        shutil.rmtree(target_dir)
+
+
 def test_writing_commands_on_a_read_only_database_say_so_in_one_line(archive):
     result = _cli(["--db", archive, "start", "--objective", "x", "--force"], unprivileged=True)
     assert result.returncode == 1
