@@ -70,7 +70,9 @@ def _target(path: Path) -> Path | None:
         st = os.stat(path)  # follows links
     except FileNotFoundError:
         st = None
-    except OSError:
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link in a loop: renaming over it would replace it
+            raise SessionkitError(f"cannot write {path}: its symbolic links form a loop") from None
         return path  # let the write below report it
     if path.is_symlink():
         real = Path(os.path.realpath(path))

@@ -159,3 +159,15 @@ def test_no_output_is_written_over_the_database(tmp_path, recorded, command, how
     assert conn.execute(counts).fetchone() == before
     assert sk("sessions").returncode == 0
     assert os.path.islink(target) if how == "link" else True
+
+
+def test_a_link_in_a_loop_is_refused_and_kept(tmp_path, recorded):
+    """`export -o` a link that is part of a loop replaced the link with a file; a link given to
+    -o stays a link."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    os.symlink(b, a)
+    os.symlink(a, b)
+    res = sk("export", "-o", str(a))
+    assert res.returncode == 1
+    assert res.stderr.strip() == f"Error: cannot write {a}: its symbolic links form a loop"
+    assert os.path.islink(a) and os.readlink(a) == str(b)
