@@ -1,0 +1,39 @@
+"""benchmarks/ab_table.py: the A/B of one session's bench steps as text, each column headed by the
+nvcc flags of the build its step timed, from the database alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from fixtures_db import _bench, _session, _step
+
+from sessionkit.db import open_db
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ab_table.py"
+T = "2026-11-30T10:00:00+00:00"
+
+
+def test_one_column_per_bench_step_headed_by_its_flags(tmp_path):
+    path = tmp_path / "ab.db"
+    db = open_db(path, create=True)
+    with db.conn:
+        _session(db, 1, "A/B", "switches", "passed", T, T, "done")
+        plain = _step(db, 1, 1, "bench", "passed", T, T, 40.0, 300.0, summary={"nvcc_flags": ""})
+        flagged = _step(db, 1, 2, "bench", "passed", T, T, 40.0, 300.0,
+                        summary={"nvcc_flags": "-DSK_X=1"})
+        _step(db, 1, 3, "correctness", "passed", T, T, 20.0, 180.0)
+        # 4 configs each (two masks x two lengths); the flagged build is 10 % faster
+        _bench(db, plain, [1.0, 2.0, 0.5, 1.0], [1.0, 2.0, 0.5, 1.0], [2.0, 4.0, 1.0, 2.0])
+        _bench(db, flagged, [0.9, 1.8, 0.45, 0.9], [1.0, 2.0, 0.5, 1.0], [2.0, 4.0, 1.0, 2.0])
+    db.conn.close()
+    out = subprocess.run([sys.executable, str(SCRIPT), str(path)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "config | plain | -DSK_X=1"
+    assert len(lines) == 1 + 4 + 1
+    assert all(line.count("|") == 2 for line in lines[1:5])
+    assert "=1.000 |" in lines[1] and lines[1].endswith("=1.111")
+    assert lines[-1] == "geomean | 1.000 | 1.111"
