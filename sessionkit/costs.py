@@ -8,22 +8,26 @@ from __future__ import annotations
 from .timefmt import now_iso, seconds_between
 
 
-def _number(value) -> float | None:
-    """A stored number as a finite float; None for NULL and for anything else (a damaged row)."""
+def stored_number(value, *, minimum: float | None = None) -> float | None:
+    """A numeric column as a finite float (at least ``minimum``); None for NULL and for text,
+    booleans or a value out of range (a damaged or foreign row), so that no reader computes
+    with it."""
     import math
 
-    if value is None or isinstance(value, bool):
+    if value is None or isinstance(value, (bool, str, bytes)):
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return number if math.isfinite(number) else None
+    if not math.isfinite(number) or (minimum is not None and number < minimum):
+        return None
+    return number
 
 
 def _cost(rate: float | None, seconds: float | None) -> float | None:
-    rate = _number(rate)
-    if rate is None or rate < 0 or seconds is None:
+    rate = stored_number(rate, minimum=0.0)
+    if rate is None or seconds is None:
         return None
     return rate * seconds / 3600.0
 
@@ -38,8 +42,8 @@ def step_seconds(step: dict, now: str | None = None) -> float:
     its recorded duration, else from its start to its end (or ``now`` while it runs)."""
     if step.get("status") == "skipped":
         return 0.0
-    duration = _number(step.get("duration_s"))
-    if duration is not None and duration >= 0:
+    duration = stored_number(step.get("duration_s"), minimum=0.0)
+    if duration is not None:
         return duration
     end = step.get("ended_at") or now or now_iso()
     return max(0.0, seconds_between(step["started_at"], end) or 0.0)

@@ -7,7 +7,7 @@ import os
 import socket
 import uuid
 
-from .costs import session_costs
+from .costs import session_costs, stored_number
 from .db import SQLITE_MAX_INT
 from .gitinfo import git_commit
 from .errors import NoOpenSession, SessionAlreadyOpen, SessionNotFound, UsageError
@@ -42,24 +42,8 @@ def _decode(row: dict) -> dict:
         } if isinstance(budgets, dict) else {}
     for key in ("budget_s", "gpu_rate_usd_per_h", "ai_rate_usd_per_h"):
         if key in row:
-            row[key] = _stored_number(row[key], minimum=0.0)
+            row[key] = stored_number(row[key], minimum=0.0)
     return row
-
-
-def _stored_number(value, *, minimum: float | None = None) -> float | None:
-    """A numeric column as a finite float (at least ``minimum``); None for NULL and for text or
-    a value out of range (a damaged or foreign row), so that no reader computes with it."""
-    import math
-
-    if value is None or isinstance(value, (bool, str, bytes)):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if not math.isfinite(number) or (minimum is not None and number < minimum):
-        return None
-    return number
 
 
 def open_sessions(db) -> list[dict]:
@@ -254,7 +238,7 @@ def session_steps(db, session_id: str) -> list[dict]:
                 row[key] = _loads(row[key], row[key])
         for key in ("duration_s", "budget_s"):
             if key in row:
-                row[key] = _stored_number(row[key], minimum=0.0)
+                row[key] = stored_number(row[key], minimum=0.0)
         if "exit_code" in row and not (isinstance(row["exit_code"], int)
                                        and not isinstance(row["exit_code"], bool)):
             row["exit_code"] = None
