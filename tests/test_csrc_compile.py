@@ -175,13 +175,6 @@ EXPERIMENTS = [
     # half-width Q K^T on a consumer's first block when its second half is all masked
     ("-DSK_SM90_CAUSAL_HALF_FIRST=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_CAUSAL_HALF_FIRST=1", "flash_fwd_sm90_fp16_hdim128_causal", "0xf0", "0x18"),
-    # D=256's key block of 80 spills 44-52 bytes unless Q's descriptors are rebuilt per key block
-    ("-DSK_SM90_Q_DESC_PER_BLOCK=1 -DSK_SM90_BLOCK_N_D256=80",
-     "flash_fwd_sm90_bf16_hdim256_noncausal", "0xf0", "0x18"),
-    ("-DSK_SM90_Q_DESC_PER_BLOCK=1 -DSK_SM90_BLOCK_N_D256=80",
-     "flash_fwd_sm90_fp16_hdim256_causal", "0xf0", "0x18"),
-    ("-DSK_SM90_Q_DESC_PER_BLOCK=1 -DSK_SM90_BLOCK_N_D256=80",
-     "flash_fwd_sm90_bf16_hdim256_noncausal_splitkv", "0xf0", "0x18"),
 ]
 
 

@@ -93,19 +93,21 @@ template <class Tr>
 struct SmemPlan {
   uint32_t q, k, v, bar;
   // Tile ring (dynamic schedule): the producer writes tile indices into two slots.
-  __device__ __forceinline__ uint32_t tile_full(int slot) const { return bar + 8 * (2 + 4 * Tr::kStages + slot); }
-  __device__ __forceinline__ uint32_t tile_empty(int slot) const { return bar + 8 * (4 + 4 * Tr::kStages + slot); }
+  static constexpr int kQB = 2 * Tr::kQStages;  // the Q slots' barriers come first
+  __device__ __forceinline__ uint32_t tile_full(int slot) const { return bar + 8 * (kQB + 4 * Tr::kStages + slot); }
+  __device__ __forceinline__ uint32_t tile_empty(int slot) const { return bar + 8 * (kQB + 2 + 4 * Tr::kStages + slot); }
   __device__ __forceinline__ uint32_t tile_slot(int slot) const {
     return bar + (Tr::kTileSlotOffset - Tr::kBarrierOffset) + 4 * slot;
   }
   __device__ __forceinline__ uint32_t k_stage(int s) const { return k + s * Tr::kKVBytes; }
   __device__ __forceinline__ uint32_t v_stage(int s) const { return v + s * Tr::kKVBytes; }
-  __device__ __forceinline__ uint32_t q_full() const { return bar; }
-  __device__ __forceinline__ uint32_t q_empty() const { return bar + 8; }
-  __device__ __forceinline__ uint32_t k_full(int s) const { return bar + 8 * (2 + s); }
-  __device__ __forceinline__ uint32_t k_empty(int s) const { return bar + 8 * (2 + Tr::kStages + s); }
-  __device__ __forceinline__ uint32_t v_full(int s) const { return bar + 8 * (2 + 2 * Tr::kStages + s); }
-  __device__ __forceinline__ uint32_t v_empty(int s) const { return bar + 8 * (2 + 3 * Tr::kStages + s); }
+  __device__ __forceinline__ uint32_t q_stage(int slot) const { return q + slot * Tr::kQBytes; }
+  __device__ __forceinline__ uint32_t q_full(int slot) const { return bar + 8 * slot; }
+  __device__ __forceinline__ uint32_t q_empty(int slot) const { return bar + 8 * (Tr::kQStages + slot); }
+  __device__ __forceinline__ uint32_t k_full(int s) const { return bar + 8 * (kQB + s); }
+  __device__ __forceinline__ uint32_t k_empty(int s) const { return bar + 8 * (kQB + Tr::kStages + s); }
+  __device__ __forceinline__ uint32_t v_full(int s) const { return bar + 8 * (kQB + 2 * Tr::kStages + s); }
+  __device__ __forceinline__ uint32_t v_empty(int s) const { return bar + 8 * (kQB + 3 * Tr::kStages + s); }
 };
 
 // How many key blocks the CTA whose first query row is row0 must visit: blocks [0, n).
@@ -173,8 +175,11 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   const int warpgroup = tid / 128;
 
   if (tid == 0) {
-    mbarrier_init(sm.q_full(), 1);
-    mbarrier_init(sm.q_empty(), Tr::kConsumerWarpgroups);
+#pragma unroll
+    for (int slot = 0; slot < Tr::kQStages; ++slot) {
+      mbarrier_init(sm.q_full(slot), 1);
+      mbarrier_init(sm.q_empty(slot), Tr::kConsumerWarpgroups);
+    }
 #pragma unroll
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(sm.k_full(s), 1);
@@ -218,14 +223,16 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       const int row0 = work.row0, n_begin = work.n_begin, n_blocks = work.n_blocks;
       const int head_k = tile.head / p.head_ratio;
       if (n_blocks > 0) {
-        // Q: the consumers release it after their last Q K^T of the previous tile.
-        mbarrier_wait(sm.q_empty(), (q_round & 1) ^ 1);
-        mbarrier_arrive_expect_tx(sm.q_full(), Tr::kQBytes);
+        // Q: the consumers release its slot after their last Q K^T of the tile that used it
+        // before (the previous tile with one slot, the one before that with two).
+        const int qs = q_round % Tr::kQStages;
+        mbarrier_wait(sm.q_empty(qs), ((q_round / Tr::kQStages) & 1) ^ 1);
+        mbarrier_arrive_expect_tx(sm.q_full(qs), Tr::kQBytes);
 #pragma unroll
         for (int c = 0; c < Tr::kChunks; ++c) {
-          cp_async_bulk_tensor_4d_global_to_shared(sm.q + c * Tr::kQChunkBytes, &args.tma_q,
-                                                   c * Tr::kChunkCols, row0, tile.head,
-                                                   tile.batch, sm.q_full());
+          cp_async_bulk_tensor_4d_global_to_shared(sm.q_stage(qs) + c * Tr::kQChunkBytes,
+                                                   &args.tma_q, c * Tr::kChunkCols, row0,
+                                                   tile.head, tile.batch, sm.q_full(qs));
         }
         ++q_round;
       }
@@ -263,8 +270,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   const int g = lane / 4;
   const int t = lane % 4;
   const bool signals = (tid % 128) == 0;     // one thread per warpgroup releases ring slots
-  // This warpgroup's 64 rows of each Q chunk.
-  const uint32_t q_base = sm.q + consumer * 64 * Tr::kSwizzleBytes;
+  // This warpgroup's 64 rows of each Q chunk, in the current tile's Q slot.
+  const uint32_t q_base0 = sm.q + consumer * 64 * Tr::kSwizzleBytes;
+  uint32_t q_base = q_base0;
   constexpr int kEpilogueBarrier0 = 4;  // named barriers 4.. (1..3 are the pingpong turns)
 
   float acc_o[kDTiles][4];
@@ -346,6 +354,10 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     const int row0 = work.row0, n_begin = work.n_begin, n_blocks = work.n_blocks;
     const int wg_row0 = row0 + consumer * 64;
     const int row_g = wg_row0 + warp * 16 + g;  // query row of this thread's s[i][0]
+    // This tile's Q slot and the phase of its barriers (tiles with no key block load no Q).
+    const int qs = q_round % Tr::kQStages;
+    const uint32_t q_phase = (q_round / Tr::kQStages) & 1;
+    if constexpr (Tr::kQStages > 1) q_base = q_base0 + qs * Tr::kQBytes;
 
 #pragma unroll
     for (int i = 0; i < kDTiles; ++i) {
@@ -370,7 +382,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     // and the pingpong turns run as before. (A branch around each wgmma instead makes ptxas
     // serialize all of them.)
     if (Tr::kSkipIdleRows && n_blocks > 0 && wg_row0 >= p.seqlen_q) {
-      mbarrier_wait(sm.q_full(), q_round & 1);
+      mbarrier_wait(sm.q_full(qs), q_phase);
       ++q_round;
       for (int j = 0; j < n_blocks; ++j) {
         const int s = (it + j) % kStages;
@@ -380,7 +392,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         sched_signal();
         if (signals) {
           mbarrier_arrive(sm.k_empty(s));
-          if (j == n_blocks - 1) mbarrier_arrive(sm.q_empty());
+          if (j == n_blocks - 1) mbarrier_arrive(sm.q_empty(qs));
         }
         mbarrier_wait(sm.v_full(s), phase);
         if (signals) mbarrier_arrive(sm.v_empty(s));
@@ -389,7 +401,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       sched_signal();
       it += n_blocks;
     } else if (n_blocks > 0) {
-      mbarrier_wait(sm.q_full(), q_round & 1);
+      mbarrier_wait(sm.q_full(qs), q_phase);
       ++q_round;
       // The first (highest) key block: S only.
       {
@@ -429,7 +441,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         fence_registers(acc_s);
         if (signals) {
           mbarrier_arrive(sm.k_empty(s));
-          if (n_blocks == 1) mbarrier_arrive(sm.q_empty());  // Q is no longer read
+          if (n_blocks == 1) mbarrier_arrive(sm.q_empty(qs));  // Q is no longer read
         }
         softmax_block(n_begin + n_blocks - 1);
         fwd::probs_to_a_frags<kDtype>(acc_s, p_frag);
@@ -453,7 +465,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         fence_registers(acc_s);
         if (signals) {
           mbarrier_arrive(sm.k_empty(s));
-          if (j == n_blocks - 1) mbarrier_arrive(sm.q_empty());
+          if (j == n_blocks - 1) mbarrier_arrive(sm.q_empty(qs));
         }
         softmax_block(n_begin + n_blocks - 1 - j);
         wgmma_wait_group<0>();

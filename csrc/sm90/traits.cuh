@@ -45,10 +45,16 @@ namespace sm90 {
 #define SK_SM90_BLOCK_N_D96 128
 #endif
 #ifndef SK_SM90_BLOCK_N_D256
-#define SK_SM90_BLOCK_N_D256 64
+#define SK_SM90_BLOCK_N_D256 80  // FlashAttention-3's tile; builds without spills only with per-block Q descriptors
 #endif
 #ifndef SK_SM90_STAGES
 #define SK_SM90_STAGES 2
+#endif
+#ifndef SK_SM90_Q_STAGES
+#define SK_SM90_Q_STAGES 1  // 2: two Q slots where shared memory has room (the next tile's Q loads early)
+#endif
+#ifndef SK_SM90_Q_STAGES_D128
+#define SK_SM90_Q_STAGES_D128 2  // the same for D=128's default variants (both masks), where it is on
 #endif
 #ifndef SK_SM90_PINGPONG
 #define SK_SM90_PINGPONG 1
@@ -70,6 +76,9 @@ namespace sm90 {
 #endif
 #ifndef SK_SM90_Q_DESC_PER_BLOCK
 #define SK_SM90_Q_DESC_PER_BLOCK 0  // 1: rebuild Q's wgmma descriptors per key block (kernel.cuh)
+#endif
+#ifndef SK_SM90_Q_DESC_PER_BLOCK_D256
+#define SK_SM90_Q_DESC_PER_BLOCK_D256 1  // the same at D=256, where it is on by default
 #endif
 #ifndef SK_SM90_CAUSAL_HALF_FIRST
 #define SK_SM90_CAUSAL_HALF_FIRST 0  // 1: half-width Q K^T on a consumer's masked-half first block
@@ -118,9 +127,11 @@ struct Traits {
   // the extra branch changes the scheduling of the key-block loop (it grew by 3-5 % of its
   // instructions), and long sequences measured 1-5 % slower with it (docs/kernel-notes.md, v11).
   // Q's wgmma descriptors rebuilt per key block instead of held in 2 registers per k-step across
-  // the loop (32 registers at D=256): with it, D=256's key block of 80 builds without spills.
-  // Not yet timed, so off by default (docs/kernel-notes.md, "Next hypotheses").
-  static constexpr bool kQDescPerBlock = SK_SM90_Q_DESC_PER_BLOCK != 0;
+  // the loop (32 registers at D=256): with it, D=256's key block of 80 builds without spills and
+  // measured +4-7 % over key block 64 (v12). Elsewhere it measured 1-2.5 % slower (D=64 full and
+  // D=128 full at 4096-16384 keys), so only D=256 has it (docs/kernel-notes.md, v12).
+  static constexpr bool kQDescPerBlock =
+      kHeadDim == 256 ? SK_SM90_Q_DESC_PER_BLOCK_D256 != 0 : SK_SM90_Q_DESC_PER_BLOCK != 0;
   // Causal: a consumer whose first (diagonal) key block has its second half past its last row
   // issues that block's Q K^T at half width (kernel.cuh). Not yet timed: off by default.
   static constexpr bool kCausalHalfFirst =
@@ -166,23 +177,45 @@ struct Traits {
 
   // 228 KB per SM, 1 KB of it reserved per CTA: 227 KB for one CTA, 113 KB each for two.
   static constexpr int kSmemPerBlockMax = kBlocksPerSm == 1 ? 227 * 1024 : 113 * 1024;
-  static constexpr int kQOffset = 0;
-  static constexpr int kKOffset = kQOffset + kQBytes;
-  static constexpr int kVOffset = kKOffset + kStages * kKVBytes;
   // The output tile of each consumer (64 rows, chunked and swizzled like Q) for the TMA store.
   static constexpr int kOChunkBytes = 64 * kSwizzleBytes;
   static constexpr int kOBytesPerConsumer = kOChunkBytes * kChunks;
-  static constexpr int kOOffset = kVOffset + kStages * kKVBytes;
-  // q full/empty, k full/empty, v full/empty, and the tile ring's full/empty (two slots)
-  static constexpr int kBarriers = 2 + 4 * kStages + 4;
   // O leaves through shared memory and TMA with two consumers and the 128-byte swizzle, where
   // shared memory has room; otherwise (three consumers: no registers to spare; D=96; D=256 and
   // the 176-key block: no shared memory to spare; split-KV: float32 partials) in plain stores.
+  static constexpr bool kTmaStoreOShape = SK_SM90_TMA_STORE_O != 0 && !kSplitKV &&
+                                          kConsumerWarpgroups <= 2 && kSwizzleBytes == 128 &&
+                                          kHeadDim <= 128;
+  // Shared memory of the plan with q_stages Q slots, with or without the O staging: Q slots, the
+  // K and V rings, O, the mbarriers (q full/empty per Q slot, k and v full/empty per stage, the
+  // tile ring's full/empty), the tile ring's two indices, and 1024 bytes for rounding the dynamic
+  // shared-memory base up to the 1024-byte swizzle alignment.
+  static constexpr int smem_bytes(int q_stages, bool o_staging) {
+    return q_stages * kQBytes + 2 * kStages * kKVBytes +
+           (o_staging ? kConsumerWarpgroups * kOBytesPerConsumer : 0) +
+           8 * (2 * q_stages + 4 * kStages + 4) + 8 + 1024;
+  }
+  // Q slots: with two, the producer loads the next tile's Q (and then its first key blocks) while
+  // the consumers still read the current one; with one it waits for their last Q K^T of the tile.
+  // Only where both slots fit next to everything a single slot would have (the O staging
+  // included). Measured (docs/kernel-notes.md, v12): D=128 +0.5-1 % non-causal and +3.5 % causal
+  // at S=512; D=64 -2 to -3 % (full S=1024, causal S=16384), so two slots ship at D=128 only.
+  static constexpr int kQStagesWanted =
+      kHeadDim == 128 && kVariant_ == Sm90Variant::kDefault ? SK_SM90_Q_STAGES_D128
+                                                             : SK_SM90_Q_STAGES;
+  static constexpr int kQStages =
+      kQStagesWanted >= 2 &&
+              smem_bytes(2, kTmaStoreOShape && smem_bytes(1, true) <= kSmemPerBlockMax) <=
+                  kSmemPerBlockMax
+          ? 2
+          : 1;
   static constexpr bool kTmaStoreO =
-      SK_SM90_TMA_STORE_O != 0 && !kSplitKV && kConsumerWarpgroups <= 2 &&
-      kSwizzleBytes == 128 && kHeadDim <= 128 &&
-      kOOffset + kConsumerWarpgroups * kOBytesPerConsumer + 8 * kBarriers + 8 + 1024 <=
-          kSmemPerBlockMax;
+      kTmaStoreOShape && smem_bytes(kQStages, true) <= kSmemPerBlockMax;
+  static constexpr int kQOffset = 0;
+  static constexpr int kKOffset = kQOffset + kQStages * kQBytes;
+  static constexpr int kVOffset = kKOffset + kStages * kKVBytes;
+  static constexpr int kOOffset = kVOffset + kStages * kKVBytes;
+  static constexpr int kBarriers = 2 * kQStages + 4 * kStages + 4;
   static constexpr int kBarrierOffset =
       kOOffset + (kTmaStoreO ? kConsumerWarpgroups * kOBytesPerConsumer : 0);
   // The tile ring: two int32 tile indices the producer passes to the consumers.
@@ -198,6 +231,7 @@ struct Traits {
   static_assert(!(kLongKeys && kCausal), "the long-keys variant is non-causal");
   static_assert(kHeadDim % 32 == 0, "head dim must be a multiple of 32");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "key block must be a wgmma n");
+  static_assert(kSmemBytes == smem_bytes(kQStages, kTmaStoreO), "the plan and its size disagree");
   static_assert(kSmemBytes <= kSmemPerBlockMax,
                 "shared memory plan exceeds the 227 KB per block (113 KB with two CTAs per SM)");
 };

@@ -1,0 +1,53 @@
+"""The shared-memory plan of the sm90 tile shapes (csrc/sm90/traits.cuh), read on the host from the
+kernels' own header: every plan fits the 227 KB a CTA may use, two Q slots ship at D=128's default
+variants only, and the two-slot Q switch (SK_SM90_Q_STAGES=2 for the other shapes) takes a second Q
+slot only where it fits next to everything the one-slot plan has, so it never costs a shape its
+TMA store of O."""
+
+from __future__ import annotations
+
+import pytest
+
+from host_check import run_host_check
+
+# Shapes whose O leaves by TMA store in the shipped plan (two consumers, 128-byte swizzle, room).
+TMA_STORE = {"d64_causal_shortkeys", "d64_causal", "d128_causal", "d128_noncausal"}
+# Shapes that ship with two Q slots.
+TWO_Q_SHIPPED = {"d128_causal", "d128_noncausal"}
+# Shapes where a second Q slot does not fit: D=256 (64 KB per Q tile) and D=128's 176-key block.
+NO_ROOM_FOR_TWO_Q = {"d128_noncausal_longkeys", "d256_causal", "d256_noncausal",
+                     "d256_noncausal_splitkv"}
+
+
+def _plans(tmp_path, *flags) -> dict[str, dict[str, int]]:
+    out = run_host_check("sm90_plan_check.cu", tmp_path, flags)
+    plans = {}
+    for line in out.splitlines():
+        name, *values = line.split()
+        plans[name] = dict(zip(("block_m", "block_n", "q_stages", "tma_store_o", "smem", "smem_max"),
+                               map(int, values)))
+    assert len(plans) == 14, out
+    return plans
+
+
+def test_shipped_plan_fits_and_has_two_q_slots_at_d128_only(tmp_path):
+    plans = _plans(tmp_path)
+    for name, plan in plans.items():
+        assert plan["q_stages"] == (2 if name in TWO_Q_SHIPPED else 1), name
+        assert plan["smem"] <= plan["smem_max"] == 227 * 1024, (name, plan)
+        assert plan["tma_store_o"] == (name in TMA_STORE), (name, plan)
+    assert plans["d256_noncausal"]["block_n"] == 80
+
+
+@pytest.mark.parametrize("flag", ["-DSK_SM90_Q_STAGES=2"])
+def test_two_q_slots_only_where_they_fit_and_keep_the_tma_store(tmp_path, flag):
+    one = _plans(tmp_path, "-DSK_SM90_Q_STAGES_D128=1")
+    two = _plans(tmp_path, flag)
+    for name in one:
+        assert two[name]["q_stages"] == (1 if name in NO_ROOM_FOR_TWO_Q else 2), (name, two[name])
+        assert two[name]["tma_store_o"] == one[name]["tma_store_o"], name
+        assert two[name]["smem"] <= two[name]["smem_max"], (name, two[name])
+        # one more Q tile (block_m rows of head_dim 2-byte elements) and its two barriers, or nothing
+        head_dim = int(name.split("_")[0][1:])
+        extra = two[name]["block_m"] * head_dim * 2 + 16 if two[name]["q_stages"] == 2 else 0
+        assert two[name]["smem"] - one[name]["smem"] == extra, (name, one[name], two[name])
