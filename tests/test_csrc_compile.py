@@ -175,6 +175,11 @@ EXPERIMENTS = [
     # half-width Q K^T on a consumer's first block when its second half is all masked
     ("-DSK_SM90_CAUSAL_HALF_FIRST=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_CAUSAL_HALF_FIRST=1", "flash_fwd_sm90_fp16_hdim128_causal", "0xf0", "0x18"),
+    # two Q slots where they are off by default
+    ("-DSK_SM90_Q_STAGES=2", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
+    # the diagnostic build of benchmarks/wait_profile.py (clock reads around every wait)
+    ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
+    ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),
 ]
 
 

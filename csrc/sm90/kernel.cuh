@@ -30,8 +30,50 @@
 #include "traits.cuh"
 #include "wgmma.cuh"
 
+#ifndef SK_SM90_WAIT_PROFILE
+#define SK_SM90_WAIT_PROFILE 0
+#endif
+#if SK_SM90_WAIT_PROFILE
+#include <cstdio>  // printf in print_wait_profile (the extension's build includes no stdio itself)
+#endif
+
 namespace sessionkit {
 namespace sm90 {
+
+// -DSK_SM90_WAIT_PROFILE=1, a diagnostic build that never ships: each consumer thread counts the SM
+// clock cycles it spends in each kind of wait (clock64 around the wait) and its epilogue, and the
+// first thread of each consumer warpgroup prints one "sk_wait" line when the CTA ends
+// (benchmarks/wait_profile.py runs a config in such a build and sums the lines). Without the
+// switch SK_WAIT(kind, statement) is the statement alone.
+enum WaitKind { kWaitTile, kWaitQ, kWaitK, kWaitV, kWaitTurn, kWaitS, kWaitPV, kEpilogue, kWaitKinds };
+#if SK_SM90_WAIT_PROFILE
+#define SK_WAIT(kind, ...)                                                  \
+  do {                                                                      \
+    const long long sk_t0_ = clock64();                                     \
+    __VA_ARGS__;                                                            \
+    wait_cycles[kind] += static_cast<uint32_t>(clock64() - sk_t0_);         \
+  } while (0)
+#else
+#define SK_WAIT(kind, ...) __VA_ARGS__
+#endif
+
+#if SK_SM90_WAIT_PROFILE
+// One row per consumer warpgroup of the last launch of this file's kernel: tiles, total cycles,
+// then the cycles of each WaitKind.
+constexpr int kWaitProfileRows = 1024;
+static __device__ uint32_t g_wait_profile[kWaitProfileRows][2 + kWaitKinds];
+
+// Prints the table's first `rows` rows, one "sk_wait" line each, and clears them.
+__global__ void print_wait_profile(int rows, int consumers) {
+  for (int r = 0; r < rows && r < kWaitProfileRows; ++r) {
+    const uint32_t* v = g_wait_profile[r];
+    printf("sk_wait cta %d consumer %d tiles %u total %u tile %u q %u k %u v %u turn %u s %u "
+           "pv %u epilogue %u\n",
+           r / consumers, r % consumers, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]);
+    for (int k = 0; k < 2 + kWaitKinds; ++k) g_wait_profile[r][k] = 0;
+  }
+}
+#endif
 
 // Kernel parameters: the plain parameters plus one TMA tensor map per input, each describing a
 // (B, H, S, D) tensor with its real strides as 4-D boxes of 64 columns x block rows.
@@ -335,6 +377,11 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     if constexpr (Tr::kPingpong) bar_arrive(next_turn, 256);
   };
   if (consumer == kConsumers - 1) sched_signal();
+#if SK_SM90_WAIT_PROFILE
+  uint32_t wait_cycles[kWaitKinds] = {};
+  uint32_t profiled_tiles = 0;
+  const long long consumer_t0 = clock64();
+#endif
 
   int it = 0;       // key blocks consumed so far, over all tiles: ring slot and phase
   int q_round = 0;  // Q tiles consumed so far
@@ -342,7 +389,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     int index;
     if constexpr (Tr::kDynamicSchedule) {
       const int slot = round & 1;
-      mbarrier_wait(sm.tile_full(slot), (round >> 1) & 1);
+      SK_WAIT(kWaitTile, mbarrier_wait(sm.tile_full(slot), (round >> 1) & 1));
       index = static_cast<int>(ld_shared_b32(sm.tile_slot(slot)));
       mbarrier_arrive(sm.tile_empty(slot));  // every consumer thread, after its read
     } else {
@@ -401,13 +448,16 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       sched_signal();
       it += n_blocks;
     } else if (n_blocks > 0) {
-      mbarrier_wait(sm.q_full(qs), q_phase);
+#if SK_SM90_WAIT_PROFILE
+      ++profiled_tiles;
+#endif
+      SK_WAIT(kWaitQ, mbarrier_wait(sm.q_full(qs), q_phase));
       ++q_round;
       // The first (highest) key block: S only.
       {
         const int s = it % kStages;
-        mbarrier_wait(sm.k_full(s), (it / kStages) & 1);
-        sched_wait();
+        SK_WAIT(kWaitK, mbarrier_wait(sm.k_full(s), (it / kStages) & 1));
+        SK_WAIT(kWaitTurn, sched_wait());
         // Causal (kCausalHalfFirst): where the second half of this block's keys lies past this
         // consumer's last row (the first consumer on the diagonal block when kBlockM = kBlockN),
         // Q K^T covers the first half only; the mask below sets the other half to -inf. Each
@@ -436,7 +486,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         } else {
           issue_qk(s);
           sched_signal();
-          wgmma_wait_group<0>();
+          SK_WAIT(kWaitS, wgmma_wait_group<0>());
         }
         fence_registers(acc_s);
         if (signals) {
@@ -454,21 +504,21 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         const uint32_t phase = ((it + j) / kStages) & 1;
         const int s_prev = (it + j - 1) % kStages;
         const uint32_t phase_prev = ((it + j - 1) / kStages) & 1;
-        mbarrier_wait(sm.k_full(s), phase);
-        sched_wait();
+        SK_WAIT(kWaitK, mbarrier_wait(sm.k_full(s), phase));
+        SK_WAIT(kWaitTurn, sched_wait());
         issue_qk(s);
         fwd::OnlineSoftmax::rescale(acc_o, correction);
-        mbarrier_wait(sm.v_full(s_prev), phase_prev);
+        SK_WAIT(kWaitV, mbarrier_wait(sm.v_full(s_prev), phase_prev));
         issue_pv(s_prev);
         sched_signal();
-        wgmma_wait_group<1>();  // S_j is done; P V may still run
+        SK_WAIT(kWaitS, wgmma_wait_group<1>());  // S_j is done; P V may still run
         fence_registers(acc_s);
         if (signals) {
           mbarrier_arrive(sm.k_empty(s));
           if (j == n_blocks - 1) mbarrier_arrive(sm.q_empty(qs));
         }
         softmax_block(n_begin + n_blocks - 1 - j);
-        wgmma_wait_group<0>();
+        SK_WAIT(kWaitPV, wgmma_wait_group<0>());
         fence_registers(acc_o);
         fence_registers(p_frag);
         if (signals) mbarrier_arrive(sm.v_empty(s_prev));
@@ -478,11 +528,11 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       // The last P V.
       const int last = it + n_blocks - 1;
       fwd::OnlineSoftmax::rescale(acc_o, correction);
-      mbarrier_wait(sm.v_full(last % kStages), (last / kStages) & 1);
-      sched_wait();
+      SK_WAIT(kWaitV, mbarrier_wait(sm.v_full(last % kStages), (last / kStages) & 1));
+      SK_WAIT(kWaitTurn, sched_wait());
       issue_pv(last % kStages);
       sched_signal();
-      wgmma_wait_group<0>();
+      SK_WAIT(kWaitPV, wgmma_wait_group<0>());
       fence_registers(acc_o);
       if (signals) mbarrier_arrive(sm.v_empty(last % kStages));
       it += n_blocks;
@@ -491,6 +541,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     // Epilogue: normalise and store O and the LSE (a row that saw no key gets O = 0 and
     // LSE = -inf). Rows past seqlen_q are not stored. The producer is meanwhile loading the next
     // tile's Q and first key blocks.
+#if SK_SM90_WAIT_PROFILE
+    const long long epilogue_t0 = clock64();
+#endif
     float inv_sum[2], row_lse[2];
     softmax.finalize(p.scale_log2, inv_sum, row_lse);
     float* lse = p.lse + tile.batch * p.lse_batch_stride + tile.head * p.lse_head_stride;
@@ -564,10 +617,25 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         }
       }
     }
+#if SK_SM90_WAIT_PROFILE
+    wait_cycles[kEpilogue] += static_cast<uint32_t>(clock64() - epilogue_t0);
+#endif
   }
   // Shared memory must outlive the last TMA store's reads of it.
   if (Tr::kTmaStoreO && args.tma_store && signals) cp_async_bulk_wait_group_read<0>();
   if (consumer == 0) sched_wait();  // the last consumer's final arrival
+#if SK_SM90_WAIT_PROFILE
+  // A call (printf) here would make ptxas serialize every wgmma (C7510): the counts go to a
+  // global table that print_wait_profile prints after the kernel.
+  const int profile_row = blockIdx.x * kConsumers + consumer;
+  if (signals && profile_row < kWaitProfileRows) {
+    uint32_t* row = g_wait_profile[profile_row];
+    row[0] = profiled_tiles;
+    row[1] = static_cast<uint32_t>(clock64() - consumer_t0);
+#pragma unroll
+    for (int k = 0; k < kWaitKinds; ++k) row[2 + k] = wait_cycles[k];
+  }
+#endif
 }
 
 }  // namespace sm90

@@ -133,6 +133,11 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
   const int64_t slots = int64_t(sms) * Tr::kBlocksPerSm;  // persistent CTAs the SMs hold at once
   const int ctas = static_cast<int>(num_tiles < slots ? num_tiles : slots);
   kernel<<<ctas, Tr::kThreads, Tr::kSmemBytes, stream>>>(args);
+#if SK_SM90_WAIT_PROFILE
+  if (cudaPeekAtLastError() == cudaSuccess) {
+    print_wait_profile<<<1, 1, 0, stream>>>(ctas * Tr::kConsumerWarpgroups, Tr::kConsumerWarpgroups);
+  }
+#endif
   return cudaGetLastError();
 }
 

@@ -1,0 +1,71 @@
+"""benchmarks/wait_profile.py: reading the "sk_wait" lines of a diagnostic build
+(-DSK_SM90_WAIT_PROFILE=1) into shares of the consumers' time. The build itself is covered by the
+experiment-switch compile test (no spills, no serialized wgmma)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "wait_profile.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("wait_profile", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _line(cta, consumer, tiles, total, **kinds):
+    values = " ".join(f"{k} {kinds.get(k, 0)}" for k in ("tile", "q", "k", "v", "turn", "s", "pv",
+                                                           "epilogue"))
+    return f"sk_wait cta {cta} consumer {consumer} tiles {tiles} total {total} {values}"
+
+
+def test_only_the_last_run_counts_and_shares_add_up():
+    wp = _module()
+    text = "\n".join([
+        f"{wp.MARKER} 0", _line(0, 0, 9, 999_999, q=999_999),  # the warm-up run: ignored
+        f"{wp.MARKER} 1",
+        _line(0, 0, 4, 10_000, q=1_000, k=500, turn=2_000, s=1_500, pv=500, epilogue=1_000),
+        _line(0, 1, 4, 10_000, q=1_000, k=500, turn=2_000, s=1_500, pv=500, epilogue=1_000),
+        _line(1, 0, 0, 50, tile=50),  # a consumer that ran no tile is left out
+    ])
+    rows = wp.parse(text)
+    assert len(rows) == 3 and rows[0]["q"] == 1_000 and rows[2]["tiles"] == 0
+    table = wp.summarize(rows)
+    assert "2 consumer warpgroups ran 8 tiles" in table
+    assert "2,500 cycles per tile" in table
+    shares = {line.split()[0]: line.split()[-1] for line in table.splitlines()[2:]}
+    assert shares["q"] == "10.0%" and shares["turn"] == "20.0%" and shares["epilogue"] == "10.0%"
+    assert shares["own"] == "35.0%"  # 100 - (10 + 5 + 20 + 15 + 5 + 10)
+
+
+def test_no_profile_lines_is_an_error_that_names_the_switch():
+    wp = _module()
+    with pytest.raises(ValueError, match="SK_SM90_WAIT_PROFILE"):
+        wp.summarize(wp.parse("== wait_profile run 0\nnothing here\n"))
+
+
+def test_the_diagnostic_build_compiles_host_and_device_code(tmp_path):
+    """The extension's build compiles each instantiation for the host too (nvcc -c), where the
+    print kernel needs printf declared; the device-only compile of the switch test does not see
+    that (it once failed on the GPU machine as 'identifier "printf" is undefined')."""
+    import subprocess
+
+    from sessionkit import toolchain
+    from sessionkit.kernels.build import csrc_dir
+
+    nvcc = toolchain.find_cuda_tool("nvcc").path
+    if not nvcc:
+        pytest.skip("nvcc not found (PATH, CUDA_HOME, /usr/local/cuda*): cannot compile the kernels")
+    root = csrc_dir()
+    source = root / "instantiations" / "flash_fwd_sm90_bf16_hdim64_causal_shortkeys.cu"
+    proc = subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr",
+                           *toolchain.arch_flags((9, 0)), "-DSK_SM90_WAIT_PROFILE=1", "-I",
+                           str(root), "-c", "-o", str(tmp_path / "wait_profile.o"), str(source)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
