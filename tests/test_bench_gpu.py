@@ -18,17 +18,31 @@ def _cuda():
 
 
 def test_sdpa_medians_agree_with_do_bench():
+    """The bench step's median of SDPA agrees with triton's do_bench within 5 % on every config of
+    0.2 ms and more. Another process on the GPU (a sanitizer run, say) can slow one method's runs
+    of a config and not the other's (once: -36 % on one config, the other six within 1.7 %), so a
+    config that disagrees is measured again, by both, before the test fails on it."""
     _cuda()
     pytest.importorskip("triton")
     from sessionkit.bench.agreement import agreement_rows, format_rows
     from sessionkit.bench.grids import load_grid
 
-    rows = agreement_rows(load_grid("quick"), repeats=3)
+    def disagrees(row):
+        return row["do_bench_ms"] >= 0.2 and not abs(row["diff_pct"]) <= 5.0
+
+    configs = load_grid("quick")
+    rows = agreement_rows(configs, repeats=3)
     print(format_rows(rows))
+    again = [n for n, r in enumerate(rows) if disagrees(r)]
+    if again:
+        retried = agreement_rows([configs[n] for n in again], repeats=3, preheat_s=5.0)
+        print("measured again:\n" + format_rows(retried))
+        for n, row in zip(again, retried):
+            rows[n] = row
     gated = [r for r in rows if r["do_bench_ms"] >= 0.2]
     assert len(gated) >= 5, "the quick grid should hold configs of 0.2 ms and more"
     for r in gated:
-        assert abs(r["diff_pct"]) <= 5.0, f"{r['config']}: {r['diff_pct']:+.2f} % vs do_bench"
+        assert not disagrees(r), f"{r['config']}: {r['diff_pct']:+.2f} % vs do_bench"
 
 
 def test_bench_step_records_results_samples_ceiling_and_csv(make_context, db, tmp_path):
