@@ -177,6 +177,10 @@ EXPERIMENTS = [
     ("-DSK_SM90_CAUSAL_HALF_FIRST=1", "flash_fwd_sm90_fp16_hdim128_causal", "0xf0", "0x18"),
     # two Q slots where they are off by default
     ("-DSK_SM90_Q_STAGES=2", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
+    # deeper K/V rings at D=64 and D=128 (docs/kernel-notes.md, "Next hypotheses")
+    ("-DSK_SM90_STAGES_D64=4", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
+    ("-DSK_SM90_STAGES_D64=4", "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0", "0x20"),
+    ("-DSK_SM90_STAGES_D128=3", "flash_fwd_sm90_bf16_hdim128_noncausal", "0xf0", "0x18"),
     # the diagnostic build of benchmarks/wait_profile.py (clock reads around every wait)
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),

@@ -51,3 +51,29 @@ def test_two_q_slots_only_where_they_fit_and_keep_the_tma_store(tmp_path, flag):
         head_dim = int(name.split("_")[0][1:])
         extra = two[name]["block_m"] * head_dim * 2 + 16 if two[name]["q_stages"] == 2 else 0
         assert two[name]["smem"] - one[name]["smem"] == extra, (name, one[name], two[name])
+
+
+@pytest.mark.parametrize("flag, shapes, stages", [
+    ("-DSK_SM90_STAGES_D64=4", ("d64_causal_shortkeys", "d64_causal", "d64_noncausal",
+                                "d64_noncausal_shortkeys", "d64_noncausal_splitkv"), 4),
+    ("-DSK_SM90_STAGES_D128=3", ("d128_causal", "d128_noncausal", "d128_noncausal_splitkv"), 3),
+])
+def test_deeper_rings_fit_and_give_way_only_where_they_must(tmp_path, flag, shapes, stages):
+    """A deeper K/V ring at one head dim changes only that head dim's plans, and fits: at D=64
+    everything else stays (there is room for four stages), at D=128 the second Q slot and the O
+    staging give way (three stages of 128-key blocks are 192 KB)."""
+    one, deep = _plans(tmp_path), _plans(tmp_path, flag)
+    for name in one:
+        plan = deep[name]
+        assert plan["smem"] <= plan["smem_max"], (name, plan)
+        if name not in shapes:
+            assert plan == one[name], name
+            continue
+        head_dim = int(name.split("_")[0][1:])
+        ring = 2 * stages * plan["block_n"] * head_dim * 2
+        assert plan["smem"] >= ring + plan["block_m"] * head_dim * 2, (name, plan)
+        if head_dim == 64:
+            assert (plan["q_stages"], plan["tma_store_o"]) == (one[name]["q_stages"],
+                                                               one[name]["tma_store_o"]), name
+        else:
+            assert (plan["q_stages"], plan["tma_store_o"]) == (1, 0), name

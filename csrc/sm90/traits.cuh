@@ -50,6 +50,12 @@ namespace sm90 {
 #ifndef SK_SM90_STAGES
 #define SK_SM90_STAGES 2
 #endif
+#ifndef SK_SM90_STAGES_D64
+#define SK_SM90_STAGES_D64 SK_SM90_STAGES  // K/V ring depth at D=64 (room for 4 at every D=64 shape)
+#endif
+#ifndef SK_SM90_STAGES_D128
+#define SK_SM90_STAGES_D128 SK_SM90_STAGES  // at D=128 but the 176-key block (3 fit with one Q slot, no O staging)
+#endif
 #ifndef SK_SM90_Q_STAGES
 #define SK_SM90_Q_STAGES 1  // 2: two Q slots where shared memory has room (the next tile's Q loads early)
 #endif
@@ -120,7 +126,12 @@ struct Traits {
                                        : SK_SM90_BLOCK_N_D128_FULL)
       : kHeadDim == 96  ? SK_SM90_BLOCK_N_D96
                         : SK_SM90_BLOCK_N_D256;
-  static constexpr int kStages = SK_SM90_STAGES;
+  // K/V ring depth. -DSK_SM90_STAGES_D64=4 (say) deepens the D=64 ring alone: a global
+  // -DSK_SM90_STAGES=3 does not fit D=256. Two Q slots and the O staging give way where a deeper
+  // ring leaves them no room (kQStages, kTmaStoreO below).
+  static constexpr int kStages = kHeadDim == 64                  ? SK_SM90_STAGES_D64
+                                 : kHeadDim == 128 && !kLongKeys ? SK_SM90_STAGES_D128
+                                                                 : SK_SM90_STAGES;
   // A consumer whose 64 rows all lie past seqlen_q skips its GEMMs (see kernel.cuh). The three-
   // consumer D=64 tile is 192 rows, so at S=512 and 1024 the last query block of each head has an
   // idle consumer (11 % of the GEMM work); measured +4.6 % there. Only in the short-keys variant:
