@@ -234,6 +234,9 @@ cudaError_t run_sm80(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
 // whose variant skips the GEMMs of idle consumers, +4.6 % at S=512, equal at 2048, 1-3 % slower
 // from 4096 on (v11).
 constexpr int kShortKeysMax = 2048;
+// D=128 causal runs its short-keys variant (two Q slots) up to this many keys: two slots measured
+// +3.5 % at S=512, equal at 1024 and 1 % slower from 2048 on (v12).
+constexpr int kD128CausalShortKeysMax = 1024;
 // D=128 non-causal runs its long-keys variant (key blocks of 176) from this many keys: measured
 // +2-3 % of SDPA at 8192 and 16384 keys, equal at 4096, 4-13 % slower at 512-2048 (v10).
 constexpr int kLongKeysMin = 8192;
@@ -249,6 +252,10 @@ cudaError_t run_sm90(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
   if constexpr (!kCausal) {
     if (head_dim == 128 && !split && p.seqlen_k >= kLongKeysMin) {
       return run_flash_fwd_sm90<kDtype, 128, false, Sm90Variant::kLongKeys>(p, stream);
+    }
+  } else {
+    if (head_dim == 128 && p.seqlen_k <= kD128CausalShortKeysMax) {
+      return run_flash_fwd_sm90<kDtype, 128, true, Sm90Variant::kShortKeys>(p, stream);
     }
   }
   cudaError_t err = cudaErrorInvalidValue;

@@ -29,11 +29,13 @@ MASKS = {"causal": "true", "noncausal": "false"}
 # Extra instantiations of some sm90 shapes: (family, head dim, mask) -> variant names, each an
 # Sm90Variant (flash_fwd.h). "shortkeys": the binding picks it when seq_len_k <= 2048
 # (flash_api.cpp, kShortKeysMax): D=64 causal runs key blocks of 128 there and of 192 above
-# (docs/kernel-notes.md, v8). "splitkv": non-causal kernels that split the keys over several tiles
+# (docs/kernel-notes.md, v8); D=128 causal, up to 1024 keys (kD128CausalShortKeysMax), has two Q
+# slots there and one above (v12). "splitkv": non-causal kernels that split the keys over several tiles
 # and write float32 partial results, for decode-shaped calls (flash_api.cpp, launch_decode).
 # "longkeys": D=128 non-causal with key blocks of 176, picked when seq_len_k >= 8192
 # (flash_api.cpp, kLongKeysMin; docs/kernel-notes.md, v10).
 VARIANTS = {("sm90", 64, "causal"): ("shortkeys",),
+            ("sm90", 128, "causal"): ("shortkeys",),
             ("sm90", 64, "noncausal"): ("splitkv", "shortkeys"),
             **{("sm90", d, "noncausal"): ("splitkv",) for d in (96, 256)},
             ("sm90", 128, "noncausal"): ("splitkv", "longkeys")}

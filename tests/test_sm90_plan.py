@@ -1,6 +1,6 @@
 """The shared-memory plan of the sm90 tile shapes (csrc/sm90/traits.cuh), read on the host from the
-kernels' own header: every plan fits the 227 KB a CTA may use, two Q slots ship at D=128's default
-variants only, and the two-slot Q switch (SK_SM90_Q_STAGES=2 for the other shapes) takes a second Q
+kernels' own header: every plan fits the 227 KB a CTA may use, two Q slots ship at D=128 non-causal
+and in D=128 causal's short-keys variant only, and the two-slot Q switch (SK_SM90_Q_STAGES=2 for the other shapes) takes a second Q
 slot only where it fits next to everything the one-slot plan has, so it never costs a shape its
 TMA store of O."""
 
@@ -11,9 +11,10 @@ import pytest
 from host_check import run_host_check
 
 # Shapes whose O leaves by TMA store in the shipped plan (two consumers, 128-byte swizzle, room).
-TMA_STORE = {"d64_causal_shortkeys", "d64_causal", "d128_causal", "d128_noncausal"}
+TMA_STORE = {"d64_causal_shortkeys", "d64_causal", "d128_causal", "d128_causal_shortkeys",
+             "d128_noncausal"}
 # Shapes that ship with two Q slots.
-TWO_Q_SHIPPED = {"d128_causal", "d128_noncausal"}
+TWO_Q_SHIPPED = {"d128_causal_shortkeys", "d128_noncausal"}
 # Shapes where a second Q slot does not fit: D=256 (64 KB per Q tile) and D=128's 176-key block.
 NO_ROOM_FOR_TWO_Q = {"d128_noncausal_longkeys", "d256_causal", "d256_noncausal",
                      "d256_noncausal_splitkv"}
@@ -26,7 +27,7 @@ def _plans(tmp_path, *flags) -> dict[str, dict[str, int]]:
         name, *values = line.split()
         plans[name] = dict(zip(("block_m", "block_n", "q_stages", "tma_store_o", "smem", "smem_max"),
                                map(int, values)))
-    assert len(plans) == 14, out
+    assert len(plans) == 15, out
     return plans
 
 
@@ -56,7 +57,8 @@ def test_two_q_slots_only_where_they_fit_and_keep_the_tma_store(tmp_path, flag):
 @pytest.mark.parametrize("flag, shapes, stages", [
     ("-DSK_SM90_STAGES_D64=4", ("d64_causal_shortkeys", "d64_causal", "d64_noncausal",
                                 "d64_noncausal_shortkeys", "d64_noncausal_splitkv"), 4),
-    ("-DSK_SM90_STAGES_D128=3", ("d128_causal", "d128_noncausal", "d128_noncausal_splitkv"), 3),
+    ("-DSK_SM90_STAGES_D128=3", ("d128_causal", "d128_causal_shortkeys", "d128_noncausal",
+                                 "d128_noncausal_splitkv"), 3),
 ])
 def test_deeper_rings_fit_and_give_way_only_where_they_must(tmp_path, flag, shapes, stages):
     """A deeper K/V ring at one head dim changes only that head dim's plans, and fits: at D=64

@@ -60,7 +60,7 @@ namespace sm90 {
 #define SK_SM90_Q_STAGES 1  // 2: two Q slots where shared memory has room (the next tile's Q loads early)
 #endif
 #ifndef SK_SM90_Q_STAGES_D128
-#define SK_SM90_Q_STAGES_D128 2  // the same for D=128's default variants (both masks), where it is on
+#define SK_SM90_Q_STAGES_D128 2  // the same at D=128 non-causal and D=128 causal short keys, where it is on
 #endif
 #ifndef SK_SM90_PINGPONG
 #define SK_SM90_PINGPONG 1
@@ -97,7 +97,8 @@ template <int kHeadDim_, bool kCausal_, Sm90Variant kVariant_ = Sm90Variant::kDe
 struct Traits {
   // The variant for short key sequences (seq_len_k <= 2048, chosen by the binding): D=64 causal
   // uses a smaller key block there, where the causal diagonal's waste dominates; D=64 non-causal
-  // lets the consumers of a query block's rows past seqlen_q skip their GEMMs (kSkipIdleRows).
+  // lets the consumers of a query block's rows past seqlen_q skip their GEMMs (kSkipIdleRows);
+  // D=128 causal (seq_len_k <= 1024) has two Q slots (kQStages).
   static constexpr bool kShortKeys = kVariant_ == Sm90Variant::kShortKeys;
   // The split-KV variant (decode-shaped calls, non-causal): each tile is one range of key blocks
   // and writes float32 partial results (FlashFwdParams::num_splits). Two consumers at every head
@@ -209,11 +210,14 @@ struct Traits {
   // Q slots: with two, the producer loads the next tile's Q (and then its first key blocks) while
   // the consumers still read the current one; with one it waits for their last Q K^T of the tile.
   // Only where both slots fit next to everything a single slot would have (the O staging
-  // included). Measured (docs/kernel-notes.md, v12): D=128 +0.5-1 % non-causal and +3.5 % causal
-  // at S=512; D=64 -2 to -3 % (full S=1024, causal S=16384), so two slots ship at D=128 only.
+  // included). Measured (docs/kernel-notes.md, v12): D=128 +0.5-1 % non-causal, +3.5 % causal at
+  // S=512 and -1 % causal from S=2048 on; D=64 -2 to -3 % (full S=1024, causal S=16384). So two
+  // slots ship at D=128 non-causal (the default variant) and in D=128 causal's short-keys variant.
   static constexpr int kQStagesWanted =
-      kHeadDim == 128 && kVariant_ == Sm90Variant::kDefault ? SK_SM90_Q_STAGES_D128
-                                                             : SK_SM90_Q_STAGES;
+      kHeadDim == 128 && ((!kCausal_ && kVariant_ == Sm90Variant::kDefault) ||
+                          (kCausal_ && kVariant_ == Sm90Variant::kShortKeys))
+          ? SK_SM90_Q_STAGES_D128
+          : SK_SM90_Q_STAGES;
   static constexpr int kQStages =
       kQStagesWanted >= 2 &&
               smem_bytes(2, kTmaStoreOShape && smem_bytes(1, true) <= kSmemPerBlockMax) <=

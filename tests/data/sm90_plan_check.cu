@@ -23,6 +23,7 @@ int main() {
   show<96, true, Sm90Variant::kDefault>("d96_causal");
   show<96, false, Sm90Variant::kDefault>("d96_noncausal");
   show<128, true, Sm90Variant::kDefault>("d128_causal");
+  show<128, true, Sm90Variant::kShortKeys>("d128_causal_shortkeys");
   show<128, false, Sm90Variant::kDefault>("d128_noncausal");
   show<128, false, Sm90Variant::kLongKeys>("d128_noncausal_longkeys");
   show<128, false, Sm90Variant::kSplitKV>("d128_noncausal_splitkv");
