@@ -7,10 +7,12 @@ The build adds `SK_SM90_WAIT_PROFILE=1` to $SESSIONKIT_NVCC_FLAGS (its own cache
 consumer thread times its waits with clock64, and a small kernel after each launch prints one
 "sk_wait" line per consumer warpgroup (csrc/sm90/kernel.cuh). The clock reads add a few
 instructions to the loop, so the build is slower than the shipped one: read the shares, not the
-speed. Kinds: tile (the next tile's index, dynamic schedule), q / k / v (the TMA loads: mbarrier
+speed (the three-consumer D=64 non-causal kernels, at 160 registers a thread, even spill in it). Kinds: tile (the next tile's index, dynamic schedule), q / k / v (the TMA loads: mbarrier
 waits on Q, K and V), turn (the pingpong turn: the other consumers' GEMMs), s (Q K^T not yet done),
 pv (P V not yet done), epilogue (normalising and storing O, not a wait). What is left of the
-consumer's time is its own work: softmax, issuing GEMMs, bookkeeping. Needs a CUDA GPU with sm_90a.
+consumer's time is its own work: softmax, issuing GEMMs, bookkeeping. "tiles" counts the tiles a
+consumer computed; the waits of a consumer that only keeps pace on a tile whose rows all lie past
+seq_len_q (D=64 non-causal, short keys) are counted, that tile is not. Needs a CUDA GPU with sm_90a.
 """
 
 from __future__ import annotations

@@ -429,22 +429,22 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     // and the pingpong turns run as before. (A branch around each wgmma instead makes ptxas
     // serialize all of them.)
     if (Tr::kSkipIdleRows && n_blocks > 0 && wg_row0 >= p.seqlen_q) {
-      mbarrier_wait(sm.q_full(qs), q_phase);
+      SK_WAIT(kWaitQ, mbarrier_wait(sm.q_full(qs), q_phase));
       ++q_round;
       for (int j = 0; j < n_blocks; ++j) {
         const int s = (it + j) % kStages;
         const uint32_t phase = ((it + j) / kStages) & 1;
-        mbarrier_wait(sm.k_full(s), phase);
-        sched_wait();
+        SK_WAIT(kWaitK, mbarrier_wait(sm.k_full(s), phase));
+        SK_WAIT(kWaitTurn, sched_wait());
         sched_signal();
         if (signals) {
           mbarrier_arrive(sm.k_empty(s));
           if (j == n_blocks - 1) mbarrier_arrive(sm.q_empty(qs));
         }
-        mbarrier_wait(sm.v_full(s), phase);
+        SK_WAIT(kWaitV, mbarrier_wait(sm.v_full(s), phase));
         if (signals) mbarrier_arrive(sm.v_empty(s));
       }
-      sched_wait();  // the turn of the last P V
+      SK_WAIT(kWaitTurn, sched_wait());  // the turn of the last P V
       sched_signal();
       it += n_blocks;
     } else if (n_blocks > 0) {
