@@ -9,20 +9,36 @@ also reach a terminal or a log when the report's files do not come back.
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 
 
 def main(argv: list[str]) -> int:
+    from sessionkit.errors import SessionkitError
+
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n", 1)[0].split()))
+    parser.add_argument("db", metavar="DB", help="the sessionkit database of the A/B run")
+    parser.add_argument("session", metavar="SESSION", nargs="?", default="last",
+                        help="session number, id or 'last' (default: last)")
+    args = parser.parse_args(argv)
+    try:
+        return _print_table(args.db, args.session)
+    except SessionkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _print_table(path: str, which: str) -> int:
     from sessionkit.db import open_db
+    from sessionkit.errors import SessionkitError
     from sessionkit.sessions import get_session, session_steps
 
-    if len(argv) not in (1, 2):
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
-        return 2
-    db = open_db(argv[0], read_only=True)
-    session = get_session(db, argv[1] if len(argv) > 1 else "last")
+    db = open_db(path, read_only=True)
+    session = get_session(db, which)
     steps = [s for s in session_steps(db, session["id"]) if s["name"] == "bench"]
+    if not steps:
+        raise SessionkitError(f"session {session['number']} has no bench step")
     columns, table = [], {}
     for step in steps:
         summary = step.get("summary") if isinstance(step.get("summary"), dict) else {}

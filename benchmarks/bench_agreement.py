@@ -103,6 +103,18 @@ def main(argv=None) -> int:
     p.add_argument("--threshold-ms", type=float, default=0.2)
     p.set_defaults(fn=repeat)
     args = parser.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print(f"needs a CUDA GPU (torch {torch.__version__} sees none)", file=sys.stderr)
+        return 2
+    if args.fn is agree:
+        import importlib.util
+
+        if importlib.util.find_spec("triton") is None:
+            print("needs triton (its testing.do_bench is the other timer): pip install triton",
+                  file=sys.stderr)
+            return 2
     return args.fn(args)
 
 

@@ -33,6 +33,10 @@ def main(argv=None) -> int:
 
     import torch
 
+    if not torch.cuda.is_available():
+        print(f"needs a CUDA GPU (torch {torch.__version__} sees none)", file=sys.stderr)
+        return 2
+
     from sessionkit.attention import parse_config
     from sessionkit.bench import timing
     from sessionkit.bench.passes import median_clock, merge_run

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     from sessionkit.telemetry import start_telemetry
 
     if not torch.cuda.is_available():
-        print("needs a CUDA GPU")
+        print("needs a CUDA GPU", file=sys.stderr)
         return 2
     db = open_db(Path(tempfile.mkdtemp()) / "sessions.db", create=True)
     session = start_session(db, "overhead", objective="telemetry overhead", force=True)

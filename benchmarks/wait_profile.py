@@ -89,14 +89,43 @@ def _child(config_text: str, runs: int) -> int:
     return 0
 
 
+def _config(text: str) -> str:
+    """argparse type of --config: the text, once sessionkit's parser accepts it."""
+    from sessionkit.attention import parse_config
+    from sessionkit.errors import UsageError
+
+    try:
+        parse_config(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _runs(text: str) -> int:
+    try:
+        runs = int(text)
+    except ValueError:
+        runs = 0
+    if runs < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return runs
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="B,H,Sq,Sk,D,dtype,causal[,H_kv]")
-    parser.add_argument("--runs", type=int, default=3, help="launches; the last one is reported")
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n", 1)[0].split()))
+    parser.add_argument("--config", required=True, type=_config, help="B,H,Sq,Sk,D,dtype,causal[,H_kv]")
+    parser.add_argument("--runs", type=_runs, default=3, help="launches; the last one is reported "
+                                                             "(default: 3)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        return _child(args.config, max(1, args.runs))
+        from sessionkit.errors import SessionkitError
+
+        try:
+            return _child(args.config, args.runs)
+        except SessionkitError as exc:  # no CUDA torch, no GPU, a failed build: its message alone
+            print(exc, file=sys.stderr)
+            return 1
     env = dict(os.environ)
     flags = env.get("SESSIONKIT_NVCC_FLAGS", "")
     env["SESSIONKIT_NVCC_FLAGS"] = (flags + " -DSK_SM90_WAIT_PROFILE=1").strip()

@@ -21,7 +21,8 @@ the latest value and keeps the earlier ones as the metric's history), artifacts 
 changed since the last push is left as it was and reported in ``params_kept``.
 
 Tracking URIs: ``http://`` and ``https://`` servers, and ``sqlite:///FILE.db`` whose folder exists
-(MLflow 3 no longer serves its plain-folder store). Anything else, or a URI that does not parse, is a
+(MLflow 3 no longer serves its plain-folder store); an experiment created in a SQLite store keeps
+its artifacts in ``mlruns/`` beside FILE.db. Anything else, or a URI that does not parse, is a
 :class:`~sessionkit.errors.UsageError` before anything is sent. An HTTP server is probed with one TCP
 connection (5 s) first, and the push runs with ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=2``,
 ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1`` and ``MLFLOW_HTTP_REQUEST_TIMEOUT=10`` (seconds) unless those
@@ -123,6 +124,16 @@ def check_tracking_uri(uri: str) -> urllib.parse.SplitResult:
     return parts
 
 
+def sqlite_artifact_location(uri: str) -> str | None:
+    """For a ``sqlite:///PATH`` store, the ``file://`` URI of the folder ``mlruns`` beside PATH, where
+    a new experiment keeps its artifacts (MLflow's own default is ``./mlruns`` under the working
+    directory of whoever creates it); None for a server, which has its own artifact store."""
+    if not uri.lower().startswith("sqlite:///"):
+        return None
+    path = Path(urllib.parse.unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
+    return (path.resolve().parent / "mlruns").as_uri()
+
+
 def probe_server(parts: urllib.parse.SplitResult, timeout: float = PROBE_TIMEOUT_S) -> None:
     """Open (and close) one TCP connection to an HTTP(S) tracking server; raises
     :class:`MlflowUnavailable` when that fails within ``timeout`` seconds."""
@@ -165,7 +176,8 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
-def _experiment_id(client, name: str) -> str:
+def _experiment_id(client, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created (with ``artifact_location`` when given) if missing."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -174,7 +186,7 @@ def _experiment_id(client, name: str) -> str:
             if found.lifecycle_stage == "deleted":
                 raise UsageError(f"MLflow experiment {name!r} is deleted; restore it or pass another --experiment")
             return found.experiment_id
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_location)
     except MlflowException as exc:
         raise MlflowUnavailable(f"MLflow tracking server: {first_line(exc)}") from None
 
@@ -359,7 +371,7 @@ def push_sessions(db, refs, *, tracking_uri: str, experiment: str = DEFAULT_EXPE
     with _http_settings():
         try:
             client = _client(tracking_uri)
-            experiment_id = _experiment_id(client, experiment)
+            experiment_id = _experiment_id(client, experiment, sqlite_artifact_location(tracking_uri))
             for session in sessions:
                 results.append(push_session(client, experiment_id, db, session, plots=plots))
         except MlflowException as exc:

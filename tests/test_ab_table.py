@@ -37,3 +37,35 @@ def test_one_column_per_bench_step_headed_by_its_flags(tmp_path):
     assert all(line.count("|") == 2 for line in lines[1:5])
     assert "=1.000 |" in lines[1] and lines[1].endswith("=1.111")
     assert lines[-1] == "geomean | 1.000 | 1.111"
+
+
+def _run(*args, cwd=None):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True,
+                          text=True, timeout=60, cwd=cwd)
+
+
+def test_help_and_missing_arguments_print_the_usage(tmp_path):
+    helped = _run("--help")
+    assert helped.returncode == 0 and "usage:" in helped.stdout and "DB" in helped.stdout
+    bare = _run()
+    assert bare.returncode == 2 and "usage:" in bare.stderr and "DB" in bare.stderr
+
+
+def test_bad_input_is_one_error_line_not_a_traceback(tmp_path):
+    path = tmp_path / "ab.db"
+    db = open_db(path, create=True)
+    with db.conn:
+        _session(db, 1, "no bench", "switches", "passed", T, T, "done")
+        _step(db, 1, 1, "correctness", "passed", T, T, 20.0, 180.0)
+    db.conn.close()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n")
+    for args, said in [((tmp_path / "missing.db",), "no database at"),
+                       ((text,), "not a SQLite database"),
+                       ((path, "7"), "no session matches '7'"),
+                       ((path,), "session 1 has no bench step")]:
+        out = _run(*args)
+        assert out.returncode == 1, (args, out.stderr)
+        assert "Traceback" not in out.stderr and out.stdout == "", (args, out.stdout, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], (args, lines)

@@ -249,3 +249,25 @@ def test_sqlite_tracking_store_in_an_existing_folder(tmp_path):
     assert out.exit_code == 0, out.output
     exp = MlflowClient(tracking_uri=uri).get_experiment_by_name("sessionkit")
     assert len(_run_for(MlflowClient(tracking_uri=uri), exp.experiment_id, sid(1))) == 1
+
+
+def test_sqlite_tracking_store_keeps_its_artifacts_beside_it(tmp_path, monkeypatch):
+    """The report pushed to a sqlite:/// store lands in an mlruns folder beside that store, not in
+    whatever folder the push ran from (MLflow's default for a new experiment is ./mlruns)."""
+    from mlflow.tracking import MlflowClient
+
+    db = build_fixture_db(tmp_path / "fixture.db")
+    store = tmp_path / "store"
+    store.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    out = CliRunner().invoke(cli, ["--db", str(db.path), "mlflow", "push", "1", "--no-plots",
+                                   "--tracking-uri", uri])
+    assert out.exit_code == 0, out.output
+    assert list(elsewhere.iterdir()) == []
+    reports = list((store / "mlruns").rglob("session-1.md"))
+    assert len(reports) == 1 and reports[0].read_text().startswith("# Session 1")
+    exp = MlflowClient(tracking_uri=uri).get_experiment_by_name("sessionkit")
+    assert exp.artifact_location == (store / "mlruns").as_uri()

@@ -269,3 +269,18 @@ def test_tail_buffer_is_linear_and_capped():
     buf = TailBuffer(lines=3, max_bytes=10)
     buf.feed(b"0123456789ABCDEF")
     assert buf.text() == "6789ABCDEF"
+
+
+# ---- a command killed by a signal -----------------------------------------------------------------
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGSEGV, 139), (signal.SIGKILL, 137)])
+def test_a_command_killed_by_a_signal_says_which(opened, sig, code):
+    """A segfault or the OOM killer's SIGKILL ends the command without a word of its own: the step
+    names the signal, on the terminal and in what is recorded, so exit 139 is not left to decode."""
+    result = sk("step", "run", "crash", "--", sys.executable, "-c",
+                f"import os, signal; os.kill(os.getpid(), {int(sig)})")
+    assert result.returncode == code, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert f"FAILED (exit {code})" in last and f"killed by {sig.name}" in last, last
+    row = dict(next(open_db().query("SELECT status, message, exit_code FROM steps WHERE name = 'crash'")))
+    assert row == {"status": "failed", "message": f"killed by {sig.name}", "exit_code": code}

@@ -69,3 +69,42 @@ def test_the_diagnostic_build_compiles_host_and_device_code(tmp_path):
                            str(root), "-c", "-o", str(tmp_path / "wait_profile.o"), str(source)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _script(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_help_describes_the_script_in_whole_sentences():
+    out = _script("--help")
+    assert out.returncode == 0
+    description = " ".join(out.stdout.split("\n\n")[1].split())
+    assert description.endswith(".") and "each kind of wait" in description, description
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--config", "1,2"], "bad config '1,2'"),
+    (["--config", "1,8,1024,1024,64,fp16,0", "--runs", "0"], "--runs"),
+    (["--config", "1,8,1024,1024,64,fp16,0", "--runs", "-3"], "--runs"),
+])
+def test_bad_arguments_are_usage_errors_before_anything_is_built(args, said):
+    out = _script(*args)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and "sessionkit.errors" not in out.stderr
+    assert said in out.stderr.strip().splitlines()[-1]
+
+
+def test_without_a_cuda_build_of_torch_one_plain_error_line():
+    torch = pytest.importorskip("torch")
+    if torch.version.cuda is not None and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the script would build and run")
+    out = _script("--config", "1,8,1024,1024,64,fp16,0", "--runs", "1")
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "NoCudaError" not in lines[0] and "sessionkit." not in lines[0], lines  # no class name
+    assert "CUDA" in lines[0]

@@ -254,7 +254,17 @@ class CommandStep(Step):
                               summary=summary, exit_code=1)
         if code == 0:
             return StepResult("passed", summary=summary, exit_code=0)
-        return StepResult("failed", message="", summary=summary, exit_code=exit_code)
+        return StepResult("failed", message=_killed_by(code), summary=summary, exit_code=exit_code)
+
+
+def _killed_by(code: int) -> str:
+    """"killed by SIGSEGV" for a process that died of signal -``code``; "" for one that exited."""
+    if code >= 0:
+        return ""
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 def _output(proc: subprocess.Popen):

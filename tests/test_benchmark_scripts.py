@@ -1,0 +1,28 @@
+"""The GPU-only scripts of benchmarks/ on a machine without a CUDA device: one line that says what
+they need and exit status 2, before any session, database or timer is made (no traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("args", [["bench_agreement.py", "agree"], ["bench_agreement.py", "repeat"],
+                                  ["bench_placement.py"], ["telemetry_overhead.py"],
+                                  ["attention_speed.py"]])
+def test_gpu_scripts_without_a_gpu_say_so_in_one_line(args, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the script would run")
+    out = subprocess.run([sys.executable, str(BENCHMARKS / args[0]), *args[1:]], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stdout == "" and "Traceback" not in out.stderr, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("needs a CUDA GPU"), lines
+    assert list(tmp_path.iterdir()) == []
