@@ -108,16 +108,17 @@ def step_position(session: dict, name: str, seq: int, index=None, total=None) ->
 class _Heartbeat(threading.Thread):
     """Refreshes the step's heartbeat in the DB and prints a progress line every 30 s."""
 
-    def __init__(self, db_path, step_id: str, progress: Progress, started: float):
+    def __init__(self, db_path, step_id: str, progress: Progress, started: float, every: float):
         super().__init__(daemon=True, name="sessionkit-heartbeat")
         self.db_path, self.step_id, self.progress, self.started = db_path, step_id, progress, started
+        self.every = every
         self.stop_event = threading.Event()
 
     def run(self) -> None:
         from .db import open_db
 
         db = None
-        every = heartbeat_every_s()
+        every = self.every
         next_print = self.started + every
         tick = min(HEARTBEAT_S, every)
         while not self.stop_event.wait(tick):
@@ -206,6 +207,7 @@ def run_step(db, session: dict, step: Step, options=None, *, name: str | None = 
     check_step_name(name)
     interval = (telemetry_interval_from_env() or telemetry_interval_s
                 or DEFAULT_TELEMETRY_INTERVAL_S)
+    every = heartbeat_every_s()
     if session["status"] != "open":
         raise SessionkitError(f"session {session['number']} is {session['status']}; start a new one")
     budgets = session.get("step_budgets") or {}
@@ -243,7 +245,7 @@ def run_step(db, session: dict, step: Step, options=None, *, name: str | None = 
                           options=options, workdir=workdir)
 
     started = time.monotonic()
-    heartbeat = _Heartbeat(db.path, step_id, progress, started)
+    heartbeat = _Heartbeat(db.path, step_id, progress, started, every)
     heartbeat.start()
     telemetry = _start_telemetry(db, step_id, interval, progress)
     interrupted: BaseException | None = None
