@@ -14,15 +14,28 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    from sessionkit.db import open_db
-    from sessionkit.sessions import get_session, session_steps
+    from sessionkit.errors import SessionkitError
 
     if len(argv) not in (1, 2):
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
-    db = open_db(argv[0], read_only=True)
-    session = get_session(db, argv[1] if len(argv) > 1 else "last")
+    try:
+        return _table(argv[0], argv[1] if len(argv) > 1 else "last")
+    except SessionkitError as exc:  # a missing, foreign or damaged database, an unknown session
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _table(db_path: str, session_ref: str) -> int:
+    from sessionkit.db import open_db
+    from sessionkit.errors import SessionkitError
+    from sessionkit.sessions import get_session, session_steps
+
+    db = open_db(db_path, read_only=True)
+    session = get_session(db, session_ref)
     steps = [s for s in session_steps(db, session["id"]) if s["name"] == "bench"]
+    if not steps:
+        raise SessionkitError(f"session {session['number']} has no bench step")
     columns, table = [], {}
     for step in steps:
         summary = step.get("summary") if isinstance(step.get("summary"), dict) else {}

@@ -37,3 +37,39 @@ def test_one_column_per_bench_step_headed_by_its_flags(tmp_path):
     assert all(line.count("|") == 2 for line in lines[1:5])
     assert "=1.000 |" in lines[1] and lines[1].endswith("=1.111")
     assert lines[-1] == "geomean | 1.000 | 1.111"
+
+
+def _ab(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_unusable_databases_are_one_error_line(tmp_path):
+    (tmp_path / "text.db").write_text("not sqlite\n")
+    import sqlite3
+
+    foreign = sqlite3.connect(tmp_path / "foreign.db")
+    foreign.execute("CREATE TABLE x (a)")
+    foreign.commit()
+    foreign.close()
+    db = open_db(tmp_path / "none.db", create=True)  # a sessionkit database without sessions
+    db.conn.close()
+    for args in [[tmp_path / "missing.db"], [tmp_path / "text.db"], [tmp_path / "foreign.db"],
+                 [tmp_path], [tmp_path / "none.db"], [tmp_path / "none.db", "7"]]:
+        out = _ab(*args)
+        said = out.stderr.strip()
+        assert out.returncode == 1, (args, out.stdout, said)
+        assert said.startswith("error: ") and "\n" not in said and "Traceback" not in said, said
+        assert out.stdout == ""
+
+
+def test_a_session_without_bench_steps_is_an_error_not_an_empty_table(tmp_path):
+    path = tmp_path / "ab.db"
+    db = open_db(path, create=True)
+    with db.conn:
+        _session(db, 1, "A/B", "switches", "passed", T, T, "done")
+        _step(db, 1, 1, "correctness", "passed", T, T, 20.0, 180.0)
+    db.conn.close()
+    out = _ab(path)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip() == "error: session 1 has no bench step", out.stderr
