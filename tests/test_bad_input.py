@@ -359,3 +359,15 @@ def test_a_usable_or_blank_progress_interval_runs_the_step(value):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert [r["status"] for r in open_db()["steps"].rows] == ["passed"]
+
+
+@pytest.mark.parametrize("args", [["report", "-o", ""], ["history", "-o", ""], ["patterns", "-o", ""],
+                                  ["export", "last", "-o", ""], ["--db", "", "sessions"],
+                                  ["sessions", "--db", ""]])
+def test_an_empty_path_is_a_usage_error(args):
+    """``-o ''`` was taken as the folder '.' ("cannot write .: Device or resource busy"), or by
+    export as no -o at all; ``--db ''`` as no --db."""
+    assert invoke("start", "--objective", "x").exit_code == 0
+    result = invoke(*args)
+    one_line_error(result, 2)
+    assert "empty path" in result.output
