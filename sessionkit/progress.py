@@ -8,19 +8,41 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import sys
 import threading
 
 import click
 
+from .errors import UsageError
 from .timefmt import fmt_duration
 
 _COLOURS = {"passed": "green", "skipped": "yellow", "failed": "red", "interrupted": "red"}
 
 
+DEFAULT_PROGRESS_EVERY_S = 30.0
+
+
 def heartbeat_every_s() -> float:
-    return float(os.environ.get("SESSIONKIT_PROGRESS_EVERY", "30"))
+    """Seconds between the progress lines of a running step: ``$SESSIONKIT_PROGRESS_EVERY`` (a
+    positive number of seconds), or 30 when it is unset or blank.
+
+    Raises :class:`~sessionkit.errors.UsageError` naming the variable for anything else (text,
+    zero, a negative number, NaN), before a step is recorded: the heartbeat thread reads it and
+    must neither die on it nor spin on a zero interval.
+    """
+    raw = os.environ.get("SESSIONKIT_PROGRESS_EVERY", "")
+    if not raw.strip():
+        return DEFAULT_PROGRESS_EVERY_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise UsageError(f"SESSIONKIT_PROGRESS_EVERY: bad value {raw!r}: give a positive number "
+                         "of seconds, e.g. 30")
+    return value
 
 
 def estimate_from_history(db, name: str, *, exclude_step: str | None = None, last: int = 10):

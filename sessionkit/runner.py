@@ -108,16 +108,17 @@ def step_position(session: dict, name: str, seq: int, index=None, total=None) ->
 class _Heartbeat(threading.Thread):
     """Refreshes the step's heartbeat in the DB and prints a progress line every 30 s."""
 
-    def __init__(self, db_path, step_id: str, progress: Progress, started: float):
+    def __init__(self, db_path, step_id: str, progress: Progress, started: float, every: float):
         super().__init__(daemon=True, name="sessionkit-heartbeat")
         self.db_path, self.step_id, self.progress, self.started = db_path, step_id, progress, started
+        self.every = every
         self.stop_event = threading.Event()
 
     def run(self) -> None:
         from .db import open_db
 
         db = None
-        every = heartbeat_every_s()
+        every = self.every
         next_print = self.started + every
         tick = min(HEARTBEAT_S, every)
         while not self.stop_event.wait(tick):
@@ -147,14 +148,26 @@ def _start_telemetry(db, step_id: str, interval_s: float, progress: Progress):
 
 
 class _Signals:
-    """SIGTERM -> StepInterrupted(143) and SIGHUP (a lost terminal or SSH session) ->
-    StepInterrupted(129) in the main thread, restored afterwards."""
+    """Signals around one step, in the main thread.
+
+    While the step runs (the ``with`` block): SIGTERM -> StepInterrupted(143) and SIGHUP (a lost
+    terminal or SSH session) -> StepInterrupted(129); SIGINT stays Python's KeyboardInterrupt.
+    From the end of the block until :meth:`release`, while the step's end is written (which may
+    wait for another writer's lock), SIGINT, SIGTERM and SIGHUP are held instead, so that none of
+    them loses the record; :meth:`release` restores the previous handlers and returns the exit
+    status of the first signal held (130, 143 or 129), or None.
+    """
 
     CODES = {signal.SIGTERM: EXIT_SIGTERM, signal.SIGHUP: EXIT_SIGHUP}
+    HELD = {signal.SIGINT: EXIT_SIGINT, **CODES}
+
+    def __init__(self):
+        self.previous: dict = {}
+        self.held: int | None = None
+        self.main = threading.current_thread() is threading.main_thread()
 
     def __enter__(self):
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():
+        if self.main:
             def on_signal(signum, frame):
                 raise StepInterrupted(self.CODES[signum])
             for sig in self.CODES:
@@ -162,9 +175,20 @@ class _Signals:
         return self
 
     def __exit__(self, *exc):
+        if self.main:
+            def hold(signum, frame):
+                if self.held is None:
+                    self.held = self.HELD[signum]
+            for sig in self.HELD:
+                previous = signal.signal(sig, hold)
+                self.previous.setdefault(sig, previous)
+        return False
+
+    def release(self) -> int | None:
         for sig, previous in self.previous.items():
             signal.signal(sig, previous)
-        return False
+        self.previous = {}
+        return self.held
 
 
 DEFAULT_TELEMETRY_INTERVAL_S = 0.1
@@ -206,6 +230,7 @@ def run_step(db, session: dict, step: Step, options=None, *, name: str | None = 
     check_step_name(name)
     interval = (telemetry_interval_from_env() or telemetry_interval_s
                 or DEFAULT_TELEMETRY_INTERVAL_S)
+    every = heartbeat_every_s()
     if session["status"] != "open":
         raise SessionkitError(f"session {session['number']} is {session['status']}; start a new one")
     budgets = session.get("step_budgets") or {}
@@ -243,13 +268,14 @@ def run_step(db, session: dict, step: Step, options=None, *, name: str | None = 
                           options=options, workdir=workdir)
 
     started = time.monotonic()
-    heartbeat = _Heartbeat(db.path, step_id, progress, started)
+    heartbeat = _Heartbeat(db.path, step_id, progress, started, every)
     heartbeat.start()
     telemetry = _start_telemetry(db, step_id, interval, progress)
     interrupted: BaseException | None = None
     exit_code = None
+    signals = _Signals()
     try:
-        with _Signals():
+        with signals:
             result = step.run(context)
         if not isinstance(result, StepResult):
             raise TypeError(f"step {name!r} returned {type(result).__name__}, not StepResult")
@@ -285,7 +311,8 @@ def run_step(db, session: dict, step: Step, options=None, *, name: str | None = 
             except Exception as exc:  # telemetry must never cost the step's record
                 progress.note(f"telemetry could not be saved: {exc}")
 
-    # Ctrl-C during the bookkeeping below must not lose the record: hold SIGINT until it is written.
+    # A signal since the step ended (held by `signals`) must not lose the record: it is written
+    # first, then the signal ends sessionkit with its status.
     try:
         _finish(db, step, step_id, result, context, status, message, exit_code, duration, budget,
                 progress)
@@ -295,8 +322,12 @@ def run_step(db, session: dict, step: Step, options=None, *, name: str | None = 
                 f"no space left on device: step {name!r} ended {status} but that could not be "
                 f"written to {db.path}") from None
         raise
+    finally:
+        held = signals.release()
     if interrupted is not None:
         raise StepInterrupted(exit_code) from None
+    if held is not None:
+        raise StepInterrupted(held)
     return next(s for s in session_steps(db, session["id"]) if s["id"] == step_id)
 
 
@@ -336,40 +367,39 @@ def _finish(db, step, step_id, result, context, status, message, exit_code, dura
             pass
 
     what = f"step {step.name!r}"
-    with _DeferSigint():
-        # Each write below waits out another writer's long lock (patiently): the step has run,
-        # and what it found must land. The metrics go in one transaction, so that a retry
-        # never inserts them twice; the artifact and step updates may be repeated.
-        if result is not None and result.metrics:
-            patiently(db, lambda: _insert_metrics(db, context, result.metrics), what=what,
-                      notice=notice)
-        if result is not None:
-            for art in result.artifacts:
-                patiently(db, lambda art=art: record_artifact(db, step_id, Path(art.path), art.kind),
-                          what=what, notice=notice)
-        # Files recorded while the step ran (its log first of all) have grown since.
-        patiently(db, lambda: refresh_artifacts(db, step_id), what=what, notice=notice)
-        log = db.execute("SELECT path FROM artifacts WHERE step_id = ? AND kind = 'log' LIMIT 1",
-                         [step_id]).fetchone()
-        redactor = current_redactor()
-        message = redactor.text(message or "") if message is not None else None
-        update = {"status": status, "ended_at": now_iso(), "duration_s": duration,
-                  "exit_code": exit_code, "message": message,
-                  "summary": json.dumps(redactor.value(result.summary_json() if result else {}),
-                                        default=str)}
-        tail = getattr(step, "output_tail", None)
-        if tail is not None:
-            update["output_tail"] = redactor.text(tail)
-        def write_step():
-            with db.conn:
-                db["steps"].update(step_id, update)
+    # Each write below waits out another writer's long lock (patiently): the step has run,
+    # and what it found must land. The metrics go in one transaction, so that a retry
+    # never inserts them twice; the artifact and step updates may be repeated.
+    if result is not None and result.metrics:
+        patiently(db, lambda: _insert_metrics(db, context, result.metrics), what=what,
+                  notice=notice)
+    if result is not None:
+        for art in result.artifacts:
+            patiently(db, lambda art=art: record_artifact(db, step_id, Path(art.path), art.kind),
+                      what=what, notice=notice)
+    # Files recorded while the step ran (its log first of all) have grown since.
+    patiently(db, lambda: refresh_artifacts(db, step_id), what=what, notice=notice)
+    log = db.execute("SELECT path FROM artifacts WHERE step_id = ? AND kind = 'log' LIMIT 1",
+                     [step_id]).fetchone()
+    redactor = current_redactor()
+    message = redactor.text(message or "") if message is not None else None
+    update = {"status": status, "ended_at": now_iso(), "duration_s": duration,
+              "exit_code": exit_code, "message": message,
+              "summary": json.dumps(redactor.value(result.summary_json() if result else {}),
+                                    default=str)}
+    tail = getattr(step, "output_tail", None)
+    if tail is not None:
+        update["output_tail"] = redactor.text(tail)
+    def write_step():
+        with db.conn:
+            db["steps"].update(step_id, update)
 
-        patiently(db, write_step, what=what, notice=notice)
-        try:
-            progress.end(status, duration, budget_s=budget, exit_code=exit_code, message=message,
-                         log=log[0] if log else None)
-        except OSError:  # the terminal is gone (SIGHUP) or its pipe closed; the record is written
-            pass
+    patiently(db, write_step, what=what, notice=notice)
+    try:
+        progress.end(status, duration, budget_s=budget, exit_code=exit_code, message=message,
+                     log=log[0] if log else None)
+    except OSError:  # the terminal is gone (SIGHUP) or its pipe closed; the record is written
+        pass
 
 
 def _insert_metrics(db, context, metrics) -> None:
@@ -380,24 +410,6 @@ def _insert_metrics(db, context, metrics) -> None:
     finally:
         if db.conn.in_transaction:
             db.conn.execute("ROLLBACK")
-
-
-class _DeferSigint:
-    def __enter__(self):
-        self.pending = False
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            def hold(signum, frame):
-                self.pending = True
-            self.previous = signal.signal(signal.SIGINT, hold)
-        return self
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            if self.pending:
-                raise KeyboardInterrupt
-        return False
 
 
 def exit_code_for(step_row: dict) -> int:

@@ -166,7 +166,7 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
     from .sessions import end_session, get_session, session_steps, start_session
     from .steps import get_step
 
-    from .progress import safe_echo
+    from .progress import heartbeat_every_s, safe_echo
 
     echo = echo or safe_echo
     step_factory = step_factory or get_step
@@ -186,6 +186,7 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
         takes_grid = any(spec.name == "grid" for spec in step.options_type.specs())
         prepared[step_name] = step.parse_options({"grid": grid} if grid and takes_grid else {})
     telemetry_interval_from_env()  # a bad $SESSIONKIT_TELEMETRY_INTERVAL stops here, not mid-run
+    heartbeat_every_s()  # and so does a bad $SESSIONKIT_PROGRESS_EVERY
     opts = dict(start_options or {})
     opts["plan"] = plan
     if objective is not None:

@@ -69,3 +69,22 @@ def test_bad_input_is_one_error_line_not_a_traceback(tmp_path):
         assert "Traceback" not in out.stderr and out.stdout == "", (args, out.stdout, out.stderr)
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], (args, lines)
+
+
+def test_unusable_databases_are_one_error_line(tmp_path):
+    (tmp_path / "text.db").write_text("not sqlite\n")
+    import sqlite3
+
+    foreign = sqlite3.connect(tmp_path / "foreign.db")
+    foreign.execute("CREATE TABLE x (a)")
+    foreign.commit()
+    foreign.close()
+    db = open_db(tmp_path / "none.db", create=True)  # a sessionkit database without sessions
+    db.conn.close()
+    for args in [[tmp_path / "missing.db"], [tmp_path / "text.db"], [tmp_path / "foreign.db"],
+                 [tmp_path], [tmp_path / "none.db"], [tmp_path / "none.db", "7"]]:
+        out = _run(*args)
+        said = out.stderr.strip()
+        assert out.returncode == 1, (args, out.stdout, said)
+        assert said.startswith("error: ") and "\n" not in said and "Traceback" not in said, said
+        assert out.stdout == ""

@@ -331,3 +331,43 @@ def test_damaged_times_and_numbers_are_read_without_a_traceback(sql, table):
         assert "Traceback" not in result.output, (args, result.output[-2000:])
         assert result.exception is None or isinstance(result.exception, SystemExit), \
             (args, repr(result.exception))
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan", "1e-400"])
+@pytest.mark.parametrize("command", [["step", "run", "x", "--", "true"], ["run", "--plan", "preflight"]])
+def test_a_bad_progress_interval_is_one_line_and_records_nothing(value, command):
+    """``$SESSIONKIT_PROGRESS_EVERY`` is read by the heartbeat thread: text once killed that
+    thread with a traceback (no heartbeat for the rest of the step), and zero or less made it spin,
+    writing the heartbeat and a progress line thousands of times a second."""
+    assert invoke("start", "--objective", "x").exit_code == 0
+    out = subprocess.run([sys.executable, "-m", "sessionkit", *command],
+                         env={**os.environ, "SESSIONKIT_PROGRESS_EVERY": value},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    said = out.stderr.strip()
+    assert said.startswith("Error: SESSIONKIT_PROGRESS_EVERY") and "\n" not in said, said
+    assert "Traceback" not in out.stdout
+    db = open_db()
+    assert db["steps"].count == 0 and db["sessions"].count == 1
+
+
+@pytest.mark.parametrize("value", ["", " ", "0.5", "inf"])
+def test_a_usable_or_blank_progress_interval_runs_the_step(value):
+    assert invoke("start", "--objective", "x").exit_code == 0
+    out = subprocess.run([sys.executable, "-m", "sessionkit", "step", "run", "x", "--", "true"],
+                         env={**os.environ, "SESSIONKIT_PROGRESS_EVERY": value},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert [r["status"] for r in open_db()["steps"].rows] == ["passed"]
+
+
+@pytest.mark.parametrize("args", [["report", "-o", ""], ["history", "-o", ""], ["patterns", "-o", ""],
+                                  ["export", "last", "-o", ""], ["--db", "", "sessions"],
+                                  ["sessions", "--db", ""]])
+def test_an_empty_path_is_a_usage_error(args):
+    """``-o ''`` was taken as the folder '.' ("cannot write .: Device or resource busy"), or by
+    export as no -o at all; ``--db ''`` as no --db."""
+    assert invoke("start", "--objective", "x").exit_code == 0
+    result = invoke(*args)
+    one_line_error(result, 2)
+    assert "empty path" in result.output

@@ -226,3 +226,40 @@ def test_a_session_run_whose_output_reader_goes_away_still_ends_and_is_recorded(
     assert session[1] is not None, err
     steps = [r[0] for r in db.execute("SELECT name FROM steps ORDER BY seq")]
     assert steps == ["preflight", "build"], (steps, err)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129),
+                                       (signal.SIGINT, 130)])
+def test_a_signal_while_the_steps_end_is_written_keeps_its_outcome(session_with_history, tmp_path,
+                                                                   sig, code):
+    """The step's command has ended and sessionkit is writing its record, held up by another
+    writer's lock (a merge, say): a signal now once killed sessionkit on the spot (SIGTERM, SIGHUP),
+    so the step's outcome was lost and a later command marked it interrupted. It is written first,
+    then sessionkit exits with the signal's status."""
+    import sqlite3
+
+    started, locked, ended = tmp_path / "started", tmp_path / "locked", tmp_path / "ended"
+    script = (f"import os, time\nopen({str(started)!r}, 'w').close()\n"
+              f"while not os.path.exists({str(locked)!r}): time.sleep(0.02)\n"
+              f"print('finished', flush=True)\nopen({str(ended)!r}, 'w').close()\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sessionkit", "step", "run", "fin", "--", sys.executable, "-c", script],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 30
+    while not started.exists() and time.time() < deadline:  # the command runs
+        time.sleep(0.02)
+    other = sqlite3.connect(os.environ["SESSIONKIT_DB"], isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the database while the step ends
+    locked.touch()
+    while not ended.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)  # the command has exited; sessionkit waits for the lock to record it
+    os.kill(proc.pid, sig)
+    time.sleep(0.5)
+    other.execute("ROLLBACK")
+    other.close()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == code, out
+    row = dict(next(open_db().query("SELECT * FROM steps WHERE name = 'fin'")))
+    assert (row["status"], row["exit_code"]) == ("passed", 0), (row["message"], out)
+    assert "finished" in row["output_tail"]
