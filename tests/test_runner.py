@@ -146,6 +146,26 @@ def test_step_run_errors():
     assert r.exit_code == 2 and "No such command 'nonexistent'" in r.output
 
 
+def test_a_command_that_cannot_be_run_is_exit_126_with_the_reason(tmp_path):
+    """A file that exists but cannot be executed (no #! line: exec format error) or a command name
+    longer than the system allows is the shell's 126 with the reason, not a crashed step."""
+    invoke("start", "--objective", "x")
+    script = tmp_path / "noshebang"
+    script.write_bytes(b"\x00\x01\x02 not a program\n")
+    script.chmod(0o755)
+    r = invoke("step", "run", "fmt", "--", str(script))
+    assert r.exit_code == 126, r.output
+    assert f"cannot run {script}: Exec format error" in r.output and "crashed" not in r.output
+    long_name = "x" * 5000
+    r = invoke("step", "run", "long", "--", long_name)
+    assert r.exit_code == 126, r.output
+    assert "cannot run " + "x" * 77 + "...: File name too long" in r.output
+    assert "crashed" not in r.output
+    steps = {s["name"]: s for s in open_db()["steps"].rows}
+    assert steps["fmt"]["status"] == "failed" and steps["fmt"]["exit_code"] == 126
+    assert steps["long"]["message"].startswith("cannot run xxx") and len(steps["long"]["message"]) < 200
+
+
 def test_step_needs_open_session():
     invoke("start", "--objective", "x")
     invoke("end", "--outcome", "done")

@@ -204,6 +204,14 @@ class CommandStep(Step):
                 watchdog.close()
                 self.output_tail = ""
                 return StepResult("failed", message=f"permission denied: {argv[0]}", exit_code=126)
+            except OSError as exc:  # found but not runnable: no #! line, a name too long...
+                if exc.errno == errno.ENOSPC:
+                    raise
+                watchdog.close()
+                self.output_tail = ""
+                shown = argv[0] if len(argv[0]) <= 80 else argv[0][:77] + "..."
+                return StepResult("failed", message=f"cannot run {shown}: "
+                                  f"{exc.strerror or exc}", exit_code=126)
             watchdog.watch(proc.pid)
             scrub = redactor.stream()
             try:
