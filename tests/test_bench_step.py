@@ -113,6 +113,31 @@ def test_csv_unwritable_is_a_usage_error(tmp_path):
         bench_step.write_csv(tmp_path / "file" / "x.csv", [])
 
 
+def test_an_unwritable_csv_path_is_refused_before_anything_is_timed(make_context, tmp_path):
+    """--csv is written after the whole grid is measured; a path that cannot be written is refused
+    when the step starts instead (it is, on a machine without a GPU too: before the skip)."""
+    (tmp_path / "file").write_text("")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    cases = [(tmp_path / "file" / "x.csv", "cannot write .* is not a folder"),
+             (folder, "is a directory")]
+    import os
+
+    if os.geteuid() != 0:  # root writes anywhere
+        cases.append((locked / "new" / "x.csv", "cannot write .*permission denied"))
+    try:
+        for path, said in cases:
+            with pytest.raises(UsageError, match=said):
+                steps_bench.BenchStep().run(make_context({"grid": "quick", "csv_path": str(path)},
+                                                         name="bench"))
+    finally:
+        locked.chmod(0o755)
+    bench_step.check_csv_target(tmp_path / "new" / "deeper" / "x.csv")  # made when written
+
+
 def test_results_table():
     rows = bench_step.result_rows(CFG, [_run("ours", [0.5] * 3), _run("sdpa", [1.0] * 3),
                                         _run("sdpa_cudnn", [], status="wrong")], ceiling=None)

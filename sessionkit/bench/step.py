@@ -15,6 +15,7 @@ is measured once per session (metric ``matmul_bf16_tflops``, subject ``ceiling``
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from ..attention import IMPLS, REGISTRY, SDPA_IMPLS, AttentionConfig, implementation, tflops
@@ -127,6 +128,22 @@ def csv_row(row: dict) -> dict:
     out = {col: row.get(col) for col in CSV_COLUMNS}
     out["implementation"] = row["impl"]
     return out
+
+
+def check_csv_target(path: str | Path) -> None:
+    """Refuse, before anything is timed, a CSV path that write_csv could not write: a folder, or a
+    place under a file or in a folder this user cannot write (the nearest folder that exists).
+    Raises :class:`~sessionkit.errors.UsageError` (one line)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a folder")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write {path}: permission denied")
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> Path:

@@ -18,7 +18,7 @@ from ..bench.stats import geomean
 from ..bench.step import (DEFAULT_COOLDOWN, DEFAULT_PASSES, DEFAULT_PREHEAT_S, DEFAULT_TIME_LIMIT_S,
                           MAX_CONFIG_S, MAX_COOLDOWN, MAX_PASSES, bench_config, noise_metrics,
                           parse_impls, parse_preheat, result_rows, results_table, session_ceiling,
-                          stop_rule, write_csv)
+                          check_csv_target, stop_rule, write_csv)
 from ..timefmt import parse_duration
 from . import Step, StepContext, StepResult
 from .typed import StepOptions, StepSummary, fact, file_path, option
@@ -133,6 +133,8 @@ def run_bench(context: StepContext, options: BenchOptions) -> StepResult:
     all) on the grid or ``options.configs``, store ``bench_results`` / ``bench_samples`` rows
     through ``context``, and return the step's result with a :class:`BenchSummary`."""
     grid_label, chosen = select_configs(options.grid, options.configs)
+    if options.csv_path:
+        check_csv_target(options.csv_path)  # not after minutes of timing
     wanted = list(options.impls) or None
     graph, passes, cooldown = options.graph, options.passes, options.cooldown
     try:
