@@ -52,6 +52,17 @@ def check_port_free(host: str, port: int) -> None:
             raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+def datasette_name(db_path: str | Path) -> str:
+    """The database's name in Datasette's URLs: its file name without the extension, with the
+    characters Datasette escapes encoded as it does (``my sessions.db`` -> ``my+sessions``)."""
+    name = Path(db_path).stem
+    try:
+        from datasette.utils import tilde_encode
+    except ImportError:  # an older Datasette: names were not escaped
+        return name
+    return tilde_encode(name)
+
+
 def metadata_text(db_path: str | Path) -> str:
     """The metadata YAML for the database at ``db_path``: Datasette names a database after its file
     name without the extension, so that name replaces ``DATABASE``."""

@@ -285,3 +285,34 @@ def test_serve_on_port_0_names_no_address_of_its_own(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_serve_names_the_database_path_that_a_renamed_database_gets(tmp_path):
+    """Datasette names a database after its file: with `--db h.db` the canned queries live under
+    /h/, not /sessions/. serve says so, and the URL it gives answers."""
+    build_fixture_db(tmp_path / "h.db").conn.close()
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "sessionkit", "--db", str(tmp_path / "h.db"),
+                                 "serve", "--port", str(port)], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_serving(base, proc, log_path)
+        said = log_path.read_text().splitlines()
+        assert said[1] == ("Its tables and canned queries are under /h/ (as JSON, e.g. "
+                           "/h/regressions.json?_shape=array)"), said
+        assert isinstance(_get(f"{base}/h/regressions.json?_shape=array"), list)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def test_datasette_names_escape_what_datasette_escapes():
+    from sessionkit.serve import datasette_name
+
+    assert datasette_name("/x/sessions.db") == "sessions"
+    assert datasette_name("/x/my sessions.db") == "my+sessions"
+    assert datasette_name("/x/a.b.db") == "a~2Eb"

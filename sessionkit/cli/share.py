@@ -90,7 +90,7 @@ def serve(ctx, port, host):
     import tempfile
     from pathlib import Path
 
-    from ..serve import check_port_free, require_datasette
+    from ..serve import check_port_free, datasette_name, require_datasette
     from ..serve import serve as run_serve
 
     db = open_db(ctx)
@@ -101,6 +101,9 @@ def serve(ctx, port, host):
     where = (f"on a free port of {host} (Datasette prints its address below)" if port == 0
              else f"at http://{host}:{port}/")
     click.echo(f"Serving {path} {where} (Ctrl-C stops)", err=True)
+    name = datasette_name(path)
+    click.echo(f"Its tables and canned queries are under /{name}/ (as JSON, e.g. "
+               f"/{name}/regressions.json?_shape=array)", err=True)
     with tempfile.TemporaryDirectory(prefix="sessionkit-serve-") as tmp:
         code = run_serve(path, host=host, port=port, workdir=Path(tmp))
     sys.exit(code)
