@@ -197,3 +197,29 @@ def test_a_finishing_write_waits_out_a_lock_longer_than_the_busy_timeout(tmp_pat
         patiently(db, lambda: db.execute("INSERT INTO scratch VALUES (3)"), what="x",
                   patience_s=0.3)
     other.execute("ROLLBACK")
+
+
+def test_a_running_steps_records_wait_out_a_long_lock_too(make_context, db, tmp_path):
+    """The log a command step records as it starts (and any metric or artifact while a step runs)
+    waits out a lock held past the busy timeout, saying so once, instead of failing the step as
+    "step crashed: OperationalError: database is locked"."""
+    import sqlite3
+    import threading
+
+    ctx = make_context()
+    notes = []
+    ctx.progress.note = notes.append
+    log = tmp_path / "x.log"
+    log.write_text("hello\n")
+    db.conn.execute("PRAGMA busy_timeout = 50")  # stands for the 30 s of real use
+    other = sqlite3.connect(db.path, isolation_level=None, check_same_thread=False)
+    for record in (lambda: ctx.artifact(log, "log"), lambda: ctx.metric("m", 1.5, "ms")):
+        other.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.6, lambda: other.execute("ROLLBACK"))
+        release.start()
+        record()
+        release.join()
+    assert len(notes) == 2 and all("locked by another writer" in n for n in notes), notes
+    assert [r["kind"] for r in db["artifacts"].rows_where("step_id = ?", [ctx.step_id])] == ["log"]
+    assert [r["value"] for r in db["metrics"].rows_where("step_id = ?", [ctx.step_id])] == [1.5]
+    other.close()

@@ -104,12 +104,28 @@ class StepContext:
             for m in metrics
         ]
         if rows:
-            with self.db.conn:
-                self.db["metrics"].insert_all(rows)
+            def write():
+                with self.db.conn:
+                    self.db["metrics"].insert_all(rows)
+
+            self._patiently(write, f"the metrics of step {self.seq}")
 
     def artifact(self, path: str | Path, kind: str) -> None:
         """Record a file made by the step, with its size and sha256."""
-        record_artifact(self.db, self.step_id, Path(path), kind)
+        self._patiently(lambda: record_artifact(self.db, self.step_id, Path(path), kind),
+                        f"an artifact of step {self.seq}")
+
+    def _patiently(self, write, what: str) -> None:
+        # A write while the step runs waits out another writer's lock held past the busy timeout
+        # (a merge copying large artifacts), as the step's final writes do, instead of crashing
+        # the step; each write here is one transaction, so a retry cannot apply it twice.
+        # Inside a transaction of the caller's (the runner's result metrics), the lock is held.
+        if self.db.conn.in_transaction:
+            write()
+            return
+        from ..db import patiently
+
+        patiently(self.db, write, what=what, notice=self.progress.note)
 
     def latest_env(self) -> dict:
         """The newest environment snapshot of this session (preflight findings), or {}."""
