@@ -7,8 +7,9 @@ The build adds `SK_SM90_WAIT_PROFILE=1` to $SESSIONKIT_NVCC_FLAGS (its own cache
 consumer thread times its waits with clock64, and a small kernel after each launch prints one
 "sk_wait" line per consumer warpgroup (csrc/sm90/kernel.cuh). The clock reads add a few
 instructions to the loop, so the build is slower than the shipped one: read the shares, not the
-speed (the three-consumer D=64 non-causal kernels, at 160 registers a thread, even spill in it). Kinds: tile (the next tile's index, dynamic schedule), q / k / v (the TMA loads: mbarrier
-waits on Q, K and V), turn (the pingpong turn: the other consumers' GEMMs), s (Q K^T not yet done),
+speed (the three-consumer D=64 non-causal kernels, at 160 registers a thread, even spill in it).
+Kinds: tile (the next tile's index, dynamic schedule), q / k / v (the TMA loads: mbarrier waits on
+Q, K and V), turn (the pingpong turn: the other consumers' GEMMs), s (Q K^T not yet done),
 pv (P V not yet done), epilogue (normalising and storing O, not a wait). What is left of the
 consumer's time is its own work: softmax, issuing GEMMs, bookkeeping. "tiles" counts the tiles a
 consumer computed; the waits of a consumer that only keeps pace on a tile whose rows all lie past
@@ -68,22 +69,17 @@ def summarize(rows: list[dict[str, int]]) -> str:
 def _child(config_text: str, runs: int) -> int:
     import torch
 
-    from sessionkit.attention import parse_config, torch_dtype
+    from sessionkit.attention import parse_config
+    from sessionkit.bench.timing import make_input_sets
     from sessionkit.kernels import flash_attention, load_extension
 
     config = parse_config(config_text)
     load_extension()
-    dtype = torch_dtype(config.dtype)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(config.batch_size, config.num_heads, config.seq_len_q, config.head_dim,
-                    device="cuda", dtype=dtype, generator=gen)
-    heads_k = config.num_heads_k or config.num_heads
-    k, v = (torch.randn(config.batch_size, heads_k, config.seq_len_k, config.head_dim,
-                        device="cuda", dtype=dtype, generator=gen) for _ in range(2))
+    q, k, v = make_input_sets(torch, config, torch.device("cuda"), 1)[0]
     for run in range(runs):
         print(f"{MARKER} {run}", flush=True)
         flash_attention(q, k, v, causal=config.causal, causal_alignment=config.causal_alignment,
-                        enable_gqa=heads_k != config.num_heads)
+                        enable_gqa=config.num_heads_k != config.num_heads)
         torch.cuda.synchronize()  # the device printf buffer is written out here
         sys.stdout.flush()
     return 0

@@ -112,14 +112,9 @@ class Progress:
 
     def _echo(self, text: str, *, err: bool = False) -> None:
         with self._lock:
-            try:
-                click.echo(text, file=sys.stderr if err else self.stream)
-            except OSError as exc:
-                # The reader of our output went away (`| head`) or it fills a full disk: a step
-                # still running must finish and be recorded, so its lines go nowhere from now on.
-                if not stdout_gone(exc):
-                    raise
-                drop_stdout(exc)
+            # A step still running must finish and be recorded when the reader of our output went
+            # away (`| head`) or it fills a full disk: its lines then go nowhere (safe_echo).
+            safe_echo(text, file=sys.stderr if err else self.stream)
 
     def _style(self, text: str, status: str) -> str:
         if not self.color:

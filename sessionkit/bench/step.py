@@ -131,12 +131,11 @@ def csv_row(row: dict) -> dict:
 
 
 def check_csv_target(path: str | Path) -> None:
-    """Refuse, before anything is timed, a CSV path that write_csv could not write: a folder, or a
-    place under a file or in a folder this user cannot write (the nearest folder that exists).
+    """Refuse, before anything is timed, a CSV path that write_csv could not write: a place under a
+    file or in a folder this user cannot write (the nearest folder that exists). A folder given as
+    the path is refused earlier, by the option's parser (steps.typed.file_path).
     Raises :class:`~sessionkit.errors.UsageError` (one line)."""
     path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"cannot write {path}: it is a folder")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
