@@ -57,6 +57,8 @@ def test_two_q_slots_only_where_they_fit_and_keep_the_tma_store(tmp_path, flag):
 @pytest.mark.parametrize("flag, shapes, stages", [
     ("-DSK_SM90_STAGES_D64=4", ("d64_causal_shortkeys", "d64_causal", "d64_noncausal",
                                 "d64_noncausal_shortkeys", "d64_noncausal_splitkv"), 4),
+    ("-DSK_SM90_STAGES_D64_CAUSAL_SHORT=4", ("d64_causal_shortkeys",), 4),
+    ("-DSK_SM90_STAGES_D64_CAUSAL_SHORT=6", ("d64_causal_shortkeys",), 6),
     ("-DSK_SM90_STAGES_D128=3", ("d128_causal", "d128_causal_shortkeys", "d128_noncausal",
                                  "d128_noncausal_splitkv"), 3),
 ])

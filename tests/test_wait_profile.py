@@ -50,10 +50,12 @@ def test_no_profile_lines_is_an_error_that_names_the_switch():
         wp.summarize(wp.parse("== wait_profile run 0\nnothing here\n"))
 
 
-def test_the_diagnostic_build_compiles_host_and_device_code(tmp_path):
+def test_the_diagnostic_build_compiles_and_links_like_the_extension(tmp_path):
     """The extension's build compiles each instantiation for the host too (nvcc -c), where the
-    print kernel needs printf declared; the device-only compile of the switch test does not see
-    that (it once failed on the GPU machine as 'identifier "printf" is undefined')."""
+    print kernel needs printf declared, and links several instantiations into one library, where
+    the print kernel and its table must not be defined twice. Both failed on the GPU machine once
+    ('identifier "printf" is undefined', then 'ld returned 1 exit status'); a device-only compile
+    of one file sees neither."""
     import subprocess
 
     from sessionkit import toolchain
@@ -63,12 +65,23 @@ def test_the_diagnostic_build_compiles_host_and_device_code(tmp_path):
     if not nvcc:
         pytest.skip("nvcc not found (PATH, CUDA_HOME, /usr/local/cuda*): cannot compile the kernels")
     root = csrc_dir()
-    source = root / "instantiations" / "flash_fwd_sm90_bf16_hdim64_causal_shortkeys.cu"
-    proc = subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr",
-                           *toolchain.arch_flags((9, 0)), "-DSK_SM90_WAIT_PROFILE=1", "-I",
-                           str(root), "-c", "-o", str(tmp_path / "wait_profile.o"), str(source)],
-                          capture_output=True, text=True, timeout=600)
+    objects = []
+    for name in ("flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "flash_fwd_sm90_fp16_hdim64_causal"):
+        obj = tmp_path / f"{name}.o"
+        proc = subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr",
+                               *toolchain.arch_flags((9, 0)), "-DSK_SM90_WAIT_PROFILE=1",
+                               "-Xcompiler", "-fPIC", "-I", str(root), "-c", "-o", str(obj),
+                               str(root / "instantiations" / f"{name}.cu")],
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        objects.append(str(obj))
+    proc = subprocess.run([nvcc, "-shared", *toolchain.arch_flags((9, 0)), "-o",
+                           str(tmp_path / "wait_profile.so"), *objects],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    symbols = subprocess.run(["nm", "-C", str(tmp_path / "wait_profile.so")], capture_output=True,
+                             text=True).stdout
+    assert symbols.count("print_wait_profile") >= 2, "each object keeps its own print kernel"
 
 
 def _script(*args):

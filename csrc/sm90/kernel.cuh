@@ -63,8 +63,9 @@ enum WaitKind { kWaitTile, kWaitQ, kWaitK, kWaitV, kWaitTurn, kWaitS, kWaitPV, k
 constexpr int kWaitProfileRows = 1024;
 static __device__ uint32_t g_wait_profile[kWaitProfileRows][2 + kWaitKinds];
 
-// Prints the table's first `rows` rows, one "sk_wait" line each, and clears them.
-__global__ void print_wait_profile(int rows, int consumers) {
+// Prints the table's first `rows` rows, one "sk_wait" line each, and clears them. Static, like the
+// table: every instantiation's translation unit has its own copy (the extension links several).
+static __global__ void print_wait_profile(int rows, int consumers) {
   for (int r = 0; r < rows && r < kWaitProfileRows; ++r) {
     const uint32_t* v = g_wait_profile[r];
     printf("sk_wait cta %d consumer %d tiles %u total %u tile %u q %u k %u v %u turn %u s %u "

@@ -53,6 +53,9 @@ namespace sm90 {
 #ifndef SK_SM90_STAGES_D64
 #define SK_SM90_STAGES_D64 SK_SM90_STAGES  // K/V ring depth at D=64 (room for 4 at every D=64 shape)
 #endif
+#ifndef SK_SM90_STAGES_D64_CAUSAL_SHORT
+#define SK_SM90_STAGES_D64_CAUSAL_SHORT SK_SM90_STAGES_D64  // D=64 causal's short-keys variant
+#endif
 #ifndef SK_SM90_STAGES_D128
 #define SK_SM90_STAGES_D128 SK_SM90_STAGES  // at D=128 but the 176-key block (3 fit with one Q slot, no O staging)
 #endif
@@ -130,7 +133,9 @@ struct Traits {
   // K/V ring depth. -DSK_SM90_STAGES_D64=4 (say) deepens the D=64 ring alone: a global
   // -DSK_SM90_STAGES=3 does not fit D=256. Two Q slots and the O staging give way where a deeper
   // ring leaves them no room (kQStages, kTmaStoreO below).
-  static constexpr int kStages = kHeadDim == 64                  ? SK_SM90_STAGES_D64
+  static constexpr int kStages = kHeadDim == 64 && kCausal_ && kShortKeys
+                                     ? SK_SM90_STAGES_D64_CAUSAL_SHORT
+                                 : kHeadDim == 64                ? SK_SM90_STAGES_D64
                                  : kHeadDim == 128 && !kLongKeys ? SK_SM90_STAGES_D128
                                                                  : SK_SM90_STAGES;
   // A consumer whose 64 rows all lie past seqlen_q skips its GEMMs (see kernel.cuh). The three-
