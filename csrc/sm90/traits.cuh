@@ -54,7 +54,7 @@ namespace sm90 {
 #define SK_SM90_STAGES_D64 SK_SM90_STAGES  // K/V ring depth at D=64 (room for 4 at every D=64 shape)
 #endif
 #ifndef SK_SM90_STAGES_D64_CAUSAL_SHORT
-#define SK_SM90_STAGES_D64_CAUSAL_SHORT SK_SM90_STAGES_D64  // D=64 causal's short-keys variant
+#define SK_SM90_STAGES_D64_CAUSAL_SHORT 4  // D=64 causal's short-keys variant (measured +1-2.5 %)
 #endif
 #ifndef SK_SM90_STAGES_D128
 #define SK_SM90_STAGES_D128 SK_SM90_STAGES  // at D=128 but the 176-key block (3 fit with one Q slot, no O staging)
@@ -132,7 +132,12 @@ struct Traits {
                         : SK_SM90_BLOCK_N_D256;
   // K/V ring depth. -DSK_SM90_STAGES_D64=4 (say) deepens the D=64 ring alone: a global
   // -DSK_SM90_STAGES=3 does not fit D=256. Two Q slots and the O staging give way where a deeper
-  // ring leaves them no room (kQStages, kTmaStoreO below).
+  // ring leaves them no room (kQStages, kTmaStoreO below). D=64 causal's short-keys variant
+  // ships four stages: its tiles hold 1-16 key blocks, and with two the producer could load only
+  // one block ahead, so the next tile's first blocks waited for the slots of the one before.
+  // Measured in two A/B runs (docs/kernel-notes.md, v13): +2.3 % at S=2048, +0.3-2.4 % at 1024,
+  // 0-2 % at 512, both dtypes; six stages lost 0.5-1 %, and four on the other D=64 shapes did
+  // nothing (full 512/1024 -0.8 %, 16k equal).
   static constexpr int kStages = kHeadDim == 64 && kCausal_ && kShortKeys
                                      ? SK_SM90_STAGES_D64_CAUSAL_SHORT
                                  : kHeadDim == 64                ? SK_SM90_STAGES_D64
