@@ -181,6 +181,10 @@ EXPERIMENTS = [
     ("-DSK_SM90_STAGES_D64=4", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_STAGES_D64=4", "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0", "0x20"),
     ("-DSK_SM90_STAGES_D128=3", "flash_fwd_sm90_bf16_hdim128_noncausal", "0xf0", "0x18"),
+    # the softmax kept ahead of the wait for P V in the SASS
+    ("-DSK_SM90_SOFTMAX_FENCE=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
+    ("-DSK_SM90_SOFTMAX_FENCE=1", "flash_fwd_sm90_fp16_hdim128_causal", "0xf0", "0x18"),
+    ("-DSK_SM90_SOFTMAX_FENCE=1", "flash_fwd_sm90_bf16_hdim256_causal", "0xf0", "0x18"),
     # the diagnostic build of benchmarks/wait_profile.py (clock reads around every wait)
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),
@@ -206,3 +210,43 @@ def test_experiment_switches_build_without_spills(tmp_path, flag, name, consumer
     regs = [line for line in _sass(cuobjdump, cubin).splitlines() if "USETMAXREG" in line]
     assert any("TRY_ALLOC" in r and consumer_regs in r for r in regs), regs
     assert any("DEALLOC" in r and producer_regs in r for r in regs), regs
+
+
+def _exponentials_between_the_waits(sass: str) -> list[int]:
+    """For each wait for a block's Q K^T (``WARPGROUP.DEPBAR.LE gsb0, 0x1``: one wgmma group, the
+    P V, may stay in flight), the number of MUFU.EX2 before the next wait for everything
+    (``... 0x0``): the exponentials that run while the warpgroup's own P V is in flight."""
+    counts, open_count = [], None
+    for line in sass.splitlines():
+        if "WARPGROUP.DEPBAR.LE gsb0, 0x1" in line:
+            open_count = 0
+        elif "WARPGROUP.DEPBAR.LE gsb0, 0x0" in line and open_count is not None:
+            counts.append(open_count)
+            open_count = None
+        elif "MUFU.EX2" in line and open_count is not None:
+            open_count += 1
+    return counts
+
+
+@pytest.mark.parametrize("name, exponentials", [
+    ("flash_fwd_sm90_bf16_hdim64_causal_shortkeys", 64),  # 64 rows x 128 keys per warpgroup
+    ("flash_fwd_sm90_fp16_hdim128_causal", 64),
+    ("flash_fwd_sm90_bf16_hdim256_causal", 40),  # 80 keys
+])
+def test_softmax_fence_keeps_the_softmax_under_the_pv_in_the_sass(tmp_path, name, exponentials):
+    """With -DSK_SM90_SOFTMAX_FENCE=1 the key-block loop's softmax (its MUFU.EX2) lies between the
+    wait for Q K^T and the wait for P V, as in the source: the warpgroup's own P V runs under it.
+    (In the default build ptxas moves the wait for P V ahead of the softmax; docs/kernel-notes.md,
+    v13.)"""
+    nvcc = _nvcc()
+    cuobjdump = _cuobjdump()
+    root = csrc_dir()
+    cubin = tmp_path / f"{name}.cubin"
+    proc = subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-cubin",
+                           *toolchain.arch_flags((9, 0)), "-DSK_SM90_SOFTMAX_FENCE=1", "-I",
+                           str(root), "-o", str(cubin), str(root / "instantiations" / f"{name}.cu")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = _exponentials_between_the_waits(_sass(cuobjdump, cubin))
+    assert counts, f"{name}: no wait for Q K^T with P V in flight"
+    assert max(counts) >= exponentials, (name, counts)

@@ -519,6 +519,15 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
           if (j == n_blocks - 1) mbarrier_arrive(sm.q_empty(qs));
         }
         softmax_block(n_begin + n_blocks - 1 - j);
+        // With kSoftmaxFence, a branch that is never taken (a row sum is never negative, NaN
+        // included) between the softmax and the wait for P V. Without it ptxas schedules that
+        // wait ahead of the softmax in the same basic block (to pack the new P into the registers
+        // the P V reads, interleaved with the exponentials), and the softmax then overlaps only
+        // the other consumers' GEMMs, never the warpgroup's own P V; the branch ends the block,
+        // so the wait stays after the softmax's MUFU.EX2 (docs/kernel-notes.md, v13).
+        if constexpr (Tr::kSoftmaxFence) {
+          if (softmax.row_sum[0] < 0.f) __trap();
+        }
         SK_WAIT(kWaitPV, wgmma_wait_group<0>());
         fence_registers(acc_o);
         fence_registers(p_frag);

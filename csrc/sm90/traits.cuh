@@ -92,6 +92,9 @@ namespace sm90 {
 #ifndef SK_SM90_CAUSAL_HALF_FIRST
 #define SK_SM90_CAUSAL_HALF_FIRST 0  // 1: half-width Q K^T on a consumer's masked-half first block
 #endif
+#ifndef SK_SM90_SOFTMAX_FENCE
+#define SK_SM90_SOFTMAX_FENCE 0  // 1: keep the wait for P V after the softmax in the SASS (kernel.cuh)
+#endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
@@ -158,6 +161,11 @@ struct Traits {
   // issues that block's Q K^T at half width (kernel.cuh). Not yet timed: off by default.
   static constexpr bool kCausalHalfFirst =
       SK_SM90_CAUSAL_HALF_FIRST != 0 && kCausal && kBlockN / 2 >= 64 && (kBlockN / 2) % 16 == 0;
+  // The softmax of key block j overlapping the warpgroup's own P V of block j-1 in the SASS, not
+  // only in the source (kernel.cuh). Causal shapes only: there it builds without spills, while
+  // every non-causal shape spills 116-1168 bytes with it and ptxas serializes its wgmma (C7512),
+  // since the new P can no longer be packed as the exponentials come. Not yet timed: off.
+  static constexpr bool kSoftmaxFence = SK_SM90_SOFTMAX_FENCE != 0 && kCausal_;
   static constexpr bool kSkipIdleRows = SK_SM90_SKIP_IDLE_ROWS != 0 && kShortKeys && !kCausal;
   // Consumers take turns on the GEMMs (two or three of them in one CTA).
   static constexpr bool kPingpong = SK_SM90_PINGPONG != 0 && kConsumerWarpgroups > 1;
