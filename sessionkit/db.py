@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
@@ -80,6 +81,32 @@ def resolve_db_path(explicit=None, *, create: bool = False, start: Path | None =
             )
         path = (start or Path.cwd()) / DB_DIRNAME / DB_FILENAME
     return path
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def database_file_exists(path: str | os.PathLike) -> bool:
+    """Whether a database file is at ``path`` (a regular file, or a symbolic link to one); False
+    when nothing is there, a dangling link included.
+
+    Raises :class:`~sessionkit.errors.DatabaseError` (one line) when ``path`` is something SQLite
+    cannot keep a database in: a folder, a FIFO, a device (``/dev/null``) or a socket. Checked
+    before SQLite opens it, which would otherwise fail with a misleading "disk I/O error".
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # nothing there, or a file on the way
+        return False
+    except OSError as exc:
+        raise DatabaseError(f"cannot use database path {path}: {exc.strerror or exc}") from None
+    if stat.S_ISREG(mode):
+        return True
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+    raise DatabaseError(f"database path {path} is not a regular file (it is {kind}); "
+                        "give the path of a database file")
 
 
 def _applied_names(conn) -> set[str] | None:
@@ -265,7 +292,10 @@ def open_db(explicit=None, *, create: bool = False, start: Path | None = None,
     the database is made. With ``read_only`` a database that cannot be written (a read-only file, an
     archive) is opened for reading, without migrating; ``db.read_only`` tells which it got.
 
-    Raises :class:`~sessionkit.errors.DatabaseError` (one line) for anything unusable, and
+    Raises :class:`~sessionkit.errors.NoDatabaseError` when no file, or an empty one, is at the
+    path and ``create`` is not set (an empty file is left empty: only ``create`` makes it a
+    database), :class:`~sessionkit.errors.DatabaseError` (one line) for anything unusable (a path
+    that is not a regular file among them: see :func:`database_file_exists`), and
     :class:`~sessionkit.errors.NewerDatabaseError` for a database written by a newer release.
     """
     sqlite_utils = _import_sqlite_utils()
@@ -276,16 +306,20 @@ def open_db(explicit=None, *, create: bool = False, start: Path | None = None,
     from .atomic import protect
 
     protect(path)  # no report or export of this process may be written over it
-    if path.exists() and path.is_dir():
-        raise DatabaseError(f"database path {path} is a folder, not a file")
-    is_new = not path.exists() or path.stat().st_size == 0
-    if not path.exists():
+    exists = database_file_exists(path)
+    is_new = not exists or path.stat().st_size == 0
+    if not exists:
         if not create:
             raise NoDatabaseError(f"no database at {path}; run 'sessionkit start' to create one")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DatabaseError(f"cannot create {path.parent}: {exc.strerror}") from None
+    elif is_new and not create:
+        # An empty file holds no sessions, as a missing one: only a command that creates the
+        # database (start, run, merge) may turn it into one.
+        raise NoDatabaseError(f"no sessionkit data at {path} (the file is empty); "
+                              "run 'sessionkit start' to create a database there")
     elif not os.access(path, os.R_OK):
         raise DatabaseError(f"cannot read database {path}: permission denied")
     if read_only and not is_new and not (os.access(path, os.W_OK)

@@ -126,7 +126,8 @@ class SessionkitGroup(click.Group):
 
 @click.group(cls=SessionkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sessionkit", message="sessionkit %(version)s")
-@click.option("--db", "db_path", type=FilePath(), envvar="SESSIONKIT_DB",
+# dir_okay: a folder, like a FIFO or a device, is refused by sessionkit.db with the same words.
+@click.option("--db", "db_path", type=FilePath(dir_okay=True), envvar="SESSIONKIT_DB",
               help="SQLite database (default: $SESSIONKIT_DB, else .sessionkit/sessions.db "
                    "found upward from here).")
 @click.pass_context
