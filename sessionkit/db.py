@@ -11,6 +11,8 @@ import re
 import sqlite3
 import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DatabaseError, NewerDatabaseError, NoDatabaseError
@@ -424,3 +426,78 @@ def _open_read_only(sqlite_utils, path: Path):
 
 def applied_migrations(db) -> list[str]:
     return [m.name for m in _migration_set().applied(db)]
+
+
+WAL_COMPANIONS = ("-wal", "-shm")
+
+
+@contextmanager
+def read_as_found(path: str | os.PathLike, *, retries: int = 3) -> Iterator[Path]:
+    """Give the path through which to read the database at ``path`` (an SQLite file of any
+    origin: another host's, an archive) so that its folder holds afterwards exactly the files it
+    held before.
+
+    A reader of a WAL database makes its ``-wal`` and ``-shm`` files when they are missing, and a
+    read-only connection never removes them. So:
+
+    - neither is there (a database closed cleanly, the usual copy from another host): ``path``
+      itself; on leaving, a read-write connection that reads nothing is opened and closed, which
+      makes SQLite remove the two files the way it does when its last connection closes (with
+      nothing in the WAL, the database file is not written). Should another process have the
+      database open by then, SQLite leaves them to it;
+    - both are there (the database is in use, or its writer died): ``path``, whose files are
+      used as they are;
+    - only one is there (a copy of the database with its ``-wal`` but not its ``-shm``, say):
+      removing what a reader adds would take a checkpoint, which writes the database; a private
+      copy of the database and its ``-wal`` in a temporary folder is read instead (taken again,
+      up to ``retries`` times, should the files change while they are copied).
+
+    Raises :class:`~sessionkit.errors.DatabaseError` when no stable copy could be taken.
+    """
+    path = Path(os.path.realpath(path))  # SQLite names the two files after the real file
+    companions = [Path(f"{path}{suffix}") for suffix in WAL_COMPANIONS]
+    found = [c.exists() for c in companions]
+    if all(found):
+        yield path
+        return
+    if not any(found):
+        try:
+            yield path
+        finally:
+            if any(c.exists() for c in companions):
+                _close_as_last_reader(path)
+        return
+    import shutil
+    import tempfile
+
+    def state():
+        return [(os.stat(p).st_size, os.stat(p).st_mtime_ns) if p.exists() else None
+                for p in (path, *companions)]
+
+    with tempfile.TemporaryDirectory(prefix="sessionkit-read-") as tmp:
+        copy = Path(tmp) / path.name
+        for _ in range(retries):
+            before = state()
+            shutil.copyfile(path, copy)
+            if companions[0].exists():
+                shutil.copyfile(companions[0], f"{copy}-wal")
+            if state() == before:
+                break
+        else:
+            raise DatabaseError(f"{path} kept changing while it was copied to be read; "
+                                "try again once nothing writes it")
+        yield copy
+
+
+def _close_as_last_reader(path: Path) -> None:
+    """Open ``path`` read-write, read its schema and close it: as the last connection, SQLite then
+    removes the ``-wal`` and ``-shm`` files (a WAL with no frames writes nothing to the database).
+    Does nothing where it cannot (a read-only file, another process holding the database)."""
+    try:
+        conn = sqlite3.connect(str(path), timeout=1.0, isolation_level=None)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        pass
