@@ -43,8 +43,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .db import artifacts_root, read_as_found
-from .errors import DatabaseError, UsageError
+from .db import artifacts_root, database_file_exists, read_as_found
+from .errors import DatabaseError, NoDatabaseError, UsageError
 from .timefmt import now_iso
 
 # Columns that say where a session sits in one database, not what it recorded.
@@ -312,14 +312,15 @@ def merge_database(db, other: str | Path) -> MergeResult:
     """Import the sessions of the database at ``other`` into ``db`` (opened with
     :func:`sessionkit.db.open_db`). Returns what was imported, skipped and in conflict.
 
-    Raises :class:`UsageError` when ``other`` does not exist or is this database, and
-    :class:`DatabaseError` when it is not a readable sessionkit database.
+    Raises :class:`NoDatabaseError` when nothing is at ``other``, :class:`UsageError` when it is
+    this database, and :class:`DatabaseError` when it is not a readable sessionkit database (or
+    not a regular file).
     """
     other = Path(other)
     if other.exists() and Path(db.path).exists() and other.resolve() == Path(db.path).resolve():
         raise UsageError(f"{other} is this database; name another one to merge")
-    if not other.is_file():
-        raise UsageError(f"no database at {other}")
+    if not database_file_exists(other):
+        raise NoDatabaseError(f"no database at {other}")
     # Only read: its folder keeps the files it had (no -wal or -shm left beside it).
     with read_as_found(other) as readable:
         source = _open_source(readable, shown=other)
