@@ -471,8 +471,14 @@ def read_as_found(path: str | os.PathLike, *, retries: int = 3) -> Iterator[Path
     import tempfile
 
     def state():
-        return [(os.stat(p).st_size, os.stat(p).st_mtime_ns) if p.exists() else None
-                for p in (path, *companions)]
+        found = []
+        for p in (path, *companions):
+            try:
+                st = os.stat(p)
+                found.append((st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                found.append(None)
+        return found
 
     with tempfile.TemporaryDirectory(prefix="sessionkit-read-") as tmp:
         copy = Path(tmp) / path.name
