@@ -42,15 +42,29 @@ def _refuse_protected(path: Path) -> None:
                               "files); give another output path")
 
 
+def check_output(path: str | os.PathLike) -> None:
+    """Refuse ``path`` as an output (``-o``) before anything is made for it, by the rules
+    :func:`write_atomic` applies: the session database or one of its files, a symbolic link in a
+    loop, and a dangling symbolic link (writing through it would make its target, and the folders
+    on the way to it, wherever it points). Nothing is written.
+
+    Raises :class:`~sessionkit.errors.SessionkitError` with one line.
+    """
+    path = Path(path)
+    _refuse_protected(path)
+    _target(path)
+
+
 def write_atomic(path: str | os.PathLike, text: str | bytes, *, make_parents: bool = False) -> Path:
     """Write ``text`` (str as UTF-8, or bytes) to ``path`` atomically and return the path.
 
     A regular file or a new path is replaced whole (a temporary file, then a rename). A symbolic link
-    is kept: its target is written that way instead. Anything else that is not a regular file (a FIFO,
+    is kept: its target is written that way instead (a dangling one is refused). Anything else that is not a regular file (a FIFO,
     a device, ``/dev/stdout``) is written in place, since a rename would replace it with a file.
 
     Raises :class:`~sessionkit.errors.SessionkitError` with one line when the folder is missing
-    (unless ``make_parents``), not writable, or the disk is full; the old file, if any, is kept.
+    (unless ``make_parents``), not writable, or the disk is full, and for a path
+    :func:`check_output` refuses; the old file, if any, is kept.
     """
     path = Path(path)
     _refuse_protected(path)
@@ -75,6 +89,9 @@ def _target(path: Path) -> Path | None:
             raise SessionkitError(f"cannot write {path}: its symbolic links form a loop") from None
         return path  # let the write below report it
     if path.is_symlink():
+        if st is None:  # dangling: its target (and, for make_parents, its folders) would be made
+            raise SessionkitError(f"cannot write {path}: it is a symbolic link to "
+                                  f"{os.readlink(path)}, which does not exist")
         real = Path(os.path.realpath(path))
         if str(real).startswith(("/proc/", "/dev/")):  # /dev/stdout and other fd links
             return None

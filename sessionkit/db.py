@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DatabaseError, NewerDatabaseError, NoDatabaseError
@@ -80,6 +83,32 @@ def resolve_db_path(explicit=None, *, create: bool = False, start: Path | None =
             )
         path = (start or Path.cwd()) / DB_DIRNAME / DB_FILENAME
     return path
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def database_file_exists(path: str | os.PathLike) -> bool:
+    """Whether a database file is at ``path`` (a regular file, or a symbolic link to one); False
+    when nothing is there, a dangling link included.
+
+    Raises :class:`~sessionkit.errors.DatabaseError` (one line) when ``path`` is something SQLite
+    cannot keep a database in: a folder, a FIFO, a device (``/dev/null``) or a socket. Checked
+    before SQLite opens it, which would otherwise fail with a misleading "disk I/O error".
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # nothing there, or a file on the way
+        return False
+    except OSError as exc:
+        raise DatabaseError(f"cannot use database path {path}: {exc.strerror or exc}") from None
+    if stat.S_ISREG(mode):
+        return True
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+    raise DatabaseError(f"database path {path} is not a regular file (it is {kind}); "
+                        "give the path of a database file")
 
 
 def _applied_names(conn) -> set[str] | None:
@@ -265,7 +294,10 @@ def open_db(explicit=None, *, create: bool = False, start: Path | None = None,
     the database is made. With ``read_only`` a database that cannot be written (a read-only file, an
     archive) is opened for reading, without migrating; ``db.read_only`` tells which it got.
 
-    Raises :class:`~sessionkit.errors.DatabaseError` (one line) for anything unusable, and
+    Raises :class:`~sessionkit.errors.NoDatabaseError` when no file, or an empty one, is at the
+    path and ``create`` is not set (an empty file is left empty: only ``create`` makes it a
+    database), :class:`~sessionkit.errors.DatabaseError` (one line) for anything unusable (a path
+    that is not a regular file among them: see :func:`database_file_exists`), and
     :class:`~sessionkit.errors.NewerDatabaseError` for a database written by a newer release.
     """
     sqlite_utils = _import_sqlite_utils()
@@ -276,16 +308,20 @@ def open_db(explicit=None, *, create: bool = False, start: Path | None = None,
     from .atomic import protect
 
     protect(path)  # no report or export of this process may be written over it
-    if path.exists() and path.is_dir():
-        raise DatabaseError(f"database path {path} is a folder, not a file")
-    is_new = not path.exists() or path.stat().st_size == 0
-    if not path.exists():
+    exists = database_file_exists(path)
+    is_new = not exists or path.stat().st_size == 0
+    if not exists:
         if not create:
             raise NoDatabaseError(f"no database at {path}; run 'sessionkit start' to create one")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DatabaseError(f"cannot create {path.parent}: {exc.strerror}") from None
+    elif is_new and not create:
+        # An empty file holds no sessions, as a missing one: only a command that creates the
+        # database (start, run, merge) may turn it into one.
+        raise NoDatabaseError(f"no sessionkit data at {path} (the file is empty); "
+                              "run 'sessionkit start' to create a database there")
     elif not os.access(path, os.R_OK):
         raise DatabaseError(f"cannot read database {path}: permission denied")
     if read_only and not is_new and not (os.access(path, os.W_OK)
@@ -390,3 +426,84 @@ def _open_read_only(sqlite_utils, path: Path):
 
 def applied_migrations(db) -> list[str]:
     return [m.name for m in _migration_set().applied(db)]
+
+
+WAL_COMPANIONS = ("-wal", "-shm")
+
+
+@contextmanager
+def read_as_found(path: str | os.PathLike, *, retries: int = 3) -> Iterator[Path]:
+    """Give the path through which to read the database at ``path`` (an SQLite file of any
+    origin: another host's, an archive) so that its folder holds afterwards exactly the files it
+    held before.
+
+    A reader of a WAL database makes its ``-wal`` and ``-shm`` files when they are missing, and a
+    read-only connection never removes them. So:
+
+    - neither is there (a database closed cleanly, the usual copy from another host): ``path``
+      itself; on leaving, a read-write connection that reads nothing is opened and closed, which
+      makes SQLite remove the two files the way it does when its last connection closes (with
+      nothing in the WAL, the database file is not written). Should another process have the
+      database open by then, SQLite leaves them to it;
+    - both are there (the database is in use, or its writer died): ``path``, whose files are
+      used as they are;
+    - only one is there (a copy of the database with its ``-wal`` but not its ``-shm``, say):
+      removing what a reader adds would take a checkpoint, which writes the database; a private
+      copy of the database and its ``-wal`` in a temporary folder is read instead (taken again,
+      up to ``retries`` times, should the files change while they are copied).
+
+    Raises :class:`~sessionkit.errors.DatabaseError` when no stable copy could be taken.
+    """
+    path = Path(os.path.realpath(path))  # SQLite names the two files after the real file
+    companions = [Path(f"{path}{suffix}") for suffix in WAL_COMPANIONS]
+    found = [c.exists() for c in companions]
+    if all(found):
+        yield path
+        return
+    if not any(found):
+        try:
+            yield path
+        finally:
+            if any(c.exists() for c in companions):
+                _close_as_last_reader(path)
+        return
+    import shutil
+    import tempfile
+
+    def state():
+        found = []
+        for p in (path, *companions):
+            try:
+                st = os.stat(p)
+                found.append((st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                found.append(None)
+        return found
+
+    with tempfile.TemporaryDirectory(prefix="sessionkit-read-") as tmp:
+        copy = Path(tmp) / path.name
+        for _ in range(retries):
+            before = state()
+            shutil.copyfile(path, copy)
+            if companions[0].exists():
+                shutil.copyfile(companions[0], f"{copy}-wal")
+            if state() == before:
+                break
+        else:
+            raise DatabaseError(f"{path} kept changing while it was copied to be read; "
+                                "try again once nothing writes it")
+        yield copy
+
+
+def _close_as_last_reader(path: Path) -> None:
+    """Open ``path`` read-write, read its schema and close it: as the last connection, SQLite then
+    removes the ``-wal`` and ``-shm`` files (a WAL with no frames writes nothing to the database).
+    Does nothing where it cannot (a read-only file, another process holding the database)."""
+    try:
+        conn = sqlite3.connect(str(path), timeout=1.0, isolation_level=None)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        pass

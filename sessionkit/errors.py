@@ -23,9 +23,28 @@ class SessionkitError(Exception):
 
 
 class UsageError(SessionkitError):
-    """Bad input on the command line or in configuration (exit status 2)."""
+    """Bad input on the command line or in configuration (exit status 2): a malformed value, or
+    one outside the choices a command offers (a step name in a plan, a grid, a status), as click
+    says for its own usage errors."""
 
     exit_code = 2
+
+
+class NotFound(SessionkitError):
+    """A well-formed request names something that is not there: a session id, number or name, a
+    pattern id (exit status 1, whatever else the error is: see :func:`exit_status`)."""
+
+    exit_code = 1
+
+
+def exit_status(exc: SessionkitError) -> int:
+    """The exit status of a command that ends with ``exc``, by one rule: 1 for a
+    :class:`NotFound` (a well-formed request for something that is not there), even one that is
+    also a :class:`UsageError`; else the error's ``exit_code`` (2 for a :class:`UsageError`, 1 for
+    the others)."""
+    if isinstance(exc, NotFound):
+        return NotFound.exit_code
+    return exc.exit_code
 
 
 class ConfigError(UsageError):
@@ -40,8 +59,12 @@ class NoDatabaseError(DatabaseError):
     """No database was found where one was looked for."""
 
 
-class SessionNotFound(SessionkitError):
+class SessionNotFound(NotFound):
     """An id, number or name matched no session."""
+
+
+class PatternNotFound(NotFound):
+    """No pattern of the library has that id."""
 
 
 class NoOpenSession(SessionkitError):
@@ -53,7 +76,8 @@ class SessionAlreadyOpen(SessionkitError):
 
 
 class StepNotFound(UsageError):
-    """No registered step has that name (a name the user gave: exit status 2)."""
+    """No registered step has that name: one of the choices a command offers (a plan, like a
+    subcommand's name) was misspelt, a usage error (exit status 2)."""
 
 
 class StepFailed(SessionkitError):

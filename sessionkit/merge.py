@@ -7,7 +7,8 @@ recorded it is kept as ``origin_number`` and it gets the next local number. Ever
 it (steps, metrics, artifacts, telemetry, environment snapshots, applied patterns, correctness and
 bench results with their samples) comes with it, with integer row ids renumbered.
 
-The other database is opened read-only and is never migrated or changed; it may be at an older
+The other database is opened read-only and is never migrated or changed, and its folder keeps
+the files it had (:func:`sessionkit.db.read_as_found`: no ``-wal`` or ``-shm`` left beside it); it may be at an older
 migration level (tables or columns it lacks get their defaults here) or a newer one (what this
 version does not know is left out, and said so). Artifact files are copied under this database's
 ``artifacts/session-N/`` when they can be found inside the other database's own artifacts folder (at
@@ -42,8 +43,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .db import artifacts_root
-from .errors import DatabaseError, UsageError
+from .db import artifacts_root, database_file_exists, read_as_found
+from .errors import DatabaseError, NoDatabaseError, UsageError
 from .timefmt import now_iso
 
 # Columns that say where a session sits in one database, not what it recorded.
@@ -74,9 +75,9 @@ class MergeResult:
                                               "left_out")}
 
 
-def _open_source(path: Path) -> sqlite3.Connection:
-    if not path.is_file():
-        raise UsageError(f"no database at {path}")
+def _open_source(path: Path, shown: Path) -> sqlite3.Connection:
+    """A read-only connection to the database at ``path`` (``shown`` is the path it is known by,
+    for messages), checked with ``PRAGMA quick_check``."""
     conn = None
     # A WAL database in a folder nobody may write (an archive, a read-only mount) has no -shm
     # to share: it opens as immutable then, as the reading commands do (nothing writes it).
@@ -92,14 +93,14 @@ def _open_source(path: Path) -> sqlite3.Connection:
                 conn.close()
                 conn = None
             if extra == tries[-1]:
-                raise DatabaseError(f"cannot read {path}: {exc}") from None
+                raise DatabaseError(f"cannot read {shown}: {exc}") from None
     if problems != ["ok"]:
         conn.close()
         found = " ".join(" ".join(str(p).split()) for p in problems)[:200]
-        raise DatabaseError(f"{path} is damaged (PRAGMA quick_check: {found}); nothing was imported from it")
+        raise DatabaseError(f"{shown} is damaged (PRAGMA quick_check: {found}); nothing was imported from it")
     if not _columns(conn, "sessions") or not _columns(conn, "steps"):
         conn.close()
-        raise DatabaseError(f"{path} is not a sessionkit database (no sessions or steps table)")
+        raise DatabaseError(f"{shown} is not a sessionkit database (no sessions or steps table)")
     return conn
 
 
@@ -311,17 +312,22 @@ def merge_database(db, other: str | Path) -> MergeResult:
     """Import the sessions of the database at ``other`` into ``db`` (opened with
     :func:`sessionkit.db.open_db`). Returns what was imported, skipped and in conflict.
 
-    Raises :class:`UsageError` when ``other`` does not exist or is this database, and
-    :class:`DatabaseError` when it is not a readable sessionkit database.
+    Raises :class:`NoDatabaseError` when nothing is at ``other``, :class:`UsageError` when it is
+    this database, and :class:`DatabaseError` when it is not a readable sessionkit database (or
+    not a regular file).
     """
     other = Path(other)
     if other.exists() and Path(db.path).exists() and other.resolve() == Path(db.path).resolve():
         raise UsageError(f"{other} is this database; name another one to merge")
-    source = _open_source(other)
-    try:
-        return _merge(db, source, other)
-    finally:
-        source.close()
+    if not database_file_exists(other):
+        raise NoDatabaseError(f"no database at {other}")
+    # Only read: its folder keeps the files it had (no -wal or -shm left beside it).
+    with read_as_found(other) as readable:
+        source = _open_source(readable, shown=other)
+        try:
+            return _merge(db, source, other)
+        finally:
+            source.close()
 
 
 def _merge(db, source, other: Path) -> MergeResult:

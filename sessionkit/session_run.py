@@ -185,6 +185,10 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
     for step_name, step in planned.items():
         takes_grid = any(spec.name == "grid" for spec in step.options_type.specs())
         prepared[step_name] = step.parse_options({"grid": grid} if grid and takes_grid else {})
+    if report_path is not None:  # an -o that would be refused at the end is refused now
+        from .atomic import check_output
+
+        check_output(report_path)
     telemetry_interval_from_env()  # a bad $SESSIONKIT_TELEMETRY_INTERVAL stops here, not mid-run
     heartbeat_every_s()  # and so does a bad $SESSIONKIT_PROGRESS_EVERY
     opts = dict(start_options or {})

@@ -4,6 +4,7 @@ refused, and merges of the same sources at the same time import each session onc
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -236,3 +237,76 @@ def test_concurrent_merges_of_the_same_sources_import_each_session_once(tmp_path
         assert sum(out.count("  imported  ") for _, out in outs) == 6
         db.conn.close()
     assert failures == []
+
+
+def _folder_state(folder: Path) -> dict:
+    """Every file below ``folder``, SQLite's -wal and -shm included: its size, mtime and content."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns,
+                                         hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _merge_process(target: Path, source: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
+    return subprocess.run([sys.executable, "-m", "sessionkit", "--db", str(target), "merge",
+                           str(source), "--json"], capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
+def test_merge_leaves_the_source_folder_as_it_found_it(tmp_path):
+    """A merge left sessions.db-wal and sessions.db-shm beside the database it read (a read-only
+    connection makes them and never removes them). Its folder holds the same files afterwards,
+    each with the same size, time and content."""
+    host_b(tmp_path / "b", sessions=2).conn.close()
+    folder = tmp_path / "b" / ".sessionkit"
+    before = _folder_state(tmp_path / "b")
+    assert ".sessionkit/sessions.db" in before
+    assert not any(n.endswith(("-wal", "-shm")) for n in before)
+    res = _merge_process(tmp_path / "t" / "m.db", folder / "sessions.db")
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads(res.stdout)[0]["imported"]) == 2
+    assert _folder_state(tmp_path / "b") == before
+    again = _merge_process(tmp_path / "t" / "m.db", folder / "sessions.db")  # nothing to import
+    assert again.returncode == 0, again.stderr
+    assert _folder_state(tmp_path / "b") == before
+
+
+def test_merge_of_a_database_in_use_keeps_its_files(tmp_path):
+    """A source that another connection holds open keeps its -wal and -shm (they are that
+    connection's), and that connection goes on working."""
+    live = host_b(tmp_path / "b", sessions=1)
+    folder = tmp_path / "b" / ".sessionkit"
+    names = sorted(os.listdir(folder))
+    assert "sessions.db-wal" in names and "sessions.db-shm" in names
+    res = _merge_process(tmp_path / "m.db", folder / "sessions.db")
+    assert res.returncode == 0, res.stderr
+    assert sorted(os.listdir(folder)) == names
+    with live.conn:
+        live.execute("UPDATE sessions SET name = 'renamed'")
+    assert live.execute("SELECT name FROM sessions").fetchone()[0] == "renamed"
+    live.conn.close()
+
+
+def test_merge_of_a_copy_with_its_wal_but_no_shm_reads_the_wal_and_adds_nothing(tmp_path):
+    """A database copied with its -wal but without its -shm (from a host where it was open): the
+    sessions only in the -wal are imported, and no -shm is left beside the copy, nor is the copy
+    changed by a checkpoint."""
+    live = host_b(tmp_path / "live", sessions=2)
+    live.execute("PRAGMA wal_autocheckpoint = 0")
+    src = tmp_path / "live" / ".sessionkit" / "sessions.db"
+    copy = tmp_path / "copy" / "sessions.db"
+    copy.parent.mkdir()
+    copy.write_bytes(src.read_bytes())
+    Path(f"{copy}-wal").write_bytes(Path(f"{src}-wal").read_bytes())
+    live.conn.close()
+    main_only = sqlite3.connect(f"{copy.as_uri()}?immutable=1", uri=True)
+    assert main_only.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'sessions'"
+                             ).fetchone()[0] == 0  # the sessions are in the -wal only
+    main_only.close()
+    before = _folder_state(tmp_path / "copy")
+    res = _merge_process(tmp_path / "m.db", copy)
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads(res.stdout)[0]["imported"]) == 2
+    assert _folder_state(tmp_path / "copy") == before

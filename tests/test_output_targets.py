@@ -40,12 +40,53 @@ def test_symlink_output_keeps_the_link(tmp_path, recorded, command):
     assert not list((tmp_path / "real").glob(".*tmp"))
 
 
-def test_dangling_symlink_output_creates_its_target(tmp_path, recorded):
-    target = tmp_path / "made.md"
+# Every command with -o, and the arguments that run it (before -o PATH).
+OUTPUT_COMMANDS = {
+    "history": ["history"], "patterns": ["patterns"], "report": ["report"], "export": ["export"],
+    "run": ["run", "--objective", "refused", "--plan", "preflight", "--no-hooks", "--force"],
+}
+
+
+def test_every_command_with_an_output_option_is_tried():
+    import click
+
+    from sessionkit.cli import cli
+
+    ctx = click.Context(cli, info_name="sessionkit")
+    with_o = {name for name in cli.list_commands(ctx)
+              if any("-o" in getattr(p, "opts", []) for p in cli.get_command(ctx, name).params)}
+    assert with_o == set(OUTPUT_COMMANDS)
+
+
+@pytest.mark.parametrize("command", sorted(OUTPUT_COMMANDS))
+def test_a_dangling_symlink_output_is_refused_and_kept(tmp_path, recorded, command):
+    """`history -o LINK` with LINK pointing where nothing is made the link's target and the
+    folders on the way to it. Every -o refuses it in one line, before any work (`run` opens no
+    session, `report` draws no plot), and leaves the link as it was."""
+    target = tmp_path / "nowhere" / "deeper" / "out.md"
     link = tmp_path / "link.md"
     link.symlink_to(target)
-    assert sk("history", "-o", str(link)).returncode == 0
-    assert link.is_symlink() and target.is_file() and "| 1 |" in target.read_text()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = sk(*OUTPUT_COMMANDS[command], "-o", str(link))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.stderr == (f"Error: cannot write {link}: it is a symbolic link to {target}, "
+                          "which does not exist\n")
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert not (tmp_path / "nowhere").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert [r[0] for r in open_db().execute("SELECT objective FROM sessions")] == ["outputs"]
+
+
+def test_a_dangling_symlink_is_refused_by_the_library_before_anything_is_made(tmp_path):
+    from sessionkit.atomic import check_output, write_atomic
+    from sessionkit.errors import SessionkitError
+
+    link = tmp_path / "link.md"
+    link.symlink_to(tmp_path / "a" / "b.md")
+    for call in (lambda: check_output(link), lambda: write_atomic(link, "x", make_parents=True)):
+        with pytest.raises(SessionkitError, match="which does not exist$"):
+            call()
+    assert sorted(os.listdir(tmp_path)) == ["link.md"]
 
 
 def test_fifo_output_reaches_the_reader(tmp_path, recorded):

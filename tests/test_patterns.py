@@ -11,7 +11,7 @@ from fixtures_db import assert_snapshot, build_fixture_db, sid
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sessionkit.errors import NoOpenSession, SessionkitError
+from sessionkit.errors import NoOpenSession, PatternNotFound, SessionkitError
 from sessionkit.report import patterns_report
 from sessionkit.report.patterns import (
     PatternError,
@@ -117,7 +117,7 @@ def test_apply_records_in_open_session(db, session):
 
 
 def test_apply_unknown_id_and_no_open_session(db):
-    with pytest.raises(PatternError, match="'sessionkit pattern list' shows the ids"):
+    with pytest.raises(PatternNotFound, match="'sessionkit pattern list' shows the ids"):
         apply_pattern(db, "no-such-pattern")
     with pytest.raises(NoOpenSession):
         apply_pattern(db, "baseline-first")
@@ -205,7 +205,7 @@ def test_cli_pattern_apply_list_show(tmp_path):
 def test_cli_pattern_errors_are_one_line(tmp_path):
     build_fixture_db(os.environ["SESSIONKIT_DB"])
     with_open = invoke("pattern", "apply", "nope")
-    assert with_open.exit_code == 2
+    assert with_open.exit_code == 1  # not found, as an unknown session
     assert with_open.output.strip() == ("Error: no pattern with id 'nope'; "
                                         "'sessionkit pattern list' shows the ids")
     invoke("end", "--outcome", "closed")

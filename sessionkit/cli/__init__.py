@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from ..errors import SessionkitError, StepInterrupted
+from ..errors import SessionkitError, StepInterrupted, exit_status
 from ..paramtypes import FilePath
 from ..progress import drop_stdout
 
@@ -105,7 +105,7 @@ class SessionkitGroup(click.Group):
             raise one_line(exc) from None
         except SessionkitError as exc:
             err = click.ClickException(str(exc))
-            err.exit_code = exc.exit_code
+            err.exit_code = exit_status(exc)  # 1 for "not found", 2 for usage errors
             raise err from None
         except sqlite3.Error as exc:  # e.g. locked for longer than the busy timeout
             raise click.ClickException(f"database error: {exc}") from None
@@ -126,7 +126,8 @@ class SessionkitGroup(click.Group):
 
 @click.group(cls=SessionkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sessionkit", message="sessionkit %(version)s")
-@click.option("--db", "db_path", type=FilePath(), envvar="SESSIONKIT_DB",
+# dir_okay: a folder, like a FIFO or a device, is refused by sessionkit.db with the same words.
+@click.option("--db", "db_path", type=FilePath(dir_okay=True), envvar="SESSIONKIT_DB",
               help="SQLite database (default: $SESSIONKIT_DB, else .sessionkit/sessions.db "
                    "found upward from here).")
 @click.pass_context

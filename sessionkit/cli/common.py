@@ -19,7 +19,8 @@ def db_option(fn):
             ctx.find_root().obj["db_path"] = value
         return value
 
-    return click.option("--db", "db_override", type=FilePath(), expose_value=False,
+    # dir_okay: sessionkit.db refuses a folder as it refuses a FIFO or a device, in one line.
+    return click.option("--db", "db_override", type=FilePath(dir_okay=True), expose_value=False,
                         callback=store, help="SQLite database to use.")(fn)
 
 

@@ -21,12 +21,13 @@ class Report:
 
 def session_report(db, session_ref=None, out: str | Path | None = None, *, plots: bool = True,
                    now: str | None = None) -> Report:
-    """Render one session's report; with ``out``, write it there with its plots beside it."""
+    """Render one session's report; with ``out``, write it there with its plots beside it (an
+    ``out`` that :func:`sessionkit.atomic.check_output` refuses is refused before any plot)."""
     from .data import report_data
     from .render import render
 
+    path = _checked(out)
     data = report_data(db, session_ref, now=now)
-    path = Path(out) if out is not None else None
     if not plots:
         plot_info = {"state": "disabled", "hint": None, "images": []}
     elif path is None:
@@ -46,6 +47,7 @@ def history_report(db, out: str | Path | None = None, *, now: str | None = None)
     from .history import history_data
     from .render import render
 
+    path = _checked(out)
     import gc
 
     # Building a row dict per session: with 100,000 sessions the cyclic collector would run over
@@ -59,7 +61,6 @@ def history_report(db, out: str | Path | None = None, *, now: str | None = None)
     finally:
         if paused:
             gc.enable()
-    path = Path(out) if out is not None else None
     if path is not None:
         _write(path, text)
     return Report(text=text, path=path, data=data)
@@ -69,12 +70,22 @@ def patterns_report(db, out: str | Path | None = None) -> Report:
     from .patterns import pattern_evidence
     from .render import render
 
+    path = _checked(out)
     evidence = pattern_evidence(db)
     text = render("patterns.md.j2", patterns=evidence)
-    path = Path(out) if out is not None else None
     if path is not None:
         _write(path, text)
     return Report(text=text, path=path, data={"patterns": evidence})
+
+
+def _checked(out: str | Path | None) -> Path | None:
+    """``out`` as a Path, checked as an output before any work (None stays None)."""
+    if out is None:
+        return None
+    from ..atomic import check_output
+
+    check_output(out)
+    return Path(out)
 
 
 def _write(path: Path, text: str) -> None:

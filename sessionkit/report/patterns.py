@@ -23,7 +23,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 
-from ..errors import NoOpenSession, SessionkitError, UsageError
+from ..errors import NoOpenSession, PatternNotFound, SessionkitError, UsageError
 from ..timefmt import now_iso
 from . import aggregates
 from .resources import patterns_dir
@@ -48,7 +48,8 @@ _STEP_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 class PatternError(UsageError):
-    """A pattern file or id that cannot be used."""
+    """A pattern file that cannot be used (an id that names no pattern is a
+    :class:`~sessionkit.errors.PatternNotFound`)."""
 
 
 @dataclass(frozen=True)
@@ -158,11 +159,14 @@ def load_patterns(folder=None) -> list[Pattern]:
 
 
 def get_pattern(pattern_id: str, patterns: list[Pattern] | None = None) -> Pattern:
+    """The pattern whose id is ``pattern_id``, from ``patterns`` (default: the library).
+
+    Raises :class:`~sessionkit.errors.PatternNotFound` when none has it."""
     patterns = load_patterns() if patterns is None else patterns
     for pattern in patterns:
         if pattern.id == pattern_id:
             return pattern
-    raise PatternError(f"no pattern with id {pattern_id!r}; 'sessionkit pattern list' shows the ids")
+    raise PatternNotFound(f"no pattern with id {pattern_id!r}; 'sessionkit pattern list' shows the ids")
 
 
 def apply_pattern(db, pattern_id: str, note: str | None = None, *, session: dict | None = None,
