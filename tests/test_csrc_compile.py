@@ -183,8 +183,9 @@ EXPERIMENTS = [
     ("-DSK_SM90_STAGES_D128=3", "flash_fwd_sm90_bf16_hdim128_noncausal", "0xf0", "0x18"),
     # the softmax kept ahead of the wait for P V in the SASS
     ("-DSK_SM90_SOFTMAX_FENCE=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
-    ("-DSK_SM90_SOFTMAX_FENCE=1", "flash_fwd_sm90_fp16_hdim128_causal", "0xf0", "0x18"),
-    ("-DSK_SM90_SOFTMAX_FENCE=1", "flash_fwd_sm90_bf16_hdim256_causal", "0xf0", "0x18"),
+    ("-DSK_SM90_SOFTMAX_FENCE=1", "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),
+    ("-DSK_SM90_SOFTMAX_FENCE=1", "flash_fwd_sm90_bf16_hdim256_noncausal", "0xf0", "0x18"),
+    ("-DSK_SM90_SOFTMAX_FENCE=1", "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0", "0x20"),
     # the diagnostic build of benchmarks/wait_profile.py (clock reads around every wait)
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),
@@ -230,8 +231,9 @@ def _exponentials_between_the_waits(sass: str) -> list[int]:
 
 @pytest.mark.parametrize("name, exponentials", [
     ("flash_fwd_sm90_bf16_hdim64_causal_shortkeys", 64),  # 64 rows x 128 keys per warpgroup
-    ("flash_fwd_sm90_fp16_hdim128_causal", 64),
-    ("flash_fwd_sm90_bf16_hdim256_causal", 40),  # 80 keys
+    ("flash_fwd_sm90_fp16_hdim128_noncausal", 64),
+    ("flash_fwd_sm90_bf16_hdim256_noncausal", 40),  # 80 keys
+    ("flash_fwd_sm90_bf16_hdim128_noncausal_longkeys", 88),  # 176 keys
 ])
 def test_softmax_fence_keeps_the_softmax_under_the_pv_in_the_sass(tmp_path, name, exponentials):
     """With -DSK_SM90_SOFTMAX_FENCE=1 the key-block loop's softmax (its MUFU.EX2) lies between the

@@ -251,8 +251,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     int q_round = 0;  // Q tiles loaded so far
     int index = blockIdx.x;  // the dynamic schedule's current tile
     for (int round = 0;; ++round) {
-      if constexpr (Tr::kDynamicSchedule) {
+      if constexpr (Tr::kTileRing) {
         // Hand the tile to the consumers through the two-slot tile ring.
+        if constexpr (!Tr::kDynamicSchedule) index = tile_index(round);
         const int slot = round & 1;
         mbarrier_wait(sm.tile_empty(slot), ((round >> 1) & 1) ^ 1);
         st_shared_b32(sm.tile_slot(slot), static_cast<uint32_t>(index));
@@ -388,7 +389,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   int q_round = 0;  // Q tiles consumed so far
   for (int round = 0;; ++round) {
     int index;
-    if constexpr (Tr::kDynamicSchedule) {
+    if constexpr (Tr::kTileRing) {
       const int slot = round & 1;
       SK_WAIT(kWaitTile, mbarrier_wait(sm.tile_full(slot), (round >> 1) & 1));
       index = static_cast<int>(ld_shared_b32(sm.tile_slot(slot)));

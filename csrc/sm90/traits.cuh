@@ -162,10 +162,11 @@ struct Traits {
   static constexpr bool kCausalHalfFirst =
       SK_SM90_CAUSAL_HALF_FIRST != 0 && kCausal && kBlockN / 2 >= 64 && (kBlockN / 2) % 16 == 0;
   // The softmax of key block j overlapping the warpgroup's own P V of block j-1 in the SASS, not
-  // only in the source (kernel.cuh). Causal shapes only: there it builds without spills, while
-  // every non-causal shape spills 116-1168 bytes with it and ptxas serializes its wgmma (C7512),
-  // since the new P can no longer be packed as the exponentials come. Not yet timed: off.
-  static constexpr bool kSoftmaxFence = SK_SM90_SOFTMAX_FENCE != 0 && kCausal_;
+  // only in the source (kernel.cuh). Every two-consumer shape builds without spills with it (the
+  // static schedule reading its tiles from the tile ring, kTileRing below); the three-consumer
+  // D=64 shape, at 160 registers a thread, spills 4-12 bytes and keeps the plain loop. Not yet
+  // timed: off.
+  static constexpr bool kSoftmaxFence = SK_SM90_SOFTMAX_FENCE != 0 && kConsumerWarpgroups <= 2;
   static constexpr bool kSkipIdleRows = SK_SM90_SKIP_IDLE_ROWS != 0 && kShortKeys && !kCausal;
   // Consumers take turns on the GEMMs (two or three of them in one CTA).
   static constexpr bool kPingpong = SK_SM90_PINGPONG != 0 && kConsumerWarpgroups > 1;
@@ -177,6 +178,12 @@ struct Traits {
   // block), so a static round robin leaves some CTAs with up to 15 % more work than the mean; a
   // CTA that finishes takes the next tile of the list from a counter instead (see kernel.cuh).
   static constexpr bool kDynamicSchedule = kCausal && SK_SM90_DYNAMIC_CAUSAL != 0;
+  // The consumers read each tile's index from the producer (a two-slot ring in shared memory)
+  // with the dynamic schedule, and with kSoftmaxFence in the static one too: computed in the
+  // consumers, the static schedule's next tiles kept registers live across the key-block loop,
+  // and with the fence every non-causal shape spilled (116-1168 bytes, C7512); read from the ring,
+  // none does.
+  static constexpr bool kTileRing = kDynamicSchedule || kSoftmaxFence;
   // Non-causal tiles are all as long, so their order only decides what shares L2. Head-major
   // (the query blocks of one (batch, head) pair are neighbours, FlashAttention's grid order): the
   // 132 running CTAs read the K and V of a few heads, against up to 132 heads in rank-major order
