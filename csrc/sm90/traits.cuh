@@ -141,7 +141,8 @@ struct Traits {
   // Measured in two A/B runs (docs/kernel-notes.md, v13): +2.3 % at S=2048, +0.3-2.4 % at 1024,
   // 0-2 % at 512, both dtypes; six stages lost 0.5-1 %, and four on the other D=64 shapes did
   // nothing (full 512/1024 -0.8 %, 16k equal).
-  static constexpr int kStages = kHeadDim == 64 && kCausal_ && kShortKeys
+  // (The one-consumer experiment shape, two CTAs per SM at 113 KB each, keeps the D=64 depth.)
+  static constexpr int kStages = kHeadDim == 64 && kCausal_ && kShortKeys && kConsumerWarpgroups > 1
                                      ? SK_SM90_STAGES_D64_CAUSAL_SHORT
                                  : kHeadDim == 64                ? SK_SM90_STAGES_D64
                                  : kHeadDim == 128 && !kLongKeys ? SK_SM90_STAGES_D128
