@@ -45,7 +45,13 @@ namespace sm90 {
 // first thread of each consumer warpgroup prints one "sk_wait" line when the CTA ends
 // (benchmarks/wait_profile.py runs a config in such a build and sums the lines). Without the
 // switch SK_WAIT(kind, statement) is the statement alone.
-enum WaitKind { kWaitTile, kWaitQ, kWaitK, kWaitV, kWaitTurn, kWaitS, kWaitPV, kEpilogue, kWaitKinds };
+// In the epilogue (TMA store of O): ostore is the wait for the previous tile's store to have read
+// the O staging plus the barrier after it, osync the proxy fence and the barrier before the
+// store; epilogue is the rest of it.
+enum WaitKind {
+  kWaitTile, kWaitQ, kWaitK, kWaitV, kWaitTurn, kWaitS, kWaitPV, kEpilogue, kWaitOStore,
+  kWaitOSync, kWaitKinds
+};
 #if SK_SM90_WAIT_PROFILE
 #define SK_WAIT(kind, ...)                                                  \
   do {                                                                      \
@@ -69,8 +75,9 @@ static __global__ void print_wait_profile(int rows, int consumers) {
   for (int r = 0; r < rows && r < kWaitProfileRows; ++r) {
     const uint32_t* v = g_wait_profile[r];
     printf("sk_wait cta %d consumer %d tiles %u total %u tile %u q %u k %u v %u turn %u s %u "
-           "pv %u epilogue %u\n",
-           r / consumers, r % consumers, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]);
+           "pv %u epilogue %u ostore %u osync %u\n",
+           r / consumers, r % consumers, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9],
+           v[10], v[11]);
     for (int k = 0; k < 2 + kWaitKinds; ++k) g_wait_profile[r][k] = 0;
   }
 }
@@ -554,6 +561,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     // tile's Q and first key blocks.
 #if SK_SM90_WAIT_PROFILE
     const long long epilogue_t0 = clock64();
+    const uint32_t epilogue_parts0 = wait_cycles[kWaitOStore] + wait_cycles[kWaitOSync];
 #endif
     float inv_sum[2], row_lse[2];
     softmax.finalize(p.scale_log2, inv_sum, row_lse);
@@ -587,8 +595,10 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       // Through shared memory (the 128-byte swizzle TMA expects: 16-byte chunk c of row r sits
       // at c ^ (r % 8), so the quad's four 4-byte writes of 8 rows hit 32 different banks), then
       // one TMA store per 64-column chunk; the tensor map clips rows past seqlen_q.
-      if (signals) cp_async_bulk_wait_group_read<0>();  // the previous tile's store has read it
-      bar_sync(kEpilogueBarrier0 + consumer, 128);
+      SK_WAIT(kWaitOStore, {
+        if (signals) cp_async_bulk_wait_group_read<0>();  // the previous tile's store has read it
+        bar_sync(kEpilogueBarrier0 + consumer, 128);
+      });
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = warp * 16 + g + 8 * r;  // within this consumer's 64 rows
@@ -601,8 +611,10 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
           st_shared_b32(addr, packed);
         }
       }
-      fence_proxy_async_shared_cta();
-      bar_sync(kEpilogueBarrier0 + consumer, 128);
+      SK_WAIT(kWaitOSync, {
+        fence_proxy_async_shared_cta();
+        bar_sync(kEpilogueBarrier0 + consumer, 128);
+      });
       if (signals) {
 #pragma unroll
         for (int c = 0; c < Tr::kChunks; ++c) {
@@ -629,7 +641,8 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       }
     }
 #if SK_SM90_WAIT_PROFILE
-    wait_cycles[kEpilogue] += static_cast<uint32_t>(clock64() - epilogue_t0);
+    wait_cycles[kEpilogue] += static_cast<uint32_t>(clock64() - epilogue_t0) -
+                              (wait_cycles[kWaitOStore] + wait_cycles[kWaitOSync] - epilogue_parts0);
 #endif
   }
   // Shared memory must outlive the last TMA store's reads of it.
