@@ -308,6 +308,32 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file (through symbolic and hard links alike)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them is not there
+        return False
+
+
+def check_sources(others, db_path: str | os.PathLike | None = None) -> list[Path]:
+    """Check the databases to merge before anything is opened or made, and return them as Paths:
+    each must be a database file (a regular file, or a link to one) and none may be the database
+    at ``db_path`` (the one merged into, when it exists; by a symbolic or a hard link too).
+
+    Raises :class:`NoDatabaseError` (exit status 1) for the first one that is not there,
+    :class:`DatabaseError` for one that is not a regular file (a folder, a FIFO, a device) and
+    :class:`UsageError` (exit status 2) for this database.
+    """
+    paths = [Path(other) for other in others]
+    for other in paths:
+        if db_path is not None and _same_file(other, Path(db_path)):
+            raise UsageError(f"{other} is this database; name another one to merge")
+        if not database_file_exists(other):
+            raise NoDatabaseError(f"no database at {other}")
+    return paths
+
+
 def merge_database(db, other: str | Path) -> MergeResult:
     """Import the sessions of the database at ``other`` into ``db`` (opened with
     :func:`sessionkit.db.open_db`). Returns what was imported, skipped and in conflict.
@@ -317,10 +343,7 @@ def merge_database(db, other: str | Path) -> MergeResult:
     not a regular file).
     """
     other = Path(other)
-    if other.exists() and Path(db.path).exists() and other.resolve() == Path(db.path).resolve():
-        raise UsageError(f"{other} is this database; name another one to merge")
-    if not database_file_exists(other):
-        raise NoDatabaseError(f"no database at {other}")
+    check_sources([other], db.path)
     # Only read: its folder keeps the files it had (no -wal or -shm left beside it).
     with read_as_found(other) as readable:
         source = _open_source(readable, shown=other)

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from sessionkit.cli import cli
 from sessionkit.db import artifacts_root, open_db
+from sessionkit.errors import UsageError
 from sessionkit.merge import merge_database
 try:
     from sessionkit.merge import _copy_target
@@ -310,3 +311,49 @@ def test_merge_of_a_copy_with_its_wal_but_no_shm_reads_the_wal_and_adds_nothing(
     assert res.returncode == 0, res.stderr
     assert len(json.loads(res.stdout)[0]["imported"]) == 2
     assert _folder_state(tmp_path / "copy") == before
+
+
+def test_a_hard_link_to_this_database_is_this_database(tmp_path):
+    """`merge` of a hard link to this database read it as another one (a second -wal beside the
+    link, left there, and every session "already here"). It is this database: refused, exit 2, and
+    nothing is made beside the link."""
+    host_b(tmp_path / "b", sessions=1).conn.close()
+    db_path = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    linked = tmp_path / "elsewhere" / "copy.db"
+    linked.parent.mkdir()
+    os.link(db_path, linked)
+    before = _folder_state(tmp_path / "elsewhere")
+    res = _merge_process(db_path, linked)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr == f"Error: {linked} is this database; name another one to merge\n"
+    assert _folder_state(tmp_path / "elsewhere") == before
+    db = open_db(db_path)
+    with pytest.raises(UsageError, match="is this database"):
+        merge_database(db, linked)
+    db.conn.close()
+
+
+@pytest.mark.parametrize("bad", ["missing", "fifo", "self"])
+def test_a_refused_source_makes_no_database(tmp_path, bad):
+    """`sessionkit merge typo.db` in a folder with no database made .sessionkit/sessions.db (and
+    with --db, that file and its folders) before it refused the source. Every source is checked
+    first: a refused one leaves nothing behind, and no other source is merged."""
+    host_b(tmp_path / "b", sessions=1).conn.close()
+    good = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    target = tmp_path / "t" / "deep" / "m.db"
+    sources = {"missing": tmp_path / "typo.db", "fifo": tmp_path / "fifo.db", "self": target}[bad]
+    if bad == "fifo":
+        os.mkfifo(sources)
+    if bad == "self":  # a database that exists and is named twice: here and as a source
+        target.parent.mkdir(parents=True)
+        open_db(target, create=True).conn.close()
+    before = _folder_state(tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-m", "sessionkit", "--db", str(target), "merge", str(good), str(sources)],
+        capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"})
+    assert res.returncode == {"missing": 1, "fifo": 1, "self": 2}[bad], res.stderr
+    assert res.stderr.startswith("Error: ") and res.stderr.count("\n") == 1, res.stderr
+    assert _folder_state(tmp_path) == before
+    assert (tmp_path / "t").exists() == (bad == "self")
+    assert not (tmp_path / ".sessionkit").exists()
