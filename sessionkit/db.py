@@ -125,13 +125,24 @@ def _applied_names(conn) -> set[str] | None:
 def _refuse_foreign(conn, path) -> None:
     """Raise :class:`DatabaseError` when ``path`` is a SQLite database of something else: tables
     and no sessionkit migration. Checked before anything is written (the journal mode included),
-    so that a command given the wrong file never changes it."""
-    if _applied_names(conn):
-        return
-    others = [row[0] for row in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
-        "AND name NOT LIKE 'sqlite^_%' ESCAPE '^' AND name != '_sqlite_migrations' "
-        "ORDER BY name LIMIT 4")]
+    so that a command given the wrong file never changes it.
+
+    Both reads see one snapshot (one read transaction): read apart, another process's first
+    migration committing between them made a new database look like another program's."""
+    if conn.in_transaction:
+        raise ValueError("_refuse_foreign needs a connection outside any transaction")
+    conn.execute("BEGIN")
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the snapshot starts here
+        if _applied_names(conn):
+            return
+        others = [row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+            "AND name NOT LIKE 'sqlite^_%' ESCAPE '^' AND name != '_sqlite_migrations' "
+            "ORDER BY name LIMIT 4")]
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise DatabaseError(f"{path} is not a sessionkit database (it holds other tables: "

@@ -125,3 +125,32 @@ def test_the_library_refuses_a_device_before_sqlite_opens_it(tmp_path):
     link.symlink_to("/dev/null")
     with pytest.raises(DatabaseError, match="is not a regular file"):
         open_db(link, read_only=True)
+
+
+def test_a_database_migrated_by_another_process_meanwhile_is_not_foreign(tmp_path):
+    """Eight `merge`s into one new --db failed now and then with "is not a sessionkit database
+    (it holds other tables: _session_rollups, ...)": the check read the applied migrations and then,
+    in another read, the tables, and another process's first migration committed in between. Both
+    are read in one snapshot now: here the migration commits between the two reads."""
+    import sqlite3
+
+    from sessionkit.db import _refuse_foreign
+
+    path = tmp_path / "new.db"
+    first = sqlite3.connect(path, isolation_level=None)
+    first.execute("PRAGMA journal_mode = WAL")
+    first.execute("CREATE TABLE placeholder (x)")  # the file is no longer empty: "not new"
+    first.execute("DROP TABLE placeholder")
+    second = sqlite3.connect(path, isolation_level=None)
+    migrated = []
+
+    def migrate_meanwhile(statement):
+        if statement.startswith("SELECT name FROM sqlite_master") and not migrated:
+            migrated.append(True)
+            open_db(path).conn.close()  # the other process: creates and migrates, commits
+
+    second.set_trace_callback(migrate_meanwhile)
+    _refuse_foreign(second, path)  # no DatabaseError: it is a sessionkit database (or an empty one)
+    assert migrated == [True]
+    second.close()
+    first.close()
