@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from ..errors import SessionkitError, StepInterrupted, exit_status
+from ..errors import Interrupted, SessionkitError, exit_status
 from ..paramtypes import FilePath
 from ..progress import drop_stdout
 
@@ -109,7 +109,7 @@ class SessionkitGroup(click.Group):
             raise err from None
         except sqlite3.Error as exc:  # e.g. locked for longer than the busy timeout
             raise click.ClickException(f"database error: {exc}") from None
-        except StepInterrupted as exc:
+        except Interrupted as exc:  # a step, or a merge, stopped by a signal
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Aborted.", err=True)
