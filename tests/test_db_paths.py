@@ -154,3 +154,28 @@ def test_a_database_migrated_by_another_process_meanwhile_is_not_foreign(tmp_pat
     assert migrated == [True]
     second.close()
     first.close()
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--objective", "x", "-o", "dangling.md"],
+    ["run", "--objective", "x", "--grid", "nope"],
+    ["run", "--objective", "x", "--plan", "nope"],
+    ["run", "--objective", "x", "--plan", "build,build"],
+    ["run"],
+    ["start"],
+    ["start", "--objective", "  "],
+])
+def test_a_refused_start_or_run_makes_no_database(tmp_path, monkeypatch, args):
+    """`sessionkit run -o LINK` with a dangling LINK, an unknown --grid or --plan step, or `start`
+    and `run` without an objective made the database (and its folder) and only then refused.
+    Checked before the database is opened: the one-line error, and nothing made."""
+    monkeypatch.delenv("SESSIONKIT_DB")
+    os.symlink(tmp_path / "nowhere" / "report.md", tmp_path / "dangling.md")
+    before = sorted(os.listdir(tmp_path))
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code in (1, 2), result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    assert sorted(os.listdir(tmp_path)) == before
+    explicit = CliRunner().invoke(cli, ["--db", str(tmp_path / "deep" / "new.db"), *args])
+    assert (explicit.exit_code, explicit.output) == (result.exit_code, result.output)
+    assert sorted(os.listdir(tmp_path)) == before
