@@ -125,13 +125,24 @@ def _applied_names(conn) -> set[str] | None:
 def _refuse_foreign(conn, path) -> None:
     """Raise :class:`DatabaseError` when ``path`` is a SQLite database of something else: tables
     and no sessionkit migration. Checked before anything is written (the journal mode included),
-    so that a command given the wrong file never changes it."""
-    if _applied_names(conn):
-        return
-    others = [row[0] for row in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
-        "AND name NOT LIKE 'sqlite^_%' ESCAPE '^' AND name != '_sqlite_migrations' "
-        "ORDER BY name LIMIT 4")]
+    so that a command given the wrong file never changes it.
+
+    Both reads see one snapshot (one read transaction): read apart, another process's first
+    migration committing between them made a new database look like another program's."""
+    if conn.in_transaction:
+        raise ValueError("_refuse_foreign needs a connection outside any transaction")
+    conn.execute("BEGIN")
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the snapshot starts here
+        if _applied_names(conn):
+            return
+        others = [row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+            "AND name NOT LIKE 'sqlite^_%' ESCAPE '^' AND name != '_sqlite_migrations' "
+            "ORDER BY name LIMIT 4")]
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise DatabaseError(f"{path} is not a sessionkit database (it holds other tables: "
@@ -395,29 +406,48 @@ def _open_read_only(sqlite_utils, path: Path):
     """A connection that only reads: for archived databases and read-only files or folders.
 
     A WAL database in a folder that cannot be written has no ``-shm`` file to share; then it is
-    opened as immutable (nothing else may be writing it, which holds for an archive).
+    opened as immutable (nothing else may be writing it, which holds for an archive), unless a
+    ``-wal`` beside it holds frames, which immutable would ignore (a copy taken with its ``-wal``
+    but not its ``-shm``): then a private copy of the two, in a temporary folder removed with the
+    connection, is read instead.
     """
     from urllib.parse import quote
 
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     last = ""
-    for extra in ("", "&immutable=1"):
-        try:
-            conn = sqlite3.connect(uri + extra, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
-                                   isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            _refuse_foreign(conn, path)
-            if _pending(conn, path):
-                conn.close()
-                raise DatabaseError(f"database {path} is read-only and made by an older sessionkit; "
-                                    "copy it to a writable place to migrate it")
-            conn.execute("SELECT COUNT(*) FROM sessions").fetchone()
-            break
-        except sqlite3.DatabaseError as exc:
-            last = str(exc)
-    else:
-        _raise_for(path, last)
+    private = None
+    try:
+        for extra in ("", "&immutable=1"):
+            if extra and _wal_has_frames(path):
+                private = _private_copy_dir(path)
+                uri, extra = f"file:{quote(str(private / path.resolve().name))}?mode=ro", ""
+            try:
+                conn = sqlite3.connect(uri + extra, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                                       isolation_level=None)
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                _refuse_foreign(conn, path)
+                if _pending(conn, path):
+                    conn.close()
+                    raise DatabaseError(f"database {path} is read-only and made by an older "
+                                        "sessionkit; copy it to a writable place to migrate it")
+                conn.execute("SELECT COUNT(*) FROM sessions").fetchone()
+                break
+            except sqlite3.DatabaseError as exc:
+                last = str(exc)
+        else:
+            _raise_for(path, last)
+    except BaseException:
+        if private is not None:
+            import shutil
+
+            shutil.rmtree(private, ignore_errors=True)
+        raise
     db = sqlite_utils.Database(conn, execute_plugins=False)
+    if private is not None:
+        import shutil
+        import weakref
+
+        weakref.finalize(db, shutil.rmtree, private, ignore_errors=True)  # at exit at the latest
     db.path = path
     db.read_only = True
     db.notices = []
@@ -467,8 +497,19 @@ def read_as_found(path: str | os.PathLike, *, retries: int = 3) -> Iterator[Path
             if any(c.exists() for c in companions):
                 _close_as_last_reader(path)
         return
-    import shutil
     import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sessionkit-read-") as tmp:
+        yield _copy_to_read(path, Path(tmp), retries=retries)
+
+
+def _copy_to_read(path: Path, folder: Path, *, retries: int = 3) -> Path:
+    """Copy the database at ``path`` (a real path) and its ``-wal``, if any, into ``folder``, taken
+    again (up to ``retries`` times) should they change while they are copied; return the copy's
+    path. Raises :class:`~sessionkit.errors.DatabaseError` when no stable copy could be taken."""
+    import shutil
+
+    companions = [Path(f"{path}{suffix}") for suffix in WAL_COMPANIONS]
 
     def state():
         found = []
@@ -480,19 +521,41 @@ def read_as_found(path: str | os.PathLike, *, retries: int = 3) -> Iterator[Path
                 found.append(None)
         return found
 
-    with tempfile.TemporaryDirectory(prefix="sessionkit-read-") as tmp:
-        copy = Path(tmp) / path.name
-        for _ in range(retries):
-            before = state()
-            shutil.copyfile(path, copy)
-            if companions[0].exists():
-                shutil.copyfile(companions[0], f"{copy}-wal")
-            if state() == before:
-                break
-        else:
-            raise DatabaseError(f"{path} kept changing while it was copied to be read; "
-                                "try again once nothing writes it")
-        yield copy
+    copy = folder / path.name
+    for _ in range(retries):
+        before = state()
+        shutil.copyfile(path, copy)
+        if companions[0].exists():
+            shutil.copyfile(companions[0], f"{copy}-wal")
+        if state() == before:
+            return copy
+    raise DatabaseError(f"{path} kept changing while it was copied to be read; "
+                        "try again once nothing writes it")
+
+
+def _wal_has_frames(path: Path) -> bool:
+    """Whether a ``-wal`` file beside ``path`` holds more than its header (frames that a reader
+    must see)."""
+    try:
+        return os.stat(f"{os.path.realpath(path)}-wal").st_size > 32  # the WAL header is 32 bytes
+    except OSError:
+        return False
+
+
+def _private_copy_dir(path: Path) -> Path:
+    """A new temporary folder holding a copy of the database at ``path`` and its ``-wal``
+    (:func:`_copy_to_read`), to be read where the database's own folder cannot hold a ``-shm``.
+    The caller removes it."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="sessionkit-read-"))
+    try:
+        _copy_to_read(Path(os.path.realpath(path)), folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
 
 
 def _close_as_last_reader(path: Path) -> None:

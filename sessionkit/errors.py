@@ -84,12 +84,18 @@ class StepFailed(SessionkitError):
     """A step ran and failed; the message says where its log is."""
 
 
-class StepInterrupted(BaseException):
-    """A step was stopped by Ctrl-C or SIGTERM after its record was saved; exit with ``exit_code``."""
+class Interrupted(BaseException):
+    """A command was stopped by a signal (SIGTERM, SIGHUP) once what it had done was made safe;
+    exit with ``exit_code`` (128 + the signal's number). A BaseException, as KeyboardInterrupt is,
+    so that no ``except Exception`` swallows it."""
 
     def __init__(self, exit_code: int):
         super().__init__(f"interrupted (exit {exit_code})")
         self.exit_code = exit_code
+
+
+class StepInterrupted(Interrupted):
+    """A step was stopped by Ctrl-C or SIGTERM after its record was saved; exit with ``exit_code``."""
 
 
 class NewerDatabaseError(DatabaseError):

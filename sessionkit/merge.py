@@ -40,11 +40,12 @@ import json
 import os
 import shutil
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .db import artifacts_root, database_file_exists, read_as_found
-from .errors import DatabaseError, NoDatabaseError, UsageError
+from .errors import DatabaseError, Interrupted, NoDatabaseError, UsageError
 from .timefmt import now_iso
 
 # Columns that say where a session sits in one database, not what it recorded.
@@ -308,21 +309,71 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file (through symbolic and hard links alike)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them is not there
+        return False
+
+
+def check_sources(others, db_path: str | os.PathLike | None = None) -> list[Path]:
+    """Check the databases to merge before anything is opened or made, and return them as Paths:
+    each must be a database file (a regular file, or a link to one) and none may be the database
+    at ``db_path`` (the one merged into, when it exists; by a symbolic or a hard link too).
+
+    Raises :class:`NoDatabaseError` (exit status 1) for the first one that is not there,
+    :class:`DatabaseError` for one that is not a regular file (a folder, a FIFO, a device) and
+    :class:`UsageError` (exit status 2) for this database.
+    """
+    paths = [Path(other) for other in others]
+    for other in paths:
+        if db_path is not None and _same_file(other, Path(db_path)):
+            raise UsageError(f"{other} is this database; name another one to merge")
+        if not database_file_exists(other):
+            raise NoDatabaseError(f"no database at {other}")
+    return paths
+
+
+@contextmanager
+def _signals_interrupt():
+    """Inside the block, SIGTERM and SIGHUP raise :class:`~sessionkit.errors.Interrupted` (exit
+    status 143, 129), as Ctrl-C raises KeyboardInterrupt: the session being imported is rolled
+    back, those committed stay, and the source's folder is tidied on the way out. Only in the main
+    thread (elsewhere signals cannot be handled); the previous handlers come back after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Interrupted(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def merge_database(db, other: str | Path) -> MergeResult:
     """Import the sessions of the database at ``other`` into ``db`` (opened with
     :func:`sessionkit.db.open_db`). Returns what was imported, skipped and in conflict.
 
     Raises :class:`NoDatabaseError` when nothing is at ``other``, :class:`UsageError` when it is
     this database, and :class:`DatabaseError` when it is not a readable sessionkit database (or
-    not a regular file).
+    not a regular file). SIGTERM and SIGHUP raise :class:`~sessionkit.errors.Interrupted` (Ctrl-C
+    KeyboardInterrupt) with the sessions imported so far committed and the one in progress rolled
+    back.
     """
     other = Path(other)
-    if other.exists() and Path(db.path).exists() and other.resolve() == Path(db.path).resolve():
-        raise UsageError(f"{other} is this database; name another one to merge")
-    if not database_file_exists(other):
-        raise NoDatabaseError(f"no database at {other}")
-    # Only read: its folder keeps the files it had (no -wal or -shm left beside it).
-    with read_as_found(other) as readable:
+    check_sources([other], db.path)
+    # Only read: its folder keeps the files it had (no -wal or -shm left beside it), even when
+    # SIGTERM or SIGHUP stops the merge (they would end the process before the folder is tidied).
+    with _signals_interrupt(), read_as_found(other) as readable:
         source = _open_source(readable, shown=other)
         try:
             return _merge(db, source, other)

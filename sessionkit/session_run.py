@@ -150,28 +150,31 @@ def _outcome(db, session: dict, rows: list[dict], interrupted: StepInterrupted |
     return ("passed" if ok else "failed"), sentence
 
 
-def run_session(db, *, objective: str | None = None, name: str | None = None,
-                plan=DEFAULT_PLAN, grid: str = DEFAULT_GRID, hooks: Hooks | None = None,
-                start_options: dict | None = None, report_path: str | Path | None = None,
-                plots: bool = True, keep_going: bool = False, step_factory=None,
-                telemetry_interval_s: float | None = None, echo=None) -> RunResult:
-    """Run a whole session; returns what happened. Raises nothing for failed steps.
+def check_run(*, plan=DEFAULT_PLAN, grid: str = DEFAULT_GRID, report_path: str | Path | None = None,
+              start_options: dict | None = None, objective: str | None = None,
+              step_factory=None) -> None:
+    """Check what :func:`run_session` would refuse before its session opens, without the
+    database, so that a command can refuse it before it opens (or makes) one: the plan (not empty,
+    no repeats, no ``run``, every step known), ``grid`` for the steps that take one,
+    ``report_path`` as an output (:func:`sessionkit.atomic.check_output`), the environment's
+    interval settings, and the session's options (:func:`sessionkit.sessions.check_start_options`;
+    ``objective`` wins over the one in ``start_options``). Raises
+    :class:`~sessionkit.errors.UsageError` (:class:`~sessionkit.errors.StepNotFound` for an
+    unknown step), or :class:`~sessionkit.errors.SessionkitError` for a refused ``report_path``."""
+    opts = dict(start_options or {})
+    if objective is not None:
+        opts["objective"] = objective
+    _check_run(list(plan), grid, report_path, opts, step_factory)
 
-    ``step_factory(name) -> Step`` replaces the registry (tests); ``echo`` prints a line.
-    On Ctrl-C or SIGTERM the interrupted step is recorded, after hooks run, the session ends as
-    ``abandoned``, the report is written, and :class:`StepInterrupted` is raised again.
-    """
-    from .report import session_report
-    from .runner import run_step, telemetry_interval_from_env
-    from .sessions import end_session, get_session, session_steps, start_session
+
+def _check_run(plan: list, grid, report_path, start_options: dict, step_factory):
+    """:func:`check_run`; returns ({step name: Step}, {step name: its parsed options})."""
+    from .progress import heartbeat_every_s
+    from .runner import telemetry_interval_from_env
+    from .sessions import check_start_options
     from .steps import get_step
 
-    from .progress import heartbeat_every_s, safe_echo
-
-    echo = echo or safe_echo
     step_factory = step_factory or get_step
-    hooks = hooks or Hooks()
-    plan = list(plan)
     if not plan:
         raise UsageError("the plan is empty: name at least one step, e.g. --plan preflight")
     if "run" in plan:
@@ -191,10 +194,37 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
         check_output(report_path)
     telemetry_interval_from_env()  # a bad $SESSIONKIT_TELEMETRY_INTERVAL stops here, not mid-run
     heartbeat_every_s()  # and so does a bad $SESSIONKIT_PROGRESS_EVERY
+    check_start_options(**start_options)
+    return planned, prepared
+
+
+def run_session(db, *, objective: str | None = None, name: str | None = None,
+                plan=DEFAULT_PLAN, grid: str = DEFAULT_GRID, hooks: Hooks | None = None,
+                start_options: dict | None = None, report_path: str | Path | None = None,
+                plots: bool = True, keep_going: bool = False, step_factory=None,
+                telemetry_interval_s: float | None = None, echo=None) -> RunResult:
+    """Run a whole session; returns what happened. Raises nothing for failed steps.
+
+    ``step_factory(name) -> Step`` replaces the registry (tests); ``echo`` prints a line.
+    On Ctrl-C or SIGTERM the interrupted step is recorded, after hooks run, the session ends as
+    ``abandoned``, the report is written, and :class:`StepInterrupted` is raised again.
+    """
+    from .report import session_report
+    from .runner import run_step
+    from .sessions import end_session, get_session, session_steps, start_session
+
+    from .progress import safe_echo
+    from .steps import get_step
+
+    echo = echo or safe_echo
+    step_factory = step_factory or get_step
+    hooks = hooks or Hooks()
+    plan = list(plan)
     opts = dict(start_options or {})
     opts["plan"] = plan
     if objective is not None:
         opts["objective"] = objective
+    planned, prepared = _check_run(plan, grid, report_path, opts, step_factory)
     session = start_session(db, name, **opts)
     echo(f"Session {session['number']} started: {session['name']} ({session['objective']})")
 

@@ -60,17 +60,27 @@ def get_open_session(db, *, required: bool = True) -> dict | None:
     return found[0]
 
 
-def start_session(db, name: str | None = None, *, objective: str, plan=None, budget_s=None,
-                  gpu_rate=None, ai_rate=None, step_budgets=None, force: bool = False) -> dict:
-    """Open a new session and return its row.
-
-    Refuses while another session is open, unless ``force``.
-    """
+def check_start_options(*, objective: str | None = None, gpu_rate: float | None = None,
+                        ai_rate: float | None = None, **_other) -> None:
+    """Check the options of a new session without the database, so that a command can refuse them
+    before it opens (or makes) one: an objective is required, and rates (USD per hour) must not
+    be negative. Other keys (as :func:`sessionkit.session_defaults.resolve_start_options` returns
+    them) are ignored. Raises :class:`~sessionkit.errors.UsageError`."""
     if not objective or not objective.strip():
         raise UsageError("an objective is required: --objective TEXT")
     for what, rate in (("gpu rate", gpu_rate), ("ai rate", ai_rate)):
         if rate is not None and rate < 0:
             raise UsageError(f"{what} must not be negative")
+
+
+def start_session(db, name: str | None = None, *, objective: str, plan=None, budget_s=None,
+                  gpu_rate=None, ai_rate=None, step_budgets=None, force: bool = False) -> dict:
+    """Open a new session and return its row.
+
+    Refuses while another session is open, unless ``force``; raises
+    :class:`~sessionkit.errors.UsageError` for the options :func:`check_start_options` refuses.
+    """
+    check_start_options(objective=objective, gpu_rate=gpu_rate, ai_rate=ai_rate)
     from .secrets import scrub_prose
 
     row = {

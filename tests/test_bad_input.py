@@ -371,3 +371,22 @@ def test_an_empty_path_is_a_usage_error(args):
     result = invoke(*args)
     one_line_error(result, 2)
     assert "empty path" in result.output
+
+
+@pytest.mark.parametrize("args", [
+    ["--db", "a\nb.db", "sessions"],
+    ["merge", "miss\ning.db"],
+    ["--db", "new.db", "merge", "x\r\x1b[2Kfaked.db"],
+    ["report", "-o", "link\nname.md"],
+])
+def test_a_path_with_control_characters_is_shown_escaped_in_the_one_line(tmp_path, args):
+    """Typed errors printed the path they name as it was: a newline in a --db path or a merge
+    source split the `Error:` line in two, and an escape sequence reached the terminal. They are
+    shown escaped (``\\n``, ``\\x1b``), as usage errors already were."""
+    if args[0] == "report":
+        assert invoke("start", "--objective", "x").exit_code == 0
+        os.symlink(tmp_path / "nowhere", tmp_path / "link\nname.md")
+    result = CliRunner().invoke(cli, args, color=True)
+    one_line_error(result, 1)
+    assert "\x1b" not in result.output and "\r" not in result.output
+    assert "\\n" in result.output or "\\x1b" in result.output

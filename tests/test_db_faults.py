@@ -190,3 +190,38 @@ def test_reading_commands_work_on_a_full_disk(tmp_path):
     assert "Traceback" not in err and "Error" not in err, err
     for name in ("out-show 1", "out-export 1", "out-report 1", "out-status"):
         assert f"{name}:0" not in out, out
+
+
+def test_reading_commands_read_the_wal_of_an_archive_copied_without_its_shm(tmp_path):
+    """A database copied with its -wal but not its -shm (from a host where it was open) into a
+    folder nobody may write: the reading commands opened it as immutable, which ignores the -wal,
+    and showed the sessions of the last checkpoint as if they were all (here: not the second
+    one). They read a private copy of the two files now, as `merge` does, and leave the folder as
+    it was."""
+    live_path = tmp_path / "live.db"
+    live = open_db(live_path, create=True)
+    from sessionkit.sessions import end_session
+
+    end_session(live, start_session(live, "checkpointed", objective="in the main file"),
+                outcome="done", status="passed")
+    live.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    live.execute("PRAGMA wal_autocheckpoint = 0")
+    end_session(live, start_session(live, "only-in-the-wal", objective="not checkpointed"),
+                outcome="done", status="passed")
+    folder = tempfile.mkdtemp(prefix="sessionkit-archive-")
+    try:
+        path = os.path.join(folder, "sessions.db")
+        shutil.copyfile(live_path, path)
+        shutil.copyfile(f"{live_path}-wal", f"{path}-wal")
+        live.conn.close()
+        os.chmod(folder, 0o555)
+        before = sorted(os.listdir(folder))
+        for args in (["sessions"], ["show", "only-in-the-wal"], ["history"]):
+            result = _cli(["--db", path, *args], unprivileged=True)
+            assert result.returncode == 0, (args, result.stderr)
+            assert "only-in-the-wal" in result.stdout, args
+            assert "checkpointed" in result.stdout or args[0] == "show", args
+        assert sorted(os.listdir(folder)) == before
+    finally:
+        os.chmod(folder, 0o755)
+        shutil.rmtree(folder)

@@ -125,3 +125,57 @@ def test_the_library_refuses_a_device_before_sqlite_opens_it(tmp_path):
     link.symlink_to("/dev/null")
     with pytest.raises(DatabaseError, match="is not a regular file"):
         open_db(link, read_only=True)
+
+
+def test_a_database_migrated_by_another_process_meanwhile_is_not_foreign(tmp_path):
+    """Eight `merge`s into one new --db failed now and then with "is not a sessionkit database
+    (it holds other tables: _session_rollups, ...)": the check read the applied migrations and then,
+    in another read, the tables, and another process's first migration committed in between. Both
+    are read in one snapshot now: here the migration commits between the two reads."""
+    import sqlite3
+
+    from sessionkit.db import _refuse_foreign
+
+    path = tmp_path / "new.db"
+    first = sqlite3.connect(path, isolation_level=None)
+    first.execute("PRAGMA journal_mode = WAL")
+    first.execute("CREATE TABLE placeholder (x)")  # the file is no longer empty: "not new"
+    first.execute("DROP TABLE placeholder")
+    second = sqlite3.connect(path, isolation_level=None)
+    migrated = []
+
+    def migrate_meanwhile(statement):
+        if statement.startswith("SELECT name FROM sqlite_master") and not migrated:
+            migrated.append(True)
+            open_db(path).conn.close()  # the other process: creates and migrates, commits
+
+    second.set_trace_callback(migrate_meanwhile)
+    _refuse_foreign(second, path)  # no DatabaseError: it is a sessionkit database (or an empty one)
+    assert migrated == [True]
+    second.close()
+    first.close()
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--objective", "x", "-o", "dangling.md"],
+    ["run", "--objective", "x", "--grid", "nope"],
+    ["run", "--objective", "x", "--plan", "nope"],
+    ["run", "--objective", "x", "--plan", "build,build"],
+    ["run"],
+    ["start"],
+    ["start", "--objective", "  "],
+])
+def test_a_refused_start_or_run_makes_no_database(tmp_path, monkeypatch, args):
+    """`sessionkit run -o LINK` with a dangling LINK, an unknown --grid or --plan step, or `start`
+    and `run` without an objective made the database (and its folder) and only then refused.
+    Checked before the database is opened: the one-line error, and nothing made."""
+    monkeypatch.delenv("SESSIONKIT_DB")
+    os.symlink(tmp_path / "nowhere" / "report.md", tmp_path / "dangling.md")
+    before = sorted(os.listdir(tmp_path))
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code in (1, 2), result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    assert sorted(os.listdir(tmp_path)) == before
+    explicit = CliRunner().invoke(cli, ["--db", str(tmp_path / "deep" / "new.db"), *args])
+    assert (explicit.exit_code, explicit.output) == (result.exit_code, result.output)
+    assert sorted(os.listdir(tmp_path)) == before

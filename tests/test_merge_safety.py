@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 
 from sessionkit.cli import cli
 from sessionkit.db import artifacts_root, open_db
+from sessionkit.errors import UsageError
 from sessionkit.merge import merge_database
 try:
     from sessionkit.merge import _copy_target
@@ -310,3 +312,127 @@ def test_merge_of_a_copy_with_its_wal_but_no_shm_reads_the_wal_and_adds_nothing(
     assert res.returncode == 0, res.stderr
     assert len(json.loads(res.stdout)[0]["imported"]) == 2
     assert _folder_state(tmp_path / "copy") == before
+
+
+def test_a_hard_link_to_this_database_is_this_database(tmp_path):
+    """`merge` of a hard link to this database read it as another one (a second -wal beside the
+    link, left there, and every session "already here"). It is this database: refused, exit 2, and
+    nothing is made beside the link."""
+    host_b(tmp_path / "b", sessions=1).conn.close()
+    db_path = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    linked = tmp_path / "elsewhere" / "copy.db"
+    linked.parent.mkdir()
+    os.link(db_path, linked)
+    before = _folder_state(tmp_path / "elsewhere")
+    res = _merge_process(db_path, linked)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr == f"Error: {linked} is this database; name another one to merge\n"
+    assert _folder_state(tmp_path / "elsewhere") == before
+    db = open_db(db_path)
+    with pytest.raises(UsageError, match="is this database"):
+        merge_database(db, linked)
+    db.conn.close()
+
+
+@pytest.mark.parametrize("bad", ["missing", "fifo", "self"])
+def test_a_refused_source_makes_no_database(tmp_path, bad):
+    """`sessionkit merge typo.db` in a folder with no database made .sessionkit/sessions.db (and
+    with --db, that file and its folders) before it refused the source. Every source is checked
+    first: a refused one leaves nothing behind, and no other source is merged."""
+    host_b(tmp_path / "b", sessions=1).conn.close()
+    good = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    target = tmp_path / "t" / "deep" / "m.db"
+    sources = {"missing": tmp_path / "typo.db", "fifo": tmp_path / "fifo.db", "self": target}[bad]
+    if bad == "fifo":
+        os.mkfifo(sources)
+    if bad == "self":  # a database that exists and is named twice: here and as a source
+        target.parent.mkdir(parents=True)
+        open_db(target, create=True).conn.close()
+    before = _folder_state(tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-m", "sessionkit", "--db", str(target), "merge", str(good), str(sources)],
+        capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"})
+    assert res.returncode == {"missing": 1, "fifo": 1, "self": 2}[bad], res.stderr
+    assert res.stderr.startswith("Error: ") and res.stderr.count("\n") == 1, res.stderr
+    assert _folder_state(tmp_path) == before
+    assert (tmp_path / "t").exists() == (bad == "self")
+    assert not (tmp_path / ".sessionkit").exists()
+
+
+def _many_sessions(path: Path, n: int) -> None:
+    """Make the ended database at ``path`` hold ``n`` more sessions of 20 steps each (copies of its
+    first session's first step, with new ids), so that merging it takes seconds."""
+    import uuid
+
+    conn = sqlite3.connect(path)
+    cur = conn.execute("SELECT * FROM sessions ORDER BY number LIMIT 1")
+    scols = [d[0] for d in cur.description]
+    session = dict(zip(scols, cur.fetchone()))
+    cur = conn.execute("SELECT * FROM steps WHERE session_id = ? LIMIT 1", [session["id"]])
+    tcols = [d[0] for d in cur.description]
+    step = dict(zip(tcols, cur.fetchone()))
+    top = conn.execute("SELECT MAX(number) FROM sessions").fetchone()[0]
+    for i in range(n):
+        sid = str(uuid.uuid4())
+        row = {**session, "id": sid, "number": top + 1 + i, "name": f"copy-{i}"}
+        conn.execute(f"INSERT INTO sessions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                     list(row.values()))
+        for seq in range(1, 21):
+            srow = {**step, "id": str(uuid.uuid4()), "session_id": sid, "seq": seq,
+                    "output_tail": "x" * 2000}
+            conn.execute(f"INSERT INTO steps ({', '.join(srow)}) VALUES ({', '.join('?' * len(srow))})",
+                         list(srow.values()))
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("PRAGMA journal_mode = DELETE")  # closed cleanly: no -wal or -shm beside it
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_merge_stopped_by_a_signal_leaves_the_source_folder_and_this_database_whole(tmp_path, sig):
+    """SIGTERM or SIGHUP (`timeout`, a closed SSH session) killed a merge outright: the source's
+    folder kept the -wal and -shm its read made, for good (a later merge takes them for a
+    database in use). A merge stopped by any of the three now leaves the source's folder as it was,
+    keeps the sessions it had committed here, and exits 128 + the signal's number."""
+    host_b(tmp_path / "b", sessions=1).conn.close()
+    source = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    _many_sessions(source, 600)
+    before = _folder_state(tmp_path / "b")
+    assert not any(n.endswith(("-wal", "-shm")) for n in before)
+    target = tmp_path / "t" / "m.db"
+    env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
+    proc = subprocess.Popen([sys.executable, "-m", "sessionkit", "--db", str(target), "merge",
+                             str(source)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    import time
+
+    deadline = time.monotonic() + 60
+    imported = 0
+    while imported < 5 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            probe = sqlite3.connect(f"{target.as_uri()}?mode=ro", uri=True, timeout=5)
+            imported = probe.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+            probe.close()
+        except sqlite3.Error:
+            continue
+    assert proc.poll() is None and imported >= 5, "the merge ended before it could be stopped"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, (proc.returncode, err)
+    assert "Traceback" not in err
+    assert _folder_state(tmp_path / "b") == before
+    db = open_db(target)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    kept = db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+    assert 5 <= kept < 601
+    # every session kept came whole: 20 steps each (the first: its one step)
+    assert db.execute("SELECT COUNT(*) FROM steps").fetchone()[0] == 1 + 20 * (kept - 1)
+    db.conn.close()
+    again = _merge_process(target, source)
+    assert again.returncode == 0, again.stderr
+    assert len(json.loads(again.stdout)[0]["imported"]) == 601 - kept
+    assert _folder_state(tmp_path / "b") == before

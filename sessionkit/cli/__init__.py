@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from ..errors import SessionkitError, StepInterrupted, exit_status
+from ..errors import Interrupted, SessionkitError, exit_status
 from ..paramtypes import FilePath
 from ..progress import drop_stdout
 
@@ -104,12 +104,18 @@ class SessionkitGroup(click.Group):
         except click.UsageError as exc:  # bad arguments or options of any subcommand
             raise one_line(exc) from None
         except SessionkitError as exc:
-            err = click.ClickException(str(exc))
+            from ..views import printable
+
+            # A path or name from the command line may hold a newline or an escape sequence:
+            # shown escaped, the message stays one line and cannot drive the terminal.
+            err = click.ClickException(printable(str(exc)))
             err.exit_code = exit_status(exc)  # 1 for "not found", 2 for usage errors
             raise err from None
         except sqlite3.Error as exc:  # e.g. locked for longer than the busy timeout
-            raise click.ClickException(f"database error: {exc}") from None
-        except StepInterrupted as exc:
+            from ..views import printable
+
+            raise click.ClickException(printable(f"database error: {exc}")) from None
+        except Interrupted as exc:  # a step, or a merge, stopped by a signal
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Aborted.", err=True)
@@ -119,7 +125,9 @@ class SessionkitGroup(click.Group):
             if exc.errno == errno.EPIPE:  # the reader went away (| head): nothing to say
                 sys.exit(141)
             where = f": {exc.filename}" if exc.filename else ""
-            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+            from ..views import printable
+
+            raise click.ClickException(printable(f"{exc.strerror or exc}{where}")) from None
 
 
 

@@ -38,7 +38,7 @@ def run(ctx, name, objective, grid, plan, budget, step_budgets, gpu_rate, ai_rat
     """
     from ..config import load_config
     from ..session_defaults import resolve_start_options
-    from ..session_run import DEFAULT_PLAN, Hooks, parse_hooks, run_session
+    from ..session_run import DEFAULT_PLAN, Hooks, check_run, parse_hooks, run_session
 
     cfg = load_config()
     hooks = Hooks() if no_hooks else parse_hooks(cfg.raw.get("hooks"))
@@ -47,6 +47,8 @@ def run(ctx, name, objective, grid, plan, budget, step_budgets, gpu_rate, ai_rat
                                  step_budgets=step_budgets, gpu_rate=gpu_rate, ai_rate=ai_rate)
     steps = list(opts.pop("plan", None) or DEFAULT_PLAN)
     opts["force"] = force
+    # What would be refused is refused before the database is opened (or made).
+    check_run(plan=steps, grid=grid, report_path=out, start_options=opts)
     db = open_db(ctx, create=True)
     result = run_session(db, name=name, plan=steps, grid=grid, hooks=hooks, start_options=opts,
                          report_path=out, plots=not no_plots, keep_going=keep_going,

@@ -24,11 +24,12 @@ def register(cli: click.Group) -> None:
 @click.pass_context
 def start(ctx, name, objective, plan, budget, step_budgets, gpu_rate, ai_rate, force, as_json):
     """Open a session. Defaults come from [tool.sessionkit] in the nearest pyproject.toml."""
-    from ..sessions import start_session
+    from ..sessions import check_start_options, start_session
     from ..session_defaults import resolve_start_options
 
     opts = resolve_start_options(objective=objective, plan=plan, budget=budget,
                                  step_budgets=step_budgets, gpu_rate=gpu_rate, ai_rate=ai_rate)
+    check_start_options(**opts)  # before the database is opened (or made)
     db = open_db(ctx, create=True)
     session = start_session(db, name, force=force, **opts)
     if as_json:
