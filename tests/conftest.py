@@ -12,6 +12,16 @@ from pathlib import Path
 
 import pytest
 
+try:  # hypothesis is a test extra; tests that need it import it themselves
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # pragma: no cover
+    _hypothesis_settings = None
+else:
+    # The fuzz tests check what a function does, not how fast: no per-example deadline, which a
+    # loaded 2-core CI machine missed now and then (hypothesis' default is 200 ms).
+    _hypothesis_settings.register_profile("sessionkit", deadline=None)
+    _hypothesis_settings.load_profile("sessionkit")
+
 # The checkout's root: child processes (``python -m sessionkit``) import this sessionkit too, also
 # where it is not installed (a run of the tests straight from a clone).
 ROOT = str(Path(__file__).resolve().parent.parent)
