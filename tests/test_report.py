@@ -279,6 +279,26 @@ def test_cli_report_json(cli_db):
     assert data["bench"]["configs"] == 4 and data["cost"]["ai_usd"] is None
 
 
+@pytest.mark.parametrize("args", [["report", "1"], ["history"], ["patterns"]])
+def test_json_with_output_writes_the_json_to_the_file(cli_db, tmp_path, args):
+    """--json -o FILE writes what --json prints into FILE (it was ignored: the JSON went to the
+    terminal and nothing to FILE), and no Markdown or plot beside it."""
+    printed = invoke(*args, "--json")
+    assert printed.exit_code == 0, printed.output
+    target = tmp_path / "out" / "r.json"
+    result = invoke(*args, "--json", "-o", str(target))
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"Wrote {target}"
+    written, shown = json.loads(target.read_text()), json.loads(printed.output)
+    # the same report (figures of the open session, and the time stamp, move between the two)
+    assert written.keys() == shown.keys() and written
+    for key in ("session", "sessions", "patterns"):
+        if key in shown:
+            assert json.dumps(written[key], sort_keys=True).count('"id"') == \
+                json.dumps(shown[key], sort_keys=True).count('"id"')
+    assert sorted(p.name for p in target.parent.iterdir()) == ["r.json"]
+
+
 @pytest.mark.parametrize("ref", ["99", "no-such-session"])
 def test_cli_report_unknown_session_is_one_line(cli_db, ref):
     result = invoke("report", ref)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 
 from ..paramtypes import FilePath
-from .common import db_option, echo_json, json_option, open_db
+from .common import db_option, dumps_json, echo_json, json_option, open_db
 
 _out_option = click.option("-o", "--output", "out", type=FilePath(),
-                           help="Write Markdown to this file (and plots beside it) instead of printing.")
+                           help="Write Markdown to this file (and plots beside it) instead of printing; "
+                                "with --json, the JSON.")
 
 
 def register(cli: click.Group) -> None:
@@ -16,8 +17,12 @@ def register(cli: click.Group) -> None:
         cli.add_command(command)
 
 
-def _emit(result, as_json: bool) -> None:
-    if as_json:
+def _emit(result, as_json: bool, out=None) -> None:
+    if as_json and out is not None:
+        from ..atomic import write_atomic
+
+        click.echo(f"Wrote {write_atomic(out, dumps_json(result.data) + chr(10), make_parents=True)}")
+    elif as_json:
         echo_json(result.data)
     elif result.path is not None:
         for image in result.images:
@@ -30,9 +35,9 @@ def _emit(result, as_json: bool) -> None:
 def _render(ctx, make, out, as_json: bool, *args, **kwargs) -> None:
     """Open the database for reading, call ``make(db, *args, out=..., **kwargs)`` (a function of
     :mod:`sessionkit.report`) and print its result: the Markdown, where it was written, or its
-    data as JSON (then nothing is written)."""
+    data as JSON (printed, or written to ``out`` without the Markdown and its plots)."""
     db = open_db(ctx, read_only=True)
-    _emit(make(db, *args, out=None if as_json else out, **kwargs), as_json)
+    _emit(make(db, *args, out=None if as_json else out, **kwargs), as_json, out)
 
 
 def _report_command(fn):
