@@ -80,6 +80,10 @@ def _target(path: Path) -> Path | None:
     """The regular file (existing or new) to replace for ``path``; None to write in place."""
     import stat
 
+    for folder in path.parents:  # a dangling link on the way: making the folders would fail on it
+        if folder.is_symlink() and not folder.exists():
+            raise SessionkitError(f"cannot write {path}: its folder {folder} is a symbolic link to "
+                                  f"{os.readlink(folder)}, which does not exist")
     try:
         st = os.stat(path)  # follows links
     except FileNotFoundError:

@@ -89,6 +89,22 @@ def test_a_dangling_symlink_is_refused_by_the_library_before_anything_is_made(tm
     assert sorted(os.listdir(tmp_path)) == ["link.md"]
 
 
+@pytest.mark.parametrize("command", sorted(OUTPUT_COMMANDS))
+def test_an_output_below_a_dangling_folder_link_is_refused_in_words(tmp_path, recorded, command):
+    """`-o LINK/x.md` with LINK a symbolic link to a folder that does not exist said only
+    "File exists" (making the folders failed on the link); it names the link now, before any
+    work, and makes nothing."""
+    link = tmp_path / "dl"
+    link.symlink_to(tmp_path / "gone")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = sk(*OUTPUT_COMMANDS[command], "-o", str(link / "sub" / "x.md"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.stderr == (f"Error: cannot write {link / 'sub' / 'x.md'}: its folder {link} is a "
+                          f"symbolic link to {tmp_path / 'gone'}, which does not exist\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert [r[0] for r in open_db().execute("SELECT objective FROM sessions")] == ["outputs"]
+
+
 def test_fifo_output_reaches_the_reader(tmp_path, recorded):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
