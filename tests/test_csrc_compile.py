@@ -13,6 +13,7 @@ costs far more than it saves in this kernel; such a change should be looked at, 
 from __future__ import annotations
 
 import shutil
+import re
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -186,6 +187,12 @@ EXPERIMENTS = [
     ("-DSK_SM90_SOFTMAX_FENCE=1", "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),
     ("-DSK_SM90_SOFTMAX_FENCE=1", "flash_fwd_sm90_bf16_hdim256_noncausal", "0xf0", "0x18"),
     ("-DSK_SM90_SOFTMAX_FENCE=1", "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0", "0x20"),
+    # the row max as four FMNMX chains; warp-uniform tile indices and wgmma descriptors
+    ("-DSK_SOFTMAX_TREE_MAX=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
+    ("-DSK_SM90_UNIFORM=1", "flash_fwd_sm90_bf16_hdim64_causal", "0xf0", "0x18"),
+    ("-DSK_SM90_UNIFORM=1", "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0", "0x20"),
+    ("-DSK_SM90_UNIFORM=1", "flash_fwd_sm90_bf16_hdim128_noncausal_splitkv", "0xf0", "0x18"),
+    ("-DSK_SM90_UNIFORM=0", "flash_fwd_sm90_bf16_hdim256_noncausal", "0xf0", "0x18"),
     # the diagnostic build of benchmarks/wait_profile.py (clock reads around every wait)
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),
@@ -252,3 +259,49 @@ def test_softmax_fence_keeps_the_softmax_under_the_pv_in_the_sass(tmp_path, name
     counts = _exponentials_between_the_waits(_sass(cuobjdump, cubin))
     assert counts, f"{name}: no wait for Q K^T with P V in flight"
     assert max(counts) >= exponentials, (name, counts)
+
+
+def _largest_gap_between_pv_hgmmas(sass: str) -> int:
+    """The most instructions between two consecutive P V HGMMAs (B N-major: ``.tnspB``) of one
+    group (a group ends at the HGMMA that carries ``gsb0``)."""
+    gap, largest, inside = 0, 0, False
+    for line in sass.splitlines():
+        if "HGMMA" in line and "tnspB" in line:
+            if inside:
+                largest = max(largest, gap)
+            inside, gap = "gsb0" not in line, 0
+        elif inside and re.search(r"/\*[0-9a-f]{4}\*/", line):
+            gap += 1
+    return largest
+
+
+@pytest.mark.parametrize("name, flag, most", [
+    ("flash_fwd_sm90_bf16_hdim128_noncausal", None, 3),
+    ("flash_fwd_sm90_fp16_hdim256_causal", None, 3),
+    ("flash_fwd_sm90_bf16_hdim64_causal_shortkeys", None, 3),
+    # the vector-register loop, for contrast: the same check must fail there
+    ("flash_fwd_sm90_bf16_hdim128_noncausal", "-DSK_SM90_UNIFORM=0", None),
+])
+def test_uniform_descriptors_issue_pv_back_to_back(tmp_path, name, flag, most):
+    """Where Traits::kUniform is on, the P V HGMMAs of a key block are issued back to back (at most
+    a uniform add for the next descriptor and an independent instruction or two between two of
+    them), so that the tensor cores are not starved by the integer work of building descriptors
+    (docs/kernel-notes.md, v14). Built with
+    -DSK_SM90_UNIFORM=0 the same kernel builds each descriptor in vector registers and moves it to
+    a uniform register (R2UR) between the HGMMAs: the check fails there."""
+    nvcc = _nvcc()
+    cuobjdump = _cuobjdump()
+    root = csrc_dir()
+    cubin = tmp_path / f"{name}.cubin"
+    flags = flag.split() if flag else []
+    proc = subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-cubin",
+                           *toolchain.arch_flags((9, 0)), *flags, "-I", str(root), "-o", str(cubin),
+                           str(root / "instantiations" / f"{name}.cu")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sass = _sass(cuobjdump, cubin)
+    gap = _largest_gap_between_pv_hgmmas(sass)
+    if most is None:
+        assert gap >= 5 and "R2UR" in sass, gap
+    else:
+        assert gap <= most, f"{name}: {gap} instructions between two P V HGMMAs"

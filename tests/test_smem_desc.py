@@ -1,7 +1,8 @@
 """Advancing a wgmma shared-memory descriptor by an offset (``smem_desc_advance`` in
-csrc/sm90/ptx.cuh, which rebuilds Q's descriptors per key block with SK_SM90_Q_DESC_PER_BLOCK)
-gives the descriptor of the advanced address: checked on the host, from the kernels' own header,
-for every tile base and k-step offset the sm90 shapes use."""
+csrc/sm90/ptx.cuh, which rebuilds Q's descriptors per key block with SK_SM90_Q_DESC_PER_BLOCK and
+K's and V's from their ring slot's with SK_SM90_DESC_ADVANCE) gives the descriptor of the advanced
+address: checked on the host, from the kernels' own header, for every tile base and k-step offset
+the sm90 shapes use."""
 
 from __future__ import annotations
 

@@ -222,7 +222,10 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   const uint32_t o_smem_base = base + Tr::kOOffset;
 
   const int tid = threadIdx.x;
-  const int warpgroup = tid / 128;
+  // With Tr::kUniform, broadcast from lane 0: the value is the same in every lane, and a shuffle
+  // from a fixed lane lets ptxas know it, so that what derives from it (ring slots, wgmma
+  // descriptors) can live in uniform registers.
+  const int warpgroup = Tr::kUniform ? __shfl_sync(0xffffffffu, tid / 128, 0) : tid / 128;
 
   if (tid == 0) {
 #pragma unroll
@@ -343,6 +346,10 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     // by advancing its address field (smem_desc_advance).
     uint64_t desc_q0 = make_smem_desc<Tr::kSwizzleBytes>(q_base, 16, Tr::kRowGroupBytes);
     if constexpr (Tr::kQDescPerBlock) asm volatile("" : "+l"(desc_q0));
+    // With Tr::kUniform the K and V descriptors of a block are its slot's first one advanced by
+    // constants (one uniform add each), instead of each built from its address.
+    const uint64_t desc_k0 =
+        make_smem_desc<Tr::kSwizzleBytes>(sm.k_stage(stage), 16, Tr::kRowGroupBytes);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kQKSteps; ++kk) {
@@ -353,8 +360,11 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
                              : make_smem_desc<Tr::kSwizzleBytes>(
                                    q_base + c * Tr::kQChunkBytes + col_bytes, 16,
                                    Tr::kRowGroupBytes);
-      const uint64_t desc_k = make_smem_desc<Tr::kSwizzleBytes>(
-          sm.k_stage(stage) + c * Tr::kKVChunkBytes + col_bytes, 16, Tr::kRowGroupBytes);
+      const uint64_t desc_k =
+          Tr::kUniform
+              ? smem_desc_advance(desc_k0, c * Tr::kKVChunkBytes + col_bytes)
+              : make_smem_desc<Tr::kSwizzleBytes>(
+                    sm.k_stage(stage) + c * Tr::kKVChunkBytes + col_bytes, 16, Tr::kRowGroupBytes);
       wgmma_ss<kDtype, kN, 0>(acc, desc_q, desc_k, kk > 0 ? 1 : 0);
     }
     wgmma_commit_group();
@@ -363,10 +373,15 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   // O += P V for the value block in ring slot `stage`: P from registers, V N-major.
   auto issue_pv = [&](int stage) {
     wgmma_fence();
+    const uint64_t desc_v0 = make_smem_desc<Tr::kSwizzleBytes>(
+        sm.v_stage(stage), Tr::kKVChunkBytes, Tr::kRowGroupBytes);
 #pragma unroll
     for (int kk = 0; kk < kPVSteps; ++kk) {
-      const uint64_t desc_v = make_smem_desc<Tr::kSwizzleBytes>(
-          sm.v_stage(stage) + kk * 16 * Tr::kSwizzleBytes, Tr::kKVChunkBytes, Tr::kRowGroupBytes);
+      const uint64_t desc_v =
+          Tr::kUniform
+              ? smem_desc_advance(desc_v0, kk * 16 * Tr::kSwizzleBytes)
+              : make_smem_desc<Tr::kSwizzleBytes>(sm.v_stage(stage) + kk * 16 * Tr::kSwizzleBytes,
+                                                  Tr::kKVChunkBytes, Tr::kRowGroupBytes);
       wgmma_rs<kDtype, kHeadDim, 1>(acc_o, p_frag[kk], desc_v, 1);
     }
     wgmma_commit_group();
@@ -400,6 +415,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       const int slot = round & 1;
       SK_WAIT(kWaitTile, mbarrier_wait(sm.tile_full(slot), (round >> 1) & 1));
       index = static_cast<int>(ld_shared_b32(sm.tile_slot(slot)));
+      if constexpr (Tr::kUniform) index = __shfl_sync(0xffffffffu, index, 0);
       mbarrier_arrive(sm.tile_empty(slot));  // every consumer thread, after its read
     } else {
       index = tile_index(round);

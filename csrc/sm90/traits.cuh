@@ -95,6 +95,9 @@ namespace sm90 {
 #ifndef SK_SM90_SOFTMAX_FENCE
 #define SK_SM90_SOFTMAX_FENCE 0  // 1: keep the wait for P V after the softmax in the SASS (kernel.cuh)
 #endif
+#ifndef SK_SM90_UNIFORM
+#define SK_SM90_UNIFORM -1  // -1: per shape (Traits::kUniform); 0 or 1: off or on in every kernel
+#endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
@@ -168,6 +171,16 @@ struct Traits {
   // D=64 shape, at 160 registers a thread, spills 4-12 bytes and keeps the plain loop. Not yet
   // timed: off.
   static constexpr bool kSoftmaxFence = SK_SM90_SOFTMAX_FENCE != 0 && kConsumerWarpgroups <= 2;
+  // The consumers' tile index and warpgroup broadcast from lane 0, so that ptxas keeps the ring
+  // slots and the K and V descriptors of the key-block loop in uniform registers (K's and V's
+  // advanced from their slot's first descriptor by constants): the loop's integer work and its
+  // moves to uniform registers (R2UR) before each HGMMA go, 9-18 % of its instructions, and the P V
+  // HGMMAs issue back to back. Measured (docs/kernel-notes.md, v14): D=128 and 256 +0.5-9 %
+  // (D256 causal 1.00 -> 1.10), D64 causal short keys +1 %; D64 causal with key block 192 -3.6 %
+  // and D64 full 16k -1.4 %, so those keep the vector-register loop. Split-KV not yet timed: off.
+  static constexpr bool kUniformShipped =
+      !kSplitKV && (kHeadDim_ >= 128 || (kHeadDim_ == 64 && kCausal_ && kShortKeys));
+  static constexpr bool kUniform = SK_SM90_UNIFORM < 0 ? kUniformShipped : SK_SM90_UNIFORM != 0;
   static constexpr bool kSkipIdleRows = SK_SM90_SKIP_IDLE_ROWS != 0 && kShortKeys && !kCausal;
   // Consumers take turns on the GEMMs (two or three of them in one CTA).
   static constexpr bool kPingpong = SK_SM90_PINGPONG != 0 && kConsumerWarpgroups > 1;
