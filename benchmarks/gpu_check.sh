@@ -152,10 +152,14 @@ if has ab; then
   for flags in "${SETS[@]}"; do
     label=${flags:-plain}
     export SESSIONKIT_NVCC_FLAGS="$flags"
-    if python3 -m sessionkit step correctness --configs 64 --max-seq-len 2048 > "$OUT/ab_correctness.txt" 2>&1; then
+    # Every build's correctness output, one after the other (a later build overwrote the first's).
+    echo "== ab [$label]" >> "$OUT/ab_correctness.txt"
+    if python3 -m sessionkit step correctness --configs 64 --max-seq-len 2048 > "$AB_DIR/correctness.txt" 2>&1; then
+      cat "$AB_DIR/correctness.txt" >> "$OUT/ab_correctness.txt"
       note "ab [$label]: $(python3 -m sessionkit step bench --preheat 10s "${CONFIG_ARGS[@]}" 2>&1 | tail -n 1)"
     else
-      note "ab [$label]: correctness did not pass, not timed: $(tail -n 1 "$OUT/ab_correctness.txt")"
+      cat "$AB_DIR/correctness.txt" >> "$OUT/ab_correctness.txt"
+      note "ab [$label]: correctness did not pass, not timed: $(tail -n 1 "$AB_DIR/correctness.txt")"
     fi
   done
   unset SESSIONKIT_NVCC_FLAGS
