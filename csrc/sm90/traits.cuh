@@ -93,7 +93,7 @@ namespace sm90 {
 #define SK_SM90_CAUSAL_HALF_FIRST 0  // 1: half-width Q K^T on a consumer's masked-half first block
 #endif
 #ifndef SK_SM90_SOFTMAX_FENCE
-#define SK_SM90_SOFTMAX_FENCE 0  // 1: keep the wait for P V after the softmax in the SASS (kernel.cuh)
+#define SK_SM90_SOFTMAX_FENCE -1  // -1: per shape; 1: the wait for P V after the softmax in the SASS
 #endif
 #ifndef SK_SM90_UNIFORM
 #define SK_SM90_UNIFORM -1  // -1: per shape (Traits::kUniform); 0 or 1: off or on in every kernel
@@ -168,9 +168,14 @@ struct Traits {
   // The softmax of key block j overlapping the warpgroup's own P V of block j-1 in the SASS, not
   // only in the source (kernel.cuh). Every two-consumer shape builds without spills with it (the
   // static schedule reading its tiles from the tile ring, kTileRing below); the three-consumer
-  // D=64 shape, at 160 registers a thread, spills 4-12 bytes and keeps the plain loop. Not yet
-  // timed: off.
-  static constexpr bool kSoftmaxFence = SK_SM90_SOFTMAX_FENCE != 0 && kConsumerWarpgroups <= 2;
+  // D=64 shape, at 160 registers a thread, spills 4-12 bytes and keeps the plain loop. Measured on
+  // the vector-register loop (v14): -1 to -6 %, +3 % at D256 causal; not yet timed on the uniform
+  // loop (kUniform), where the consumers now wait for their P V: off in every shape so far
+  // (kSoftmaxFenceShipped), SK_SM90_SOFTMAX_FENCE=1 or 0 forces it.
+  static constexpr bool kSoftmaxFenceShipped = false;
+  static constexpr bool kSoftmaxFence =
+      (SK_SM90_SOFTMAX_FENCE < 0 ? kSoftmaxFenceShipped : SK_SM90_SOFTMAX_FENCE != 0) &&
+      kConsumerWarpgroups <= 2;
   // The consumers' tile index and warpgroup broadcast from lane 0, so that ptxas keeps the ring
   // slots and the K and V descriptors of the key-block loop in uniform registers (K's and V's
   // advanced from their slot's first descriptor by constants): the loop's integer work and its
