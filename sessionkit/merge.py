@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .db import artifacts_root, database_file_exists, read_as_found
+from .db import artifacts_root, database_file_exists, empty_file_message, read_as_found
 from .errors import DatabaseError, Interrupted, NoDatabaseError, UsageError
 from .timefmt import now_iso
 
@@ -319,12 +319,15 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def check_sources(others, db_path: str | os.PathLike | None = None) -> list[Path]:
     """Check the databases to merge before anything is opened or made, and return them as Paths:
-    each must be a database file (a regular file, or a link to one) and none may be the database
-    at ``db_path`` (the one merged into, when it exists; by a symbolic or a hard link too).
+    each must be a database file (a regular file, or a link to one) that is not empty, and none
+    may be the database at ``db_path`` (the one merged into, when it exists; by a symbolic or a
+    hard link too).
 
-    Raises :class:`NoDatabaseError` (exit status 1) for the first one that is not there,
-    :class:`DatabaseError` for one that is not a regular file (a folder, a FIFO, a device) and
-    :class:`UsageError` (exit status 2) for this database.
+    Raises :class:`NoDatabaseError` (exit status 1) for the first one that is not there or is an
+    empty file (in the words the reading commands use for an empty ``--db``),
+    :class:`DatabaseError` (exit status 1) for one that is not a regular file (a folder, a FIFO, a
+    device; in the words of :func:`sessionkit.db.database_file_exists`) and :class:`UsageError`
+    (exit status 2) for this database.
     """
     paths = [Path(other) for other in others]
     for other in paths:
@@ -332,6 +335,8 @@ def check_sources(others, db_path: str | os.PathLike | None = None) -> list[Path
             raise UsageError(f"{other} is this database; name another one to merge")
         if not database_file_exists(other):
             raise NoDatabaseError(f"no database at {other}")
+        if os.stat(other).st_size == 0:
+            raise NoDatabaseError(empty_file_message(other))
     return paths
 
 

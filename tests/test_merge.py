@@ -358,3 +358,26 @@ def test_imported_sessions_are_marked_in_the_human_listings(tmp_path):
     assert "imported" not in runner.invoke(cli, ["--db", str(a.path), "show", "1"]).output
     # a database without imported sessions lists as before, without the column
     assert "imported" not in runner.invoke(cli, ["--db", str(b.path), "sessions"]).output
+
+
+def test_an_empty_or_folder_source_is_refused_as_the_database_path_check_refuses_it(tmp_path):
+    """An empty source file was "not a sessionkit database" (and the target database was made
+    before that was found); a folder got click's "is a directory" usage message with exit status
+    2. Both are now refused before anything is made, in the words a reading command's --db gets
+    for the same path, with exit status 1 (no usage error: the path is well formed)."""
+    runner = CliRunner()
+    (tmp_path / "empty.db").write_bytes(b"")
+    (tmp_path / "folder.db").mkdir()
+    target = tmp_path / "t" / "m.db"
+    for source, said in (("empty.db", "no sessionkit data at {} (the file is empty)"),
+                         ("folder.db", "database path {} is not a regular file (it is a folder); "
+                                       "give the path of a database file")):
+        path = tmp_path / source
+        out = runner.invoke(cli, ["--db", str(target), "merge", str(path)])
+        assert out.exit_code == 1, out.output
+        assert out.output == f"Error: {said.format(path)}\n"
+        # a reading command given the same path as its database says the same
+        reading = runner.invoke(cli, ["--db", str(path), "history"])
+        assert reading.exit_code == 1 and reading.output.startswith(out.output.rstrip("\n"))
+        assert not target.parent.exists()  # refused before this database was made
+    assert (tmp_path / "empty.db").read_bytes() == b""  # and left empty
