@@ -288,7 +288,7 @@ def test_logs_of_databases_with_other_names_are_copied(tmp_path):
     folder = tmp_path / "shared"
     folder.mkdir()
     src, dst = folder / "hostA.db", folder / "agg.db"
-    for args in (["start", "a", "--objective", "o"], ["step", "run", "build", "--", "echo", "LOG-OF-A"],
+    for args in (["start", "a", "--objective", "o"], ["step", "run", "compile", "--", "echo", "LOG-OF-A"],
                  ["end", "--outcome", "x"]):
         result = runner.invoke(cli, ["--db", str(src), *args], catch_exceptions=False)
         assert result.exit_code == 0, result.output
