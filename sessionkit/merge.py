@@ -2,7 +2,8 @@
 
 Sessions are keyed by their UUID, so a merge is idempotent: a session that is already here with the
 same content is skipped. One that is here with different content is a conflict: it is reported, with
-the fields that differ (here and there), and neither copy is changed. An imported session keeps its id and host; its number on the host that
+the fields that differ (here and there), and neither copy is changed (the step columns of
+:data:`UNCOMPARED_STEP_COLUMNS` are not compared). An imported session keeps its id and host; its number on the host that
 recorded it is kept as ``origin_number`` and it gets the next local number. Every row that hangs off
 it (steps, metrics, artifacts, telemetry, environment snapshots, applied patterns, correctness and
 bench results with their samples) comes with it, with integer row ids renumbered.
@@ -50,6 +51,13 @@ from .timefmt import now_iso
 
 # Columns that say where a session sits in one database, not what it recorded.
 LOCAL_COLUMNS = {"number", "origin_number", "imported_from", "imported_at"}
+
+# Step columns left out when two copies of a session are compared: they say how a running step's
+# process was watched where it ran (``pid_ns``: in which pid namespace its pid meant it), not what
+# the step recorded, and a database of an older migration level lacks them (``pid_ns`` came with
+# ``m008_steps_pid_namespace``). A copy that came here through such a database holds NULL there,
+# so a later merge of the session from a database that has the value is no conflict.
+UNCOMPARED_STEP_COLUMNS = {"pid_ns"}
 
 
 @dataclass
@@ -394,7 +402,8 @@ def _merge(db, source, other: Path) -> MergeResult:
     source_session_cols = _columns(source, "sessions")
     shared_session = [c for c in source_session_cols if c in local_session_cols and c not in LOCAL_COLUMNS]
     local_step_cols = set(_columns(local, "steps"))
-    shared_step = [c for c in _columns(source, "steps") if c in local_step_cols]
+    shared_step = [c for c in _columns(source, "steps")
+                   if c in local_step_cols and c not in UNCOMPARED_STEP_COLUMNS]
     counts = [(t, c) for t, fks in plan for c, other_t, _ in fks if other_t == "steps"
               and t not in ("artifacts",)]
     local_artifacts = artifacts_root(db.path)
