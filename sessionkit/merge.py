@@ -562,11 +562,8 @@ class _CopyJournal:
 
     def discard(self) -> None:
         self.close()
-        self.path.unlink(missing_ok=True)
-        try:
-            self.path.parent.rmdir()  # when no other journal is left in it
-        except OSError:
-            pass
+        self.path.unlink(missing_ok=True)  # the folder stays: another import may be opening
+        # its journal in it right now
 
 
 def _undo_copies(conn, journal: Path, root: Path) -> None:
@@ -607,7 +604,6 @@ def _undo_copies(conn, journal: Path, root: Path) -> None:
             pass
     try:
         journal.unlink(missing_ok=True)
-        journal.parent.rmdir()  # when no other journal is left in it
     except OSError:
         pass
 
@@ -620,7 +616,7 @@ def _undo_unfinished_copies(conn, root: Path) -> None:
     committed (whose files rows name, and which are kept) or rolled back (whose files go either
     way)."""
     folder = root / COPY_JOURNALS
-    if not folder.is_dir():
+    if not folder.is_dir() or not any(folder.glob("*.jsonl")):
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
