@@ -111,6 +111,12 @@ def database_file_exists(path: str | os.PathLike) -> bool:
                         "give the path of a database file")
 
 
+def empty_file_message(path: str | os.PathLike) -> str:
+    """The words for a database path that holds an empty file: no sessionkit data (the reading
+    commands and ``merge`` say it alike)."""
+    return f"no sessionkit data at {path} (the file is empty)"
+
+
 def _applied_names(conn) -> set[str] | None:
     """The names of the migrations applied to this database; None for a new, empty database."""
     try:
@@ -331,7 +337,7 @@ def open_db(explicit=None, *, create: bool = False, start: Path | None = None,
     elif is_new and not create:
         # An empty file holds no sessions, as a missing one: only a command that creates the
         # database (start, run, merge) may turn it into one.
-        raise NoDatabaseError(f"no sessionkit data at {path} (the file is empty); "
+        raise NoDatabaseError(f"{empty_file_message(path)}; "
                               "run 'sessionkit start' to create a database there")
     elif not os.access(path, os.R_OK):
         raise DatabaseError(f"cannot read database {path}: permission denied")

@@ -2,7 +2,8 @@
 
 Sessions are keyed by their UUID, so a merge is idempotent: a session that is already here with the
 same content is skipped. One that is here with different content is a conflict: it is reported, with
-the fields that differ (here and there), and neither copy is changed. An imported session keeps its id and host; its number on the host that
+the fields that differ (here and there), and neither copy is changed (the step columns of
+:data:`UNCOMPARED_STEP_COLUMNS` are not compared). An imported session keeps its id and host; its number on the host that
 recorded it is kept as ``origin_number`` and it gets the next local number. Every row that hangs off
 it (steps, metrics, artifacts, telemetry, environment snapshots, applied patterns, correctness and
 bench results with their samples) comes with it, with integer row ids renumbered.
@@ -21,6 +22,12 @@ lands inside ``artifacts/session-N/``: a recorded path whose part below ``sessio
 holds ``..`` or resolves (through symlinks) outside that folder is not copied; its row is kept with
 ``missing = 1`` and the reason is listed in :attr:`MergeResult.missing_artifacts`, as is a copy that
 fails (unreadable file, full disk, the same file).
+
+A session's files are copied inside the transaction that imports it, each file and folder written
+down first in a journal below ``artifacts/.merge-journals/``: a session rolled back (Ctrl-C, SIGTERM)
+takes its copies with it, and the copies of a merge killed outright (kill -9, a crash), which SQLite
+rolls back, are removed by the next merge into this database. A copy that fails midway (a full disk)
+leaves no partial file.
 
 Before anything is read, each other database passes ``PRAGMA quick_check``; a damaged one is refused
 whole (:class:`~sessionkit.errors.DatabaseError`), so nothing half-read is imported.
@@ -44,12 +51,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .db import artifacts_root, database_file_exists, read_as_found
+from .db import artifacts_root, database_file_exists, empty_file_message, read_as_found
 from .errors import DatabaseError, Interrupted, NoDatabaseError, UsageError
 from .timefmt import now_iso
 
 # Columns that say where a session sits in one database, not what it recorded.
 LOCAL_COLUMNS = {"number", "origin_number", "imported_from", "imported_at"}
+
+# Step columns left out when two copies of a session are compared: they say how a running step's
+# process was watched where it ran (``pid_ns``: in which pid namespace its pid meant it), not what
+# the step recorded, and a database of an older migration level lacks them (``pid_ns`` came with
+# ``m008_steps_pid_namespace``). A copy that came here through such a database holds NULL there,
+# so a later merge of the session from a database that has the value is no conflict.
+UNCOMPARED_STEP_COLUMNS = {"pid_ns"}
 
 
 @dataclass
@@ -319,12 +333,15 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def check_sources(others, db_path: str | os.PathLike | None = None) -> list[Path]:
     """Check the databases to merge before anything is opened or made, and return them as Paths:
-    each must be a database file (a regular file, or a link to one) and none may be the database
-    at ``db_path`` (the one merged into, when it exists; by a symbolic or a hard link too).
+    each must be a database file (a regular file, or a link to one) that is not empty, and none
+    may be the database at ``db_path`` (the one merged into, when it exists; by a symbolic or a
+    hard link too).
 
-    Raises :class:`NoDatabaseError` (exit status 1) for the first one that is not there,
-    :class:`DatabaseError` for one that is not a regular file (a folder, a FIFO, a device) and
-    :class:`UsageError` (exit status 2) for this database.
+    Raises :class:`NoDatabaseError` (exit status 1) for the first one that is not there or is an
+    empty file (in the words the reading commands use for an empty ``--db``),
+    :class:`DatabaseError` (exit status 1) for one that is not a regular file (a folder, a FIFO, a
+    device; in the words of :func:`sessionkit.db.database_file_exists`) and :class:`UsageError`
+    (exit status 2) for this database.
     """
     paths = [Path(other) for other in others]
     for other in paths:
@@ -332,6 +349,8 @@ def check_sources(others, db_path: str | os.PathLike | None = None) -> list[Path
             raise UsageError(f"{other} is this database; name another one to merge")
         if not database_file_exists(other):
             raise NoDatabaseError(f"no database at {other}")
+        if os.stat(other).st_size == 0:
+            raise NoDatabaseError(empty_file_message(other))
     return paths
 
 
@@ -389,10 +408,12 @@ def _merge(db, source, other: Path) -> MergeResult:
     source_session_cols = _columns(source, "sessions")
     shared_session = [c for c in source_session_cols if c in local_session_cols and c not in LOCAL_COLUMNS]
     local_step_cols = set(_columns(local, "steps"))
-    shared_step = [c for c in _columns(source, "steps") if c in local_step_cols]
+    shared_step = [c for c in _columns(source, "steps")
+                   if c in local_step_cols and c not in UNCOMPARED_STEP_COLUMNS]
     counts = [(t, c) for t, fks in plan for c, other_t, _ in fks if other_t == "steps"
               and t not in ("artifacts",)]
     local_artifacts = artifacts_root(db.path)
+    _undo_unfinished_copies(local, local_artifacts)
 
     order = "ORDER BY started_at, number"
     for srow in _rows(source, f"SELECT * FROM sessions {order}"):
@@ -415,7 +436,7 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
     concurrent merges of the same source import each session once. Adds to ``result``."""
     local = db.conn
     origin_number = srow.get("origin_number") or srow["number"]
-    new_files: list[Path] = []
+    journal = _CopyJournal(local_artifacts)
     copied = 0
     missing: list[dict] = []
     local.execute("BEGIN IMMEDIATE")
@@ -460,13 +481,12 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
                         new[column] = keymap[other_t].get(new[column], new[column])
                 if table == "artifacts":
                     got, reason = _place_artifact(new, other, srow["number"], origin_number,
-                                                  local_artifacts / f"session-{number}")
+                                                  local_artifacts / f"session-{number}", journal)
                     if got is None:
                         missing.append({"session_id": srow["id"], "path": new.get("origin_path"),
                                         "reason": reason})
                     else:
                         copied += 1
-                        new_files.append(got)
                 old_key = child.get(pk) if pk else child.get("id")
                 if pk:
                     new.pop(pk, None)
@@ -475,11 +495,15 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
                     keymap[table][old_key] = cur.lastrowid if pk else old_key
         local.execute("COMMIT")
     except BaseException:
+        # Its copies go while the write lock is still held: once it is let go, another merge may
+        # import this session under the same number, to the same paths.
+        _undo_copies(None, journal.path, local_artifacts)
         if local.in_transaction:
             local.execute("ROLLBACK")
-        for path in new_files:
-            path.unlink(missing_ok=True)
         raise
+    finally:
+        journal.close()
+    journal.discard()  # committed: every file it lists is named by a row
     result.artifacts_copied += copied
     result.artifacts_missing += len(missing)
     result.missing_artifacts += missing
@@ -490,6 +514,116 @@ def _insert(conn, table: str, row: dict):
     cols = list(row)
     return conn.execute(f"INSERT INTO [{table}] ({', '.join(f'[{c}]' for c in cols)}) "
                         f"VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols])
+
+
+COPY_JOURNALS = ".merge-journals"  # below this database's artifacts folder
+
+
+class _CopyJournal:
+    """The folders and files one session's import makes below this database's artifacts folder
+    (``root``), each written down (one JSON line, flushed) before it is made, in a file of its
+    own under ``root / COPY_JOURNALS``.
+
+    A merge killed (kill -9, a crash) while it imports a session has its transaction rolled back
+    by SQLite, but the files it copied stay; the next merge finds the journal and removes them
+    (:func:`_undo_unfinished_copies`). The journal is made with the first folder or file and
+    removed once the session is committed."""
+
+    def __init__(self, root: Path):
+        import uuid
+
+        self.root = root
+        self.path = root / COPY_JOURNALS / f"{uuid.uuid4()}.jsonl"
+        self._fh = None
+
+    def _add(self, kind: str, path: Path) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh.write(json.dumps({kind: str(path)}) + "\n")
+        self._fh.flush()  # in the kernel's hands: a process killed after this has it written
+
+    def will_make_folders(self, folder: Path) -> None:
+        """Write down the folders up to ``folder`` that do not exist yet, outermost first."""
+        missing = []
+        while folder != self.root and folder.is_relative_to(self.root) and not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for made in reversed(missing):
+            self._add("folder", made)
+
+    def will_write(self, path: Path) -> None:
+        self._add("file", path)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)  # the folder stays: another import may be opening
+        # its journal in it right now
+
+
+def _undo_copies(conn, journal: Path, root: Path) -> None:
+    """Remove what the import of ``journal`` made below ``root``: its files that no row of
+    ``conn``'s ``artifacts`` table names (every one, with ``conn`` None: an import undoing its own
+    copies), then its folders that are left empty (innermost first); then the journal. A committed
+    import's files are all named by rows, so it keeps them; a rolled-back one's are named by none.
+    A path outside ``root`` is never touched."""
+    try:
+        lines = journal.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:  # gone (another merge undid it first) or unreadable: nothing to go by
+        return
+    files, folders = [], []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:  # the last line of a merge killed while writing it
+            continue
+        if not isinstance(entry, dict):
+            continue
+        for kind, found in (("file", files), ("folder", folders)):
+            if isinstance(entry.get(kind), str):
+                found.append(Path(entry[kind]))
+    base = root.resolve()
+    for path in files:
+        try:
+            named = conn is not None and conn.execute(
+                "SELECT 1 FROM artifacts WHERE path = ? LIMIT 1", [str(path)]).fetchone()
+            if not named and path.parent.resolve().is_relative_to(base) and not path.is_dir():
+                path.unlink(missing_ok=True)
+        except (OSError, ValueError):
+            pass
+    for folder in reversed(folders):
+        try:
+            if folder.resolve().is_relative_to(base):
+                folder.rmdir()  # only when empty
+        except OSError:
+            pass
+    try:
+        journal.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _undo_unfinished_copies(conn, root: Path) -> None:
+    """Before a merge imports anything: undo (:func:`_undo_copies`) the copies of every import
+    whose journal is still below ``root``, under this database's write lock. An import writes its
+    journal only while it holds that lock and removes it once it has committed or rolled back,
+    so a journal found under the lock belongs to a merge that was killed, or to one that has just
+    committed (whose files rows name, and which are kept) or rolled back (whose files go either
+    way)."""
+    folder = root / COPY_JOURNALS
+    if not folder.is_dir() or not any(folder.glob("*.jsonl")):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for journal in sorted(folder.glob("*.jsonl")):
+            _undo_copies(conn, journal, root)
+    finally:
+        conn.execute("COMMIT")
 
 
 def _copy_target(folder: Path, tail: str) -> tuple[Path | None, str | None]:
@@ -506,15 +640,17 @@ def _copy_target(folder: Path, tail: str) -> tuple[Path | None, str | None]:
 
 
 def _place_artifact(row: dict, other: Path, source_number: int, origin_number: int,
-                    folder: Path) -> tuple[Path | None, str]:
+                    folder: Path, journal: _CopyJournal) -> tuple[Path | None, str]:
     """Copy an artifact's file under ``folder`` and point ``row`` at the copy; or mark the row
     missing. Returns ``(new path, "")``, or ``(None, reason)`` when its copy would land outside
     ``folder``, the file was not found or lies outside the source database's artifacts folder, its
-    sha256 differs, or copying failed. The file is looked for under the source's own folder of the
-    session (``session-<source_number>``)."""
+    sha256 differs, or copying failed (a partial copy is removed). The file is looked for under
+    the source's own folder of the session (``session-<source_number>``). Each folder and file it
+    makes is written down in ``journal`` first."""
     recorded = row["path"]
     row["origin_path"] = row.get("origin_path") or recorded
     row["missing"] = 1
+    copying = None
     try:
         markers = list(dict.fromkeys([f"session-{source_number}", f"session-{origin_number}"]))
         tail = _artifact_tail(recorded, markers)
@@ -526,14 +662,19 @@ def _place_artifact(row: dict, other: Path, source_number: int, origin_number: i
             return None, reason
         if row.get("sha256") and _sha256(found) != row["sha256"]:
             return None, "file differs from its recorded sha256"
+        journal.will_make_folders(target.parent)
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.resolve().is_relative_to(folder.resolve()):  # a symlink made meanwhile
             return None, f"its path below session-N/ ({tail!r}) leads out of this database's artifacts folder"
         if target.exists() and found.resolve() == target.resolve():
             return None, "the file is its own copy target"
+        journal.will_write(target)
+        copying = target
         shutil.copyfile(found, target)  # to that name exactly, never into a folder of that name
         shutil.copystat(found, target)
     except (OSError, ValueError) as exc:  # unreadable, full disk, odd path text
+        if copying is not None and not copying.is_dir():
+            copying.unlink(missing_ok=True)  # a partial copy (full disk) that no row names
         return None, f"cannot copy: {exc}"
     row["path"] = str(target)
     row["missing"] = 0

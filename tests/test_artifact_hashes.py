@@ -83,7 +83,7 @@ def test_two_databases_in_one_folder_keep_their_own_logs(tmp_path):
     for host in ("hostA", "hostB"):
         db = str(tmp_path / f"{host}.db")
         assert sk("--db", db, "start", "--objective", host, env=env).returncode == 0
-        res = sk("--db", db, "step", "run", "build", "--", "echo", f"built on {host}", env=env)
+        res = sk("--db", db, "step", "run", "compile", "--", "echo", f"built on {host}", env=env)
         assert res.returncode == 0, res.stderr
     for host in ("hostA", "hostB"):
         db = open_db(tmp_path / f"{host}.db")

@@ -138,6 +138,47 @@ def test_an_unwritable_csv_path_is_refused_before_anything_is_timed(make_context
     bench_step.check_csv_target(tmp_path / "new" / "deeper" / "x.csv")  # made when written
 
 
+def test_a_csv_path_every_output_refuses_is_refused_before_anything_is_timed(tmp_path):
+    """--csv had none of the checks every -o output makes: a dangling symbolic link (writing
+    through it makes its target, and with the CSV's folders made first, the folders on the way),
+    a path below a dangling folder link ("File exists" after the whole grid was timed) and the
+    session database itself (which the CSV would have replaced). The step ends failed at its
+    start, in the -o outputs' words, before the skip on a machine without a GPU, and nothing is
+    made or changed."""
+    import json
+    import os
+
+    from click.testing import CliRunner
+
+    from sessionkit.cli import cli
+    from sessionkit.db import open_db
+
+    runner = CliRunner()
+    assert runner.invoke(cli, ["start", "--objective", "csv"]).exit_code == 0
+    link, folder_link = tmp_path / "link.csv", tmp_path / "dl"
+    target = tmp_path / "nowhere" / "deeper" / "out.csv"
+    link.symlink_to(target)
+    folder_link.symlink_to(tmp_path / "gone")
+    database = tmp_path / "sessions.db"
+    cases = [(link, f"cannot write {link}: it is a symbolic link to {target}, which does not exist"),
+             (folder_link / "sub" / "x.csv", f"cannot write {folder_link / 'sub' / 'x.csv'}: its folder "
+                                             f"{folder_link} is a symbolic link to {tmp_path / 'gone'}, "
+                                             "which does not exist"),
+             (database, f"will not write {database}: it is the session database (or one of its files); "
+                        "give another output path")]
+    for path, said in cases:
+        out = runner.invoke(cli, ["step", "bench", "--grid", "quick", "--csv", str(path)])
+        assert out.exit_code == 1, out.output
+        assert "bench FAILED in " in out.output and out.output.rstrip().endswith(said), out.output
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "gone").exists()
+    assert os.readlink(link) == str(target) and os.readlink(folder_link) == str(tmp_path / "gone")
+    db = open_db(database)
+    rows = db.execute("SELECT status, message, options FROM steps ORDER BY seq").fetchall()
+    assert [(status, message) for status, message, _ in rows] == [("failed", said) for _, said in cases]
+    assert [json.loads(options)["csv_path"] for _, _, options in rows] == [str(p) for p, _ in cases]
+    db.conn.close()
+
+
 def test_results_table():
     rows = bench_step.result_rows(CFG, [_run("ours", [0.5] * 3), _run("sdpa", [1.0] * 3),
                                         _run("sdpa_cudnn", [], status="wrong")], ceiling=None)

@@ -228,22 +228,22 @@ def test_end_without_status_takes_it_from_the_latest_run_of_each_step():
     """A session whose latest run of a step failed does not end as passed unless told; a failure
     fixed by a later run of the same step does not count."""
     invoke("start", "--objective", "a")
-    invoke("step", "run", "build", "--", "false")
+    invoke("step", "run", "compile", "--", "false")
     r = invoke("end", "--outcome", "done")
     assert r.exit_code == 0 and "Ended session 1 (Session 1): failed" in r.output
-    assert "status failed from the steps: the latest run of build failed" in r.output
+    assert "status failed from the steps: the latest run of compile failed" in r.output
     assert get_session(open_db(), 1)["status"] == "failed"
 
     invoke("start", "--objective", "b")
-    invoke("step", "run", "build", "--", "false")
-    invoke("step", "run", "build", "--", "true")
+    invoke("step", "run", "compile", "--", "false")
+    invoke("step", "run", "compile", "--", "true")
     invoke("step", "run", "hello", "--", "true")
     r = invoke("end", "--outcome", "fixed it", "--json")
     done = json.loads(r.output)
     assert done["status"] == "passed" and "passed" in done["status_reason"]
 
     invoke("start", "--objective", "c")
-    invoke("step", "run", "build", "--", "false")
+    invoke("step", "run", "compile", "--", "false")
     r = invoke("end", "--outcome", "said so", "--status", "passed")
     assert "Ended session 3 (Session 3): passed" in r.output and "from the steps" not in r.output
     assert get_session(open_db(), 3)["status"] == "passed"
@@ -291,18 +291,49 @@ def test_a_budget_without_a_unit_is_one_line_error(tmp_path):
 
 def test_status_counts_runs_apart_from_the_planned_steps_done():
     """Retries and unplanned steps are runs, not planned steps done; a planned step whose latest
-    run failed is next again."""
-    invoke("start", "--objective", "x", "--plan", "build,bench")
-    for name, command in (("build", "false"), ("build", "true"), ("hello", "true"), ("bench", "true")):
+    run failed is next again. A plan may name command steps (`step run NAME`)."""
+    invoke("start", "--objective", "x", "--plan", "compile,measure")
+    for name, command in (("compile", "false"), ("compile", "true"), ("hello", "true"), ("measure", "true")):
         invoke("step", "run", name, "--", command)
     r = invoke("status")
     assert "  steps:     4 runs; 2 of 2 planned done" in r.output
     assert "  next:      all planned steps done" in r.output
-    invoke("step", "run", "bench", "--", "false")
+    invoke("step", "run", "measure", "--", "false")
     r = invoke("status")
-    assert "  steps:     5 runs; 1 of 2 planned done" in r.output and "  next:      bench" in r.output
+    assert "  steps:     5 runs; 1 of 2 planned done" in r.output and "  next:      measure" in r.output
     data = json.loads(invoke("status", "--json").output)
-    assert (data["runs"], data["planned_done"], data["next_step"]) == (5, ["build"], "bench")
+    assert (data["runs"], data["planned_done"], data["next_step"]) == (5, ["compile"], "measure")
+
+
+@pytest.mark.parametrize("name", ["preflight", "build", "correctness", "bench", "profile"])
+def test_a_command_step_cannot_take_a_built_in_steps_name(name):
+    """`step run build -- true` ran `true`, recorded it as a step named build and counted it as
+    the planned build (status: "1 of 1 planned done", next: all done) without building anything.
+    A command step may not take a built-in step's name: refused in one line, exit 2, before
+    anything is recorded; the plan still waits for the built-in step."""
+    invoke("start", "--objective", "x", "--plan", name)
+    r = invoke("step", "run", name, "--", "true")
+    assert r.exit_code == 2, r.output
+    assert r.output == (f"Error: step name {name!r} is taken by a built-in step ('sessionkit step "
+                        f"{name}' runs it); give a command step a name of its own, e.g. "
+                        f"'{name}-cmd'\n")
+    data = json.loads(invoke("status", "--json").output)
+    assert (data["runs"], data["planned_done"], data["next_step"]) == (0, [], name)
+    assert open_db()["steps"].count == 0
+    # the library refuses it too; a name of its own is taken
+    from sessionkit.errors import UsageError
+    from sessionkit.runner import run_step
+    from sessionkit.sessions import get_open_session
+    from sessionkit.steps import get_step
+
+    db = open_db()
+    with pytest.raises(UsageError, match="is taken by a built-in step"):
+        run_step(db, get_open_session(db), get_step("run"), {"argv": ["true"]}, name=name,
+                 kind="command")
+    assert invoke("step", "run", f"{name}-cmd", "--", "true").exit_code == 0
+    assert invoke("step", "run", "run", "--", "true").exit_code == 0  # the command step's own name
+    data = json.loads(invoke("status", "--json").output)
+    assert (data["runs"], data["planned_done"], data["next_step"]) == (2, [], name)
 
 
 @pytest.mark.parametrize("column, text", [

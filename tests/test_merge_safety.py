@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -436,3 +437,148 @@ def test_a_merge_stopped_by_a_signal_leaves_the_source_folder_and_this_database_
     assert again.returncode == 0, again.stderr
     assert len(json.loads(again.stdout)[0]["imported"]) == 601 - kept
     assert _folder_state(tmp_path / "b") == before
+
+
+def _source_of_files(source: Path, sizes: list[int]) -> None:
+    """A database at ``source`` with one ended session whose one step wrote and recorded a file of
+    random bytes of each of ``sizes`` (a merge of it spends a while copying them)."""
+    from sessionkit.runner import run_step
+    from sessionkit.sessions import end_session, start_session
+    from sessionkit.steps import Step, StepResult
+
+    class ManyFiles(Step):
+        name = "many-files"
+        description = "Write and record many files."
+        budget_s = 60.0
+
+        def run(self, context):
+            for i, size in enumerate(sizes):
+                path = context.workdir / f"part-{i:04d}.bin"
+                path.write_bytes(os.urandom(size))
+                context.artifact(path, "data")
+            return StepResult("passed", message="wrote them")
+
+    db = open_db(source, create=True)
+    s = start_session(db, "many files", objective="a session with many artifacts")
+    run_step(db, s, ManyFiles())
+    end_session(db, s, outcome="done", status="passed")
+    db.conn.close()
+
+
+def _artifact_files_on_disk(db_path: Path) -> set[str]:
+    root = artifacts_root(db_path)
+    return {str(p) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+@pytest.mark.slow
+def test_a_merge_killed_mid_copy_leaves_no_files_that_no_row_names(tmp_path):
+    """kill -9 while a merge copied a session's artifact files rolled the session back in the
+    database but left the files it had copied in artifacts/session-N/. A session started here
+    afterwards took that number, and so that folder and the stray files; merging again put the
+    session under N+1 and the strays stayed for good. The next merge now removes what the killed
+    one had copied and no row names, before it imports anything."""
+    source = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    _source_of_files(source, [256 * 1024] * 400)
+
+    target = tmp_path / "t" / "m.db"
+    env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
+    proc = subprocess.Popen([sys.executable, "-m", "sessionkit", "--db", str(target), "merge",
+                             str(source)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    import time
+
+    deadline = time.monotonic() + 60
+    copied = artifacts_root(target) / "session-1"
+    while not (copied.is_dir() and any(copied.rglob("*.bin"))) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    here = open_db(target)
+    assert here.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0, \
+        "the merge committed before it could be killed"
+    here.conn.close()
+    assert any("/session-1/" in p for p in _artifact_files_on_disk(target))  # copied, no row
+
+    # a session of this host takes number 1, and with it the folder of the strays
+    runner = CliRunner()
+    for args in (["start", "--objective", "here"], ["step", "run", "hello", "--", "echo", "hi"],
+                 ["end", "--outcome", "said hi"]):
+        assert runner.invoke(cli, ["--db", str(target), *args]).exit_code == 0
+    again = _merge_process(target, source)
+    assert again.returncode == 0, again.stderr
+    assert [s["local_number"] for s in json.loads(again.stdout)[0]["imported"]] == [2]
+    here = open_db(target)
+    recorded = {r[0] for r in here.execute("SELECT path FROM artifacts WHERE missing = 0")}
+    assert _artifact_files_on_disk(target) == recorded
+    assert sum("/session-2/" in p for p in recorded) == 400
+    assert any("/session-1/" in p for p in recorded)  # the local session's log is kept
+    here.conn.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_merge_stopped_mid_copy_leaves_no_file_or_folder_of_the_session(tmp_path, sig):
+    """SIGTERM or Ctrl-C while a merge copied a session's files rolled the session back and
+    removed the copies it had finished, but not the one it was copying (the signal lands inside
+    the copy) nor the folders it had made. Every file and folder the import made is now written
+    down before it is made, and removed when the session is rolled back."""
+    source = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    _source_of_files(source, [256 * 1024] * 400)
+    target = tmp_path / "t" / "m.db"
+    env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
+    proc = subprocess.Popen([sys.executable, "-m", "sessionkit", "--db", str(target), "merge",
+                             str(source)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    import time
+
+    deadline = time.monotonic() + 60
+    copied = artifacts_root(target) / "session-1"
+    while not (copied.is_dir() and any(copied.rglob("*.bin"))) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, (proc.returncode, err)
+    assert "Traceback" not in err
+    here = open_db(target)
+    assert here.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0
+    here.conn.close()
+    root = artifacts_root(target)
+    assert [str(p) for p in root.rglob("*")] == [str(root / ".merge-journals")]  # and no journal
+
+
+MERGE_ON_A_FULL_DISK = textwrap.dedent("""
+    set -u
+    mount -t tmpfs -o size=3m tmpfs "$1" || exit 77
+    "$2" -m sessionkit --db "$1/m.db" merge "$3" --json > "$1/merge.json"; echo "EXIT $?"
+    "$2" - "$1" <<'PY'
+    import json, sqlite3, sys
+    from pathlib import Path
+    root = Path(sys.argv[1])
+    conn = sqlite3.connect(root / "m.db")
+    rows = conn.execute("SELECT path, missing, origin_path FROM artifacts").fetchall()
+    files = sorted(str(p) for p in (root / "artifacts-m").rglob("*") if p.is_file())
+    print("STATE " + json.dumps({"rows": rows, "files": files,
+                                 "merge": json.loads((root / "merge.json").read_text())}))
+    PY
+""")
+
+
+def test_a_copy_that_fills_the_disk_leaves_no_partial_file(tmp_path):
+    """A file whose copy ran out of space became a missing row ("no space left on device"), but
+    the part of it already written stayed below artifacts/session-N/, a file no row names, taking
+    the space the rest of the merge needed. It is removed now; the files after it are copied."""
+    from small_disk import run_on_small_disk
+
+    source = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    _source_of_files(source, [5 * 1024 * 1024, 64 * 1024])  # larger than the disk, then small
+    result = run_on_small_disk(MERGE_ON_A_FULL_DISK, tmp_path, str(source), timeout=180)
+    assert "EXIT 0" in result.stdout, result.stdout + result.stderr
+    state = json.loads(result.stdout.split("STATE ", 1)[1])
+    by_origin = {Path(origin).name: (path, missing) for path, missing, origin in state["rows"]}
+    assert by_origin["part-0000.bin"][1] == 1 and by_origin["part-0001.bin"][1] == 0
+    (missing,) = state["merge"][0]["missing_artifacts"]
+    assert Path(missing["path"]).name == "part-0000.bin"
+    assert "No space left on device" in missing["reason"] or "no space" in missing["reason"]
+    assert state["files"] == [by_origin["part-0001.bin"][0]]  # no partial part-0000.bin

@@ -131,10 +131,16 @@ def csv_row(row: dict) -> dict:
 
 
 def check_csv_target(path: str | Path) -> None:
-    """Refuse, before anything is timed, a CSV path that write_csv could not write: a place under a
-    file or in a folder this user cannot write (the nearest folder that exists). A folder given as
-    the path is refused earlier, by the option's parser (steps.typed.file_path).
-    Raises :class:`~sessionkit.errors.UsageError` (one line)."""
+    """Refuse, before anything is timed, a CSV path that write_csv could not write or must not
+    write: what every ``-o`` output refuses (:func:`sessionkit.atomic.check_output`: the session
+    database or one of its files, a dangling symbolic link, a path below one, links in a loop),
+    then a place under a file or in a folder this user cannot write (the nearest folder that
+    exists). A folder given as the path is refused earlier, by the option's parser
+    (steps.typed.file_path). Raises :class:`~sessionkit.errors.SessionkitError` (one line; a
+    :class:`~sessionkit.errors.UsageError` for the last two)."""
+    from ..atomic import check_output
+
+    check_output(path)
     path = Path(path)
     parent = path.parent
     while not parent.exists() and parent != parent.parent:

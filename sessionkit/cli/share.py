@@ -17,7 +17,9 @@ def register(cli: click.Group) -> None:
 
 
 @click.command()
-@click.argument("others", metavar="OTHER.db...", nargs=-1, required=True, type=FilePath())
+# dir_okay: a folder is refused by sessionkit.merge.check_sources in the words --db FOLDER gets.
+@click.argument("others", metavar="OTHER.db...", nargs=-1, required=True,
+                type=FilePath(dir_okay=True))
 @db_option
 @json_option
 @click.pass_context

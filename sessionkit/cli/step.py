@@ -71,6 +71,7 @@ class _RunCommand(click.Command):
 def run_command(ctx, name, argv):
     """Run any command as a tracked step: sessionkit step run NAME -- CMD ARGS..."""
     from ..errors import UsageError
+    from ..runner import check_step_name
     from ..steps import get_step
 
     if argv and argv[0] == "--":
@@ -81,6 +82,7 @@ def run_command(ctx, name, argv):
         raise UsageError("a step name must not be empty: sessionkit step run NAME -- CMD ARGS...")
     if not argv:
         raise UsageError("no command given after --: sessionkit step run NAME -- CMD ARGS...")
+    check_step_name(name, kind="command")  # before the database is opened
     _run_registered(ctx, get_step("run"), {"argv": list(argv)}, name=name, kind="command",
                     command=list(argv))
 
