@@ -4,7 +4,8 @@
   passes, result rows, samples, CSV and metrics are the real ones.
 - :func:`write_fake_ncu` / :func:`fake_ncu`: a stand-in ``ncu`` script that lists metrics,
   "profiles" by writing a report and imports by printing ``tests/data/ncu_sample.csv`` (captured
-  from torch SDPA on an H100).
+  from torch SDPA on an H100), or for ``--page source`` ``tests/data/ncu_source_sass_sample.csv``
+  (every 8th instruction of our sm90 kernel's SASS page, D=64 causal, on an H200).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import types
 from pathlib import Path
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "ncu_sample.csv"
+SASS_SAMPLE = Path(__file__).resolve().parent / "data" / "ncu_source_sass_sample.csv"
+SOURCE_FAILURE = "==ERROR== Failed to load the report's source counters."
 H100 = "NVIDIA H100 80GB HBM3"
 PERM_OUTPUT = ("==PROF== Connected to process 4242 (/usr/bin/python3.12)\n"
                "==ERROR== ERR_NVGPUCTRPERM - The user does not have permission to access NVIDIA GPU "
@@ -66,8 +69,14 @@ def fake_bench_gpu(monkeypatch) -> list:
     return visits
 
 
-def write_fake_ncu(tmp_path, *, perm=False) -> str:
-    """Write the stand-in ncu into ``tmp_path`` (its calls go to ``ncu-calls.txt`` there)."""
+def write_fake_ncu(tmp_path, *, perm=False, source_text: str | None = None,
+                   source_fails: bool = False) -> str:
+    """Write the stand-in ncu into ``tmp_path`` (its calls go to ``ncu-calls.txt`` there).
+    ``--page source`` prints ``source_text`` (default: :data:`SASS_SAMPLE`'s text), or with
+    ``source_fails`` :data:`SOURCE_FAILURE` on stderr and exits 1."""
+    if source_text is None:
+        source_text = SASS_SAMPLE.read_text()
+    (tmp_path / "ncu-source.csv").write_text(source_text)
     script = tmp_path / "ncu"
     script.write_text(f'''#!{sys.executable}
 import sys, json
@@ -76,6 +85,11 @@ with open({str(tmp_path / "ncu-calls.txt")!r}, "a") as fh:
     fh.write(json.dumps(args) + "\\n")
 if "--query-metrics" in args:
     print("lts__t_sector_hit_rate   Ratio   hit rate\\ndram__bytes_read   Counter   bytes")
+elif "--import" in args and "source" in args and {source_fails!r}:
+    sys.stderr.write({SOURCE_FAILURE!r} + "\\n")
+    sys.exit(1)
+elif "--import" in args and "source" in args:
+    sys.stdout.write(open({str(tmp_path / "ncu-source.csv")!r}).read())
 elif "--import" in args:
     sys.stdout.write(open({str(SAMPLE)!r}).read())
 elif {perm!r}:
@@ -89,12 +103,13 @@ else:
     return str(script)
 
 
-def fake_ncu(tmp_path, monkeypatch, *, perm=False) -> str:
-    """The stand-in ncu found on the PATH, on an H100 that the profile step sees."""
+def fake_ncu(tmp_path, monkeypatch, *, perm=False, **source) -> str:
+    """The stand-in ncu found on the PATH, on an H100 that the profile step sees (``source``: the
+    keywords of :func:`write_fake_ncu` for ``--page source``)."""
     from sessionkit import profile
     from sessionkit.toolchain import Found
 
-    path = write_fake_ncu(tmp_path, perm=perm)
+    path = write_fake_ncu(tmp_path, perm=perm, **source)
     monkeypatch.setattr("sessionkit.toolchain.find_cuda_tool", lambda tool: Found(path, True, "PATH"))
     monkeypatch.setattr(profile, "gpu_facts", lambda: (None, H100))
     return path

@@ -23,6 +23,7 @@ from ..errors import SessionkitError, UsageError
 # Sections that ship with every ncu: their metric names adapt to the GPU, so they never name a metric
 # this chip lacks. Small ones only (no --set full).
 SECTIONS = ("SpeedOfLight", "LaunchStats", "Occupancy", "WarpStateStats")
+SOURCE_SECTION = "SourceCounters"  # per-instruction warp samples (``step profile --source``)
 # Asked for by name as well, but only when ``ncu --query-metrics`` lists them for this GPU: ncu refuses
 # the whole run when one requested name is unknown.
 EXTRA_METRICS = (
@@ -306,11 +307,17 @@ def choose_metrics(available: set[str] | None) -> list[str]:
 
 
 def ncu_command(ncu: str, target: list[str], report_base: Path, metrics: list[str],
-                kernel_regex: str | None = None) -> list[str]:
+                kernel_regex: str | None = None, source: bool = False) -> list[str]:
+    """ncu's argv: :data:`SECTIONS` and ``metrics`` on one call of ``target``, the report written to
+    ``report_base`` + ``.ncu-rep``. ``source`` adds the section of per-instruction warp samples
+    (``SourceCounters``, read back by :func:`~sessionkit.profile.source.export_source`) and
+    ``--import-source no`` (the report keeps no CUDA source files, only the SASS)."""
     cmd = [ncu, "--clock-control", "none", "--profile-from-start", "off",
            "--target-processes", "all", "--force-overwrite", "--export", str(report_base)]
-    for section in SECTIONS:
+    for section in SECTIONS + ((SOURCE_SECTION,) if source else ()):
         cmd += ["--section", section]
+    if source:
+        cmd += ["--import-source", "no"]
     if metrics:
         cmd += ["--metrics", ",".join(metrics)]
     if kernel_regex:

@@ -9,6 +9,8 @@ keys, so that a key an older sessionkit did not store reads as None.
 
 from __future__ import annotations
 
+import math
+
 from ..attention import SDPA_IMPLS, AttentionConfig
 from ..costs import session_costs
 from ..envinfo import snapshot_data
@@ -23,6 +25,7 @@ TELEMETRY_KEYS = ("power_mean_w", "power_max_w", "energy_j", "temp_max_c", "sm_c
 PROFILE_KEYS = ("sm_throughput_pct", "dram_throughput_pct", "tensor_pipe_pct",
                 "achieved_occupancy_pct", "registers_per_thread", "smem_per_block_bytes",
                 "l2_hit_rate_pct", "duration_ms")
+SASS_OPCODES = 12  # opcodes shown in the "where the warps stall" table; the rest in one row
 REGRESSION_THRESHOLD = 0.05  # a change in median latency smaller than this is called "same"
 
 
@@ -291,12 +294,62 @@ def _stall(entry) -> bool:
             and not isinstance(entry[1], bool))
 
 
+def _number(value) -> float | None:
+    """A stored figure, or None when it is not a number (a damaged or hand-edited summary)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def sass_section(summary) -> dict | None:
+    """Where the warps stall, from a ``profile --source`` summary: ``{"kernel", "samples",
+    "instructions", "opcodes": [...] (the first SASS_OPCODES), "rest": {"opcodes", "samples",
+    "share_pct"} or None, "hottest": [...]}``; rows whose figures are not numbers are left out.
+    None when the step stored no SASS breakdown."""
+    samples = _number(summary.sass_samples)
+    if samples is None:
+        return None
+
+    def reasons(entry) -> list[list]:
+        stored = entry.get("reasons")
+        return [list(r) for r in stored if _stall(r) and isinstance(r[0], str)] \
+            if isinstance(stored, list) else []
+
+    opcodes = []
+    for o in summary.sass_opcodes or []:
+        share, count = _number(o.get("share_pct")), _number(o.get("samples"))
+        if _text(o.get("opcode")) and share is not None and count is not None:
+            opcodes.append({"opcode": o["opcode"], "samples": count, "share_pct": share,
+                            "executed": _number(o.get("executed")), "reasons": reasons(o)})
+    rest = opcodes[SASS_OPCODES:]
+    hottest = []
+    for h in summary.sass_hottest or []:
+        share, count = _number(h.get("share_pct")), _number(h.get("samples"))
+        if _text(h.get("sass")) and share is not None and count is not None:
+            offset = _number(h.get("offset"))
+            hottest.append({"offset": None if offset is None or offset < 0
+                            else f"0x{int(offset):04x}",
+                            "sass": h["sass"], "samples": count, "share_pct": share,
+                            "reasons": reasons(h)})
+    return {"kernel": _text(summary.sass_kernel), "samples": samples,
+            "instructions": _number(summary.sass_instructions),
+            "opcodes": opcodes[:SASS_OPCODES],
+            "rest": {"opcodes": len(rest), "samples": sum(o["samples"] for o in rest),
+                     "share_pct": sum(o["share_pct"] for o in rest)} if rest else None,
+            "hottest": hottest}
+
+
 def profile_instance(db, step: dict, summary) -> dict:
     metrics = {m["key"]: m for m in _step_metrics(db, step["id"]) if m["key"] in PROFILE_KEYS}
     return {**instance_base(step, summary),
             "metrics": [{"key": k, **metrics[k]} for k in PROFILE_KEYS if k in metrics],
             "stalls": [list(s) for s in summary.stalls or [] if _stall(s)],
-            "suggestions": [g for g in summary.suggestions or [] if isinstance(g, dict)]}
+            "suggestions": [g for g in summary.suggestions or [] if isinstance(g, dict)],
+            "sass": sass_section(summary), "sass_error": _text(summary.source_error)}
 
 
 def any_instance(db, step: dict, summary) -> dict:

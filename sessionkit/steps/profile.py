@@ -14,8 +14,12 @@ from pathlib import Path
 
 from .. import profile as prof
 from ..attention import IMPLS, AttentionConfig
-from . import Step, StepResult
+from . import Metric, Step, StepResult
 from .typed import StepOptions, StepSummary, fact, option
+
+
+HOTTEST = 10  # hottest SASS instructions kept in the summary (--source)
+METRIC_OPCODES = 10  # opcodes with most warp samples recorded as metrics (--source)
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,9 @@ class ProfileOptions(StepOptions):
     kernel_regex: str | None = option(None, help="Profile only the first launch whose name "
                                                  "matches (ncu --kernel-name).")
     warmup: int = option(3, unit="count", min=0, max=100, help="Calls before the profiled one.")
+    source: bool = option(False, help="Also sample warp stalls per SASS instruction (ncu section "
+                                      "SourceCounters) and record where the warps stall, per "
+                                      "opcode and for the hottest instructions.")
 
 
 @dataclass
@@ -58,6 +65,25 @@ class ProfileSummary(StepSummary):
     tree: str | None = fact(None, help="Path of the decision tree used.")
     permission_error: bool | None = fact(None, help="True when ncu had no access to the GPU's "
                                                     "performance counters.")
+    # --source: ncu's warp samples per SASS instruction (sessionkit.profile.source)
+    sass_kernel: str | None = fact(None, help="The kernel whose SASS was sampled (--source).")
+    sass_samples: int | None = fact(None, unit="count", help="Warp samples taken in that kernel, "
+                                                             "issuing or stalled (--source).")
+    sass_instructions: int | None = fact(None, unit="count",
+                                         help="SASS instructions in the kernel's listing (--source).")
+    sass_opcodes: list[dict] | None = fact(None, help=(
+        "Warp samples per opcode (mnemonic without predicate or modifiers), most first, opcodes "
+        "without samples left out (--source): [{opcode, samples (count), share_pct (% of the "
+        "kernel's samples), not_issued (count), instructions (count in the listing), executed "
+        "(warp-level instructions executed), reasons: [[reason, % of the opcode's samples], "
+        "...]}]. Reasons are ncu's stall reasons; 'selected' is a warp that was issuing, "
+        "'unlisted' samples that ncu gives no reason column for."))
+    sass_hottest: list[dict] | None = fact(None, help=(
+        "The instructions with most warp samples (--source): [{index (row of the listing), "
+        "offset (bytes from the kernel's first instruction), sass, opcode, samples (count), "
+        "share_pct (% of the kernel's samples), reasons: [[reason, % of its samples], ...]}]."))
+    source_error: str | None = fact(None, help="Why --source recorded no SASS breakdown (the "
+                                               "kernel-level profile is recorded all the same).")
 
 
 class ProfileStep(Step):
@@ -95,7 +121,8 @@ class ProfileStep(Step):
             context.progress.note("ncu --query-metrics gave no list: sections only")
         report_base = workdir / "profile"
         target = prof.target_command(cfg, kernel, opts.warmup)
-        cmd = prof.ncu_command(found.path, target, report_base, metrics, opts.kernel_regex)
+        cmd = prof.ncu_command(found.path, target, report_base, metrics, opts.kernel_regex,
+                               source=opts.source)
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
@@ -142,6 +169,9 @@ class ProfileStep(Step):
         context.progress.note("next:")
         for move in result.suggestions:
             context.progress.note(f"  - {move['text']} [{move['pattern']}]")
+        source, source_error = None, None
+        if opts.source:
+            source, source_error = self._source(context, found.path, rep, record.name, kernel)
         stalls = [[n, round(p, 1)] for n, p in numbers.top_stalls(3)]
         summary = ProfileSummary(
             verdict=result.verdict, config=cfg.spec, kernel=kernel, kernel_name=record.name,
@@ -156,17 +186,62 @@ class ProfileStep(Step):
                       "traffic_ratio": facts["traffic_ratio"]},
             occupancy_limiters=numbers.occupancy_limiters, kernels_profiled=len(records),
             gpu=info.get("gpu_name") or gpu_name, torch=info.get("torch"), ncu=found.path,
-            metrics=metrics, sections=list(prof.SECTIONS), tree=tree.path)
+            metrics=metrics,
+            sections=list(prof.SECTIONS) + ([prof.SOURCE_SECTION] if opts.source else []),
+            tree=tree.path, source_error=source_error)
+        if source is not None:
+            summary.sass_kernel = source.kernel_name or record.name
+            summary.sass_samples = source.total_samples
+            summary.sass_instructions = len(source.instructions)
+            summary.sass_opcodes = prof.opcode_rows(source)
+            summary.sass_hottest = prof.hottest_rows(source, HOTTEST)
         top = f", top stall {stalls[0][0]}" if stalls else ""
         message = (f"{result.verdict}: {prof.fmt_value(numbers.duration_ms, 'ms', 3)}, tensor pipe "
                    f"{prof.fmt_value(numbers.tensor_pipe_pct, '%', 0)}, DRAM "
                    f"{prof.fmt_value(numbers.dram_throughput_pct, '%', 0)}{top}")
+        if source_error:
+            message += f"; no SASS breakdown: {source_error}"
+        elif summary.sass_opcodes:
+            hot = summary.sass_opcodes[0]
+            message += f"; SASS: {hot['opcode']} {hot['share_pct']:.0f} % of warp samples"
+        elif source is not None:
+            message += "; SASS: no warp samples in the kernel"
         return StepResult("passed", message=message, summary=summary)
 
     @staticmethod
-    def _record(context, numbers: prof.KernelNumbers, facts: dict, kernel: str) -> None:
-        from . import Metric
+    def _source(context, ncu: str, rep: Path, kernel_name: str, kernel: str
+                ) -> tuple[prof.SourceProfile | None, str | None]:
+        """Read the report's SASS page back: (the table of the CUDA kernel ``kernel_name``, None),
+        or (None, the one-line reason there is none). The CSV is kept as an artifact either way;
+        the metrics are ``sass_samples`` (subject: ``kernel``, what was profiled) and
+        ``sass_samples_pct`` per opcode (subject: the opcode)."""
+        csv_path = Path(context.workdir) / "profile-source.csv"
+        context.progress.note("reading the warp samples per SASS instruction (ncu --page source)")
+        try:
+            try:
+                text = prof.export_source(ncu, rep, csv_path, prof.SOURCE_TIMEOUT_S)
+            finally:
+                if csv_path.is_file():
+                    context.artifact(csv_path, "csv")
+            source = prof.pick_kernel(prof.parse_source_csv(text), kernel_name)
+        except prof.SourceError as exc:
+            context.progress.note(f"no SASS breakdown: {exc}")
+            return None, str(exc)
+        metrics = [Metric("sass_samples", source.total_samples, "count", kernel)]
+        opcodes = source.by_opcode()
+        metrics += [Metric("sass_samples_pct", o.share_pct, "%", o.opcode)
+                    for o in opcodes[:METRIC_OPCODES] if o.samples > 0]
+        context.metrics(metrics)
+        context.progress.note(f"where the warps stall: {source.total_samples:,} warp samples "
+                              f"over {len(source.instructions):,} SASS instructions")
+        for o in opcodes[:5]:
+            if o.samples:
+                reasons = ", ".join(f"{r} {p:.0f} %" for r, p in o.reasons)
+                context.progress.note(f"  {o.opcode:<12} {o.share_pct:5.1f} % ({reasons})")
+        return source, None
 
+    @staticmethod
+    def _record(context, numbers: prof.KernelNumbers, facts: dict, kernel: str) -> None:
         rows = [
             ("sm_throughput_pct", numbers.sm_throughput_pct, "%"),
             ("dram_throughput_pct", numbers.dram_throughput_pct, "%"),
