@@ -195,3 +195,11 @@ def test_a_sass_table_of_another_kernel_than_the_profiled_one_is_named_as_such(
                      r"above, `cudnn_generated_fort_native_sdpa_sm90_[^`]+`: ncu's source page has "
                      r"no table of that name, so this is its table with the most samples\.", part)
 
+
+def test_the_kernel_level_stall_reasons_say_what_they_are_a_share_of(db, session, tmp_path,
+                                                                    monkeypatch):
+    fake_ncu(tmp_path, monkeypatch)
+    run_step(db, session, ProfileStep(), {"kernel": "ours", "source": True})
+    text = session_report(db, session["number"]).text
+    assert re.search(r"\nTop stall reasons \(whole kernel, % of stalled warp cycles\): "
+                     r"\w+ [\d.]+ %", text)
