@@ -178,13 +178,15 @@ def test_report_shows_where_the_warps_stall(db, session, tmp_path, monkeypatch):
     assert part.index("| opcode |") < part.index("hottest") < part.index("Suggestions:")
 
     # the figures are read from the database: change the stored summary, the report changes
+    # (a share is computed from the stored counts: 100 * samples / sass_samples)
     stored = _summary(row)
-    stored["sass_opcodes"][0]["share_pct"] = 77.7
+    stored["sass_opcodes"][0]["samples"] = 1000
+    stored["sass_samples"] = 4000
     stored["sass_hottest"] = stored["sass_hottest"][:3]
     with db.conn:
         db.execute("UPDATE steps SET summary = ? WHERE id = ?", [json.dumps(stored), row["id"]])
     after = session_report(db, session["number"]).text
-    assert f"| `MUFU` | 77.7 % | 342 |" in after and "The 3 hottest instructions (offset" in after
+    assert f"| `MUFU` | 25.0 % | 1,000 |" in after and "The 3 hottest instructions (offset" in after
 
 
 def test_report_says_why_there_is_no_breakdown(db, session, tmp_path, monkeypatch):

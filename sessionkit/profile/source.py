@@ -369,19 +369,22 @@ def pick_kernel(profiles: Iterable[SourceProfile], name: str | None) -> SourcePr
 
 def opcode_rows(profile: SourceProfile) -> list[dict]:
     """:meth:`SourceProfile.by_opcode` as JSON objects, opcodes without samples left out:
-    ``{opcode, samples, share_pct, not_issued, instructions, executed, reasons: [[name, %], ...]}``."""
-    return [{"opcode": o.opcode, "samples": o.samples, "share_pct": round(o.share_pct, 2),
+    ``{opcode, samples, share_pct, not_issued, instructions, executed, reasons: [[name, %], ...]}``.
+    Shares are kept unrounded, so that whoever shows them rounds once (a share rounded to 2
+    decimals and then shown to 1, 9.648 -> 9.65 -> 9.7, is wrong)."""
+    return [{"opcode": o.opcode, "samples": o.samples, "share_pct": o.share_pct,
              "not_issued": o.not_issued, "instructions": o.instructions, "executed": o.executed,
-             "reasons": [[r, round(p, 1)] for r, p in o.reasons]}
+             "reasons": [[r, p] for r, p in o.reasons]}
             for o in profile.by_opcode() if o.samples > 0]
 
 
 def hottest_rows(profile: SourceProfile, n: int = 10) -> list[dict]:
     """:meth:`SourceProfile.hottest` as JSON objects:
-    ``{index, offset, sass, opcode, samples, share_pct, reasons: [[name, %], ...]}``."""
+    ``{index, offset, sass, opcode, samples, share_pct, reasons: [[name, %], ...]}``, shares
+    unrounded (as :func:`opcode_rows`)."""
     return [{"index": i.index, "offset": i.offset, "sass": i.sass, "opcode": i.opcode,
-             "samples": i.samples, "share_pct": round(profile.share_pct(i.samples), 2),
-             "reasons": [[r, round(p, 1)] for r, p in top_reasons(i.reasons())]}
+             "samples": i.samples, "share_pct": profile.share_pct(i.samples),
+             "reasons": [[r, p] for r, p in top_reasons(i.reasons())]}
             for i in profile.hottest(n)]
 
 

@@ -308,11 +308,20 @@ def _text(value) -> str | None:
 def sass_section(summary) -> dict | None:
     """Where the warps stall, from a ``profile --source`` summary: ``{"kernel", "samples",
     "instructions", "opcodes": [...] (the first SASS_OPCODES), "rest": {"opcodes", "samples",
-    "share_pct"} or None, "hottest": [...]}``; rows whose figures are not numbers are left out.
-    None when the step stored no SASS breakdown."""
+    "share_pct"} or None, "hottest": [...], "profiled_kernel"}``; rows whose figures are not
+    numbers are left out. None when the step stored no SASS breakdown.
+
+    A share (%) is computed here from the stored sample counts, ``100 * samples / sass_samples``,
+    so that the report rounds it once (summaries of earlier releases hold shares rounded to 2
+    decimals, which shown to 1 decimal could be 0.1 off; the "other opcodes" row was their sum).
+    ``profiled_kernel`` is the kernel of the step's kernel-level figures when the SASS table is
+    of another one (ncu's source page had no table of that name), else None."""
     samples = _number(summary.sass_samples)
     if samples is None:
         return None
+
+    def share(entry, count: float) -> float | None:
+        return 100.0 * count / samples if samples > 0 else _number(entry.get("share_pct"))
 
     def reasons(entry) -> list[list]:
         stored = entry.get("reasons")
@@ -321,26 +330,32 @@ def sass_section(summary) -> dict | None:
 
     opcodes = []
     for o in summary.sass_opcodes or []:
-        share, count = _number(o.get("share_pct")), _number(o.get("samples"))
-        if _text(o.get("opcode")) and share is not None and count is not None:
-            opcodes.append({"opcode": o["opcode"], "samples": count, "share_pct": share,
+        count = _number(o.get("samples")) if isinstance(o, dict) else None
+        pct = share(o, count) if count is not None else None
+        if pct is not None and _text(o.get("opcode")):
+            opcodes.append({"opcode": o["opcode"], "samples": count, "share_pct": pct,
                             "executed": _number(o.get("executed")), "reasons": reasons(o)})
     rest = opcodes[SASS_OPCODES:]
+    rest_samples = sum(o["samples"] for o in rest)
     hottest = []
     for h in summary.sass_hottest or []:
-        share, count = _number(h.get("share_pct")), _number(h.get("samples"))
-        if _text(h.get("sass")) and share is not None and count is not None:
+        count = _number(h.get("samples")) if isinstance(h, dict) else None
+        pct = share(h, count) if count is not None else None
+        if pct is not None and _text(h.get("sass")):
             offset = _number(h.get("offset"))
             hottest.append({"offset": None if offset is None or offset < 0
                             else f"0x{int(offset):04x}",
-                            "sass": h["sass"], "samples": count, "share_pct": share,
+                            "sass": h["sass"], "samples": count, "share_pct": pct,
                             "reasons": reasons(h)})
-    return {"kernel": _text(summary.sass_kernel), "samples": samples,
+    kernel, profiled = _text(summary.sass_kernel), _text(summary.kernel_name)
+    return {"kernel": kernel, "samples": samples,
             "instructions": _number(summary.sass_instructions),
             "opcodes": opcodes[:SASS_OPCODES],
-            "rest": {"opcodes": len(rest), "samples": sum(o["samples"] for o in rest),
-                     "share_pct": sum(o["share_pct"] for o in rest)} if rest else None,
-            "hottest": hottest}
+            "rest": {"opcodes": len(rest), "samples": rest_samples,
+                     "share_pct": 100.0 * rest_samples / samples if samples > 0
+                     else sum(o["share_pct"] for o in rest)} if rest else None,
+            "hottest": hottest,
+            "profiled_kernel": profiled if kernel and profiled and profiled != kernel else None}
 
 
 def profile_instance(db, step: dict, summary) -> dict:

@@ -36,6 +36,18 @@ def f_num(value, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+def f_whole_pct(value) -> str:
+    """A share (%) shown whole, never rounded onto a bound it does not reach: ``<1`` for a share
+    above 0 that would show as 0, ``>99`` for one below 100 that would show as 100."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    if 0 < value < 0.5:
+        return "<1"
+    if 99.5 <= value < 100:
+        return ">99"
+    return f"{value:.0f}"
+
+
 def f_int(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return DASH
@@ -124,6 +136,7 @@ def f_value(value, fmt: str) -> str:
 
 
 FILTERS = {"dur": f_dur, "delta": f_delta, "money": f_money, "num": f_num, "auto": f_auto, "int": f_int,
+           "whole_pct": f_whole_pct,
            "pct": f_pct, "times": f_times, "sci": f_sci, "ts": f_ts, "date": f_date,
            "cell": f_cell, "short": f_short, "value": f_value, "code": f_code}
 
