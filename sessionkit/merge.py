@@ -27,7 +27,7 @@ A session's files are copied inside the transaction that imports it, each file a
 down first in a journal below ``artifacts/.merge-journals/``: a session rolled back (Ctrl-C, SIGTERM)
 takes its copies with it, and the copies of a merge killed outright (kill -9, a crash), which SQLite
 rolls back, are removed by the next merge into this database. A copy that fails midway (a full disk)
-leaves no partial file.
+leaves no partial file. A signal that lands as an import commits keeps its copies (rows name them).
 
 Before anything is read, each other database passes ``PRAGMA quick_check``; a damaged one is refused
 whole (:class:`~sessionkit.errors.DatabaseError`), so nothing half-read is imported.
@@ -495,14 +495,20 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
                     keymap[table][old_key] = cur.lastrowid if pk else old_key
         local.execute("COMMIT")
     except BaseException:
-        # Its copies go while the write lock is still held: once it is let go, another merge may
-        # import this session under the same number, to the same paths.
-        _undo_copies(None, journal.path, local_artifacts)
         if local.in_transaction:
-            local.execute("ROLLBACK")
+            # Its copies go while the write lock is still held: once it is let go, another merge
+            # may import this session under the same number, to the same paths.
+            try:
+                _undo_copies(None, journal.path, local_artifacts)
+            finally:
+                journal.close()
+                local.execute("ROLLBACK")
+        else:
+            # Committed (a signal that arrived while COMMIT ran is raised as it returns) or rolled
+            # back by SQLite itself: rows name its files, or none does. The journal stays for the
+            # next merge, which keeps what rows name and removes the rest under the write lock.
+            journal.close()
         raise
-    finally:
-        journal.close()
     journal.discard()  # committed: every file it lists is named by a row
     result.artifacts_copied += copied
     result.artifacts_missing += len(missing)
