@@ -663,20 +663,29 @@ def _made_by_a_merge(path: Path, root: Path, real_root: str, *, folder: bool) ->
         return False
 
 
-def _named_by_a_row(conn, path: Path) -> bool:
-    """Whether a row of ``conn``'s ``artifacts`` table names ``path``: as it is, or in another form
-    that leads to the same file (a relative path, a link)."""
-    if conn.execute("SELECT 1 FROM artifacts WHERE path = ? LIMIT 1", [str(path)]).fetchone():
-        return True
-    pattern = "%" + "".join("\\" + c if c in "\\%_" else c for c in path.name)
-    rows = conn.execute("SELECT path FROM artifacts WHERE path LIKE ? ESCAPE '\\'", [pattern])
-    return any(_same_file(Path(named), path) for (named,) in rows)
+class _RowPaths:
+    """The paths the rows of ``conn``'s ``artifacts`` table name, read once (the column has no
+    index, and a killed import may leave thousands of files to look up)."""
+
+    def __init__(self, conn):
+        self.exact: set[str] = set()
+        self.by_name: dict[str, list[str]] = {}
+        for (path,) in conn.execute("SELECT path FROM artifacts WHERE path IS NOT NULL"):
+            self.exact.add(path)
+            self.by_name.setdefault(os.path.basename(path), []).append(path)
+
+    def name(self, path: Path) -> bool:
+        """Whether a row names ``path``: as it is, or in another form that leads to the same file
+        (a relative path, a link)."""
+        if str(path) in self.exact:
+            return True
+        return any(_same_file(Path(named), path) for named in self.by_name.get(path.name, ()))
 
 
-def _undo_copies(conn, journal: Path, root: Path, text: str | None = None) -> None:
+def _undo_copies(rows: _RowPaths | None, journal: Path, root: Path, text: str | None = None) -> None:
     """Remove what the import of ``journal`` (whose content is ``text``, when already read) made
-    below ``root``: its files that no row of ``conn``'s ``artifacts`` table names (every one, with
-    ``conn`` None: an import undoing its own copies), then its folders that are left empty
+    below ``root``: its files that none of ``rows`` (the ``artifacts`` rows) names (every one, with
+    ``rows`` None: an import undoing its own copies), then its folders that are left empty
     (innermost first); then the journal. A committed import's files are all named by rows, so it
     keeps them; a rolled-back one's are named by none. Only paths named as a merge names what it
     copies (:func:`_made_by_a_merge`) are touched: never one outside ``root``, nor one outside
@@ -701,10 +710,10 @@ def _undo_copies(conn, journal: Path, root: Path, text: str | None = None) -> No
     for path in files:
         try:
             if (_made_by_a_merge(path, root, real_root, folder=False)
-                    and not (conn is not None and _named_by_a_row(conn, path))
+                    and not (rows is not None and rows.name(path))
                     and not path.is_dir()):
                 path.unlink(missing_ok=True)
-        except (OSError, ValueError, sqlite3.Error):
+        except (OSError, ValueError):
             pass
     for folder in reversed(folders):
         try:
@@ -744,6 +753,7 @@ def _undo_unfinished_copies(conn, root: Path) -> None:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
+        rows = None
         for journal in sorted(folder.glob("*.jsonl")):
             fh = _open_unused_journal(journal)
             if fh is None:
@@ -753,7 +763,8 @@ def _undo_unfinished_copies(conn, root: Path) -> None:
                     text = fh.read()
                 except OSError:
                     continue
-                _undo_copies(conn, journal, root, text)
+                rows = rows or _RowPaths(conn)
+                _undo_copies(rows, journal, root, text)
     finally:
         conn.execute("COMMIT")
 
