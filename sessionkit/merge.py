@@ -27,7 +27,11 @@ A session's files are copied inside the transaction that imports it, each file a
 down first in a journal below ``artifacts/.merge-journals/``: a session rolled back (Ctrl-C, SIGTERM)
 takes its copies with it, and the copies of a merge killed outright (kill -9, a crash), which SQLite
 rolls back, are removed by the next merge into this database. A copy that fails midway (a full disk)
-leaves no partial file.
+leaves no partial file. A signal that lands as an import commits keeps its copies (rows name them).
+What a journal names is removed only when it is named as a merge names its copies (inside a
+``session-N/`` folder, no ``..``, no symbolic link on the way) and no row names that file; a journal
+that another merge still holds (``flock``) is left alone, and a ``.merge-journals`` that is a
+symbolic link stops the merge before anything is imported.
 
 Before anything is read, each other database passes ``PRAGMA quick_check``; a damaged one is refused
 whole (:class:`~sessionkit.errors.DatabaseError`), so nothing half-read is imported.
@@ -42,17 +46,20 @@ later merge would only find a conflict. Merge again once they have ended.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .db import artifacts_root, database_file_exists, empty_file_message, read_as_found
-from .errors import DatabaseError, Interrupted, NoDatabaseError, UsageError
+from .errors import DatabaseError, Interrupted, NoDatabaseError, SessionkitError, UsageError
 from .timefmt import now_iso
 
 # Columns that say where a session sits in one database, not what it recorded.
@@ -413,6 +420,7 @@ def _merge(db, source, other: Path) -> MergeResult:
     counts = [(t, c) for t, fks in plan for c, other_t, _ in fks if other_t == "steps"
               and t not in ("artifacts",)]
     local_artifacts = artifacts_root(db.path)
+    _check_journal_folder(local_artifacts)
     _undo_unfinished_copies(local, local_artifacts)
 
     order = "ORDER BY started_at, number"
@@ -495,14 +503,20 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
                     keymap[table][old_key] = cur.lastrowid if pk else old_key
         local.execute("COMMIT")
     except BaseException:
-        # Its copies go while the write lock is still held: once it is let go, another merge may
-        # import this session under the same number, to the same paths.
-        _undo_copies(None, journal.path, local_artifacts)
         if local.in_transaction:
-            local.execute("ROLLBACK")
+            # Its copies go while the write lock is still held: once it is let go, another merge
+            # may import this session under the same number, to the same paths.
+            try:
+                _undo_copies(None, journal.path, local_artifacts)
+            finally:
+                journal.close()
+                local.execute("ROLLBACK")
+        else:
+            # Committed (a signal that arrived while COMMIT ran is raised as it returns) or rolled
+            # back by SQLite itself: rows name its files, or none does. The journal stays for the
+            # next merge, which keeps what rows name and removes the rest under the write lock.
+            journal.close()
         raise
-    finally:
-        journal.close()
     journal.discard()  # committed: every file it lists is named by a row
     result.artifacts_copied += copied
     result.artifacts_missing += len(missing)
@@ -517,6 +531,7 @@ def _insert(conn, table: str, row: dict):
 
 
 COPY_JOURNALS = ".merge-journals"  # below this database's artifacts folder
+_SESSION_FOLDER = re.compile(r"session-[0-9]+")  # what a merge copies into, below that folder
 
 
 class _CopyJournal:
@@ -527,7 +542,10 @@ class _CopyJournal:
     A merge killed (kill -9, a crash) while it imports a session has its transaction rolled back
     by SQLite, but the files it copied stay; the next merge finds the journal and removes them
     (:func:`_undo_unfinished_copies`). The journal is made with the first folder or file and
-    removed once the session is committed."""
+    removed once the session is committed. While it is in use the journal is held under an
+    exclusive ``flock(2)``, which the kernel lets go when the process ends however it ends: a
+    merge into another database that shares this artifacts folder (``a.db`` and ``a.sqlite``)
+    does not take the write lock this merge holds, and leaves a journal so held alone."""
 
     def __init__(self, root: Path):
         import uuid
@@ -536,10 +554,29 @@ class _CopyJournal:
         self.path = root / COPY_JOURNALS / f"{uuid.uuid4()}.jsonl"
         self._fh = None
 
+    def _open(self):
+        folder = self.path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        if folder.is_symlink():
+            raise OSError(errno.ELOOP, f"{folder} is a symbolic link")
+        # Made under another name and locked before it is named *.jsonl: a merge that looks for
+        # journals never finds it unlocked while it is in use.
+        made = folder / f".{self.path.name}.new"
+        fd = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+        fh = os.fdopen(fd, "a", encoding="utf-8")
+        try:
+            _lock(fd)
+            os.rename(made, self.path)
+        except BaseException:
+            fh.close()
+            made.unlink(missing_ok=True)
+            raise
+        return fh
+
     def _add(self, kind: str, path: Path) -> None:
         if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")
+            self._fh = self._open()
         self._fh.write(json.dumps({kind: str(path)}) + "\n")
         self._fh.flush()  # in the kernel's hands: a process killed after this has it written
 
@@ -556,28 +593,110 @@ class _CopyJournal:
         self._add("file", path)
 
     def close(self) -> None:
+        """Let the journal go (and its lock), leaving it where it is."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
 
     def discard(self) -> None:
-        self.close()
-        self.path.unlink(missing_ok=True)  # the folder stays: another import may be opening
-        # its journal in it right now
+        """Remove the journal, then let its lock go. The folder stays: another import may be
+        opening its journal in it right now."""
+        try:
+            if self._fh is not None:
+                self.path.unlink(missing_ok=True)
+        finally:
+            self.close()
 
 
-def _undo_copies(conn, journal: Path, root: Path) -> None:
-    """Remove what the import of ``journal`` made below ``root``: its files that no row of
-    ``conn``'s ``artifacts`` table names (every one, with ``conn`` None: an import undoing its own
-    copies), then its folders that are left empty (innermost first); then the journal. A committed
-    import's files are all named by rows, so it keeps them; a rolled-back one's are named by none.
-    A path outside ``root`` is never touched."""
+def _lock(fd: int) -> bool:
+    """Take an exclusive ``flock(2)`` on ``fd`` without waiting: False when another open file
+    holds one; True when taken, or when this file system has no such locks (then the database's
+    write lock alone keeps merges apart)."""
+    import fcntl
+
     try:
-        lines = journal.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:  # gone (another merge undid it first) or unreadable: nothing to go by
-        return
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # ENOLCK, EOPNOTSUPP: no flock here
+        return True
+    return True
+
+
+def _open_unused_journal(journal: Path):
+    """The journal at ``journal`` opened for reading and locked, or None when it is not a regular
+    file (a symbolic link, a FIFO: nothing a merge writes, and a FIFO would block the read) or
+    is held by a merge still running."""
+    try:
+        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # gone, a symbolic link, unreadable
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not _lock(fd):
+            os.close(fd)
+            return None
+    except OSError:
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "r", encoding="utf-8", errors="replace")
+
+
+def _made_by_a_merge(path: Path, root: Path, real_root: str, *, folder: bool) -> bool:
+    """Whether ``path`` is named as a merge names what it makes below ``root``: absolute, inside a
+    ``session-N/`` folder of ``root`` (or that folder itself, for a folder), with no ``..`` and
+    no symbolic link on the way below ``root`` (a file: not a link either). Anything else in a
+    journal (a damaged or hand-edited one) is never removed."""
+    if not path.is_absolute() or ".." in path.parts:
+        return False
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        return False
+    if len(rel.parts) < (1 if folder else 2) or not _SESSION_FOLDER.fullmatch(rel.parts[0]):
+        return False
+    try:
+        if folder:
+            return os.path.realpath(path) == os.path.join(real_root, *rel.parts)
+        return (os.path.realpath(path.parent) == os.path.join(real_root, *rel.parts[:-1])
+                and not path.is_symlink())
+    except (OSError, ValueError):
+        return False
+
+
+class _RowPaths:
+    """The paths the rows of ``conn``'s ``artifacts`` table name, read once (the column has no
+    index, and a killed import may leave thousands of files to look up)."""
+
+    def __init__(self, conn):
+        self.exact: set[str] = set()
+        self.by_name: dict[str, list[str]] = {}
+        for (path,) in conn.execute("SELECT path FROM artifacts WHERE path IS NOT NULL"):
+            self.exact.add(path)
+            self.by_name.setdefault(os.path.basename(path), []).append(path)
+
+    def name(self, path: Path) -> bool:
+        """Whether a row names ``path``: as it is, or in another form that leads to the same file
+        (a relative path, a link)."""
+        if str(path) in self.exact:
+            return True
+        return any(_same_file(Path(named), path) for named in self.by_name.get(path.name, ()))
+
+
+def _undo_copies(rows: _RowPaths | None, journal: Path, root: Path, text: str | None = None) -> None:
+    """Remove what the import of ``journal`` (whose content is ``text``, when already read) made
+    below ``root``: its files that none of ``rows`` (the ``artifacts`` rows) names (every one, with
+    ``rows`` None: an import undoing its own copies), then its folders that are left empty
+    (innermost first); then the journal. A committed import's files are all named by rows, so it
+    keeps them; a rolled-back one's are named by none. Only paths named as a merge names what it
+    copies (:func:`_made_by_a_merge`) are touched: never one outside ``root``, nor one outside
+    its ``session-N/`` folders."""
+    if text is None:
+        try:
+            text = journal.read_text(encoding="utf-8", errors="replace")
+        except OSError:  # gone (another merge undid it first) or unreadable: nothing to go by
+            return
     files, folders = [], []
-    for line in lines:
+    for line in text.splitlines():
         try:
             entry = json.loads(line)
         except ValueError:  # the last line of a merge killed while writing it
@@ -587,25 +706,37 @@ def _undo_copies(conn, journal: Path, root: Path) -> None:
         for kind, found in (("file", files), ("folder", folders)):
             if isinstance(entry.get(kind), str):
                 found.append(Path(entry[kind]))
-    base = root.resolve()
+    real_root = os.path.realpath(root)
     for path in files:
         try:
-            named = conn is not None and conn.execute(
-                "SELECT 1 FROM artifacts WHERE path = ? LIMIT 1", [str(path)]).fetchone()
-            if not named and path.parent.resolve().is_relative_to(base) and not path.is_dir():
+            if (_made_by_a_merge(path, root, real_root, folder=False)
+                    and not (rows is not None and rows.name(path))
+                    and not path.is_dir()):
                 path.unlink(missing_ok=True)
         except (OSError, ValueError):
             pass
     for folder in reversed(folders):
         try:
-            if folder.resolve().is_relative_to(base):
+            if _made_by_a_merge(folder, root, real_root, folder=True):
                 folder.rmdir()  # only when empty
-        except OSError:
+        except (OSError, ValueError):
             pass
     try:
         journal.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def _check_journal_folder(root: Path) -> None:
+    """Refuse a merge into the database whose artifacts folder is ``root`` when its
+    ``COPY_JOURNALS`` is there but not a folder of its own (a symbolic link, a file): journals
+    read there would be removed wherever it points, and copies could not be written down first.
+    Raises :class:`~sessionkit.errors.SessionkitError` (one line)."""
+    folder = root / COPY_JOURNALS
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        what = "a symbolic link" if folder.is_symlink() else "not a folder"
+        raise SessionkitError(f"{folder} is {what}: merge writes down the files it copies only in "
+                              "a folder of its own there; move it away and merge again")
 
 
 def _undo_unfinished_copies(conn, root: Path) -> None:
@@ -614,14 +745,26 @@ def _undo_unfinished_copies(conn, root: Path) -> None:
     journal only while it holds that lock and removes it once it has committed or rolled back,
     so a journal found under the lock belongs to a merge that was killed, or to one that has just
     committed (whose files rows name, and which are kept) or rolled back (whose files go either
-    way)."""
+    way). A journal that another process holds locked (:class:`_CopyJournal`: a merge into a
+    database that shares this folder, still running) is left alone, as is anything there that
+    is not a regular file."""
     folder = root / COPY_JOURNALS
-    if not folder.is_dir() or not any(folder.glob("*.jsonl")):
+    if folder.is_symlink() or not folder.is_dir() or not any(folder.glob("*.jsonl")):
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
+        rows = None
         for journal in sorted(folder.glob("*.jsonl")):
-            _undo_copies(conn, journal, root)
+            fh = _open_unused_journal(journal)
+            if fh is None:
+                continue
+            with fh:  # locked until its files are undone and it is removed
+                try:
+                    text = fh.read()
+                except OSError:
+                    continue
+                rows = rows or _RowPaths(conn)
+                _undo_copies(rows, journal, root, text)
     finally:
         conn.execute("COMMIT")
 

@@ -227,7 +227,7 @@ def run_step(db, session: dict, step: Step, options=None, *, name: str | None = 
 
     options = step.parse_options(options)
     name = name or step.name
-    check_step_name(name, kind=kind)
+    check_step_name(name, kind=kind, runs=step.name)
     interval = (telemetry_interval_from_env() or telemetry_interval_s
                 or DEFAULT_TELEMETRY_INTERVAL_S)
     every = heartbeat_every_s()
@@ -344,20 +344,25 @@ def _forget(db, step_id: str) -> None:
 MAX_STEP_NAME = 100
 
 
-def check_step_name(name: str, *, kind: str = "builtin") -> None:
+def check_step_name(name: str, *, kind: str = "builtin", runs: str | None = None) -> None:
     """Raise :class:`UsageError` for a step name that is empty, longer than
-    :data:`MAX_STEP_NAME` characters, or holds control characters; and, for a step of another
-    ``kind`` than ``"builtin"`` (a ``step run`` command, a hook), for the name of a built-in step
-    (``build``, ``bench``...: :data:`sessionkit.steps.REGISTRY` but ``run``, the command step
-    itself). A plan, a step budget, progress counters and history estimates know a step by its
-    name, so a command called ``build`` would pass for the kernel build: it would satisfy a
-    planned ``build`` without building anything."""
+    :data:`MAX_STEP_NAME` characters, or holds control characters; and for the name of a
+    built-in step (``build``, ``bench``...: :data:`sessionkit.steps.REGISTRY` but ``run``, the
+    command step itself) given to a step of another ``kind`` than ``"builtin"`` (a ``step run``
+    command, a hook) or to another step than that one (``runs``: the name of the step that would
+    run under ``name``, as :func:`run_step` passes it). A plan, a step budget, progress counters
+    and history estimates know a step by its name, so a command called ``build`` would pass for
+    the kernel build: it would satisfy a planned ``build`` without building anything."""
     from .steps import REGISTRY
 
-    if kind != "builtin" and name in REGISTRY and name != "run":
+    if name in REGISTRY and name != "run" and (kind != "builtin" or (runs is not None
+                                                                     and runs != name)):
+        if kind != "builtin" or runs == "run":
+            fix = f"give a command step a name of its own, e.g. '{name}-cmd'"
+        else:
+            fix = f"the {runs!r} step may not run under it"
         raise UsageError(f"step name {name!r} is taken by a built-in step ('sessionkit step "
-                         f"{name}' runs it); give a command step a name of its own, e.g. "
-                         f"'{name}-cmd'")
+                         f"{name}' runs it); {fix}")
     if not name or not name.strip():
         raise UsageError("a step name must not be empty")
     if len(name) > MAX_STEP_NAME:

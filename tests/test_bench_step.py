@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import textwrap
 
 import pytest
 
@@ -357,3 +358,36 @@ def test_run_bench_end_to_end_with_a_fake_gpu(make_context, db, monkeypatch, tmp
     assert metrics["pass_spread_median_pct"] > 0
     with open(tmp_path / "b.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 6
+
+
+CSV_ON_A_FULL_DISK = textwrap.dedent("""
+    set -u
+    mount -t tmpfs -o size=1m tmpfs "$1" || exit 77
+    cd "$1"
+    echo "the last bench's CSV" > bench.csv
+    head -c 2000000 /dev/zero > filler 2>/dev/null   # the disk is now full
+    "$2" - <<'PY'
+    from sessionkit.bench import step
+    rows = [{"impl": "ours", "status": "ok", "note": "x" * 1000} for _ in range(100)]
+    try:
+        step.write_csv("bench.csv", rows)
+        print("WRITTEN")
+    except Exception as exc:
+        print("ERROR", type(exc).__name__, exc)
+    PY
+    echo "CONTENT $(cat bench.csv)"
+    ls -a
+""")
+
+
+def test_the_csv_is_replaced_whole_or_not_at_all(tmp_path):
+    """--csv PATH is checked by the rules of every -o output, but was written in place: a full
+    disk (or Ctrl-C) while writing it left the file truncated, the CSV of an earlier bench at that
+    path gone. It is written as the -o outputs are now: whole, or the old file is kept."""
+    from small_disk import run_on_small_disk
+
+    result = run_on_small_disk(CSV_ON_A_FULL_DISK, tmp_path, "", timeout=120)
+    out = result.stdout
+    assert "ERROR UsageError cannot write bench.csv: no space left on device" in out, out + result.stderr
+    assert "CONTENT the last bench's CSV\n" in out, out
+    assert ".tmp" not in out  # no temporary file left behind

@@ -212,3 +212,22 @@ def test_library_run_step_without_cli(db, session):
 
     row = run_step(db, session, CommandStep(), {"argv": ["true"]}, name="t", kind="command")
     assert row["status"] == "passed" and row["seq"] == 1 and row["exit_code"] == 0
+
+
+@pytest.mark.parametrize("runs, name, kind", [("run", "build", "builtin"), ("bench", "build", "builtin"),
+                                              ("preflight", "bench", "builtin"), ("run", "profile", "hook")])
+def test_the_library_refuses_a_built_in_steps_name_for_another_step(db, session, runs, name, kind):
+    """`step run build -- true` is refused, but the library took it: run_step(CommandStep(),
+    name="build") with its default kind recorded the command as the built-in build (kind
+    builtin), which satisfied a planned build and counted in the restart history as a build that
+    passed; so did a bench run under the name build. A step may take a built-in step's name only
+    when it is that step; refused before anything is recorded."""
+    from sessionkit.errors import UsageError
+    from sessionkit.steps import get_step
+
+    options = {"argv": ["true"]} if runs == "run" else None
+    with pytest.raises(UsageError, match=f"step name '{name}' is taken by a built-in step"):
+        run_step(db, session, get_step(runs), options, name=name, kind=kind)
+    assert db["steps"].count == 0  # so neither a plan nor the restart history counts it
+    row = run_step(db, session, get_step("run"), {"argv": ["true"]}, name=f"{name}-cmd", kind="command")
+    assert row["status"] == "passed" and row["name"] == f"{name}-cmd"

@@ -152,18 +152,24 @@ def check_csv_target(path: str | Path) -> None:
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> Path:
-    """One line per (implementation, config)."""
-    path = Path(path)
+    """Write one line per (implementation, config) to ``path`` (its folders made), whole or not at
+    all, as every ``-o`` output is written (:func:`sessionkit.atomic.write_atomic`): a full disk or
+    Ctrl-C keeps the file that was there. Raises :class:`~sessionkit.errors.UsageError` (one line)
+    when it cannot be written, and for a path :func:`check_csv_target` refuses."""
+    import io
+
+    from ..atomic import write_atomic
+    from ..errors import SessionkitError
+
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(csv_row(row))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow(csv_row(row))
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
-    return path
+        return write_atomic(path, text.getvalue(), make_parents=True)
+    except SessionkitError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def step_rows(db, step_id: str) -> list[dict]:
