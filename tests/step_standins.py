@@ -2,6 +2,8 @@
 
 - :func:`fake_bench_gpu`: a stand-in torch with a CUDA device and a stand-in timer; the step's
   passes, result rows, samples, CSV and metrics are the real ones.
+- :func:`files_source`: a database of ended sessions whose one step wrote and recorded files of
+  random bytes (what a merge copies).
 - :func:`write_fake_ncu` / :func:`fake_ncu`: a stand-in ``ncu`` script that lists metrics,
   "profiles" by writing a report and imports by printing ``tests/data/ncu_sample.csv`` (captured
   from torch SDPA on an H100), or for ``--page source`` ``tests/data/ncu_source_sass_sample.csv``
@@ -9,6 +11,8 @@
 """
 
 from __future__ import annotations
+
+import os
 
 import stat
 import sys
@@ -113,3 +117,31 @@ def fake_ncu(tmp_path, monkeypatch, *, perm=False, **source) -> str:
     monkeypatch.setattr("sessionkit.toolchain.find_cuda_tool", lambda tool: Found(path, True, "PATH"))
     monkeypatch.setattr(profile, "gpu_facts", lambda: (None, H100))
     return path
+
+
+def files_source(path: Path, step: str, sizes: list[int], sessions: int = 1) -> None:
+    """A database at ``path`` with ``sessions`` ended sessions, each with one step named ``step``
+    that wrote and recorded a file of random bytes of each of ``sizes``."""
+    from sessionkit.runner import run_step
+    from sessionkit.sessions import end_session, start_session
+    from sessionkit.db import open_db
+    from sessionkit.steps import Step, StepResult
+
+    class Files(Step):
+        name = step
+        description = "Write and record files."
+        budget_s = 60.0
+
+        def run(self, context):
+            for i, size in enumerate(sizes):
+                out = context.workdir / f"{step}-{i:04d}.bin"
+                out.write_bytes(os.urandom(size))
+                context.artifact(out, "data")
+            return StepResult("passed", message="wrote them")
+
+    db = open_db(path, create=True)
+    for _ in range(sessions):
+        s = start_session(db, "files", objective="a session with artifacts")
+        run_step(db, s, Files(), stream=open(os.devnull, "w"))
+        end_session(db, s, outcome="done", status="passed")
+    db.conn.close()

@@ -18,35 +18,9 @@ from pathlib import Path
 import pytest
 
 from sessionkit.db import artifacts_root, open_db
+from step_standins import files_source as _source
 
 ENV = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
-
-
-def _source(path: Path, step: str, sizes: list[int], sessions: int = 1) -> None:
-    """A database at ``path`` with ``sessions`` ended sessions, each with one step named ``step``
-    that wrote and recorded a file of random bytes of each of ``sizes``."""
-    from sessionkit.runner import run_step
-    from sessionkit.sessions import end_session, start_session
-    from sessionkit.steps import Step, StepResult
-
-    class Files(Step):
-        name = step
-        description = "Write and record files."
-        budget_s = 60.0
-
-        def run(self, context):
-            for i, size in enumerate(sizes):
-                out = context.workdir / f"{step}-{i:04d}.bin"
-                out.write_bytes(os.urandom(size))
-                context.artifact(out, "data")
-            return StepResult("passed", message="wrote them")
-
-    db = open_db(path, create=True)
-    for _ in range(sessions):
-        s = start_session(db, "files", objective="a session with artifacts")
-        run_step(db, s, Files(), stream=open(os.devnull, "w"))
-        end_session(db, s, outcome="done", status="passed")
-    db.conn.close()
 
 
 def _merge(target: Path, source: Path, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -25,6 +25,7 @@ try:
 except ImportError:
     _copy_target = None
 from test_merge import host_b
+from step_standins import files_source
 
 
 def _craft(source_db: Path, recorded: str) -> None:
@@ -439,32 +440,6 @@ def test_a_merge_stopped_by_a_signal_leaves_the_source_folder_and_this_database_
     assert _folder_state(tmp_path / "b") == before
 
 
-def _source_of_files(source: Path, sizes: list[int]) -> None:
-    """A database at ``source`` with one ended session whose one step wrote and recorded a file of
-    random bytes of each of ``sizes`` (a merge of it spends a while copying them)."""
-    from sessionkit.runner import run_step
-    from sessionkit.sessions import end_session, start_session
-    from sessionkit.steps import Step, StepResult
-
-    class ManyFiles(Step):
-        name = "many-files"
-        description = "Write and record many files."
-        budget_s = 60.0
-
-        def run(self, context):
-            for i, size in enumerate(sizes):
-                path = context.workdir / f"part-{i:04d}.bin"
-                path.write_bytes(os.urandom(size))
-                context.artifact(path, "data")
-            return StepResult("passed", message="wrote them")
-
-    db = open_db(source, create=True)
-    s = start_session(db, "many files", objective="a session with many artifacts")
-    run_step(db, s, ManyFiles())
-    end_session(db, s, outcome="done", status="passed")
-    db.conn.close()
-
-
 def _artifact_files_on_disk(db_path: Path) -> set[str]:
     root = artifacts_root(db_path)
     return {str(p) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
@@ -478,7 +453,7 @@ def test_a_merge_killed_mid_copy_leaves_no_files_that_no_row_names(tmp_path):
     session under N+1 and the strays stayed for good. The next merge now removes what the killed
     one had copied and no row names, before it imports anything."""
     source = tmp_path / "b" / ".sessionkit" / "sessions.db"
-    _source_of_files(source, [256 * 1024] * 400)
+    files_source(source, "part", [256 * 1024] * 400)
 
     target = tmp_path / "t" / "m.db"
     env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
@@ -524,7 +499,7 @@ def test_a_merge_stopped_mid_copy_leaves_no_file_or_folder_of_the_session(tmp_pa
     the copy) nor the folders it had made. Every file and folder the import made is now written
     down before it is made, and removed when the session is rolled back."""
     source = tmp_path / "b" / ".sessionkit" / "sessions.db"
-    _source_of_files(source, [256 * 1024] * 400)
+    files_source(source, "part", [256 * 1024] * 400)
     target = tmp_path / "t" / "m.db"
     env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
     proc = subprocess.Popen([sys.executable, "-m", "sessionkit", "--db", str(target), "merge",
@@ -572,7 +547,7 @@ def test_a_copy_that_fills_the_disk_leaves_no_partial_file(tmp_path):
     from small_disk import run_on_small_disk
 
     source = tmp_path / "b" / ".sessionkit" / "sessions.db"
-    _source_of_files(source, [5 * 1024 * 1024, 64 * 1024])  # larger than the disk, then small
+    files_source(source, "part", [5 * 1024 * 1024, 64 * 1024])  # larger than the disk, then small
     result = run_on_small_disk(MERGE_ON_A_FULL_DISK, tmp_path, str(source), timeout=180)
     assert "EXIT 0" in result.stdout, result.stdout + result.stderr
     state = json.loads(result.stdout.split("STATE ", 1)[1])
