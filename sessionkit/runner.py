@@ -8,6 +8,7 @@ with what it had, and the CLI exits 130 or 143.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -89,11 +90,38 @@ def _release_space(path: Path | None) -> None:
 
 
 def artifacts_dir(db, session: dict, seq: int, name: str) -> Path:
+    """Where step ``seq`` (named ``name``) of ``session`` would keep its files:
+    ``<artifacts root>/session-N/NN-name`` (see :func:`~sessionkit.db.artifacts_root`)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     safe = safe.encode()[:80].decode(errors="ignore")  # file names hold at most 255 bytes
     from .db import artifacts_root
 
     return artifacts_root(db.path) / f"session-{session['number']}" / f"{seq:02d}-{safe}"
+
+
+def make_step_folder(db, session: dict, seq: int, name: str) -> Path:
+    """Create the step's folder and return it: :func:`artifacts_dir`, or ``<that>.2``, ``.3``, ...
+    when a folder of that name is already there.
+
+    A folder already there belongs to no step of this database (a step's number is never reused),
+    so its files are somebody else's: those of a database that was deleted and started again in the
+    same place, or of another database whose artifacts folder has the same name. Writing into it
+    would overwrite them, so the step gets a folder of its own (created with ``mkdir``, which fails
+    when the name exists, so that two processes never share one).
+
+    Raises:
+        OSError: the folder cannot be created (permissions, full disk, ...).
+    """
+    base = artifacts_dir(db, session, seq, name)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        folder = base if attempt == 1 else base.with_name(f"{base.name}.{attempt}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "999 folders of that name are already there", str(base))
 
 
 def step_position(session: dict, name: str, seq: int, index=None, total=None) -> str:
@@ -256,12 +284,12 @@ def run_step(db, session: dict, step: Step, options=None, *, name: str | None = 
     seq = db.execute("SELECT seq FROM steps WHERE id = ?", [step_id]).fetchone()[0]
     progress = Progress(step_position(session, name, seq, index, total), name, stream=stream)
     expected, runs = estimate_from_history(db, name, exclude_step=step_id)
-    workdir = artifacts_dir(db, session, seq, name)
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir = make_step_folder(db, session, seq, name)
     except OSError as exc:
         _forget(db, step_id)
-        raise SessionkitError(f"cannot create the step's folder {workdir}: {exc.strerror}") from None
+        where = exc.filename or artifacts_dir(db, session, seq, name)
+        raise SessionkitError(f"cannot create the step's folder {where}: {exc.strerror}") from None
     reserve = _reserve_space(workdir)
     progress.start(expected_s=expected, runs=runs, budget_s=budget)
     context = StepContext(db=db, session=session, step_id=step_id, seq=seq, progress=progress,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -231,3 +232,36 @@ def test_the_library_refuses_a_built_in_steps_name_for_another_step(db, session,
     assert db["steps"].count == 0  # so neither a plan nor the restart history counts it
     row = run_step(db, session, get_step("run"), {"argv": ["true"]}, name=f"{name}-cmd", kind="command")
     assert row["status"] == "passed" and row["name"] == f"{name}-cmd"
+
+
+def test_a_step_never_writes_into_a_folder_it_did_not_make(tmp_path):
+    # A database deleted and started again in the same place finds the old session-1 folders: the
+    # new step gets a folder of its own, and the old files stay as they were.
+    invoke("start", "--objective", "x")
+    db = open_db()
+    from sessionkit.db import artifacts_root
+    stale = artifacts_root(db.path) / "session-1" / "01-noisy"
+    stale.mkdir(parents=True)
+    (stale / "noisy.log").write_text("an earlier database's log\n")
+    (stale.parent / "01-noisy.2").mkdir()
+    r = invoke("step", "run", "noisy", "--", "python3", "-c", "print('fresh')")
+    assert r.exit_code == 0, r.output
+    assert (stale / "noisy.log").read_text() == "an earlier database's log\n"
+    assert not any((stale.parent / "01-noisy.2").iterdir())
+    (log,) = db["artifacts"].rows
+    assert Path(log["path"]).parent == stale.parent / "01-noisy.3"
+    assert "fresh" in Path(log["path"]).read_text()
+
+
+def test_a_step_folder_that_cannot_be_made_is_one_line_and_no_step(tmp_path):
+    invoke("start", "--objective", "x")
+    db = open_db()
+    from sessionkit.db import artifacts_root
+    root = artifacts_root(db.path)
+    root.mkdir(parents=True)
+    (root / "session-1").write_text("a file where the session's folder goes")
+    r = CliRunner().invoke(cli, ["step", "run", "noisy", "--", "true"])
+    assert r.exit_code != 0
+    assert r.output.strip().startswith("Error: cannot create the step's folder")
+    assert len(r.output.strip().splitlines()) == 1
+    assert list(db["steps"].rows) == []
