@@ -518,7 +518,28 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
           mbarrier_arrive(sm.k_empty(s));
           if (n_blocks == 1) mbarrier_arrive(sm.q_empty(qs));  // Q is no longer read
         }
-        softmax_block(n_begin + n_blocks - 1);
+        if constexpr (Tr::kCausalHalfSoftmax) {
+          // The block's second half of keys lies past this consumer's last row: every score
+          // there is masked, so only the first half is masked and exponentiated, and the
+          // second half's P is 0. The branch holds no wgmma (one that did would make ptxas
+          // serialize every wgmma of the kernel).
+          const int n = n_begin + n_blocks - 1;
+          const int col0 = n * kBlockN;
+          if (col0 + kBlockN / 2 > wg_row0 + 63 + p.causal_offset) {
+            auto& half = *reinterpret_cast<float(*)[kNTiles / 2][4]>(&acc_s[0][0]);
+            fwd::apply_mask<kCausal>(half, row_g, col0 + 2 * t, p.seqlen_k, p.causal_offset);
+            softmax.update(half, p.scale_log2, correction);
+#pragma unroll
+            for (int i = kNTiles / 2; i < kNTiles; ++i) {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) acc_s[i][e] = 0.f;
+            }
+          } else {
+            softmax_block(n);
+          }
+        } else {
+          softmax_block(n_begin + n_blocks - 1);
+        }
         fwd::probs_to_a_frags<kDtype>(acc_s, p_frag);
       }
 

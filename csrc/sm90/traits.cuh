@@ -92,6 +92,9 @@ namespace sm90 {
 #ifndef SK_SM90_CAUSAL_HALF_FIRST
 #define SK_SM90_CAUSAL_HALF_FIRST 0  // 1: half-width Q K^T on a consumer's masked-half first block
 #endif
+#ifndef SK_SM90_CAUSAL_HALF_SOFTMAX
+#define SK_SM90_CAUSAL_HALF_SOFTMAX 0  // 1: softmax of the first half only where the second is masked
+#endif
 #ifndef SK_SM90_SOFTMAX_FENCE
 #define SK_SM90_SOFTMAX_FENCE -1  // -1: per shape; 1: the wait for P V after the softmax in the SASS
 #endif
@@ -165,6 +168,12 @@ struct Traits {
   // issues that block's Q K^T at half width (kernel.cuh). Not yet timed: off by default.
   static constexpr bool kCausalHalfFirst =
       SK_SM90_CAUSAL_HALF_FIRST != 0 && kCausal && kBlockN / 2 >= 64 && (kBlockN / 2) % 16 == 0;
+  // Causal: on a consumer's first (diagonal) key block whose second half lies wholly past its
+  // last row (the first of two consumers when kBlockM = kBlockN: half its keys of that block are
+  // masked), the mask and the softmax run on the first half alone and the second half's P is 0,
+  // with no exponential of a masked score (kernel.cuh). Not yet timed: off by default.
+  static constexpr bool kCausalHalfSoftmax =
+      SK_SM90_CAUSAL_HALF_SOFTMAX != 0 && kCausal && (kBlockN / 2) % 8 == 0;
   // The softmax of key block j overlapping the warpgroup's own P V of block j-1 in the SASS, not
   // only in the source (kernel.cuh). Every two-consumer shape builds without spills with it (the
   // static schedule reading its tiles from the tile ring, kTileRing below); the three-consumer
