@@ -176,6 +176,11 @@ EXPERIMENTS = [
     # half-width Q K^T on a consumer's first block when its second half is all masked
     ("-DSK_SM90_CAUSAL_HALF_FIRST=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_CAUSAL_HALF_FIRST=1", "flash_fwd_sm90_fp16_hdim128_causal", "0xf0", "0x18"),
+    # the softmax of the first half alone on a consumer's diagonal block whose second half is masked
+    ("-DSK_SM90_CAUSAL_HALF_SOFTMAX=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0",
+     "0x18"),
+    ("-DSK_SM90_CAUSAL_HALF_SOFTMAX=1", "flash_fwd_sm90_fp16_hdim128_causal", "0xf0", "0x18"),
+    ("-DSK_SM90_CAUSAL_HALF_SOFTMAX=1", "flash_fwd_sm90_bf16_hdim256_causal", "0xf0", "0x18"),
     # two Q slots where they are off by default
     ("-DSK_SM90_Q_STAGES=2", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     # deeper K/V rings at D=64 and D=128 (docs/kernel-notes.md, "Next hypotheses")

@@ -93,7 +93,7 @@ namespace sm90 {
 #define SK_SM90_CAUSAL_HALF_FIRST 0  // 1: half-width Q K^T on a consumer's masked-half first block
 #endif
 #ifndef SK_SM90_CAUSAL_HALF_SOFTMAX
-#define SK_SM90_CAUSAL_HALF_SOFTMAX 0  // 1: softmax of the first half only where the second is masked
+#define SK_SM90_CAUSAL_HALF_SOFTMAX -1  // -1: per shape; 0 or 1: off or on in every causal kernel
 #endif
 #ifndef SK_SM90_SOFTMAX_FENCE
 #define SK_SM90_SOFTMAX_FENCE -1  // -1: per shape; 1: the wait for P V after the softmax in the SASS
@@ -171,17 +171,26 @@ struct Traits {
   // Causal: on a consumer's first (diagonal) key block whose second half lies wholly past its
   // last row (the first of two consumers when kBlockM = kBlockN: half its keys of that block are
   // masked), the mask and the softmax run on the first half alone and the second half's P is 0,
-  // with no exponential of a masked score (kernel.cuh). Not yet timed: off by default.
+  // with no exponential of a masked score (kernel.cuh). Measured (docs/kernel-notes.md, v15): D64
+  // causal short keys +1.3-2.7 % (S=512-2048, both dtypes), where that block is 20 % of a
+  // consumer's blocks at S=512; D64 causal with key block 192 within +-0.5 %, D128 causal -0.5 to
+  // -1.6 %, D256 causal equal. Shipped in D64 causal's short-keys variant only.
+  static constexpr bool kCausalHalfSoftmaxShipped = kHeadDim == 64 && kShortKeys;
   static constexpr bool kCausalHalfSoftmax =
-      SK_SM90_CAUSAL_HALF_SOFTMAX != 0 && kCausal && (kBlockN / 2) % 8 == 0;
+      (SK_SM90_CAUSAL_HALF_SOFTMAX < 0 ? kCausalHalfSoftmaxShipped
+                                       : SK_SM90_CAUSAL_HALF_SOFTMAX != 0) &&
+      kCausal && (kBlockN / 2) % 8 == 0;
   // The softmax of key block j overlapping the warpgroup's own P V of block j-1 in the SASS, not
   // only in the source (kernel.cuh). Every two-consumer shape builds without spills with it (the
   // static schedule reading its tiles from the tile ring, kTileRing below); the three-consumer
   // D=64 shape, at 160 registers a thread, spills 4-12 bytes and keeps the plain loop. Measured on
-  // the vector-register loop (v14): -1 to -6 %, +3 % at D256 causal; not yet timed on the uniform
-  // loop (kUniform), where the consumers now wait for their P V: off in every shape so far
-  // (kSoftmaxFenceShipped), SK_SM90_SOFTMAX_FENCE=1 or 0 forces it.
-  static constexpr bool kSoftmaxFenceShipped = false;
+  // the vector-register loop (v14): -1 to -6 %, +3 % at D256 causal. On the uniform loop (v15, two
+  // calls): D=128 -0.5 to -2.5 %, D256 full equal and causal -3 %, D64 causal short keys within
+  // +-1 %; D64 causal with key block 192, where the uniform loop alone lost 3.6 % (the HGMMAs
+  // issued back to back starved the other consumer's exponentials), the two together gain
+  // +2.2 % (S=4096), +2.8 % (8192), +3.7 % (16384). Shipped there, with kUniform, only;
+  // SK_SM90_SOFTMAX_FENCE=1 or 0 forces it.
+  static constexpr bool kSoftmaxFenceShipped = kHeadDim == 64 && kCausal && !kShortKeys && !kSplitKV;
   static constexpr bool kSoftmaxFence =
       (SK_SM90_SOFTMAX_FENCE < 0 ? kSoftmaxFenceShipped : SK_SM90_SOFTMAX_FENCE != 0) &&
       kConsumerWarpgroups <= 2;
@@ -191,9 +200,10 @@ struct Traits {
   // moves to uniform registers (R2UR) before each HGMMA go, 9-18 % of its instructions, and the P V
   // HGMMAs issue back to back. Measured (docs/kernel-notes.md, v14): D=128 and 256 +0.5-9 %
   // (D256 causal 1.00 -> 1.10), D64 causal short keys +1 %; D64 causal with key block 192 -3.6 %
-  // and D64 full 16k -1.4 %, so those keep the vector-register loop. Split-KV not yet timed: off.
+  // alone and +2-4 % with kSoftmaxFence (v15), so it has both; D64 full 16k -1.4 %, so D64 full
+  // keeps the vector-register loop. Split-KV not yet timed: off.
   static constexpr bool kUniformShipped =
-      !kSplitKV && (kHeadDim_ >= 128 || (kHeadDim_ == 64 && kCausal_ && kShortKeys));
+      !kSplitKV && (kHeadDim_ >= 128 || (kHeadDim_ == 64 && kCausal_));
   static constexpr bool kUniform = SK_SM90_UNIFORM < 0 ? kUniformShipped : SK_SM90_UNIFORM != 0;
   static constexpr bool kSkipIdleRows = SK_SM90_SKIP_IDLE_ROWS != 0 && kShortKeys && !kCausal;
   // Consumers take turns on the GEMMs (two or three of them in one CTA).
