@@ -338,17 +338,21 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_sources(others, db_path: str | os.PathLike | None = None) -> list[Path]:
+def check_sources(others, db_path: str | os.PathLike | None = None, *,
+                  contents: bool = False) -> list[Path]:
     """Check the databases to merge before anything is opened or made, and return them as Paths:
     each must be a database file (a regular file, or a link to one) that is not empty, and none
     may be the database at ``db_path`` (the one merged into, when it exists; by a symbolic or a
-    hard link too).
+    hard link too). With ``contents``, each is also opened read-only as :func:`merge_database`
+    opens it (its folder left as it was) and must be a readable, undamaged sessionkit database
+    (``PRAGMA quick_check``; a ``sessions`` and a ``steps`` table).
 
     Raises :class:`NoDatabaseError` (exit status 1) for the first one that is not there or is an
     empty file (in the words the reading commands use for an empty ``--db``),
     :class:`DatabaseError` (exit status 1) for one that is not a regular file (a folder, a FIFO, a
     device; in the words of :func:`sessionkit.db.database_file_exists`) and :class:`UsageError`
-    (exit status 2) for this database.
+    (exit status 2) for this database; with ``contents``, :class:`DatabaseError` (exit status 1)
+    for one that is not a database, is damaged or is not sessionkit's.
     """
     paths = [Path(other) for other in others]
     for other in paths:
@@ -358,6 +362,10 @@ def check_sources(others, db_path: str | os.PathLike | None = None) -> list[Path
             raise NoDatabaseError(f"no database at {other}")
         if os.stat(other).st_size == 0:
             raise NoDatabaseError(empty_file_message(other))
+    if contents:
+        for other in paths:
+            with read_as_found(other) as readable:
+                _open_source(readable, shown=other).close()
     return paths
 
 

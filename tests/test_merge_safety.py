@@ -214,7 +214,7 @@ def test_damaged_source_is_refused(tmp_path, damaged):
     assert out.exit_code == 1, out.output
     assert out.output.startswith("Error: ") and len(out.output.splitlines()) == 1
     assert "damaged" in out.output or "malformed" in out.output
-    assert open_db(target).execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0
+    assert not target.exists()  # refused before this database was made
 
 
 @pytest.mark.slow
@@ -336,7 +336,7 @@ def test_a_hard_link_to_this_database_is_this_database(tmp_path):
     db.conn.close()
 
 
-@pytest.mark.parametrize("bad", ["missing", "fifo", "self"])
+@pytest.mark.parametrize("bad", ["missing", "fifo", "self", "junk", "foreign"])
 def test_a_refused_source_makes_no_database(tmp_path, bad):
     """`sessionkit merge typo.db` in a folder with no database made .sessionkit/sessions.db (and
     with --db, that file and its folders) before it refused the source. Every source is checked
@@ -344,9 +344,17 @@ def test_a_refused_source_makes_no_database(tmp_path, bad):
     host_b(tmp_path / "b", sessions=1).conn.close()
     good = tmp_path / "b" / ".sessionkit" / "sessions.db"
     target = tmp_path / "t" / "deep" / "m.db"
-    sources = {"missing": tmp_path / "typo.db", "fifo": tmp_path / "fifo.db", "self": target}[bad]
+    sources = {"missing": tmp_path / "typo.db", "fifo": tmp_path / "fifo.db", "self": target,
+               "junk": tmp_path / "junk.db", "foreign": tmp_path / "foreign.db"}[bad]
     if bad == "fifo":
         os.mkfifo(sources)
+    if bad == "junk":  # a file that is no SQLite database
+        sources.write_text("not a database, only text that fills more than a header\n" * 4)
+    if bad == "foreign":  # an SQLite database, not sessionkit's
+        conn = sqlite3.connect(sources)
+        conn.execute("CREATE TABLE t (x)")
+        conn.commit()
+        conn.close()
     if bad == "self":  # a database that exists and is named twice: here and as a source
         target.parent.mkdir(parents=True)
         open_db(target, create=True).conn.close()
@@ -355,7 +363,8 @@ def test_a_refused_source_makes_no_database(tmp_path, bad):
         [sys.executable, "-m", "sessionkit", "--db", str(target), "merge", str(good), str(sources)],
         capture_output=True, text=True, timeout=120,
         env={k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"})
-    assert res.returncode == {"missing": 1, "fifo": 1, "self": 2}[bad], res.stderr
+    assert res.returncode == {"missing": 1, "fifo": 1, "self": 2, "junk": 1, "foreign": 1}[bad], \
+        res.stderr
     assert res.stderr.startswith("Error: ") and res.stderr.count("\n") == 1, res.stderr
     assert _folder_state(tmp_path) == before
     assert (tmp_path / "t").exists() == (bad == "self")

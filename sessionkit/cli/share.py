@@ -33,7 +33,7 @@ def merge(ctx, others, as_json):
     from ..merge import check_sources, format_merge, merge_database
 
     # Every source is checked before this database is opened (or made): a typo makes nothing.
-    check_sources(others, find_db(ctx.find_root().obj.get("db_path")))
+    check_sources(others, find_db(ctx.find_root().obj.get("db_path")), contents=True)
     db = open_db(ctx, create=True)
     results = [merge_database(db, other) for other in others]
     if as_json:
