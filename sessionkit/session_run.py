@@ -172,7 +172,8 @@ def _check_run(plan: list, grid, report_path, start_options: dict, step_factory)
     from .progress import heartbeat_every_s
     from .runner import telemetry_interval_from_env
     from .sessions import check_start_options
-    from .steps import get_step
+    from .errors import StepNotFound
+    from .steps import get_step, step_names
 
     step_factory = step_factory or get_step
     if not plan:
@@ -181,7 +182,16 @@ def _check_run(plan: list, grid, report_path, start_options: dict, step_factory)
         raise UsageError("'run' needs a command: use [tool.sessionkit.hooks] or 'sessionkit step run'")
     if len(set(plan)) != len(plan):
         raise UsageError(f"a step appears twice in the plan: {', '.join(plan)}")
-    planned = {step_name: step_factory(step_name) for step_name in plan}  # unknown names fail here
+    planned = {}
+    for step_name in plan:  # unknown names fail here
+        try:
+            planned[step_name] = step_factory(step_name)
+        except StepNotFound:
+            if step_factory is not get_step:
+                raise
+            # get_step's list holds 'run', which a plan cannot hold (above)
+            known = ", ".join(sorted(n for n in step_names() if n != "run"))
+            raise StepNotFound(f"no step named {step_name!r}; a plan takes: {known}") from None
     # Every step starts from its declared defaults, and --grid goes to the steps that take a grid;
     # the values are checked here, before the session opens, as 'step NAME' does.
     prepared = {}

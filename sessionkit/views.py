@@ -15,6 +15,13 @@ def printable(value) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def clip(text: str | None, width: int) -> str:
+    """``text`` cut to ``width`` characters for a table cell, ending in ``...`` where it was cut, so
+    that a cut note does not read as the whole of it."""
+    text = text or ""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def display_width(text: str) -> int:
     """Terminal columns ``text`` takes: East Asian wide and full-width characters take two,
     combining marks none (Unicode Standard Annex #11)."""
@@ -59,7 +66,7 @@ def _steps_table(data: dict) -> str:
                      fmt_duration(s["budget_s"]),
                      "-" if delta is None else ("+" if delta > 0 else "-") + fmt_duration(abs(delta)),
                      fmt_money(per_step[s["id"]]["total_usd"]) if data["costs"]["total_usd"] is not None else "-",
-                     (s.get("message") or "")[:60]])
+                     clip(s.get("message"), 60)])
     if not rows:
         return "  no steps yet"
     return table(["#", "step", "status", "actual", "budget", "delta", "cost", "note"], rows,
@@ -125,9 +132,9 @@ def format_session_list(rows: list[dict]) -> str:
     out = []
     for r in rows:
         cost = session_costs(r, [])["total_usd"]
-        row = [r["number"], r["name"][:30], r["status"], r["started_at"][:16].replace("T", " "),
+        row = [r["number"], clip(r["name"], 30), r["status"], r["started_at"][:16].replace("T", " "),
                fmt_duration(r["duration_s"]), f"{r['passed']}/{r['failed']}/{r['interrupted']}",
-               fmt_money(cost) if cost is not None else "rate not set", (r["objective"] or "")[:40]]
+               fmt_money(cost) if cost is not None else "rate not set", clip(r["objective"], 40)]
         if imported:  # a column only where some session came from another database
             row.insert(3, imported_label(r))
         out.append(row)

@@ -86,6 +86,14 @@ def test_run_with_an_unknown_step_in_its_plan_is_a_usage_error():
     assert "nosuchstep" in result.output
 
 
+def test_run_names_only_the_steps_a_plan_can_hold():
+    """The list after an unknown name leaves out 'run', which a plan refuses ("needs a command")."""
+    result = invoke("run", "--objective", "x", "--plan", "preflight,nosuchstep", "--no-hooks")
+    one_line_error(result, 2)
+    assert result.output.strip() == ("Error: no step named 'nosuchstep'; a plan takes: bench, build, "
+                                     "correctness, preflight, profile")
+
+
 @pytest.mark.parametrize("plan, words", [(",", "it names no step"),
                                          ("build,build", "a step appears twice in the plan")])
 def test_start_refuses_the_plans_run_refuses(plan, words):

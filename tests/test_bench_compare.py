@@ -197,3 +197,19 @@ def test_a_session_with_graph_timings_only_says_how_to_compare_them(db):
     _add_bench_step(db, b, 1, {(BIG, "ours"): 0.5}, graph=True)
     with pytest.raises(SessionkitError, match="CUDA-graph timings only.*--graph"):
         cmp.compare_sessions(db, a["number"], b["number"])
+
+
+def test_a_graph_comparison_without_graph_timings_names_the_bench_that_makes_them(db, two):
+    """`compare --graph` against a session with eager timings only points to comparing without
+    --graph; against one with no timings at all, to `step bench --graph` (a plain `step bench`
+    would make no CUDA-graph timings)."""
+    a, b = two
+    with pytest.raises(SessionkitError, match=r"eager timings only: compare them with "
+                                              r"'sessionkit compare A B'"):
+        cmp.compare_sessions(db, a["number"], b["number"], graph=True)
+    end_session(db, b, outcome="done")
+    empty = start_session(db, "nothing", objective="no bench")
+    with pytest.raises(SessionkitError, match=r"run 'sessionkit step bench --graph' in it"):
+        cmp.compare_sessions(db, empty["number"], a["number"], graph=True)
+    with pytest.raises(SessionkitError, match=r"run 'sessionkit step bench' in it"):
+        cmp.compare_sessions(db, a["number"], empty["number"])

@@ -456,3 +456,21 @@ def test_tables_align_wide_characters():
     starts = [display_width(line[:line.index(word)]) for line, word in
               zip(lines, ["status", "passed", "failed"])]
     assert len(set(starts)) == 1, text
+
+
+def test_cut_cells_end_in_an_ellipsis():
+    """`sessions`, `show` and `status` cut long names, objectives and notes to fit their tables; a
+    cut cell ends in "...", so that "... (torch, cuda_device, gpu, dri" is not read as whole."""
+    name, objective = "n" * 45, "o" * 70
+    assert invoke("start", name, "--objective", objective).exit_code == 0
+    program = "p" * 80  # its "command not found: ppp..." note is longer than the column
+    assert invoke("step", "run", "long", "--", program).exit_code == 127
+    listing = invoke("sessions").output
+    assert "n" * 27 + "..." in listing and "n" * 28 not in listing
+    assert "o" * 37 + "..." in listing and "o" * 38 not in listing
+    for command in (["show", "last"], ["status"]):
+        out = invoke(*command).output
+        note = "command not found: " + "p" * (57 - len("command not found: ")) + "..."
+        assert note in out, out
+    assert invoke("step", "run", "fits", "--", "p" * 10).exit_code == 127  # a note that fits
+    assert f"command not found: {'p' * 10}\n" in invoke("show", "last").output

@@ -124,3 +124,16 @@ def test_readme_configuration_example_is_read(tmp_path):
 
     assert [c.spec for c in load_grid("mine", start=tmp_path)] == [
         "1,8,1024,1024,64,fp16,0", "4,16,4096,4096,128,bf16,1"]
+
+
+def test_the_readme_names_every_sm90_example_report():
+    """README's list of the sm90 reports in docs/examples/ (one per kernel version) names each of
+    them (`session-sm90-v4.md`, then `-v5` ...), so a new version's report is not left out."""
+    import re
+
+    listed = README.split("one report per kernel version", 1)[1].split("\n\n", 1)[0]
+    for path in sorted((ROOT / "docs" / "examples").glob("session-sm90-v*.md")):
+        version = re.fullmatch(r"session-sm90-(v\d+)\.md", path.name)
+        if version:  # the v9 checks report is named on its own
+            named = (f"`{path.name}`", f"`-{version[1]}`")
+            assert any(n in listed for n in named), f"{path.name} is not named in README's list"

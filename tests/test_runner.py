@@ -167,6 +167,23 @@ def test_a_command_that_cannot_be_run_is_exit_126_with_the_reason(tmp_path):
     assert steps["long"]["message"].startswith("cannot run xxx") and len(steps["long"]["message"]) < 200
 
 
+def test_an_empty_command_name_and_a_folder_get_the_shells_status_and_words(tmp_path):
+    """``step run x -- ""`` is 127, command not found, as in a shell (execve's EACCES from the
+    PATH search read "permission denied: " with nothing named); a folder given as the command is
+    126 "Is a directory", not "permission denied"."""
+    invoke("start", "--objective", "x")
+    r = invoke("step", "run", "empty", "--", "")
+    assert r.exit_code == 127, r.output
+    assert "command not found: '' (an empty command name)" in r.output
+    r = invoke("step", "run", "folder", "--", str(tmp_path))
+    assert r.exit_code == 126, r.output
+    assert f"cannot run {tmp_path}: Is a directory" in r.output
+    assert "permission denied" not in r.output
+    steps = {s["name"]: s for s in open_db()["steps"].rows}
+    assert (steps["empty"]["exit_code"], steps["folder"]["exit_code"]) == (127, 126)
+    assert steps["folder"]["message"] == f"cannot run {tmp_path}: Is a directory"
+
+
 def test_step_needs_open_session():
     invoke("start", "--objective", "x")
     invoke("end", "--outcome", "done")

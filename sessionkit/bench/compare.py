@@ -145,10 +145,12 @@ def compare_sessions(db, a=None, b=None, *, min_effect: float = 0.05, alpha: flo
     steps_b = bench_steps(db, sb["id"], graph=graph)
     for sess, steps in ((sa, steps_a), (sb, steps_b)):
         if not steps:
-            other = "--graph " if not graph and bench_steps(db, sess["id"], graph=True) else ""
-            kind = "CUDA-graph" if graph else "eager"
-            hint = (f"it has CUDA-graph timings only: compare them with 'sessionkit compare {other}"
-                    "A B'" if other else "run 'sessionkit step bench' in it")
+            kind, other = ("CUDA-graph", "eager") if graph else ("eager", "CUDA-graph")
+            if bench_steps(db, sess["id"], graph=not graph):  # the other kind of timings only
+                hint = (f"it has {other} timings only: compare them with 'sessionkit compare "
+                        f"{'A B' if graph else '--graph A B'}'")
+            else:
+                hint = f"run 'sessionkit step bench{' --graph' if graph else ''}' in it"
             raise SessionkitError(f"session {sess['number']} has no {kind} bench results; {hint}")
     step_a, step_b = steps_a[-1], steps_b[-1]
     res_a, res_b = load_session_results(db, steps_a), load_session_results(db, steps_b)

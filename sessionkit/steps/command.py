@@ -203,6 +203,14 @@ class CommandStep(Step):
             except PermissionError:
                 watchdog.close()
                 self.output_tail = ""
+                # What a shell says: an empty name is no command (the PATH search tries the
+                # folders themselves, which execve refuses as EACCES), a folder is not a program.
+                if not argv[0]:
+                    return StepResult("failed", message="command not found: '' (an empty command "
+                                      "name)", exit_code=127)
+                if "/" in argv[0] and os.path.isdir(argv[0]):
+                    return StepResult("failed", message=f"cannot run {argv[0]}: Is a directory",
+                                      exit_code=126)
                 return StepResult("failed", message=f"permission denied: {argv[0]}", exit_code=126)
             except OSError as exc:  # found but not runnable: no #! line, a name too long...
                 if exc.errno == errno.ENOSPC:
