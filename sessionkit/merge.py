@@ -58,7 +58,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .db import artifacts_root, database_file_exists, empty_file_message, read_as_found
+from .db import (_applied_names, artifacts_root, database_file_exists, empty_file_message,
+                 read_as_found)
 from .errors import DatabaseError, Interrupted, NoDatabaseError, SessionkitError, UsageError
 from .timefmt import now_iso
 
@@ -99,7 +100,9 @@ class MergeResult:
 
 def _open_source(path: Path, shown: Path) -> sqlite3.Connection:
     """A read-only connection to the database at ``path`` (``shown`` is the path it is known by,
-    for messages), checked with ``PRAGMA quick_check``."""
+    for messages), checked with ``PRAGMA quick_check`` and for sessionkit's tables and recorded
+    migrations. Raises :class:`DatabaseError` (one line) for one that cannot be read, is damaged
+    or is not sessionkit's."""
     conn = None
     # A WAL database in a folder nobody may write (an archive, a read-only mount) has no -shm
     # to share: it opens as immutable then, as the reading commands do (nothing writes it).
@@ -123,6 +126,16 @@ def _open_source(path: Path, shown: Path) -> sqlite3.Connection:
     if not _columns(conn, "sessions") or not _columns(conn, "steps"):
         conn.close()
         raise DatabaseError(f"{shown} is not a sessionkit database (no sessions or steps table)")
+    # As every other command tells them apart (sessionkit.db): another program's database may
+    # hold tables of those names, whose rows this merge could not read or insert.
+    try:
+        applied = _applied_names(conn)
+    except sqlite3.DatabaseError:
+        applied = None
+    if not applied:
+        conn.close()
+        raise DatabaseError(f"{shown} is not a sessionkit database (no sessionkit migrations "
+                            "recorded in it)")
     return conn
 
 
@@ -345,7 +358,8 @@ def check_sources(others, db_path: str | os.PathLike | None = None, *,
     may be the database at ``db_path`` (the one merged into, when it exists; by a symbolic or a
     hard link too). With ``contents``, each is also opened read-only as :func:`merge_database`
     opens it (its folder left as it was) and must be a readable, undamaged sessionkit database
-    (``PRAGMA quick_check``; a ``sessions`` and a ``steps`` table).
+    (``PRAGMA quick_check``; a ``sessions`` and a ``steps`` table, and sessionkit's migrations
+    recorded, as :mod:`sessionkit.db` tells a sessionkit database from another program's).
 
     Raises :class:`NoDatabaseError` (exit status 1) for the first one that is not there or is an
     empty file (in the words the reading commands use for an empty ``--db``),
