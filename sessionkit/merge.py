@@ -412,8 +412,10 @@ def merge_database(db, other: str | Path) -> MergeResult:
     :func:`sessionkit.db.open_db`). Returns what was imported, skipped and in conflict.
 
     Raises :class:`NoDatabaseError` when nothing is at ``other``, :class:`UsageError` when it is
-    this database, and :class:`DatabaseError` when it is not a readable sessionkit database (or
-    not a regular file). SIGTERM and SIGHUP raise :class:`~sessionkit.errors.Interrupted` (Ctrl-C
+    this database, :class:`DatabaseError` when it is not a readable sessionkit database (or
+    not a regular file), and :class:`~sessionkit.errors.SessionkitError` when this database's
+    artifacts folder cannot be written (:func:`check_artifacts_folder`), before anything is
+    imported. SIGTERM and SIGHUP raise :class:`~sessionkit.errors.Interrupted` (Ctrl-C
     KeyboardInterrupt) with the sessions imported so far committed and the one in progress rolled
     back.
     """
@@ -442,7 +444,7 @@ def _merge(db, source, other: Path) -> MergeResult:
     counts = [(t, c) for t, fks in plan for c, other_t, _ in fks if other_t == "steps"
               and t not in ("artifacts",)]
     local_artifacts = artifacts_root(db.path)
-    _check_journal_folder(local_artifacts)
+    check_artifacts_folder(db.path)
     _undo_unfinished_copies(local, local_artifacts)
 
     order = "ORDER BY started_at, number"
@@ -759,6 +761,31 @@ def _check_journal_folder(root: Path) -> None:
         what = "a symbolic link" if folder.is_symlink() else "not a folder"
         raise SessionkitError(f"{folder} is {what}: merge writes down the files it copies only in "
                               "a folder of its own there; move it away and merge again")
+
+
+def check_artifacts_folder(db_path: str | os.PathLike) -> None:
+    """Refuse a merge into the database at ``db_path`` (which need not exist yet) whose artifacts
+    folder (:func:`~sessionkit.db.artifacts_root`) cannot take the imported sessions' files: that
+    folder, or the nearest one above it that is there (which would make it), and its
+    ``COPY_JOURNALS`` folder when there, must be folders this process may write (``os.access``:
+    permissions, a read-only mount); ``COPY_JOURNALS`` must not be a symbolic link. Checked before
+    anything is imported: an import whose copies fail records each artifact missing for good,
+    since merging again finds the session already here.
+
+    Raises :class:`~sessionkit.errors.SessionkitError` (one line)."""
+    root = artifacts_root(db_path)
+    _check_journal_folder(root)
+    nearest = root
+    while not os.path.lexists(nearest) and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise SessionkitError(f"{nearest} is not a folder: merge copies the imported sessions' "
+                              "files into a folder there; move it away and merge again")
+    journals = root / COPY_JOURNALS
+    for folder in (nearest, *([journals] if journals.is_dir() else [])):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise SessionkitError(f"{folder} cannot be written: merge copies the imported "
+                                  "sessions' files there; make it writable and merge again")
 
 
 def _undo_unfinished_copies(conn, root: Path) -> None:

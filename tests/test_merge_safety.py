@@ -566,3 +566,49 @@ def test_a_copy_that_fills_the_disk_leaves_no_partial_file(tmp_path):
     assert Path(missing["path"]).name == "part-0000.bin"
     assert "No space left on device" in missing["reason"] or "no space" in missing["reason"]
     assert state["files"] == [by_origin["part-0001.bin"][0]]  # no partial part-0000.bin
+
+
+def _merge_without_file_capabilities(target: Path, *sources: Path) -> subprocess.CompletedProcess:
+    """``sessionkit --db target merge sources`` in a child process that file permissions bind (as
+    root, as CI runs, it loses the capabilities that let root ignore them: util-linux's setpriv)."""
+    import shutil
+
+    env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
+    argv = [sys.executable, "-m", "sessionkit", "--db", str(target), "merge", *map(str, sources)]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without util-linux's setpriv to drop file capabilities")
+        argv = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("locked", ["artifacts", "journals"])
+def test_a_read_only_artifacts_folder_is_refused_before_anything_is_imported(tmp_path, locked):
+    """With this database's artifacts folder (or its .merge-journals) read-only, merge imported
+    the sessions with every artifact row recorded missing ("Permission denied"), for good: merging
+    again found the sessions already here and copied nothing. It is refused now, in one line,
+    before any session is imported; once the folder is writable, merging again copies the files."""
+    sources = [tmp_path / name / "sessions.db" for name in ("a", "b")]
+    for source in sources:
+        files_source(source, "part", [1024, 2048])
+    target = tmp_path / "t" / "m.db"
+    open_db(target, create=True).conn.close()
+    folder = artifacts_root(target)
+    (folder / ".merge-journals").mkdir(parents=True)
+    locked_folder = folder if locked == "artifacts" else folder / ".merge-journals"
+    before = [_folder_state(source.parent) for source in sources]
+    locked_folder.chmod(0o555)
+    try:
+        res = _merge_without_file_capabilities(target, *sources)
+    finally:
+        locked_folder.chmod(0o755)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.stdout == ""
+    assert res.stderr == (f"Error: {locked_folder} cannot be written: merge copies the imported "
+                          "sessions' files there; make it writable and merge again\n")
+    assert open_db(target)["sessions"].count == 0
+    assert [_folder_state(source.parent) for source in sources] == before
+    again = _merge_without_file_capabilities(target, *sources)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("artifacts: 2 copied, 0 recorded as missing") == 2, again.stdout
