@@ -12,7 +12,8 @@ The other database is opened read-only and is never migrated or changed, and its
 the files it had (:func:`sessionkit.db.read_as_found`: no ``-wal`` or ``-shm`` left beside it); it may be at an older
 migration level (tables or columns it lacks get their defaults here) or a newer one (what this
 version does not know is left out, and said so). Artifact files are copied under this database's
-``artifacts/session-N/`` when they can be found inside the other database's own artifacts folder (at
+``artifacts/session-N/``, each step's in a folder the merge makes itself (``NN-name.2``... when
+that name is taken: a file already there is never written over), when they can be found inside the other database's own artifacts folder (at
 their recorded path, or at the same place below that folder); otherwise their row is kept with
 ``missing = 1``. Reads are confined as writes are: a recorded path that resolves outside the other
 database's artifacts folder (an absolute path elsewhere, ``..``, a symlink out) is never read, nor
@@ -59,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .db import (_applied_names, artifacts_root, database_file_exists, empty_file_message,
-                 read_as_found)
+                 make_own_folder, read_as_found)
 from .errors import DatabaseError, Interrupted, NoDatabaseError, SessionkitError, UsageError
 from .timefmt import now_iso
 
@@ -501,6 +502,7 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
                    imported_from=srow.get("imported_from") or str(other.resolve()),
                    imported_at=now_iso())
         _insert(local, "sessions", row)
+        placed: dict[str, Path] = {}  # where this import puts each step folder (see _own_target)
         keymap: dict[str, dict] = {"sessions": {srow["id"]: srow["id"]}}
         for table, fks in plan:
             cols = set(_columns(local, table))
@@ -513,7 +515,8 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
                         new[column] = keymap[other_t].get(new[column], new[column])
                 if table == "artifacts":
                     got, reason = _place_artifact(new, other, srow["number"], origin_number,
-                                                  local_artifacts / f"session-{number}", journal)
+                                                  local_artifacts / f"session-{number}", journal,
+                                                  placed)
                     if got is None:
                         missing.append({"session_id": srow["id"], "path": new.get("origin_path"),
                                         "reason": reason})
@@ -612,6 +615,10 @@ class _CopyJournal:
             folder = folder.parent
         for made in reversed(missing):
             self._add("folder", made)
+
+    def will_make_folder(self, folder: Path) -> None:
+        """Write down ``folder``, about to be made (:func:`~sessionkit.db.make_own_folder`)."""
+        self._add("folder", folder)
 
     def will_write(self, path: Path) -> None:
         self._add("file", path)
@@ -819,26 +826,52 @@ def _undo_unfinished_copies(conn, root: Path) -> None:
 
 
 def _copy_target(folder: Path, tail: str) -> tuple[Path | None, str | None]:
-    """Where an artifact's file goes: ``folder / tail``, or None and why when that would not stay
-    inside ``folder`` (an absolute tail, a ``..`` part, a symlink that leads out)."""
+    """Where an artifact's file would go by its name: ``folder / tail``, or None and why when that
+    would not stay inside ``folder`` (an absolute tail, a ``..`` part, no file name). The file
+    goes to a folder of its own (:func:`_own_target`), whose real path is checked once made: what
+    is already below ``folder`` (a symbolic link out) is never written through."""
     rel = Path(tail)
     if not tail or rel.is_absolute() or ".." in rel.parts or rel.name in ("", "."):
         return None, f"its path below session-N/ ({tail!r}) would leave this database's artifacts folder"
-    base = folder.resolve()
-    target = folder / rel
-    if not target.resolve().is_relative_to(base):
-        return None, f"its path below session-N/ ({tail!r}) leads out of this database's artifacts folder"
-    return target, None
+    return folder / rel, None
+
+
+def _own_target(folder: Path, tail: str, journal: _CopyJournal, placed: dict[str, Path]) -> Path:
+    """Where the file at ``tail`` below a session's folder is copied to, below ``folder`` (this
+    database's ``session-N/``), in a folder or under a name this import made itself: the tail's
+    first part (a step folder, ``01-build``) becomes a folder made for it
+    (:func:`~sessionkit.db.make_own_folder`: ``01-build.2``... when the name is taken by files no
+    row here names, a database's before it), the same one for every file of that step folder
+    (``placed`` keeps them, per import); a file right below ``session-N/`` takes the first of its
+    name, ``<name>.2``... that is free. Each folder is written down in ``journal`` before it is
+    made. Raises :class:`OSError` when a folder cannot be made."""
+    journal.will_make_folders(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    first, *rest = Path(tail).parts
+    if first not in placed:
+        if rest:
+            placed[first] = make_own_folder(folder / first, before=journal.will_make_folder)
+        else:
+            free = next((folder / name for name in
+                         (first, *(f"{first}.{n}" for n in range(2, 1000)))
+                         if not os.path.lexists(folder / name)), None)
+            if free is None:
+                raise FileExistsError(errno.EEXIST, "999 files of that name are already there",
+                                      str(folder / first))
+            placed[first] = free
+    return placed[first].joinpath(*rest)
 
 
 def _place_artifact(row: dict, other: Path, source_number: int, origin_number: int,
-                    folder: Path, journal: _CopyJournal) -> tuple[Path | None, str]:
+                    folder: Path, journal: _CopyJournal,
+                    placed: dict[str, Path]) -> tuple[Path | None, str]:
     """Copy an artifact's file under ``folder`` and point ``row`` at the copy; or mark the row
     missing. Returns ``(new path, "")``, or ``(None, reason)`` when its copy would land outside
     ``folder``, the file was not found or lies outside the source database's artifacts folder, its
     sha256 differs, or copying failed (a partial copy is removed). The file is looked for under
-    the source's own folder of the session (``session-<source_number>``). Each folder and file it
-    makes is written down in ``journal`` first."""
+    the source's own folder of the session (``session-<source_number>``). It is copied only into
+    a folder this import made (:func:`_own_target`, with ``placed``), never over a file already
+    there. Each folder and file it makes is written down in ``journal`` first."""
     recorded = row["path"]
     row["origin_path"] = row.get("origin_path") or recorded
     row["missing"] = 1
@@ -846,14 +879,15 @@ def _place_artifact(row: dict, other: Path, source_number: int, origin_number: i
     try:
         markers = list(dict.fromkeys([f"session-{source_number}", f"session-{origin_number}"]))
         tail = _artifact_tail(recorded, markers)
-        target, reason = _copy_target(folder, tail)
-        if target is None:
+        named, reason = _copy_target(folder, tail)
+        if named is None:
             return None, reason
         found, reason = _artifact_source(recorded, other, markers[0], tail)
         if found is None:
             return None, reason
         if row.get("sha256") and _sha256(found) != row["sha256"]:
             return None, "file differs from its recorded sha256"
+        target = _own_target(folder, tail, journal, placed)
         journal.will_make_folders(target.parent)
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.resolve().is_relative_to(folder.resolve()):  # a symlink made meanwhile

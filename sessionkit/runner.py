@@ -8,7 +8,6 @@ with what it had, and the CLI exits 130 or 143.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -112,16 +111,11 @@ def make_step_folder(db, session: dict, seq: int, name: str) -> Path:
     Raises:
         OSError: the folder cannot be created (permissions, full disk, ...).
     """
+    from .db import make_own_folder
+
     base = artifacts_dir(db, session, seq, name)
     base.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, 1000):
-        folder = base if attempt == 1 else base.with_name(f"{base.name}.{attempt}")
-        try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "999 folders of that name are already there", str(base))
+    return make_own_folder(base)
 
 
 def step_position(session: dict, name: str, seq: int, index=None, total=None) -> str:
