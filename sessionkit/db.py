@@ -62,6 +62,37 @@ def artifacts_root(db_path: str | os.PathLike) -> Path:
     return path.parent / f"artifacts-{path.stem or path.name}"
 
 
+def make_own_folder(base: str | os.PathLike, *, before=None) -> Path:
+    """Create a folder that nobody else has written into and return it: ``base``, or
+    ``<base>.2``, ``<base>.3``, ... when a file, folder or link of that name is already there
+    (made with ``mkdir``, which fails when the name exists, so that two processes never get the
+    same one). ``base``'s parent must exist. ``before(path)``, when given, is called with each
+    name just before it is tried (a merge writes it down in its journal).
+
+    A step folder already there belongs to no step of this database (see
+    :func:`sessionkit.runner.make_step_folder`): its files are somebody else's, and writing into it
+    would overwrite them.
+
+    Raises:
+        OSError: the folder cannot be created (permissions, full disk, 999 names taken...).
+    """
+    base = Path(base)
+    for attempt in range(1, 1000):
+        folder = base if attempt == 1 else base.with_name(f"{base.name}.{attempt}")
+        if os.path.lexists(folder):
+            continue
+        if before is not None:
+            before(folder)
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    import errno
+
+    raise FileExistsError(errno.EEXIST, "999 folders of that name are already there", str(base))
+
+
 def reports_root(db_path: str | os.PathLike) -> Path:
     """The folder ``sessionkit run`` writes its reports to, for the database at ``db_path``:
     ``reports/`` beside ``sessions.db``, ``reports-<file stem>/`` beside any other name (as

@@ -12,7 +12,8 @@ The other database is opened read-only and is never migrated or changed, and its
 the files it had (:func:`sessionkit.db.read_as_found`: no ``-wal`` or ``-shm`` left beside it); it may be at an older
 migration level (tables or columns it lacks get their defaults here) or a newer one (what this
 version does not know is left out, and said so). Artifact files are copied under this database's
-``artifacts/session-N/`` when they can be found inside the other database's own artifacts folder (at
+``artifacts/session-N/``, each step's in a folder the merge makes itself (``NN-name.2``... when
+that name is taken: a file already there is never written over), when they can be found inside the other database's own artifacts folder (at
 their recorded path, or at the same place below that folder); otherwise their row is kept with
 ``missing = 1``. Reads are confined as writes are: a recorded path that resolves outside the other
 database's artifacts folder (an absolute path elsewhere, ``..``, a symlink out) is never read, nor
@@ -58,7 +59,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .db import artifacts_root, database_file_exists, empty_file_message, read_as_found
+from .db import (_applied_names, artifacts_root, database_file_exists, empty_file_message,
+                 make_own_folder, read_as_found)
 from .errors import DatabaseError, Interrupted, NoDatabaseError, SessionkitError, UsageError
 from .timefmt import now_iso
 
@@ -99,7 +101,9 @@ class MergeResult:
 
 def _open_source(path: Path, shown: Path) -> sqlite3.Connection:
     """A read-only connection to the database at ``path`` (``shown`` is the path it is known by,
-    for messages), checked with ``PRAGMA quick_check``."""
+    for messages), checked with ``PRAGMA quick_check`` and for sessionkit's tables and recorded
+    migrations. Raises :class:`DatabaseError` (one line) for one that cannot be read, is damaged
+    or is not sessionkit's."""
     conn = None
     # A WAL database in a folder nobody may write (an archive, a read-only mount) has no -shm
     # to share: it opens as immutable then, as the reading commands do (nothing writes it).
@@ -123,6 +127,16 @@ def _open_source(path: Path, shown: Path) -> sqlite3.Connection:
     if not _columns(conn, "sessions") or not _columns(conn, "steps"):
         conn.close()
         raise DatabaseError(f"{shown} is not a sessionkit database (no sessions or steps table)")
+    # As every other command tells them apart (sessionkit.db): another program's database may
+    # hold tables of those names, whose rows this merge could not read or insert.
+    try:
+        applied = _applied_names(conn)
+    except sqlite3.DatabaseError:
+        applied = None
+    if not applied:
+        conn.close()
+        raise DatabaseError(f"{shown} is not a sessionkit database (no sessionkit migrations "
+                            "recorded in it)")
     return conn
 
 
@@ -345,7 +359,8 @@ def check_sources(others, db_path: str | os.PathLike | None = None, *,
     may be the database at ``db_path`` (the one merged into, when it exists; by a symbolic or a
     hard link too). With ``contents``, each is also opened read-only as :func:`merge_database`
     opens it (its folder left as it was) and must be a readable, undamaged sessionkit database
-    (``PRAGMA quick_check``; a ``sessions`` and a ``steps`` table).
+    (``PRAGMA quick_check``; a ``sessions`` and a ``steps`` table, and sessionkit's migrations
+    recorded, as :mod:`sessionkit.db` tells a sessionkit database from another program's).
 
     Raises :class:`NoDatabaseError` (exit status 1) for the first one that is not there or is an
     empty file (in the words the reading commands use for an empty ``--db``),
@@ -398,8 +413,10 @@ def merge_database(db, other: str | Path) -> MergeResult:
     :func:`sessionkit.db.open_db`). Returns what was imported, skipped and in conflict.
 
     Raises :class:`NoDatabaseError` when nothing is at ``other``, :class:`UsageError` when it is
-    this database, and :class:`DatabaseError` when it is not a readable sessionkit database (or
-    not a regular file). SIGTERM and SIGHUP raise :class:`~sessionkit.errors.Interrupted` (Ctrl-C
+    this database, :class:`DatabaseError` when it is not a readable sessionkit database (or
+    not a regular file), and :class:`~sessionkit.errors.SessionkitError` when this database's
+    artifacts folder cannot be written (:func:`check_artifacts_folder`), before anything is
+    imported. SIGTERM and SIGHUP raise :class:`~sessionkit.errors.Interrupted` (Ctrl-C
     KeyboardInterrupt) with the sessions imported so far committed and the one in progress rolled
     back.
     """
@@ -428,7 +445,7 @@ def _merge(db, source, other: Path) -> MergeResult:
     counts = [(t, c) for t, fks in plan for c, other_t, _ in fks if other_t == "steps"
               and t not in ("artifacts",)]
     local_artifacts = artifacts_root(db.path)
-    _check_journal_folder(local_artifacts)
+    check_artifacts_folder(db.path)
     _undo_unfinished_copies(local, local_artifacts)
 
     order = "ORDER BY started_at, number"
@@ -485,6 +502,7 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
                    imported_from=srow.get("imported_from") or str(other.resolve()),
                    imported_at=now_iso())
         _insert(local, "sessions", row)
+        placed: dict[str, Path] = {}  # where this import puts each step folder (see _own_target)
         keymap: dict[str, dict] = {"sessions": {srow["id"]: srow["id"]}}
         for table, fks in plan:
             cols = set(_columns(local, table))
@@ -497,7 +515,8 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
                         new[column] = keymap[other_t].get(new[column], new[column])
                 if table == "artifacts":
                     got, reason = _place_artifact(new, other, srow["number"], origin_number,
-                                                  local_artifacts / f"session-{number}", journal)
+                                                  local_artifacts / f"session-{number}", journal,
+                                                  placed)
                     if got is None:
                         missing.append({"session_id": srow["id"], "path": new.get("origin_path"),
                                         "reason": reason})
@@ -596,6 +615,10 @@ class _CopyJournal:
             folder = folder.parent
         for made in reversed(missing):
             self._add("folder", made)
+
+    def will_make_folder(self, folder: Path) -> None:
+        """Write down ``folder``, about to be made (:func:`~sessionkit.db.make_own_folder`)."""
+        self._add("folder", folder)
 
     def will_write(self, path: Path) -> None:
         self._add("file", path)
@@ -747,6 +770,31 @@ def _check_journal_folder(root: Path) -> None:
                               "a folder of its own there; move it away and merge again")
 
 
+def check_artifacts_folder(db_path: str | os.PathLike) -> None:
+    """Refuse a merge into the database at ``db_path`` (which need not exist yet) whose artifacts
+    folder (:func:`~sessionkit.db.artifacts_root`) cannot take the imported sessions' files: that
+    folder, or the nearest one above it that is there (which would make it), and its
+    ``COPY_JOURNALS`` folder when there, must be folders this process may write (``os.access``:
+    permissions, a read-only mount); ``COPY_JOURNALS`` must not be a symbolic link. Checked before
+    anything is imported: an import whose copies fail records each artifact missing for good,
+    since merging again finds the session already here.
+
+    Raises :class:`~sessionkit.errors.SessionkitError` (one line)."""
+    root = artifacts_root(db_path)
+    _check_journal_folder(root)
+    nearest = root
+    while not os.path.lexists(nearest) and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise SessionkitError(f"{nearest} is not a folder: merge copies the imported sessions' "
+                              "files into a folder there; move it away and merge again")
+    journals = root / COPY_JOURNALS
+    for folder in (nearest, *([journals] if journals.is_dir() else [])):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise SessionkitError(f"{folder} cannot be written: merge copies the imported "
+                                  "sessions' files there; make it writable and merge again")
+
+
 def _undo_unfinished_copies(conn, root: Path) -> None:
     """Before a merge imports anything: undo (:func:`_undo_copies`) the copies of every import
     whose journal is still below ``root``, under this database's write lock. An import writes its
@@ -778,26 +826,52 @@ def _undo_unfinished_copies(conn, root: Path) -> None:
 
 
 def _copy_target(folder: Path, tail: str) -> tuple[Path | None, str | None]:
-    """Where an artifact's file goes: ``folder / tail``, or None and why when that would not stay
-    inside ``folder`` (an absolute tail, a ``..`` part, a symlink that leads out)."""
+    """Where an artifact's file would go by its name: ``folder / tail``, or None and why when that
+    would not stay inside ``folder`` (an absolute tail, a ``..`` part, no file name). The file
+    goes to a folder of its own (:func:`_own_target`), whose real path is checked once made: what
+    is already below ``folder`` (a symbolic link out) is never written through."""
     rel = Path(tail)
     if not tail or rel.is_absolute() or ".." in rel.parts or rel.name in ("", "."):
         return None, f"its path below session-N/ ({tail!r}) would leave this database's artifacts folder"
-    base = folder.resolve()
-    target = folder / rel
-    if not target.resolve().is_relative_to(base):
-        return None, f"its path below session-N/ ({tail!r}) leads out of this database's artifacts folder"
-    return target, None
+    return folder / rel, None
+
+
+def _own_target(folder: Path, tail: str, journal: _CopyJournal, placed: dict[str, Path]) -> Path:
+    """Where the file at ``tail`` below a session's folder is copied to, below ``folder`` (this
+    database's ``session-N/``), in a folder or under a name this import made itself: the tail's
+    first part (a step folder, ``01-build``) becomes a folder made for it
+    (:func:`~sessionkit.db.make_own_folder`: ``01-build.2``... when the name is taken by files no
+    row here names, a database's before it), the same one for every file of that step folder
+    (``placed`` keeps them, per import); a file right below ``session-N/`` takes the first of its
+    name, ``<name>.2``... that is free. Each folder is written down in ``journal`` before it is
+    made. Raises :class:`OSError` when a folder cannot be made."""
+    journal.will_make_folders(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    first, *rest = Path(tail).parts
+    if first not in placed:
+        if rest:
+            placed[first] = make_own_folder(folder / first, before=journal.will_make_folder)
+        else:
+            free = next((folder / name for name in
+                         (first, *(f"{first}.{n}" for n in range(2, 1000)))
+                         if not os.path.lexists(folder / name)), None)
+            if free is None:
+                raise FileExistsError(errno.EEXIST, "999 files of that name are already there",
+                                      str(folder / first))
+            placed[first] = free
+    return placed[first].joinpath(*rest)
 
 
 def _place_artifact(row: dict, other: Path, source_number: int, origin_number: int,
-                    folder: Path, journal: _CopyJournal) -> tuple[Path | None, str]:
+                    folder: Path, journal: _CopyJournal,
+                    placed: dict[str, Path]) -> tuple[Path | None, str]:
     """Copy an artifact's file under ``folder`` and point ``row`` at the copy; or mark the row
     missing. Returns ``(new path, "")``, or ``(None, reason)`` when its copy would land outside
     ``folder``, the file was not found or lies outside the source database's artifacts folder, its
     sha256 differs, or copying failed (a partial copy is removed). The file is looked for under
-    the source's own folder of the session (``session-<source_number>``). Each folder and file it
-    makes is written down in ``journal`` first."""
+    the source's own folder of the session (``session-<source_number>``). It is copied only into
+    a folder this import made (:func:`_own_target`, with ``placed``), never over a file already
+    there. Each folder and file it makes is written down in ``journal`` first."""
     recorded = row["path"]
     row["origin_path"] = row.get("origin_path") or recorded
     row["missing"] = 1
@@ -805,14 +879,15 @@ def _place_artifact(row: dict, other: Path, source_number: int, origin_number: i
     try:
         markers = list(dict.fromkeys([f"session-{source_number}", f"session-{origin_number}"]))
         tail = _artifact_tail(recorded, markers)
-        target, reason = _copy_target(folder, tail)
-        if target is None:
+        named, reason = _copy_target(folder, tail)
+        if named is None:
             return None, reason
         found, reason = _artifact_source(recorded, other, markers[0], tail)
         if found is None:
             return None, reason
         if row.get("sha256") and _sha256(found) != row["sha256"]:
             return None, "file differs from its recorded sha256"
+        target = _own_target(folder, tail, journal, placed)
         journal.will_make_folders(target.parent)
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.resolve().is_relative_to(folder.resolve()):  # a symlink made meanwhile

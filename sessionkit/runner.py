@@ -8,7 +8,6 @@ with what it had, and the CLI exits 130 or 143.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -112,16 +111,11 @@ def make_step_folder(db, session: dict, seq: int, name: str) -> Path:
     Raises:
         OSError: the folder cannot be created (permissions, full disk, ...).
     """
+    from .db import make_own_folder
+
     base = artifacts_dir(db, session, seq, name)
     base.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, 1000):
-        folder = base if attempt == 1 else base.with_name(f"{base.name}.{attempt}")
-        try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "999 folders of that name are already there", str(base))
+    return make_own_folder(base)
 
 
 def step_position(session: dict, name: str, seq: int, index=None, total=None) -> str:
@@ -374,7 +368,9 @@ MAX_STEP_NAME = 100
 
 def check_step_name(name: str, *, kind: str = "builtin", runs: str | None = None) -> None:
     """Raise :class:`UsageError` for a step name that is empty, longer than
-    :data:`MAX_STEP_NAME` characters, or holds control characters; and for the name of a
+    :data:`MAX_STEP_NAME` characters, holds control characters or begins or ends with a space
+    (``" build"`` would print as the built-in ``build``, and a plan, whose names are stripped,
+    would never match it); and for the name of a
     built-in step (``build``, ``bench``...: :data:`sessionkit.steps.REGISTRY` but ``run``, the
     command step itself) given to a step of another ``kind`` than ``"builtin"`` (a ``step run``
     command, a hook) or to another step than that one (``runs``: the name of the step that would
@@ -398,6 +394,9 @@ def check_step_name(name: str, *, kind: str = "builtin", runs: str | None = None
                          f"use at most {MAX_STEP_NAME}")
     if not name.isprintable():
         raise UsageError(f"bad step name {name!r}: it holds control characters")
+    if name != name.strip():
+        raise UsageError(f"bad step name {name!r}: it begins or ends with a space, which a table "
+                         f"does not show (it would pass for {name.strip()!r}); leave the spaces out")
 
 
 def _finish(db, step, step_id, result, context, status, message, exit_code, duration, budget,

@@ -416,3 +416,32 @@ def test_a_session_that_came_through_an_older_database_is_the_same_when_merged_a
     here = open_db(tmp_path / "here-old.db")
     conflict = merge_database(here, new).conflicts
     assert [d["field"] for d in conflict[0]["differences"]] == ["step 1 (bench) duration_s"]
+
+
+@pytest.mark.parametrize("tables", [
+    ["CREATE TABLE sessions (x)", "CREATE TABLE steps (y)"],
+    ["CREATE TABLE sessions (id TEXT PRIMARY KEY, number INTEGER, status TEXT, started_at TEXT)",
+     "CREATE TABLE steps (id TEXT PRIMARY KEY, session_id TEXT)",
+     "INSERT INTO sessions VALUES ('s', 1, 'passed', '2026-01-01')"],
+])
+def test_another_programs_database_with_sessions_and_steps_tables_is_refused_first(tmp_path, tables):
+    """Another program's database that happens to hold tables named ``sessions`` and ``steps``
+    passed the check made before this database is opened: this database was made, the sources
+    named before it were imported, and then the merge failed ("database error: no such column:
+    started_at", or NOT NULL constraints). A sessionkit database is one with sessionkit's
+    migrations recorded, as every other command tells them apart."""
+    runner = CliRunner()
+    good = host_b(tmp_path / "b", sessions=1).path
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as conn:
+        for sql in tables:
+            conn.execute(sql)
+    conn.close()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    target = tmp_path / "t" / "m.db"
+    out = runner.invoke(cli, ["--db", str(target), "merge", str(good), str(foreign)])
+    assert out.exit_code == 1, out.output
+    assert out.output == (f"Error: {foreign} is not a sessionkit database (no sessionkit "
+                          "migrations recorded in it)\n")
+    assert not target.parent.exists()  # nothing made, nothing imported
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

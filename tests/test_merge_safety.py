@@ -86,7 +86,7 @@ def test_dotdot_artifact_path_cannot_write_outside(tmp_path):
     assert db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 1
 
 
-def test_symlink_escape_and_copy_errors_become_missing_rows(tmp_path):
+def test_a_symlink_or_folder_already_in_the_target_is_left_alone_and_never_written_through(tmp_path):
     b = host_b(tmp_path / "b", sessions=1)
     b.conn.close()
     src_db = tmp_path / "b" / ".sessionkit" / "sessions.db"
@@ -96,23 +96,26 @@ def test_symlink_escape_and_copy_errors_become_missing_rows(tmp_path):
     (session_dir / "isdir.txt").write_text("its copy target is a folder\n")
     _craft(src_db, str(session_dir / "link" / "f.txt"))
     _craft(src_db, str(session_dir / "isdir.txt"))
-    # the target's session-1 folder already holds a symlink out and a folder where a file goes
+    # the target's session-1 folder already holds a symlink out and a folder where a file goes:
+    # the copies go to names of their own beside them (link.2/, isdir.txt.2), never through them
     target = tmp_path / "t" / "m.db"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    (artifacts_root(target) / "session-1").mkdir(parents=True)
-    (artifacts_root(target) / "session-1" / "link").symlink_to(elsewhere)
-    (artifacts_root(target) / "session-1" / "isdir.txt").mkdir()
+    here = artifacts_root(target) / "session-1"
+    here.mkdir(parents=True)
+    (here / "link").symlink_to(elsewhere)
+    (here / "isdir.txt").mkdir()
 
     db = open_db(target, create=True)
     result = merge_database(db, src_db)
     assert len(result.imported) == 1
     assert not list(elsewhere.iterdir())
-    reasons = {Path(m["path"]).name: m["reason"] for m in result.missing_artifacts}
-    assert "leads out of this database's artifacts folder" in reasons["f.txt"]
-    assert reasons["isdir.txt"].startswith("cannot copy:")
-    assert db.execute("SELECT COUNT(*) FROM artifacts WHERE missing = 1").fetchone()[0] == \
-        result.artifacts_missing >= 2
+    assert (here / "link").is_symlink() and not any((here / "isdir.txt").iterdir())
+    assert (here / "link.2" / "f.txt").read_text() == "through a symlink\n"
+    assert (here / "isdir.txt.2").read_text() == "its copy target is a folder\n"
+    assert not any(Path(m["path"]).name in ("f.txt", "isdir.txt") for m in result.missing_artifacts)
+    paths = {r[0] for r in db.execute("SELECT path FROM artifacts WHERE missing = 0")}
+    assert {str(here / "link.2" / "f.txt"), str(here / "isdir.txt.2")} <= paths
 
 
 @pytest.mark.parametrize("tail", ["../x", "a/../../x", "/etc/passwd", "..", "", ".", "a/../.."])
@@ -566,3 +569,82 @@ def test_a_copy_that_fills_the_disk_leaves_no_partial_file(tmp_path):
     assert Path(missing["path"]).name == "part-0000.bin"
     assert "No space left on device" in missing["reason"] or "no space" in missing["reason"]
     assert state["files"] == [by_origin["part-0001.bin"][0]]  # no partial part-0000.bin
+
+
+def _merge_without_file_capabilities(target: Path, *sources: Path) -> subprocess.CompletedProcess:
+    """``sessionkit --db target merge sources`` in a child process that file permissions bind (as
+    root, as CI runs, it loses the capabilities that let root ignore them: util-linux's setpriv)."""
+    import shutil
+
+    env = {k: v for k, v in os.environ.items() if k != "SESSIONKIT_DB"}
+    argv = [sys.executable, "-m", "sessionkit", "--db", str(target), "merge", *map(str, sources)]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without util-linux's setpriv to drop file capabilities")
+        argv = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("locked", ["artifacts", "journals"])
+def test_a_read_only_artifacts_folder_is_refused_before_anything_is_imported(tmp_path, locked):
+    """With this database's artifacts folder (or its .merge-journals) read-only, merge imported
+    the sessions with every artifact row recorded missing ("Permission denied"), for good: merging
+    again found the sessions already here and copied nothing. It is refused now, in one line,
+    before any session is imported; once the folder is writable, merging again copies the files."""
+    sources = [tmp_path / name / "sessions.db" for name in ("a", "b")]
+    for source in sources:
+        files_source(source, "part", [1024, 2048])
+    target = tmp_path / "t" / "m.db"
+    open_db(target, create=True).conn.close()
+    folder = artifacts_root(target)
+    (folder / ".merge-journals").mkdir(parents=True)
+    locked_folder = folder if locked == "artifacts" else folder / ".merge-journals"
+    before = [_folder_state(source.parent) for source in sources]
+    locked_folder.chmod(0o555)
+    try:
+        res = _merge_without_file_capabilities(target, *sources)
+    finally:
+        locked_folder.chmod(0o755)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.stdout == ""
+    assert res.stderr == (f"Error: {locked_folder} cannot be written: merge copies the imported "
+                          "sessions' files there; make it writable and merge again\n")
+    assert open_db(target)["sessions"].count == 0
+    assert [_folder_state(source.parent) for source in sources] == before
+    again = _merge_without_file_capabilities(target, *sources)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("artifacts: 2 copied, 0 recorded as missing") == 2, again.stdout
+
+
+def test_a_merge_never_writes_into_a_step_folder_it_did_not_make(tmp_path):
+    """This database's artifacts folder may hold files that no row of it names: those of a
+    database deleted and started again in the same place, or of another database with the same
+    stem. A merge copied the imported session's files to the same names there, over them (and a
+    merge stopped midway then removed them as its own copies). Each step folder of the session is
+    now made by the merge itself, ``NN-name.2`` (``.3``, ...) when that name is taken, as a step
+    does, and the files found there stay as they were."""
+    source = tmp_path / "b" / "sessions.db"
+    files_source(source, "part", [1024, 2048])
+    target = tmp_path / "t" / "m.db"
+    stale = artifacts_root(target) / "session-1"
+    (stale / "01-part").mkdir(parents=True)
+    (stale / "01-part" / "part-0000.bin").write_text("an earlier database's file\n")
+    (stale / "01-part.2").mkdir()
+    before = _folder_state(stale)
+    out = CliRunner().invoke(cli, ["--db", str(target), "merge", str(source)])
+    assert out.exit_code == 0, out.output
+    assert "artifacts: 2 copied, 0 recorded as missing" in out.output, out.output
+    assert {k: v for k, v in _folder_state(stale).items() if k in before} == before
+    assert not any((stale / "01-part.2").iterdir())
+    db = open_db(target)
+    rows = list(db.execute("SELECT path, sha256, missing FROM artifacts"))
+    assert len(rows) == 2
+    for path, sha256, missing in rows:
+        assert missing == 0 and Path(path).parent == stale / "01-part.3"
+        import hashlib
+        assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha256
+    again = CliRunner().invoke(cli, ["--db", str(target), "merge", str(source)])
+    assert again.exit_code == 0 and "1 already here" in again.output, again.output
+    report = CliRunner().invoke(cli, ["--db", str(target), "export", "1", "--json"])
+    assert report.exit_code == 0 and "01-part.3" in report.output

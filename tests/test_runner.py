@@ -282,3 +282,25 @@ def test_a_step_folder_that_cannot_be_made_is_one_line_and_no_step(tmp_path):
     assert r.output.strip().startswith("Error: cannot create the step's folder")
     assert len(r.output.strip().splitlines()) == 1
     assert list(db["steps"].rows) == []
+
+
+@pytest.mark.parametrize("name", [" build", "build ", "  bench  ", " mine", "mine "])
+def test_a_step_name_that_begins_or_ends_with_a_space_is_refused(tmp_path, name):
+    """``step run " build" -- true`` was recorded, and ``show``/``status`` printed it as the
+    built-in build (a table's cell does not show the space); a plan or a step budget, whose names
+    are taken stripped, never matched it. Such a name is refused in one line, before anything is
+    recorded."""
+    invoke("start", "--objective", "x", "--plan", "build,mine")
+    r = CliRunner().invoke(cli, ["step", "run", name, "--", "true"])
+    assert r.exit_code == 2, r.output
+    assert r.output == (f"Error: bad step name {name!r}: it begins or ends with a space, which "
+                        f"a table does not show (it would pass for {name.strip()!r}); leave the "
+                        "spaces out\n")
+    db = open_db()
+    assert db["steps"].count == 0
+    from sessionkit.errors import UsageError
+    from sessionkit.sessions import get_open_session
+    with pytest.raises(UsageError, match="begins or ends with a space"):
+        run_step(db, get_open_session(db), steps_mod.get_step("run"), {"argv": ["true"]},
+                 name=name, kind="command")
+    assert db["steps"].count == 0

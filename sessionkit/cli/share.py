@@ -29,11 +29,14 @@ def merge(ctx, others, as_json):
     Keyed by session UUID: merging again changes nothing; a session that differs from its copy here
     is reported as a conflict and left as it is. Exits 1 when there was a conflict.
     """
-    from ..db import find_db
-    from ..merge import check_sources, format_merge, merge_database
+    from ..db import find_db, resolve_db_path
+    from ..merge import check_artifacts_folder, check_sources, format_merge, merge_database
 
-    # Every source is checked before this database is opened (or made): a typo makes nothing.
-    check_sources(others, find_db(ctx.find_root().obj.get("db_path")), contents=True)
+    # Every source, and this database's artifacts folder, is checked before this database is
+    # opened (or made): a typo makes nothing, and no session is imported without its files.
+    named = ctx.find_root().obj.get("db_path")
+    check_sources(others, find_db(named), contents=True)
+    check_artifacts_folder(resolve_db_path(named, create=True))
     db = open_db(ctx, create=True)
     results = [merge_database(db, other) for other in others]
     if as_json:
