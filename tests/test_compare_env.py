@@ -43,7 +43,7 @@ def test_fail_on_regression_refuses_across_environments_unless_allowed(db):
     _pair(db)
     runner = CliRunner()
     refused = runner.invoke(cli, ["compare", "--fail-on-regression"])
-    assert refused.exit_code == 1
+    assert refused.exit_code == 125  # no verdict, told apart from a regression's 1
     assert "Error: sessions 1 and 2 ran in different environments (GPU, torch changed)" in refused.output
     assert "--allow-env-change" in refused.output
     judged = runner.invoke(cli, ["compare", "--fail-on-regression", "--allow-env-change"])

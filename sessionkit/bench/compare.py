@@ -263,7 +263,11 @@ def _short(value, width: int = 16) -> str:
 
 
 class EnvironmentChanged(SessionkitError):
-    """Two sessions measured on different machines or software, judged for regressions."""
+    """Two sessions measured on different machines or software, judged for regressions: exit
+    status 125, ``git bisect run``'s "cannot test" (as a skipped step's), so that a script tells
+    "no verdict" from a regression (1)."""
+
+    exit_code = 125
 
 
 def check_same_environment(result: dict, *, allow_env_change: bool) -> None:

@@ -19,8 +19,8 @@ def register(cli: click.Group) -> None:
 @click.option("--alpha", type=float, default=0.01, show_default=True,
               help="Significance level of the Mann-Whitney U test on the raw samples.")
 @click.option("--fail-on-regression", is_flag=True,
-              help="Exit with status 1 when anything got slower or broke (refused when the two "
-                   "sessions ran in different environments, unless --allow-env-change).")
+              help="Exit with status 1 when anything got slower or broke; 125 (no verdict) when "
+                   "the two sessions ran in different environments, unless --allow-env-change.")
 @click.option("--allow-env-change", is_flag=True,
               help="With --fail-on-regression: judge sessions that ran on another GPU, driver, "
                    "torch, CUDA or kernel build.")
