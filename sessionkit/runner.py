@@ -366,6 +366,9 @@ def _forget(db, step_id: str) -> None:
 MAX_STEP_NAME = 100
 
 
+HOOK_PREFIX = "hook:"  # the names of the hook steps 'sessionkit run' records: hook:before, hook:after
+
+
 def check_step_name(name: str, *, kind: str = "builtin", runs: str | None = None) -> None:
     """Raise :class:`UsageError` for a step name that is empty, longer than
     :data:`MAX_STEP_NAME` characters, holds control characters or begins or ends with a space
@@ -376,7 +379,9 @@ def check_step_name(name: str, *, kind: str = "builtin", runs: str | None = None
     command, a hook) or to another step than that one (``runs``: the name of the step that would
     run under ``name``, as :func:`run_step` passes it). A plan, a step budget, progress counters
     and history estimates know a step by its name, so a command called ``build`` would pass for
-    the kernel build: it would satisfy a planned ``build`` without building anything."""
+    the kernel build: it would satisfy a planned ``build`` without building anything. A name that
+    begins with ``hook:`` (:data:`HOOK_PREFIX`) is the hooks' (``kind="hook"``) alone: a command
+    step called ``hook:before`` would show as the run's hook."""
     from .steps import REGISTRY
 
     if name in REGISTRY and name != "run" and (kind != "builtin" or (runs is not None
@@ -387,6 +392,10 @@ def check_step_name(name: str, *, kind: str = "builtin", runs: str | None = None
             fix = f"the {runs!r} step may not run under it"
         raise UsageError(f"step name {name!r} is taken by a built-in step ('sessionkit step "
                          f"{name}' runs it); {fix}")
+    if name.startswith(HOOK_PREFIX) and kind != "hook":
+        raise UsageError(f"step name {name!r} is a hook's ('{HOOK_PREFIX}before' and "
+                         f"'{HOOK_PREFIX}after' run the [tool.sessionkit.hooks] commands); give the "
+                         "step a name that does not begin with 'hook:'")
     if not name or not name.strip():
         raise UsageError("a step name must not be empty")
     if len(name) > MAX_STEP_NAME:

@@ -304,3 +304,14 @@ def test_a_step_name_that_begins_or_ends_with_a_space_is_refused(tmp_path, name)
         run_step(db, get_open_session(db), steps_mod.get_step("run"), {"argv": ["true"]},
                  name=name, kind="command")
     assert db["steps"].count == 0
+
+
+@pytest.mark.parametrize("name", ["hook:before", "hook:after", "hook:mine"])
+def test_a_command_step_may_not_take_a_hooks_name(name):
+    # 'hook:before' as a command step showed in show and the report as the run's hook.
+    invoke("start", "--objective", "x")
+    r = CliRunner().invoke(cli, ["step", "run", name, "--", "true"])
+    assert r.exit_code == 2
+    assert r.output.startswith("Error: step name") and "hook" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert list(open_db()["steps"].rows) == []
