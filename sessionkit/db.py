@@ -6,6 +6,7 @@ found by searching upward from the working directory, the way git finds ``.git``
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sqlite3
@@ -88,8 +89,6 @@ def make_own_folder(base: str | os.PathLike, *, before=None) -> Path:
             return folder
         except FileExistsError:
             continue
-    import errno
-
     raise FileExistsError(errno.EEXIST, "999 folders of that name are already there", str(base))
 
 

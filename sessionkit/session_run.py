@@ -220,7 +220,7 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
     ``abandoned``, the report is written, and :class:`StepInterrupted` is raised again.
     """
     from .report import session_report
-    from .runner import run_step
+    from .runner import HOOK_PREFIX, run_step
     from .sessions import end_session, get_session, session_steps, start_session
 
     from .progress import safe_echo
@@ -257,7 +257,7 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
     blocked_by: str | None = None
     try:
         for argv in hooks.before:
-            row = record(step_factory("run"), {"argv": argv}, step_name="hook:before", kind="hook",
+            row = record(step_factory("run"), {"argv": argv}, step_name=f"{HOOK_PREFIX}before", kind="hook",
                          command=argv)
             if row["status"] != "passed" and blocked_by is None:
                 blocked_by = f"the before hook {shlex.join(argv)} failed"
@@ -279,7 +279,7 @@ def run_session(db, *, objective: str | None = None, name: str | None = None,
         # After hooks run whatever happened before them: they may stop a rented machine.
         for argv in hooks.after:
             try:
-                record(step_factory("run"), {"argv": argv}, step_name="hook:after", kind="hook",
+                record(step_factory("run"), {"argv": argv}, step_name=f"{HOOK_PREFIX}after", kind="hook",
                        command=argv, position=next(after_positions))
             except StepInterrupted as exc:
                 interrupted = interrupted or exc

@@ -14,6 +14,7 @@ import json
 from ..attention import AttentionConfig
 from ..envinfo import snapshot_data
 from ..errors import SessionkitError, UsageError
+from ..views import clip
 from .stats import compare_samples, median, usable_samples
 from .timing import slowdown_flags
 
@@ -257,11 +258,6 @@ def clock_note(a_mhz, b_mhz, *, rel: float = CLOCK_NOTE_REL) -> str:
     return f"SM clock {a_mhz:.0f} -> {b_mhz:.0f} MHz"
 
 
-def _short(value, width: int = 16) -> str:
-    text = str(value)
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
 class EnvironmentChanged(SessionkitError):
     """Two sessions measured on different machines or software, judged for regressions: exit
     status 125, ``git bisect run``'s "cannot test" (as a skipped step's), so that a script tells
@@ -291,7 +287,7 @@ def format_comparison(result: dict) -> str:
     env = result.get("environment") or {}
     changes = env.get("changes") or []
     if changes:
-        what = "; ".join(f"{c['label']} {_short(c['a'])} -> {_short(c['b'])}" for c in changes)
+        what = "; ".join(f"{c['label']} {clip(str(c['a']), 16)} -> {clip(str(c['b']), 16)}" for c in changes)
         lines.insert(0, f"WARNING: the sessions ran in different environments ({what}): a change "
                         "below may come from the machine or the software, not from the code")
     unknown = [result[side]["number"] for side in ("a", "b") if env and env.get(side) is None]
