@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -287,6 +288,26 @@ struct SplitKV {
   at::Tensor lse_accum;  // (num_splits, B, H, Sq) float32
 };
 
+// Device scratch memory for one call's kernels (FlashFwdParams::scratch): byte tensors from the
+// caching allocator on the call's device, held until the call returns. The allocator is
+// stream-ordered, so memory freed then is reused only after this call's kernels on that stream
+// (as the causal tile counter below). An allocation that fails returns null: the launch then
+// runs without what it wanted the memory for.
+struct Scratch {
+  at::TensorOptions options;
+  std::vector<at::Tensor> held;
+
+  static void* allocate(void* ctx, size_t bytes) {
+    auto* self = static_cast<Scratch*>(ctx);
+    try {
+      self->held.push_back(at::empty({static_cast<int64_t>(bytes)}, self->options));
+    } catch (const std::exception&) {
+      return nullptr;
+    }
+    return self->held.back().data_ptr();
+  }
+};
+
 // Runs the kernel of the family this device dispatches to. With `split` (non-causal calls on the
 // sm90 family), the kernel writes split->o_accum / lse_accum instead of out and lse, and the
 // result is true: the caller merges them. Where the split cannot run (the sm80 family, or inputs
@@ -350,6 +371,9 @@ bool launch_kernels(const at::Tensor& q_given, const at::Tensor& k_given,
              std::string("flash_attn_fwd: could not zero the tile counter: ") +
                  cudaGetErrorString(zeroed));
   }
+  Scratch scratch{q.options().dtype(at::kByte), {}};
+  p.scratch = &Scratch::allocate;
+  p.scratch_ctx = &scratch;
   bool split_ran = false;
   cudaError_t err = SK_DTYPE_SWITCH(is_bf16, kDtype, [&] {
     return SK_BOOL_SWITCH(causal, kCausal, [&] {

@@ -9,6 +9,7 @@
 // flash_api.cpp picks one per call from the device's compute capability.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include <cuda_runtime_api.h>
@@ -58,6 +59,14 @@ struct FlashFwdParams {
   int num_splits;
   float* o_accum;
   float* lse_accum;
+
+  // Device scratch memory for a launch that needs some (the sm90 tail split of non-causal
+  // kernels: float32 partial results and per-tile counters). scratch(scratch_ctx, bytes) returns
+  // at least `bytes` bytes of device memory, 256-byte aligned, usable on the launch's stream by
+  // the kernels this call launches, or null if it cannot. Null scratch: no launch uses any (the
+  // tail split is then off).
+  void* (*scratch)(void* ctx, size_t bytes);
+  void* scratch_ctx;
 };
 
 // One explicit instantiation per (dtype, head dim, causal) and family lives in its own .cu file

@@ -132,6 +132,42 @@ def test_long_key_sequences(case, mask, dtype, family):
                        seed=hash((case, mask, d)) % 10_000, layout="bshd" if sq % 2 else "bhsd")
 
 
+TAIL_SPLIT_CASES = [  # (B, H_q, H_kv, Sq, Sk, D): non-causal shapes whose last round is split
+    (2, 16, 16, 1100, 2000, 128),  # 288 tiles on 132 SMs: 24 tail tiles of 16 key blocks
+    (1, 1, 1, 4096, 4100, 128),    # 32 tiles, none whole; a ragged last key block
+    (2, 8, 2, 300, 6000, 128),     # grouped heads, a ragged last query tile
+    (1, 4, 4, 1000, 8192, 128),    # the long-keys tile (key blocks of 176)
+    (1, 2, 2, 700, 5000, 256),     # key blocks of 80
+    (2, 3, 3, 333, 3000, 96),
+    (3, 5, 5, 200, 2500, 64),      # D=64 (three consumers): no tail split, the plain schedule
+]
+
+
+@pytest.mark.parametrize("case", TAIL_SPLIT_CASES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_tail_split_is_correct_and_deterministic(case, dtype, family):
+    """Non-causal shapes whose last round of tiles is cut into pieces by key blocks on a 132-SM
+    H200 (csrc/sm90/tail_split.cuh; the plan itself is checked on the host in
+    test_tail_split_plan.py): same rule as every shape, and two runs give the same bits (the
+    pieces are merged in a fixed order, whichever finishes last)."""
+    from sessionkit.kernels import flash_attention_into
+
+    b, hq, hkv, sq, sk, d = case
+    if d not in _head_dims():
+        pytest.skip(f"head_dim {d} is not built for this family")
+    _check_forward(b, hq, hkv, sq, sk, d, dtype, False, False, seed=hash(case) % 10_000)
+    q, k, v = _make(b, hq, hkv, sq, sk, d, dtype, seed=7)
+    runs = []
+    for _ in range(2):
+        out = torch.full(q.shape, float("nan"), device="cuda", dtype=dtype)
+        lse = torch.full(q.shape[:3], float("nan"), device="cuda", dtype=torch.float32)
+        flash_attention_into(q, k, v, out, lse, causal=False, scale=1 / math.sqrt(d),
+                             enable_gqa=hq != hkv)
+        runs.append((out, lse))
+    torch.cuda.synchronize()
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
 @pytest.mark.parametrize("case", [(2, 16, 4, 4096), (1, 8, 8, 9000)])
 def test_decode_into_strided_out_and_lse(case, family):
     """Decode-shaped calls write out and lse through strided views of the caller's buffers (the

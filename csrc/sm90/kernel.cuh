@@ -27,6 +27,7 @@
 #include "../common/softmax.cuh"
 #include "../common/utils.cuh"
 #include "ptx.cuh"
+#include "tail_split.cuh"
 #include "traits.cuh"
 #include "wgmma.cuh"
 
@@ -96,6 +97,17 @@ struct Sm90Args {
   int num_tiles;      // num_m_blocks * heads * batch * max(1, p.num_splits)
   int section_pairs;  // (batch, head) pairs per L2 section (see tile_at)
   int blocks_per_split;  // key blocks per split-KV range (p.num_splits > 1)
+  // The tail split (Traits::kTailSplit; see tail_work_at), on when tail_tiles > 0: the list's
+  // tiles [tail_first, tail_first + tail_tiles) are cut into pieces of tail_quota key blocks per
+  // CTA, and num_tiles is then tail_first + 2 * gridDim.x (two rounds of pieces). A piece writes
+  // its partial result to tail_partial (tail_pieces slots per tile) and counts itself in
+  // tail_count (one int32 per tile and consumer, zero at launch).
+  int tail_first;
+  int tail_tiles;
+  int tail_quota;
+  int tail_pieces;
+  float* tail_partial;
+  int* tail_count;
 };
 
 // The persistent schedule walks one list of (query block, head, batch) tiles.
@@ -178,7 +190,30 @@ struct TileWork {
   int n_begin;   // key blocks [n_begin, n_begin + n_blocks)
   int n_blocks;
   int split;     // its split-KV range (0 without a split)
+  int pieces;    // tail split: the tile's pieces (1: a whole tile; 0: an empty piece, skipped)
+  int piece;     // tail split: this piece's place among them, in key order
+  int tail_tile; // tail split: the tile's place among the tail tiles
 };
+
+// The tail split (Traits::kTailSplit; tail_split.cuh): the piece of the tail that list index
+// `index` (>= args.tail_first) names.
+template <class Tr>
+__device__ __forceinline__ TileWork tail_work_at(const Sm90Args& args, int index) {
+  const int u = index - args.tail_first;
+  const TailPiece piece =
+      tail_piece(u % static_cast<int>(gridDim.x), u >= static_cast<int>(gridDim.x),
+                 args.tail_tiles, key_blocks<Tr, false>(args.p, 0), args.tail_quota);
+  TileWork w{};
+  if (piece.pieces == 0) return w;  // pieces = 0: nothing to do
+  w.tile = tile_at<Tr::kHeadMajor>(args, args.tail_first + piece.tile);
+  w.row0 = w.tile.m_block * Tr::kBlockM;
+  w.n_begin = piece.n_begin;
+  w.n_blocks = piece.n_blocks;
+  w.pieces = piece.pieces;
+  w.piece = piece.piece;
+  w.tail_tile = piece.tile;
+  return w;
+}
 
 // Split-KV (the kSplitKV variant): the num_splits ranges of one tile are
 // neighbours in the list (they share its Q), and range r visits key blocks
@@ -191,15 +226,18 @@ __device__ __forceinline__ TileWork work_at(const Sm90Args& args, int index) {
     split = index - tile_index * args.p.num_splits;
     index = tile_index;
   }
+  if constexpr (Tr::kTailSplit) {
+    if (args.tail_tiles > 0 && index >= args.tail_first) return tail_work_at<Tr>(args, index);
+  }
   const Tile tile = tile_at<Tr::kHeadMajor>(args, index);
   const int row0 = tile.m_block * Tr::kBlockM;
   const int n_total = key_blocks<Tr, kCausal>(args.p, row0);
   if constexpr (Tr::kSplitKV) {
     const int n_begin = split * args.blocks_per_split;
     const int n_blocks = max(0, min(args.blocks_per_split, n_total - n_begin));
-    return TileWork{tile, row0, n_begin, n_blocks, split};
+    return TileWork{tile, row0, n_begin, n_blocks, split, 1, 0, 0};
   }
-  return TileWork{tile, row0, 0, n_total, 0};
+  return TileWork{tile, row0, 0, n_total, 0, 1, 0, 0};
 }
 
 template <DType kDtype, int kHeadDim, bool kCausal, Sm90Variant kVariant>
@@ -422,6 +460,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     }
     if (index >= args.num_tiles) break;
     const TileWork work = work_at<Tr, kCausal>(args, index);
+    if constexpr (Tr::kTailSplit) {
+      if (work.pieces == 0) continue;  // an empty piece of the tail split: no loads, no output
+    }
     const Tile tile = work.tile;
     const int row0 = work.row0, n_begin = work.n_begin, n_blocks = work.n_blocks;
     const int wg_row0 = row0 + consumer * 64;
@@ -600,6 +641,84 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     const long long epilogue_t0 = clock64();
     const uint32_t epilogue_parts0 = wait_cycles[kWaitOStore] + wait_cycles[kWaitOSync];
 #endif
+    if constexpr (Tr::kTailSplit) {
+      // The piece is found again from the index rather than kept live across the key-block loop
+      // (the three-consumer D=64 shape has no registers to spare there); the shuffle hides that
+      // it is the same index and shows that it is warp-uniform.
+      index = __shfl_sync(0xffffffffu, index, 0);
+      const TileWork tw = args.tail_tiles > 0 && index >= args.tail_first
+                                 ? tail_work_at<Tr>(args, index)
+                                 : TileWork{tile, row0, 0, 0, 0, 1, 0, 0};
+      if (tw.pieces > 1) {
+        // A piece of a split tail tile: its accumulators, row max and row sum go to its slot in
+        // float32, each thread's as kDTiles + 1 float4s strided by 128 threads (coalesced). The
+        // consumer's last piece to count itself merges every piece, in piece order and read
+        // back from memory (the result does not depend on which piece came last), and stores
+        // the tile's rows of O and LSE through the normal epilogue below; the others are done.
+        constexpr int kVec = kDTiles + 1;
+        const int lane128 = tid % 128;
+        auto slot_of = [&](int piece) {
+          return reinterpret_cast<float4*>(args.tail_partial) +
+                 (static_cast<int64_t>(tw.tail_tile * args.tail_pieces + piece) * kConsumers +
+                  consumer) * (kVec * 128) + lane128;
+        };
+        float4* mine = slot_of(tw.piece);
+#pragma unroll
+        for (int i = 0; i < kDTiles; ++i) {
+          __stcg(mine + i * 128, make_float4(acc_o[i][0], acc_o[i][1], acc_o[i][2], acc_o[i][3]));
+        }
+        __stcg(mine + kDTiles * 128, make_float4(softmax.row_max[0], softmax.row_max[1],
+                                                 softmax.row_sum[0], softmax.row_sum[1]));
+        __threadfence();  // this thread's partial is visible to the GPU before the count
+        bar_sync(kEpilogueBarrier0 + consumer, 128);
+        int last = 0;
+        if (signals) {
+          const int counted =
+              atomicAdd(args.tail_count + tw.tail_tile * kConsumers + consumer, 1);
+          last = counted == tw.pieces - 1;
+          __threadfence();  // the other pieces' partials are read after their counts
+        }
+        // Every thread gets the same answer; the shuffle from lane 0 lets ptxas know it, so that
+        // the branch does not make the loop's ring slots and descriptors leave the uniform
+        // registers (Traits::kUniform).
+        const int merges = __shfl_sync(0xffffffffu, bar_red_or(kEpilogueBarrier0 + consumer, 128, last), 0);
+        if (!merges) continue;
+        float row_max[2] = {-INFINITY, -INFINITY};
+        for (int j = 0; j < tw.pieces; ++j) {
+          const float4 stats = __ldcg(slot_of(j) + kDTiles * 128);
+          row_max[0] = fmaxf(row_max[0], stats.x);
+          row_max[1] = fmaxf(row_max[1], stats.y);
+        }
+        float m_scaled[2], row_sum[2] = {0.f, 0.f};
+#pragma unroll
+        for (int r = 0; r < 2; ++r) m_scaled[r] = row_max[r] == -INFINITY ? 0.f : row_max[r] * p.scale_log2;
+#pragma unroll
+        for (int i = 0; i < kDTiles; ++i) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc_o[i][e] = 0.f;
+        }
+        for (int j = 0; j < tw.pieces; ++j) {
+          const float4* slot = slot_of(j);
+          const float4 stats = __ldcg(slot + kDTiles * 128);
+          const float w0 = stats.x == -INFINITY ? 0.f : fwd::fast_exp2(stats.x * p.scale_log2 - m_scaled[0]);
+          const float w1 = stats.y == -INFINITY ? 0.f : fwd::fast_exp2(stats.y * p.scale_log2 - m_scaled[1]);
+          row_sum[0] = fmaf(w0, stats.z, row_sum[0]);
+          row_sum[1] = fmaf(w1, stats.w, row_sum[1]);
+#pragma unroll
+          for (int i = 0; i < kDTiles; ++i) {
+            const float4 v = __ldcg(slot + i * 128);
+            acc_o[i][0] = fmaf(w0, v.x, acc_o[i][0]);
+            acc_o[i][1] = fmaf(w0, v.y, acc_o[i][1]);
+            acc_o[i][2] = fmaf(w1, v.z, acc_o[i][2]);
+            acc_o[i][3] = fmaf(w1, v.w, acc_o[i][3]);
+          }
+        }
+        softmax.row_max[0] = row_max[0];
+        softmax.row_max[1] = row_max[1];
+        softmax.row_sum[0] = row_sum[0];
+        softmax.row_sum[1] = row_sum[1];
+      }
+    }
     float inv_sum[2], row_lse[2];
     softmax.finalize(p.scale_log2, inv_sum, row_lse);
     float* lse = p.lse + tile.batch * p.lse_batch_stride + tile.head * p.lse_head_stride;

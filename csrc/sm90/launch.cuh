@@ -68,6 +68,44 @@ inline bool make_tensor_map(CUtensorMap* map, const void* ptr, bool bf16, int64_
   return res == CUDA_SUCCESS;
 }
 
+// The tail split (Traits::kTailSplit; tail_split.cuh): plans it for args.num_tiles tiles on
+// `slots` CTAs and, where it runs, takes its scratch memory from p.scratch (per tail tile,
+// plan.pieces slots of float32 partials, kDTiles + 1 float4s per consumer thread, and one
+// counter per consumer, zeroed here on `stream`), sets args' tail fields and args.num_tiles to the
+// whole tiles plus two rounds of pieces. tail_tiles stays 0 (whole tiles, as without the split)
+// where the plan says no or no scratch memory is given.
+template <class Tr>
+cudaError_t plan_tail_split(Sm90Args& args, const FlashFwdParams& p, int64_t slots,
+                            cudaStream_t stream) {
+  args.tail_first = 0;
+  args.tail_tiles = 0;
+  args.tail_quota = 0;
+  args.tail_pieces = 0;
+  args.tail_partial = nullptr;
+  args.tail_count = nullptr;
+  if (p.scratch == nullptr) return cudaSuccess;
+  const int64_t nb = (int64_t(p.seqlen_k) + Tr::kBlockN - 1) / Tr::kBlockN;
+  const TailPlan plan = tail_plan(args.num_tiles, slots, nb, SK_SM90_TAIL_MIN_SAVED);
+  if (plan.tail_tiles == 0) return cudaSuccess;
+  constexpr int64_t kVecBytes = (Tr::kHeadDim / 8 + 1) * 16;  // per consumer thread
+  const int64_t partial_bytes =
+      int64_t(plan.tail_tiles) * plan.pieces * Tr::kConsumerWarpgroups * 128 * kVecBytes;
+  const int64_t count_bytes = (int64_t(plan.tail_tiles) * Tr::kConsumerWarpgroups * 4 + 255) / 256 * 256;
+  auto* mem = static_cast<unsigned char*>(
+      p.scratch(p.scratch_ctx, static_cast<size_t>(count_bytes + partial_bytes)));
+  if (mem == nullptr) return cudaSuccess;
+  const cudaError_t zeroed = cudaMemsetAsync(mem, 0, static_cast<size_t>(count_bytes), stream);
+  if (zeroed != cudaSuccess) return zeroed;
+  args.tail_first = args.num_tiles - plan.tail_tiles;
+  args.tail_tiles = plan.tail_tiles;
+  args.tail_quota = plan.quota;
+  args.tail_pieces = plan.pieces;
+  args.tail_count = reinterpret_cast<int*>(mem);
+  args.tail_partial = reinterpret_cast<float*>(mem + count_bytes);
+  args.num_tiles = static_cast<int>(args.tail_first + 2 * slots);
+  return cudaSuccess;
+}
+
 template <DType kDtype, int kHeadDim, bool kCausal, Sm90Variant kVariant, typename Kernel>
 cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
                    std::atomic<bool>* smem_raised) {
@@ -131,7 +169,12 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
   if (status == cudaSuccess) status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (status != cudaSuccess) return status;
   const int64_t slots = int64_t(sms) * Tr::kBlocksPerSm;  // persistent CTAs the SMs hold at once
-  const int ctas = static_cast<int>(num_tiles < slots ? num_tiles : slots);
+  int ctas = static_cast<int>(num_tiles < slots ? num_tiles : slots);
+  if constexpr (Tr::kTailSplit) {
+    const cudaError_t planned = plan_tail_split<Tr>(args, p, slots, stream);
+    if (planned != cudaSuccess) return planned;
+    if (args.tail_tiles > 0) ctas = static_cast<int>(slots);
+  }
   kernel<<<ctas, Tr::kThreads, Tr::kSmemBytes, stream>>>(args);
 #if SK_SM90_WAIT_PROFILE
   if (cudaPeekAtLastError() == cudaSuccess) {

@@ -101,6 +101,12 @@ namespace sm90 {
 #ifndef SK_SM90_UNIFORM
 #define SK_SM90_UNIFORM -1  // -1: per shape (Traits::kUniform); 0 or 1: off or on in every kernel
 #endif
+#ifndef SK_SM90_TAIL_SPLIT
+#define SK_SM90_TAIL_SPLIT -1  // -1: per shape (Traits::kTailSplit); 0 or 1: off or on in every non-causal kernel
+#endif
+#ifndef SK_SM90_TAIL_MIN_SAVED
+#define SK_SM90_TAIL_MIN_SAVED 4  // the tail split runs when it saves each CTA this many key blocks or more
+#endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
@@ -206,6 +212,20 @@ struct Traits {
       !kSplitKV && (kHeadDim_ >= 128 || (kHeadDim_ == 64 && kCausal_));
   static constexpr bool kUniform = SK_SM90_UNIFORM < 0 ? kUniformShipped : SK_SM90_UNIFORM != 0;
   static constexpr bool kSkipIdleRows = SK_SM90_SKIP_IDLE_ROWS != 0 && kShortKeys && !kCausal;
+  // Non-causal tiles are all as long, so the static schedule's last round runs T mod (CTAs) tiles
+  // while the other CTAs idle: D=128 at B*S = 16384 tokens and 16 heads is 2048 tiles, 15.5
+  // rounds of 132. With the tail split (tail_split.cuh), the last round's tiles are cut by key
+  // blocks so that every CTA gets the same number of them; each piece writes its float32 O, row
+  // max and row sum to scratch memory, and the last piece of a tile to finish (a counter per tile
+  // and consumer) merges them in a fixed order and runs the normal epilogue (kernel.cuh).
+  // The host plans it (launch.cuh) and runs it only where each CTA saves at least
+  // SK_SM90_TAIL_MIN_SAVED key blocks. Two-consumer shapes only: in the three-consumer D=64 tile
+  // (128 registers a thread at compile time) the pieces' first key block, a runtime value where
+  // it was 0, spills 16 bytes and takes the key-block loop's slots out of the uniform registers.
+  static constexpr bool kTailSplitShipped = !kCausal && !kSplitKV && kConsumerWarpgroups == 2;
+  static constexpr bool kTailSplit =
+      (SK_SM90_TAIL_SPLIT < 0 ? kTailSplitShipped : SK_SM90_TAIL_SPLIT != 0) && !kCausal &&
+      !kSplitKV;
   // Consumers take turns on the GEMMs (two or three of them in one CTA).
   static constexpr bool kPingpong = SK_SM90_PINGPONG != 0 && kConsumerWarpgroups > 1;
   // One consumer (an experiment shape: -DSK_SM90_CONSUMERS_D64_CAUSAL=1, say): 64-row tiles and
