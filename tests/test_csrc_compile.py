@@ -284,6 +284,7 @@ def _largest_gap_between_pv_hgmmas(sass: str) -> int:
     ("flash_fwd_sm90_bf16_hdim128_noncausal", None, 3),
     ("flash_fwd_sm90_fp16_hdim256_causal", None, 3),
     ("flash_fwd_sm90_bf16_hdim64_causal_shortkeys", None, 3),
+    ("flash_fwd_sm90_fp16_hdim96_noncausal", None, 3),
     # the vector-register loop, for contrast: the same check must fail there
     ("flash_fwd_sm90_bf16_hdim128_noncausal", "-DSK_SM90_UNIFORM=0", None),
 ])

@@ -207,9 +207,11 @@ struct Traits {
   // HGMMAs issue back to back. Measured (docs/kernel-notes.md, v14): D=128 and 256 +0.5-9 %
   // (D256 causal 1.00 -> 1.10), D64 causal short keys +1 %; D64 causal with key block 192 -3.6 %
   // alone and +2-4 % with kSoftmaxFence (v15), so it has both; D64 full 16k -1.4 %, so D64 full
-  // keeps the vector-register loop. Split-KV not yet timed: off.
+  // keeps the vector-register loop. v16: D96 non-causal +4.3 % (S=4096, 1.09 -> 1.14 of SDPA),
+  // so it has it; the split-KV kernels (decode, +0.3 %) and D96 causal (not yet timed) do not.
   static constexpr bool kUniformShipped =
-      !kSplitKV && (kHeadDim_ >= 128 || (kHeadDim_ == 64 && kCausal_));
+      !kSplitKV && (kHeadDim_ >= 128 || (kHeadDim_ == 64 && kCausal_) ||
+                    (kHeadDim_ == 96 && !kCausal_));
   static constexpr bool kUniform = SK_SM90_UNIFORM < 0 ? kUniformShipped : SK_SM90_UNIFORM != 0;
   static constexpr bool kSkipIdleRows = SK_SM90_SKIP_IDLE_ROWS != 0 && kShortKeys && !kCausal;
   // Non-causal tiles are all as long, so the static schedule's last round runs T mod (CTAs) tiles
