@@ -198,6 +198,9 @@ EXPERIMENTS = [
     ("-DSK_SM90_UNIFORM=1", "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0", "0x20"),
     ("-DSK_SM90_UNIFORM=1", "flash_fwd_sm90_bf16_hdim128_noncausal_splitkv", "0xf0", "0x18"),
     ("-DSK_SM90_UNIFORM=0", "flash_fwd_sm90_bf16_hdim256_noncausal", "0xf0", "0x18"),
+    # O into its TMA staging by stmatrix.x4
+    ("-DSK_SM90_STMATRIX_O=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
+    ("-DSK_SM90_STMATRIX_O=1", "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),
     # the diagnostic build of benchmarks/wait_profile.py (clock reads around every wait)
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),
@@ -311,3 +314,22 @@ def test_uniform_descriptors_issue_pv_back_to_back(tmp_path, name, flag, most):
         assert gap >= 5 and "R2UR" in sass, gap
     else:
         assert gap <= most, f"{name}: {gap} instructions between two P V HGMMAs"
+
+
+@pytest.mark.parametrize("flag, stmatrix", [("-DSK_SM90_STMATRIX_O=1", 8), (None, 0)])
+def test_stmatrix_switch_stores_o_by_stsm(tmp_path, flag, stmatrix):
+    """With SK_SM90_STMATRIX_O=1 the D=128 epilogue stages O by kDTiles / 2 = 8 stmatrix.x4 (STSM)
+    instead of 32 four-byte shared stores per thread; the shipped build has no STSM (the switch is
+    off until timed). The addresses are checked on the host in test_o_stage.py."""
+    nvcc = _nvcc()
+    cuobjdump = _cuobjdump()
+    root = csrc_dir()
+    name = "flash_fwd_sm90_bf16_hdim128_noncausal"
+    cubin = tmp_path / f"{name}.cubin"
+    proc = subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-cubin",
+                           *toolchain.arch_flags((9, 0)), *(flag.split() if flag else []), "-I",
+                           str(root), "-o", str(cubin), str(root / "instantiations" / f"{name}.cu")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sass = _sass(cuobjdump, cubin)
+    assert sum("STSM" in line for line in sass.splitlines()) == stmatrix

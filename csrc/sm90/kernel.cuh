@@ -26,6 +26,7 @@
 #include "../common/mask.cuh"
 #include "../common/softmax.cuh"
 #include "../common/utils.cuh"
+#include "o_stage.cuh"
 #include "ptx.cuh"
 #include "tail_split.cuh"
 #include "traits.cuh"
@@ -755,16 +756,32 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         if (signals) cp_async_bulk_wait_group_read<0>();  // the previous tile's store has read it
         bar_sync(kEpilogueBarrier0 + consumer, 128);
       });
+      if constexpr (Tr::kStmatrixO) {
+        // Two n8 tiles of the warp's 16 rows per stmatrix.x4 (kDTiles / 2 of them instead of
+        // 2 * kDTiles 4-byte stores): matrices 0 and 1 are rows 0-7 and 8-15 of tile i, 2 and 3
+        // the same of tile i + 1; lane l gives row l % 8 of matrix l / 8.
+        const int row = o_stage_stmatrix_row(warp, lane);  // within this consumer's 64 rows
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = warp * 16 + g + 8 * r;  // within this consumer's 64 rows
+        for (int i = 0; i < kDTiles; i += 2) {
+          const uint32_t addr =
+              o_base + o_stage_group(row, o_stage_stmatrix_n8(i, lane), Tr::kOChunkBytes);
+          stmatrix_x4(addr,
+                      fwd::pack2<kDtype>(acc_o[i][0] * inv_sum[0], acc_o[i][1] * inv_sum[0]),
+                      fwd::pack2<kDtype>(acc_o[i][2] * inv_sum[1], acc_o[i][3] * inv_sum[1]),
+                      fwd::pack2<kDtype>(acc_o[i + 1][0] * inv_sum[0], acc_o[i + 1][1] * inv_sum[0]),
+                      fwd::pack2<kDtype>(acc_o[i + 1][2] * inv_sum[1], acc_o[i + 1][3] * inv_sum[1]));
+        }
+      } else {
 #pragma unroll
-        for (int i = 0; i < kDTiles; ++i) {
-          const uint32_t addr = o_base + (i / 8) * Tr::kOChunkBytes + row * 128 +
-                                (((i % 8) ^ (row % 8)) << 4) + 4 * t;
-          const uint32_t packed =
-              fwd::pack2<kDtype>(acc_o[i][2 * r] * inv_sum[r], acc_o[i][2 * r + 1] * inv_sum[r]);
-          st_shared_b32(addr, packed);
+        for (int r = 0; r < 2; ++r) {
+          const int row = warp * 16 + g + 8 * r;  // within this consumer's 64 rows
+#pragma unroll
+          for (int i = 0; i < kDTiles; ++i) {
+            const uint32_t addr = o_base + o_stage_group(row, i, Tr::kOChunkBytes) + 4 * t;
+            const uint32_t packed =
+                fwd::pack2<kDtype>(acc_o[i][2 * r] * inv_sum[r], acc_o[i][2 * r + 1] * inv_sum[r]);
+            st_shared_b32(addr, packed);
+          }
         }
       }
       SK_WAIT(kWaitOSync, {

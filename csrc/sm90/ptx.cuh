@@ -187,6 +187,17 @@ __device__ __forceinline__ void bar_arrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// stmatrix.sync.aligned.m8n8.x4.shared.b16: the warp stores four 8 x 8 b16 matrices. Lane l
+// gives the shared address of row l % 8 of matrix l / 8 (16 contiguous bytes); register i of
+// every lane holds its two elements of matrix i, row lane / 4, columns 2 * (lane % 4) and + 1
+// (the mma/wgmma accumulator layout), packed low column first. Needs sm_90.
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2,
+                                            uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr),
+               "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
+}
+
 // bar.red.or: a named barrier that also returns whether any of its `threads` passed true.
 __device__ __forceinline__ bool bar_red_or(int id, int threads, bool value) {
   uint32_t any;

@@ -107,6 +107,9 @@ namespace sm90 {
 #ifndef SK_SM90_TAIL_MIN_SAVED
 #define SK_SM90_TAIL_MIN_SAVED 4  // the tail split runs when it saves each CTA this many key blocks or more
 #endif
+#ifndef SK_SM90_STMATRIX_O
+#define SK_SM90_STMATRIX_O 0  // 1: O into its TMA staging by stmatrix.x4 instead of 4-byte stores
+#endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
@@ -311,6 +314,11 @@ struct Traits {
           : 1;
   static constexpr bool kTmaStoreO =
       kTmaStoreOShape && smem_bytes(kQStages, true) <= kSmemPerBlockMax;
+  // The epilogue's stores of O into that staging: per thread 2 * kDTiles 4-byte shared stores
+  // (16 at D=64, 32 at D=128), or kDTiles / 2 stmatrix.x4 (the accumulator layout is stmatrix's
+  // fragment layout). At D64 causal S=512 the epilogue is 11 % of a tile (v15's wait profile).
+  // Not yet timed: off.
+  static constexpr bool kStmatrixO = SK_SM90_STMATRIX_O != 0 && kTmaStoreO;
   static constexpr int kQOffset = 0;
   static constexpr int kKOffset = kQOffset + kQStages * kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKVBytes;
