@@ -292,7 +292,8 @@ struct SplitKV {
 // caching allocator on the call's device, held until the call returns. The allocator is
 // stream-ordered, so memory freed then is reused only after this call's kernels on that stream
 // (as the causal tile counter below). An allocation that fails returns null: the launch then
-// runs without what it wanted the memory for.
+// runs without what it wanted the memory for (for the tail split: whole tiles, a result as
+// correct but not bitwise the same as the split's, which differs in the last bits).
 struct Scratch {
   at::TensorOptions options;
   std::vector<at::Tensor> held;

@@ -197,7 +197,9 @@ struct TileWork {
 };
 
 // The tail split (Traits::kTailSplit; tail_split.cuh): the piece of the tail that list index
-// `index` (>= args.tail_first) names.
+// `index` (>= args.tail_first) names. The plan is for gridDim.x CTAs (launch.cuh launches
+// exactly the `slots` it planned for) walking the static order without the snake (the trait is
+// off with SK_SM90_SNAKE: a reversed tail round would give one CTA two other CTAs' pieces).
 template <class Tr>
 __device__ __forceinline__ TileWork tail_work_at(const Sm90Args& args, int index) {
   const int u = index - args.tail_first;

@@ -87,6 +87,8 @@ cudaError_t plan_tail_split(Sm90Args& args, const FlashFwdParams& p, int64_t slo
   const int64_t nb = (int64_t(p.seqlen_k) + Tr::kBlockN - 1) / Tr::kBlockN;
   const TailPlan plan = tail_plan(args.num_tiles, slots, nb, SK_SM90_TAIL_MIN_SAVED);
   if (plan.tail_tiles == 0) return cudaSuccess;
+  // The list then runs to tail_first + 2 * slots: keep that, plus a round of slack, in 32 bits.
+  if (int64_t(args.num_tiles) - plan.tail_tiles + 3 * slots > INT32_MAX) return cudaSuccess;
   constexpr int64_t kVecBytes = (Tr::kHeadDim / 8 + 1) * 16;  // per consumer thread
   const int64_t partial_bytes =
       int64_t(plan.tail_tiles) * plan.pieces * Tr::kConsumerWarpgroups * 128 * kVecBytes;
@@ -173,6 +175,8 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
   if constexpr (Tr::kTailSplit) {
     const cudaError_t planned = plan_tail_split<Tr>(args, p, slots, stream);
     if (planned != cudaSuccess) return planned;
+    // The pieces are planned for `slots` CTAs and the kernel finds a CTA's pieces from gridDim.x
+    // (tail_work_at): the grid must be exactly that.
     if (args.tail_tiles > 0) ctas = static_cast<int>(slots);
   }
   kernel<<<ctas, Tr::kThreads, Tr::kSmemBytes, stream>>>(args);

@@ -230,7 +230,7 @@ struct Traits {
   static constexpr bool kTailSplitShipped = !kCausal && !kSplitKV && kConsumerWarpgroups == 2;
   static constexpr bool kTailSplit =
       (SK_SM90_TAIL_SPLIT < 0 ? kTailSplitShipped : SK_SM90_TAIL_SPLIT != 0) && !kCausal &&
-      !kSplitKV;
+      !kSplitKV && SK_SM90_SNAKE == 0;
   // Consumers take turns on the GEMMs (two or three of them in one CTA).
   static constexpr bool kPingpong = SK_SM90_PINGPONG != 0 && kConsumerWarpgroups > 1;
   // One consumer (an experiment shape: -DSK_SM90_CONSUMERS_D64_CAUSAL=1, say): 64-row tiles and

@@ -317,6 +317,11 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None,
     ``torch.compile(fullgraph=True)`` traces this function (static and dynamic shapes) once the
     kernels are loaded, which the first eager call or :func:`load_extension` does.
 
+    Repeated calls with the same inputs on the same GPU give the same bits. On Hopper, non-causal
+    calls whose last round of tiles is split across the SMs take up to about 50 MB of scratch
+    memory from PyTorch's caching allocator for the split's partial results; where that memory
+    cannot be had the call runs unsplit, equally correct but not bitwise the same.
+
     Raises:
         TypeError: a non-tensor, an unsupported or mixed dtype, a non-bool ``causal``.
         ValueError: a bad shape, head dim, head ratio, alignment or device (the message names it);
