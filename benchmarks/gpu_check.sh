@@ -166,7 +166,7 @@ if has ab; then
   python3 -m sessionkit end --outcome "A/B done" > /dev/null
   python3 -m sessionkit report -o "$AB_DIR/ab.md" > /dev/null
   cp "$AB_DIR/ab.md" "$AB_DIR/ab.db" "$OUT/" && note "ab report: $OUT/ab.md (database $OUT/ab.db)"
-  python3 benchmarks/ab_table.py "$AB_DIR/ab.db" 2>&1 | tee -a "$SUMMARY"
+  python3 benchmarks/ab_table.py "$AB_DIR/ab.db" --clocks 2>&1 | tee -a "$SUMMARY"
 fi
 
 echo

@@ -39,6 +39,24 @@ def test_one_column_per_bench_step_headed_by_its_flags(tmp_path):
     assert lines[-1] == "geomean | 1.000 | 1.111"
 
 
+def test_clocks_add_the_sm_clock_and_throttled_samples(tmp_path):
+    path = tmp_path / "ab.db"
+    db = open_db(path, create=True)
+    with db.conn:
+        _session(db, 1, "A/B", "switches", "passed", T, T, "done")
+        plain = _step(db, 1, 1, "bench", "passed", T, T, 40.0, 300.0, summary={"nvcc_flags": ""})
+        _bench(db, plain, [1.0, 2.0, 0.5, 1.0], [1.0, 2.0, 0.5, 1.0], [2.0, 4.0, 1.0, 2.0],
+               throttled=(0, 9, 3, 0))
+    db.conn.close()
+    out = _run(path, "--clocks")
+    assert out.returncode == 0, out.stderr
+    rows = out.stdout.splitlines()[1:5]
+    # fixtures_db: our clock is 1980 - 15 * i MHz for config i, in the table's sorted order
+    assert [row.split(" @")[1] for row in rows] == [
+        "1980MHz thr 0/9", "1965MHz thr 9/9", "1950MHz thr 3/9", "1935MHz thr 0/9"]
+    assert " @" not in _run(path).stdout
+
+
 def _run(*args, cwd=None):
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True,
                           text=True, timeout=60, cwd=cwd)
