@@ -144,7 +144,8 @@ def show(ctx, session_ref, as_json):
 @click.option("--json", "as_json", is_flag=True, default=True,
               help="Export as JSON (the only format; the flag is accepted for symmetry).")
 @click.option("-o", "--output", type=OutputPath(writable=True),
-              help="Write the JSON to FILE instead of printing it; '-' prints it.")
+              help="Write the JSON to FILE (its missing folders made) instead of printing it; "
+                   "'-' prints it.")
 @db_option
 @click.pass_context
 def export(ctx, session_ref, as_json, output):
@@ -159,7 +160,7 @@ def export(ctx, session_ref, as_json, output):
     if output:
         from ..atomic import write_atomic
 
-        write_atomic(output, text + "\n")
+        write_atomic(output, text + "\n", make_parents=True)
         click.echo(f"Wrote {output}")
     else:
         click.echo(text)
