@@ -373,7 +373,8 @@ def check_step_name(name: str, *, kind: str = "builtin", runs: str | None = None
     """Raise :class:`UsageError` for a step name that is empty, longer than
     :data:`MAX_STEP_NAME` characters, holds control characters or begins or ends with a space
     (``" build"`` would print as the built-in ``build``, and a plan, whose names are stripped,
-    would never match it); and for the name of a
+    would never match it) or with ``-`` (the command line reads it as an option: ``step run -n
+    -- CMD`` could never name it, nor a plan's step be run); and for the name of a
     built-in step (``build``, ``bench``...: :data:`sessionkit.steps.REGISTRY` but ``run``, the
     command step itself) given to a step of another ``kind`` than ``"builtin"`` (a ``step run``
     command, a hook) or to another step than that one (``runs``: the name of the step that would
@@ -403,6 +404,11 @@ def check_step_name(name: str, *, kind: str = "builtin", runs: str | None = None
                          f"use at most {MAX_STEP_NAME}")
     if not name.isprintable():
         raise UsageError(f"bad step name {name!r}: it holds control characters")
+    if name.startswith("-"):
+        other = name.lstrip("-").strip() or "mine"
+        raise UsageError(f"bad step name {name!r}: it begins with '-', which the command line "
+                         f"reads as an option; give the step a name that begins otherwise, e.g. "
+                         f"{other!r}")
     if name != name.strip():
         raise UsageError(f"bad step name {name!r}: it begins or ends with a space, which a table "
                          f"does not show (it would pass for {name.strip()!r}); leave the spaces out")

@@ -315,3 +315,34 @@ def test_a_command_step_may_not_take_a_hooks_name(name):
     assert r.output.startswith("Error: step name") and "hook" in r.output
     assert len(r.output.strip().splitlines()) == 1
     assert list(open_db()["steps"].rows) == []
+
+
+@pytest.mark.parametrize("args, name, other", [
+    (["-n", "--", "true"], "-n", "n"),
+    (["--name", "--", "true"], "--name", "name"),
+    (["-n", "true"], "-n", "n"),
+    (["--", "-n", "--", "true"], "-n", "n"),  # the name after a --: no way around the rule
+    (["-", "--", "true"], "-", "mine"),
+])
+def test_a_step_name_that_begins_with_a_dash_is_refused_in_words(args, name, other):
+    """`step run -n -- CMD` said only "bad step name '-n'" (and `step run -- -n -- CMD` "no step
+    name before --"): a name that begins with '-' reads as an option, so no command line can give
+    it. It is refused in one line that says so and names one to use, before anything is recorded;
+    the library refuses it too, so that no such step is recorded by any caller."""
+    invoke("start", "--objective", "x")
+    r = CliRunner().invoke(cli, ["step", "run", *args])
+    assert r.exit_code == 2, r.output
+    assert r.output == (f"Error: bad step name {name!r}: it begins with '-', which the command "
+                        "line reads as an option; give the step a name that begins otherwise, "
+                        f"e.g. {other!r}\n")
+    db = open_db()
+    assert db["steps"].count == 0
+    from sessionkit.errors import UsageError
+    from sessionkit.sessions import get_open_session
+    with pytest.raises(UsageError, match="begins with '-'"):
+        run_step(db, get_open_session(db), steps_mod.get_step("run"), {"argv": ["true"]},
+                 name=name, kind="command")
+    assert db["steps"].count == 0
+    r = CliRunner().invoke(cli, ["step", "run", other, "--", "true"])  # NAME -- CMD still works
+    assert r.exit_code == 0, r.output
+    assert [s["name"] for s in db["steps"].rows] == [other]
