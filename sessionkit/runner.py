@@ -98,6 +98,37 @@ def artifacts_dir(db, session: dict, seq: int, name: str) -> Path:
     return artifacts_root(db.path) / f"session-{session['number']}" / f"{seq:02d}-{safe}"
 
 
+def check_session_folder(db, session: dict, name: str) -> None:
+    """Refuse to start step ``name`` of ``session`` when the folders its files go in are there but
+    cannot hold them: ``<artifacts root>/session-N`` (see :func:`artifacts_dir`) that is not a
+    folder of its own (a file, a FIFO, or a symbolic link, whose step files would land wherever
+    it points: outside the artifacts folder, or in another session's folder), or an artifacts
+    folder that is not a folder (a file, a dangling symbolic link). The artifacts folder itself
+    may be a symbolic link to a folder (one on a larger disk). Nothing is made or changed.
+
+    Raises :class:`~sessionkit.errors.SessionkitError` (one line, exit status 1).
+    """
+    from .db import artifacts_root
+
+    root = artifacts_root(db.path)
+    folder = root / f"session-{session['number']}"
+    start = f"cannot start step {name!r}:"
+    again = "move it away and run the step again"
+    if folder.is_symlink():
+        raise SessionkitError(f"{start} {folder} is a symbolic link (to {os.readlink(folder)}); "
+                              f"the session's step files go only in a folder of its own inside "
+                              f"{root}: {again}")
+    for path in (root, folder):
+        if path.is_symlink() and not path.exists():
+            raise SessionkitError(f"{start} {path} is a symbolic link to {os.readlink(path)}, "
+                                  f"which does not exist; the session's step files go there: "
+                                  f"{again}")
+        if os.path.lexists(path) and not path.is_dir():
+            what = "a file" if path.is_file() else "not a folder"
+            raise SessionkitError(f"{start} {path} is {what}, where a folder of the session's "
+                                  f"step files goes: {again}")
+
+
 def make_step_folder(db, session: dict, seq: int, name: str) -> Path:
     """Create the step's folder and return it: :func:`artifacts_dir`, or ``<that>.2``, ``.3``, ...
     when a folder of that name is already there.
@@ -108,14 +139,30 @@ def make_step_folder(db, session: dict, seq: int, name: str) -> Path:
     would overwrite them, so the step gets a folder of its own (created with ``mkdir``, which fails
     when the name exists, so that two processes never share one).
 
+    The session's folder is checked first (:func:`check_session_folder`), and the step's folder
+    once made: should it not lie in ``<real artifacts root>/session-N`` (a symbolic link put
+    there meanwhile), it is removed again and the step refused.
+
     Raises:
+        SessionkitError: what :func:`check_session_folder` refuses, or a folder made elsewhere.
         OSError: the folder cannot be created (permissions, full disk, ...).
     """
     from .db import make_own_folder
 
     base = artifacts_dir(db, session, seq, name)
+    check_session_folder(db, session, name)
     base.parent.mkdir(parents=True, exist_ok=True)
-    return make_own_folder(base)
+    folder = make_own_folder(base)
+    inside = os.path.join(os.path.realpath(base.parent.parent), base.parent.name, folder.name)
+    if base.parent.is_symlink() or os.path.realpath(folder) != inside:
+        try:
+            folder.rmdir()  # made by this call, empty
+        except OSError:
+            pass
+        check_session_folder(db, session, name)  # names the link
+        raise SessionkitError(f"cannot start step {name!r}: its folder {folder} lies outside "
+                              f"{base.parent} (a symbolic link on the way)")
+    return folder
 
 
 def step_position(session: dict, name: str, seq: int, index=None, total=None) -> str:
@@ -255,6 +302,7 @@ def run_step(db, session: dict, step: Step, options=None, *, name: str | None = 
     every = heartbeat_every_s()
     if session["status"] != "open":
         raise SessionkitError(f"session {session['number']} is {session['status']}; start a new one")
+    check_session_folder(db, session, name)  # before anything is recorded
     budgets = session.get("step_budgets") or {}
     budget = budget_s or budgets.get(name) or step.budget_s
     step_id = str(uuid.uuid4())
@@ -280,6 +328,9 @@ def run_step(db, session: dict, step: Step, options=None, *, name: str | None = 
     expected, runs = estimate_from_history(db, name, exclude_step=step_id)
     try:
         workdir = make_step_folder(db, session, seq, name)
+    except SessionkitError:
+        _forget(db, step_id)
+        raise
     except OSError as exc:
         _forget(db, step_id)
         where = exc.filename or artifacts_dir(db, session, seq, name)
@@ -373,7 +424,8 @@ def check_step_name(name: str, *, kind: str = "builtin", runs: str | None = None
     """Raise :class:`UsageError` for a step name that is empty, longer than
     :data:`MAX_STEP_NAME` characters, holds control characters or begins or ends with a space
     (``" build"`` would print as the built-in ``build``, and a plan, whose names are stripped,
-    would never match it); and for the name of a
+    would never match it) or with ``-`` (the command line reads it as an option: ``step run -n
+    -- CMD`` could never name it, nor a plan's step be run); and for the name of a
     built-in step (``build``, ``bench``...: :data:`sessionkit.steps.REGISTRY` but ``run``, the
     command step itself) given to a step of another ``kind`` than ``"builtin"`` (a ``step run``
     command, a hook) or to another step than that one (``runs``: the name of the step that would
@@ -403,6 +455,11 @@ def check_step_name(name: str, *, kind: str = "builtin", runs: str | None = None
                          f"use at most {MAX_STEP_NAME}")
     if not name.isprintable():
         raise UsageError(f"bad step name {name!r}: it holds control characters")
+    if name.startswith("-"):
+        other = name.lstrip("-").strip() or "mine"
+        raise UsageError(f"bad step name {name!r}: it begins with '-', which the command line "
+                         f"reads as an option; give the step a name that begins otherwise, e.g. "
+                         f"{other!r}")
     if name != name.strip():
         raise UsageError(f"bad step name {name!r}: it begins or ends with a space, which a table "
                          f"does not show (it would pass for {name.strip()!r}); leave the spaces out")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,11 +31,34 @@ def one_line_error(result, code=None):
     assert text.startswith("Error: ") and "\n" not in text and "Traceback" not in text, text
 
 
-def test_export_into_a_missing_folder(tmp_path):
+@pytest.mark.parametrize("args", [["export", "last"], ["export", "last", "--json"],
+                                  ["report", "last", "--no-plots"], ["report", "last", "--json"],
+                                  ["history"], ["patterns", "--json"]])
+def test_an_output_into_missing_folders_makes_them(tmp_path, args):
+    """Every -o makes the missing folders of its file (export refused them while report made
+    them)."""
     assert invoke("start", "--objective", "x").exit_code == 0
-    result = invoke("export", "last", "-o", str(tmp_path / "no" / "such" / "x.json"))
+    out = tmp_path / "no" / "such" / "x.out"
+    result = invoke(*args, "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.output == f"Wrote {out}\n"
+    text = out.read_text()
+    if args[0] == "export":
+        assert json.loads(text)["session"]["objective"] == "x"
+    elif "--json" in args:
+        assert isinstance(json.loads(text), dict)
+    else:
+        assert text.startswith("# ")
+
+
+@pytest.mark.parametrize("command", ["export", "report"])
+def test_an_output_below_a_file_is_one_line(tmp_path, command):
+    assert invoke("start", "--objective", "x").exit_code == 0
+    (tmp_path / "plain").write_text("a file where a folder would be made\n")
+    result = invoke(command, "last", "-o", str(tmp_path / "plain" / "sub" / "x.json"))
     one_line_error(result, 1)
-    assert "does not exist" in result.output
+    assert str(tmp_path / "plain" / "sub") in result.output
+    assert (tmp_path / "plain").read_text() == "a file where a folder would be made\n"
 
 
 @pytest.mark.parametrize("name", ["a" * 300, "é" * 150, "x\x1by"])

@@ -228,3 +228,72 @@ def test_a_link_in_a_loop_is_refused_and_kept(tmp_path, recorded):
     assert res.returncode == 1
     assert res.stderr.strip() == f"Error: cannot write {a}: its symbolic links form a loop"
     assert os.path.islink(a) and os.readlink(a) == str(b)
+
+
+# `-o -` (and `--csv -`): `-` is standard output, as in click.File and most Unix tools, where the
+# command prints what it writes; where standard output already carries a step's progress, it is
+# refused in one line. It used to write a file named `-`.
+DASH_PRINTS = {
+    "report": (["report", "1"], "# "), "report --json": (["report", "1", "--json"], "{"),
+    "history": (["history"], "# Session history"), "history --json": (["history", "--json"], "{"),
+    "patterns": (["patterns"], "# "), "patterns --json": (["patterns", "--json"], "{"),
+    "export": (["export", "1"], "{"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DASH_PRINTS))
+def test_dash_output_prints_to_standard_output(tmp_path, recorded, case):
+    args, start = DASH_PRINTS[case]
+    before = sorted(os.listdir(tmp_path))
+    res = sk(*args, "-o", "-")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(start) and "Wrote" not in res.stdout, res.stdout[:200]
+    if start == "{":
+        json.loads(res.stdout)
+    if case == "export":
+        assert json.loads(res.stdout)["session"]["objective"] == "outputs"
+    assert not os.path.lexists(tmp_path / "-")
+    assert sorted(os.listdir(tmp_path)) == before  # no file named '-', no plots beside it
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--objective", "refused", "--plan", "preflight", "--no-hooks", "--force", "-o", "-"],
+    ["step", "bench", "--csv", "-"],
+])
+def test_dash_output_is_refused_where_standard_output_carries_progress(tmp_path, recorded, args):
+    """`run -o -` and `step bench --csv -` keep a file (the report with its plots, a CSV the step
+    records among its files) while progress goes to standard output: `-` is one usage error that
+    says why, before any session is opened or step recorded."""
+    before = sorted(os.listdir(tmp_path))
+    res = sk(*args)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stdout == "" and len(res.stderr.splitlines()) == 1
+    assert res.stderr.startswith("Error: Invalid value for ")
+    assert "'-' (standard output) is not taken here" in res.stderr
+    assert "(./- for a file named '-')" in res.stderr
+    assert sorted(os.listdir(tmp_path)) == before
+    conn = open_db()
+    assert conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM steps").fetchone()[0] == 1
+
+
+def test_a_file_named_dash_is_written_as_dot_slash_dash(tmp_path, recorded):
+    res = sk("export", "-o", "./-")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "-").read_text())["session"]["objective"] == "outputs"
+
+
+def test_every_output_option_reads_dash_as_standard_output():
+    """Each command's -o is an OutputPath, so that a command added later reads '-' as the others
+    do (prints, or refuses in one line)."""
+    import click
+
+    from sessionkit.cli import cli
+    from sessionkit.paramtypes import OutputPath
+
+    ctx = click.Context(cli, info_name="sessionkit")
+    for name in OUTPUT_COMMANDS:
+        option = next(p for p in cli.get_command(ctx, name).params if "-o" in p.opts)
+        assert isinstance(option.type, OutputPath), name
+        assert option.type.stdout == (name != "run"), name
+        assert "'-'" in option.help, name

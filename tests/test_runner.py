@@ -274,14 +274,127 @@ def test_a_step_folder_that_cannot_be_made_is_one_line_and_no_step(tmp_path):
     invoke("start", "--objective", "x")
     db = open_db()
     from sessionkit.db import artifacts_root
-    root = artifacts_root(db.path)
-    root.mkdir(parents=True)
-    (root / "session-1").write_text("a file where the session's folder goes")
+    folder = artifacts_root(db.path) / "session-1"
+    folder.mkdir(parents=True)
+    for n in range(1, 1000):  # every name make_own_folder tries is taken
+        (folder / ("01-noisy" if n == 1 else f"01-noisy.{n}")).mkdir()
     r = CliRunner().invoke(cli, ["step", "run", "noisy", "--", "true"])
-    assert r.exit_code != 0
-    assert r.output.strip().startswith("Error: cannot create the step's folder")
-    assert len(r.output.strip().splitlines()) == 1
+    assert r.exit_code == 1
+    assert r.output == (f"Error: cannot create the step's folder {folder / '01-noisy'}: 999 "
+                        "folders of that name are already there\n")
     assert list(db["steps"].rows) == []
+
+
+def _occupy(path: Path, kind: str, outside: Path) -> None:
+    """Put at ``path`` (the session's folder, or the artifacts folder) what ``kind`` names."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "file":
+        path.write_text("a file where the session's folder goes\n")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "link out":
+        path.symlink_to(outside)
+    elif kind == "link in":  # to another session's folder, inside the artifacts folder
+        (path.parent / "session-9").mkdir()
+        path.symlink_to("session-9")
+    elif kind == "dangling link":
+        path.symlink_to(outside / "gone")
+
+
+@pytest.mark.parametrize("where, kind, words", [
+    ("session", "file", "is a file, where a folder of the session's step files goes"),
+    ("session", "fifo", "is not a folder, where a folder of the session's step files goes"),
+    ("session", "link out", "is a symbolic link (to {target}); the session's step files go only "
+                            "in a folder of its own inside {root}"),
+    ("session", "link in", "is a symbolic link (to {target}); the session's step files go only "
+                           "in a folder of its own inside {root}"),
+    ("session", "dangling link", "is a symbolic link (to {target}); the session's step files go "
+                                 "only in a folder of its own inside {root}"),
+    ("root", "file", "is a file, where a folder of the session's step files goes"),
+    ("root", "dangling link", "is a symbolic link to {target}, which does not exist; the "
+                              "session's step files go there"),
+])
+def test_a_session_folder_that_is_not_its_own_is_refused_at_the_step_start(tmp_path, where, kind,
+                                                                           words):
+    """``artifacts/session-N`` as a file made every step fail with "File exists"; as a symbolic
+    link out of the artifacts folder, the steps' files landed wherever it pointed. Either is one
+    line at the step's start (exit 1) that names the path and what to do; no step is recorded,
+    nothing is made through the link, and what was there stays as it was."""
+    import os
+
+    from sessionkit.db import artifacts_root
+
+    invoke("start", "--objective", "x")
+    db = open_db()
+    root = artifacts_root(db.path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    path = root / "session-1" if where == "session" else root
+    _occupy(path, kind, outside)
+    target = os.readlink(path) if path.is_symlink() else None
+    r = CliRunner().invoke(cli, ["step", "run", "x", "--", "true"])
+    assert r.exit_code == 1, r.output
+    assert r.output == (f"Error: cannot start step 'x': {path} "
+                        + words.format(target=target, root=root)
+                        + ": move it away and run the step again\n")
+    assert db["steps"].count == 0
+    assert list(outside.iterdir()) == []
+    assert os.readlink(path) == target if target else os.path.lexists(path)
+    if kind == "link in":
+        assert list((root / "session-9").iterdir()) == []
+    from sessionkit.errors import SessionkitError
+    from sessionkit.sessions import get_open_session
+    with pytest.raises(SessionkitError, match="^cannot start step 'x': "):
+        run_step(db, get_open_session(db), steps_mod.get_step("run"), {"argv": ["true"]},
+                 name="x", kind="command")
+    assert db["steps"].count == 0
+
+
+def test_an_artifacts_folder_that_is_a_link_to_a_folder_keeps_the_steps_files(tmp_path):
+    """The artifacts folder itself may be a symbolic link (to a larger disk): steps keep their
+    files in its target, below ``session-N``."""
+    from sessionkit.db import artifacts_root
+
+    invoke("start", "--objective", "x")
+    db = open_db()
+    elsewhere = tmp_path / "big-disk" / "artifacts"
+    elsewhere.mkdir(parents=True)
+    artifacts_root(db.path).symlink_to(elsewhere)
+    r = CliRunner().invoke(cli, ["step", "run", "x", "--", "echo", "kept"])
+    assert r.exit_code == 0, r.output
+    assert (elsewhere / "session-1" / "01-x" / "output.log").read_text() == "kept\n"
+
+
+def test_a_session_folder_linked_away_while_the_step_starts_is_refused(tmp_path, monkeypatch):
+    """A symbolic link put at ``session-N`` between the check and the step folder's ``mkdir``:
+    the folder made through it is removed again, and the step refused before it runs."""
+    import sessionkit.runner as runner
+    from sessionkit.db import artifacts_root
+
+    invoke("start", "--objective", "x")
+    db = open_db()
+    folder = artifacts_root(db.path) / "session-1"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    real_check = runner.check_session_folder
+    calls = []
+
+    def check_then_link(*args):
+        real_check(*args)
+        calls.append(args)
+        if len(calls) == 2:  # the check in make_step_folder, just before its mkdir
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            folder.symlink_to(outside)
+
+    monkeypatch.setattr(runner, "check_session_folder", check_then_link)
+    marker = tmp_path / "ran"
+    r = CliRunner().invoke(cli, ["step", "run", "x", "--", "touch", str(marker)])
+    assert r.exit_code == 1, r.output
+    assert r.output.startswith(f"Error: cannot start step 'x': {folder} is a symbolic link")
+    assert list(outside.iterdir()) == [] and not marker.exists()
+    assert db["steps"].count == 0
 
 
 @pytest.mark.parametrize("name", [" build", "build ", "  bench  ", " mine", "mine "])
@@ -315,3 +428,34 @@ def test_a_command_step_may_not_take_a_hooks_name(name):
     assert r.output.startswith("Error: step name") and "hook" in r.output
     assert len(r.output.strip().splitlines()) == 1
     assert list(open_db()["steps"].rows) == []
+
+
+@pytest.mark.parametrize("args, name, other", [
+    (["-n", "--", "true"], "-n", "n"),
+    (["--name", "--", "true"], "--name", "name"),
+    (["-n", "true"], "-n", "n"),
+    (["--", "-n", "--", "true"], "-n", "n"),  # the name after a --: no way around the rule
+    (["-", "--", "true"], "-", "mine"),
+])
+def test_a_step_name_that_begins_with_a_dash_is_refused_in_words(args, name, other):
+    """`step run -n -- CMD` said only "bad step name '-n'" (and `step run -- -n -- CMD` "no step
+    name before --"): a name that begins with '-' reads as an option, so no command line can give
+    it. It is refused in one line that says so and names one to use, before anything is recorded;
+    the library refuses it too, so that no such step is recorded by any caller."""
+    invoke("start", "--objective", "x")
+    r = CliRunner().invoke(cli, ["step", "run", *args])
+    assert r.exit_code == 2, r.output
+    assert r.output == (f"Error: bad step name {name!r}: it begins with '-', which the command "
+                        "line reads as an option; give the step a name that begins otherwise, "
+                        f"e.g. {other!r}\n")
+    db = open_db()
+    assert db["steps"].count == 0
+    from sessionkit.errors import UsageError
+    from sessionkit.sessions import get_open_session
+    with pytest.raises(UsageError, match="begins with '-'"):
+        run_step(db, get_open_session(db), steps_mod.get_step("run"), {"argv": ["true"]},
+                 name=name, kind="command")
+    assert db["steps"].count == 0
+    r = CliRunner().invoke(cli, ["step", "run", other, "--", "true"])  # NAME -- CMD still works
+    assert r.exit_code == 0, r.output
+    assert [s["name"] for s in db["steps"].rows] == [other]

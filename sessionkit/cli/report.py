@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
-from ..paramtypes import FilePath
+from ..paramtypes import OutputPath
 from .common import db_option, dumps_json, echo_json, json_option, open_db
 
-_out_option = click.option("-o", "--output", "out", type=FilePath(),
-                           help="Write Markdown to this file (and plots beside it) instead of printing; "
-                                "with --json, the JSON.")
+_out_option = click.option("-o", "--output", "out", type=OutputPath(),
+                           help="Write Markdown to this file (its missing folders made, plots beside "
+                                "it) instead of printing; with --json, the JSON. '-' prints it, as "
+                                "without -o (no plots).")
 
 
 def register(cli: click.Group) -> None:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..paramtypes import FilePath
+from ..paramtypes import OutputPath
 from .common import db_option, open_db, session_options
 
 
@@ -19,8 +19,12 @@ def register(cli: click.Group) -> None:
 @session_options
 @click.option("--grid", default="quick", show_default=True, help="Bench grid (quick, standard, ...).")
 @click.option("--plan", help="Steps to run, comma separated (default: preflight,build,correctness,bench).")
-@click.option("-o", "--output", "out", type=FilePath(),
-              help="Report file (default: reports/session-N.md beside the database).")
+@click.option("-o", "--output", "out",
+              type=OutputPath(stdout=False, refusal="standard output carries the steps' progress, "
+                                                    "so the report goes to a file"),
+              help="Report file, its missing folders made and plots beside it (default: "
+                   "reports/session-N.md beside the database); not '-': standard output carries "
+                   "the steps' progress.")
 @click.option("--keep-going", is_flag=True, help="Run every step even when one it needs did not pass.")
 @click.option("--no-hooks", is_flag=True, help="Leave out the [tool.sessionkit.hooks] commands.")
 @click.option("--no-plots", is_flag=True, help="Do not draw plots in the report.")

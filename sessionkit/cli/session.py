@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..db import SQLITE_MAX_INT
-from ..paramtypes import FilePath
+from ..paramtypes import OutputPath
 from .common import db_option, echo_json, json_option, open_db, session_options
 
 
@@ -143,7 +143,9 @@ def show(ctx, session_ref, as_json):
 @click.argument("session_ref", metavar="[ID|N|last]", required=False)
 @click.option("--json", "as_json", is_flag=True, default=True,
               help="Export as JSON (the only format; the flag is accepted for symmetry).")
-@click.option("-o", "--output", type=FilePath(writable=True), help="Write to FILE.")
+@click.option("-o", "--output", type=OutputPath(writable=True),
+              help="Write the JSON to FILE (its missing folders made) instead of printing it; "
+                   "'-' prints it.")
 @db_option
 @click.pass_context
 def export(ctx, session_ref, as_json, output):
@@ -158,7 +160,7 @@ def export(ctx, session_ref, as_json, output):
     if output:
         from ..atomic import write_atomic
 
-        write_atomic(output, text + "\n")
+        write_atomic(output, text + "\n", make_parents=True)
         click.echo(f"Wrote {output}")
     else:
         click.echo(text)

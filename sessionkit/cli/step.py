@@ -26,13 +26,21 @@ def _run_registered(ctx, step, options, *, name=None, kind="builtin", command=No
 
 class _RunCommand(click.Command):
     """``step run``: a step name must stand before ``--`` (else click would take the command's
-    first word as the name). sessionkit's own options (``--db PATH``) may stand before
+    first word as the name), and may not begin with ``-`` (``-n`` would read as an option; such a
+    name is refused in one line, also as ``step run -- -n -- CMD``). sessionkit's own options (``--db PATH``) may stand before
     or after NAME there: they are moved before it, so that they are not taken as the command. Without
     a ``--``, everything after NAME is the command; a ``--db`` there is refused, since it would
     otherwise run as a program and the step would land in the wrong database."""
 
     def parse_args(self, ctx, args):
         args = list(args)
+        if args[:1] == ["--"] and len(args) > 2 and args[1].startswith("-") and args[1] != "--" \
+                and "--" in args[2:]:
+            # `step run -- -n -- CMD`: a name beginning with '-' given after a --, which no
+            # name can begin with (sessionkit.runner.check_step_name says why)
+            from ..runner import check_step_name
+
+            check_step_name(args[1], kind="command")
         if args and args[0] == "--":
             raise click.UsageError("no step name before --: sessionkit step run NAME -- CMD ARGS...",
                                    ctx=ctx)
@@ -76,13 +84,11 @@ def run_command(ctx, name, argv):
 
     if argv and argv[0] == "--":
         argv = argv[1:]
-    if name.startswith("-"):
-        raise UsageError(f"bad step name {name!r}: sessionkit step run NAME -- CMD ARGS...")
     if not name.strip():
         raise UsageError("a step name must not be empty: sessionkit step run NAME -- CMD ARGS...")
+    check_step_name(name, kind="command")  # before the database is opened; refuses '-n' too
     if not argv:
         raise UsageError("no command given after --: sessionkit step run NAME -- CMD ARGS...")
-    check_step_name(name, kind="command")  # before the database is opened
     _run_registered(ctx, get_step("run"), {"argv": list(argv)}, name=name, kind="command",
                     command=list(argv))
 

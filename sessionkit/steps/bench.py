@@ -45,7 +45,9 @@ class BenchOptions(StepOptions):
         dump=operator.attrgetter("spec"),
         help="A config to time (repeatable); alone it replaces the grid.")
     csv_path: str | None = option(None, flag="--csv", parse=file_path, metavar="FILE",
-                                  help="Also write the results as CSV.")
+                                  help="Also write the results as CSV to FILE (its missing "
+                                       "folders made), kept among the step's files; not '-': "
+                                       "standard output carries the progress.")
     impls: tuple[str, ...] = option((), flag="--impl", multiple=True, parse=_impl_names,
                                     help="Only these implementations (repeatable or comma "
                                          "separated): " + ", ".join(IMPLS) + ".")

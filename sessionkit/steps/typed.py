@@ -289,11 +289,18 @@ class StepOptions:
 
 def file_path(text: str) -> str:
     """The ``parse`` of an option naming a file to write: the path as given, refused when it is
-    empty, holds a NUL character (no file name can) or names a folder."""
+    empty, holds a NUL character (no file name can) or names a folder, and when it is ``-``,
+    which stands for standard output elsewhere (``-o -``): a step keeps the file it writes as one
+    of its files, and standard output carries the step's progress (a file named ``-`` is
+    ``./-``)."""
     import os
 
     if not text.strip():
         raise UsageError("an empty file name.")
+    if text == "-":
+        raise UsageError("'-' (standard output) is not taken here: the step keeps this file "
+                         "among its files, and standard output carries its progress; give a file "
+                         "path (./- for a file named '-').")
     if "\x00" in text:
         raise UsageError(f"{text!r} contains a NUL character")
     if os.path.isdir(text):
