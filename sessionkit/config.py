@@ -66,6 +66,15 @@ def find_pyproject(start: Path | None = None) -> Path | None:
     return None
 
 
+def _check_plannable_name(name: str, where: str) -> None:
+    """UsageError for a step name a plan or a step budget cannot use because no step could ever
+    carry it: one that begins with '-', which the command line reads as an option
+    (:func:`sessionkit.runner.check_step_name` refuses it for a step)."""
+    if name.startswith("-"):
+        raise UsageError(f"bad step name {name!r} in {where}: it begins with '-', which the "
+                         "command line reads as an option, so no step could carry it")
+
+
 def parse_plan(value) -> list[str]:
     """``"preflight,build"`` or ``["preflight", "build"]`` -> list of step names; ``[]`` for no plan
     (None, "", []). UsageError for names that are empty (",") or bad, and for a name given twice."""
@@ -79,6 +88,7 @@ def parse_plan(value) -> list[str]:
         raise UsageError(f"bad plan {value!r}: it names no step; give step names separated by "
                          "commas, e.g. preflight,build")
     for name in plan:
+        _check_plannable_name(name, "plan")
         if not name.replace("-", "").replace("_", "").isalnum():
             raise UsageError(f"bad step name {name!r} in plan")
     if len(set(plan)) != len(plan):
@@ -99,6 +109,8 @@ def parse_step_budgets(items) -> dict[str, float]:
             if not sep or not name.strip():
                 raise UsageError(f"bad step budget {item!r}: use NAME=DURATION, e.g. build=60s")
             pairs.append((name.strip(), value.strip()))
+    for name, _ in pairs:
+        _check_plannable_name(str(name).strip(), "step budgets")
     return {name: parse_duration(value) for name, value in pairs}
 
 

@@ -119,12 +119,21 @@ def test_run_names_only_the_steps_a_plan_can_hold():
 
 
 @pytest.mark.parametrize("plan, words", [(",", "it names no step"),
-                                         ("build,build", "a step appears twice in the plan")])
+                                         ("build,build", "a step appears twice in the plan"),
+                                         ("build,-n", "bad step name '-n' in plan: it begins with '-'")])
 def test_start_refuses_the_plans_run_refuses(plan, words):
     """`start --plan` took an empty plan and a step twice, which `run` refuses."""
     result = invoke("start", "--objective", "x", "--plan", plan)
     one_line_error(result, 2)
     assert words in result.output
+    assert not os.path.exists(".sessionkit/sessions.db") or open_db()["sessions"].count == 0
+
+
+def test_a_step_budget_for_a_name_no_step_can_carry_is_refused():
+    """`--step-budget -n=1m` was taken, though no step can be called '-n'."""
+    result = invoke("start", "--objective", "x", "--step-budget", "-n=1m")
+    one_line_error(result, 2)
+    assert "bad step name '-n' in step budgets: it begins with '-'" in result.output
     assert not os.path.exists(".sessionkit/sessions.db") or open_db()["sessions"].count == 0
 
 
