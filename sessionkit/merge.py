@@ -496,6 +496,18 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
                                      "reason": f"{clash} of its step ids belong to another session here"})
             return
         number = local.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM sessions").fetchone()[0]
+        # Its files go below artifacts/session-<number>: something already there that is not a
+        # folder (a file, or a symbolic link, through which they would land wherever it points)
+        # is no session's here, and the import waits until it is moved away, as a step does.
+        folder = local_artifacts / f"session-{number}"
+        if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
+            local.execute("COMMIT")
+            what = (f"a symbolic link (to {os.readlink(folder)})" if folder.is_symlink()
+                    else "not a folder")
+            result.conflicts.append({**brief, "local_number": None,
+                                     "reason": f"{folder} is {what}, where its step files would "
+                                               "go: move it away and merge again"})
+            return
         session_cols = set(_columns(local, "sessions"))
         row = {k: v for k, v in srow.items() if k in session_cols}
         row.update(number=number, origin_number=origin_number,

@@ -118,6 +118,41 @@ def test_a_symlink_or_folder_already_in_the_target_is_left_alone_and_never_writt
     assert {str(here / "link.2" / "f.txt"), str(here / "isdir.txt.2")} <= paths
 
 
+@pytest.mark.parametrize("kind", ["link", "file"])
+def test_a_session_folder_in_the_target_that_is_not_a_folder_stops_that_import(tmp_path, kind):
+    """The folder an import's files go in, artifacts/session-N for the number it gets, is already
+    a symbolic link (the copies landed where it pointed) or a file: that session is not imported,
+    in one line saying why, and nothing is written through the link."""
+    b = host_b(tmp_path / "b", sessions=1)
+    b.conn.close()
+    src_db = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    session_dir = src_db.parent / "artifacts" / "session-1"
+    (session_dir / "01-step").mkdir(parents=True)
+    (session_dir / "01-step" / "out.txt").write_text("a step's file\n")
+    _craft(src_db, str(session_dir / "01-step" / "out.txt"))
+    target = tmp_path / "t" / "m.db"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    here = artifacts_root(target) / "session-1"
+    here.parent.mkdir(parents=True)
+    if kind == "link":
+        here.symlink_to(elsewhere)
+    else:
+        here.write_text("not a folder\n")
+
+    out = CliRunner().invoke(cli, ["--db", str(target), "merge", str(src_db)])
+    assert "Traceback" not in out.output, out.output
+    assert "where its step files would go: move it away and merge again" in out.output
+    assert not list(elsewhere.iterdir())
+    assert open_db(target).execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0
+    # moved away, the same merge imports it
+    here.unlink()
+    again = CliRunner().invoke(cli, ["--db", str(target), "merge", str(src_db)])
+    assert again.exit_code == 0 and "1 imported" in again.output, again.output
+    assert (here / "01-step" / "out.txt").read_text() == "a step's file\n"
+
+
+
 @pytest.mark.parametrize("tail", ["../x", "a/../../x", "/etc/passwd", "..", "", ".", "a/../.."])
 def test_copy_target_refuses_tails_that_leave_the_folder(tmp_path, tail):
     target, reason = _copy_target(tmp_path / "artifacts" / "session-1", tail)
