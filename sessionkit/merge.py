@@ -387,25 +387,42 @@ def check_sources(others, db_path: str | os.PathLike | None = None, *,
 @contextmanager
 def _signals_interrupt():
     """Inside the block, SIGTERM and SIGHUP raise :class:`~sessionkit.errors.Interrupted` (exit
-    status 143, 129), as Ctrl-C raises KeyboardInterrupt: the session being imported is rolled
-    back, those committed stay, and the source's folder is tidied on the way out. Only in the main
-    thread (elsewhere signals cannot be handled); the previous handlers come back after."""
+    status 143, 129) and SIGINT KeyboardInterrupt: the session being imported is rolled back,
+    those committed stay, and the source's folder is tidied on the way out. The block gets a
+    function, ``hold``: once it is called, a signal waits until the block has ended (the tidying
+    of the source's folder is not cut short by it, which left that folder its -wal and -shm), and
+    is raised then, unless something else already is. Only in the main thread (elsewhere signals
+    cannot be handled); the previous handlers come back after."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda: None
         return
+    state = {"hold": False, "pending": None}
 
     def stop(signum, frame):
+        if state["hold"]:
+            state["pending"] = state["pending"] or signum
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise Interrupted(128 + signum)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    def hold() -> None:
+        state["hold"] = True
+
+    previous = {sig: signal.signal(sig, stop)
+                for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     try:
-        yield
+        yield hold
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if state["pending"] == signal.SIGINT:
+        raise KeyboardInterrupt
+    if state["pending"]:
+        raise Interrupted(128 + state["pending"])
 
 
 def merge_database(db, other: str | Path) -> MergeResult:
@@ -424,12 +441,15 @@ def merge_database(db, other: str | Path) -> MergeResult:
     check_sources([other], db.path)
     # Only read: its folder keeps the files it had (no -wal or -shm left beside it), even when
     # SIGTERM or SIGHUP stops the merge (they would end the process before the folder is tidied).
-    with _signals_interrupt(), read_as_found(other) as readable:
+    with _signals_interrupt() as hold, read_as_found(other) as readable:
         source = _open_source(readable, shown=other)
         try:
             return _merge(db, source, other)
         finally:
-            source.close()
+            try:
+                hold()  # a signal from here on waits until the folder is tidied (read_as_found)
+            finally:
+                source.close()
 
 
 def _merge(db, source, other: Path) -> MergeResult:

@@ -487,6 +487,38 @@ def test_a_merge_stopped_by_a_signal_leaves_the_source_folder_and_this_database_
     assert _folder_state(tmp_path / "b") == before
 
 
+@pytest.mark.parametrize("sig, raised", [(signal.SIGTERM, "Interrupted"),
+                                         (signal.SIGINT, "KeyboardInterrupt")])
+def test_a_signal_while_the_source_folder_is_tidied_waits_for_the_tidying(tmp_path, monkeypatch,
+                                                                           sig, raised):
+    """A signal that landed while the merge tidied the source's folder (its last step, the
+    -wal and -shm its read made) cut that short and left both files there for good. Now it waits
+    until the folder is as it was, and is raised then: the merge still ends with its status."""
+    import sessionkit.db as skdb
+    from sessionkit.errors import Interrupted
+
+    host_b(tmp_path / "b", sessions=1).conn.close()
+    source = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    _many_sessions(source, 3)
+    before = _folder_state(tmp_path / "b")
+    assert not any(n.endswith(("-wal", "-shm")) for n in before)
+    tidy = skdb._close_as_last_reader
+
+    def signalled_then_tidy(path):
+        os.kill(os.getpid(), sig)  # delivered now, in the middle of the tidying
+        return tidy(path)
+
+    monkeypatch.setattr(skdb, "_close_as_last_reader", signalled_then_tidy)
+    db = open_db(tmp_path / "t" / "m.db", create=True)
+    with pytest.raises((Interrupted, KeyboardInterrupt)) as stopped:
+        merge_database(db, source)
+    assert type(stopped.value).__name__ == raised
+    if raised == "Interrupted":
+        assert stopped.value.exit_code == 128 + sig
+    assert _folder_state(tmp_path / "b") == before
+    assert db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 4  # all were committed
+
+
 def _artifact_files_on_disk(db_path: Path) -> set[str]:
     root = artifacts_root(db_path)
     return {str(p) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
