@@ -78,6 +78,23 @@ def test_defaults_are_the_last_two_benchmarked_sessions(db, two):
     assert slower["ratio"] == pytest.approx(1.2, rel=1e-3) and slower["p_value"] < 1e-6
 
 
+def test_defaults_put_the_session_started_first_as_a(db, two):
+    """A session brought in by merge is numbered as it arrives: here the last-numbered session
+    started before the other one. It is A, the earlier, in the default and the one-argument
+    comparison (A was the lower number, so the table read every change backwards)."""
+    a, b = two
+    db.execute("UPDATE sessions SET started_at = ? WHERE id = ?", ["2020-01-01T00:00:00+00:00", b["id"]])
+    db.conn.commit()
+    result = cmp.compare_sessions(db)
+    assert (result["a"]["number"], result["b"]["number"]) == (b["number"], a["number"])
+    assert next(r for r in result["rows"] if r["impl"] == "ours" and r["config"] == BIG.label)[
+        "ratio"] == pytest.approx(1 / 1.2, rel=1e-3)
+    one = cmp.compare_sessions(db, str(a["number"]))
+    assert (one["a"]["number"], one["b"]["number"]) == (b["number"], a["number"])
+    explicit = cmp.compare_sessions(db, str(a["number"]), str(b["number"]))  # as given
+    assert (explicit["a"]["number"], explicit["b"]["number"]) == (a["number"], b["number"])
+
+
 def test_min_effect_turns_small_changes_into_same(db, two):
     result = cmp.compare_sessions(db, min_effect=0.5)
     assert [r["verdict"] for r in result["rows"]].count("SAME") == 4

@@ -27,14 +27,15 @@ class RegressionFound(SessionkitError):
 
 
 def benchmarked_sessions(db, limit: int | None = None, *, exclude: str | None = None) -> list[dict]:
-    """Sessions with at least one bench result, newest first: ``{"id", "number", "name"}``, at most
+    """Sessions with at least one bench result, the last numbered first (sessions brought in by
+    ``merge`` are numbered as they arrive): ``{"id", "number", "name", "started_at"}``, at most
     ``limit`` of them, leaving out the session whose id is ``exclude``.
 
     Sessions are walked newest first and each is probed for a bench result, so that the newest few
     cost a few index lookups however many sessions the database holds (a join over every step and
     result row took seconds at 100,000 sessions).
     """
-    sql = ("SELECT se.id, se.number, se.name FROM sessions se WHERE EXISTS (SELECT 1 FROM steps st "
+    sql = ("SELECT se.id, se.number, se.name, se.started_at FROM sessions se WHERE EXISTS (SELECT 1 FROM steps st "
            "WHERE st.session_id = se.id AND EXISTS (SELECT 1 FROM bench_results br "
            "WHERE br.step_id = st.id))")
     args: list = []
@@ -103,7 +104,17 @@ def _session_ref(db, ref) -> dict:
     from ..sessions import get_session
 
     session = get_session(db, ref)
-    return {"id": session["id"], "number": session["number"], "name": session["name"]}
+    return {"id": session["id"], "number": session["number"], "name": session["name"],
+            "started_at": session.get("started_at")}
+
+
+def _chronological(x: dict, y: dict) -> tuple[dict, dict]:
+    """The two sessions, the one started first first (by number where the start times tie): an
+    imported session may be numbered after a later one of this host."""
+    def key(session):
+        return (session.get("started_at") or "", session["number"])
+
+    return (x, y) if key(x) <= key(y) else (y, x)
 
 
 def compare_sessions(db, a=None, b=None, *, min_effect: float = 0.05, alpha: float = 0.01,
@@ -112,8 +123,10 @@ def compare_sessions(db, a=None, b=None, *, min_effect: float = 0.05, alpha: flo
     implementation, the latest bench step of each session that measured it, eager launches only
     (``graph``: CUDA-graph replays only; the two are different measurements).
 
-    Defaults: the two most recent sessions that benchmarked (``a`` the older). With only ``a``,
-    ``b`` is the most recent other session that benchmarked.
+    Defaults: the two last-numbered sessions that benchmarked, ``a`` the one started first (by
+    their start times: a session brought in by ``merge`` is numbered as it arrives, after later
+    ones). With only ``a``, ``b`` is the last-numbered other session that benchmarked, the two in
+    the order they started.
     """
     if not 0 <= min_effect < 1:
         raise UsageError(f"--min-effect must be within [0, 1), got {min_effect}")
@@ -126,15 +139,13 @@ def compare_sessions(db, a=None, b=None, *, min_effect: float = 0.05, alpha: flo
                 raise SessionkitError(
                     f"need two sessions with bench results to compare; found {len(benchmarked)}"
                     " (run 'sessionkit step bench' in another session)")
-            sa, sb = benchmarked[1], benchmarked[0]
+            sa, sb = _chronological(benchmarked[1], benchmarked[0])
         else:
             sa = _session_ref(db, a)
             others = benchmarked_sessions(db, limit=1, exclude=sa["id"])
             if not others:
                 raise SessionkitError("no other session with bench results to compare with")
-            sb = others[0]
-            if sb["number"] < sa["number"]:
-                sa, sb = sb, sa
+            sa, sb = _chronological(sa, others[0])
     else:
         sa = _session_ref(db, a) if a is not None else None
         sb = _session_ref(db, b)

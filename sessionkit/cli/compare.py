@@ -32,8 +32,9 @@ def register(cli: click.Group) -> None:
 def compare(ctx, a, b, min_effect, alpha, fail_on_regression, allow_env_change, graph, as_json):
     """Compare the bench results of session A (older) with session B (newer).
 
-    A and B are session numbers, names or ids; by default the last two sessions that benchmarked.
-    Each config is taken from the latest bench step of its session that measured it.
+    A and B are session numbers, names or ids; by default the two last-numbered sessions that
+    benchmarked, the one started first as A (a session brought in by merge is numbered as it
+    arrives). Each config is taken from the latest bench step of its session that measured it.
     """
     from ..bench.compare import (RegressionFound, check_same_environment, compare_sessions,
                                  format_comparison)
