@@ -17,11 +17,7 @@
 
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define SK_HOST_DEVICE __host__ __device__
-#else
-#define SK_HOST_DEVICE
-#endif
+#include "host_device.cuh"
 
 namespace sessionkit {
 namespace sm90 {
