@@ -63,6 +63,19 @@ def artifacts_root(db_path: str | os.PathLike) -> Path:
     return path.parent / f"artifacts-{path.stem or path.name}"
 
 
+def not_a_folder_of_its_own(path: Path) -> str | None:
+    """What stands at ``path``, in words, when something does that is no folder of its own: ``"a
+    symbolic link (to TARGET)"`` (wherever it points: files put through it land there), ``"a
+    file"`` or ``"not a folder"`` (a FIFO, a device); None when nothing is there or a folder is.
+    A session's ``artifacts/session-N`` must be nothing or a folder (steps and merge refuse the
+    rest)."""
+    if path.is_symlink():
+        return f"a symbolic link (to {os.readlink(path)})"
+    if os.path.lexists(path) and not path.is_dir():
+        return "a file" if path.is_file() else "not a folder"
+    return None
+
+
 def make_own_folder(base: str | os.PathLike, *, before=None) -> Path:
     """Create a folder that nobody else has written into and return it: ``base``, or
     ``<base>.2``, ``<base>.3``, ... when a file, folder or link of that name is already there

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .db import (_applied_names, artifacts_root, database_file_exists, empty_file_message,
-                 make_own_folder, read_as_found)
+                 make_own_folder, not_a_folder_of_its_own, read_as_found)
 from .errors import DatabaseError, Interrupted, NoDatabaseError, SessionkitError, UsageError
 from .timefmt import now_iso
 
@@ -520,13 +520,12 @@ def _import_session(db, source, other: Path, srow: dict, brief: dict, step_ids: 
         # folder (a file, or a symbolic link, through which they would land wherever it points)
         # is no session's here, and the import waits until it is moved away, as a step does.
         folder = local_artifacts / f"session-{number}"
-        if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
+        problem = not_a_folder_of_its_own(folder)
+        if problem:
             local.execute("COMMIT")
-            what = (f"a symbolic link (to {os.readlink(folder)})" if folder.is_symlink()
-                    else "not a folder")
             result.conflicts.append({**brief, "local_number": None,
-                                     "reason": f"{folder} is {what}, where its step files would "
-                                               "go: move it away and merge again"})
+                                     "reason": f"{folder} is {problem}, where its step files "
+                                               "would go: move it away and merge again"})
             return
         session_cols = set(_columns(local, "sessions"))
         row = {k: v for k, v in srow.items() if k in session_cols}

@@ -108,25 +108,24 @@ def check_session_folder(db, session: dict, name: str) -> None:
 
     Raises :class:`~sessionkit.errors.SessionkitError` (one line, exit status 1).
     """
-    from .db import artifacts_root
+    from .db import artifacts_root, not_a_folder_of_its_own
 
     root = artifacts_root(db.path)
     folder = root / f"session-{session['number']}"
     start = f"cannot start step {name!r}:"
     again = "move it away and run the step again"
+    problem = not_a_folder_of_its_own(folder)
     if folder.is_symlink():
-        raise SessionkitError(f"{start} {folder} is a symbolic link (to {os.readlink(folder)}); "
-                              f"the session's step files go only in a folder of its own inside "
-                              f"{root}: {again}")
-    for path in (root, folder):
-        if path.is_symlink() and not path.exists():
-            raise SessionkitError(f"{start} {path} is a symbolic link to {os.readlink(path)}, "
-                                  f"which does not exist; the session's step files go there: "
-                                  f"{again}")
-        if os.path.lexists(path) and not path.is_dir():
-            what = "a file" if path.is_file() else "not a folder"
-            raise SessionkitError(f"{start} {path} is {what}, where a folder of the session's "
-                                  f"step files goes: {again}")
+        raise SessionkitError(f"{start} {folder} is {problem}; the session's step files go only "
+                              f"in a folder of its own inside {root}: {again}")
+    if root.is_symlink() and not root.exists():
+        raise SessionkitError(f"{start} {root} is a symbolic link to {os.readlink(root)}, which "
+                              f"does not exist; the session's step files go there: {again}")
+    if os.path.lexists(root) and not root.is_dir():  # a link to a folder is fine there
+        problem, folder = ("a file" if root.is_file() else "not a folder"), root
+    if problem:
+        raise SessionkitError(f"{start} {folder} is {problem}, where a folder of the session's "
+                              f"step files goes: {again}")
 
 
 def make_step_folder(db, session: dict, seq: int, name: str) -> Path:
