@@ -15,19 +15,33 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ab_table.py"
 T = "2026-11-30T10:00:00+00:00"
 
 
-def test_one_column_per_bench_step_headed_by_its_flags(tmp_path):
-    path = tmp_path / "ab.db"
+SDPA_MS, FLASH_MS = [1.0, 2.0, 0.5, 1.0], [2.0, 4.0, 1.0, 2.0]  # 4 configs: two masks x two lengths
+
+
+def _ab_database(path, builds, *, correctness_after=0, throttled=(0, 0, 0, 0)):
+    """An A/B session at ``path``: one bench step per build (nvcc flags, our ms per config), SDPA
+    and its flash backend as in SDPA_MS and FLASH_MS, and a correctness step after the first
+    ``correctness_after`` of them (0: none)."""
     db = open_db(path, create=True)
     with db.conn:
         _session(db, 1, "A/B", "switches", "passed", T, T, "done")
-        plain = _step(db, 1, 1, "bench", "passed", T, T, 40.0, 300.0, summary={"nvcc_flags": ""})
-        flagged = _step(db, 1, 2, "bench", "passed", T, T, 40.0, 300.0,
-                        summary={"nvcc_flags": "-DSK_X=1"})
-        _step(db, 1, 3, "correctness", "passed", T, T, 20.0, 180.0)
-        # 4 configs each (two masks x two lengths); the flagged build is 10 % faster
-        _bench(db, plain, [1.0, 2.0, 0.5, 1.0], [1.0, 2.0, 0.5, 1.0], [2.0, 4.0, 1.0, 2.0])
-        _bench(db, flagged, [0.9, 1.8, 0.45, 0.9], [1.0, 2.0, 0.5, 1.0], [2.0, 4.0, 1.0, 2.0])
+        seq = 0
+        for k, (flags, ours_ms) in enumerate(builds, 1):
+            seq += 1
+            step = _step(db, 1, seq, "bench", "passed", T, T, 40.0, 300.0,
+                         summary={"nvcc_flags": flags})
+            _bench(db, step, ours_ms, SDPA_MS, FLASH_MS, throttled=throttled)
+            if k == correctness_after:
+                seq += 1
+                _step(db, 1, seq, "correctness", "passed", T, T, 20.0, 180.0)
     db.conn.close()
+
+
+def test_one_column_per_bench_step_headed_by_its_flags(tmp_path):
+    path = tmp_path / "ab.db"
+    # the flagged build is 10 % faster
+    _ab_database(path, [("", [1.0, 2.0, 0.5, 1.0]), ("-DSK_X=1", [0.9, 1.8, 0.45, 0.9])],
+                 correctness_after=2)
     out = subprocess.run([sys.executable, str(SCRIPT), str(path)], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
@@ -41,13 +55,7 @@ def test_one_column_per_bench_step_headed_by_its_flags(tmp_path):
 
 def test_clocks_add_the_sm_clock_and_throttled_samples(tmp_path):
     path = tmp_path / "ab.db"
-    db = open_db(path, create=True)
-    with db.conn:
-        _session(db, 1, "A/B", "switches", "passed", T, T, "done")
-        plain = _step(db, 1, 1, "bench", "passed", T, T, 40.0, 300.0, summary={"nvcc_flags": ""})
-        _bench(db, plain, [1.0, 2.0, 0.5, 1.0], [1.0, 2.0, 0.5, 1.0], [2.0, 4.0, 1.0, 2.0],
-               throttled=(0, 9, 3, 0))
-    db.conn.close()
+    _ab_database(path, [("", [1.0, 2.0, 0.5, 1.0])], throttled=(0, 9, 3, 0))
     out = _run(path, "--clocks")
     assert out.returncode == 0, out.stderr
     rows = out.stdout.splitlines()[1:5]

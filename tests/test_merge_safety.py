@@ -86,22 +86,34 @@ def test_dotdot_artifact_path_cannot_write_outside(tmp_path):
     assert db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 1
 
 
-def test_a_symlink_or_folder_already_in_the_target_is_left_alone_and_never_written_through(tmp_path):
-    b = host_b(tmp_path / "b", sessions=1)
-    b.conn.close()
+def _source_with_files(tmp_path, files: dict[str, str]) -> Path:
+    """A source database (one ended session) whose session-1 folder holds ``files`` (path below
+    it: text), each recorded as an artifact; returns its path."""
+    host_b(tmp_path / "b", sessions=1).conn.close()
     src_db = tmp_path / "b" / ".sessionkit" / "sessions.db"
     session_dir = src_db.parent / "artifacts" / "session-1"
-    (session_dir / "link").mkdir(parents=True)
-    (session_dir / "link" / "f.txt").write_text("through a symlink\n")
-    (session_dir / "isdir.txt").write_text("its copy target is a folder\n")
-    _craft(src_db, str(session_dir / "link" / "f.txt"))
-    _craft(src_db, str(session_dir / "isdir.txt"))
-    # the target's session-1 folder already holds a symlink out and a folder where a file goes:
-    # the copies go to names of their own beside them (link.2/, isdir.txt.2), never through them
+    for tail, text in files.items():
+        (session_dir / tail).parent.mkdir(parents=True, exist_ok=True)
+        (session_dir / tail).write_text(text)
+        _craft(src_db, str(session_dir / tail))
+    return src_db
+
+
+def _target_and_elsewhere(tmp_path) -> tuple[Path, Path, Path]:
+    """The target database's path (not made), its artifacts/session-1 path (not made) and a folder
+    outside it that nothing may be written into."""
     target = tmp_path / "t" / "m.db"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    here = artifacts_root(target) / "session-1"
+    return target, artifacts_root(target) / "session-1", elsewhere
+
+
+def test_a_symlink_or_folder_already_in_the_target_is_left_alone_and_never_written_through(tmp_path):
+    src_db = _source_with_files(tmp_path, {"link/f.txt": "through a symlink\n",
+                                           "isdir.txt": "its copy target is a folder\n"})
+    # the target's session-1 folder already holds a symlink out and a folder where a file goes:
+    # the copies go to names of their own beside them (link.2/, isdir.txt.2), never through them
+    target, here, elsewhere = _target_and_elsewhere(tmp_path)
     here.mkdir(parents=True)
     (here / "link").symlink_to(elsewhere)
     (here / "isdir.txt").mkdir()
@@ -123,17 +135,8 @@ def test_a_session_folder_in_the_target_that_is_not_a_folder_stops_that_import(t
     """The folder an import's files go in, artifacts/session-N for the number it gets, is already
     a symbolic link (the copies landed where it pointed) or a file: that session is not imported,
     in one line saying why, and nothing is written through the link."""
-    b = host_b(tmp_path / "b", sessions=1)
-    b.conn.close()
-    src_db = tmp_path / "b" / ".sessionkit" / "sessions.db"
-    session_dir = src_db.parent / "artifacts" / "session-1"
-    (session_dir / "01-step").mkdir(parents=True)
-    (session_dir / "01-step" / "out.txt").write_text("a step's file\n")
-    _craft(src_db, str(session_dir / "01-step" / "out.txt"))
-    target = tmp_path / "t" / "m.db"
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    here = artifacts_root(target) / "session-1"
+    src_db = _source_with_files(tmp_path, {"01-step/out.txt": "a step's file\n"})
+    target, here, elsewhere = _target_and_elsewhere(tmp_path)
     here.parent.mkdir(parents=True)
     if kind == "link":
         here.symlink_to(elsewhere)

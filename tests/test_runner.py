@@ -397,6 +397,19 @@ def test_a_session_folder_linked_away_while_the_step_starts_is_refused(tmp_path,
     assert db["steps"].count == 0
 
 
+def _library_refuses_the_name(db, name: str, match: str) -> None:
+    """No step is recorded, and run_step (the library, under the CLI) refuses ``name`` for a
+    command step with a UsageError matching ``match``, recording none either."""
+    from sessionkit.errors import UsageError
+    from sessionkit.sessions import get_open_session
+
+    assert db["steps"].count == 0
+    with pytest.raises(UsageError, match=match):
+        run_step(db, get_open_session(db), steps_mod.get_step("run"), {"argv": ["true"]},
+                 name=name, kind="command")
+    assert db["steps"].count == 0
+
+
 @pytest.mark.parametrize("name", [" build", "build ", "  bench  ", " mine", "mine "])
 def test_a_step_name_that_begins_or_ends_with_a_space_is_refused(tmp_path, name):
     """``step run " build" -- true`` was recorded, and ``show``/``status`` printed it as the
@@ -410,13 +423,7 @@ def test_a_step_name_that_begins_or_ends_with_a_space_is_refused(tmp_path, name)
                         f"a table does not show (it would pass for {name.strip()!r}); leave the "
                         "spaces out\n")
     db = open_db()
-    assert db["steps"].count == 0
-    from sessionkit.errors import UsageError
-    from sessionkit.sessions import get_open_session
-    with pytest.raises(UsageError, match="begins or ends with a space"):
-        run_step(db, get_open_session(db), steps_mod.get_step("run"), {"argv": ["true"]},
-                 name=name, kind="command")
-    assert db["steps"].count == 0
+    _library_refuses_the_name(db, name, "begins or ends with a space")
 
 
 @pytest.mark.parametrize("name", ["hook:before", "hook:after", "hook:mine"])
@@ -449,13 +456,7 @@ def test_a_step_name_that_begins_with_a_dash_is_refused_in_words(args, name, oth
                         "line reads as an option; give the step a name that begins otherwise, "
                         f"e.g. {other!r}\n")
     db = open_db()
-    assert db["steps"].count == 0
-    from sessionkit.errors import UsageError
-    from sessionkit.sessions import get_open_session
-    with pytest.raises(UsageError, match="begins with '-'"):
-        run_step(db, get_open_session(db), steps_mod.get_step("run"), {"argv": ["true"]},
-                 name=name, kind="command")
-    assert db["steps"].count == 0
+    _library_refuses_the_name(db, name, "begins with '-'")
     r = CliRunner().invoke(cli, ["step", "run", other, "--", "true"])  # NAME -- CMD still works
     assert r.exit_code == 0, r.output
     assert [s["name"] for s in db["steps"].rows] == [other]
