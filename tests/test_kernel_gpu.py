@@ -228,6 +228,44 @@ def test_into_strided_out():
     assert (lse - ref_lse).abs().max().item() <= LSE_TOL
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dim", [96, 256])
+@pytest.mark.parametrize("out_kind", ["contiguous", "transposed", "unaligned"])
+def test_plain_store_paths_of_o(out_kind, dim, causal):
+    """The sm90 kernels that store O without TMA (D=96, D=256) write it 16 bytes a lane where out
+    is 16-byte aligned with strides of multiples of 8 elements (contiguous, or (B, S, H, D) seen
+    as (B, H, S, D)), and 4 bytes a lane otherwise (rows 4 bytes past a 16-byte boundary, a row
+    stride of D + 2): every element of both, no write outside out, within the 2x rule."""
+    from sessionkit.kernels import flash_attention_into
+
+    if dim not in torch.ops.sessionkit.flash_attn_head_dims(torch.cuda.current_device()):
+        pytest.skip(f"this GPU's kernel family has no head dim {dim}")
+    batch, heads, seq = 2, 3, 200
+    q, k, v = _make(batch, heads, seq, seq, dim, torch.bfloat16, seed=dim + causal)
+    if out_kind == "contiguous":
+        store = torch.full((batch, heads, seq, dim), float("nan"), device="cuda", dtype=q.dtype)
+        out = store
+    elif out_kind == "transposed":
+        store = torch.full((batch, seq, heads, dim), float("nan"), device="cuda", dtype=q.dtype)
+        out = store.transpose(1, 2)
+    else:
+        store = torch.full((batch, heads, seq, dim + 2), float("nan"), device="cuda", dtype=q.dtype)
+        out = store[..., 2:]
+    lse = torch.full((batch, heads, seq), float("nan"), device="cuda")
+    flash_attention_into(q, k, v, out, lse, causal=causal)
+    torch.cuda.synchronize()
+    if out_kind == "unaligned":
+        assert torch.isnan(store[..., :2]).all(), "wrote outside out"
+    assert not torch.isnan(out).any(), "out has unwritten (NaN) elements"
+    scale = 1 / math.sqrt(dim)
+    ref, ref_lse = _reference(q, k, v, causal, scale)
+    sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    err = (out.float() - ref).abs().max().item()
+    bound = 2 * (sdpa.float() - ref).abs().max().item() + 1e-5
+    assert err <= bound, f"max error {err:.3g} > bound {bound:.3g}"
+    assert (lse - ref_lse).abs().max().item() <= LSE_TOL
+
+
 @pytest.mark.parametrize("shape_q,shape_k", [((0, 2, 10, 64), (0, 2, 10, 64)),
                                              ((2, 0, 10, 64), (2, 0, 10, 64)),
                                              ((2, 2, 0, 64), (2, 2, 10, 64))])

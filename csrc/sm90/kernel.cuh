@@ -109,6 +109,10 @@ struct Sm90Args {
   int tail_pieces;
   float* tail_partial;
   int* tail_count;
+  // 1: out is 16-byte aligned with strides of multiples of 8 elements, so its plain stores may be
+  // 16 bytes wide (Traits::kWideStoreO). Last, so that no other field moves (a moved parameter
+  // changes how ptxas pairs their loads, and with it every kernel's SASS).
+  int o_wide;
 };
 
 // The persistent schedule walks one list of (query block, head, batch) tiles.
@@ -798,6 +802,37 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
                                                    o_base + c * Tr::kOChunkBytes);
         }
         cp_async_bulk_commit_group();
+      }
+    } else if (Tr::kWideStoreO && args.o_wide) {
+      // Plain stores, 16 bytes wide: per row and group of four n8 tiles, the quad's transpose
+      // (o_stage.cuh) hands lane t the eight columns of tile i0 + t. Every lane shuffles, rows
+      // past seqlen_q included (the quad's four lanes share a row, so they store or skip
+      // together).
+      T* out = static_cast<T*>(p.out) + tile.batch * p.o_batch_stride + tile.head * p.o_head_stride;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = row_g + 8 * r;
+        T* orow = out + static_cast<int64_t>(row) * p.o_row_stride;
+#pragma unroll
+        for (int i0 = 0; i0 < kDTiles; i0 += 4) {
+          uint32_t w[4];
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            w[k] = fwd::pack2<kDtype>(acc_o[i0 + k][2 * r] * inv_sum[r],
+                                      acc_o[i0 + k][2 * r + 1] * inv_sum[r]);
+          }
+#pragma unroll
+          for (int m = 1; m <= 2; m *= 2) {
+#pragma unroll
+            for (int s = 0; s < 2; ++s) {
+              quad_receive(w, t, m, s, __shfl_xor_sync(0xffffffffu, quad_send(w, t, m, s), m));
+            }
+          }
+          if (row < p.seqlen_q) {
+            *reinterpret_cast<uint4*>(orow + 8 * (i0 + t)) = make_uint4(w[0], w[1], w[2], w[3]);
+          }
+        }
+        if (t == 0 && row < p.seqlen_q) lse[static_cast<int64_t>(row) * p.lse_row_stride] = row_lse[r];
       }
     } else {
       T* out = static_cast<T*>(p.out) + tile.batch * p.o_batch_stride + tile.head * p.o_head_stride;

@@ -135,6 +135,12 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
                                    Tr::kSwizzleBytes)
                        ? 1
                        : 0;
+  // 16-byte plain stores of O (Traits::kWideStoreO) where every row of out starts 16-byte aligned.
+  const auto wide = [](int64_t stride) { return stride % 8 == 0; };
+  args.o_wide = reinterpret_cast<uintptr_t>(p.out) % 16 == 0 && wide(p.o_batch_stride) &&
+                        wide(p.o_head_stride) && wide(p.o_row_stride)
+                    ? 1
+                    : 0;
   const cudaError_t attr = fwd::raise_smem_limit(kernel, Tr::kSmemBytes, smem_raised);
   if (attr != cudaSuccess) return attr;
   if constexpr (Tr::kBlocksPerSm > 1) {

@@ -25,5 +25,28 @@ SK_HOST_DEVICE inline int o_stage_stmatrix_row(int warp, int lane) {
 }
 SK_HOST_DEVICE inline int o_stage_stmatrix_n8(int i, int lane) { return i + lane / 16; }
 
+// O straight to global memory in 16-byte stores (Traits::kWideStoreO): the 4 x 4 transpose of
+// 32-bit words across the 4 lanes of a quad (lanes t = 0..3 of one accumulator row). Before it,
+// lane t holds w[k] = its two columns (2 t and 2 t + 1, packed) of n8 tile i0 + k; after it, lane
+// t holds the eight columns of n8 tile i0 + t in order (w[j] = columns 2 j and 2 j + 1), so that
+// one 16-byte store writes them. Two steps: step m (1, then 2) swaps bit m of the lane with bit m
+// of the index, in two shuffles of pairs (a, a | m) of indices: a lane with bit m set sends w[a]
+// and receives w[a]; a lane with it clear sends w[a | m] and receives w[a | m]. Split into what
+// a lane sends and what it keeps, so that the host check (tests/data/o_stage_check.cu) can run
+// the exchange for four lanes without shuffles.
+SK_HOST_DEVICE inline int quad_pair_low(int m, int s) { return m == 1 ? 2 * s : s; }
+SK_HOST_DEVICE inline uint32_t quad_send(const uint32_t (&w)[4], int t, int m, int s) {
+  const int a = quad_pair_low(m, s);
+  return (t & m) ? w[a] : w[a | m];
+}
+SK_HOST_DEVICE inline void quad_receive(uint32_t (&w)[4], int t, int m, int s, uint32_t got) {
+  const int a = quad_pair_low(m, s);
+  if (t & m) {
+    w[a] = got;
+  } else {
+    w[a | m] = got;
+  }
+}
+
 }  // namespace sm90
 }  // namespace sessionkit

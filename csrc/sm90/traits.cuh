@@ -110,6 +110,9 @@ namespace sm90 {
 #ifndef SK_SM90_STMATRIX_O
 #define SK_SM90_STMATRIX_O 0  // 1: O into its TMA staging by stmatrix.x4 instead of 4-byte stores
 #endif
+#ifndef SK_SM90_WIDE_STORE_O
+#define SK_SM90_WIDE_STORE_O -1  // -1: per shape (Traits::kWideStoreO); 0 or 1: O's plain stores 4 or 16 bytes wide
+#endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
@@ -211,10 +214,10 @@ struct Traits {
   // (D256 causal 1.00 -> 1.10), D64 causal short keys +1 %; D64 causal with key block 192 -3.6 %
   // alone and +2-4 % with kSoftmaxFence (v15), so it has both; D64 full 16k -1.4 %, so D64 full
   // keeps the vector-register loop. v16: D96 non-causal +4.3 % (S=4096, 1.09 -> 1.14 of SDPA),
-  // so it has it; the split-KV kernels (decode, +0.3 %) and D96 causal (not yet timed) do not.
+  // so it has it; v17: D96 causal +0.7 % (S=2048) and +2.4 % (S=4096, 1.19 -> 1.22 of SDPA), so
+  // it has it too; the split-KV kernels (decode, +0.3 %) do not.
   static constexpr bool kUniformShipped =
-      !kSplitKV && (kHeadDim_ >= 128 || (kHeadDim_ == 64 && kCausal_) ||
-                    (kHeadDim_ == 96 && !kCausal_));
+      !kSplitKV && (kHeadDim_ >= 128 || (kHeadDim_ == 64 && kCausal_) || kHeadDim_ == 96);
   static constexpr bool kUniform = SK_SM90_UNIFORM < 0 ? kUniformShipped : SK_SM90_UNIFORM != 0;
   static constexpr bool kSkipIdleRows = SK_SM90_SKIP_IDLE_ROWS != 0 && kShortKeys && !kCausal;
   // Non-causal tiles are all as long, so the static schedule's last round runs T mod (CTAs) tiles
@@ -319,6 +322,20 @@ struct Traits {
   // fragment layout). At D64 causal S=512 the epilogue is 11 % of a tile (v15's wait profile).
   // Not yet timed: off.
   static constexpr bool kStmatrixO = SK_SM90_STMATRIX_O != 0 && kTmaStoreO;
+  // Where O leaves in plain stores (three consumers, D=96, D=256, the 176-key block, or a
+  // caller's out that TMA cannot describe), each thread's 4-byte stores write 8 rows x 16 bytes a
+  // warp instruction, so the epilogue queues 2 * kDTiles of them per thread (64 at D=256). With
+  // kWideStoreO a 4 x 4 transpose in each quad (4 shuffles) gives every lane eight contiguous
+  // columns and the stores become 16-byte ones, a quarter as many (kernel.cuh; the binding's
+  // out must then be 16-byte aligned with strides of multiples of 8 elements, Sm90Args::o_wide).
+  // Measured (docs/kernel-notes.md, v17): D=256 full +4.2 % bf16 (1.00 -> 1.04 of SDPA) and
+  // +3.8 % fp16, D=256 causal +4.8 %, D=96 full +0.9 %; D=64 full within the spread (and 4-32
+  // bytes of spill outside the loop), D=128's 176-key block -0.5 to -1.2 %. Shipped at D=96 and
+  // 256; SK_SM90_WIDE_STORE_O=1 or 0 forces it on or off everywhere.
+  static constexpr bool kWideStoreOShipped = kHeadDim == 96 || kHeadDim == 256;
+  static constexpr bool kWideStoreO =
+      (SK_SM90_WIDE_STORE_O < 0 ? kWideStoreOShipped : SK_SM90_WIDE_STORE_O != 0) && !kSplitKV &&
+      kHeadDim % 32 == 0;
   static constexpr int kQOffset = 0;
   static constexpr int kKOffset = kQOffset + kQStages * kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKVBytes;

@@ -7,8 +7,9 @@
 //     l % 8 of matrix l / 8; register j of lane l holds row l / 4, columns 2 (l % 4) and + 1 of
 //     matrix j, and the kernel packs into register j tile i + j / 2, rows 8 (j % 2) + (0..7).
 // Each must land every element at its TMA address exactly once, and each stmatrix matrix's eight
-// rows must fall in eight different 16-byte bank groups (no bank conflict). Prints a line per
-// head dim and "ok"; exits 1 on the first mismatch, saying which.
+// rows must fall in eight different 16-byte bank groups (no bank conflict). Then the quad
+// transpose of the 16-byte plain stores (check_quad_transpose). Prints a line per head dim and
+// "ok"; exits 1 on the first mismatch, saying which.
 #include <cstdio>
 #include <vector>
 
@@ -82,10 +83,40 @@ static int check(int head_dim) {
   return 0;
 }
 
+// The quad transpose of the 16-byte plain stores (quad_send / quad_receive), run for the four
+// lanes of a quad in lockstep as __shfl_xor_sync runs it: lane t starts with w[k] = columns
+// 2 t, 2 t + 1 of n8 tile k and must end with w[j] = columns 2 j, 2 j + 1 of tile t, i.e. lane
+// j's starting w[t]: the 16 bytes of tile t in column order.
+static int check_quad_transpose() {
+  uint32_t w[4][4];
+  for (int t = 0; t < 4; ++t) {
+    for (int k = 0; k < 4; ++k) w[t][k] = 0x100u * t + k;  // (lane, index) it started at
+  }
+  for (int m = 1; m <= 2; m *= 2) {
+    for (int s = 0; s < 2; ++s) {
+      uint32_t sent[4];
+      for (int t = 0; t < 4; ++t) sent[t] = quad_send(w[t], t, m, s);
+      for (int t = 0; t < 4; ++t) quad_receive(w[t], t, m, s, sent[t ^ m]);
+    }
+  }
+  for (int t = 0; t < 4; ++t) {
+    for (int j = 0; j < 4; ++j) {
+      if (w[t][j] != 0x100u * j + t) {
+        std::printf("quad transpose: lane %d word %d holds lane %u's word %u, not lane %d's word %d\n",
+                    t, j, w[t][j] >> 8, w[t][j] & 0xffu, j, t);
+        return 1;
+      }
+    }
+  }
+  std::printf("quad transpose: lane t holds n8 tile t's columns 0..7 in order\n");
+  return 0;
+}
+
 int main() {
   for (int d : {64, 128, 256}) {
     if (check(d)) return 1;
   }
+  if (check_quad_transpose()) return 1;
   std::printf("ok\n");
   return 0;
 }
