@@ -228,34 +228,47 @@ def test_into_strided_out():
     assert (lse - ref_lse).abs().max().item() <= LSE_TOL
 
 
+# How test_plain_store_paths_of_o lays out its out: (extra columns per row, first column) of a
+# (B, H, S, D + extra) buffer, or "transposed" for (B, S, H, D) seen as (B, H, S, D).
+OUT_LAYOUTS = {
+    "contiguous": (0, 0),    # 16-byte stores
+    "transposed": None,      # 16-byte stores, row stride H * D
+    "offset16": (16, 8),     # 16-byte stores from a storage offset of 16 bytes
+    "rowpad4": (4, 0),       # 4-byte stores: aligned start, row stride D + 4
+    "offset4": (2, 2),       # 4-byte stores: rows 4 bytes past a 16-byte boundary
+}
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dim", [96, 256])
-@pytest.mark.parametrize("out_kind", ["contiguous", "transposed", "unaligned"])
-def test_plain_store_paths_of_o(out_kind, dim, causal):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("out_kind", list(OUT_LAYOUTS))
+def test_plain_store_paths_of_o(out_kind, dtype, dim, causal):
     """The sm90 kernels that store O without TMA (D=96, D=256) write it 16 bytes a lane where out
-    is 16-byte aligned with strides of multiples of 8 elements (contiguous, or (B, S, H, D) seen
-    as (B, H, S, D)), and 4 bytes a lane otherwise (rows 4 bytes past a 16-byte boundary, a row
-    stride of D + 2): every element of both, no write outside out, within the 2x rule."""
+    is 16-byte aligned with strides of multiples of 8 elements (contiguous, (B, S, H, D) seen as
+    (B, H, S, D), or a view 16 bytes into its storage), and 4 bytes a lane otherwise (a row stride
+    of D + 4, or rows 4 bytes past a 16-byte boundary): every element, nothing written outside
+    out, within the 2x rule."""
     from sessionkit.kernels import flash_attention_into
 
     if dim not in torch.ops.sessionkit.flash_attn_head_dims(torch.cuda.current_device()):
         pytest.skip(f"this GPU's kernel family has no head dim {dim}")
     batch, heads, seq = 2, 3, 200
-    q, k, v = _make(batch, heads, seq, seq, dim, torch.bfloat16, seed=dim + causal)
-    if out_kind == "contiguous":
-        store = torch.full((batch, heads, seq, dim), float("nan"), device="cuda", dtype=q.dtype)
-        out = store
-    elif out_kind == "transposed":
-        store = torch.full((batch, seq, heads, dim), float("nan"), device="cuda", dtype=q.dtype)
+    q, k, v = _make(batch, heads, seq, seq, dim, dtype, seed=dim + causal)
+    layout = OUT_LAYOUTS[out_kind]
+    if layout is None:
+        store = torch.full((batch, seq, heads, dim), float("nan"), device="cuda", dtype=dtype)
         out = store.transpose(1, 2)
+        outside = store[..., :0]
     else:
-        store = torch.full((batch, heads, seq, dim + 2), float("nan"), device="cuda", dtype=q.dtype)
-        out = store[..., 2:]
+        extra, first = layout
+        store = torch.full((batch, heads, seq, dim + extra), float("nan"), device="cuda", dtype=dtype)
+        out = store[..., first:first + dim]
+        outside = torch.cat([store[..., :first], store[..., first + dim:]], dim=-1)
     lse = torch.full((batch, heads, seq), float("nan"), device="cuda")
     flash_attention_into(q, k, v, out, lse, causal=causal)
     torch.cuda.synchronize()
-    if out_kind == "unaligned":
-        assert torch.isnan(store[..., :2]).all(), "wrote outside out"
+    assert torch.isnan(outside).all(), "wrote outside out"
     assert not torch.isnan(out).any(), "out has unwritten (NaN) elements"
     scale = 1 / math.sqrt(dim)
     ref, ref_lse = _reference(q, k, v, causal, scale)

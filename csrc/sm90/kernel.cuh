@@ -808,6 +808,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       // (o_stage.cuh) hands lane t the eight columns of tile i0 + t. Every lane shuffles, rows
       // past seqlen_q included (the quad's four lanes share a row, so they store or skip
       // together).
+      static_assert(sizeof(T) == 2, "the quad transpose packs two 2-byte columns per word");
       T* out = static_cast<T*>(p.out) + tile.batch * p.o_batch_stride + tile.head * p.o_head_stride;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {

@@ -135,10 +135,11 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
                                    Tr::kSwizzleBytes)
                        ? 1
                        : 0;
-  // 16-byte plain stores of O (Traits::kWideStoreO) where every row of out starts 16-byte aligned.
-  const auto wide = [](int64_t stride) { return stride % 8 == 0; };
-  args.o_wide = reinterpret_cast<uintptr_t>(p.out) % 16 == 0 && wide(p.o_batch_stride) &&
-                        wide(p.o_head_stride) && wide(p.o_row_stride)
+  // 16-byte plain stores of O (Traits::kWideStoreO) where every row of out starts 16-byte aligned
+  // (elements are 2 bytes: 8 of them; the stride of a dimension of size 1 is never applied).
+  const auto wide = [](int64_t stride, int size) { return size <= 1 || stride % 8 == 0; };
+  args.o_wide = reinterpret_cast<uintptr_t>(p.out) % 16 == 0 && wide(p.o_batch_stride, p.batch) &&
+                        wide(p.o_head_stride, p.heads) && wide(p.o_row_stride, p.seqlen_q)
                     ? 1
                     : 0;
   const cudaError_t attr = fwd::raise_smem_limit(kernel, Tr::kSmemBytes, smem_raised);
