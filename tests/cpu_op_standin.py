@@ -213,6 +213,24 @@ def compile_fullgraph():
     return results
 
 
+def compile_dynamic_scale():
+    """torch.compile(fullgraph=True, dynamic=True) with a scale computed from q's shape (a
+    symbolic float while tracing) matches eager, as SDPA's does."""
+    from sessionkit.kernels import flash_attention
+
+    def attend(q, k, v):
+        return flash_attention(q, k, v, causal=True, scale=q.shape[-1] ** -0.5)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(attend, fullgraph=True, dynamic=True, backend="aot_eager")
+    done = []
+    for seq, dim in ((16, 64), (24, 64), (9, 128)):
+        q, k, v = qkv(2, 4, 4, seq, seq, dim, torch.bfloat16, seed=seq)
+        assert torch.equal(compiled(q, k, v), attend(q, k, v)), (seq, dim)
+        done.append([seq, dim])
+    return done
+
+
 def rows_without_keys():
     """Bottom-right with Sq > Sk: the first Sq - Sk rows give O = 0, LSE = -inf, zero gradients."""
     from sessionkit.kernels import flash_attention

@@ -25,7 +25,8 @@ from sessionkit.kernels.build import csrc_dir  # noqa: E402
 
 STANDIN = Path(__file__).with_name("cpu_op_standin.py")
 CHECKS = ["rows_without_keys", "grads_within_2x_of_sdpa", "gradcheck_float64",
-          "opcheck_with_gradients", "compile_fullgraph", "fakes_for_new_cases"]
+          "opcheck_with_gradients", "compile_fullgraph", "compile_dynamic_scale",
+          "fakes_for_new_cases"]
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +175,64 @@ def test_bad_enable_gqa():
         flash_attention(q, k, v, enable_gqa="yes")
     with pytest.raises(ValueError, match="causal_alignment"):
         flash_attention(q, k, v, causal=True, causal_alignment="bottom-right")
+
+
+@pytest.mark.parametrize("mask", ["tensor", "none"])
+def test_an_sdpa_style_attn_mask_gets_one_line_saying_the_fourth_argument_is_causal(mask):
+    """SDPA's fourth positional argument is attn_mask; ours is causal. A mask (or None) passed
+    there gets one line that says so, without printing the tensor."""
+    from sessionkit.kernels import flash_attention
+
+    q, k, v = _qkv()
+    value = torch.ones(8, 8, dtype=torch.bool).tril() if mask == "tensor" else None
+    with pytest.raises(TypeError) as info:
+        flash_attention(q, k, v, value)
+    text = str(info.value)
+    assert "\n" not in text and "tensor(" not in text, text
+    assert "causal must be a bool, got" in text and "no attn_mask" in text, text
+
+
+def test_scale_takes_numpy_numbers_and_refuses_the_rest():
+    np = pytest.importorskip("numpy")
+    assert api.resolve_scale(np.float32(0.5), 64) == 0.5
+    assert api.resolve_scale(np.float64(0.25), 64) == 0.25
+    for bad, exc in ((float("inf"), ValueError), (-float("inf"), ValueError), ("0.1", TypeError),
+                     (True, TypeError), (torch.tensor(0.5), TypeError)):
+        with pytest.raises(exc, match="scale must be"):
+            api.resolve_scale(bad, 64)
+
+
+def test_flash_attention_into_names_itself_in_its_errors(monkeypatch):
+    from sessionkit.kernels import flash_attention_into
+
+    monkeypatch.setattr(api, "DEVICE_TYPES", ("cuda", "cpu"))  # past the device check
+    q, k, v = _qkv()
+    out, lse = torch.empty_like(q), torch.empty(1, 4, 8)
+    for call, words in ((lambda: flash_attention_into(q, k[:, :3], v[:, :3], out, lse),
+                         "flash_attention_into: head counts differ"),
+                        (lambda: flash_attention_into(q, k, v, out, lse, causal="yes"),
+                         "flash_attention_into: causal must be a bool"),
+                        (lambda: flash_attention_into(q, k, v, out, lse, scale=float("nan")),
+                         "flash_attention_into: scale must be finite")):
+        with pytest.raises((TypeError, ValueError), match=words):
+            call()
+
+
+def test_compiling_before_the_kernels_load_says_to_load_them(monkeypatch):
+    """torch.compile(fullgraph=True) before the kernels are loaded stops with the message that
+    says to call load_extension() first (Dynamo wraps it as "Observed exception"), not with an
+    error from the file listing behind the head-dim check."""
+    from sessionkit.kernels import flash_attention
+
+    monkeypatch.setattr(api, "_FAKES_REGISTERED", False)  # as in a process that loaded nothing
+    monkeypatch.setattr(api, "_HEAD_DIMS", None)  # and never read the kernel list
+    q, k, v = _qkv()
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: flash_attention(q, k, v), fullgraph=True,
+                             backend="eager")
+    with pytest.raises(Exception) as info:
+        compiled(q, k, v)
+    assert "load_extension()" in str(info.value), str(info.value)[-2000:]
 
 
 def test_unsupported_head_dim_lists_the_supported_ones_per_family():

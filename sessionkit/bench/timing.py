@@ -325,7 +325,10 @@ class Timer:
                     warnings.simplefilter("ignore")
                     out = impl.launch(*sets[0])
                     torch.cuda.synchronize(self.device)
-            except RuntimeError as exc:
+            except (RuntimeError, ValueError, TypeError) as exc:
+                # RuntimeError from a kernel or backend; ValueError/TypeError from an op's argument
+                # checks (our kernel's head dims and dtypes, say): the config is then marked for
+                # this implementation and the others are still timed.
                 text = first_line(exc, limit=160)
                 run.status = "unsupported" if _looks_unsupported(text) else "error"
                 run.note = text

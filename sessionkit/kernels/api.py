@@ -10,6 +10,7 @@ use, and attaches the backward of :mod:`sessionkit.kernels.backward`.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import sys
 import threading
@@ -145,69 +146,69 @@ def _shape(t) -> str:
     return "(" + ", ".join(str(int(s)) for s in t.shape) + ")"
 
 
-def check_inputs(q, k, v, *, enable_gqa: bool = False) -> None:
+def check_inputs(q, k, v, *, enable_gqa: bool = False, fn: str = "flash_attention") -> None:
     """Raise TypeError/ValueError naming the problem when (q, k, v) cannot go to the kernel.
 
     q: (B, H_q, Sq, D); k, v: (B, H_kv, Sk, D). H_kv may differ from H_q only with ``enable_gqa``,
     and H_q must then be a multiple of H_kv (SDPA's rule). Device checks come last, so that every
-    shape and dtype rule can be exercised on CPU tensors.
+    shape and dtype rule can be exercised on CPU tensors. ``fn`` begins each message.
     """
     import torch
 
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"flash_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
-            raise ValueError(f"flash_attention: {name} must be 4-D (batch, heads, seq_len, head_dim); "
+            raise ValueError(f"{fn}: {name} must be 4-D (batch, heads, seq_len, head_dim); "
                              f"got shape {_shape(t)}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if _dtype_name(t.dtype) not in SUPPORTED_DTYPES:
-            raise TypeError(f"flash_attention: {name} has dtype {_dtype_name(t.dtype)}; supported "
+            raise TypeError(f"{fn}: {name} has dtype {_dtype_name(t.dtype)}; supported "
                             f"dtypes are {', '.join(SUPPORTED_DTYPES)}")
     if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"flash_attention: q, k and v must share one dtype; got "
+        raise TypeError(f"{fn}: q, k and v must share one dtype; got "
                         f"{_dtype_name(q.dtype)}, {_dtype_name(k.dtype)}, {_dtype_name(v.dtype)}")
     head_dim = q.shape[3]
     if head_dim not in supported_head_dims():
         by_family = "; ".join(f"{family}: {', '.join(map(str, dims))}"
                               for family, dims in head_dims_by_family().items())
-        raise ValueError(f"flash_attention: head_dim {int(head_dim)} is not supported; supported "
+        raise ValueError(f"{fn}: head_dim {int(head_dim)} is not supported; supported "
                          f"head dims are {', '.join(map(str, supported_head_dims()))} "
                          f"(per kernel family: {by_family})")
     if k.shape[3] != head_dim or v.shape[3] != head_dim:
-        raise ValueError(f"flash_attention: q, k and v must share head_dim; got shapes {_shape(q)}, "
+        raise ValueError(f"{fn}: q, k and v must share head_dim; got shapes {_shape(q)}, "
                          f"{_shape(k)}, {_shape(v)}")
     if k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0]:
-        raise ValueError(f"flash_attention: batch sizes differ: q {_shape(q)}, k {_shape(k)}, "
+        raise ValueError(f"{fn}: batch sizes differ: q {_shape(q)}, k {_shape(k)}, "
                          f"v {_shape(v)}")
     if k.shape[1] != v.shape[1]:
-        raise ValueError(f"flash_attention: k and v head counts differ: k {_shape(k)}, "
+        raise ValueError(f"{fn}: k and v head counts differ: k {_shape(k)}, "
                          f"v {_shape(v)}")
     if k.shape[1] != q.shape[1]:
         if not enable_gqa:
-            raise ValueError(f"flash_attention: head counts differ: q {_shape(q)}, k {_shape(k)}, "
+            raise ValueError(f"{fn}: head counts differ: q {_shape(q)}, k {_shape(k)}, "
                              f"v {_shape(v)}; pass enable_gqa=True for grouped-query attention")
         if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
-            raise ValueError(f"flash_attention: grouped-query attention needs the query heads "
+            raise ValueError(f"{fn}: grouped-query attention needs the query heads "
                              f"({int(q.shape[1])}) to be a multiple of the key/value heads "
                              f"({int(k.shape[1])}); got q {_shape(q)}, k {_shape(k)}")
     if k.shape[2] != v.shape[2]:
-        raise ValueError(f"flash_attention: k and v sequence lengths differ: k {_shape(k)}, "
+        raise ValueError(f"{fn}: k and v sequence lengths differ: k {_shape(k)}, "
                          f"v {_shape(v)}")
     if k.shape[2] == 0:
-        raise ValueError("flash_attention: k and v have no keys (seq_len_k == 0); softmax over no "
+        raise ValueError(f"{fn}: k and v have no keys (seq_len_k == 0); softmax over no "
                          "keys is undefined")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(3) != 1:
-            raise ValueError(f"flash_attention: the last dimension of {name} must be contiguous "
+            raise ValueError(f"{fn}: the last dimension of {name} must be contiguous "
                              f"(stride 1); got strides {tuple(t.stride())}; call .contiguous() first")
     for name, t in (("k", k), ("v", v)):
         if t.device != q.device:
-            raise ValueError(f"flash_attention: q and {name} are on different devices "
+            raise ValueError(f"{fn}: q and {name} are on different devices "
                              f"({q.device} and {t.device})")
     if q.device.type not in DEVICE_TYPES:
-        raise ValueError(f"flash_attention: needs CUDA tensors; q, k and v are on {q.device}")
+        raise ValueError(f"{fn}: needs CUDA tensors; q, k and v are on {q.device}")
 
 
 def check_outputs(q, out, lse) -> None:
@@ -234,36 +235,65 @@ def check_outputs(q, out, lse) -> None:
             raise ValueError(f"flash_attention_into: {name} is on {t.device}, q on {q.device}")
 
 
-def resolve_scale(scale, head_dim: int) -> float:
+def resolve_scale(scale, head_dim: int, name: str = "flash_attention") -> float:
+    """The softmax scale: 1/sqrt(head_dim) for None, else ``scale`` as a float. A real number
+    (Python or NumPy) or, under ``torch.compile`` with dynamic shapes, a symbolic float (one
+    computed from q's shape, say), which is passed on unchecked. TypeError for anything else,
+    ValueError for NaN or an infinity."""
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"flash_attention: scale must be a number or None, got {type(scale).__name__}")
-    if not math.isfinite(scale):
-        raise ValueError(f"flash_attention: scale must be finite, got {scale}")
-    return float(scale)
+    symbolic = _is_symbolic(scale)
+    if not symbolic and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
+        raise TypeError(f"{name}: scale must be a number or None, got {type(scale).__name__}")
+    # Comparisons rather than math.isfinite, which torch.compile cannot trace on a symbolic float
+    # (NaN fails both).
+    if not -math.inf < scale < math.inf:
+        raise ValueError(f"{name}: scale must be finite, got {scale}")
+    return scale if symbolic else float(scale)
 
 
-def _resolve_causal(causal) -> bool:
+def _is_symbolic(value) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, (torch.SymFloat, torch.SymInt))
+
+
+def _resolve_causal(causal, name: str = "flash_attention") -> bool:
     if isinstance(causal, bool):
         return causal
     if isinstance(causal, int) and causal in (0, 1):
         return bool(causal)
-    raise TypeError(f"flash_attention: causal must be a bool, got {causal!r}")
+    shown = repr(causal) if isinstance(causal, (str, int, float)) else type(causal).__name__
+    hint = ("; its fourth positional argument is causal: it takes no attn_mask (SDPA's fourth), "
+            "only causal=True or False" if causal is None or type(causal).__name__ == "Tensor"
+            else "")
+    raise TypeError(f"{name}: causal must be a bool, got {shown}{hint}")
 
 
-def resolve_alignment(causal_alignment) -> bool:
+def resolve_alignment(causal_alignment, name: str = "flash_attention") -> bool:
     """``"top_left"`` -> False, ``"bottom_right"`` -> True (the op's ``causal_bottom_right``)."""
     if not isinstance(causal_alignment, str) or causal_alignment not in CAUSAL_ALIGNMENTS:
-        raise ValueError(f"flash_attention: causal_alignment must be 'top_left' or 'bottom_right', "
+        raise ValueError(f"{name}: causal_alignment must be 'top_left' or 'bottom_right', "
                          f"got {causal_alignment!r}")
     return causal_alignment == "bottom_right"
 
 
-def _resolve_gqa(enable_gqa) -> bool:
+def _resolve_gqa(enable_gqa, name: str = "flash_attention") -> bool:
     if isinstance(enable_gqa, bool):
         return enable_gqa
-    raise TypeError(f"flash_attention: enable_gqa must be a bool, got {enable_gqa!r}")
+    raise TypeError(f"{name}: enable_gqa must be a bool, got {enable_gqa!r}")
+
+
+def _refuse_tracing_before_load(name: str) -> None:
+    """Under ``torch.compile`` before the kernels are loaded, say so first: the checks that follow
+    read the kernel list from the package's files, which Dynamo cannot trace."""
+    if _FAKES_REGISTERED:
+        return
+    import torch
+
+    if torch.compiler.is_compiling():
+        raise RuntimeError(f"{name}: the sessionkit kernels are not loaded yet; call "
+                           "sessionkit.kernels.load_extension() (or the op once, eagerly) before "
+                           "torch.compile traces a model that uses it")
 
 
 def _out_ready(out) -> bool:
@@ -323,12 +353,19 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None,
     cannot be had the call runs unsplit, equally correct but not bitwise the same.
 
     Raises:
-        TypeError: a non-tensor, an unsupported or mixed dtype, a non-bool ``causal``.
-        ValueError: a bad shape, head dim, head ratio, alignment or device (the message names it);
-            head dims not in the family that runs on q's device fail in the op (RuntimeError).
+        TypeError: a non-tensor, an unsupported or mixed dtype, a non-bool ``causal`` (there is
+            no ``attn_mask``: the fourth positional argument is ``causal``) or ``enable_gqa``, a
+            ``scale`` that is not a number.
+        ValueError: a bad shape, head dim, head ratio, alignment, device (CUDA only: there are no
+            CPU or meta kernels) or a non-finite ``scale`` (the message names it).
+        RuntimeError: from the op, a head dim the family on q's device lacks (D=96 and 256 off
+            Hopper) or a batch or head count over 65535; under ``torch.compile`` before the
+            kernels are loaded. With ``fullgraph=True``, Dynamo reports an error raised here as
+            ``Unsupported: Observed exception``, the message in its debug context.
     """
     import torch
 
+    _refuse_tracing_before_load("flash_attention")
     causal = _resolve_causal(causal)
     bottom_right = resolve_alignment(causal_alignment)
     check_inputs(q, k, v, enable_gqa=_resolve_gqa(enable_gqa))
@@ -349,11 +386,13 @@ def flash_attention_into(q, k, v, out, lse, causal: bool = False, scale: float |
     """
     import torch
 
-    causal = _resolve_causal(causal)
-    bottom_right = resolve_alignment(causal_alignment)
-    check_inputs(q, k, v, enable_gqa=_resolve_gqa(enable_gqa))
+    name = "flash_attention_into"
+    _refuse_tracing_before_load(name)
+    causal = _resolve_causal(causal, name)
+    bottom_right = resolve_alignment(causal_alignment, name)
+    check_inputs(q, k, v, enable_gqa=_resolve_gqa(enable_gqa, name), fn=name)
     check_outputs(q, out, lse)
-    scale = resolve_scale(scale, int(q.shape[3]))
+    scale = resolve_scale(scale, int(q.shape[3]), name)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise RuntimeError("flash_attention_into: writes into caller buffers and has no gradient; "
                            "use flash_attention for inputs that require grad")

@@ -28,7 +28,9 @@ class ProfileOptions(StepOptions):
                                      parse=prof.parse_profile_config,
                                      dump=operator.attrgetter("spec"),
                                      metavar="B,H,Sq,Sk,D,DTYPE,CAUSAL[,H_KV]",
-                                     help="B,H,Sq,Sk,D,dtype,causal[,H_kv] to profile.")
+                                     help="B,H,Sq,Sk,D,dtype,causal[,H_kv] to profile: H "
+                                          "the query heads, dtype fp16, bf16 or fp32, causal 1 "
+                                          "(top-left), 0 or br (bottom-right).")
     kernel: str = option("ours", choices=IMPLS,
                          help="Our kernel, or torch SDPA (default dispatch or one backend).")
     kernel_regex: str | None = option(None, help="Profile only the first launch whose name "
