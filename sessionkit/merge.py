@@ -55,6 +55,8 @@ import re
 import shutil
 import sqlite3
 import stat
+import sys
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -449,6 +451,14 @@ def merge_database(db, other: str | Path) -> MergeResult:
             try:
                 hold()  # a signal from here on waits until the folder is tidied (read_as_found)
             finally:
+                # A cursor on the source that the frames of an exception in flight still hold (a
+                # signal raised mid-query, say) keeps the connection open past close(): Python's
+                # sqlite3 closes it with sqlite3_close_v2, which waits for its statements, and
+                # the tidying would then find a reader left and keep the -wal and -shm. Those
+                # frames have ended; their locals go first.
+                in_flight = sys.exc_info()[1]
+                if in_flight is not None:
+                    traceback.clear_frames(in_flight.__traceback__)
                 source.close()
 
 

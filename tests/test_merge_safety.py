@@ -318,6 +318,39 @@ def test_merge_leaves_the_source_folder_as_it_found_it(tmp_path):
     assert _folder_state(tmp_path / "b") == before
 
 
+def test_a_merge_stopped_with_a_cursor_on_the_source_open_still_tidies_its_folder(tmp_path,
+                                                                                  monkeypatch):
+    """A signal that lands while a query on the source is half read (a loop over its rows) left
+    that cursor in the frames of the exception in flight, which kept the source's connection open
+    after close() (sqlite3_close_v2 waits for its statements), so the folder kept the -wal and
+    -shm its read made (CI saw it once under SIGHUP). Stopped at such a point every time here
+    (the second session's rows), the folder holds what it held before."""
+    from sessionkit import merge
+    from sessionkit.errors import Interrupted
+
+    host_b(tmp_path / "b", sessions=3).conn.close()
+    source = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    before = _folder_state(tmp_path / "b")
+    assert not any(n.endswith(("-wal", "-shm")) for n in before)
+    real = merge._select_children
+    calls = []
+
+    def stopped_mid_query(conn, table, *rest):
+        calls.append(table)
+        if len(calls) > 3:
+            rows = conn.execute(f"SELECT * FROM [{table}]")
+            rows.fetchone()  # half read, as where the signal landed
+            raise Interrupted(128 + signal.SIGHUP)
+        return real(conn, table, *rest)
+
+    monkeypatch.setattr(merge, "_select_children", stopped_mid_query)
+    (tmp_path / "t").mkdir()
+    target = open_db(tmp_path / "t" / "m.db", create=True)
+    with pytest.raises(Interrupted):
+        merge_database(target, source)
+    assert _folder_state(tmp_path / "b") == before
+
+
 def test_merge_of_a_database_in_use_keeps_its_files(tmp_path):
     """A source that another connection holds open keeps its -wal and -shm (they are that
     connection's), and that connection goes on working."""
