@@ -10,10 +10,12 @@ instructions to the loop, so the build is slower than the shipped one: read the 
 speed (the three-consumer D=64 non-causal kernels, at 160 registers a thread, even spill in it).
 Kinds: tile (the next tile's index, dynamic schedule), q / k / v (the TMA loads: mbarrier waits on
 Q, K and V), turn (the pingpong turn: the other consumers' GEMMs), s (Q K^T not yet done),
-pv (P V not yet done), epilogue (normalising and storing O, not a wait), and two parts of the
-epilogue where O leaves by TMA store, counted apart from it: ostore (waiting for the previous
-tile's store to have read the O staging, and the barrier after that), osync (the proxy fence and
-the barrier before the store). What is left of the
+pv (P V not yet done), epilogue (the rest of the epilogue, not a wait: normalising O, the tail
+split's merge, the TMA store's issue), and its parts counted apart from it: efinal (the softmax's
+finalize: the row sums across the quad, 1 / sum, the LSE), estore (the stores of O and the LSE,
+into the staging or to global memory) and, where O leaves by TMA store, ostore (waiting for the
+previous tile's store to have read the O staging, and the barrier after that) and osync (the
+proxy fence and the barrier before the store). What is left of the
 consumer's time is its own work: softmax, issuing GEMMs, bookkeeping. "tiles" counts the tiles a
 consumer computed; the waits of a consumer that only keeps pace on a tile whose rows all lie past
 seq_len_q (D=64 non-causal, short keys) are counted, that tile is not. Needs a CUDA GPU with sm_90a.
@@ -27,7 +29,8 @@ import re
 import subprocess
 import sys
 
-KINDS = ("tile", "q", "k", "v", "turn", "s", "pv", "epilogue", "ostore", "osync")
+KINDS = ("tile", "q", "k", "v", "turn", "s", "pv", "epilogue", "ostore", "osync", "efinal",
+         "estore")
 _LINE = re.compile(r"sk_wait cta (\d+) consumer (\d+) tiles (\d+) total (\d+) " +
                    " ".join(rf"{k} (\d+)" for k in KINDS))
 MARKER = "== wait_profile run"

@@ -201,6 +201,9 @@ EXPERIMENTS = [
     # O into its TMA staging by stmatrix.x4
     ("-DSK_SM90_STMATRIX_O=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_STMATRIX_O=1", "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),
+    # O's plain stores 16 bytes wide where they are off by default, and 4 bytes where on
+    ("-DSK_SM90_WIDE_STORE_O=1", "flash_fwd_sm90_bf16_hdim128_noncausal_longkeys", "0xf0", "0x18"),
+    ("-DSK_SM90_WIDE_STORE_O=0", "flash_fwd_sm90_bf16_hdim256_noncausal", "0xf0", "0x18"),
     # the diagnostic build of benchmarks/wait_profile.py (clock reads around every wait)
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),

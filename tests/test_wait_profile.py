@@ -21,7 +21,8 @@ def _module():
 
 def _line(cta, consumer, tiles, total, **kinds):
     values = " ".join(f"{k} {kinds.get(k, 0)}" for k in ("tile", "q", "k", "v", "turn", "s", "pv",
-                                                           "epilogue", "ostore", "osync"))
+                                                           "epilogue", "ostore", "osync", "efinal",
+                                                           "estore"))
     return f"sk_wait cta {cta} consumer {consumer} tiles {tiles} total {total} {values}"
 
 
@@ -31,9 +32,9 @@ def test_only_the_last_run_counts_and_shares_add_up():
         f"{wp.MARKER} 0", _line(0, 0, 9, 999_999, q=999_999),  # the warm-up run: ignored
         f"{wp.MARKER} 1",
         _line(0, 0, 4, 10_000, q=1_000, k=500, turn=2_000, s=1_500, pv=500, epilogue=1_000,
-              ostore=300, osync=200),
+              ostore=300, osync=200, efinal=150, estore=250),
         _line(0, 1, 4, 10_000, q=1_000, k=500, turn=2_000, s=1_500, pv=500, epilogue=1_000,
-              ostore=300, osync=200),
+              ostore=300, osync=200, efinal=150, estore=250),
         _line(1, 0, 0, 50, tile=50),  # a consumer that ran no tile is left out
     ])
     rows = wp.parse(text)
@@ -44,7 +45,8 @@ def test_only_the_last_run_counts_and_shares_add_up():
     shares = {line.split()[0]: line.split()[-1] for line in table.splitlines()[2:]}
     assert shares["q"] == "10.0%" and shares["turn"] == "20.0%" and shares["epilogue"] == "10.0%"
     assert shares["ostore"] == "3.0%" and shares["osync"] == "2.0%"
-    assert shares["own"] == "30.0%"  # 100 - (10 + 5 + 20 + 15 + 5 + 10 + 3 + 2)
+    assert shares["efinal"] == "1.5%" and shares["estore"] == "2.5%"
+    assert shares["own"] == "26.0%"  # 100 - (10 + 5 + 20 + 15 + 5 + 10 + 3 + 2 + 1.5 + 2.5)
 
 
 def test_no_profile_lines_is_an_error_that_names_the_switch():

@@ -47,12 +47,14 @@ namespace sm90 {
 // first thread of each consumer warpgroup prints one "sk_wait" line when the CTA ends
 // (benchmarks/wait_profile.py runs a config in such a build and sums the lines). Without the
 // switch SK_WAIT(kind, statement) is the statement alone.
-// In the epilogue (TMA store of O): ostore is the wait for the previous tile's store to have read
-// the O staging plus the barrier after it, osync the proxy fence and the barrier before the
-// store; epilogue is the rest of it.
+// In the epilogue: efinal is the softmax's finalize (the row sums across the quad, 1 / sum and
+// the LSE), estore the stores of O and the LSE (into the staging, or to global memory); with the
+// TMA store of O, ostore is the wait for the previous tile's store to have read the O staging
+// plus the barrier after it, osync the proxy fence and the barrier before the store; epilogue is
+// the rest of it (the tail split's merge included).
 enum WaitKind {
   kWaitTile, kWaitQ, kWaitK, kWaitV, kWaitTurn, kWaitS, kWaitPV, kEpilogue, kWaitOStore,
-  kWaitOSync, kWaitKinds
+  kWaitOSync, kEpiFinal, kEpiStore, kWaitKinds
 };
 #if SK_SM90_WAIT_PROFILE
 #define SK_WAIT(kind, ...)                                                  \
@@ -61,8 +63,18 @@ enum WaitKind {
     __VA_ARGS__;                                                            \
     wait_cycles[kind] += static_cast<uint32_t>(clock64() - sk_t0_);         \
   } while (0)
+// SK_SPAN_BEGIN(t0) ... SK_SPAN_END(kind, t0) counts the cycles between them as `kind`, for
+// code that SK_WAIT cannot take as an argument (loops under #pragma unroll).
+#define SK_SPAN_BEGIN(t0) const long long t0 = clock64()
+#define SK_SPAN_END(kind, t0) wait_cycles[kind] += static_cast<uint32_t>(clock64() - t0)
 #else
 #define SK_WAIT(kind, ...) __VA_ARGS__
+#define SK_SPAN_BEGIN(t0) \
+  do {                    \
+  } while (0)
+#define SK_SPAN_END(kind, t0) \
+  do {                        \
+  } while (0)
 #endif
 
 #if SK_SM90_WAIT_PROFILE
@@ -77,9 +89,9 @@ static __global__ void print_wait_profile(int rows, int consumers) {
   for (int r = 0; r < rows && r < kWaitProfileRows; ++r) {
     const uint32_t* v = g_wait_profile[r];
     printf("sk_wait cta %d consumer %d tiles %u total %u tile %u q %u k %u v %u turn %u s %u "
-           "pv %u epilogue %u ostore %u osync %u\n",
+           "pv %u epilogue %u ostore %u osync %u efinal %u estore %u\n",
            r / consumers, r % consumers, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9],
-           v[10], v[11]);
+           v[10], v[11], v[12], v[13]);
     for (int k = 0; k < 2 + kWaitKinds; ++k) g_wait_profile[r][k] = 0;
   }
 }
@@ -646,7 +658,8 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     // tile's Q and first key blocks.
 #if SK_SM90_WAIT_PROFILE
     const long long epilogue_t0 = clock64();
-    const uint32_t epilogue_parts0 = wait_cycles[kWaitOStore] + wait_cycles[kWaitOSync];
+    const uint32_t epilogue_parts0 = wait_cycles[kWaitOStore] + wait_cycles[kWaitOSync] +
+                                     wait_cycles[kEpiFinal] + wait_cycles[kEpiStore];
 #endif
     if constexpr (Tr::kTailSplit) {
       // The piece is found again from the index rather than kept live across the key-block loop
@@ -727,7 +740,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       }
     }
     float inv_sum[2], row_lse[2];
-    softmax.finalize(p.scale_log2, inv_sum, row_lse);
+    SK_WAIT(kEpiFinal, softmax.finalize(p.scale_log2, inv_sum, row_lse));
     float* lse = p.lse + tile.batch * p.lse_batch_stride + tile.head * p.lse_head_stride;
     if constexpr (Tr::kSplitKV) {
       // A split-KV range: O (normalised over this range's keys) and its LSE in float32, for
@@ -749,11 +762,13 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         }
       }
     } else if (Tr::kTmaStoreO && args.tma_store) {
+      SK_SPAN_BEGIN(lse_t0);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = row_g + 8 * r;
         if (t == 0 && row < p.seqlen_q) lse[static_cast<int64_t>(row) * p.lse_row_stride] = row_lse[r];
       }
+      SK_SPAN_END(kEpiStore, lse_t0);
       const uint32_t o_base = o_smem_base + consumer * Tr::kOBytesPerConsumer;
       // Through shared memory (the 128-byte swizzle TMA expects: 16-byte chunk c of row r sits
       // at c ^ (r % 8), so the quad's four 4-byte writes of 8 rows hit 32 different banks), then
@@ -762,6 +777,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         if (signals) cp_async_bulk_wait_group_read<0>();  // the previous tile's store has read it
         bar_sync(kEpilogueBarrier0 + consumer, 128);
       });
+      SK_SPAN_BEGIN(stage_t0);
       if constexpr (Tr::kStmatrixO) {
         // Two n8 tiles of the warp's 16 rows per stmatrix.x4 (kDTiles / 2 of them instead of
         // 2 * kDTiles 4-byte stores): matrices 0 and 1 are rows 0-7 and 8-15 of tile i, 2 and 3
@@ -790,6 +806,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
           }
         }
       }
+      SK_SPAN_END(kEpiStore, stage_t0);
       SK_WAIT(kWaitOSync, {
         fence_proxy_async_shared_cta();
         bar_sync(kEpilogueBarrier0 + consumer, 128);
@@ -809,6 +826,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       // past seqlen_q included (the quad's four lanes share a row, so they store or skip
       // together).
       static_assert(sizeof(T) == 2, "the quad transpose packs two 2-byte columns per word");
+      SK_SPAN_BEGIN(wide_t0);
       T* out = static_cast<T*>(p.out) + tile.batch * p.o_batch_stride + tile.head * p.o_head_stride;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -835,7 +853,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         }
         if (t == 0 && row < p.seqlen_q) lse[static_cast<int64_t>(row) * p.lse_row_stride] = row_lse[r];
       }
+      SK_SPAN_END(kEpiStore, wide_t0);
     } else {
+      SK_SPAN_BEGIN(plain_t0);
       T* out = static_cast<T*>(p.out) + tile.batch * p.o_batch_stride + tile.head * p.o_head_stride;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -850,10 +870,12 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
           if (t == 0) lse[static_cast<int64_t>(row) * p.lse_row_stride] = row_lse[r];
         }
       }
+      SK_SPAN_END(kEpiStore, plain_t0);
     }
 #if SK_SM90_WAIT_PROFILE
     wait_cycles[kEpilogue] += static_cast<uint32_t>(clock64() - epilogue_t0) -
-                              (wait_cycles[kWaitOStore] + wait_cycles[kWaitOSync] - epilogue_parts0);
+                              (wait_cycles[kWaitOStore] + wait_cycles[kWaitOSync] +
+                               wait_cycles[kEpiFinal] + wait_cycles[kEpiStore] - epilogue_parts0);
 #endif
   }
   // Shared memory must outlive the last TMA store's reads of it.
