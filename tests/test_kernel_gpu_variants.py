@@ -168,6 +168,38 @@ def test_tail_split_is_correct_and_deterministic(case, dtype, family):
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
+def test_a_split_shape_takes_its_scratch_memory():
+    """The tail split runs only when its scratch memory was had (flash_api.cpp, Scratch); a
+    failed allocation falls back to whole tiles, correct but up to 5x slower on few tiles over
+    long keys. B1 H1 Sq=1024 Sk=16384 D128 on 132 SMs is 8 tiles of 94 key blocks of 176, split
+    into 8 tiles x 17 pieces (tests/test_tail_split_plan.py): the call makes one allocation more
+    than the same call over 3 key blocks (no split), of at least the pieces' float32 partials."""
+    from sessionkit.kernels import flash_attention
+
+    device = torch.cuda.current_device()
+    if torch.ops.sessionkit.flash_attn_family(device) != "sm90":
+        pytest.skip("the tail split is the sm90 family's")
+    if torch.cuda.get_device_properties(device).multi_processor_count != 132:
+        pytest.skip("the plan below is for 132 SMs (H100 SXM, H200)")
+
+    def allocations(seq_k):
+        q, k, v = _make(1, 1, 1, 1024, seq_k, 128, torch.bfloat16, seed=seq_k)
+        flash_attention(q, k, v)  # loaded, and the allocator warm
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_stats()
+        flash_attention(q, k, v)
+        torch.cuda.synchronize()
+        after = torch.cuda.memory_stats()
+        return (after["allocation.all.allocated"] - before["allocation.all.allocated"],
+                after["allocated_bytes.all.allocated"] - before["allocated_bytes.all.allocated"])
+
+    whole_count, whole_bytes = allocations(3 * 176)  # 3 key blocks: no split
+    split_count, split_bytes = allocations(16384)
+    partials = 8 * 17 * 2 * 128 * (128 // 8 + 1) * 16  # tiles x pieces x consumers x threads x bytes
+    assert split_count == whole_count + 1, (split_count, whole_count)
+    assert split_bytes - whole_bytes >= partials, (split_bytes, whole_bytes, partials)
+
+
 @pytest.mark.parametrize("case", [(2, 16, 4, 4096), (1, 8, 8, 9000)])
 def test_decode_into_strided_out_and_lse(case, family):
     """Decode-shaped calls write out and lse through strided views of the caller's buffers (the
