@@ -105,7 +105,20 @@ def _open_source(path: Path, shown: Path) -> sqlite3.Connection:
     """A read-only connection to the database at ``path`` (``shown`` is the path it is known by,
     for messages), checked with ``PRAGMA quick_check`` and for sessionkit's tables and recorded
     migrations. Raises :class:`DatabaseError` (one line) for one that cannot be read, is damaged
-    or is not sessionkit's."""
+    or is not sessionkit's. Whatever stops it (a signal during the quick_check, say), the
+    connection it made is closed before it leaves: left to the garbage collector (a connection
+    and its statement cache reference each other), it kept the source's folder its -wal and -shm."""
+    made: list[sqlite3.Connection] = []
+    try:
+        return _open_checked(path, shown, made)
+    except BaseException:
+        for conn in made:
+            conn.close()
+        raise
+
+
+def _open_checked(path: Path, shown: Path, made: list) -> sqlite3.Connection:
+    """:func:`_open_source`'s work; each connection it makes is appended to ``made``."""
     conn = None
     # A WAL database in a folder nobody may write (an archive, a read-only mount) has no -shm
     # to share: it opens as immutable then, as the reading commands do (nothing writes it).
@@ -113,6 +126,7 @@ def _open_source(path: Path, shown: Path) -> sqlite3.Connection:
     for extra in tries:
         try:
             conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro{extra}", uri=True)
+            made.append(conn)
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
             problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
             break
@@ -380,10 +394,41 @@ def check_sources(others, db_path: str | os.PathLike | None = None, *,
         if os.stat(other).st_size == 0:
             raise NoDatabaseError(empty_file_message(other))
     if contents:
-        for other in paths:
-            with read_as_found(other) as readable:
-                _open_source(readable, shown=other).close()
+        with _signals_interrupt():
+            for other in paths:
+                with read_as_found(other) as readable, _frames_released():
+                    _open_source(readable, shown=other).close()
     return paths
+
+
+def _release_frames(exc: BaseException | None, stop: BaseException | None = None,
+                    seen: set | None = None) -> None:
+    """Clear the locals of the ended frames in the tracebacks of ``exc`` and of the exceptions
+    chained to it (``__cause__``, ``__context__``), up to ``stop``: a cursor or a connection to a
+    source database that one of them still holds keeps that connection open past close() (Python's
+    sqlite3 closes with sqlite3_close_v2, which waits for its statements), and the source's folder
+    would then keep the -wal and -shm its read made."""
+    seen = set() if seen is None else seen
+    if exc is None or exc is stop or id(exc) in seen:
+        return
+    seen.add(id(exc))
+    traceback.clear_frames(exc.__traceback__)
+    _release_frames(exc.__cause__, stop, seen)
+    _release_frames(exc.__context__, stop, seen)
+
+
+@contextmanager
+def _frames_released():
+    """On an exception raised inside the block (a signal's among them), :func:`_release_frames`
+    before it leaves, so that the blocks it passes on the way out (read_as_found's tidying) find
+    the source's connections closed. The exception the caller was handling, if any, is left
+    alone."""
+    outer = sys.exc_info()[1]
+    try:
+        yield
+    except BaseException as exc:
+        _release_frames(exc, stop=outer)
+        raise
 
 
 @contextmanager
@@ -443,7 +488,10 @@ def merge_database(db, other: str | Path) -> MergeResult:
     check_sources([other], db.path)
     # Only read: its folder keeps the files it had (no -wal or -shm left beside it), even when
     # SIGTERM or SIGHUP stops the merge (they would end the process before the folder is tidied).
-    with _signals_interrupt() as hold, read_as_found(other) as readable:
+    # A cursor or connection on the source that the frames of an exception in flight still hold
+    # (a signal raised mid-query, or during the open's quick_check) would keep it open past
+    # close(); _frames_released clears those frames' locals before the tidying.
+    with _signals_interrupt() as hold, read_as_found(other) as readable, _frames_released():
         source = _open_source(readable, shown=other)
         try:
             return _merge(db, source, other)
@@ -451,14 +499,6 @@ def merge_database(db, other: str | Path) -> MergeResult:
             try:
                 hold()  # a signal from here on waits until the folder is tidied (read_as_found)
             finally:
-                # A cursor on the source that the frames of an exception in flight still hold (a
-                # signal raised mid-query, say) keeps the connection open past close(): Python's
-                # sqlite3 closes it with sqlite3_close_v2, which waits for its statements, and
-                # the tidying would then find a reader left and keep the -wal and -shm. Those
-                # frames have ended; their locals go first.
-                in_flight = sys.exc_info()[1]
-                if in_flight is not None:
-                    traceback.clear_frames(in_flight.__traceback__)
                 source.close()
 
 

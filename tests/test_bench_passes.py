@@ -213,10 +213,10 @@ def test_stored_samples_are_exactly_the_merged_ones(db, make_context, passes, n_
         assert r["samples"] == len(got)
 
 
-def test_an_implementation_refusing_its_arguments_is_marked_not_a_crash():
-    """An op's argument check (our kernel's ValueError for a head dim it lacks, a TypeError for a
-    dtype) marks that implementation on the config, like a backend's RuntimeError, and the bench
-    goes on with the others."""
+def test_our_kernel_refusing_its_arguments_is_unsupported_and_other_errors_propagate():
+    """Our op's argument checks (a ValueError for a head dim it has no kernel for, a TypeError for
+    a dtype) mark ours unsupported on that config, like a backend's RuntimeError, and the bench
+    goes on; the same exceptions from any other implementation are bugs and propagate."""
     import types
 
     from sessionkit.bench.timing import Impl, Timer
@@ -229,13 +229,17 @@ def test_an_implementation_refusing_its_arguments_is_marked_not_a_crash():
     fake_cuda = types.SimpleNamespace(synchronize=lambda *_a: None)
     timer = object.__new__(Timer)  # no GPU: nothing here reaches an event or the flush
     timer.torch, timer.device, timer.graph = types.SimpleNamespace(cuda=fake_cuda), None, False
-    impls = [Impl("sdpa", raising(RuntimeError("No available kernel. Aborting execution.")), True),
-             Impl("ours", raising(ValueError("flash_attention: head_dim 80 is not supported; "
-                                             "supported head dims are 64, 96, 128, 256"))),
-             Impl("other", raising(TypeError("other: q has dtype float32; supported dtypes are "
-                                             "float16, bfloat16")))]
-    runs = {run.name: run for run in timer.measure(impls, [()], rule=None, deadline=0.0)}
-    assert runs["ours"].status == "unsupported" and "head_dim 80" in runs["ours"].note
-    assert runs["other"].status == "error" and "dtype float32" in runs["other"].note
-    assert runs["sdpa"].status == "unsupported"
-    assert all(not run.samples for run in runs.values())
+    sdpa = Impl("sdpa", raising(RuntimeError("No available kernel. Aborting execution.")), True)
+    for exc, words in ((ValueError("flash_attention: head_dim 80 is not supported; supported "
+                                   "head dims are 64, 96, 128, 256"), "head_dim 80"),
+                       (TypeError("flash_attention: q has dtype float32; supported dtypes are "
+                                  "float16, bfloat16"), "dtype float32")):
+        runs = {run.name: run for run in timer.measure([sdpa, Impl("ours", raising(exc))], [()],
+                                                       rule=None, deadline=0.0)}
+        assert runs["ours"].status == "unsupported" and words in runs["ours"].note
+        assert runs["sdpa"].status == "unsupported" and not runs["ours"].samples
+    for name in ("sdpa_flash", "sdpa"):
+        bug = Impl(name, raising(TypeError("launcher() got an unexpected keyword argument")),
+                   name == "sdpa")
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            timer.measure([bug], [()], rule=None, deadline=0.0)

@@ -193,13 +193,25 @@ def test_an_sdpa_style_attn_mask_gets_one_line_saying_the_fourth_argument_is_cau
 
 
 def test_scale_takes_numpy_numbers_and_refuses_the_rest():
+    """A scale is a Python or NumPy real scalar that a float32 holds; anything else is one line
+    (TypeError or ValueError), never an OverflowError or NumPy's own error."""
+    import fractions
+
     np = pytest.importorskip("numpy")
     assert api.resolve_scale(np.float32(0.5), 64) == 0.5
     assert api.resolve_scale(np.float64(0.25), 64) == 0.25
-    for bad, exc in ((float("inf"), ValueError), (-float("inf"), ValueError), ("0.1", TypeError),
-                     (True, TypeError), (torch.tensor(0.5), TypeError)):
-        with pytest.raises(exc, match="scale must be"):
+    assert api.resolve_scale(np.int64(2), 64) == 2.0
+    assert api.resolve_scale(-0.0, 64) == 0.0
+    for bad, exc in ((float("inf"), ValueError), (-float("inf"), ValueError),
+                     (float("nan"), ValueError), (1e39, ValueError), (10 ** 400, ValueError),
+                     (np.longdouble(10) ** 400, ValueError), (np.float16("inf"), ValueError),
+                     ("0.1", TypeError), (True, TypeError), (np.bool_(True), TypeError),
+                     (torch.tensor(0.5), TypeError), (np.array([0.5]), TypeError),
+                     (fractions.Fraction(1, 8), TypeError), (np.timedelta64(1), TypeError),
+                     (complex(1, 0), TypeError)):
+        with pytest.raises(exc, match="^flash_attention: scale must be") as info:
             api.resolve_scale(bad, 64)
+        assert "\n" not in str(info.value) and len(str(info.value)) < 120, str(info.value)
 
 
 def test_flash_attention_into_names_itself_in_its_errors(monkeypatch):

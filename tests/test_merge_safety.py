@@ -351,6 +351,76 @@ def test_a_merge_stopped_with_a_cursor_on_the_source_open_still_tidies_its_folde
     assert _folder_state(tmp_path / "b") == before
 
 
+def _half_read_then(conn, exc):
+    rows = conn.execute("SELECT * FROM sessions")
+    rows.fetchone()  # half read, as where a signal lands
+    raise exc
+
+
+@pytest.mark.parametrize("where", ["open", "check", "chained"])
+def test_other_ways_a_stopped_merge_held_the_source_open(tmp_path, monkeypatch, where):
+    """Three more ways a stopped merge kept a connection to the source open past the tidying: a
+    signal during the open's quick_check (the half-open connection in that frame), the same in
+    the CLI's check of its sources before the merge, and a second signal landing in the clean-up
+    of the first (the cursor then hangs off the new exception's __context__)."""
+    from sessionkit import merge
+    from sessionkit.errors import Interrupted
+
+    host_b(tmp_path / "b", sessions=2).conn.close()
+    source = tmp_path / "b" / ".sessionkit" / "sessions.db"
+    before = _folder_state(tmp_path / "b")
+
+    real_columns = merge._columns
+
+    def columns_stopped(conn, table):  # the open's checks, after its quick_check
+        if table == "sessions" and real_columns(conn, "steps"):
+            _half_read_then(conn, Interrupted(128 + signal.SIGTERM))
+        return real_columns(conn, table)
+
+    (tmp_path / "t").mkdir()
+    target = open_db(tmp_path / "t" / "m.db", create=True)
+    if where in ("open", "check"):
+        monkeypatch.setattr(merge, "_columns", columns_stopped)
+        with pytest.raises(Interrupted):
+            if where == "open":
+                merge_database(target, source)
+            else:
+                merge.check_sources([source], target.path, contents=True)
+    else:
+        real_select = merge._select_children
+
+        def stopped_twice(conn, table, *rest):
+            try:
+                _half_read_then(conn, Interrupted(128 + signal.SIGTERM))
+            finally:
+                raise KeyboardInterrupt  # Ctrl-C during the clean-up of the first
+            return real_select(conn, table, *rest)
+
+        monkeypatch.setattr(merge, "_select_children", stopped_twice)
+        with pytest.raises(KeyboardInterrupt):
+            merge_database(target, source)
+    assert _folder_state(tmp_path / "b") == before
+
+
+def test_a_merge_leaves_the_exception_its_caller_handles_alone(tmp_path):
+    """merge_database called while its caller handles an exception clears no frame of that one
+    (the clearing is for exceptions raised inside the merge)."""
+    host_b(tmp_path / "b", sessions=1).conn.close()
+    (tmp_path / "t").mkdir()
+    target = open_db(tmp_path / "t" / "m.db", create=True)
+
+    def failing():
+        kept = "the caller's local"  # noqa: F841 (read back from the frame below)
+        raise ValueError("the caller's own")
+
+    try:
+        failing()
+    except ValueError as exc:
+        merge_database(target, tmp_path / "b" / ".sessionkit" / "sessions.db")
+        frame = exc.__traceback__.tb_next.tb_frame
+        assert frame.f_locals.get("kept") == "the caller's local"
+
+
 def test_merge_of_a_database_in_use_keeps_its_files(tmp_path):
     """A source that another connection holds open keeps its -wal and -shm (they are that
     connection's), and that connection goes on working."""

@@ -235,21 +235,48 @@ def check_outputs(q, out, lse) -> None:
             raise ValueError(f"flash_attention_into: {name} is on {t.device}, q on {q.device}")
 
 
+_FLOAT32_MAX = 3.4028234663852886e38  # the kernels take the scale as a float32
+
+
 def resolve_scale(scale, head_dim: int, name: str = "flash_attention") -> float:
-    """The softmax scale: 1/sqrt(head_dim) for None, else ``scale`` as a float. A real number
-    (Python or NumPy) or, under ``torch.compile`` with dynamic shapes, a symbolic float (one
-    computed from q's shape, say), which is passed on unchecked. TypeError for anything else,
-    ValueError for NaN or an infinity."""
+    """The softmax scale: 1/sqrt(head_dim) for None, else ``scale`` as a float. A Python int or
+    float, a NumPy integer or floating scalar, or, under ``torch.compile`` with dynamic shapes, a
+    symbolic float (one computed from q's shape, say), compared but not converted. TypeError for
+    anything else (a bool, a tensor, a string, a Fraction); ValueError for NaN or a value a
+    float32 cannot hold."""
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
-    symbolic = _is_symbolic(scale)
-    if not symbolic and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
+    if _is_symbolic(scale):
+        # Comparisons rather than math.isfinite, which torch.compile cannot trace on a symbolic
+        # float (NaN fails both).
+        if not -_FLOAT32_MAX <= scale <= _FLOAT32_MAX:
+            raise ValueError(f"{name}: scale must be finite, got {scale}")
+        return scale
+    if not _real_scalar(scale):
         raise TypeError(f"{name}: scale must be a number or None, got {type(scale).__name__}")
-    # Comparisons rather than math.isfinite, which torch.compile cannot trace on a symbolic float
-    # (NaN fails both).
-    if not -math.inf < scale < math.inf:
-        raise ValueError(f"{name}: scale must be finite, got {scale}")
-    return scale if symbolic else float(scale)
+    try:
+        value = float(scale)
+    except (OverflowError, ValueError):
+        value = math.inf
+    if not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:  # NaN fails too
+        raise ValueError(f"{name}: scale must be finite (a float32), got {_short(scale)}")
+    return value
+
+
+def _real_scalar(value) -> bool:
+    """A Python int or float (not a bool), or a NumPy integer or floating scalar."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return (getattr(dtype, "kind", None) in ("i", "u", "f") and getattr(value, "ndim", None) == 0
+            and isinstance(value, numbers.Real))
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _is_symbolic(value) -> bool:
