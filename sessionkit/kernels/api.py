@@ -384,7 +384,8 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None,
             no ``attn_mask``: the fourth positional argument is ``causal``) or ``enable_gqa``, a
             ``scale`` that is not a number.
         ValueError: a bad shape, head dim, head ratio, alignment, device (CUDA only: there are no
-            CPU or meta kernels) or a non-finite ``scale`` (the message names it).
+            CPU or meta kernels) or a ``scale`` that is NaN or beyond float32 (the message names
+            it).
         RuntimeError: from the op, a head dim the family on q's device lacks (D=96 and 256 off
             Hopper) or a batch or head count over 65535; under ``torch.compile`` before the
             kernels are loaded. With ``fullgraph=True``, Dynamo reports an error raised here as
