@@ -192,6 +192,31 @@ def test_an_sdpa_style_attn_mask_gets_one_line_saying_the_fourth_argument_is_cau
     assert "causal must be a bool, got" in text and "no attn_mask" in text, text
 
 
+def test_flags_take_numpy_bools_and_every_refusal_is_one_short_line():
+    """causal and enable_gqa take a Python or NumPy bool; a refused value of causal, enable_gqa or
+    causal_alignment is named in one short line: a tensor by its type, never printed, and an
+    int past Python's digit limit without an error of its own."""
+    np = pytest.importorskip("numpy")
+    assert api._resolve_causal(np.bool_(True)) is True
+    assert api._resolve_gqa(np.bool_(False)) is False
+    huge = 10 ** 5000
+    for call in (lambda: api._resolve_causal(torch.ones(1000)),
+                 lambda: api._resolve_causal(huge),
+                 lambda: api._resolve_causal("x" * 500),
+                 lambda: api._resolve_causal(torch.nn.Parameter(torch.ones(3, 3))),
+                 lambda: api._resolve_gqa(torch.ones(1000)),
+                 lambda: api._resolve_gqa(huge),
+                 lambda: api.resolve_alignment(torch.ones(1000)),
+                 lambda: api.resolve_alignment("y" * 500)):
+        with pytest.raises((TypeError, ValueError)) as info:
+            call()
+        text = str(info.value)
+        assert "\n" not in text and len(text) < 200 and "tensor(" not in text, text
+        assert text.startswith("flash_attention: "), text
+    with pytest.raises(TypeError, match="no attn_mask"):
+        api._resolve_causal(torch.nn.Parameter(torch.ones(3, 3)))
+
+
 def test_scale_takes_numpy_numbers_and_refuses_the_rest():
     """A scale is a Python or NumPy real scalar that a float32 holds; anything else is one line
     (TypeError or ValueError), never an OverflowError or NumPy's own error."""

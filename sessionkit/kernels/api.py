@@ -259,7 +259,7 @@ def resolve_scale(scale, head_dim: int, name: str = "flash_attention") -> float:
     except (OverflowError, ValueError):
         value = math.inf
     if not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:  # NaN fails too
-        raise ValueError(f"{name}: scale must be finite (a float32), got {_short(scale)}")
+        raise ValueError(f"{name}: scale must be finite (a float32), got {_described(scale)}")
     return value
 
 
@@ -274,40 +274,58 @@ def _real_scalar(value) -> bool:
             and isinstance(value, numbers.Real))
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _is_symbolic(value) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, (torch.SymFloat, torch.SymInt))
 
 
+def _flag(value) -> bool | None:
+    """A Python bool, or a NumPy bool scalar, as a bool; None for anything else."""
+    if isinstance(value, bool):
+        return value
+    if getattr(getattr(value, "dtype", None), "kind", None) == "b" and getattr(value, "ndim", 1) == 0:
+        return bool(value)
+    return None
+
+
+def _described(value) -> str:
+    """``value`` in a one-line message: the repr of a short plain value, else its type's name
+    (a tensor is never printed)."""
+    if isinstance(value, (str, numbers.Number)) or value is None:
+        try:
+            text = repr(value)
+        except ValueError:  # an int past Python's digit limit for str()
+            return f"an int of {value.bit_length()} bits"
+        text = " ".join(text.split())
+        return text if len(text) <= 40 else text[:37] + "..."
+    return type(value).__name__
+
+
 def _resolve_causal(causal, name: str = "flash_attention") -> bool:
-    if isinstance(causal, bool):
-        return causal
+    flag = _flag(causal)
+    if flag is not None:
+        return flag
     if isinstance(causal, int) and causal in (0, 1):
         return bool(causal)
-    shown = repr(causal) if isinstance(causal, (str, int, float)) else type(causal).__name__
     hint = ("; its fourth positional argument is causal: it takes no attn_mask (SDPA's fourth), "
-            "only causal=True or False" if causal is None or type(causal).__name__ == "Tensor"
-            else "")
-    raise TypeError(f"{name}: causal must be a bool, got {shown}{hint}")
+            "only causal=True or False"
+            if causal is None or any(t.__name__ == "Tensor" for t in type(causal).__mro__) else "")
+    raise TypeError(f"{name}: causal must be a bool, got {_described(causal)}{hint}")
 
 
 def resolve_alignment(causal_alignment, name: str = "flash_attention") -> bool:
     """``"top_left"`` -> False, ``"bottom_right"`` -> True (the op's ``causal_bottom_right``)."""
     if not isinstance(causal_alignment, str) or causal_alignment not in CAUSAL_ALIGNMENTS:
         raise ValueError(f"{name}: causal_alignment must be 'top_left' or 'bottom_right', "
-                         f"got {causal_alignment!r}")
+                         f"got {_described(causal_alignment)}")
     return causal_alignment == "bottom_right"
 
 
 def _resolve_gqa(enable_gqa, name: str = "flash_attention") -> bool:
-    if isinstance(enable_gqa, bool):
-        return enable_gqa
-    raise TypeError(f"{name}: enable_gqa must be a bool, got {enable_gqa!r}")
+    flag = _flag(enable_gqa)
+    if flag is not None:
+        return flag
+    raise TypeError(f"{name}: enable_gqa must be a bool, got {_described(enable_gqa)}")
 
 
 def _refuse_tracing_before_load(name: str) -> None:
