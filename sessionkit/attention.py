@@ -46,7 +46,8 @@ DTYPES: dict[str, DType] = {d.name: d for d in (
     DType("fp32", "float32", 4, ("float32", "float"), 1e-4),
 )}
 _DTYPE_SPELLINGS = {spelling: d.name for d in DTYPES.values() for spelling in (d.name, *d.aliases)}
-_DTYPE_HINT = f"use {', '.join(list(DTYPES)[:-1])} or {list(DTYPES)[-1]}"
+_DTYPE_NAMES = f"{', '.join(list(DTYPES)[:-1])} or {list(DTYPES)[-1]}"
+_DTYPE_HINT = f"use {_DTYPE_NAMES}"
 
 
 def parse_dtype(value) -> str:
@@ -127,6 +128,9 @@ def tflops(flops: float, latency_ms: float | None) -> float | None:
 
 CONFIG_FORMAT = "B,H,Sq,Sk,D,dtype,causal[,H_kv]"
 CONFIG_EXAMPLES = "4,16,4096,4096,128,bf16,1 or 8,32,1,32768,128,bf16,br,8"
+# What the fields of CONFIG_FORMAT take, for --config's help text.
+CONFIG_FIELDS = (f"H the query heads, dtype {_DTYPE_NAMES}, causal 1 (top-left), 0 or br "
+                 "(bottom-right), H_kv the key/value heads (default H)")
 MAX_SIZE = 2 ** 31 - 1  # every size of a config fits a signed 32-bit index
 
 

@@ -136,12 +136,11 @@ def _open_checked(path: Path, shown: Path, made: list) -> sqlite3.Connection:
                 conn = None
             if extra == tries[-1]:
                 raise DatabaseError(f"cannot read {shown}: {exc}") from None
+    # The connection is closed by _open_source on any way out but the return.
     if problems != ["ok"]:
-        conn.close()
         found = " ".join(" ".join(str(p).split()) for p in problems)[:200]
         raise DatabaseError(f"{shown} is damaged (PRAGMA quick_check: {found}); nothing was imported from it")
     if not _columns(conn, "sessions") or not _columns(conn, "steps"):
-        conn.close()
         raise DatabaseError(f"{shown} is not a sessionkit database (no sessions or steps table)")
     # As every other command tells them apart (sessionkit.db): another program's database may
     # hold tables of those names, whose rows this merge could not read or insert.
@@ -150,7 +149,6 @@ def _open_checked(path: Path, shown: Path, made: list) -> sqlite3.Connection:
     except sqlite3.DatabaseError:
         applied = None
     if not applied:
-        conn.close()
         raise DatabaseError(f"{shown} is not a sessionkit database (no sessionkit migrations "
                             "recorded in it)")
     return conn

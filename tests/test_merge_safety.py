@@ -318,6 +318,12 @@ def test_merge_leaves_the_source_folder_as_it_found_it(tmp_path):
     assert _folder_state(tmp_path / "b") == before
 
 
+def _half_read_then(conn, exc):
+    rows = conn.execute("SELECT * FROM sessions")
+    rows.fetchone()  # half read, as where a signal lands
+    raise exc
+
+
 def test_a_merge_stopped_with_a_cursor_on_the_source_open_still_tidies_its_folder(tmp_path,
                                                                                   monkeypatch):
     """A signal that lands while a query on the source is half read (a loop over its rows) left
@@ -338,9 +344,7 @@ def test_a_merge_stopped_with_a_cursor_on_the_source_open_still_tidies_its_folde
     def stopped_mid_query(conn, table, *rest):
         calls.append(table)
         if len(calls) > 3:
-            rows = conn.execute(f"SELECT * FROM [{table}]")
-            rows.fetchone()  # half read, as where the signal landed
-            raise Interrupted(128 + signal.SIGHUP)
+            _half_read_then(conn, Interrupted(128 + signal.SIGHUP))
         return real(conn, table, *rest)
 
     monkeypatch.setattr(merge, "_select_children", stopped_mid_query)
@@ -349,12 +353,6 @@ def test_a_merge_stopped_with_a_cursor_on_the_source_open_still_tidies_its_folde
     with pytest.raises(Interrupted):
         merge_database(target, source)
     assert _folder_state(tmp_path / "b") == before
-
-
-def _half_read_then(conn, exc):
-    rows = conn.execute("SELECT * FROM sessions")
-    rows.fetchone()  # half read, as where a signal lands
-    raise exc
 
 
 @pytest.mark.parametrize("where", ["open", "check", "chained"])

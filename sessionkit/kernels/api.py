@@ -263,15 +263,21 @@ def resolve_scale(scale, head_dim: int, name: str = "flash_attention") -> float:
     return value
 
 
+def _scalar_kind(value) -> str | None:
+    """The dtype kind of a NumPy scalar (0-dim, with a dtype): "b", "i", "u", "f", ...; None for
+    anything else."""
+    if getattr(value, "ndim", None) != 0:
+        return None
+    return getattr(getattr(value, "dtype", None), "kind", None)
+
+
 def _real_scalar(value) -> bool:
     """A Python int or float (not a bool), or a NumPy integer or floating scalar."""
     if isinstance(value, bool):
         return False
     if isinstance(value, (int, float)):
         return True
-    dtype = getattr(value, "dtype", None)
-    return (getattr(dtype, "kind", None) in ("i", "u", "f") and getattr(value, "ndim", None) == 0
-            and isinstance(value, numbers.Real))
+    return _scalar_kind(value) in ("i", "u", "f") and isinstance(value, numbers.Real)
 
 
 def _is_symbolic(value) -> bool:
@@ -283,9 +289,7 @@ def _flag(value) -> bool | None:
     """A Python bool, or a NumPy bool scalar, as a bool; None for anything else."""
     if isinstance(value, bool):
         return value
-    if getattr(getattr(value, "dtype", None), "kind", None) == "b" and getattr(value, "ndim", 1) == 0:
-        return bool(value)
-    return None
+    return bool(value) if _scalar_kind(value) == "b" else None
 
 
 def _described(value) -> str:

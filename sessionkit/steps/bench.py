@@ -11,7 +11,7 @@ import operator
 import time
 from dataclasses import dataclass
 
-from ..attention import IMPLS, AttentionConfig
+from ..attention import CONFIG_EXAMPLES, CONFIG_FIELDS, IMPLS, AttentionConfig
 from ..bench.grids import BUILTIN_GRIDS, load_grid, parse_config, select_configs
 from ..bench.passes import ResultStore, measure_grid
 from ..bench.stats import geomean
@@ -43,9 +43,8 @@ class BenchOptions(StepOptions):
         (), flag="--config", multiple=True, parse=parse_config,
         metavar="B,H,Sq,Sk,D,DTYPE,CAUSAL[,H_KV]",
         dump=operator.attrgetter("spec"),
-        help="A config to time (repeatable); alone it replaces the grid. H is the query "
-             "heads, DTYPE fp16, bf16 or fp32, CAUSAL 1 (top-left), 0 or br (bottom-right), "
-             "H_KV the key/value heads (default H); e.g. 2,32,4096,4096,128,bf16,br,8.")
+        help=f"A config to time (repeatable); alone it replaces the grid. {CONFIG_FIELDS}; "
+             f"e.g. {CONFIG_EXAMPLES}.")
     csv_path: str | None = option(None, flag="--csv", parse=file_path, metavar="FILE",
                                   help="Also write the results as CSV to FILE (its missing "
                                        "folders made), kept among the step's files; not '-': "

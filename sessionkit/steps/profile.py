@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import profile as prof
-from ..attention import IMPLS, AttentionConfig
+from ..attention import CONFIG_FIELDS, CONFIG_FORMAT, IMPLS, AttentionConfig
 from . import Metric, Step, StepResult
 from .typed import StepOptions, StepSummary, fact, option
 
@@ -28,9 +28,7 @@ class ProfileOptions(StepOptions):
                                      parse=prof.parse_profile_config,
                                      dump=operator.attrgetter("spec"),
                                      metavar="B,H,Sq,Sk,D,DTYPE,CAUSAL[,H_KV]",
-                                     help="B,H,Sq,Sk,D,dtype,causal[,H_kv] to profile: H "
-                                          "the query heads, dtype fp16, bf16 or fp32, causal 1 "
-                                          "(top-left), 0 or br (bottom-right).")
+                                     help=f"{CONFIG_FORMAT} to profile: {CONFIG_FIELDS}.")
     kernel: str = option("ours", choices=IMPLS,
                          help="Our kernel, or torch SDPA (default dispatch or one backend).")
     kernel_regex: str | None = option(None, help="Profile only the first launch whose name "
