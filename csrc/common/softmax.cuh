@@ -28,6 +28,11 @@ namespace fwd {
 #define SK_SOFTMAX_TREE_MAX 0
 #endif
 
+// 1/sum of the finalize on MUFU.RCP (1, shipped) or by IEEE division (0, as before v18).
+#ifndef SK_SOFTMAX_FAST_RCP
+#define SK_SOFTMAX_FAST_RCP 1
+#endif
+
 struct OnlineSoftmax {
   float row_max[2];  // running max of rows g and g + 8, unscaled
   float row_sum[2];  // this thread's share of the running denominators
@@ -40,7 +45,9 @@ struct OnlineSoftmax {
   // Row r (0: row g, 1: row g + 8) of one key block: turns its scores into probabilities in
   // place, updates the running max and sum, and returns the factor by which what was
   // accumulated before (O) must be scaled.
-  template <int kNTiles>
+  // kSum = false leaves the row sums alone (the caller accumulates them elsewhere: the sm90
+  // kernels' P V on the tensor cores, Traits::kRowSumMma).
+  template <int kNTiles, bool kSum = true>
   __device__ __forceinline__ float update_row(float (&s)[kNTiles][4], int r, float scale_log2) {
     float mx = row_max[r];
     if constexpr (SK_SOFTMAX_TREE_MAX && kNTiles >= 8) {
@@ -73,10 +80,10 @@ struct OnlineSoftmax {
         const float x = fmaf(s[i][2 * r + c], scale_log2, -m_scaled);
         const float p = (i % 8) < SK_SOFTMAX_POLY_EXP2_EIGHTHS ? poly_exp2(x) : fast_exp2(x);
         s[i][2 * r + c] = p;
-        sum += p;
+        if constexpr (kSum) sum += p;
       }
     }
-    row_sum[r] = row_sum[r] * correction + sum;
+    if constexpr (kSum) row_sum[r] = row_sum[r] * correction + sum;
     return correction;
   }
 
@@ -97,11 +104,11 @@ struct OnlineSoftmax {
 
   // One key block, both rows, returning the factors: for a caller whose o is still being written
   // by an in-flight P V product; it applies them later with rescale().
-  template <int kNTiles>
+  template <bool kSum = true, int kNTiles>
   __device__ __forceinline__ void update(float (&s)[kNTiles][4], float scale_log2,
                                          float (&correction)[2]) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) correction[r] = update_row(s, r, scale_log2);
+    for (int r = 0; r < 2; ++r) correction[r] = update_row<kNTiles, kSum>(s, r, scale_log2);
   }
 
   template <int kDTiles>
@@ -117,17 +124,32 @@ struct OnlineSoftmax {
   }
 
   // Completes the row sums across the quad. Returns 1/sum per row (0 for a row that saw no key)
-  // and the natural-log LSE, -inf for such a row.
+  // and the natural-log LSE, -inf for such a row. The two rows' shuffles interleave, and 1/sum
+  // is MUFU.RCP alone (SK_SOFTMAX_FAST_RCP): a row that saw a key has sum >= 1 (its max
+  // contributes 2^0), so the approximation's 1 ulp and its flush of subnormals do not reach the
+  // bf16 or fp16 output; the IEEE division's branches had serialized the two rows.
   __device__ __forceinline__ void finalize(float scale_log2, float (&inv_sum)[2], float (&lse)[2]) {
+    float sum[2] = {row_sum[0], row_sum[1]};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+    finish(sum, scale_log2, inv_sum, lse);
+  }
+
+  // The same from whole-row sums (every thread of the quad holding its row's): no shuffles.
+  __device__ __forceinline__ void finish(const float (&sum)[2], float scale_log2,
+                                         float (&inv_sum)[2], float (&lse)[2]) const {
     constexpr float kLn2 = 0.6931471805599453f;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float sum = row_sum[r];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const bool empty = !(sum > 0.f);
-      inv_sum[r] = empty ? 0.f : 1.f / sum;
-      lse[r] = empty ? -INFINITY : (row_max[r] * scale_log2 + __log2f(sum)) * kLn2;
+      const bool empty = !(sum[r] > 0.f);
+#if SK_SOFTMAX_FAST_RCP
+      inv_sum[r] = empty ? 0.f : fast_rcp(sum[r]);
+#else
+      inv_sum[r] = empty ? 0.f : 1.f / sum[r];
+#endif
+      lse[r] = empty ? -INFINITY : (row_max[r] * scale_log2 + __log2f(sum[r])) * kLn2;
     }
   }
 };

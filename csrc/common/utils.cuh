@@ -37,6 +37,15 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+// 1/x on the special-function unit (MUFU.RCP), within 1 ulp; subnormal inputs and results are
+// flushed to zero. The IEEE division `1.f / x` adds a Newton step and a branch to a slow-path
+// subroutine for extreme exponents (docs/kernel-notes.md, v18).
+__device__ __forceinline__ float fast_rcp(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // 2^x for x <= 0 on the FMA and integer pipes, without the special-function unit: x is rounded
 // to the nearest integer j by adding 1.5 * 2^23 (the sum's low mantissa bits then hold j), 2^(x - j)
 // comes from a degree-3 polynomial on [-0.5, 0.5] (coefficients fitted for the least maximum
