@@ -347,7 +347,12 @@ bool launch_kernels(const at::Tensor& q_given, const at::Tensor& k_given,
   // Top-left (SDPA's is_causal) or bottom-right (FlashAttention 2+): row i sees keys
   // j <= i + causal_offset. Both lengths are below 2^31, so the difference fits in an int.
   p.causal_offset = bottom_right ? p.seqlen_k - p.seqlen_q : 0;
-  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  // At least the smallest normal float: with a scale of 0 (or one that float32 rounds to 0) a
+  // masked score, -inf, times it would be NaN in the softmax, and every output NaN. At 2^-126 the
+  // scaled scores of any finite input round their exponentials to exactly 1, as a scale of 0
+  // gives (uniform weights over the keys a row sees, LSE = log of their count).
+  p.scale_log2 = std::max(static_cast<float>(scale * 1.4426950408889634),
+                          std::numeric_limits<float>::min());
 
   c10::cuda::CUDAGuard guard(q.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();

@@ -174,7 +174,7 @@ def test_every_visible_gpu():
                 assert out.device.index == device
 
 
-@pytest.mark.parametrize("scale", [0.05, 0.3, 1.0, -0.2])
+@pytest.mark.parametrize("scale", [0.05, 0.3, 1.0, -0.2, 0.0, -0.0, 1e-45])
 def test_scale(scale):
     q, k, v = _make(2, 2, 257, 300, 64, torch.bfloat16, seed=11)
     _check(q, k, v, causal=False, scale=scale)
