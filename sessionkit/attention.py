@@ -129,8 +129,9 @@ def tflops(flops: float, latency_ms: float | None) -> float | None:
 CONFIG_FORMAT = "B,H,Sq,Sk,D,dtype,causal[,H_kv]"
 CONFIG_EXAMPLES = "4,16,4096,4096,128,bf16,1 or 8,32,1,32768,128,bf16,br,8"
 # What the fields of CONFIG_FORMAT take, for --config's help text.
-CONFIG_FIELDS = (f"H the query heads, dtype {_DTYPE_NAMES}, causal 1 (top-left), 0 or br "
-                 "(bottom-right), H_kv the key/value heads (default H)")
+CONFIG_FIELDS = (f"H the query heads, dtype {_DTYPE_NAMES}, causal 1 (top-left; also true, yes, "
+                 "tl), 0 (also false, no, full) or br (bottom-right), H_kv the key/value heads "
+                 "(default H)")
 MAX_SIZE = 2 ** 31 - 1  # every size of a config fits a signed 32-bit index
 
 

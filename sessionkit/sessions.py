@@ -55,19 +55,22 @@ def get_open_session(db, *, required: bool = True) -> dict | None:
     found = open_sessions(db)
     if not found:
         if required:
-            raise NoOpenSession("no open session; start one with: sessionkit start --objective TEXT")
+            raise NoOpenSession("no open session; start one with: sessionkit start -m/--objective TEXT")
         return None
     return found[0]
 
 
 def check_start_options(*, objective: str | None = None, gpu_rate: float | None = None,
-                        ai_rate: float | None = None, **_other) -> None:
+                        ai_rate: float | None = None, name: str | None = None, **_other) -> None:
     """Check the options of a new session without the database, so that a command can refuse them
     before it opens (or makes) one: an objective is required, and rates (USD per hour) must not
-    be negative. Other keys (as :func:`sessionkit.session_defaults.resolve_start_options` returns
-    them) are ignored. Raises :class:`~sessionkit.errors.UsageError`."""
+    be negative. ``name`` (the session's name, if one was given) only shapes the message of a
+    missing objective: ``sessionkit start "fix the tail"`` names the session, it does not give
+    its objective. Other keys (as :func:`sessionkit.session_defaults.resolve_start_options`
+    returns them) are ignored. Raises :class:`~sessionkit.errors.UsageError`."""
     if not objective or not objective.strip():
-        raise UsageError("an objective is required: --objective TEXT")
+        hint = f" ({name!r} is the session's name, not its objective)" if name else ""
+        raise UsageError(f"an objective is required: -m/--objective TEXT{hint}")
     for what, rate in (("gpu rate", gpu_rate), ("ai rate", ai_rate)):
         if rate is not None and rate < 0:
             raise UsageError(f"{what} must not be negative")
@@ -217,7 +220,7 @@ def get_session(db, ref: str | int | None = None) -> dict:
     if text == "last":
         rows = list(db.query("SELECT * FROM sessions ORDER BY number DESC LIMIT 1"))
         if not rows:
-            raise SessionNotFound("there are no sessions yet; start one with: sessionkit start --objective TEXT")
+            raise SessionNotFound("there are no sessions yet; start one with: sessionkit start -m/--objective TEXT")
         return _decode(rows[0])
     if text == "open":
         return get_open_session(db)

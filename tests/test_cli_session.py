@@ -90,8 +90,10 @@ def test_bad_pyproject_is_one_line_error(tmp_path):
      "Error: bad --gpu-rate 'cheap': give US dollars per hour, e.g. 2.50", 2),
     (["start", "--objective", "x", "--step-budget", "build"],
      "Error: bad step budget 'build': use NAME=DURATION, e.g. build=60s", 2),
-    (["start"], "Error: an objective is required: --objective TEXT", 2),
-    (["end", "--outcome", "x"], "Error: no open session; start one with: sessionkit start --objective TEXT", 1),
+    (["start"], "Error: an objective is required: -m/--objective TEXT", 2),
+    (["start", "fix the tail"],
+     "Error: an objective is required: -m/--objective TEXT ('fix the tail' is the session's name, not its objective)", 2),
+    (["end", "--outcome", "x"], "Error: no open session; start one with: sessionkit start -m/--objective TEXT", 1),
 ])
 def test_bad_input_is_one_line(args, message, code):
     if args[0] == "end":

@@ -68,7 +68,7 @@ def test_latest_bench_step_of_a_session_counts(fdb):
 def test_empty_history(tmp_path):
     db = open_db(tmp_path / "empty.db", create=True)
     text = history_report(db, now=NOW).text
-    assert text.splitlines()[-1] == "No sessions yet. Start one with: `sessionkit start --objective TEXT`."
+    assert text.splitlines()[-1] == "No sessions yet. Start one with: `sessionkit start -m/--objective TEXT`."
 
 
 def _grow(db, extra: int) -> None:

@@ -353,3 +353,57 @@ def test_reference_handles_gqa_and_bottom_right():
                                   bottom_right=True)
     assert torch.equal(out[:, :, :3], torch.zeros_like(out[:, :, :3]))
     assert torch.isneginf(lse[:, :, :3]).all() and torch.isfinite(lse[:, :, 3:]).all()
+
+
+def test_every_rule_but_the_device_is_checked_on_cpu_tensors():
+    """The CUDA-only check comes last in both public functions, so that a bad scale, output
+    buffer or return_lse is named on CPU tensors too (it used to say "needs CUDA tensors")."""
+    from sessionkit.kernels import flash_attention, flash_attention_into
+
+    q, k, v = _qkv()
+    out, lse = torch.empty_like(q), torch.empty(1, 4, 8)
+    for call, exc, words in (
+            (lambda: flash_attention(q, k, v, scale=float("nan")), ValueError, "scale must be finite"),
+            (lambda: flash_attention(q, k, v, scale="0.1"), TypeError, "scale must be a number"),
+            (lambda: flash_attention(q, k, v, return_lse="x"), TypeError, "return_lse must be a bool"),
+            (lambda: flash_attention_into(q, k, v, None, lse), TypeError, "out must be a torch.Tensor"),
+            (lambda: flash_attention_into(q, k, v, out, lse.half()), TypeError, "lse must be float32"),
+            (lambda: flash_attention_into(q, k, v, out[:, :2], lse), ValueError, "out must have the shape"),
+            (lambda: flash_attention_into(q, k, v, out, lse, scale=1e39), ValueError, "scale must be finite")):
+        with pytest.raises(exc, match=words):
+            call()
+    with pytest.raises(ValueError, match="needs CUDA tensors"):  # every other rule passed
+        flash_attention(q, k, v, return_lse=True, scale=0.5)
+
+
+def test_causal_and_enable_gqa_take_the_same_values():
+    """Both flags take a bool, a NumPy bool or the int 0 or 1; 2 is refused for both."""
+    np = pytest.importorskip("numpy")
+    for value, expected in ((True, True), (0, False), (1, True), (np.int64(1), True),
+                            (np.bool_(False), False)):
+        assert api._resolve_causal(value) is expected
+        assert api._resolve_gqa(value) is expected
+    for value in (2, -1, 1.0, np.int64(2), "1"):
+        with pytest.raises(TypeError, match="must be a bool"):
+            api._resolve_causal(value)
+        with pytest.raises(TypeError, match="must be a bool"):
+            api._resolve_gqa(value)
+
+
+def test_flash_attention_into_says_causal_is_its_sixth_argument():
+    """flash_attention_into's fourth and fifth positional arguments are out and lse: an SDPA-style
+    None or mask in causal's place is named as the sixth."""
+    from sessionkit.kernels import flash_attention_into
+
+    q, k, v = _qkv()
+    out, lse = torch.empty_like(q), torch.empty(1, 4, 8)
+    with pytest.raises(TypeError, match="its sixth positional argument is causal"):
+        flash_attention_into(q, k, v, out, lse, None)
+
+
+def test_a_missing_gpu_is_a_build_error():
+    """One `except BuildError` covers every failure of load_extension, a CPU-only torch included."""
+    import sessionkit.kernels as kernels
+
+    assert issubclass(kernels.NoCudaError, kernels.BuildError)
+    assert "NoCudaError" in kernels.__all__

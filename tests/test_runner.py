@@ -189,7 +189,7 @@ def test_step_needs_open_session():
     invoke("end", "--outcome", "done")
     r = invoke("step", "run", "x", "--", "true")
     assert r.exit_code == 1
-    assert r.output.strip() == "Error: no open session; start one with: sessionkit start --objective TEXT"
+    assert r.output.strip() == "Error: no open session; start one with: sessionkit start -m/--objective TEXT"
 
 
 def test_heartbeat_lines_on_long_steps(monkeypatch):

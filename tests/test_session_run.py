@@ -293,7 +293,7 @@ def test_cli_run_needs_an_objective(tmp_path):
 
     result = CliRunner().invoke(cli, ["run"], catch_exceptions=False)
     assert result.exit_code == 2
-    assert result.output.strip() == "Error: an objective is required: --objective TEXT"
+    assert result.output.strip() == "Error: an objective is required: -m/--objective TEXT"
 
 
 def test_cli_run_takes_its_plan_from_the_config_unless_given(tmp_path):

@@ -4,8 +4,9 @@ Under a power cap a GPU's clocks wander by a few per cent over seconds to minute
 temperature and with the power drawn by whatever ran just before. A config measured in one window
 of a second or two inherits whichever clock state that window happened to catch, and two runs of
 the same grid then disagree by more than the noise inside each window suggests. Visiting every
-config in several short windows spread over the whole run (forward, then backward, ...) and taking
-the median over all of its samples averages over the run's clock states instead of drawing one.
+config in several short windows spread over the whole run (the grid in order, then in reverse
+order, ...) and taking the median over all of its samples averages over the run's clock states
+instead of drawing one.
 
 Each sample keeps its pass and the SM clock read after it, and each result row keeps the spread of
 its per-pass medians, so drift is shown rather than hidden.

@@ -29,7 +29,7 @@ def start(ctx, name, objective, plan, budget, step_budgets, gpu_rate, ai_rate, f
 
     opts = resolve_start_options(objective=objective, plan=plan, budget=budget,
                                  step_budgets=step_budgets, gpu_rate=gpu_rate, ai_rate=ai_rate)
-    check_start_options(**opts)  # before the database is opened (or made)
+    check_start_options(name=name, **opts)  # before the database is opened (or made)
     db = open_db(ctx, create=True)
     session = start_session(db, name, force=force, **opts)
     if as_json:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .api import (CAUSAL_ALIGNMENTS, SUPPORTED_DTYPES, flash_attention, flash_attention_into,
                   head_dims_by_family, supported_head_dims)
-from .build import BuildError, BuildInfo
+from .build import BuildError, BuildInfo, NoCudaError
 
 
 def __getattr__(name: str):
@@ -24,11 +24,20 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_extension(progress=None) -> BuildInfo:
-    """Build (if needed) and load the kernels; returns what was built or loaded."""
+def load_extension(progress=None, *, force: bool = False) -> BuildInfo:
+    """Build (if needed) and load the kernels; returns what was built or loaded.
+
+    ``progress`` (an object with ``note(text)`` and ``update(done, total, label)``) hears the
+    build's progress; ``force`` rebuilds even when a cached build matches.
+
+    Raises:
+        NoCudaError: torch is missing, is a CPU-only build, or sees no GPU.
+        BuildError: the kernels did not compile or load (``first_error`` is file:line: message,
+            ``log_path`` the build log); NoCudaError is one too.
+    """
     from .api import load_extension as _impl
 
-    return _impl(progress)
+    return _impl(progress, force=force)
 
 
 __all__ = [
@@ -39,6 +48,7 @@ __all__ = [
     "supported_head_dims",
     "BuildError",
     "BuildInfo",
+    "NoCudaError",
     "flash_attention",
     "flash_attention_into",
     "load_extension",

@@ -92,7 +92,7 @@ def _ensure_loaded() -> None:
     if torch.compiler.is_compiling():
         raise RuntimeError("flash_attention: the sessionkit kernels are not loaded yet; call "
                            "sessionkit.kernels.load_extension() (or the op once, eagerly) before "
-                           "torch.compile traces a model that uses it")
+                           "torch.compile or torch.export traces a model that uses it")
     load_extension()
 
 
@@ -146,12 +146,15 @@ def _shape(t) -> str:
     return "(" + ", ".join(str(int(s)) for s in t.shape) + ")"
 
 
-def check_inputs(q, k, v, *, enable_gqa: bool = False, fn: str = "flash_attention") -> None:
+def check_inputs(q, k, v, *, enable_gqa: bool = False, fn: str = "flash_attention",
+                 require_cuda: bool = True) -> None:
     """Raise TypeError/ValueError naming the problem when (q, k, v) cannot go to the kernel.
 
     q: (B, H_q, Sq, D); k, v: (B, H_kv, Sk, D). H_kv may differ from H_q only with ``enable_gqa``,
     and H_q must then be a multiple of H_kv (SDPA's rule). Device checks come last, so that every
-    shape and dtype rule can be exercised on CPU tensors. ``fn`` begins each message.
+    shape and dtype rule can be exercised on CPU tensors; ``require_cuda=False`` leaves out the
+    check that they are CUDA tensors (:func:`check_cuda`), for a caller with more arguments to
+    check first. ``fn`` begins each message.
     """
     import torch
 
@@ -207,6 +210,13 @@ def check_inputs(q, k, v, *, enable_gqa: bool = False, fn: str = "flash_attentio
         if t.device != q.device:
             raise ValueError(f"{fn}: q and {name} are on different devices "
                              f"({q.device} and {t.device})")
+    if require_cuda:
+        check_cuda(q, fn)
+
+
+def check_cuda(q, fn: str = "flash_attention") -> None:
+    """ValueError unless q (and so k and v, on q's device) is a CUDA tensor: there are no CPU or
+    meta kernels."""
     if q.device.type not in DEVICE_TYPES:
         raise ValueError(f"{fn}: needs CUDA tensors; q, k and v are on {q.device}")
 
@@ -286,10 +296,16 @@ def _is_symbolic(value) -> bool:
 
 
 def _flag(value) -> bool | None:
-    """A Python bool, or a NumPy bool scalar, as a bool; None for anything else."""
+    """A Python bool, a NumPy bool scalar, or the int 0 or 1 (Python or NumPy), as a bool; None
+    for anything else."""
     if isinstance(value, bool):
         return value
-    return bool(value) if _scalar_kind(value) == "b" else None
+    kind = _scalar_kind(value)
+    if kind == "b":
+        return bool(value)
+    if (isinstance(value, int) or kind in ("i", "u")) and value in (0, 1):
+        return bool(value)
+    return None
 
 
 def _described(value) -> str:
@@ -305,14 +321,15 @@ def _described(value) -> str:
     return type(value).__name__
 
 
-def _resolve_causal(causal, name: str = "flash_attention") -> bool:
+def _resolve_causal(causal, name: str = "flash_attention", position: str = "fourth") -> bool:
+    """``causal`` as a bool (see :func:`_flag`); TypeError naming it otherwise. A None or a tensor
+    (an SDPA ``attn_mask`` passed positionally) gets the hint that ``causal`` is the ``position``
+    positional argument."""
     flag = _flag(causal)
     if flag is not None:
         return flag
-    if isinstance(causal, int) and causal in (0, 1):
-        return bool(causal)
-    hint = ("; its fourth positional argument is causal: it takes no attn_mask (SDPA's fourth), "
-            "only causal=True or False"
+    hint = (f"; its {position} positional argument is causal: it takes no attn_mask (SDPA's "
+            "fourth), only causal=True or False"
             if causal is None or any(t.__name__ == "Tensor" for t in type(causal).__mro__) else "")
     raise TypeError(f"{name}: causal must be a bool, got {_described(causal)}{hint}")
 
@@ -342,7 +359,7 @@ def _refuse_tracing_before_load(name: str) -> None:
     if torch.compiler.is_compiling():
         raise RuntimeError(f"{name}: the sessionkit kernels are not loaded yet; call "
                            "sessionkit.kernels.load_extension() (or the op once, eagerly) before "
-                           "torch.compile traces a model that uses it")
+                           "torch.compile or torch.export traces a model that uses it")
 
 
 def _out_ready(out) -> bool:
@@ -402,12 +419,13 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None,
     cannot be had the call runs unsplit, equally correct but not bitwise the same.
 
     Raises:
-        TypeError: a non-tensor, an unsupported or mixed dtype, a non-bool ``causal`` (there is
-            no ``attn_mask``: the fourth positional argument is ``causal``) or ``enable_gqa``, a
+        TypeError: a non-tensor, an unsupported or mixed dtype, a ``causal``, ``enable_gqa`` or
+            ``return_lse`` that is not a bool (a NumPy bool and the ints 0 and 1 count as one;
+            there is no ``attn_mask``: the fourth positional argument is ``causal``), a
             ``scale`` that is not a number.
-        ValueError: a bad shape, head dim, head ratio, alignment, device (CUDA only: there are no
-            CPU or meta kernels) or a ``scale`` that is NaN or beyond float32 (the message names
-            it).
+        ValueError: a bad shape, head dim, head ratio, alignment or ``scale`` (NaN or beyond
+            float32; the message names it), or a device that is not CUDA (there are no CPU or
+            meta kernels), checked last so that every other rule can be tried on CPU tensors.
         RuntimeError: from the op, a head dim the family on q's device lacks (D=96 and 256 off
             Hopper) or a batch or head count over 65535; under ``torch.compile`` before the
             kernels are loaded. With ``fullgraph=True``, Dynamo reports an error raised here as
@@ -418,8 +436,12 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None,
     _refuse_tracing_before_load("flash_attention")
     causal = _resolve_causal(causal)
     bottom_right = resolve_alignment(causal_alignment)
-    check_inputs(q, k, v, enable_gqa=_resolve_gqa(enable_gqa))
+    check_inputs(q, k, v, enable_gqa=_resolve_gqa(enable_gqa), require_cuda=False)
     scale = resolve_scale(scale, int(q.shape[3]))
+    if _flag(return_lse) is None:
+        raise TypeError(f"flash_attention: return_lse must be a bool, got {_described(return_lse)}")
+    return_lse = _flag(return_lse)
+    check_cuda(q)  # last, so that every other rule can be exercised on CPU tensors
     _ensure_loaded()
     # Inputs whose rows are not 16-byte aligned are copied once by the op itself.
     out, lse = torch.ops.sessionkit.flash_attn_fwd(q, k, v, causal, scale, bottom_right)
@@ -438,11 +460,12 @@ def flash_attention_into(q, k, v, out, lse, causal: bool = False, scale: float |
 
     name = "flash_attention_into"
     _refuse_tracing_before_load(name)
-    causal = _resolve_causal(causal, name)
+    causal = _resolve_causal(causal, name, position="sixth")
     bottom_right = resolve_alignment(causal_alignment, name)
-    check_inputs(q, k, v, enable_gqa=_resolve_gqa(enable_gqa, name), fn=name)
+    check_inputs(q, k, v, enable_gqa=_resolve_gqa(enable_gqa, name), fn=name, require_cuda=False)
     check_outputs(q, out, lse)
     scale = resolve_scale(scale, int(q.shape[3]), name)
+    check_cuda(q, name)  # last, so that every other rule can be exercised on CPU tensors
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise RuntimeError("flash_attention_into: writes into caller buffers and has no gradient; "
                            "use flash_attention for inputs that require grad")

@@ -47,8 +47,10 @@ class BuildError(SessionkitError):
         self.log_path = log_path
 
 
-class NoCudaError(SessionkitError):
-    """torch is missing, is a CPU-only build, or sees no GPU."""
+class NoCudaError(BuildError):
+    """torch is missing, is a CPU-only build, or sees no GPU: the kernels cannot be built or
+    loaded (a :class:`BuildError`, so that one ``except BuildError`` covers every failure of
+    :func:`sessionkit.kernels.load_extension`)."""
 
 
 @dataclass

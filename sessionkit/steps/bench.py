@@ -59,8 +59,9 @@ class BenchOptions(StepOptions):
                                       "medians are steady.")
     graph: bool = option(False, help="Time CUDA-graph replays of the launches.")
     passes: int = option(DEFAULT_PASSES, unit="count", min=1, max=MAX_PASSES,
-                         help="Visit every config this many times, spread over the run (forward, "
-                              "then backward); each median is over the samples of all passes.")
+                         help="Visit every config this many times, spread over the run (the "
+                              "grid in order, then in reverse order, ...); each median is over "
+                              "the samples of all passes. Forward attention only.")
     cooldown: float = option(DEFAULT_COOLDOWN, unit="ratio", min=0, max=MAX_COOLDOWN,
                              help="After each batch of samples, leave the GPU idle this many times "
                                   "the batch's duration, so that it stays under its power cap and "
