@@ -664,12 +664,17 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
 
       // The last P V.
       const int last = it + n_blocks - 1;
+      if constexpr (kEarlyFinalize && SK_SM90_EARLY_FINALIZE == 2) {
+        // Experiment: before the waits for V and for the turn, where its latency overlaps them
+        // and it cannot interleave with the P V's HGMMA issue (the V wait's loop ends the block).
+        SK_WAIT(kEpiFinal, softmax.finalize(p.scale_log2, inv_sum, row_lse));
+      }
       fwd::OnlineSoftmax::rescale(acc_pv, correction);
       SK_WAIT(kWaitV, mbarrier_wait(sm.v_full(last % kStages), (last / kStages) & 1));
       SK_WAIT(kWaitTurn, sched_wait());
       issue_pv(last % kStages);
       sched_signal();
-      if constexpr (kEarlyFinalize) {
+      if constexpr (kEarlyFinalize && SK_SM90_EARLY_FINALIZE != 2) {
         // ptxas interleaves these with the P V's HGMMA issue, ahead of the wait (checked in the
         // SASS of every kernel; a never-taken branch here to pin the wait below, as kSoftmaxFence
         // does, made the non-causal kernels spill).

@@ -114,7 +114,7 @@ namespace sm90 {
 #define SK_SM90_WIDE_STORE_O -1  // -1: per shape (Traits::kWideStoreO); 0 or 1: O's plain stores 4 or 16 bytes wide
 #endif
 #ifndef SK_SM90_EARLY_FINALIZE
-#define SK_SM90_EARLY_FINALIZE 1  // 1: the softmax's finalize runs under the tile's last P V
+#define SK_SM90_EARLY_FINALIZE 1  // 1: the softmax's finalize under the tile's last P V; 2: before its waits
 #endif
 #ifndef SK_SM90_ROW_SUM_MMA
 #define SK_SM90_ROW_SUM_MMA 0  // 1: the softmax's row sums by the P V wgmma (a column of ones in V) at D=64
