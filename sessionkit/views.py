@@ -125,7 +125,7 @@ def format_show(data: dict) -> str:
 
 def format_session_list(rows: list[dict]) -> str:
     if not rows:
-        return "No sessions yet. Start one with: sessionkit start --objective TEXT"
+        return "No sessions yet. Start one with: sessionkit start -m/--objective TEXT"
     from .costs import session_costs
 
     imported = any(r.get("imported_from") is not None for r in rows)

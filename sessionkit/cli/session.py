@@ -66,7 +66,7 @@ def status(ctx, as_json):
         if as_json:
             echo_json({"session": None})
         else:
-            click.echo("No open session. Start one with: sessionkit start --objective TEXT")
+            click.echo("No open session. Start one with: sessionkit start -m/--objective TEXT")
         return
     data = session_status(db, session)
     from ..idle import format_idle, idle_state

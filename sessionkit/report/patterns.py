@@ -180,7 +180,7 @@ def apply_pattern(db, pattern_id: str, note: str | None = None, *, session: dict
         session = get_open_session(db, required=False)
         if session is None:
             raise NoOpenSession("no open session to apply a pattern to; start one with: "
-                                "sessionkit start --objective TEXT")
+                                "sessionkit start -m/--objective TEXT")
     if session["status"] != "open":
         raise SessionkitError(f"session {session['number']} is {session['status']}; "
                               "patterns are applied to the open session")
