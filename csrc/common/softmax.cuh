@@ -45,9 +45,7 @@ struct OnlineSoftmax {
   // Row r (0: row g, 1: row g + 8) of one key block: turns its scores into probabilities in
   // place, updates the running max and sum, and returns the factor by which what was
   // accumulated before (O) must be scaled.
-  // kSum = false leaves the row sums alone (the caller accumulates them elsewhere: the sm90
-  // kernels' P V on the tensor cores, Traits::kRowSumMma).
-  template <int kNTiles, bool kSum = true>
+  template <int kNTiles>
   __device__ __forceinline__ float update_row(float (&s)[kNTiles][4], int r, float scale_log2) {
     float mx = row_max[r];
     if constexpr (SK_SOFTMAX_TREE_MAX && kNTiles >= 8) {
@@ -80,10 +78,10 @@ struct OnlineSoftmax {
         const float x = fmaf(s[i][2 * r + c], scale_log2, -m_scaled);
         const float p = (i % 8) < SK_SOFTMAX_POLY_EXP2_EIGHTHS ? poly_exp2(x) : fast_exp2(x);
         s[i][2 * r + c] = p;
-        if constexpr (kSum) sum += p;
+        sum += p;
       }
     }
-    if constexpr (kSum) row_sum[r] = row_sum[r] * correction + sum;
+    row_sum[r] = row_sum[r] * correction + sum;
     return correction;
   }
 
@@ -104,11 +102,11 @@ struct OnlineSoftmax {
 
   // One key block, both rows, returning the factors: for a caller whose o is still being written
   // by an in-flight P V product; it applies them later with rescale().
-  template <bool kSum = true, int kNTiles>
+  template <int kNTiles>
   __device__ __forceinline__ void update(float (&s)[kNTiles][4], float scale_log2,
                                          float (&correction)[2]) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) correction[r] = update_row<kNTiles, kSum>(s, r, scale_log2);
+    for (int r = 0; r < 2; ++r) correction[r] = update_row(s, r, scale_log2);
   }
 
   template <int kDTiles>
@@ -134,12 +132,6 @@ struct OnlineSoftmax {
     for (int r = 0; r < 2; ++r) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
 #pragma unroll
     for (int r = 0; r < 2; ++r) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
-    finish(sum, scale_log2, inv_sum, lse);
-  }
-
-  // The same from whole-row sums (every thread of the quad holding its row's): no shuffles.
-  __device__ __forceinline__ void finish(const float (&sum)[2], float scale_log2,
-                                         float (&inv_sum)[2], float (&lse)[2]) const {
     constexpr float kLn2 = 0.6931471805599453f;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {

@@ -271,17 +271,12 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   constexpr int kQKSteps = kHeadDim / 16;  // k16 steps of Q K^T
   constexpr int kPVSteps = kBlockN / 16;   // k16 steps of P V
   const FlashFwdParams& p = args.p;
-  // The row sums of P from the P V wgmma (Traits::kRowSumMma), with fp16 inputs only, and the
-  // finalize under the last P V where the sums do not come from it.
-  constexpr bool kRowSum = Tr::kRowSumMma && kDtype == DType::kFloat16;
-  constexpr bool kEarlyFinalize = Tr::kEarlyFinalize && !kRowSum;
 
   extern __shared__ unsigned char smem_raw[];
   const uint32_t base = (fwd::smem_addr(smem_raw) + 1023u) & ~1023u;
   const SmemPlan<Tr> sm{base + Tr::kQOffset, base + Tr::kKOffset, base + Tr::kVOffset,
                         base + Tr::kBarrierOffset};
   const uint32_t o_smem_base = base + Tr::kOOffset;
-  const uint32_t ones_smem = base + Tr::kOnesOffset;  // Tr::kRowSumMma's tile of ones
 
   const int tid = threadIdx.x;
   // With Tr::kUniform, broadcast from lane 0: the value is the same in every lane, and a shuffle
@@ -289,13 +284,6 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   // descriptors) can live in uniform registers.
   const int warpgroup = Tr::kUniform ? __shfl_sync(0xffffffffu, tid / 128, 0) : tid / 128;
 
-  if constexpr (kRowSum) {
-    // The tile of ones (1.0 in the input dtype), written by every thread, then made visible to
-    // the wgmma's reads (the async proxy) by the fence and the __syncthreads below.
-    constexpr uint32_t kOne = 0x3C003C00u;  // two fp16 1.0
-    for (int i = tid; i < Tr::kOnesBytes / 4; i += Tr::kThreads) st_shared_b32(ones_smem + 4 * i, kOne);
-    fence_proxy_async_shared_cta();
-  }
   if (tid == 0) {
 #pragma unroll
     for (int slot = 0; slot < Tr::kQStages; ++slot) {
@@ -398,11 +386,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   uint32_t q_base = q_base0;
   constexpr int kEpilogueBarrier0 = 4;  // named barriers 4.. (1..3 are the pingpong turns)
 
-  // O's accumulators, and with kRowSum one more n8 tile whose every column holds the row
-  // sums of P (the P V wgmma's extra columns of ones).
-  constexpr int kPVTiles = kDTiles + (kRowSum ? 1 : 0);
-  float acc_pv[kPVTiles][4];
-  float(&acc_o)[kDTiles][4] = *reinterpret_cast<float(*)[kDTiles][4]>(&acc_pv[0][0]);
+  float acc_o[kDTiles][4];
   float acc_s[kNTiles][4];
   uint32_t p_frag[kPVSteps][4];
   float correction[2];
@@ -444,21 +428,18 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   };
   auto issue_qk = [&](int stage) { issue_qk_into(stage, acc_s); };
   // O += P V for the value block in ring slot `stage`: P from registers, V N-major.
-  // With kRowSum the wgmma's n is D + 8: its 64-column chunk after V's one (the
-  // descriptor's leading byte offset, unused at n = 64) is the tile of ones.
   auto issue_pv = [&](int stage) {
     wgmma_fence();
-    const uint32_t lbo_v = kRowSum ? ones_smem - sm.v_stage(stage) : Tr::kKVChunkBytes;
-    const uint64_t desc_v0 =
-        make_smem_desc<Tr::kSwizzleBytes>(sm.v_stage(stage), lbo_v, Tr::kRowGroupBytes);
+    const uint64_t desc_v0 = make_smem_desc<Tr::kSwizzleBytes>(
+        sm.v_stage(stage), Tr::kKVChunkBytes, Tr::kRowGroupBytes);
 #pragma unroll
     for (int kk = 0; kk < kPVSteps; ++kk) {
       const uint64_t desc_v =
           Tr::kUniform
               ? smem_desc_advance(desc_v0, kk * 16 * Tr::kSwizzleBytes)
               : make_smem_desc<Tr::kSwizzleBytes>(sm.v_stage(stage) + kk * 16 * Tr::kSwizzleBytes,
-                                                  lbo_v, Tr::kRowGroupBytes);
-      wgmma_rs<kDtype, kHeadDim + (kRowSum ? 8 : 0), 1>(acc_pv, p_frag[kk], desc_v, 1);
+                                                  Tr::kKVChunkBytes, Tr::kRowGroupBytes);
+      wgmma_rs<kDtype, kHeadDim, 1>(acc_o, p_frag[kk], desc_v, 1);
     }
     wgmma_commit_group();
   };
@@ -511,9 +492,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     if constexpr (Tr::kQStages > 1) q_base = q_base0 + qs * Tr::kQBytes;
 
 #pragma unroll
-    for (int i = 0; i < kPVTiles; ++i) {
+    for (int i = 0; i < kDTiles; ++i) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) acc_pv[i][j] = 0.f;
+      for (int j = 0; j < 4; ++j) acc_o[i][j] = 0.f;
     }
     softmax.init();
     // 1 / row sum and the LSE of each row, as finalize() returns them; a tile with no key block
@@ -526,7 +507,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       if (fwd::block_needs_mask<kCausal>(col0, kBlockN, wg_row0, p.seqlen_k, p.causal_offset)) {
         fwd::apply_mask<kCausal>(acc_s, row_g, col0 + 2 * t, p.seqlen_k, p.causal_offset);
       }
-      softmax.update<!kRowSum>(acc_s, p.scale_log2, correction);
+      softmax.update(acc_s, p.scale_log2, correction);
     };
 
     // A consumer whose 64 rows all lie past seqlen_q (the last query block of a three-consumer
@@ -610,7 +591,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
           if (col0 + kBlockN / 2 > wg_row0 + 63 + p.causal_offset) {
             auto& half = *reinterpret_cast<float(*)[kNTiles / 2][4]>(&acc_s[0][0]);
             fwd::apply_mask<kCausal>(half, row_g, col0 + 2 * t, p.seqlen_k, p.causal_offset);
-            softmax.update<!kRowSum>(half, p.scale_log2, correction);
+            softmax.update(half, p.scale_log2, correction);
 #pragma unroll
             for (int i = kNTiles / 2; i < kNTiles; ++i) {
 #pragma unroll
@@ -635,7 +616,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         SK_WAIT(kWaitK, mbarrier_wait(sm.k_full(s), phase));
         SK_WAIT(kWaitTurn, sched_wait());
         issue_qk(s);
-        fwd::OnlineSoftmax::rescale(acc_pv, correction);
+        fwd::OnlineSoftmax::rescale(acc_o, correction);
         SK_WAIT(kWaitV, mbarrier_wait(sm.v_full(s_prev), phase_prev));
         issue_pv(s_prev);
         sched_signal();
@@ -656,7 +637,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
           if (softmax.row_sum[0] < 0.f) __trap();
         }
         SK_WAIT(kWaitPV, wgmma_wait_group<0>());
-        fence_registers(acc_pv);
+        fence_registers(acc_o);
         fence_registers(p_frag);
         if (signals) mbarrier_arrive(sm.v_empty(s_prev));
         fwd::probs_to_a_frags<kDtype>(acc_s, p_frag);
@@ -664,24 +645,24 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
 
       // The last P V.
       const int last = it + n_blocks - 1;
-      if constexpr (kEarlyFinalize && SK_SM90_EARLY_FINALIZE == 2) {
+      if constexpr (Tr::kEarlyFinalize && SK_SM90_EARLY_FINALIZE == 2) {
         // Experiment: before the waits for V and for the turn, where its latency overlaps them
         // and it cannot interleave with the P V's HGMMA issue (the V wait's loop ends the block).
         SK_WAIT(kEpiFinal, softmax.finalize(p.scale_log2, inv_sum, row_lse));
       }
-      fwd::OnlineSoftmax::rescale(acc_pv, correction);
+      fwd::OnlineSoftmax::rescale(acc_o, correction);
       SK_WAIT(kWaitV, mbarrier_wait(sm.v_full(last % kStages), (last / kStages) & 1));
       SK_WAIT(kWaitTurn, sched_wait());
       issue_pv(last % kStages);
       sched_signal();
-      if constexpr (kEarlyFinalize && SK_SM90_EARLY_FINALIZE != 2) {
+      if constexpr (Tr::kEarlyFinalize && SK_SM90_EARLY_FINALIZE != 2) {
         // ptxas interleaves these with the P V's HGMMA issue, ahead of the wait (checked in the
         // SASS of every kernel; a never-taken branch here to pin the wait below, as kSoftmaxFence
         // does, made the non-causal kernels spill).
         SK_WAIT(kEpiFinal, softmax.finalize(p.scale_log2, inv_sum, row_lse));
       }
       SK_WAIT(kWaitPV, wgmma_wait_group<0>());
-      fence_registers(acc_pv);
+      fence_registers(acc_o);
       if (signals) mbarrier_arrive(sm.v_empty(last % kStages));
       it += n_blocks;
     }
@@ -770,16 +751,12 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         softmax.row_max[1] = row_max[1];
         softmax.row_sum[0] = row_sum[0];
         softmax.row_sum[1] = row_sum[1];
-        if constexpr (kEarlyFinalize) {
+        if constexpr (Tr::kEarlyFinalize) {
           SK_WAIT(kEpiFinal, softmax.finalize(p.scale_log2, inv_sum, row_lse));
         }
       }
     }
-    if constexpr (kRowSum) {
-      // Every column of the extra tile holds its row's sum: no shuffles.
-      const float sums[2] = {acc_pv[kDTiles][0], acc_pv[kDTiles][2]};
-      SK_WAIT(kEpiFinal, softmax.finish(sums, p.scale_log2, inv_sum, row_lse));
-    } else if constexpr (!kEarlyFinalize) {
+    if constexpr (!Tr::kEarlyFinalize) {
       SK_WAIT(kEpiFinal, softmax.finalize(p.scale_log2, inv_sum, row_lse));
     }
     float* lse = p.lse + tile.batch * p.lse_batch_stride + tile.head * p.lse_head_stride;

@@ -116,9 +116,6 @@ namespace sm90 {
 #ifndef SK_SM90_EARLY_FINALIZE
 #define SK_SM90_EARLY_FINALIZE 1  // 1: the softmax's finalize under the tile's last P V; 2: before its waits
 #endif
-#ifndef SK_SM90_ROW_SUM_MMA
-#define SK_SM90_ROW_SUM_MMA 0  // 1: the softmax's row sums by the P V wgmma (a column of ones in V) at D=64
-#endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
@@ -240,26 +237,11 @@ struct Traits {
   static constexpr bool kTailSplit =
       (SK_SM90_TAIL_SPLIT < 0 ? kTailSplitShipped : SK_SM90_TAIL_SPLIT != 0) && !kCausal &&
       !kSplitKV && SK_SM90_SNAKE == 0;
-  // The row sums of P on the tensor cores instead of in the softmax: P V runs at n = D + 8, the
-  // last 8 columns of its B operand read a shared-memory tile of ones (one per CTA, reached
-  // from every V stage through the descriptor's stride to the next 64-column chunk), so every
-  // column of O's extra n8 tile accumulates the row sum of P, rescaled with O. The softmax
-  // drops its per-score FADD (64 per thread a 128-key block) and the finalize its shuffles; the
-  // tensor cores do 1/8 more P V work. At D=64 the SMSPs' issue slots bind before the tensor
-  // cores (about 470 instructions a warp per 64 x 128 block against 512 tensor cycles of its
-  // two GEMMs, with two consumers per SMSP); docs/kernel-notes.md, v18. Not yet timed: off.
-  // The sums are of P rounded to the input dtype: with bf16's 8-bit mantissa the LSE measured
-  // 1.1-1.6e-3 from the float32 reference (the tests allow 1e-3), so only kernels of fp16 inputs
-  // (P with 11 bits) use it (kernel.cuh, kRowSum); the shared-memory plan holds the tile of ones
-  // in both. Not with the tail split (its partials hold per-thread row sums).
-  static constexpr bool kRowSumMma =
-      SK_SM90_ROW_SUM_MMA != 0 && kHeadDim == 64 && !kSplitKV && !kTailSplit;
   // The softmax's finalize (row sums across the quad, 1 / sum, the LSE) between the issue of a
   // tile's last P V and the wait for it, instead of after that wait in the epilogue. v17's
   // wait profile put the finalize at 4-5 % of a consumer's time on 512-key tiles, on the pingpong
   // turn's critical path (docs/kernel-notes.md, v18). A merging piece of the tail split finalizes
-  // again after its merge. Not where the row sums come from the last P V (kRowSumMma, fp16
-  // inputs: kernel.cuh). Not in the three-consumer D=64 tile of long keys (128 registers a
+  // again after its merge. Not in the three-consumer D=64 tile of long keys (128 registers a
   // thread; it spills 4 bytes there), where the epilogue is under 1 % of a tile.
   static constexpr bool kEarlyFinalize =
       SK_SM90_EARLY_FINALIZE != 0 && (kConsumerWarpgroups <= 2 || kShortKeys);
@@ -311,9 +293,6 @@ struct Traits {
   static constexpr int kSmemPerBlockMax = kBlocksPerSm == 1 ? 227 * 1024 : 113 * 1024;
   // The output tile of each consumer (64 rows, chunked and swizzled like Q) for the TMA store.
   static constexpr int kOChunkBytes = 64 * kSwizzleBytes;
-  // kRowSumMma's tile of ones: as many swizzle-wide rows as a key block (each k16 step of P V
-  // reads 16 of them, at the offset it reads V at).
-  static constexpr int kOnesBytes = kRowSumMma ? kBlockN * kSwizzleBytes : 0;
   static constexpr int kOBytesPerConsumer = kOChunkBytes * kChunks;
   // O leaves through shared memory and TMA with two consumers and the 128-byte swizzle, where
   // shared memory has room; otherwise (three consumers: no registers to spare; D=96; D=256 and
@@ -327,7 +306,7 @@ struct Traits {
   // shared-memory base up to the 1024-byte swizzle alignment.
   static constexpr int smem_bytes(int q_stages, bool o_staging) {
     return q_stages * kQBytes + 2 * kStages * kKVBytes +
-           (o_staging ? kConsumerWarpgroups * kOBytesPerConsumer : 0) + kOnesBytes +
+           (o_staging ? kConsumerWarpgroups * kOBytesPerConsumer : 0) +
            8 * (2 * q_stages + 4 * kStages + 4) + 8 + 1024;
   }
   // Q slots: with two, the producer loads the next tile's Q (and then its first key blocks) while
@@ -373,9 +352,8 @@ struct Traits {
   static constexpr int kVOffset = kKOffset + kStages * kKVBytes;
   static constexpr int kOOffset = kVOffset + kStages * kKVBytes;
   static constexpr int kBarriers = 2 * kQStages + 4 * kStages + 4;
-  static constexpr int kOnesOffset =
+  static constexpr int kBarrierOffset =
       kOOffset + (kTmaStoreO ? kConsumerWarpgroups * kOBytesPerConsumer : 0);
-  static constexpr int kBarrierOffset = kOnesOffset + kOnesBytes;
   // The tile ring: two int32 tile indices the producer passes to the consumers.
   static constexpr int kTileSlotOffset = kBarrierOffset + 8 * kBarriers;
   // +1024: the dynamic shared-memory base is rounded up to the 1024-byte swizzle alignment.
