@@ -342,11 +342,16 @@ def resolve_alignment(causal_alignment, name: str = "flash_attention") -> bool:
     return causal_alignment == "bottom_right"
 
 
+def _resolve_flag(value, what: str, name: str = "flash_attention") -> bool:
+    """``value`` as a bool (see :func:`_flag`); TypeError naming ``what`` otherwise."""
+    flag = _flag(value)
+    if flag is None:
+        raise TypeError(f"{name}: {what} must be a bool, got {_described(value)}")
+    return flag
+
+
 def _resolve_gqa(enable_gqa, name: str = "flash_attention") -> bool:
-    flag = _flag(enable_gqa)
-    if flag is not None:
-        return flag
-    raise TypeError(f"{name}: enable_gqa must be a bool, got {_described(enable_gqa)}")
+    return _resolve_flag(enable_gqa, "enable_gqa", name)
 
 
 def _refuse_tracing_before_load(name: str) -> None:
@@ -438,9 +443,7 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None,
     bottom_right = resolve_alignment(causal_alignment)
     check_inputs(q, k, v, enable_gqa=_resolve_gqa(enable_gqa), require_cuda=False)
     scale = resolve_scale(scale, int(q.shape[3]))
-    if _flag(return_lse) is None:
-        raise TypeError(f"flash_attention: return_lse must be a bool, got {_described(return_lse)}")
-    return_lse = _flag(return_lse)
+    return_lse = _resolve_flag(return_lse, "return_lse")
     check_cuda(q)  # last, so that every other rule can be exercised on CPU tensors
     _ensure_loaded()
     # Inputs whose rows are not 16-byte aligned are copied once by the op itself.
