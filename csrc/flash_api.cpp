@@ -32,8 +32,10 @@
 #include <cstring>
 #include <exception>
 #include <limits>
+#include <mutex>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "flash_fwd.h"
@@ -281,6 +283,63 @@ void set_outputs(FlashFwdParams& p, const at::Tensor& out, const at::Tensor& lse
   p.lse_row_stride = lse.stride(2);
 }
 
+// The sm90 causal kernels hand out tiles from a counter that reads 0 at launch, and the kernel's
+// last ticket sets it back to 0 (kernel.cuh). An eager call takes its stream's own counter, kept
+// for the life of the process: calls on one stream run in order, so each finds it at 0, and no
+// memset runs before the kernel (docs/kernel-notes.md, v19). Calls on different streams use different counters. Under CUDA graph capture, and with
+// -DSK_TILE_COUNTER_PER_STREAM=0, the call zeroes a fresh counter with a memset node instead, so
+// that graphs replayed on any stream, concurrently too, stay independent. Counters come from
+// slabs of cudaMalloc'd memory that are never freed (4 bytes per stream and device).
+#ifndef SK_TILE_COUNTER_PER_STREAM
+#define SK_TILE_COUNTER_PER_STREAM 1
+#endif
+
+int* stream_tile_counter(int device, cudaStream_t stream) {
+  struct Key {
+    int device;
+    cudaStream_t stream;
+    bool operator==(const Key& o) const { return device == o.device && stream == o.stream; }
+  };
+  static std::mutex mutex;
+  static std::vector<std::pair<Key, int*>> counters;
+  static std::vector<std::pair<int*, int>> slabs(0);  // per device: next free counter, left
+  constexpr int kSlab = 1024;
+  std::lock_guard<std::mutex> lock(mutex);
+  for (const auto& entry : counters) {
+    if (entry.first == Key{device, stream}) return entry.second;
+  }
+  if (static_cast<int>(slabs.size()) <= device) slabs.resize(device + 1, {nullptr, 0});
+  auto& slab = slabs[device];
+  if (slab.second == 0) {
+    void* mem = nullptr;
+    if (cudaMalloc(&mem, kSlab * sizeof(int)) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return nullptr;  // the caller falls back to a fresh counter and a memset
+    }
+    if (cudaMemset(mem, 0, kSlab * sizeof(int)) != cudaSuccess) {
+      (void)cudaGetLastError();
+      (void)cudaFree(mem);
+      return nullptr;
+    }
+    slab = {static_cast<int*>(mem), kSlab};
+  }
+  int* counter = slab.first;
+  ++slab.first;
+  --slab.second;
+  counters.push_back({Key{device, stream}, counter});
+  return counter;
+}
+
+bool stream_is_capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  const cudaError_t err = cudaStreamIsCapturing(stream, &status);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return true;  // unknown: take the path that is safe under capture
+  }
+  return status != cudaStreamCaptureStatusNone;
+}
+
 // Split-KV buffers of a decode-shaped call (see launch_decode): float32 partial O and LSE.
 struct SplitKV {
   int num_splits;
@@ -365,11 +424,14 @@ bool launch_kernels(const at::Tensor& q_given, const at::Tensor& k_given,
     p.o_accum = split->o_accum.data_ptr<float>();
     p.lse_accum = split->lse_accum.data_ptr<float>();
   }
-  // The sm90 causal kernels hand out tiles from a counter that must read 0 at launch: a fresh
-  // int32 from the caching allocator (stream-ordered, so safe under concurrency and in CUDA
-  // graphs), zeroed by a 4-byte memset on the same stream.
+  // The sm90 causal kernels' tile counter (stream_tile_counter above): the stream's own, or under
+  // graph capture a fresh int32 from the caching allocator (stream-ordered) zeroed by a 4-byte
+  // memset on the same stream.
   at::Tensor tile_counter;
-  if (family == Family::kSm90 && causal) {
+  if (family == Family::kSm90 && causal && SK_TILE_COUNTER_PER_STREAM && !stream_is_capturing(stream)) {
+    p.tile_counter = stream_tile_counter(q.get_device(), stream);
+  }
+  if (family == Family::kSm90 && causal && p.tile_counter == nullptr) {
     tile_counter = at::empty({1}, q.options().dtype(at::kInt));
     p.tile_counter = tile_counter.data_ptr<int>();
     const cudaError_t zeroed = cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream);

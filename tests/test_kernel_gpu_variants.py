@@ -366,3 +366,76 @@ def test_compile_fullgraph_matches_eager(dynamic):
         assert torch.allclose(lse, lsec, atol=1e-3)
         for a, c in zip(eager, comp):
             assert torch.allclose(a.float(), c.float(), atol=2e-2, rtol=5e-2)
+
+
+def _within_rule(q, k, v, causal, out, lse):
+    """The 2x rule and the LSE tolerance for one finished call (top-left mask, default scale)."""
+    scale = 1 / math.sqrt(q.shape[-1])
+    ref, ref_lse = checking.reference(q, k, v, causal, scale)
+    sdpa = checking.sdpa_same_dtype(q, k, v, causal, scale)
+    sdpa_err = float((sdpa.float() - ref).abs().max())
+    assert torch.isfinite(out.float()).all(), "NaN/Inf (unwritten?) in out"
+    err = float((out.float() - ref).abs().max())
+    assert err <= 2 * sdpa_err + 1e-5, f"max err {err} > 2 * {sdpa_err} + 1e-5"
+    assert float((lse - ref_lse).abs().max()) <= 1e-3
+
+
+# Causal shapes of different tile counts (the sm90 causal kernels draw tiles from a counter that
+# each launch leaves at 0 for the next one on its stream).
+STREAM_SHAPES = [(2, 4, 1000, 64), (1, 3, 2048, 128), (3, 2, 517, 64), (1, 2, 4097, 128)]
+
+
+def test_causal_calls_back_to_back_on_streams_and_in_graphs():
+    """Causal calls queued without a host sync in between, on the current stream and on two side
+    streams at once, and a captured CUDA graph replayed between eager calls: every output within
+    the rule. A launch that left its tile counter off 0 would make the next launch on that stream
+    skip tiles (NaN rows in a poisoned out)."""
+    from sessionkit.kernels import flash_attention_into
+
+    def prepared(i, shape):
+        b, h, s, d = shape
+        q, k, v = _make(b, h, h, s, s, d, torch.bfloat16, seed=100 + i)
+        out = torch.full(q.shape, float("nan"), device="cuda", dtype=q.dtype)
+        lse = torch.full(q.shape[:3], float("nan"), device="cuda", dtype=torch.float32)
+        return q, k, v, out, lse
+
+    # One stream, back to back, twice over.
+    calls = [prepared(i, shape) for i, shape in enumerate(STREAM_SHAPES * 2)]
+    torch.cuda.synchronize()
+    for q, k, v, out, lse in calls:
+        flash_attention_into(q, k, v, out, lse, causal=True)
+    torch.cuda.synchronize()
+    for q, k, v, out, lse in calls:
+        _within_rule(q, k, v, True, out, lse)
+
+    # Two side streams, concurrently.
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    calls = [prepared(10 + i, shape) for i, shape in enumerate(STREAM_SHAPES * 2)]
+    torch.cuda.synchronize()
+    for i, (q, k, v, out, lse) in enumerate(calls):
+        with torch.cuda.stream(streams[i % 2]):
+            flash_attention_into(q, k, v, out, lse, causal=True)
+    torch.cuda.synchronize()
+    for q, k, v, out, lse in calls:
+        _within_rule(q, k, v, True, out, lse)
+
+    # A CUDA graph of one causal call, replayed on fresh inputs between eager calls.
+    q, k, v, out, lse = prepared(20, STREAM_SHAPES[0])
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        flash_attention_into(q, k, v, out, lse, causal=True)  # warm up off the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        flash_attention_into(q, k, v, out, lse, causal=True)
+    for i in range(3):
+        fresh = prepared(30 + i, STREAM_SHAPES[0])
+        q.copy_(fresh[0]), k.copy_(fresh[1]), v.copy_(fresh[2])
+        out.fill_(float("nan")), lse.fill_(float("nan"))
+        graph.replay()
+        eager = prepared(40 + i, STREAM_SHAPES[1 + i % 3])
+        flash_attention_into(*eager, causal=True)
+        torch.cuda.synchronize()
+        _within_rule(q, k, v, True, out, lse)
+        _within_rule(*eager[:3], True, *eager[3:])

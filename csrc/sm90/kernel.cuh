@@ -367,8 +367,14 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       }
       // The last loads of this tile are issued: the consumers are about kStages key blocks from
       // its end, which hides the atomic's latency. The first tiles (0 .. gridDim.x - 1) went
-      // one to each CTA, so the counter's n-th ticket is tile gridDim.x + n.
-      if constexpr (Tr::kDynamicSchedule) index = atomicAdd(p.tile_counter, 1) + gridDim.x;
+      // one to each CTA, so the counter's n-th ticket is tile gridDim.x + n. Each tile is followed
+      // by one ticket, so tickets 0 .. num_tiles - 1 are drawn in all: the last one drawn sets the
+      // counter back to 0 for the next launch on the stream (flash_api.cpp: stream_tile_counter).
+      if constexpr (Tr::kDynamicSchedule) {
+        const int ticket = atomicAdd(p.tile_counter, 1);
+        if (ticket == args.num_tiles - 1) atomicExch(p.tile_counter, 0);
+        index = ticket + gridDim.x;
+      }
     }
     return;
   }

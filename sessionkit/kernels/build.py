@@ -130,7 +130,8 @@ def build_key(*, sources_sha256: str, torch_version: str, torch_cuda: str | None
 
 
 def extra_nvcc_flags() -> list[str]:
-    """Experiment flags from $SESSIONKIT_NVCC_FLAGS (e.g. ``-DSK_FWD_STAGES=3``); part of the key."""
+    """Experiment flags from $SESSIONKIT_NVCC_FLAGS (e.g. ``-DSK_FWD_STAGES=3``); part of the key.
+    Their ``-D`` and ``-U`` flags also go to the host compiler (the binding, flash_api.cpp)."""
     import shlex
 
     return shlex.split(os.environ.get("SESSIONKIT_NVCC_FLAGS", ""))
@@ -309,7 +310,8 @@ def build_extension(progress=None, *, nvcc: str | None = None,
         capability = tuple(torch.cuda.get_device_capability())
     arch = toolchain.arch_label(capability)
     cuda_flags = CUDA_FLAGS + toolchain.arch_flags(capability) + extra_nvcc_flags()
-    cflags = list(CXX_FLAGS)
+    # The experiment flags' macro definitions reach the binding's host compile too.
+    cflags = CXX_FLAGS + [f for f in extra_nvcc_flags() if f.startswith(("-D", "-U"))]
     root = csrc_dir()
     files = source_files(root)
     sources_sha = sources_digest(files, root)

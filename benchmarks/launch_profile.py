@@ -1,0 +1,137 @@
+"""What one attention call puts on the GPU: every kernel (and memset) that ours and SDPA launch per
+call, each one's device time, and the call's span from its first kernel's start to its last one's
+end, read from the CUDA profiler through ``torch.profiler`` (CUPTI activity records).
+
+    python benchmarks/launch_profile.py --config 32,32,512,512,64,bf16,1 [--config ...] [--calls 20]
+
+The calls run back to back behind a spin kernel (``torch.cuda._sleep``), as the bench step's samples
+do, so host time does not open gaps between them. The table's "span" less its "kernels" is the time
+the device spends between one call's kernels (launch gaps); a bench sample of one call times the
+span. Device times are medians over the calls. Needs a CUDA GPU; ours needs its kernels built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+IMPLS = ("ours", "sdpa")
+
+
+def _short(name: str, width: int = 72) -> str:
+    name = " ".join(name.split())
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
+def per_call(events: list[tuple[str, float, float]], calls: int) -> list[list[tuple[str, float, float]]]:
+    """Splits device activity (name, start_us, end_us) sorted by start into ``calls`` equal groups
+    (every call launches the same kernels). Raises ValueError when the count does not divide."""
+    if not events or len(events) % calls:
+        names = sorted({_short(name, 40) for name, _, _ in events})
+        raise ValueError(f"{len(events)} device activities for {calls} calls: not the same per call "
+                         f"({', '.join(names) or 'none'})")
+    size = len(events) // calls
+    return [events[i * size:(i + 1) * size] for i in range(calls)]
+
+
+def summarize(groups: list[list[tuple[str, float, float]]]) -> dict:
+    """Per kernel position in the call: its name and median duration (us); the median of the
+    summed kernel time and of the span (first start to last end) per call, in us."""
+    kernels = []
+    for pos in range(len(groups[0])):
+        durations = [g[pos][2] - g[pos][1] for g in groups]
+        kernels.append((groups[0][pos][0], statistics.median(durations)))
+    busy = statistics.median(sum(e - s for _, s, e in g) for g in groups)
+    span = statistics.median(g[-1][2] - g[0][1] for g in groups)
+    return {"kernels": kernels, "busy_us": busy, "span_us": span}
+
+
+def _profile(torch, launch, inputs, calls: int) -> list[tuple[str, float, float]]:
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):  # warm up: builds, cuDNN plans, allocator
+        launch(*inputs)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA], acc_events=True) as prof:
+        torch.cuda._sleep(50_000_000)  # the host queues every call while the GPU spins
+        for _ in range(calls):
+            launch(*inputs)
+        torch.cuda.synchronize()
+    events = []
+    for evt in prof.events():
+        if evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        if any(word in evt.name.lower() for word in ("sleep", "spin")):
+            continue  # the spin kernel that holds the GPU while the calls are queued
+        start = evt.time_range.start
+        events.append((evt.name, float(start), float(start + evt.time_range.elapsed_us())))
+    events.sort(key=lambda e: e[1])
+    return events
+
+
+def run(config_text: str, calls: int) -> str:
+    import torch
+
+    from sessionkit.attention import REGISTRY, parse_config
+    from sessionkit.bench.timing import make_input_sets
+
+    config = parse_config(config_text)
+    inputs = make_input_sets(torch, config, torch.device("cuda"), 1)[0]
+    lines = [f"config {config_text}"]
+    for name in IMPLS:
+        launch = REGISTRY[name].launcher(config)
+        summary = summarize(per_call(_profile(torch, launch, inputs, calls), calls))
+        lines.append(f"  {name}: span {summary['span_us']:.1f} us, kernels {summary['busy_us']:.1f} us, "
+                     f"gaps {summary['span_us'] - summary['busy_us']:.1f} us")
+        for kernel, us in summary["kernels"]:
+            lines.append(f"    {us:10.1f} us  {_short(kernel)}")
+    return "\n".join(lines)
+
+
+def _config(text: str) -> str:
+    from sessionkit.attention import parse_config
+    from sessionkit.errors import UsageError
+
+    try:
+        parse_config(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _calls(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n", 1)[0].split()))
+    parser.add_argument("--config", required=True, action="append", type=_config,
+                        help="B,H,Sq,Sk,D,dtype,causal[,H_kv] (repeatable)")
+    parser.add_argument("--calls", type=_calls, default=20, help="calls per implementation (default: 20)")
+    args = parser.parse_args(argv)
+    import torch
+
+    from sessionkit.errors import SessionkitError
+
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+
+    try:
+        for text in args.config:
+            print(run(text, args.calls), flush=True)
+    except (SessionkitError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
