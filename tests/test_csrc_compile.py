@@ -205,6 +205,8 @@ EXPERIMENTS = [
     ("-DSK_SM90_WIDE_STORE_O=1", "flash_fwd_sm90_bf16_hdim128_noncausal_longkeys", "0xf0", "0x18"),
     ("-DSK_SM90_WIDE_STORE_O=0", "flash_fwd_sm90_bf16_hdim256_noncausal", "0xf0", "0x18"),
     # the diagnostic build of benchmarks/wait_profile.py (clock reads around every wait)
+    ("-DSK_SM90_EARLY_FINALIZE=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
+    ("-DSK_SM90_EARLY_FINALIZE=2", "flash_fwd_sm90_bf16_hdim128_causal", "0xf0", "0x18"),
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),
 ]

@@ -651,9 +651,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
 
       // The last P V.
       const int last = it + n_blocks - 1;
-      if constexpr (Tr::kEarlyFinalize && SK_SM90_EARLY_FINALIZE == 2) {
-        // Experiment: before the waits for V and for the turn, where its latency overlaps them
-        // and it cannot interleave with the P V's HGMMA issue (the V wait's loop ends the block).
+      if constexpr (Tr::kFinalizeSlot == 2) {
+        // Before the waits for V and for the turn, where its latency overlaps them and it cannot
+        // interleave with the P V's HGMMA issue (the V wait's loop ends the block).
         SK_WAIT(kEpiFinal, softmax.finalize(p.scale_log2, inv_sum, row_lse));
       }
       fwd::OnlineSoftmax::rescale(acc_o, correction);
@@ -661,7 +661,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       SK_WAIT(kWaitTurn, sched_wait());
       issue_pv(last % kStages);
       sched_signal();
-      if constexpr (Tr::kEarlyFinalize && SK_SM90_EARLY_FINALIZE != 2) {
+      if constexpr (Tr::kFinalizeSlot == 1) {
         // ptxas interleaves these with the P V's HGMMA issue, ahead of the wait (checked in the
         // SASS of every kernel; a never-taken branch here to pin the wait below, as kSoftmaxFence
         // does, made the non-causal kernels spill).

@@ -114,7 +114,7 @@ namespace sm90 {
 #define SK_SM90_WIDE_STORE_O -1  // -1: per shape (Traits::kWideStoreO); 0 or 1: O's plain stores 4 or 16 bytes wide
 #endif
 #ifndef SK_SM90_EARLY_FINALIZE
-#define SK_SM90_EARLY_FINALIZE 1  // 1: the softmax's finalize under the tile's last P V; 2: before its waits
+#define SK_SM90_EARLY_FINALIZE -1  // -1: per shape; 0: in the epilogue; 1: under the tile's last P V; 2: before its waits
 #endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
@@ -245,6 +245,15 @@ struct Traits {
   // thread; it spills 4 bytes there), where the epilogue is under 1 % of a tile.
   static constexpr bool kEarlyFinalize =
       SK_SM90_EARLY_FINALIZE != 0 && (kConsumerWarpgroups <= 2 || kShortKeys);
+  // Where the early finalize goes: 1, after the last P V's issue (ptxas interleaves it with that
+  // P V's HGMMAs); 2, before that P V's waits for V and for the pingpong turn, so that its
+  // HGMMAs issue back to back and its latency overlaps the waits. 2 at D=64 causal (measured
+  // +0.5-1.5 % at 512-2048 keys in two A/B runs, docs/kernel-notes.md v19), 1 elsewhere (D128
+  // full S=512 measured 1 % slower with 2; the three-consumer D=64 kernel spills 4 bytes with it).
+  static constexpr int kFinalizeSlot =
+      !kEarlyFinalize ? 0
+      : SK_SM90_EARLY_FINALIZE > 0 ? SK_SM90_EARLY_FINALIZE
+      : (kHeadDim == 64 && kCausal && kConsumerWarpgroups == 2) ? 2 : 1;
   // Consumers take turns on the GEMMs (two or three of them in one CTA).
   static constexpr bool kPingpong = SK_SM90_PINGPONG != 0 && kConsumerWarpgroups > 1;
   // One consumer (an experiment shape: -DSK_SM90_CONSUMERS_D64_CAUSAL=1, say): 64-row tiles and
