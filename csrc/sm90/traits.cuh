@@ -248,7 +248,7 @@ struct Traits {
   // Where the early finalize goes: 1, after the last P V's issue (ptxas interleaves it with that
   // P V's HGMMAs); 2, before that P V's waits for V and for the pingpong turn, so that its
   // HGMMAs issue back to back and its latency overlaps the waits. 2 at D=64 causal (measured
-  // +0.5-1.5 % at 512-2048 keys in two A/B runs, docs/kernel-notes.md v19), 1 elsewhere (D128
+  // +0.3-1.7 % at 512-4096 keys in two A/B runs, docs/kernel-notes.md v19), 1 elsewhere (D128
   // full S=512 measured 1 % slower with 2; the three-consumer D=64 kernel spills 4 bytes with it).
   static constexpr int kFinalizeSlot =
       !kEarlyFinalize ? 0
