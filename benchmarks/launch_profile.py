@@ -2,10 +2,12 @@
 call, each one's device time, and the call's span from its first kernel's start to its last one's
 end, read from the CUDA profiler through ``torch.profiler`` (CUPTI activity records).
 
-    python benchmarks/launch_profile.py --config 32,32,512,512,64,bf16,1 [--config ...] [--calls 20]
+    python benchmarks/launch_profile.py --config 32,32,512,512,64,bf16,1 [--config ...] [--calls 20] [--flush]
 
 The calls run back to back behind a spin kernel (``torch.cuda._sleep``), as the bench step's samples
-do, so host time does not open gaps between them. The table's "span" less its "kernels" is the time
+do, so host time does not open gaps between them. By default the inputs stay warm in L2 from call
+to call; ``--flush`` flushes L2 before each call (the flush's own kernels left out), as the bench
+step does before each sample. The table's "span" less its "kernels" is the time
 the device spends between one call's kernels (launch gaps); a bench sample of one call times the
 span. Device times are medians over the calls. Needs a CUDA GPU; ours needs its kernels built.
 """
@@ -47,20 +49,10 @@ def summarize(groups: list[list[tuple[str, float, float]]]) -> dict:
     return {"kernels": kernels, "busy_us": busy, "span_us": span}
 
 
-def _profile(torch, launch, inputs, calls: int) -> list[tuple[str, float, float]]:
-    from torch.profiler import ProfilerActivity, profile
-
-    for _ in range(3):  # warm up: builds, cuDNN plans, allocator
-        launch(*inputs)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA], acc_events=True) as prof:
-        torch.cuda._sleep(50_000_000)  # the host queues every call while the GPU spins
-        for _ in range(calls):
-            launch(*inputs)
-        torch.cuda.synchronize()
+def _device_events(torch, prof, skip: set[str]) -> list[tuple[str, float, float]]:
     events = []
     for evt in prof.events():
-        if evt.device_type != torch.autograd.DeviceType.CUDA:
+        if evt.device_type != torch.autograd.DeviceType.CUDA or evt.name in skip:
             continue
         if any(word in evt.name.lower() for word in ("sleep", "spin")):
             continue  # the spin kernel that holds the GPU while the calls are queued
@@ -70,18 +62,54 @@ def _profile(torch, launch, inputs, calls: int) -> list[tuple[str, float, float]
     return events
 
 
-def run(config_text: str, calls: int) -> str:
+def _profile(torch, launch, inputs, calls: int, flush=None) -> list[tuple[str, float, float]]:
+    """Device activity of ``calls`` calls of ``launch``, queued behind a spin kernel; with
+    ``flush``, it runs before each call and its own kernels are left out of the result."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):  # warm up: builds, cuDNN plans, allocator
+        launch(*inputs)
+    skip: set[str] = set()
+    if flush is not None:
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA], acc_events=True) as prof:
+            flush()
+            torch.cuda.synchronize()
+        skip = {name for name, _, _ in _device_events(torch, prof, set())}
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA], acc_events=True) as prof:
+        torch.cuda._sleep(50_000_000)  # the host queues every call while the GPU spins
+        for _ in range(calls):
+            if flush is not None:
+                flush()
+            launch(*inputs)
+        torch.cuda.synchronize()
+    return _device_events(torch, prof, skip)
+
+
+def run(config_text: str, calls: int, flush_l2: bool = False) -> str:
     import torch
 
     from sessionkit.attention import REGISTRY, parse_config
     from sessionkit.bench.timing import make_input_sets
 
     config = parse_config(config_text)
-    inputs = make_input_sets(torch, config, torch.device("cuda"), 1)[0]
-    lines = [f"config {config_text}"]
+    device = torch.device("cuda")
+    inputs = make_input_sets(torch, config, device, 1)[0]
+    flush = None
+    if flush_l2:
+        # As the bench step's timer does, a buffer twice the size of L2 is written; by an
+        # elementwise kernel rather than zero_, which may run as a memset and would then take
+        # the calls' own memsets out of the profile with it.
+        l2_bytes = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 50 << 20)
+        buf = torch.zeros(max(2 * l2_bytes, 8 << 20) // 4, dtype=torch.int32, device=device)
+
+        def flush():
+            buf.add_(1)
+    lines = [f"config {config_text}" + (" (L2 flushed before each call)" if flush_l2 else "")]
     for name in IMPLS:
         launch = REGISTRY[name].launcher(config)
-        summary = summarize(per_call(_profile(torch, launch, inputs, calls), calls))
+        summary = summarize(per_call(_profile(torch, launch, inputs, calls, flush), calls))
         lines.append(f"  {name}: span {summary['span_us']:.1f} us, kernels {summary['busy_us']:.1f} us, "
                      f"gaps {summary['span_us'] - summary['busy_us']:.1f} us")
         for kernel, us in summary["kernels"]:
@@ -115,6 +143,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, action="append", type=_config,
                         help="B,H,Sq,Sk,D,dtype,causal[,H_kv] (repeatable)")
     parser.add_argument("--calls", type=_calls, default=20, help="calls per implementation (default: 20)")
+    parser.add_argument("--flush", action="store_true",
+                        help="flush L2 before each call, as the bench step does (default: inputs stay warm in L2)")
     args = parser.parse_args(argv)
     import torch
 
@@ -126,7 +156,7 @@ def main(argv=None) -> int:
 
     try:
         for text in args.config:
-            print(run(text, args.calls), flush=True)
+            print(run(text, args.calls, args.flush), flush=True)
     except (SessionkitError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
