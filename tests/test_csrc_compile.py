@@ -205,6 +205,8 @@ EXPERIMENTS = [
     ("-DSK_SM90_WIDE_STORE_O=1", "flash_fwd_sm90_bf16_hdim128_noncausal_longkeys", "0xf0", "0x18"),
     ("-DSK_SM90_WIDE_STORE_O=0", "flash_fwd_sm90_bf16_hdim256_noncausal", "0xf0", "0x18"),
     # the diagnostic build of benchmarks/wait_profile.py (clock reads around every wait)
+    ("-DSK_SM90_PREFETCH_NEXT=1", "flash_fwd_sm90_bf16_hdim64_noncausal_shortkeys", "0xa0", "0x20"),
+    ("-DSK_SM90_PREFETCH_NEXT=1", "flash_fwd_sm90_bf16_hdim128_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_EARLY_FINALIZE=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_EARLY_FINALIZE=2", "flash_fwd_sm90_bf16_hdim128_causal", "0xf0", "0x18"),
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
@@ -228,9 +230,12 @@ def test_experiment_switches_build_without_spills(tmp_path, flag, name, consumer
     assert res.wgmma_serialized is None, f"ptxas serialized the wgmma: {res.wgmma_serialized}"
     assert res.stack_frame_bytes == 0
     cuobjdump = _cuobjdump()
-    regs = [line for line in _sass(cuobjdump, cubin).splitlines() if "USETMAXREG" in line]
+    sass = _sass(cuobjdump, cubin)
+    regs = [line for line in sass.splitlines() if "USETMAXREG" in line]
     assert any("TRY_ALLOC" in r and consumer_regs in r for r in regs), regs
     assert any("DEALLOC" in r and producer_regs in r for r in regs), regs
+    if "PREFETCH_NEXT=1" in flag:  # the L2 prefetches are really issued (TMA prefetch)
+        assert "UTMAPF" in sass, f"{name}: no UTMAPF with {flag}"
 
 
 def _exponentials_between_the_waits(sass: str) -> list[int]:

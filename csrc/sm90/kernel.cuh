@@ -317,6 +317,29 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     int it = 0;      // key blocks loaded so far, over all tiles: ring slot and phase
     int q_round = 0;  // Q tiles loaded so far
     int index = blockIdx.x;  // the dynamic schedule's current tile
+    // Traits::kPrefetchNext: tile `next`'s Q and its first key blocks (in load order) into L2.
+    auto prefetch_tile = [&](int next) {
+      if (next >= args.num_tiles) return;
+      const TileWork w = work_at<Tr, kCausal>(args, next);
+      if (w.n_blocks <= 0) return;
+      const int head_k = w.tile.head / p.head_ratio;
+#pragma unroll
+      for (int c = 0; c < Tr::kChunks; ++c) {
+        cp_async_bulk_prefetch_tensor_4d_l2_global(&args.tma_q, c * Tr::kChunkCols, w.row0,
+                                                   w.tile.head, w.tile.batch);
+      }
+      const int blocks = min(w.n_blocks, SK_SM90_PREFETCH_BLOCKS);
+      for (int j = 0; j < blocks; ++j) {
+        const int n = w.n_begin + w.n_blocks - 1 - j;
+#pragma unroll
+        for (int c = 0; c < Tr::kChunks; ++c) {
+          cp_async_bulk_prefetch_tensor_4d_l2_global(&args.tma_k, c * Tr::kChunkCols, n * kBlockN,
+                                                     head_k, w.tile.batch);
+          cp_async_bulk_prefetch_tensor_4d_l2_global(&args.tma_v, c * Tr::kChunkCols, n * kBlockN,
+                                                     head_k, w.tile.batch);
+        }
+      }
+    };
     for (int round = 0;; ++round) {
       if constexpr (Tr::kTileRing) {
         // Hand the tile to the consumers through the two-slot tile ring.
@@ -347,6 +370,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         }
         ++q_round;
       }
+      if constexpr (Tr::kPrefetchNext && !Tr::kDynamicSchedule) prefetch_tile(tile_index(round + 1));
       for (int j = 0; j < n_blocks; ++j, ++it) {
         const int n = n_begin + n_blocks - 1 - j;
         const int s = it % kStages;
@@ -374,6 +398,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         const int ticket = atomicAdd(p.tile_counter, 1);
         if (ticket == args.num_tiles - 1) atomicExch(p.tile_counter, 0);
         index = ticket + gridDim.x;
+        if constexpr (Tr::kPrefetchNext) prefetch_tile(index);
       }
     }
     return;

@@ -79,6 +79,16 @@ __device__ __forceinline__ void cp_async_bulk_tensor_4d_global_to_shared(
       : "memory");
 }
 
+// Asks for one box of a 4-D tensor to be brought into L2 (no shared memory, no completion to
+// wait for: a hint the memory system may drop). Coordinates innermost first, as for the load.
+__device__ __forceinline__ void cp_async_bulk_prefetch_tensor_4d_l2_global(const CUtensorMap* map,
+                                                                            int c0, int c1, int c2,
+                                                                            int c3) {
+  asm volatile("cp.async.bulk.prefetch.tensor.4d.L2.global.tile [%0, {%1, %2, %3, %4}];\n"
+               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+               : "memory");
+}
+
 // Copies one box from shared memory to a 4-D tensor; elements outside the tensor are skipped.
 __device__ __forceinline__ void cp_async_bulk_tensor_4d_shared_to_global(
     const CUtensorMap* map, int c0, int c1, int c2, int c3, uint32_t src) {

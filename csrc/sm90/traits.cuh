@@ -116,6 +116,12 @@ namespace sm90 {
 #ifndef SK_SM90_EARLY_FINALIZE
 #define SK_SM90_EARLY_FINALIZE -1  // -1: per shape; 0: in the epilogue; 1: under the tile's last P V; 2: before its waits
 #endif
+#ifndef SK_SM90_PREFETCH_NEXT
+#define SK_SM90_PREFETCH_NEXT 0  // 1: the producer prefetches the next tile's Q and first key blocks into L2
+#endif
+#ifndef SK_SM90_PREFETCH_BLOCKS
+#define SK_SM90_PREFETCH_BLOCKS 2  // key blocks of the next tile that SK_SM90_PREFETCH_NEXT prefetches
+#endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
@@ -254,6 +260,11 @@ struct Traits {
       !kEarlyFinalize ? 0
       : SK_SM90_EARLY_FINALIZE > 0 ? SK_SM90_EARLY_FINALIZE
       : (kHeadDim == 64 && kCausal && kConsumerWarpgroups == 2) ? 2 : 1;
+  // Experiment (off): when the producer learns its next tile (at the start of the current one
+  // with the static schedule, at its ticket with the dynamic one), it asks for that tile's Q and
+  // first SK_SM90_PREFETCH_BLOCKS key blocks of K and V to be brought into L2, so that with a
+  // cold L2 their loads do not wait on HBM (docs/kernel-notes.md, "Next hypotheses" 0).
+  static constexpr bool kPrefetchNext = SK_SM90_PREFETCH_NEXT != 0;
   // Consumers take turns on the GEMMs (two or three of them in one CTA).
   static constexpr bool kPingpong = SK_SM90_PINGPONG != 0 && kConsumerWarpgroups > 1;
   // One consumer (an experiment shape: -DSK_SM90_CONSUMERS_D64_CAUSAL=1, say): 64-row tiles and
