@@ -143,6 +143,9 @@ TRACE_CASES = [
      "AND subject = 'flash_fwd_bf16_hdim128_causal'", [BUILD2], "| flash_fwd_bf16_hdim128_causal | 199 |"),
     ("UPDATE metrics SET value = 77.7 WHERE step_id = ? AND key = 'build_time_s'", [BUILD2],
      "Build time 77.7 s"),
+    ("UPDATE steps SET summary = json_set(summary, '$.sources_sha256', 'abcdef0123456789ff', "
+     "'$.sources_files', 59) WHERE id = ?", [BUILD2],
+     "Kernel sources: SHA-256 `abcdef0123456789` over 59 files under `csrc/`"),
     ("UPDATE metrics SET value = 4096 WHERE step_id = ? AND key = 'spill_load_bytes' "
      "AND subject = 'flash_fwd_bf16_hdim128_noncausal'", [BUILD2], "| 48 | 4,096 |"),
     ("UPDATE metrics SET value = 701 WHERE step_id = ? AND key = 'matmul_bf16_tflops'", [BENCH2],

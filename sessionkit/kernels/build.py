@@ -71,6 +71,8 @@ class BuildInfo:
     built_at: str
     kernels: dict[str, dict] = field(default_factory=dict)
     log_path: str | None = None
+    sources_sha256: str = ""  # digest of every source under csrc/ (sources_digest)
+    sources_files: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -373,7 +375,8 @@ def build_extension(progress=None, *, nvcc: str | None = None,
             torch_cuda=torch.version.cuda, python=python,
             build_time_s=manifest.get("build_time_s"),
             load_time_s=round(time.perf_counter() - started, 3), built_at=manifest.get("built_at", ""),
-            kernels=manifest.get("kernels", {}), log_path=manifest.get("log"))
+            kernels=manifest.get("kernels", {}), log_path=manifest.get("log"),
+            sources_sha256=sources_sha, sources_files=len(files))
         _LOADED = info
         return info
 
@@ -416,4 +419,5 @@ def _child_main(argv: list[str]) -> int:
         build_directory=spec["folder"], verbose=True, with_cuda=True, is_python_module=False)
     sys.stdout.flush()
     return 0
+
 

@@ -32,6 +32,10 @@ class BuildSummary(StepSummary):
     load_time_s: float | None = fact(None, unit="s", help="Time to load the library.")
     build_time_s: float | None = fact(None, unit="s", help="Compile time; None when cached.")
     log: str | None = fact(None, help="Path of the build log of a failed build.")
+    sources_sha256: str | None = fact(None, help="SHA-256 over every source file under csrc/ (paths "
+                                      "and contents): names the kernels' sources even where the "
+                                      "git commit of the session is stale or dirty.")
+    sources_files: int | None = fact(None, unit="count", help="Source files under csrc/ in that digest.")
 
 
 class BuildStep(Step):
@@ -91,6 +95,8 @@ class BuildStep(Step):
         context.progress.note(f"library {info.library}")
         summary = BuildSummary(nvcc_version=info.nvcc_version, flags=info.flags, cached=info.cached,
                                key=info.key, library=info.library, arch=info.arch,
-                               load_time_s=info.load_time_s, build_time_s=info.build_time_s)
+                               load_time_s=info.load_time_s, build_time_s=info.build_time_s,
+                               sources_sha256=info.sources_sha256 or None,
+                               sources_files=info.sources_files or None)
         return StepResult("passed", message=f"{how} in {info.load_time_s:.2f} s: {detail}"
                           if info.cached else f"{how}: {detail}", summary=summary)
