@@ -21,6 +21,7 @@
 // Only light headers here (no <torch/extension.h>) so that the binding compiles quickly.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -35,6 +36,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -285,59 +287,120 @@ void set_outputs(FlashFwdParams& p, const at::Tensor& out, const at::Tensor& lse
 
 // The sm90 causal kernels hand out tiles from a counter that reads 0 at launch, and the kernel's
 // last ticket sets it back to 0 (kernel.cuh). An eager call takes its stream's own counter, kept
-// for the life of the process: calls on one stream run in order, so each finds it at 0, and no
-// memset runs before the kernel (docs/kernel-notes.md, v19). Calls on different streams use different counters. Under CUDA graph capture, and with
-// -DSK_TILE_COUNTER_PER_STREAM=0, the call zeroes a fresh counter with a memset node instead, so
-// that graphs replayed on any stream, concurrently too, stay independent. Counters come from
-// slabs of cudaMalloc'd memory that are never freed (4 bytes per stream and device).
+// for the life of the process: calls on one stream run in order, each launch starting only after
+// the one before has ended (no programmatic dependent launch here: a path that adds it must keep
+// the memset), so each finds it at 0 and no memset runs before the kernel (3.3-3.6 us a call,
+// docs/kernel-notes.md, v19). Streams are told apart by cudaStreamGetId, which no other stream
+// of the process ever gets (a handle value can be reused, and cudaStreamPerThread names a
+// different stream in each thread). A new counter is zeroed by a memset on its stream, ordered
+// before its first kernel. Under CUDA graph capture, with -DSK_TILE_COUNTER_PER_STREAM=0, past
+// kMaxStreamCounters streams, or where anything here fails, the call zeroes a fresh counter
+// with a memset on its stream instead (graphs replayed on any stream, concurrently too, stay
+// independent). Counters come from slabs of device memory that are never freed (4 bytes per
+// stream and device); the table is a leaked heap object, so that it outlives static destructors.
 #ifndef SK_TILE_COUNTER_PER_STREAM
 #define SK_TILE_COUNTER_PER_STREAM 1
 #endif
 
+constexpr size_t kMaxStreamCounters = 1 << 16;
+
+struct StreamCounters {
+  std::mutex mutex;
+  std::unordered_map<uint64_t, int*> counters;  // key: device << 48 ^ stream id
+  std::vector<std::pair<int*, int>> slabs;     // per device: next free counter, how many left
+  std::vector<bool> failed;                    // per device: a slab allocation failed
+};
+
+StreamCounters& stream_counters() {
+  static auto* table = new StreamCounters();
+  return *table;
+}
+
 int* stream_tile_counter(int device, cudaStream_t stream) {
-  struct Key {
-    int device;
-    cudaStream_t stream;
-    bool operator==(const Key& o) const { return device == o.device && stream == o.stream; }
-  };
-  static std::mutex mutex;
-  static std::vector<std::pair<Key, int*>> counters;
-  static std::vector<std::pair<int*, int>> slabs(0);  // per device: next free counter, left
-  constexpr int kSlab = 1024;
-  std::lock_guard<std::mutex> lock(mutex);
-  for (const auto& entry : counters) {
-    if (entry.first == Key{device, stream}) return entry.second;
+  unsigned long long id = 0;
+  if (cudaStreamGetId(stream, &id) != cudaSuccess) {
+    (void)cudaGetLastError();  // the error of this query only
+    return nullptr;
   }
-  if (static_cast<int>(slabs.size()) <= device) slabs.resize(device + 1, {nullptr, 0});
-  auto& slab = slabs[device];
+  const uint64_t key = (static_cast<uint64_t>(device) << 48) ^ static_cast<uint64_t>(id);
+  constexpr int kSlab = 1024;
+  StreamCounters& table = stream_counters();
+  std::lock_guard<std::mutex> lock(table.mutex);
+  const auto found = table.counters.find(key);
+  if (found != table.counters.end()) return found->second;
+  if (table.counters.size() >= kMaxStreamCounters || device < 0) return nullptr;
+  if (static_cast<int>(table.slabs.size()) <= device) {
+    table.slabs.resize(device + 1, {nullptr, 0});
+    table.failed.resize(device + 1, false);
+  }
+  if (table.failed[device]) return nullptr;
+  auto& slab = table.slabs[device];
   if (slab.second == 0) {
     void* mem = nullptr;
-    if (cudaMalloc(&mem, kSlab * sizeof(int)) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return nullptr;  // the caller falls back to a fresh counter and a memset
+    cudaError_t err;
+    {
+      // As PyTorch's allocator does: a cudaMalloc must not invalidate another thread's capture.
+      c10::cuda::CUDAStreamCaptureModeGuard relaxed{cudaStreamCaptureModeRelaxed};
+      err = cudaMalloc(&mem, kSlab * sizeof(int));
     }
-    if (cudaMemset(mem, 0, kSlab * sizeof(int)) != cudaSuccess) {
-      (void)cudaGetLastError();
-      (void)cudaFree(mem);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();  // the allocation's error only
+      table.failed[device] = true;
       return nullptr;
     }
     slab = {static_cast<int*>(mem), kSlab};
   }
   int* counter = slab.first;
+  if (cudaMemsetAsync(counter, 0, sizeof(int), stream) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return nullptr;  // the slot stays unused; the caller zeroes a fresh counter
+  }
   ++slab.first;
   --slab.second;
-  counters.push_back({Key{device, stream}, counter});
+  table.counters.emplace(key, counter);
   return counter;
 }
 
+// Whether `stream` is being captured into a CUDA graph (or that cannot be told: then the path that
+// is safe under capture is taken).
 bool stream_is_capturing(cudaStream_t stream) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   const cudaError_t err = cudaStreamIsCapturing(stream, &status);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    return true;  // unknown: take the path that is safe under capture
-  }
+  if (err == cudaErrorStreamCaptureImplicit) (void)cudaGetLastError();  // only this query's error
+  if (err != cudaSuccess) return true;
   return status != cudaStreamCaptureStatusNone;
+}
+
+// For tests: the value of the tile counter of `device`'s current stream, or -1 where that stream
+// has none yet (read after the stream's queued work); with `set` >= 0 it is then set to that
+// value (to check that a counter left off 0 is seen).
+int64_t stream_tile_counter_value(int64_t device, int64_t set) {
+  SK_CHECK(device >= 0 && device < kMaxDevices,
+           "_stream_tile_counter: bad device index " + num(device));
+  c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
+  unsigned long long id = 0;
+  SK_CHECK(cudaStreamGetId(stream, &id) == cudaSuccess, "_stream_tile_counter: cudaStreamGetId failed");
+  const uint64_t key = (static_cast<uint64_t>(device) << 48) ^ static_cast<uint64_t>(id);
+  int* counter = nullptr;
+  {
+    StreamCounters& table = stream_counters();
+    std::lock_guard<std::mutex> lock(table.mutex);
+    const auto found = table.counters.find(key);
+    if (found == table.counters.end()) return -1;
+    counter = found->second;
+  }
+  int value = -1;
+  SK_CHECK(cudaMemcpyAsync(&value, counter, sizeof(int), cudaMemcpyDeviceToHost, stream) == cudaSuccess &&
+               cudaStreamSynchronize(stream) == cudaSuccess,
+           "_stream_tile_counter: could not read the counter");
+  if (set >= 0) {
+    const int next = static_cast<int>(std::min<int64_t>(set, std::numeric_limits<int>::max()));
+    SK_CHECK(cudaMemcpyAsync(counter, &next, sizeof(int), cudaMemcpyHostToDevice, stream) == cudaSuccess &&
+                 cudaStreamSynchronize(stream) == cudaSuccess,
+             "_stream_tile_counter: could not set the counter");
+  }
+  return value;
 }
 
 // Split-KV buffers of a decode-shaped call (see launch_decode): float32 partial O and LSE.
@@ -603,6 +666,7 @@ TORCH_LIBRARY(sessionkit, m) {
       "float scale, bool causal_bottom_right=False) -> ()");
   m.def("flash_attn_family(int device) -> str", &sessionkit::flash_attn_family);
   m.def("flash_attn_head_dims(int device) -> int[]", &sessionkit::flash_attn_head_dims);
+  m.def("_stream_tile_counter(int device, int set=-1) -> int", &sessionkit::stream_tile_counter_value);
 }
 
 TORCH_LIBRARY_IMPL(sessionkit, CUDA, m) {

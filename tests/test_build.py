@@ -313,3 +313,15 @@ def test_step_names_spilled_and_serialized_kernels(make_context, monkeypatch, tm
     assert "SPILLS in spilly" in result.message
     assert "WGMMA SERIALIZED in spilly" in result.message
     assert "flash_fwd_bf16_hdim128_causal" not in result.message
+
+
+@pytest.mark.parametrize("flags, macros", [
+    (["-DSK_A=1", "-Xptxas=-v", "-USK_B"], ["-DSK_A=1", "-USK_B"]),
+    (["-D", "SK_A=1", "-O3", "-U", "SK_B"], ["-D", "SK_A=1", "-U", "SK_B"]),
+    (["--expt-relaxed-constexpr", "-D"], []),
+    ([], []),
+])
+def test_macro_flags_reach_the_host_compile(flags, macros):
+    from sessionkit.kernels.build import macro_flags
+
+    assert macro_flags(flags) == macros

@@ -380,37 +380,49 @@ def _within_rule(q, k, v, causal, out, lse):
     assert float((lse - ref_lse).abs().max()) <= 1e-3
 
 
-# Causal shapes of different tile counts (the sm90 causal kernels draw tiles from a counter that
-# each launch leaves at 0 for the next one on its stream).
-STREAM_SHAPES = [(2, 4, 1000, 64), (1, 3, 2048, 128), (3, 2, 517, 64), (1, 2, 4097, 128)]
+# Causal shapes of different tile counts, most of them several times the number of SMs, so that
+# the sm90 causal kernels hand out most tiles from their stream's counter (which each launch
+# leaves at 0 for the next one on that stream): (B, H, S, D).
+STREAM_SHAPES = [(4, 16, 2048, 128), (8, 16, 1024, 64), (2, 4, 1000, 64), (2, 8, 4097, 128)]
+
+
+def _sm90_causal_counters():
+    """Whether this device runs the sm90 family, whose causal kernels use stream counters."""
+    return torch.ops.sessionkit.flash_attn_family(torch.cuda.current_device()) == "sm90"
+
+
+def _prepared_call(i, shape):
+    b, h, s, d = shape
+    q, k, v = _make(b, h, h, s, s, d, torch.bfloat16, seed=100 + i)
+    out = torch.full(q.shape, float("nan"), device="cuda", dtype=q.dtype)
+    lse = torch.full(q.shape[:3], float("nan"), device="cuda", dtype=torch.float32)
+    return q, k, v, out, lse
 
 
 def test_causal_calls_back_to_back_on_streams_and_in_graphs():
     """Causal calls queued without a host sync in between, on the current stream and on two side
     streams at once, and a captured CUDA graph replayed between eager calls: every output within
-    the rule. A launch that left its tile counter off 0 would make the next launch on that stream
-    skip tiles (NaN rows in a poisoned out)."""
+    the rule, and every stream's tile counter back at 0 afterwards (a launch that left it off 0
+    would make the next launch on that stream skip tiles: NaN rows in a poisoned out)."""
     from sessionkit.kernels import flash_attention_into
 
-    def prepared(i, shape):
-        b, h, s, d = shape
-        q, k, v = _make(b, h, h, s, s, d, torch.bfloat16, seed=100 + i)
-        out = torch.full(q.shape, float("nan"), device="cuda", dtype=q.dtype)
-        lse = torch.full(q.shape[:3], float("nan"), device="cuda", dtype=torch.float32)
-        return q, k, v, out, lse
+    device = torch.cuda.current_device()
+    counters = _sm90_causal_counters()
 
     # One stream, back to back, twice over.
-    calls = [prepared(i, shape) for i, shape in enumerate(STREAM_SHAPES * 2)]
+    calls = [_prepared_call(i, shape) for i, shape in enumerate(STREAM_SHAPES * 2)]
     torch.cuda.synchronize()
     for q, k, v, out, lse in calls:
         flash_attention_into(q, k, v, out, lse, causal=True)
     torch.cuda.synchronize()
     for q, k, v, out, lse in calls:
         _within_rule(q, k, v, True, out, lse)
+    if counters:
+        assert torch.ops.sessionkit._stream_tile_counter(device) == 0
 
     # Two side streams, concurrently.
     streams = [torch.cuda.Stream(), torch.cuda.Stream()]
-    calls = [prepared(10 + i, shape) for i, shape in enumerate(STREAM_SHAPES * 2)]
+    calls = [_prepared_call(10 + i, shape) for i, shape in enumerate(STREAM_SHAPES * 2)]
     torch.cuda.synchronize()
     for i, (q, k, v, out, lse) in enumerate(calls):
         with torch.cuda.stream(streams[i % 2]):
@@ -418,9 +430,13 @@ def test_causal_calls_back_to_back_on_streams_and_in_graphs():
     torch.cuda.synchronize()
     for q, k, v, out, lse in calls:
         _within_rule(q, k, v, True, out, lse)
+    if counters:
+        for stream in streams:
+            with torch.cuda.stream(stream):
+                assert torch.ops.sessionkit._stream_tile_counter(device) == 0
 
     # A CUDA graph of one causal call, replayed on fresh inputs between eager calls.
-    q, k, v, out, lse = prepared(20, STREAM_SHAPES[0])
+    q, k, v, out, lse = _prepared_call(20, STREAM_SHAPES[0])
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -430,12 +446,72 @@ def test_causal_calls_back_to_back_on_streams_and_in_graphs():
     with torch.cuda.graph(graph):
         flash_attention_into(q, k, v, out, lse, causal=True)
     for i in range(3):
-        fresh = prepared(30 + i, STREAM_SHAPES[0])
+        fresh = _prepared_call(30 + i, STREAM_SHAPES[0])
         q.copy_(fresh[0]), k.copy_(fresh[1]), v.copy_(fresh[2])
         out.fill_(float("nan")), lse.fill_(float("nan"))
         graph.replay()
-        eager = prepared(40 + i, STREAM_SHAPES[1 + i % 3])
+        eager = _prepared_call(40 + i, STREAM_SHAPES[1 + i % 3])
         flash_attention_into(*eager, causal=True)
         torch.cuda.synchronize()
         _within_rule(q, k, v, True, out, lse)
         _within_rule(*eager[:3], True, *eager[3:])
+    if counters:
+        assert torch.ops.sessionkit._stream_tile_counter(device) == 0
+
+
+def test_a_counter_left_off_zero_is_seen():
+    """The checks above can fail: with the stream's counter set to 5 before a launch, the launch
+    either leaves tiles unwritten or leaves the counter off 0."""
+    from sessionkit.kernels import flash_attention_into
+
+    if not _sm90_causal_counters():
+        pytest.skip("the sm80 family has no tile counter (this device runs it)")
+    device = torch.cuda.current_device()
+    q, k, v, out, lse = _prepared_call(50, STREAM_SHAPES[0])
+    flash_attention_into(q, k, v, out, lse, causal=True)  # the stream has its counter now
+    torch.cuda.synchronize()
+    assert torch.ops.sessionkit._stream_tile_counter(device, 5) == 0
+    out.fill_(float("nan"))
+    flash_attention_into(q, k, v, out, lse, causal=True)
+    torch.cuda.synchronize()
+    left = torch.ops.sessionkit._stream_tile_counter(device, 0)  # and back to 0
+    assert torch.isnan(out).any() or left != 0, "a counter of 5 at launch went unnoticed"
+    out.fill_(float("nan"))
+    flash_attention_into(q, k, v, out, lse, causal=True)
+    torch.cuda.synchronize()
+    _within_rule(q, k, v, True, out, lse)
+
+
+def test_first_causal_call_on_a_side_stream_behind_a_busy_default_stream():
+    """In a fresh process, the first causal call (the stream's counter is made and zeroed then)
+    runs on a side stream while the default stream is still busy: the zeroing is ordered on the
+    side stream, before the kernel, so the output is within the rule."""
+    import subprocess
+    import sys
+
+    code = """
+import math, torch
+from sessionkit.kernels import checking, flash_attention_into, load_extension
+load_extension()
+gen = torch.Generator(device="cuda").manual_seed(7)
+q, k, v = (torch.randn(4, 16, 2048, 128, device="cuda", generator=gen).to(torch.bfloat16)
+           for _ in range(3))
+torch.cuda.synchronize()
+torch.cuda._sleep(500_000_000)  # the default stream stays busy for a while
+side = torch.cuda.Stream()
+with torch.cuda.stream(side):
+    out = torch.full(q.shape, float("nan"), device="cuda", dtype=q.dtype)
+    lse = torch.full(q.shape[:3], float("nan"), device="cuda")
+    flash_attention_into(q, k, v, out, lse, causal=True)
+side.synchronize()
+torch.cuda.synchronize()
+scale = 1 / math.sqrt(128)
+ref, _ = checking.reference(q, k, v, True, scale)
+sdpa = checking.sdpa_same_dtype(q, k, v, True, scale)
+err = float((out.float() - ref).abs().max())
+bound = 2 * float((sdpa.float() - ref).abs().max()) + 1e-5
+print("ok" if torch.isfinite(out.float()).all() and err <= bound else f"bad {err} > {bound}")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "ok", proc.stdout

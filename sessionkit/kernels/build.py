@@ -139,6 +139,25 @@ def extra_nvcc_flags() -> list[str]:
     return shlex.split(os.environ.get("SESSIONKIT_NVCC_FLAGS", ""))
 
 
+def macro_flags(flags: list[str]) -> list[str]:
+    """The macro definitions among nvcc flags (``-DX=1``, ``-UX``, and ``-D X=1`` written as two
+    arguments), which the binding's host compile gets too."""
+    out: list[str] = []
+    take_next = False
+    for flag in flags:
+        if take_next:
+            out.append(flag)
+            take_next = False
+        elif flag in ("-D", "-U"):
+            out.append(flag)
+            take_next = True
+        elif flag.startswith(("-D", "-U")):
+            out.append(flag)
+    if take_next:
+        out.pop()  # a trailing -D or -U with nothing after it
+    return out
+
+
 def read_manifest(folder: Path) -> dict | None:
     """The manifest of a finished build whose library is present, else None."""
     try:
@@ -312,8 +331,7 @@ def build_extension(progress=None, *, nvcc: str | None = None,
         capability = tuple(torch.cuda.get_device_capability())
     arch = toolchain.arch_label(capability)
     cuda_flags = CUDA_FLAGS + toolchain.arch_flags(capability) + extra_nvcc_flags()
-    # The experiment flags' macro definitions reach the binding's host compile too.
-    cflags = CXX_FLAGS + [f for f in extra_nvcc_flags() if f.startswith(("-D", "-U"))]
+    cflags = CXX_FLAGS + macro_flags(extra_nvcc_flags())
     root = csrc_dir()
     files = source_files(root)
     sources_sha = sources_digest(files, root)
