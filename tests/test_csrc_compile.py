@@ -207,6 +207,8 @@ EXPERIMENTS = [
     # the diagnostic build of benchmarks/wait_profile.py (clock reads around every wait)
     ("-DSK_SM90_PREFETCH_NEXT=1", "flash_fwd_sm90_bf16_hdim64_noncausal_shortkeys", "0xa0", "0x20"),
     ("-DSK_SM90_PREFETCH_NEXT=1", "flash_fwd_sm90_bf16_hdim128_causal_shortkeys", "0xf0", "0x18"),
+    ("-DSK_SM90_PREFETCH_NEXT=2", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x20"),
+    ("-DSK_SM90_PREFETCH_NEXT=2", "flash_fwd_sm90_fp16_hdim128_causal", "0xf0", "0x20"),
     ("-DSK_SM90_EARLY_FINALIZE=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_EARLY_FINALIZE=2", "flash_fwd_sm90_bf16_hdim128_causal", "0xf0", "0x18"),
     ("-DSK_SM90_WAIT_PROFILE=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),

@@ -371,6 +371,16 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         ++q_round;
       }
       if constexpr (Tr::kPrefetchNext && !Tr::kDynamicSchedule) prefetch_tile(tile_index(round + 1));
+      // SK_SM90_PREFETCH_NEXT=2 with the dynamic schedule: the ticket for the tile after this one
+      // is drawn now, a whole tile ahead, so that its prefetch has that lead too (still one ticket
+      // per tile computed).
+      // (From here on `index` is the next tile: this one's work is in `work`.)
+      if constexpr (Tr::kPrefetchNext && Tr::kDynamicSchedule && SK_SM90_PREFETCH_NEXT == 2) {
+        const int ticket = atomicAdd(p.tile_counter, 1);
+        if (ticket == args.num_tiles - 1) atomicExch(p.tile_counter, 0);
+        index = ticket + gridDim.x;
+        prefetch_tile(index);
+      }
       for (int j = 0; j < n_blocks; ++j, ++it) {
         const int n = n_begin + n_blocks - 1 - j;
         const int s = it % kStages;
@@ -393,8 +403,10 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       // its end, which hides the atomic's latency. The first tiles (0 .. gridDim.x - 1) went
       // one to each CTA, so the counter's n-th ticket is tile gridDim.x + n. Each tile is followed
       // by one ticket, so tickets 0 .. num_tiles - 1 are drawn in all: the last one drawn sets the
-      // counter back to 0 for the next launch on the stream (flash_api.cpp: stream_tile_counter).
-      if constexpr (Tr::kDynamicSchedule) {
+      // counter back to 0 for the next launch on the stream, which starts only after this one has
+      // ended (flash_api.cpp: stream_tile_counter; a programmatic dependent launch would break
+      // that and needs the memset).
+      if constexpr (Tr::kDynamicSchedule && !(Tr::kPrefetchNext && SK_SM90_PREFETCH_NEXT == 2)) {
         const int ticket = atomicAdd(p.tile_counter, 1);
         if (ticket == args.num_tiles - 1) atomicExch(p.tile_counter, 0);
         index = ticket + gridDim.x;

@@ -117,7 +117,7 @@ namespace sm90 {
 #define SK_SM90_EARLY_FINALIZE -1  // -1: per shape; 0: in the epilogue; 1: under the tile's last P V; 2: before its waits
 #endif
 #ifndef SK_SM90_PREFETCH_NEXT
-#define SK_SM90_PREFETCH_NEXT 0  // 1: the producer prefetches the next tile's Q and first key blocks into L2
+#define SK_SM90_PREFETCH_NEXT 0  // 1: the producer prefetches the next tile's Q and first key blocks into L2; 2: and causal draws its next ticket a tile early
 #endif
 #ifndef SK_SM90_PREFETCH_BLOCKS
 #define SK_SM90_PREFETCH_BLOCKS 2  // key blocks of the next tile that SK_SM90_PREFETCH_NEXT prefetches
@@ -264,7 +264,10 @@ struct Traits {
   // with the static schedule, at its ticket with the dynamic one), it asks for that tile's Q and
   // first SK_SM90_PREFETCH_BLOCKS key blocks of K and V to be brought into L2, so that with a
   // cold L2 their loads do not wait on HBM (docs/kernel-notes.md, "Next hypotheses" 0).
-  static constexpr bool kPrefetchNext = SK_SM90_PREFETCH_NEXT != 0;
+  // Not in the long-keys D=64 kernels, whose consumers spill with it (their tiles are long, so
+  // the prefetch has little to hide there).
+  static constexpr bool kPrefetchNext =
+      SK_SM90_PREFETCH_NEXT != 0 && !(kHeadDim_ == 64 && !kShortKeys && !kSplitKV);
   // Consumers take turns on the GEMMs (two or three of them in one CTA).
   static constexpr bool kPingpong = SK_SM90_PINGPONG != 0 && kConsumerWarpgroups > 1;
   // One consumer (an experiment shape: -DSK_SM90_CONSUMERS_D64_CAUSAL=1, say): 64-row tiles and
@@ -293,7 +296,11 @@ struct Traits {
   // setmaxnreg budgets within the CTA's registers (the pool setmaxnreg draws from): with two
   // consumers 24 * 128 + 240 * 256 = 64512 of 65536, with three 32 * 128 + 160 * 384 = 65536,
   // with one (two CTAs per SM) 24 * 128 + 232 * 128 = 32768.
-  static constexpr int kProducerRegisters = kConsumerWarpgroups == 3 ? 32 : 24;
+  // (SK_SM90_PREFETCH_NEXT=2 gives a two-consumer producer 32: 32 * 128 + 240 * 256 = 65536;
+  // with 24 its early ticket spills.)
+  static constexpr int kProducerRegisters =
+      kConsumerWarpgroups == 3 || (kConsumerWarpgroups == 2 && kPrefetchNext &&
+                                   SK_SM90_PREFETCH_NEXT == 2) ? 32 : 24;
   static constexpr int kConsumerRegisters =
       kConsumerWarpgroups == 1 ? 232 : kConsumerWarpgroups == 2 ? 240 : 160;
 
