@@ -3,13 +3,17 @@
 # step through the CLI, the GPU tests, compute-sanitizer memcheck, racecheck and synccheck on a small
 # run of each kernel family, and the speed table. Logs go to $OUT (default /tmp/sessionkit-gpu-check); a short summary prints last.
 #
-#   bash benchmarks/gpu_check.sh [build] [tests] [cppchecks] [sanitize] [bench] [variants] [ab]
+#   bash benchmarks/gpu_check.sh [build] [tests] [cppchecks] [sanitize] [bench] [variants] [ab] [validate]
 #   (no argument: build tests sanitize bench)
 # variants: rebuilds with each set of -D flags in $VARIANTS (separated by ';') and times them.
 # ab: the same A/B through sessionkit itself, in one session: for the plain build and each set of
 #   flags in $VARIANTS, `step correctness` (64 configs) and then `step bench` on the configs in
 #   $AB_CONFIGS (space-separated B,H,Sq,Sk,D,dtype,causal specs), SDPA timed in every bench step;
 #   the session's report (one column per bench step) lands in $OUT/ab.md, its database in $OUT/ab.db.
+# validate: the kernel issue's checks as one sessionkit session (the standard grid first, on a rested
+#   GPU; then `step correctness --configs 200` on the dispatcher's family and on sm80 forced, next to
+#   `pytest -m gpu` in three processes and the sanitize stage's runs); its report and database land
+#   in $OUT/validate/. $VALIDATE_PYTEST_TIMEOUT bounds each pytest process (default 400 s).
 #
 # Builds into $SESSIONKIT_BUILD_DIR (default ./.skbuild) so that a run starts from a clean cache.
 set -u
@@ -87,32 +91,13 @@ if has cppchecks; then
 fi
 
 if has sanitize; then
-  cat > /tmp/sk_sanitize.py <<'EOF'
-import torch
-from sessionkit.kernels import flash_attention, load_extension
-load_extension()
-torch.manual_seed(0)
-dims = [int(d) for d in torch.ops.sessionkit.flash_attn_head_dims(torch.cuda.current_device())]
-print("family", torch.ops.sessionkit.flash_attn_family(torch.cuda.current_device()), "head dims", dims)
-for dtype in (torch.float16, torch.bfloat16):
-    for dim in dims:
-        for causal in (False, True):
-            for sq, sk in ((1, 1), (17, 113), (130, 70), (200, 257)):
-                q = torch.randn(1, 2, sq, dim, device="cuda", dtype=dtype)
-                k = torch.randn(1, 2, sk, dim, device="cuda", dtype=dtype)
-                v = torch.randn(1, 2, sk, dim, device="cuda", dtype=dtype)
-                out = flash_attention(q, k, v, causal=causal)
-                assert not torch.isnan(out).any()
-torch.cuda.synchronize()
-print("sanitize run done")
-EOF
   # Both kernel families: the one the dispatcher picks (sm90 on Hopper) and the sm80 fallback
   # ($SANITIZE_FAMILIES narrows the list, $SANITIZE_TIMEOUT bounds each run in seconds).
   for family in ${SANITIZE_FAMILIES:-auto sm80}; do
     for tool in memcheck racecheck synccheck; do
       log=/tmp/sanitizer_${family}_$tool.txt
       if [ "$family" = sm80 ]; then export SESSIONKIT_KERNEL_FAMILY=sm80; else unset SESSIONKIT_KERNEL_FAMILY; fi
-      timeout "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" python3 /tmp/sk_sanitize.py > "$log" 2>&1
+      timeout "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" python3 benchmarks/sanitize_run.py > "$log" 2>&1
       note "compute-sanitizer $tool ($family): exit $? | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"
       cat "$log" >> "$OUT/sanitizer.txt"
     done
@@ -167,6 +152,48 @@ if has ab; then
   python3 -m sessionkit report -o "$AB_DIR/ab.md" > /dev/null
   cp "$AB_DIR/ab.md" "$AB_DIR/ab.db" "$OUT/" && note "ab report: $OUT/ab.md (database $OUT/ab.db)"
   python3 benchmarks/ab_table.py "$AB_DIR/ab.db" --clocks 2>&1 | tee -a "$SUMMARY"
+fi
+
+if has validate; then
+  VDIR="$OUT/validate"
+  mkdir -p "$VDIR"
+  export SESSIONKIT_DB="$VDIR/validate.db"
+  T=${VALIDATE_PYTEST_TIMEOUT:-400}
+  sk() { python3 -m sessionkit "$@"; }
+  sk start "validate" -m "the kernel issue's checks: standard grid, correctness on both families, GPU tests, sanitizers" > /dev/null
+  note "validate preflight: $(sk step preflight 2>&1 | tail -n 1)"
+  note "validate build: $(sk step build 2>&1 | tail -n 1)"
+  note "validate grid: $(sk step bench --grid standard 2>&1 | tail -n 1)"
+  pids=()
+  for part in a b c; do
+    case $part in
+      a) files="tests/test_kernel_gpu.py" ;;
+      b) files="tests/test_kernel_gpu_variants.py" ;;
+      c) files="tests/test_bench_gpu.py tests/test_correctness_step.py tests/test_preflight.py tests/test_profile.py tests/test_profile_source_step.py" ;;
+    esac
+    ( timeout "$T" python3 -m pytest -q -p no:cacheprovider -m gpu $files -rs > "$VDIR/pytest_$part.txt" 2>&1
+      echo "pytest exit $?" >> "$VDIR/pytest_$part.txt" ) &
+    pids+=($!)
+  done
+  ( for family in auto sm80; do for tool in memcheck racecheck synccheck; do
+      if [ "$family" = sm80 ]; then fam=sm80; else fam=; fi
+      SESSIONKIT_KERNEL_FAMILY=$fam timeout "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" \
+        python3 benchmarks/sanitize_run.py > "$VDIR/sanitizer_${family}_$tool.txt" 2>&1
+      echo "compute-sanitizer $tool ($family): exit $? | $(grep -E 'sanitize run done|ERROR SUMMARY|RACECHECK SUMMARY' "$VDIR/sanitizer_${family}_$tool.txt" | tr '\n' ' ')" >> "$VDIR/sanitizers.txt"
+    done; done ) &
+  pids+=($!)
+  note "validate correctness: $(sk step correctness --configs 200 2>&1 | tail -n 1)"
+  note "validate correctness (sm80 forced): $(SESSIONKIT_KERNEL_FAMILY=sm80 sk step correctness --configs 200 2>&1 | tail -n 1)"
+  wait "${pids[@]}"
+  for part in a b c; do
+    note "validate pytest $part: $(grep -E 'passed|failed|error' "$VDIR/pytest_$part.txt" | tail -n 1) | $(tail -n 1 "$VDIR/pytest_$part.txt")"
+    grep -E "^(FAILED|ERROR)" "$VDIR/pytest_$part.txt" | head -n 10 | tee -a "$SUMMARY"
+  done
+  tee -a "$SUMMARY" < "$VDIR/sanitizers.txt"
+  sk end --outcome "validated" > /dev/null
+  sk report -o "$VDIR/report.md" > /dev/null && note "validate report: $VDIR/report.md (database $VDIR/validate.db)"
+  python3 benchmarks/ab_table.py "$SESSIONKIT_DB" --clocks > "$VDIR/grid_table.txt" 2>&1
+  unset SESSIONKIT_DB
 fi
 
 echo

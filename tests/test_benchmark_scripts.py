@@ -15,7 +15,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize("args", [["bench_agreement.py", "agree"], ["bench_agreement.py", "repeat"],
                                   ["bench_placement.py"], ["telemetry_overhead.py"],
                                   ["attention_speed.py"],
-                                  ["launch_profile.py", "--config", "2,2,128,128,64,bf16,1"]])
+                                  ["launch_profile.py", "--config", "2,2,128,128,64,bf16,1"],
+                                  ["sanitize_run.py"]])
 def test_gpu_scripts_without_a_gpu_say_so_in_one_line(args, tmp_path):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
