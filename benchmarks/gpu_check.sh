@@ -13,7 +13,8 @@
 # validate: the kernel issue's checks as one sessionkit session (the standard grid first, on a rested
 #   GPU; then `step correctness --configs 200` on the dispatcher's family and on sm80 forced, next to
 #   `pytest -m gpu` in three processes and the sanitize stage's runs); its report and database land
-#   in $OUT/validate/. $VALIDATE_PYTEST_TIMEOUT bounds each pytest process (default 400 s).
+#   in $OUT/validate/. $VALIDATE_PYTEST_TIMEOUT bounds each pytest process (default 300 s: the whole stage
+#   then fits in one 10-minute call).
 #
 # Builds into $SESSIONKIT_BUILD_DIR (default ./.skbuild) so that a run starts from a clean cache.
 set -u
@@ -158,7 +159,7 @@ if has validate; then
   VDIR="$OUT/validate"
   mkdir -p "$VDIR"
   export SESSIONKIT_DB="$VDIR/validate.db"
-  T=${VALIDATE_PYTEST_TIMEOUT:-400}
+  T=${VALIDATE_PYTEST_TIMEOUT:-300}
   sk() { python3 -m sessionkit "$@"; }
   sk start "validate" -m "the kernel issue's checks: standard grid, correctness on both families, GPU tests, sanitizers" > /dev/null
   note "validate preflight: $(sk step preflight 2>&1 | tail -n 1)"
