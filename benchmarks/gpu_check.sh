@@ -178,7 +178,7 @@ if has validate; then
   done
   ( for family in auto sm80; do for tool in memcheck racecheck synccheck; do
       if [ "$family" = sm80 ]; then fam=sm80; else fam=; fi
-      SESSIONKIT_KERNEL_FAMILY=$fam timeout "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" \
+      SESSIONKIT_KERNEL_FAMILY=$fam timeout "${SANITIZE_TIMEOUT:-90}" compute-sanitizer --tool "$tool" \
         python3 benchmarks/sanitize_run.py > "$VDIR/sanitizer_${family}_$tool.txt" 2>&1
       echo "compute-sanitizer $tool ($family): exit $? | $(grep -E 'sanitize run done|ERROR SUMMARY|RACECHECK SUMMARY' "$VDIR/sanitizer_${family}_$tool.txt" | tr '\n' ' ')" >> "$VDIR/sanitizers.txt"
     done; done ) &
