@@ -18,6 +18,8 @@ import argparse
 import statistics
 import sys
 
+from sessionkit.argtypes import config_text, positive_int
+
 IMPLS = ("ours", "sdpa")
 
 
@@ -117,32 +119,11 @@ def run(config_text: str, calls: int, flush_l2: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _config(text: str) -> str:
-    from sessionkit.attention import parse_config
-    from sessionkit.errors import UsageError
-
-    try:
-        parse_config(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _calls(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n", 1)[0].split()))
-    parser.add_argument("--config", required=True, action="append", type=_config,
+    parser.add_argument("--config", required=True, action="append", type=config_text,
                         help="B,H,Sq,Sk,D,dtype,causal[,H_kv] (repeatable)")
-    parser.add_argument("--calls", type=_calls, default=20, help="calls per implementation (default: 20)")
+    parser.add_argument("--calls", type=positive_int, default=20, help="calls per implementation (default: 20)")
     parser.add_argument("--flush", action="store_true",
                         help="flush L2 before each call, as the bench step does (default: inputs stay warm in L2)")
     args = parser.parse_args(argv)

@@ -29,6 +29,8 @@ import re
 import subprocess
 import sys
 
+from sessionkit.argtypes import config_text, positive_int
+
 KINDS = ("tile", "q", "k", "v", "turn", "s", "pv", "epilogue", "ostore", "osync", "efinal",
          "estore")
 _LINE = re.compile(r"sk_wait cta (\d+) consumer (\d+) tiles (\d+) total (\d+) " +
@@ -91,32 +93,10 @@ def _child(config_text: str, runs: int) -> int:
     return 0
 
 
-def _config(text: str) -> str:
-    """argparse type of --config: the text, once sessionkit's parser accepts it."""
-    from sessionkit.attention import parse_config
-    from sessionkit.errors import UsageError
-
-    try:
-        parse_config(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _runs(text: str) -> int:
-    try:
-        runs = int(text)
-    except ValueError:
-        runs = 0
-    if runs < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return runs
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n", 1)[0].split()))
-    parser.add_argument("--config", required=True, type=_config, help="B,H,Sq,Sk,D,dtype,causal[,H_kv]")
-    parser.add_argument("--runs", type=_runs, default=3, help="launches; the last one is reported "
+    parser.add_argument("--config", required=True, type=config_text, help="B,H,Sq,Sk,D,dtype,causal[,H_kv]")
+    parser.add_argument("--runs", type=positive_int, default=3, help="launches; the last one is reported "
                                                              "(default: 3)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
