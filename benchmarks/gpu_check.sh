@@ -12,9 +12,9 @@
 #   the session's report (one column per bench step) lands in $OUT/ab.md, its database in $OUT/ab.db.
 # validate: the kernel issue's checks as one sessionkit session (the standard grid first, on a rested
 #   GPU; then `step correctness --configs 200` on the dispatcher's family and on sm80 forced, next to
-#   `pytest -m gpu` in three processes and the sanitize stage's runs); its report and database land
-#   in $OUT/validate/. $VALIDATE_PYTEST_TIMEOUT bounds each pytest process (default 300 s: the whole stage
-#   then fits in one 10-minute call).
+#   `pytest -m gpu` in three processes and the sanitizers on both families); its report and database
+#   land in $OUT/validate/, the session ends failed if anything failed or ran out of time, and
+#   everything is bounded to end within $VALIDATE_BUDGET seconds (default 520: one 10-minute call).
 #
 # Builds into $SESSIONKIT_BUILD_DIR (default ./.skbuild) so that a run starts from a clean cache.
 set -u
@@ -79,7 +79,7 @@ EOF
 fi
 
 if has tests; then
-  python3 -m pytest -m gpu tests/test_kernel_gpu.py -q -rs -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
+  python3 -m pytest -m gpu tests/test_kernel_gpu.py -q -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
   note "pytest: $(tail -n 1 "$OUT/pytest.txt")"
   grep -E "^(FAILED|ERROR)" "$OUT/pytest.txt" | head -n 15 | tee -a "$SUMMARY"
 fi
@@ -98,8 +98,10 @@ if has sanitize; then
     for tool in memcheck racecheck synccheck; do
       log=/tmp/sanitizer_${family}_$tool.txt
       if [ "$family" = sm80 ]; then export SESSIONKIT_KERNEL_FAMILY=sm80; else unset SESSIONKIT_KERNEL_FAMILY; fi
-      timeout "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" python3 benchmarks/sanitize_run.py > "$log" 2>&1
-      note "compute-sanitizer $tool ($family): exit $? | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"
+      nocache=$([ "$tool" = memcheck ] && echo 1 || echo 0)  # memcheck sees overruns between tensors
+      PYTORCH_NO_CUDA_MEMORY_CACHING=$nocache timeout -k 10 "${SANITIZE_TIMEOUT:-240}" \
+        compute-sanitizer --tool "$tool" --error-exitcode 3 python3 benchmarks/sanitize_run.py > "$log" 2>&1
+      note "compute-sanitizer $tool ($family): exit $? | $(grep -E 'sanitize run|ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tr '\n' ' ')"
       cat "$log" >> "$OUT/sanitizer.txt"
     done
   done
@@ -157,43 +159,81 @@ fi
 
 if has validate; then
   VDIR="$OUT/validate"
+  rm -rf "$VDIR"
   mkdir -p "$VDIR"
   export SESSIONKIT_DB="$VDIR/validate.db"
-  T=${VALIDATE_PYTEST_TIMEOUT:-300}
+  # Everything must end within $VALIDATE_BUDGET seconds of this point (default 520: one 10-minute
+  # call with the machine's start-up); each background run gets what is left, less a margin.
+  V0=$(date +%s)
+  left() { local t=$(( ${VALIDATE_BUDGET:-520} - ($(date +%s) - V0) - ${1:-0} )); echo $(( t > 5 ? t : 5 )); }
+  failures=0
   sk() { python3 -m sessionkit "$@"; }
+  # A step: its full output in $VDIR/step_<name>.txt, its last line in the summary; a failed one
+  # counts against the verdict.
+  step() {
+    local name=$1; shift
+    sk step "$@" > "$VDIR/step_$name.txt" 2>&1
+    local rc=$?
+    note "validate $name: exit $rc | $(tail -n 1 "$VDIR/step_$name.txt")"
+    [ $rc -eq 0 ] || failures=$((failures + 1))
+    return $rc
+  }
   sk start "validate" -m "the kernel issue's checks: standard grid, correctness on both families, GPU tests, sanitizers" > /dev/null
-  note "validate preflight: $(sk step preflight 2>&1 | tail -n 1)"
-  note "validate build: $(sk step build 2>&1 | tail -n 1)"
-  note "validate grid: $(sk step bench --grid standard 2>&1 | tail -n 1)"
-  pids=()
-  for part in a b c; do
-    case $part in
-      a) files="tests/test_kernel_gpu.py" ;;
-      b) files="tests/test_kernel_gpu_variants.py" ;;
-      c) files="tests/test_bench_gpu.py tests/test_correctness_step.py tests/test_preflight.py tests/test_profile.py tests/test_profile_source_step.py" ;;
-    esac
-    ( timeout "$T" python3 -m pytest -q -p no:cacheprovider -m gpu $files -rs > "$VDIR/pytest_$part.txt" 2>&1
-      echo "pytest exit $?" >> "$VDIR/pytest_$part.txt" ) &
-    pids+=($!)
-  done
-  ( for family in auto sm80; do for tool in memcheck racecheck synccheck; do
-      if [ "$family" = sm80 ]; then fam=sm80; else fam=; fi
-      SESSIONKIT_KERNEL_FAMILY=$fam timeout "${SANITIZE_TIMEOUT:-90}" compute-sanitizer --tool "$tool" \
-        python3 benchmarks/sanitize_run.py > "$VDIR/sanitizer_${family}_$tool.txt" 2>&1
-      echo "compute-sanitizer $tool ($family): exit $? | $(grep -E 'sanitize run done|ERROR SUMMARY|RACECHECK SUMMARY' "$VDIR/sanitizer_${family}_$tool.txt" | tr '\n' ' ')" >> "$VDIR/sanitizers.txt"
-    done; done ) &
-  pids+=($!)
-  note "validate correctness: $(sk step correctness --configs 200 2>&1 | tail -n 1)"
-  note "validate correctness (sm80 forced): $(SESSIONKIT_KERNEL_FAMILY=sm80 sk step correctness --configs 200 2>&1 | tail -n 1)"
-  wait "${pids[@]}"
-  for part in a b c; do
-    note "validate pytest $part: $(grep -E 'passed|failed|error' "$VDIR/pytest_$part.txt" | tail -n 1) | $(tail -n 1 "$VDIR/pytest_$part.txt")"
-    grep -E "^(FAILED|ERROR)" "$VDIR/pytest_$part.txt" | head -n 10 | tee -a "$SUMMARY"
-  done
-  tee -a "$SUMMARY" < "$VDIR/sanitizers.txt"
-  sk end --outcome "validated" > /dev/null
-  sk report -o "$VDIR/report.md" > /dev/null && note "validate report: $VDIR/report.md (database $VDIR/validate.db)"
-  python3 benchmarks/ab_table.py "$SESSIONKIT_DB" --clocks > "$VDIR/grid_table.txt" 2>&1
+  step preflight preflight
+  if ! step build build; then
+    sk end --outcome "the build failed: nothing else ran" --status failed > /dev/null
+    sk report -o "$VDIR/report.md" > /dev/null
+    note "validate: FAILED (build)"
+  else
+    step grid bench --grid standard
+    pids=()
+    for part in a b c; do
+      case $part in
+        a) files="tests/test_kernel_gpu.py" ;;
+        b) files="tests/test_kernel_gpu_variants.py" ;;
+        c) files="tests/test_bench_gpu.py tests/test_correctness_step.py tests/test_preflight.py tests/test_profile.py tests/test_profile_source_step.py" ;;
+      esac
+      ( timeout -k 10 "$(left 30)" python3 -m pytest -q -p no:cacheprovider -m gpu $files > "$VDIR/pytest_$part.txt" 2>&1
+        echo "pytest exit $?" >> "$VDIR/pytest_$part.txt" ) &
+      pids+=($!)
+    done
+    # The sanitizers, one chain per family (side by side, so both fit the budget): memcheck without
+    # PyTorch's caching allocator, so that an overrun into a neighbouring tensor is seen.
+    for family in auto sm80; do
+      ( if [ "$family" = sm80 ]; then fam=sm80; else fam=; fi
+        for tool in memcheck racecheck synccheck; do
+          log="$VDIR/sanitizer_${family}_$tool.txt"
+          nocache=$([ "$tool" = memcheck ] && echo 1 || echo 0)
+          SESSIONKIT_KERNEL_FAMILY=$fam PYTORCH_NO_CUDA_MEMORY_CACHING=$nocache timeout -k 10 "$(left 40)" \
+            compute-sanitizer --tool "$tool" --error-exitcode 3 python3 benchmarks/sanitize_run.py > "$log" 2>&1
+          echo "compute-sanitizer $tool ($family): exit $? | $(grep -E 'sanitize run done|ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tr '\n' ' ')" >> "$VDIR/sanitizers_$family.txt"
+        done ) &
+      pids+=($!)
+    done
+    step correctness correctness --configs 200
+    SESSIONKIT_KERNEL_FAMILY=sm80 step correctness_sm80 correctness --configs 200
+    wait "${pids[@]}"
+    for part in a b c; do
+      note "validate pytest $part: $(grep -E '[0-9]+ (passed|failed|error|skipped)' "$VDIR/pytest_$part.txt" | tail -n 1) | $(tail -n 1 "$VDIR/pytest_$part.txt")"
+      grep -E "^(FAILED|ERROR)" "$VDIR/pytest_$part.txt" | head -n 10 | tee -a "$SUMMARY"
+      tail -n 1 "$VDIR/pytest_$part.txt" | grep -q "pytest exit 0" || failures=$((failures + 1))
+    done
+    for family in auto sm80; do
+      touch "$VDIR/sanitizers_$family.txt"
+      tee -a "$SUMMARY" < "$VDIR/sanitizers_$family.txt"
+      # All three tools ran and each exited 0 (--error-exitcode makes a finding a non-zero exit).
+      if [ "$(grep -c ": exit 0 |" "$VDIR/sanitizers_$family.txt")" -ne 3 ]; then failures=$((failures + 1)); fi
+    done
+    if [ $failures -eq 0 ]; then
+      sk end --outcome "validated: every step, GPU test and sanitizer run passed" --status passed > /dev/null
+      note "validate: PASSED"
+    else
+      sk end --outcome "not validated: $failures of the steps, GPU test processes and sanitizer chains failed or ran out of time" --status failed > /dev/null
+      note "validate: FAILED ($failures failed or timed out; see $VDIR)"
+    fi
+    sk report -o "$VDIR/report.md" > /dev/null && note "validate report: $VDIR/report.md (database $VDIR/validate.db)"
+    python3 benchmarks/ab_table.py "$SESSIONKIT_DB" --clocks > "$VDIR/grid_table.txt" 2>&1
+  fi
   unset SESSIONKIT_DB
 fi
 

@@ -30,13 +30,19 @@ def _short(name: str, width: int = 72) -> str:
 
 def per_call(events: list[tuple[str, float, float]], calls: int) -> list[list[tuple[str, float, float]]]:
     """Splits device activity (name, start_us, end_us) sorted by start into ``calls`` equal groups
-    (every call launches the same kernels). Raises ValueError when the count does not divide."""
+    (every call launches the same kernels). Raises ValueError when the count does not divide or
+    the groups' kernel names differ."""
     if not events or len(events) % calls:
         names = sorted({_short(name, 40) for name, _, _ in events})
         raise ValueError(f"{len(events)} device activities for {calls} calls: not the same per call "
                          f"({', '.join(names) or 'none'})")
     size = len(events) // calls
-    return [events[i * size:(i + 1) * size] for i in range(calls)]
+    groups = [events[i * size:(i + 1) * size] for i in range(calls)]
+    first = [name for name, _, _ in groups[0]]
+    for i, group in enumerate(groups[1:], start=2):
+        if [name for name, _, _ in group] != first:
+            raise ValueError(f"call {i} launched other kernels than call 1: not the same per call")
+    return groups
 
 
 def summarize(groups: list[list[tuple[str, float, float]]]) -> dict:

@@ -39,3 +39,10 @@ def test_a_count_that_does_not_divide_is_refused():
         lp.per_call([("k", 0.0, 1.0)] * 5, 2)
     with pytest.raises(ValueError):
         lp.per_call([], 2)
+
+
+def test_groups_whose_kernels_differ_are_refused():
+    lp = _module()
+    events = [("a", 0.0, 1.0), ("b", 2.0, 3.0), ("a", 10.0, 11.0), ("c", 12.0, 13.0)]
+    with pytest.raises(ValueError, match="call 2 launched other kernels"):
+        lp.per_call(events, 2)
