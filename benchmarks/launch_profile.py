@@ -98,7 +98,7 @@ def _profile(torch, launch, inputs, calls: int, flush=None) -> list[tuple[str, f
 def run(config_text: str, calls: int, flush_l2: bool = False) -> str:
     import torch
 
-    from sessionkit.attention import REGISTRY, parse_config
+    from sessionkit.attention import REGISTRY, parse_config, tflops
     from sessionkit.bench.timing import make_input_sets
 
     config = parse_config(config_text)
@@ -115,13 +115,18 @@ def run(config_text: str, calls: int, flush_l2: bool = False) -> str:
         def flush():
             buf.add_(1)
     lines = [f"config {config_text}" + (" (L2 flushed before each call)" if flush_l2 else "")]
+    spans = {}
     for name in IMPLS:
         launch = REGISTRY[name].launcher(config)
         summary = summarize(per_call(_profile(torch, launch, inputs, calls, flush), calls))
-        lines.append(f"  {name}: span {summary['span_us']:.1f} us, kernels {summary['busy_us']:.1f} us, "
+        spans[name] = summary["span_us"]
+        rate = tflops(config.flops, summary["span_us"] / 1000)
+        lines.append(f"  {name}: span {summary['span_us']:.1f} us ({rate:.0f} TFLOP/s), "
+                     f"kernels {summary['busy_us']:.1f} us, "
                      f"gaps {summary['span_us'] - summary['busy_us']:.1f} us")
         for kernel, us in summary["kernels"]:
             lines.append(f"    {us:10.1f} us  {_short(kernel)}")
+    lines.append(f"  ours / sdpa by span: {spans['sdpa'] / spans['ours']:.3f} (above 1: ours is faster)")
     return "\n".join(lines)
 
 
