@@ -31,13 +31,9 @@ def test_not_a_positive_int(text):
 
 
 def test_scripts_say_a_bad_config_in_one_usage_line(capsys):
-    import importlib.util
-    from pathlib import Path
+    from scripts import load_script
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "launch_profile.py"
-    spec = importlib.util.spec_from_file_location("launch_profile", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/launch_profile.py")
     with pytest.raises(SystemExit) as exc:
         module.main(["--config", "nope"])
     assert exc.value.code == 2

@@ -62,13 +62,9 @@ def compiled():
 
 
 def _generator():
-    import importlib.util
+    from scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("generate_kernels",
-                                                  csrc_dir() / "generate_kernels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(csrc_dir() / "generate_kernels.py")
 
 
 def _families():

@@ -303,12 +303,9 @@ def _cpp_head_dims() -> dict[str, tuple[int, ...]]:
 
 
 def _generator_families() -> dict[str, tuple[int, ...]]:
-    import importlib.util
+    from scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("generate_kernels",
-                                                  csrc_dir() / "generate_kernels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(csrc_dir() / "generate_kernels.py")
     return {family: tuple(sorted(dims)) for family, dims in module.FAMILIES.items()}
 
 

@@ -3,19 +3,12 @@ each call's kernel time and span."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "launch_profile.py"
+from scripts import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("launch_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/launch_profile.py")
 
 
 def test_calls_split_evenly_and_gaps_are_span_less_kernels():

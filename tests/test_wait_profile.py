@@ -4,19 +4,14 @@ experiment-switch compile test (no spills, no serialized wgmma)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from scripts import ROOT, load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "wait_profile.py"
+SCRIPT = ROOT / "benchmarks" / "wait_profile.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("wait_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _line(cta, consumer, tiles, total, **kinds):
