@@ -99,18 +99,17 @@ def run(config_text: str, calls: int, flush_l2: bool = False) -> str:
     import torch
 
     from sessionkit.attention import REGISTRY, parse_config, tflops
-    from sessionkit.bench.timing import make_input_sets
+    from sessionkit.bench.timing import l2_flush_buffer, make_input_sets
 
     config = parse_config(config_text)
     device = torch.device("cuda")
     inputs = make_input_sets(torch, config, device, 1)[0]
     flush = None
     if flush_l2:
-        # As the bench step's timer does, a buffer twice the size of L2 is written; by an
-        # elementwise kernel rather than zero_, which may run as a memset and would then take
-        # the calls' own memsets out of the profile with it.
-        l2_bytes = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 50 << 20)
-        buf = torch.zeros(max(2 * l2_bytes, 8 << 20) // 4, dtype=torch.int32, device=device)
+        # The bench step's timer's buffer, written by an elementwise kernel rather than zero_,
+        # which may run as a memset and would then take the calls' own memsets out of the
+        # profile with it.
+        buf = l2_flush_buffer(torch, device)
 
         def flush():
             buf.add_(1)

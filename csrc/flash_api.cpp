@@ -316,11 +316,18 @@ StreamCounters& stream_counters() {
   return *table;
 }
 
-int* stream_tile_counter(int device, cudaStream_t stream) {
+// The table's key of (device, stream), from cudaStreamGetId; false where that query fails (its
+// error, which may be an earlier launch's, is left for the launch check to report).
+bool stream_key(int64_t device, cudaStream_t stream, uint64_t* key) {
   unsigned long long id = 0;
-  // A failure here may be an earlier launch's error: it is left for the launch check to report.
-  if (cudaStreamGetId(stream, &id) != cudaSuccess) return nullptr;
-  const uint64_t key = (static_cast<uint64_t>(device) << 48) ^ static_cast<uint64_t>(id);
+  if (cudaStreamGetId(stream, &id) != cudaSuccess) return false;
+  *key = (static_cast<uint64_t>(device) << 48) ^ static_cast<uint64_t>(id);
+  return true;
+}
+
+int* stream_tile_counter(int device, cudaStream_t stream) {
+  uint64_t key = 0;
+  if (!stream_key(device, stream, &key)) return nullptr;
   constexpr int kSlab = 1024;
   StreamCounters& table = stream_counters();
   std::lock_guard<std::mutex> lock(table.mutex);
@@ -377,9 +384,8 @@ int64_t stream_tile_counter_value(int64_t device, int64_t set) {
            "_stream_tile_counter: bad device index " + num(device));
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
-  unsigned long long id = 0;
-  SK_CHECK(cudaStreamGetId(stream, &id) == cudaSuccess, "_stream_tile_counter: cudaStreamGetId failed");
-  const uint64_t key = (static_cast<uint64_t>(device) << 48) ^ static_cast<uint64_t>(id);
+  uint64_t key = 0;
+  SK_CHECK(stream_key(device, stream, &key), "_stream_tile_counter: cudaStreamGetId failed");
   int* counter = nullptr;
   {
     StreamCounters& table = stream_counters();

@@ -189,6 +189,14 @@ class ImplRun:
     done: bool = False
 
 
+def l2_flush_buffer(torch, device):
+    """An int32 buffer on ``device`` twice the size of its L2 (at least 8 MB; 50 MB of L2 assumed
+    where torch does not say): writing all of it evicts every line an earlier kernel left in L2."""
+    props = torch.cuda.get_device_properties(device)
+    l2_bytes = int(getattr(props, "L2_cache_size", 0) or 50 << 20)
+    return torch.empty(max(2 * l2_bytes, 8 << 20) // 4, dtype=torch.int32, device=device)
+
+
 class Timer:
     """CUDA-event timing on one device, with an L2 flush and a launch-latency shield."""
 
@@ -196,10 +204,7 @@ class Timer:
                  cooldown: float = 0.0):
         self.torch = torch
         self.device = torch.device("cuda", torch.cuda.current_device()) if device is None else device
-        props = torch.cuda.get_device_properties(self.device)
-        self.l2_bytes = int(getattr(props, "L2_cache_size", 0) or 50 << 20)
-        self.flush_buf = torch.empty(max(2 * self.l2_bytes, 8 << 20) // 4, dtype=torch.int32,
-                                     device=self.device)
+        self.flush_buf = l2_flush_buffer(torch, self.device)
         self.probe = probe or Probe(reason="no probe")
         self.graph = graph
         self.cooldown = max(0.0, float(cooldown))  # idle time per unit of batch time

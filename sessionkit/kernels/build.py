@@ -330,8 +330,9 @@ def build_extension(progress=None, *, nvcc: str | None = None,
     if capability is None:
         capability = tuple(torch.cuda.get_device_capability())
     arch = toolchain.arch_label(capability)
-    cuda_flags = CUDA_FLAGS + toolchain.arch_flags(capability) + extra_nvcc_flags()
-    cflags = CXX_FLAGS + macro_flags(extra_nvcc_flags())
+    experiment = extra_nvcc_flags()
+    cuda_flags = CUDA_FLAGS + toolchain.arch_flags(capability) + experiment
+    cflags = CXX_FLAGS + macro_flags(experiment)
     root = csrc_dir()
     files = source_files(root)
     sources_sha = sources_digest(files, root)
