@@ -3,13 +3,21 @@ call, each one's device time, and the call's span from its first kernel's start 
 end, read from the CUDA profiler through ``torch.profiler`` (CUPTI activity records).
 
     python benchmarks/launch_profile.py --config 32,32,512,512,64,bf16,1 [--config ...] [--calls 20] [--flush]
+        [--launches K]
 
 The calls run back to back behind a spin kernel (``torch.cuda._sleep``), as the bench step's samples
 do, so host time does not open gaps between them. By default the inputs stay warm in L2 from call
 to call; ``--flush`` flushes L2 before each call (the flush's own kernels left out), as the bench
 step does before each sample. The table's "span" less its "kernels" is the time
 the device spends between one call's kernels (launch gaps); a bench sample of one call times the
-span. Device times are medians over the calls. Needs a CUDA GPU; ours needs its kernels built.
+span. With ``--launches K`` each profiled unit is a bench step's sample of K launches: K calls
+back to back, each on its own input set (K sets, rotating from sample to sample), after the flush
+when ``--flush`` is given; the bench step takes K = ceil(0.25 ms / latency) for kernels under
+0.25 ms. Each kernel is then listed per launch, and the span runs from the first launch's first
+kernel to the last launch's last one. Each implementation's samples are then timed again with
+CUDA events around them, as the bench step times them (no profiler attached), for comparison with
+the span. Device times are medians over the samples. Needs a CUDA GPU; ours needs its kernels
+built.
 """
 
 from __future__ import annotations
@@ -70,13 +78,14 @@ def _device_events(torch, prof, skip: set[str]) -> list[tuple[str, float, float]
     return events
 
 
-def _profile(torch, launch, inputs, calls: int, flush=None) -> list[tuple[str, float, float]]:
-    """Device activity of ``calls`` calls of ``launch``, queued behind a spin kernel; with
-    ``flush``, it runs before each call and its own kernels are left out of the result."""
+def _profile(torch, launch, sets, calls: int, flush=None, launches: int = 1) -> list[tuple[str, float, float]]:
+    """Device activity of ``calls`` samples of ``launches`` back-to-back calls of ``launch`` (call
+    i of sample c on input set (c + i) mod len(sets)), queued behind a spin kernel; with ``flush``,
+    it runs before each sample and its own kernels are left out of the result."""
     from torch.profiler import ProfilerActivity, profile
 
-    for _ in range(3):  # warm up: builds, cuDNN plans, allocator
-        launch(*inputs)
+    for i in range(3 * len(sets)):  # warm up: builds, cuDNN plans, allocator
+        launch(*sets[i % len(sets)])
     skip: set[str] = set()
     if flush is not None:
         torch.cuda.synchronize()
@@ -87,15 +96,35 @@ def _profile(torch, launch, inputs, calls: int, flush=None) -> list[tuple[str, f
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA], acc_events=True) as prof:
         torch.cuda._sleep(50_000_000)  # the host queues every call while the GPU spins
-        for _ in range(calls):
+        for c in range(calls):
             if flush is not None:
                 flush()
-            launch(*inputs)
+            for i in range(launches):
+                launch(*sets[(c + i) % len(sets)])
         torch.cuda.synchronize()
     return _device_events(torch, prof, skip)
 
 
-def run(config_text: str, calls: int, flush_l2: bool = False) -> str:
+def _event_times(torch, launch, sets, calls: int, flush=None, launches: int = 1) -> list[float]:
+    """The same samples timed as the bench step times them: CUDA events around each sample's
+    launches (after its flush), queued behind a spin kernel. Each sample's time in us."""
+    pairs = []
+    torch.cuda.synchronize()
+    torch.cuda._sleep(50_000_000)
+    for c in range(calls):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if flush is not None:
+            flush()
+        start.record()
+        for i in range(launches):
+            launch(*sets[(c + i) % len(sets)])
+        end.record()
+        pairs.append((start, end))
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) * 1000.0 for start, end in pairs]
+
+
+def run(config_text: str, calls: int, flush_l2: bool = False, launches: int = 1) -> str:
     import torch
 
     from sessionkit.attention import REGISTRY, parse_config, tflops
@@ -103,7 +132,7 @@ def run(config_text: str, calls: int, flush_l2: bool = False) -> str:
 
     config = parse_config(config_text)
     device = torch.device("cuda")
-    inputs = make_input_sets(torch, config, device, 1)[0]
+    sets = make_input_sets(torch, config, device, launches)
     flush = None
     if flush_l2:
         # The bench step's timer's buffer, written by an elementwise kernel rather than zero_,
@@ -113,19 +142,26 @@ def run(config_text: str, calls: int, flush_l2: bool = False) -> str:
 
         def flush():
             buf.add_(1)
-    lines = [f"config {config_text}" + (" (L2 flushed before each call)" if flush_l2 else "")]
-    spans = {}
+    unit = "call" if launches == 1 else f"sample of {launches} launches"
+    lines = [f"config {config_text}" + (f", per {unit}" if launches > 1 else "")
+             + (f" (L2 flushed before each {unit})" if flush_l2 else "")]
+    spans, timed_us = {}, {}
     for name in IMPLS:
         launch = REGISTRY[name].launcher(config)
-        summary = summarize(per_call(_profile(torch, launch, inputs, calls, flush), calls))
+        summary = summarize(per_call(_profile(torch, launch, sets, calls, flush, launches), calls))
         spans[name] = summary["span_us"]
-        rate = tflops(config.flops, summary["span_us"] / 1000)
+        rate = tflops(config.flops * launches, summary["span_us"] / 1000)
+        timed = timed_us[name] = statistics.median(_event_times(torch, launch, sets, calls, flush, launches))
         lines.append(f"  {name}: span {summary['span_us']:.1f} us ({rate:.0f} TFLOP/s), "
                      f"kernels {summary['busy_us']:.1f} us, "
-                     f"gaps {summary['span_us'] - summary['busy_us']:.1f} us")
-        for kernel, us in summary["kernels"]:
-            lines.append(f"    {us:10.1f} us  {_short(kernel)}")
-    lines.append(f"  ours / sdpa by span: {spans['sdpa'] / spans['ours']:.3f} (above 1: ours is faster)")
+                     f"gaps {summary['span_us'] - summary['busy_us']:.1f} us; "
+                     f"CUDA events around the {unit}: {timed:.1f} us")
+        per_launch = len(summary["kernels"]) // launches
+        for pos, (kernel, us) in enumerate(summary["kernels"]):
+            tag = f"[{pos // per_launch + 1}] " if launches > 1 else ""
+            lines.append(f"    {us:10.1f} us  {tag}{_short(kernel)}")
+    lines.append(f"  ours / sdpa by span: {spans['sdpa'] / spans['ours']:.3f}, by CUDA events: "
+                 f"{timed_us['sdpa'] / timed_us['ours']:.3f} (above 1: ours is faster)")
     return "\n".join(lines)
 
 
@@ -133,7 +169,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n", 1)[0].split()))
     parser.add_argument("--config", required=True, action="append", type=config_text,
                         help="B,H,Sq,Sk,D,dtype,causal[,H_kv] (repeatable)")
-    parser.add_argument("--calls", type=positive_int, default=20, help="calls per implementation (default: 20)")
+    parser.add_argument("--calls", type=positive_int, default=20,
+                        help="calls (samples, with --launches) per implementation (default: 20)")
+    parser.add_argument("--launches", type=positive_int, default=1,
+                        help="back-to-back calls per sample, each on its own input set, as the bench "
+                             "step's samples of short kernels (default: 1)")
     parser.add_argument("--flush", action="store_true",
                         help="flush L2 before each call, as the bench step does (default: inputs stay warm in L2)")
     args = parser.parse_args(argv)
@@ -147,7 +187,7 @@ def main(argv=None) -> int:
 
     try:
         for text in args.config:
-            print(run(text, args.calls, args.flush), flush=True)
+            print(run(text, args.calls, args.flush, args.launches), flush=True)
     except (SessionkitError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
