@@ -835,8 +835,13 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       // at c ^ (r % 8), so the quad's four 4-byte writes of 8 rows hit 32 different banks), then
       // one TMA store per 64-column chunk; the tensor map clips rows past seqlen_q.
       SK_WAIT(kWaitOStore, {
-        if (signals) cp_async_bulk_wait_group_read<0>();  // the previous tile's store has read it
-        bar_sync(kEpilogueBarrier0 + consumer, 128);
+        if constexpr (Tr::kWarpStoreO) {
+          if (lane == 0) cp_async_bulk_wait_group_read<0>();  // this warp's previous store
+          __syncwarp();
+        } else {
+          if (signals) cp_async_bulk_wait_group_read<0>();  // the previous tile's store has read it
+          bar_sync(kEpilogueBarrier0 + consumer, 128);
+        }
       });
       SK_SPAN_BEGIN(stage_t0);
       if constexpr (Tr::kStmatrixO) {
@@ -870,9 +875,25 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       SK_SPAN_END(kEpiStore, stage_t0);
       SK_WAIT(kWaitOSync, {
         fence_proxy_async_shared_cta();
-        bar_sync(kEpilogueBarrier0 + consumer, 128);
+        if constexpr (Tr::kWarpStoreO) {
+          __syncwarp();
+        } else {
+          bar_sync(kEpilogueBarrier0 + consumer, 128);
+        }
       });
-      if (signals) {
+      if constexpr (Tr::kWarpStoreO) {
+        // The warp's 16 rows (a 16-row box of the tensor map; rows past seqlen_q are clipped).
+        if (lane == 0) {
+#pragma unroll
+          for (int c = 0; c < Tr::kChunks; ++c) {
+            const uint32_t rows = o_base + c * Tr::kOChunkBytes + warp * 16 * Tr::kSwizzleBytes;
+            cp_async_bulk_tensor_4d_shared_to_global(&args.tma_o, c * Tr::kChunkCols,
+                                                     wg_row0 + warp * 16, tile.head, tile.batch,
+                                                     rows);
+          }
+          cp_async_bulk_commit_group();
+        }
+      } else if (signals) {
 #pragma unroll
         for (int c = 0; c < Tr::kChunks; ++c) {
           cp_async_bulk_tensor_4d_shared_to_global(&args.tma_o, c * Tr::kChunkCols, wg_row0,
@@ -940,7 +961,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
 #endif
   }
   // Shared memory must outlive the last TMA store's reads of it.
-  if (Tr::kTmaStoreO && args.tma_store && signals) cp_async_bulk_wait_group_read<0>();
+  if (Tr::kTmaStoreO && args.tma_store && (Tr::kWarpStoreO ? lane == 0 : signals)) {
+    cp_async_bulk_wait_group_read<0>();
+  }
   if (consumer == 0) sched_wait();  // the last consumer's final arrival
 #if SK_SM90_WAIT_PROFILE
   // A call (printf) here would make ptxas serialize every wgmma (C7510): the counts go to a

@@ -131,7 +131,7 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
   // O through TMA when its strides allow it (allocated by the binding they always do; a
   // caller's out may not), else plain stores.
   args.tma_store = Tr::kTmaStoreO && make_tensor_map(&args.tma_o, p.out, kBf16, p.batch, p.heads, p.seqlen_q,
-                                   kHeadDim, p.o_batch_stride, p.o_head_stride, p.o_row_stride, 64,
+                                   kHeadDim, p.o_batch_stride, p.o_head_stride, p.o_row_stride, Tr::kOBoxRows,
                                    Tr::kSwizzleBytes)
                        ? 1
                        : 0;

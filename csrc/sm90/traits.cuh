@@ -122,6 +122,9 @@ namespace sm90 {
 #ifndef SK_SM90_PREFETCH_BLOCKS
 #define SK_SM90_PREFETCH_BLOCKS 2  // key blocks of the next tile that SK_SM90_PREFETCH_NEXT prefetches
 #endif
+#ifndef SK_SM90_WARP_STORE_O
+#define SK_SM90_WARP_STORE_O 0  // 1: each warp stages and TMA-stores its own 16 rows of O (no warpgroup barriers)
+#endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
@@ -360,6 +363,13 @@ struct Traits {
   // fragment layout). At D64 causal S=512 the epilogue is 11 % of a tile (v15's wait profile).
   // Not yet timed: off.
   static constexpr bool kStmatrixO = SK_SM90_STMATRIX_O != 0 && kTmaStoreO;
+  // Experiment (off): each warp of a consumer writes only its own 16 rows of the O staging (in
+  // both store forms above), so with kWarpStoreO each warp waits for its own previous store, syncs
+  // with __syncwarp and has its lane 0 issue the TMA store of its 16 rows (a 16-row box), instead
+  // of the two 128-thread named barriers around the warpgroup's 64-row store. Those barriers were
+  // 1.5-2.2 % of a 512-key tile in v14's and v18's wait profiles (`ostore`, `osync`).
+  static constexpr bool kWarpStoreO = SK_SM90_WARP_STORE_O != 0 && kTmaStoreO;
+  static constexpr int kOBoxRows = kWarpStoreO ? 16 : 64;  // rows of the TMA store's box of O
   // Where O leaves in plain stores (three consumers, D=96, D=256, the 176-key block, or a
   // caller's out that TMA cannot describe), each thread's 4-byte stores write 8 rows x 16 bytes a
   // warp instruction, so the epilogue queues 2 * kDTiles of them per thread (64 at D=256). With
