@@ -139,12 +139,15 @@ if has ab; then
   IFS=';' read -ra SETS <<< ";${VARIANTS:-}"  # the empty first set is the plain build
   for flags in "${SETS[@]}"; do
     label=${flags:-plain}
+    build_t0=$(date +%s)
     export SESSIONKIT_NVCC_FLAGS="$flags"
     # Every build's correctness output, one after the other (a later build overwrote the first's).
     echo "== ab [$label]" >> "$OUT/ab_correctness.txt"
     if python3 -m sessionkit step correctness --configs 64 --max-seq-len 2048 > "$AB_DIR/correctness.txt" 2>&1; then
       cat "$AB_DIR/correctness.txt" >> "$OUT/ab_correctness.txt"
-      note "ab [$label]: $(python3 -m sessionkit step bench --preheat 10s "${CONFIG_ARGS[@]}" 2>&1 | tail -n 1)"
+      bench_line=$(python3 -m sessionkit step bench --preheat 10s "${CONFIG_ARGS[@]}" 2>&1 | tail -n 1)
+      # The build's whole cost (build, correctness, bench), to size the next A/B to its time limit.
+      note "ab [$label] ($(( $(date +%s) - build_t0 )) s): $bench_line"
       # Each config's figures so far, rewritten after every build: a run cut short by its time
       # limit keeps the table of the builds it finished.
       python3 benchmarks/ab_table.py "$SESSIONKIT_DB" --clocks > "$OUT/ab_table.txt" 2>&1
