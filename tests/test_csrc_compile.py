@@ -12,8 +12,8 @@ costs far more than it saves in this kernel; such a change should be looked at, 
 
 from __future__ import annotations
 
-import shutil
 import re
+import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -350,3 +350,29 @@ def test_stmatrix_switch_stores_o_by_stsm(tmp_path, flag, stmatrix):
     assert proc.returncode == 0, proc.stderr[-3000:]
     sass = _sass(cuobjdump, cubin)
     assert sum("STSM" in line for line in sass.splitlines()) == stmatrix
+
+
+@pytest.mark.parametrize("flag, barriers", [("-DSK_SM90_WARP_STORE_O=1", 0), (None, 2)])
+def test_warp_store_switch_drops_the_epilogue_barriers(tmp_path, flag, barriers):
+    """With SK_SM90_WARP_STORE_O=1 each warp stores its own 16 rows of O by TMA (lane 0 issues it
+    after a __syncwarp), so the D64 causal short-keys epilogue has none of the two 128-thread named
+    barriers (`BAR.SYNC ..., 0x80`) around the warpgroup's store that the shipped build has; the
+    build has no spills and no serialized wgmma."""
+    nvcc = _nvcc()
+    cuobjdump = _cuobjdump()
+    root = csrc_dir()
+    name = "flash_fwd_sm90_bf16_hdim64_causal_shortkeys"
+    cubin = tmp_path / f"{name}.cubin"
+    proc = subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-Xptxas=-v",
+                           "-cubin", *toolchain.arch_flags((9, 0)), *(flag.split() if flag else []),
+                           "-I", str(root), "-o", str(cubin),
+                           str(root / "instantiations" / f"{name}.cu")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = parse_ptxas(proc.stdout + proc.stderr).get(name)
+    assert res is not None and res.spill_store_bytes + res.spill_load_bytes == 0, res
+    assert res.wgmma_serialized is None, f"ptxas serialized the wgmma: {res.wgmma_serialized}"
+    sass = _sass(cuobjdump, cubin).splitlines()
+    epilogue_barriers = [line for line in sass if re.search(r"BAR\.SYNC\S*\s+\S+,\s*0x80\s*;", line)]
+    assert len(epilogue_barriers) == barriers, epilogue_barriers
+    assert any("UTMASTG" in line for line in sass)

@@ -833,7 +833,8 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       const uint32_t o_base = o_smem_base + consumer * Tr::kOBytesPerConsumer;
       // Through shared memory (the 128-byte swizzle TMA expects: 16-byte chunk c of row r sits
       // at c ^ (r % 8), so the quad's four 4-byte writes of 8 rows hit 32 different banks), then
-      // one TMA store per 64-column chunk; the tensor map clips rows past seqlen_q.
+      // one TMA store per 64-column chunk (per warp's 16 rows with kWarpStoreO); the tensor map
+      // clips rows past seqlen_q.
       SK_WAIT(kWaitOStore, {
         if constexpr (Tr::kWarpStoreO) {
           if (lane == 0) cp_async_bulk_wait_group_read<0>();  // this warp's previous store

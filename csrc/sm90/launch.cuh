@@ -33,8 +33,9 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 
 // A tensor map for a (batch, heads, seq, head_dim) tensor with element strides (batch, head, row)
 // and a contiguous last dimension, read as boxes of swizzle_bytes / 2 columns x box_rows rows with
-// the 128- or 64-byte swizzle. Rows past seq are zero-filled by the hardware. Returns false when TMA cannot describe
-// the tensor (strides must be positive multiples of 16 bytes below 2^40).
+// the 128- or 64-byte swizzle. Rows past seq are zero-filled by the hardware on loads and not
+// written by stores. Returns false when TMA cannot describe the tensor (strides must be positive
+// multiples of 16 bytes below 2^40).
 inline bool make_tensor_map(CUtensorMap* map, const void* ptr, bool bf16, int64_t batch,
                             int64_t heads, int64_t seq, int64_t head_dim, int64_t batch_stride,
                             int64_t head_stride, int64_t row_stride, int box_rows,
