@@ -93,6 +93,22 @@ def test_every_kernel_compiles_without_spills(compiled):
         assert res.wgmma_serialized is None, f"{name}: ptxas serialized its wgmma ({res.wgmma_serialized})"
 
 
+def _compile_kernel(tmp_path: Path, name: str, flags: str | None = None) -> tuple[Path, str]:
+    """Compiles csrc/instantiations/NAME.cu for sm_90a with the experiment -D ``flags`` (space-
+    separated, or None) into a cubin under tmp_path, ptxas verbose; returns the cubin and the
+    compiler's output. Fails the test when it does not compile."""
+    nvcc = _nvcc()
+    root = csrc_dir()
+    cubin = tmp_path / f"{name}.cubin"
+    proc = subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-Xptxas=-v",
+                           "-cubin", *toolchain.arch_flags((9, 0)), *(flags.split() if flags else []),
+                           "-I", str(root), "-o", str(cubin),
+                           str(root / "instantiations" / f"{name}.cu")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cubin, proc.stdout + proc.stderr
+
+
 def _sass(cuobjdump: str, cubin: Path) -> str:
     sass = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True,
                           timeout=120)
@@ -215,15 +231,8 @@ EXPERIMENTS = [
 @pytest.mark.parametrize("flag, name, consumer_regs, producer_regs", EXPERIMENTS)
 def test_experiment_switches_build_without_spills(tmp_path, flag, name, consumer_regs,
                                                   producer_regs):
-    nvcc = _nvcc()
-    root = csrc_dir()
-    cubin = tmp_path / f"{name}.cubin"
-    proc = subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-Xptxas=-v",
-                           "-cubin", *toolchain.arch_flags((9, 0)), *flag.split(), "-I", str(root), "-o",
-                           str(cubin), str(root / "instantiations" / f"{name}.cu")],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = parse_ptxas(proc.stdout + proc.stderr).get(name)
+    cubin, output = _compile_kernel(tmp_path, name, flag)
+    res = parse_ptxas(output).get(name)
     assert res is not None and res.spill_store_bytes + res.spill_load_bytes == 0, res
     assert res.wgmma_serialized is None, f"ptxas serialized the wgmma: {res.wgmma_serialized}"
     assert res.stack_frame_bytes == 0
@@ -263,15 +272,8 @@ def test_softmax_fence_keeps_the_softmax_under_the_pv_in_the_sass(tmp_path, name
     wait for Q K^T and the wait for P V, as in the source: the warpgroup's own P V runs under it.
     (In the default build ptxas moves the wait for P V ahead of the softmax; docs/kernel-notes.md,
     v13.)"""
-    nvcc = _nvcc()
     cuobjdump = _cuobjdump()
-    root = csrc_dir()
-    cubin = tmp_path / f"{name}.cubin"
-    proc = subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-cubin",
-                           *toolchain.arch_flags((9, 0)), "-DSK_SM90_SOFTMAX_FENCE=1", "-I",
-                           str(root), "-o", str(cubin), str(root / "instantiations" / f"{name}.cu")],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    cubin, _ = _compile_kernel(tmp_path, name, "-DSK_SM90_SOFTMAX_FENCE=1")
     counts = _exponentials_between_the_waits(_sass(cuobjdump, cubin))
     assert counts, f"{name}: no wait for Q K^T with P V in flight"
     assert max(counts) >= exponentials, (name, counts)
@@ -315,16 +317,8 @@ def test_uniform_descriptors_issue_pv_back_to_back(tmp_path, name, flag, most):
     (docs/kernel-notes.md, v14); the finalize that v18 runs under a tile's last P V is left out
     of the count. Built with -DSK_SM90_UNIFORM=0 the same kernel builds each descriptor in vector registers and moves it to
     a uniform register (R2UR) between the HGMMAs: the check fails there."""
-    nvcc = _nvcc()
     cuobjdump = _cuobjdump()
-    root = csrc_dir()
-    cubin = tmp_path / f"{name}.cubin"
-    flags = flag.split() if flag else []
-    proc = subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-cubin",
-                           *toolchain.arch_flags((9, 0)), *flags, "-I", str(root), "-o", str(cubin),
-                           str(root / "instantiations" / f"{name}.cu")],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    cubin, _ = _compile_kernel(tmp_path, name, flag)
     sass = _sass(cuobjdump, cubin)
     gap = _largest_gap_between_pv_hgmmas(sass)
     if most is None:
@@ -338,16 +332,8 @@ def test_stmatrix_switch_stores_o_by_stsm(tmp_path, flag, stmatrix):
     """With SK_SM90_STMATRIX_O=1 the D=128 epilogue stages O by kDTiles / 2 = 8 stmatrix.x4 (STSM)
     instead of 32 four-byte shared stores per thread; the shipped build has no STSM (the switch is
     off until timed). The addresses are checked on the host in test_o_stage.py."""
-    nvcc = _nvcc()
     cuobjdump = _cuobjdump()
-    root = csrc_dir()
-    name = "flash_fwd_sm90_bf16_hdim128_noncausal"
-    cubin = tmp_path / f"{name}.cubin"
-    proc = subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-cubin",
-                           *toolchain.arch_flags((9, 0)), *(flag.split() if flag else []), "-I",
-                           str(root), "-o", str(cubin), str(root / "instantiations" / f"{name}.cu")],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    cubin, _ = _compile_kernel(tmp_path, "flash_fwd_sm90_bf16_hdim128_noncausal", flag)
     sass = _sass(cuobjdump, cubin)
     assert sum("STSM" in line for line in sass.splitlines()) == stmatrix
 
@@ -358,18 +344,10 @@ def test_warp_store_switch_drops_the_epilogue_barriers(tmp_path, flag, barriers)
     after a __syncwarp), so the D64 causal short-keys epilogue has none of the two 128-thread named
     barriers (`BAR.SYNC ..., 0x80`) around the warpgroup's store that the shipped build has; the
     build has no spills and no serialized wgmma."""
-    nvcc = _nvcc()
     cuobjdump = _cuobjdump()
-    root = csrc_dir()
     name = "flash_fwd_sm90_bf16_hdim64_causal_shortkeys"
-    cubin = tmp_path / f"{name}.cubin"
-    proc = subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-Xptxas=-v",
-                           "-cubin", *toolchain.arch_flags((9, 0)), *(flag.split() if flag else []),
-                           "-I", str(root), "-o", str(cubin),
-                           str(root / "instantiations" / f"{name}.cu")],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = parse_ptxas(proc.stdout + proc.stderr).get(name)
+    cubin, output = _compile_kernel(tmp_path, name, flag)
+    res = parse_ptxas(output).get(name)
     assert res is not None and res.spill_store_bytes + res.spill_load_bytes == 0, res
     assert res.wgmma_serialized is None, f"ptxas serialized the wgmma: {res.wgmma_serialized}"
     sass = _sass(cuobjdump, cubin).splitlines()
