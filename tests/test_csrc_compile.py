@@ -210,6 +210,14 @@ EXPERIMENTS = [
     ("-DSK_SM90_UNIFORM=1", "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0", "0x20"),
     ("-DSK_SM90_UNIFORM=1", "flash_fwd_sm90_bf16_hdim128_noncausal_splitkv", "0xf0", "0x18"),
     ("-DSK_SM90_UNIFORM=0", "flash_fwd_sm90_bf16_hdim256_noncausal", "0xf0", "0x18"),
+    # the uniform loop and the tail split at D64 full (three consumers), short and long keys
+    ("-DSK_SM90_UNIFORM=1 -DSK_SM90_TAIL_SPLIT=1",
+     "flash_fwd_sm90_bf16_hdim64_noncausal_shortkeys", "0xa0", "0x20"),
+    ("-DSK_SM90_UNIFORM=1 -DSK_SM90_TAIL_SPLIT=1",
+     "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0", "0x20"),
+    # each warp's rows of O stored by their own TMA store
+    ("-DSK_SM90_WARP_STORE_O=1 -DSK_SM90_STMATRIX_O=1",
+     "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),
     # O into its TMA staging by stmatrix.x4
     ("-DSK_SM90_STMATRIX_O=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_STMATRIX_O=1", "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),
