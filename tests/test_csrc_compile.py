@@ -215,6 +215,9 @@ EXPERIMENTS = [
      "flash_fwd_sm90_bf16_hdim64_noncausal_shortkeys", "0xa0", "0x20"),
     ("-DSK_SM90_UNIFORM=1 -DSK_SM90_TAIL_SPLIT=1",
      "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0", "0x20"),
+    # D64 causal short keys' second consumer one or two pingpong turns behind the first
+    ("-DSK_SM90_STAGGER=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
+    ("-DSK_SM90_STAGGER=2", "flash_fwd_sm90_fp16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     # each warp's rows of O stored by their own TMA store
     ("-DSK_SM90_WARP_STORE_O=1 -DSK_SM90_STMATRIX_O=1",
      "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),

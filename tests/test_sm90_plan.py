@@ -25,8 +25,8 @@ def _plans(tmp_path, *flags) -> dict[str, dict[str, int]]:
     plans = {}
     for line in out.splitlines():
         name, *values = line.split()
-        plans[name] = dict(zip(("block_m", "block_n", "q_stages", "tma_store_o", "smem", "smem_max"),
-                               map(int, values)))
+        plans[name] = dict(zip(("block_m", "block_n", "q_stages", "tma_store_o", "smem", "smem_max",
+                                "stages", "stagger"), map(int, values)))
     assert len(plans) == 15, out
     return plans
 
@@ -85,3 +85,21 @@ def test_deeper_rings_fit_and_give_way_only_where_they_must(tmp_path, flag, shap
                                                                one[name]["tma_store_o"]), name
         else:
             assert (plan["q_stages"], plan["tma_store_o"]) == (1, 0), name
+
+
+@pytest.mark.parametrize("stagger, applies", [(1, True), (2, True), (3, False)])
+def test_the_stagger_takes_two_q_slots_in_d64_causal_short_keys_only(tmp_path, stagger, applies):
+    """-DSK_SM90_STAGGER=L starts D64 causal short keys' second consumer L pingpong turns behind
+    the first. It needs two Q slots and a ring of L + 2 stages (that kernel has four), so L = 3 is
+    refused (no stagger, the plan unchanged); where it applies the plan gains the second Q slot
+    and keeps its TMA store of O, and no other shape changes."""
+    plain = _plans(tmp_path)
+    plans = _plans(tmp_path, f"-DSK_SM90_STAGGER={stagger}")
+    assert all(plan["stagger"] == 0 for plan in plain.values())
+    for name, plan in plans.items():
+        if name == "d64_causal_shortkeys" and applies:
+            assert plan["stagger"] == stagger and plan["q_stages"] == 2, plan
+            assert plan["stages"] >= stagger + 2 and plan["tma_store_o"] == 1, plan
+            assert plan["smem"] <= plan["smem_max"], plan
+        else:
+            assert plan == plain[name], (name, plan, plain[name])

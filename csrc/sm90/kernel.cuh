@@ -501,6 +501,19 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     if constexpr (Tr::kPingpong) bar_arrive(next_turn, 256);
   };
   if (consumer == kConsumers - 1) sched_signal();
+  // Tr::kStagger: the second consumer passes its first kStagger turns without work, so that it
+  // runs that many turns behind the first; the first passes as many at the end (below), so that
+  // every wait still meets one arrival.
+  auto pass_turns = [&] {
+#pragma unroll 1
+    for (int i = 0; i < Tr::kStagger; ++i) {
+      sched_wait();
+      sched_signal();
+    }
+  };
+  if constexpr (Tr::kStagger > 0) {
+    if (consumer == 1) pass_turns();
+  }
 #if SK_SM90_WAIT_PROFILE
   uint32_t wait_cycles[kWaitKinds] = {};
   uint32_t profiled_tiles = 0;
@@ -964,6 +977,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
   // Shared memory must outlive the last TMA store's reads of it.
   if (Tr::kTmaStoreO && args.tma_store && (Tr::kWarpStoreO ? lane == 0 : signals)) {
     cp_async_bulk_wait_group_read<0>();
+  }
+  if constexpr (Tr::kStagger > 0) {
+    if (consumer == 0) pass_turns();
   }
   if (consumer == 0) sched_wait();  // the last consumer's final arrival
 #if SK_SM90_WAIT_PROFILE

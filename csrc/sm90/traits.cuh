@@ -125,6 +125,9 @@ namespace sm90 {
 #ifndef SK_SM90_WARP_STORE_O
 #define SK_SM90_WARP_STORE_O 0  // 1: each warp stages and TMA-stores its own 16 rows of O (no warpgroup barriers)
 #endif
+#ifndef SK_SM90_STAGGER
+#define SK_SM90_STAGGER 0  // pingpong turns by which D64 causal short keys' second consumer runs behind the first
+#endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
@@ -345,9 +348,23 @@ struct Traits {
   // included). Measured (docs/kernel-notes.md, v12): D=128 +0.5-1 % non-causal, +3.5 % causal at
   // S=512 and -1 % causal from S=2048 on; D=64 -2 to -3 % (full S=1024, causal S=16384). So two
   // slots ship at D=128 non-causal (the default variant) and in D=128 causal's short-keys variant.
+  // Experiment (off): the two consumers of a tile share its Q and its key stream, so they reach
+  // the tile's end together and their epilogues, Q waits and first Q K^Ts (nothing of a
+  // consumer's own overlaps those) coincide, with the tensor cores idle. With kStagger = L the
+  // second consumer starts L pingpong turns (about L key blocks) behind the first and keeps that
+  // lag, so each one's tile boundary falls in the other's steady state (kernel.cuh). Needs two Q
+  // slots (the first consumer loads the next tile's Q while the second still reads this one) and
+  // a ring of L + 2 stages or more (the producer refills a stage only when both consumers have
+  // freed it); only in D64 causal's short-keys kernel (four stages), whose 512-2048-key tiles
+  // are short chains.
+  static constexpr bool kStaggerWanted = SK_SM90_STAGGER > 0 && kHeadDim_ == 64 && kCausal_ &&
+                                         kVariant_ == Sm90Variant::kShortKeys &&
+                                         kConsumerWarpgroups == 2 && kPingpong &&
+                                         kStages >= SK_SM90_STAGGER + 2;
   static constexpr int kQStagesWanted =
-      kHeadDim == 128 && ((!kCausal_ && kVariant_ == Sm90Variant::kDefault) ||
-                          (kCausal_ && kVariant_ == Sm90Variant::kShortKeys))
+      kStaggerWanted ? 2
+      : kHeadDim == 128 && ((!kCausal_ && kVariant_ == Sm90Variant::kDefault) ||
+                            (kCausal_ && kVariant_ == Sm90Variant::kShortKeys))
           ? SK_SM90_Q_STAGES_D128
           : SK_SM90_Q_STAGES;
   static constexpr int kQStages =
@@ -358,6 +375,7 @@ struct Traits {
           : 1;
   static constexpr bool kTmaStoreO =
       kTmaStoreOShape && smem_bytes(kQStages, true) <= kSmemPerBlockMax;
+  static constexpr int kStagger = kStaggerWanted && kQStages == 2 ? SK_SM90_STAGGER : 0;
   // The epilogue's stores of O into that staging: per thread 2 * kDTiles 4-byte shared stores
   // (16 at D=64, 32 at D=128), or kDTiles / 2 stmatrix.x4 (the accumulator layout is stmatrix's
   // fragment layout). At D64 causal S=512 the epilogue is 11 % of a tile (v15's wait profile).

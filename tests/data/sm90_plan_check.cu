@@ -1,5 +1,6 @@
 // Prints the shared-memory plan of each sm90 tile shape (csrc/sm90/traits.cuh) on the host:
-// one line per shape: name, query rows, key block, Q slots, TMA store of O (0/1), bytes.
+// one line per shape: name, query rows, key block, Q slots, TMA store of O (0/1), bytes, the most
+// bytes, K/V ring stages, the consumers' stagger in pingpong turns.
 #include <cstdio>
 
 #include "sm90/traits.cuh"
@@ -10,8 +11,9 @@ using sessionkit::sm90::Traits;
 template <int D, bool kCausal, Sm90Variant V>
 void show(const char* name) {
   using T = Traits<D, kCausal, V>;
-  std::printf("%s %d %d %d %d %d %d\n", name, T::kBlockM, T::kBlockN, T::kQStages,
-              static_cast<int>(T::kTmaStoreO), T::kSmemBytes, T::kSmemPerBlockMax);
+  std::printf("%s %d %d %d %d %d %d %d %d\n", name, T::kBlockM, T::kBlockN, T::kQStages,
+              static_cast<int>(T::kTmaStoreO), T::kSmemBytes, T::kSmemPerBlockMax, T::kStages,
+              T::kStagger);
 }
 
 int main() {
