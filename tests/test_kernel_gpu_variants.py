@@ -232,6 +232,15 @@ def test_rows_that_see_no_key_are_zero_and_minus_inf(sq, sk, family):
         _check_forward(2, 4, 2, sq, sk, d, torch.bfloat16, True, True, seed=sq + d)
 
 
+@pytest.mark.parametrize("sq,sk", [(2048, 512), (4096, 256)])
+def test_many_keyless_tiles_in_a_row(sq, sk, family):
+    """Bottom-right causal with seq_len_q - seq_len_k of 1,536 rows or more and more query tiles
+    than SMs (16 heads): most tiles see no key, and the persistent CTAs take several of them one
+    after the other, which an earlier draft of the staggered consumers (SK_SM90_STAGGER) hung on."""
+    for d in _head_dims():
+        _check_forward(1, 16, 16, sq, sk, d, torch.bfloat16, True, True, seed=sq + sk + d)
+
+
 def test_correctness_step_configs_pass():
     """The correctness step's own random configs (GQA, both alignments, Sq != Sk, every head dim
     of the family) through its checker."""

@@ -721,6 +721,12 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       fence_registers(acc_o);
       if (signals) mbarrier_arrive(sm.v_empty(last % kStages));
       it += n_blocks;
+    } else if (Tr::kStagger > 0) {
+      // A tile with no key block takes one turn in each consumer (both see every tile), so that
+      // the first consumer cannot run through two such tiles, two rounds of the two-slot tile
+      // ring, while the second still waits for its turn in the tile before them.
+      sched_wait();
+      sched_signal();
     }
 
     // Epilogue: normalise and store O and the LSE (a row that saw no key gets O = 0 and

@@ -355,8 +355,10 @@ struct Traits {
   // lag, so each one's tile boundary falls in the other's steady state (kernel.cuh). Needs two Q
   // slots (the first consumer loads the next tile's Q while the second still reads this one) and
   // a ring of L + 2 stages or more (the producer refills a stage only when both consumers have
-  // freed it); only in D64 causal's short-keys kernel (four stages), whose 512-2048-key tiles
-  // are short chains.
+  // freed it; L + 1 would do, L + 2 leaves the producer a block of lead); only in D64 causal's
+  // short-keys kernel (four stages), whose 512-2048-key tiles are short chains. Every tile takes
+  // at least one turn in each consumer (a tile with no key block passes one), so the lag stays
+  // within the two-slot tile ring.
   static constexpr bool kStaggerWanted = SK_SM90_STAGGER > 0 && kHeadDim_ == 64 && kCausal_ &&
                                          kVariant_ == Sm90Variant::kShortKeys &&
                                          kConsumerWarpgroups == 2 && kPingpong &&
