@@ -10,6 +10,9 @@
 #   flags in $VARIANTS, `step correctness` (64 configs) and then `step bench` on the configs in
 #   $AB_CONFIGS (space-separated B,H,Sq,Sk,D,dtype,causal specs), SDPA timed in every bench step;
 #   the session's report (one column per bench step) lands in $OUT/ab.md, its database in $OUT/ab.db.
+#   With $AB_GUARD (pytest arguments, e.g. "tests/test_kernel_gpu.py -k causal"), each variant
+#   first runs those GPU tests under `timeout $AB_GUARD_S` (default 150 s): a variant that fails
+#   them or hangs is not checked or timed, and the run goes on with the next one.
 # validate: the kernel issue's checks as one sessionkit session (the standard grid first, on a rested
 #   GPU; then `step correctness --configs 200` on the dispatcher's family and on sm80 forced, next to
 #   `pytest -m gpu` in four processes and the sanitizers on both families); its report and database
@@ -143,6 +146,18 @@ if has ab; then
     export SESSIONKIT_NVCC_FLAGS="$flags"
     # Every build's correctness output, one after the other (a later build overwrote the first's).
     echo "== ab [$label]" >> "$OUT/ab_correctness.txt"
+    if [ -n "${AB_GUARD:-}" ]; then
+      # A hang in a variant's kernel costs the guard's time limit, not the whole run.
+      guard_log="$OUT/ab_guard_$(echo "$label" | tr -c 'A-Za-z0-9_=-' '_').txt"
+      # Through a shell, so that quoted -k expressions in $AB_GUARD keep their spaces.
+      timeout -k 10 "${AB_GUARD_S:-150}" bash -c \
+        "python3 -m pytest -q -x -p no:cacheprovider -m gpu $AB_GUARD" > "$guard_log" 2>&1
+      guard_rc=$?
+      if [ $guard_rc -ne 0 ]; then
+        note "ab [$label]: guard tests $([ $guard_rc -ge 124 ] && echo "timed out (a hang?)" || echo "failed (exit $guard_rc)"), not timed: $(tail -n 1 "$guard_log")"
+        continue
+      fi
+    fi
     if python3 -m sessionkit step correctness --configs 64 --max-seq-len 2048 > "$AB_DIR/correctness.txt" 2>&1; then
       cat "$AB_DIR/correctness.txt" >> "$OUT/ab_correctness.txt"
       bench_line=$(python3 -m sessionkit step bench --preheat 10s "${CONFIG_ARGS[@]}" 2>&1 | tail -n 1)
