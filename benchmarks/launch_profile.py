@@ -78,7 +78,17 @@ def _device_events(torch, prof, skip: set[str]) -> list[tuple[str, float, float]
     return events
 
 
-def _profile(torch, launch, sets, calls: int, flush=None, launches: int = 1) -> list[tuple[str, float, float]]:
+def _queue_sample(launch, sets, sample: int, flush=None, launches: int = 1) -> None:
+    """Queues sample number ``sample``: the flush (if any), then ``launches`` back-to-back calls
+    of ``launch``, call i on input set (sample + i) mod len(sets)."""
+    if flush is not None:
+        flush()
+    for i in range(launches):
+        launch(*sets[(sample + i) % len(sets)])
+
+
+def _profile(torch, launch, sets, calls: int, flush=None,
+             launches: int = 1) -> list[tuple[str, float, float]]:
     """Device activity of ``calls`` samples of ``launches`` back-to-back calls of ``launch`` (call
     i of sample c on input set (c + i) mod len(sets)), queued behind a spin kernel; with ``flush``,
     it runs before each sample and its own kernels are left out of the result."""
@@ -97,10 +107,7 @@ def _profile(torch, launch, sets, calls: int, flush=None, launches: int = 1) -> 
     with profile(activities=[ProfilerActivity.CUDA], acc_events=True) as prof:
         torch.cuda._sleep(50_000_000)  # the host queues every call while the GPU spins
         for c in range(calls):
-            if flush is not None:
-                flush()
-            for i in range(launches):
-                launch(*sets[(c + i) % len(sets)])
+            _queue_sample(launch, sets, c, flush, launches)
         torch.cuda.synchronize()
     return _device_events(torch, prof, skip)
 
@@ -115,9 +122,8 @@ def _event_times(torch, launch, sets, calls: int, flush=None, launches: int = 1)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         if flush is not None:
             flush()
-        start.record()
-        for i in range(launches):
-            launch(*sets[(c + i) % len(sets)])
+        start.record()  # after the flush, which the events leave out
+        _queue_sample(launch, sets, c, None, launches)
         end.record()
         pairs.append((start, end))
     torch.cuda.synchronize()
@@ -151,7 +157,8 @@ def run(config_text: str, calls: int, flush_l2: bool = False, launches: int = 1)
         summary = summarize(per_call(_profile(torch, launch, sets, calls, flush, launches), calls))
         spans[name] = summary["span_us"]
         rate = tflops(config.flops * launches, summary["span_us"] / 1000)
-        timed = timed_us[name] = statistics.median(_event_times(torch, launch, sets, calls, flush, launches))
+        timed = statistics.median(_event_times(torch, launch, sets, calls, flush, launches))
+        timed_us[name] = timed
         lines.append(f"  {name}: span {summary['span_us']:.1f} us ({rate:.0f} TFLOP/s), "
                      f"kernels {summary['busy_us']:.1f} us, "
                      f"gaps {summary['span_us'] - summary['busy_us']:.1f} us; "
