@@ -12,7 +12,8 @@
 #   the session's report (one column per bench step) lands in $OUT/ab.md, its database in $OUT/ab.db.
 #   With $AB_GUARD (pytest arguments, e.g. "tests/test_kernel_gpu.py -k causal"), each variant
 #   first runs those GPU tests under `timeout $AB_GUARD_S` (default 150 s): a variant that fails
-#   them or hangs is not checked or timed, and the run goes on with the next one (the plain build,
+#   them or hangs is not checked or timed (each build is compiled first, by `step build`, outside
+#   that limit), and the run goes on with the next one (the plain build,
 #   the shipped kernels, is not guarded).
 # validate: the kernel issue's checks as one sessionkit session (the standard grid first, on a rested
 #   GPU; then `step correctness --configs 200` on the dispatcher's family and on sm80 forced, next to
@@ -147,10 +148,16 @@ if has ab; then
     export SESSIONKIT_NVCC_FLAGS="$flags"
     # Every build's correctness output, one after the other (a later build overwrote the first's).
     echo "== ab [$label]" >> "$OUT/ab_correctness.txt"
+    # The build first, as its own step: the guard's and the checks' time limits then cover the
+    # tests alone (a guard that also compiled 32 kernels ran out of time on a healthy build).
+    if ! timeout -k 10 300 python3 -m sessionkit step build > "$AB_DIR/build.txt" 2>&1; then
+      note "ab [$label]: build failed, not timed: $(tail -n 1 "$AB_DIR/build.txt")"
+      continue
+    fi
     if [ -n "${AB_GUARD:-}" ] && [ -n "$flags" ]; then
       # A hang in a variant's kernel costs the guard's time limit, not the whole run. The plain
       # build is the shipped one, which the GPU tests cover; it is not guarded.
-      guard_log="$OUT/ab_guard_$(echo "$label" | tr -c 'A-Za-z0-9_=-' '_').txt"
+      guard_log="$OUT/ab_guard_$(echo "$label" | tr -c 'A-Za-z0-9_-' '_').txt"
       # Through a shell, so that quoted -k expressions in $AB_GUARD keep their spaces.
       timeout -k 10 "${AB_GUARD_S:-150}" bash -c \
         "python3 -m pytest -q -x -p no:cacheprovider -m gpu $AB_GUARD" > "$guard_log" 2>&1
@@ -160,7 +167,9 @@ if has ab; then
         continue
       fi
     fi
-    if python3 -m sessionkit step correctness --configs 64 --max-seq-len 2048 > "$AB_DIR/correctness.txt" 2>&1; then
+    # Bounded too: a variant that hangs on a shape the guard did not cover costs 240 s, not the run.
+    if timeout -k 10 240 python3 -m sessionkit step correctness --configs 64 --max-seq-len 2048 \
+        > "$AB_DIR/correctness.txt" 2>&1; then
       cat "$AB_DIR/correctness.txt" >> "$OUT/ab_correctness.txt"
       bench_line=$(python3 -m sessionkit step bench --preheat 10s "${CONFIG_ARGS[@]}" 2>&1 | tail -n 1)
       # The build's whole cost (build, correctness, bench), to size the next A/B to its time limit.
