@@ -210,13 +210,12 @@ EXPERIMENTS = [
     ("-DSK_SM90_UNIFORM=1", "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0", "0x20"),
     ("-DSK_SM90_UNIFORM=1", "flash_fwd_sm90_bf16_hdim128_noncausal_splitkv", "0xf0", "0x18"),
     ("-DSK_SM90_UNIFORM=0", "flash_fwd_sm90_bf16_hdim256_noncausal", "0xf0", "0x18"),
-    # the uniform loop and the tail split at D64 full (three consumers), short and long keys
-    ("-DSK_SM90_UNIFORM=1 -DSK_SM90_TAIL_SPLIT=1",
-     "flash_fwd_sm90_bf16_hdim64_noncausal_shortkeys", "0xa0", "0x20"),
-    ("-DSK_SM90_UNIFORM=1 -DSK_SM90_TAIL_SPLIT=1",
-     "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0", "0x20"),
-    # D64 causal short keys' second consumer one or two pingpong turns behind the first
-    ("-DSK_SM90_STAGGER=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
+    # D64 full (three consumers) on the vector-register loop, which also turns its tail split off
+    # (v19's shipped build), short and long keys
+    ("-DSK_SM90_UNIFORM=0", "flash_fwd_sm90_bf16_hdim64_noncausal_shortkeys", "0xa0", "0x20"),
+    ("-DSK_SM90_UNIFORM=0", "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0", "0x20"),
+    # D64 causal short keys' second consumer in step with the first, or two pingpong turns behind
+    ("-DSK_SM90_STAGGER=0", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_STAGGER=2", "flash_fwd_sm90_fp16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     # each warp's rows of O stored by their own TMA store
     ("-DSK_SM90_WARP_STORE_O=1 -DSK_SM90_STMATRIX_O=1",
@@ -318,6 +317,7 @@ def _largest_gap_between_pv_hgmmas(sass: str) -> int:
     ("flash_fwd_sm90_fp16_hdim256_causal", None, 3),
     ("flash_fwd_sm90_bf16_hdim64_causal_shortkeys", None, 3),
     ("flash_fwd_sm90_fp16_hdim96_noncausal", None, 3),
+    ("flash_fwd_sm90_bf16_hdim64_noncausal_shortkeys", None, 3),  # three consumers (v20)
     # the vector-register loop, for contrast: the same check must fail there
     ("flash_fwd_sm90_bf16_hdim128_noncausal", "-DSK_SM90_UNIFORM=0", None),
 ])

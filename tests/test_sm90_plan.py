@@ -1,6 +1,7 @@
 """The shared-memory plan of the sm90 tile shapes (csrc/sm90/traits.cuh), read on the host from the
-kernels' own header: every plan fits the 227 KB a CTA may use, two Q slots ship at D=128 non-causal
-and in D=128 causal's short-keys variant only, and the two-slot Q switch (SK_SM90_Q_STAGES=2 for the other shapes) takes a second Q
+kernels' own header: every plan fits the 227 KB a CTA may use, two Q slots ship at D=128 non-causal,
+in D=128 causal's short-keys variant and in D=64 causal's (for its staggered consumers) only, and
+the two-slot Q switch (SK_SM90_Q_STAGES=2 for the other shapes) takes a second Q
 slot only where it fits next to everything the one-slot plan has, so it never costs a shape its
 TMA store of O."""
 
@@ -14,7 +15,9 @@ from host_check import run_host_check
 TMA_STORE = {"d64_causal_shortkeys", "d64_causal", "d128_causal", "d128_causal_shortkeys",
              "d128_noncausal"}
 # Shapes that ship with two Q slots.
-TWO_Q_SHIPPED = {"d128_causal_shortkeys", "d128_noncausal"}
+TWO_Q_SHIPPED = {"d64_causal_shortkeys", "d128_causal_shortkeys", "d128_noncausal"}
+# Shapes that ship with staggered consumers (Traits::kStagger), and by how many pingpong turns.
+STAGGER_SHIPPED = {"d64_causal_shortkeys": 1}
 # Shapes where a second Q slot does not fit: D=256 (64 KB per Q tile) and D=128's 176-key block.
 NO_ROOM_FOR_TWO_Q = {"d128_noncausal_longkeys", "d256_causal", "d256_noncausal",
                      "d256_noncausal_splitkv"}
@@ -31,10 +34,11 @@ def _plans(tmp_path, *flags) -> dict[str, dict[str, int]]:
     return plans
 
 
-def test_shipped_plan_fits_and_has_two_q_slots_at_d128_only(tmp_path):
+def test_shipped_plan_fits_and_has_two_q_slots_where_shipped(tmp_path):
     plans = _plans(tmp_path)
     for name, plan in plans.items():
         assert plan["q_stages"] == (2 if name in TWO_Q_SHIPPED else 1), name
+        assert plan["stagger"] == STAGGER_SHIPPED.get(name, 0), (name, plan)
         assert plan["smem"] <= plan["smem_max"] == 227 * 1024, (name, plan)
         assert plan["tma_store_o"] == (name in TMA_STORE), (name, plan)
     assert plans["d256_noncausal"]["block_n"] == 80
@@ -46,7 +50,7 @@ def test_shipped_plan_fits_and_has_two_q_slots_at_d128_only(tmp_path):
 
 @pytest.mark.parametrize("flag", ["-DSK_SM90_Q_STAGES=2"])
 def test_two_q_slots_only_where_they_fit_and_keep_the_tma_store(tmp_path, flag):
-    one = _plans(tmp_path, "-DSK_SM90_Q_STAGES_D128=1")
+    one = _plans(tmp_path, "-DSK_SM90_Q_STAGES_D128=1", "-DSK_SM90_STAGGER=0")
     two = _plans(tmp_path, flag)
     for name in one:
         assert two[name]["q_stages"] == (1 if name in NO_ROOM_FOR_TWO_Q else 2), (name, two[name])
@@ -70,7 +74,8 @@ def test_deeper_rings_fit_and_give_way_only_where_they_must(tmp_path, flag, shap
     """A deeper K/V ring at one head dim changes only that head dim's plans, and fits: at D=64
     everything else stays (there is room for four stages), at D=128 the second Q slot and the O
     staging give way (three stages of 128-key blocks are 192 KB)."""
-    one, deep = _plans(tmp_path), _plans(tmp_path, flag)
+    # In step consumers on both sides: the stagger's second Q slot needs a ring of 3 stages or more.
+    one, deep = _plans(tmp_path, "-DSK_SM90_STAGGER=0"), _plans(tmp_path, flag, "-DSK_SM90_STAGGER=0")
     for name in one:
         plan = deep[name]
         assert plan["smem"] <= plan["smem_max"], (name, plan)
@@ -90,12 +95,17 @@ def test_deeper_rings_fit_and_give_way_only_where_they_must(tmp_path, flag, shap
 @pytest.mark.parametrize("stagger, applies", [(1, True), (2, True), (3, False)])
 def test_the_stagger_takes_two_q_slots_in_d64_causal_short_keys_only(tmp_path, stagger, applies):
     """-DSK_SM90_STAGGER=L starts D64 causal short keys' second consumer L pingpong turns behind
-    the first. It needs two Q slots and a ring of L + 2 stages (that kernel has four), so L = 3 is
-    refused (no stagger, the plan unchanged); where it applies the plan gains the second Q slot
-    and keeps its TMA store of O, and no other shape changes."""
-    plain = _plans(tmp_path)
+    the first (L = 1 ships; 0 keeps the two in step). It needs two Q slots and a ring of L + 2
+    stages (that kernel has four), so L = 3 is refused (no stagger, the in-step plan); where it
+    applies the plan gains the second Q slot and keeps its TMA store of O, and no other shape
+    changes."""
+    plain = _plans(tmp_path, "-DSK_SM90_STAGGER=0")
     plans = _plans(tmp_path, f"-DSK_SM90_STAGGER={stagger}")
-    assert all(plan["stagger"] == 0 for plan in plain.values())
+    assert all(plan["stagger"] == 0 and plan["q_stages"] == (2 if name.startswith("d128") and
+                                                             name in TWO_Q_SHIPPED else 1)
+               for name, plan in plain.items())
+    if stagger == 1:
+        assert plans == _plans(tmp_path), "L = 1 is the shipped plan"
     for name, plan in plans.items():
         if name == "d64_causal_shortkeys" and applies:
             assert plan["stagger"] == stagger and plan["q_stages"] == 2, plan

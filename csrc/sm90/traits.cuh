@@ -126,7 +126,7 @@ namespace sm90 {
 #define SK_SM90_WARP_STORE_O 0  // 1: each warp stages and TMA-stores its own 16 rows of O (no warpgroup barriers)
 #endif
 #ifndef SK_SM90_STAGGER
-#define SK_SM90_STAGGER 0  // pingpong turns by which D64 causal short keys' second consumer runs behind the first
+#define SK_SM90_STAGGER -1  // -1: per shape (1 in D64 causal short keys); L >= 0: that many pingpong turns
 #endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
@@ -230,9 +230,10 @@ struct Traits {
   // alone and +2-4 % with kSoftmaxFence (v15), so it has both; D64 full 16k -1.4 %, so D64 full
   // keeps the vector-register loop. v16: D96 non-causal +4.3 % (S=4096, 1.09 -> 1.14 of SDPA),
   // so it has it; v17: D96 causal +0.7 % (S=2048) and +2.4 % (S=4096, 1.19 -> 1.22 of SDPA), so
-  // it has it too; the split-KV kernels (decode, +0.3 %) do not.
-  static constexpr bool kUniformShipped =
-      !kSplitKV && (kHeadDim_ >= 128 || (kHeadDim_ == 64 && kCausal_) || kHeadDim_ == 96);
+  // it has it too; the split-KV kernels (decode, +0.3 %) do not. v20: D64 full, short and long
+  // keys, with the tail split that it lets build without spills (kTailSplitShipped): +2.3-2.7 %
+  // at S=2048, +1.2-1.8 % at 4096, equal at 1024, -0.2 to -0.4 % at 512, 8192 and 16384.
+  static constexpr bool kUniformShipped = !kSplitKV;
   static constexpr bool kUniform = SK_SM90_UNIFORM < 0 ? kUniformShipped : SK_SM90_UNIFORM != 0;
   static constexpr bool kSkipIdleRows = SK_SM90_SKIP_IDLE_ROWS != 0 && kShortKeys && !kCausal;
   // Non-causal tiles are all as long, so the static schedule's last round runs T mod (CTAs) tiles
@@ -242,10 +243,12 @@ struct Traits {
   // max and row sum to scratch memory, and the last piece of a tile to finish (a counter per tile
   // and consumer) merges them in a fixed order and runs the normal epilogue (kernel.cuh).
   // The host plans it (launch.cuh) and runs it only where each CTA saves at least
-  // SK_SM90_TAIL_MIN_SAVED key blocks. Two-consumer shapes only: in the three-consumer D=64 tile
-  // (128 registers a thread at compile time) the pieces' first key block, a runtime value where
-  // it was 0, spills 16 bytes and takes the key-block loop's slots out of the uniform registers.
-  static constexpr bool kTailSplitShipped = !kCausal && !kSplitKV && kConsumerWarpgroups == 2;
+  // SK_SM90_TAIL_MIN_SAVED key blocks. In the three-consumer D=64 tile (128 registers a thread
+  // at compile time) only on the uniform loop: on the vector-register loop the pieces' first key
+  // block, a runtime value where it was 0, spills 16 bytes and takes the loop's slots out of the
+  // uniform registers (v16, -3 to -5 %); on the uniform loop it builds without spills (v20).
+  static constexpr bool kTailSplitShipped =
+      !kCausal && !kSplitKV && (kConsumerWarpgroups == 2 || kUniform);
   static constexpr bool kTailSplit =
       (SK_SM90_TAIL_SPLIT < 0 ? kTailSplitShipped : SK_SM90_TAIL_SPLIT != 0) && !kCausal &&
       !kSplitKV && SK_SM90_SNAKE == 0;
@@ -347,10 +350,11 @@ struct Traits {
   // Only where both slots fit next to everything a single slot would have (the O staging
   // included). Measured (docs/kernel-notes.md, v12): D=128 +0.5-1 % non-causal, +3.5 % causal at
   // S=512 and -1 % causal from S=2048 on; D=64 -2 to -3 % (full S=1024, causal S=16384). So two
-  // slots ship at D=128 non-causal (the default variant) and in D=128 causal's short-keys variant.
-  // Experiment (off): the two consumers of a tile share its Q and its key stream, so they reach
-  // the tile's end together and their epilogues, Q waits and first Q K^Ts (nothing of a
-  // consumer's own overlaps those) coincide, with the tensor cores idle. With kStagger = L the
+  // slots ship at D=128 non-causal (the default variant) and in D=128 causal's short-keys variant,
+  // and in D64 causal's short-keys variant for the stagger below.
+  // The stagger (shipped in D64 causal short keys, v20): the two consumers of a tile share its Q
+  // and its key stream, so they reach the tile's end together and their epilogues, Q waits and
+  // first Q K^Ts (nothing of a consumer's own overlaps those) coincide, with the tensor cores idle. With kStagger = L the
   // second consumer starts L pingpong turns (about L key blocks) behind the first and keeps that
   // lag, so each one's tile boundary falls in the other's steady state (kernel.cuh). Needs two Q
   // slots (the first consumer loads the next tile's Q while the second still reads this one) and
@@ -359,10 +363,13 @@ struct Traits {
   // short-keys kernel (four stages), whose 512-2048-key tiles are short chains. Every tile takes
   // at least one turn in each consumer (a tile with no key block passes one), so the lag stays
   // within the two-slot tile ring.
-  static constexpr bool kStaggerWanted = SK_SM90_STAGGER > 0 && kHeadDim_ == 64 && kCausal_ &&
+  // Measured (v20, one A/B): L = 1 +3.6 % at S=512 (bf16; fp16 +1.7 %), -0.8 % at 1024 and
+  // -0.4 % at 2048; L = 2 equal at 512 and -2 % at 1024. L = 1 ships there.
+  static constexpr int kStaggerTurns = SK_SM90_STAGGER < 0 ? 1 : SK_SM90_STAGGER;
+  static constexpr bool kStaggerWanted = kStaggerTurns > 0 && kHeadDim_ == 64 && kCausal_ &&
                                          kVariant_ == Sm90Variant::kShortKeys &&
                                          kConsumerWarpgroups == 2 && kPingpong &&
-                                         kStages >= SK_SM90_STAGGER + 2;
+                                         kStages >= kStaggerTurns + 2;
   static constexpr int kQStagesWanted =
       kStaggerWanted ? 2
       : kHeadDim == 128 && ((!kCausal_ && kVariant_ == Sm90Variant::kDefault) ||
@@ -377,7 +384,7 @@ struct Traits {
           : 1;
   static constexpr bool kTmaStoreO =
       kTmaStoreOShape && smem_bytes(kQStages, true) <= kSmemPerBlockMax;
-  static constexpr int kStagger = kStaggerWanted && kQStages == 2 ? SK_SM90_STAGGER : 0;
+  static constexpr int kStagger = kStaggerWanted && kQStages == 2 ? kStaggerTurns : 0;
   // The epilogue's stores of O into that staging: per thread 2 * kDTiles 4-byte shared stores
   // (16 at D=64, 32 at D=128), or kDTiles / 2 stmatrix.x4 (the accumulator layout is stmatrix's
   // fragment layout). At D64 causal S=512 the epilogue is 11 % of a tile (v15's wait profile).
