@@ -140,6 +140,7 @@ TAIL_SPLIT_CASES = [  # (B, H_q, H_kv, Sq, Sk, D): non-causal shapes whose last 
     (1, 2, 2, 700, 5000, 256),     # key blocks of 80
     (2, 3, 3, 333, 3000, 96),
     (3, 5, 5, 200, 2500, 64),      # D=64 (three consumers, 192-row tiles; split since v20)
+    (3, 5, 5, 200, 2000, 64),      # D=64 short keys: every tile split, the 8-row ones with two idle consumers
 ]
 
 
