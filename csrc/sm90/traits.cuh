@@ -354,17 +354,19 @@ struct Traits {
   // and in D64 causal's short-keys variant for the stagger below.
   // The stagger (shipped in D64 causal short keys, v20): the two consumers of a tile share its Q
   // and its key stream, so they reach the tile's end together and their epilogues, Q waits and
-  // first Q K^Ts (nothing of a consumer's own overlaps those) coincide, with the tensor cores idle. With kStagger = L the
-  // second consumer starts L pingpong turns (about L key blocks) behind the first and keeps that
-  // lag, so each one's tile boundary falls in the other's steady state (kernel.cuh). Needs two Q
+  // first Q K^Ts (nothing of a consumer's own overlaps those) coincide, with the tensor cores
+  // idle. With kStagger = L the second consumer starts L pingpong turns (about L key blocks)
+  // behind the first and keeps that lag, so each one's tile boundary falls in the other's steady
+  // state (kernel.cuh). Needs two Q
   // slots (the first consumer loads the next tile's Q while the second still reads this one) and
   // a ring of L + 2 stages or more (the producer refills a stage only when both consumers have
   // freed it; L + 1 would do, L + 2 leaves the producer a block of lead); only in D64 causal's
   // short-keys kernel (four stages), whose 512-2048-key tiles are short chains. Every tile takes
   // at least one turn in each consumer (a tile with no key block passes one), so the lag stays
   // within the two-slot tile ring.
-  // Measured (v20, one A/B): L = 1 +3.6 % at S=512 (bf16; fp16 +1.7 %), -0.8 % at 1024 and
-  // -0.4 % at 2048; L = 2 equal at 512 and -2 % at 1024. L = 1 ships there.
+  // Measured (v20, one A/B): L = 1 +3.6 % at S=512 (bf16; fp16 +1.7 %), -0.8 % at 1024 (+0.3 %
+  // when timed again on the shipped build) and -0.4 % at 2048; L = 2 equal at 512 and -2 % at
+  // 1024. L = 1 ships there.
   static constexpr int kStaggerTurns = SK_SM90_STAGGER < 0 ? 1 : SK_SM90_STAGGER;
   static constexpr bool kStaggerWanted = kStaggerTurns > 0 && kHeadDim_ == 64 && kCausal_ &&
                                          kVariant_ == Sm90Variant::kShortKeys &&
