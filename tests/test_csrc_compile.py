@@ -217,6 +217,10 @@ EXPERIMENTS = [
     # D64 causal short keys' second consumer in step with the first, or two pingpong turns behind
     ("-DSK_SM90_STAGGER=0", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_STAGGER=2", "flash_fwd_sm90_fp16_hdim64_causal_shortkeys", "0xf0", "0x18"),
+    # each consumer's rows of Q in a slot of their own (the stagger then with one Q slot)
+    ("-DSK_SM90_Q_PER_CONSUMER=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
+    ("-DSK_SM90_Q_PER_CONSUMER=1", "flash_fwd_sm90_fp16_hdim64_noncausal_shortkeys", "0xa0", "0x20"),
+    ("-DSK_SM90_Q_PER_CONSUMER=1", "flash_fwd_sm90_bf16_hdim128_noncausal", "0xf0", "0x18"),
     # each warp's rows of O stored by their own TMA store
     ("-DSK_SM90_WARP_STORE_O=1 -DSK_SM90_STMATRIX_O=1",
      "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),

@@ -113,3 +113,23 @@ def test_the_stagger_takes_two_q_slots_in_d64_causal_short_keys_only(tmp_path, s
             assert plan["smem"] <= plan["smem_max"], plan
         else:
             assert plan == plain[name], (name, plan, plain[name])
+
+
+def test_per_consumer_q_slots_fit_in_one_slot_and_keep_the_stagger(tmp_path):
+    """-DSK_SM90_Q_PER_CONSUMER=1 gives each consumer its own 64 rows of Q with their own full and
+    empty barriers: every plan has one Q slot's bytes plus one more barrier pair per extra
+    consumer (16 bytes), keeps its TMA store of O, and D64 causal short keys keeps its stagger
+    without the second Q slot. The causal kernels at D=96-256 (they spill with it) keep their
+    plan."""
+    one = _plans(tmp_path, "-DSK_SM90_Q_STAGES_D128=1", "-DSK_SM90_STAGGER=0")
+    plain = _plans(tmp_path)
+    per = _plans(tmp_path, "-DSK_SM90_Q_PER_CONSUMER=1")
+    for name, plan in per.items():
+        if "causal" in name.split("_") and not name.startswith("d64"):
+            assert plan == plain[name], (name, plan, plain[name])
+            continue
+        consumers = plan["block_m"] // 64
+        assert plan["q_stages"] == 1, (name, plan)
+        assert plan["tma_store_o"] == one[name]["tma_store_o"], (name, plan)
+        assert plan["smem"] - one[name]["smem"] == 16 * (consumers - 1), (name, one[name], plan)
+        assert plan["stagger"] == STAGGER_SHIPPED.get(name, 0), (name, plan)

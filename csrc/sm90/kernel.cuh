@@ -172,7 +172,7 @@ template <class Tr>
 struct SmemPlan {
   uint32_t q, k, v, bar;
   // Tile ring (dynamic schedule): the producer writes tile indices into two slots.
-  static constexpr int kQB = 2 * Tr::kQStages;  // the Q slots' barriers come first
+  static constexpr int kQB = 2 * Tr::kQBarrierPairs;  // Q's barriers come first
   __device__ __forceinline__ uint32_t tile_full(int slot) const { return bar + 8 * (kQB + 4 * Tr::kStages + slot); }
   __device__ __forceinline__ uint32_t tile_empty(int slot) const { return bar + 8 * (kQB + 2 + 4 * Tr::kStages + slot); }
   __device__ __forceinline__ uint32_t tile_slot(int slot) const {
@@ -182,7 +182,7 @@ struct SmemPlan {
   __device__ __forceinline__ uint32_t v_stage(int s) const { return v + s * Tr::kKVBytes; }
   __device__ __forceinline__ uint32_t q_stage(int slot) const { return q + slot * Tr::kQBytes; }
   __device__ __forceinline__ uint32_t q_full(int slot) const { return bar + 8 * slot; }
-  __device__ __forceinline__ uint32_t q_empty(int slot) const { return bar + 8 * (Tr::kQStages + slot); }
+  __device__ __forceinline__ uint32_t q_empty(int slot) const { return bar + 8 * (Tr::kQBarrierPairs + slot); }
   __device__ __forceinline__ uint32_t k_full(int s) const { return bar + 8 * (kQB + s); }
   __device__ __forceinline__ uint32_t k_empty(int s) const { return bar + 8 * (kQB + Tr::kStages + s); }
   __device__ __forceinline__ uint32_t v_full(int s) const { return bar + 8 * (kQB + 2 * Tr::kStages + s); }
@@ -286,9 +286,10 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
 
   if (tid == 0) {
 #pragma unroll
-    for (int slot = 0; slot < Tr::kQStages; ++slot) {
+    for (int slot = 0; slot < Tr::kQBarrierPairs; ++slot) {
       mbarrier_init(sm.q_full(slot), 1);
-      mbarrier_init(sm.q_empty(slot), Tr::kConsumerWarpgroups);
+      // Per-consumer Q (Traits::kQPerConsumer): only that consumer releases its rows.
+      mbarrier_init(sm.q_empty(slot), Tr::kQPerConsumer ? 1 : Tr::kConsumerWarpgroups);
     }
 #pragma unroll
     for (int s = 0; s < kStages; ++s) {
@@ -324,9 +325,12 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       if (w.n_blocks <= 0) return;
       const int head_k = w.tile.head / p.head_ratio;
 #pragma unroll
-      for (int c = 0; c < Tr::kChunks; ++c) {
-        cp_async_bulk_prefetch_tensor_4d_l2_global(&args.tma_q, c * Tr::kChunkCols, w.row0,
-                                                   w.tile.head, w.tile.batch);
+      for (int r = 0; r < Tr::kBlockM; r += Tr::kQBoxRows) {
+#pragma unroll
+        for (int c = 0; c < Tr::kChunks; ++c) {
+          cp_async_bulk_prefetch_tensor_4d_l2_global(&args.tma_q, c * Tr::kChunkCols, w.row0 + r,
+                                                     w.tile.head, w.tile.batch);
+        }
       }
       const int blocks = min(w.n_blocks, SK_SM90_PREFETCH_BLOCKS);
       for (int j = 0; j < blocks; ++j) {
@@ -356,7 +360,28 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       const Tile tile = work.tile;
       const int row0 = work.row0, n_begin = work.n_begin, n_blocks = work.n_blocks;
       const int head_k = tile.head / p.head_ratio;
-      if (n_blocks > 0) {
+      // Per-consumer Q (Traits::kQPerConsumer): consumer c's 64 rows, once c has released its
+      // rows of the previous tile (after its last Q K^T there).
+      const int q_tile = q_round;
+      auto load_q_rows = [&](int c) {
+        mbarrier_wait(sm.q_empty(c), (q_tile & 1) ^ 1);
+        mbarrier_arrive_expect_tx(sm.q_full(c), 64 * Tr::kSwizzleBytes * Tr::kChunks);
+#pragma unroll
+        for (int ch = 0; ch < Tr::kChunks; ++ch) {
+          cp_async_bulk_tensor_4d_global_to_shared(
+              sm.q_stage(0) + ch * Tr::kQChunkBytes + c * 64 * Tr::kSwizzleBytes, &args.tma_q,
+              ch * Tr::kChunkCols, row0 + c * 64, tile.head, tile.batch, sm.q_full(c));
+        }
+      };
+      if (Tr::kQPerConsumer && n_blocks > 0) {
+        // The first consumer's rows now; the others' after the tile's first K and V (below), and
+        // with the stagger after its first kStagger + 1 key blocks: a consumer that runs behind
+        // releases its rows of the previous tile about kStagger turns after the first, and the
+        // producer, waiting for that release, must not hold back the first consumer's key blocks.
+        // (No cycle: the release needs only loads issued before, and the first consumer's turns.)
+        load_q_rows(0);
+        ++q_round;
+      } else if (n_blocks > 0) {
         // Q: the consumers release its slot after their last Q K^T of the tile that used it
         // before (the previous tile with one slot, the one before that with two).
         const int qs = q_round % Tr::kQStages;
@@ -398,6 +423,12 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         };
         load(&args.tma_k, sm.k_stage(s), sm.k_full(s), sm.k_empty(s));
         load(&args.tma_v, sm.v_stage(s), sm.v_full(s), sm.v_empty(s));
+        if constexpr (Tr::kQPerConsumer) {
+          if (j == min(Tr::kStagger, n_blocks - 1)) {
+#pragma unroll
+            for (int c = 1; c < Tr::kConsumerWarpgroups; ++c) load_q_rows(c);
+          }
+        }
       }
       // The last loads of this tile are issued: the consumers are about kStages key blocks from
       // its end, which hides the atomic's latency. The first tiles (0 .. gridDim.x - 1) went
@@ -543,8 +574,8 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     const int wg_row0 = row0 + consumer * 64;
     const int row_g = wg_row0 + warp * 16 + g;  // query row of this thread's s[i][0]
     // This tile's Q slot and the phase of its barriers (tiles with no key block load no Q).
-    const int qs = q_round % Tr::kQStages;
-    const uint32_t q_phase = (q_round / Tr::kQStages) & 1;
+    const int qs = Tr::kQPerConsumer ? consumer : q_round % Tr::kQStages;
+    const uint32_t q_phase = Tr::kQPerConsumer ? q_round & 1 : (q_round / Tr::kQStages) & 1;
     if constexpr (Tr::kQStages > 1) q_base = q_base0 + qs * Tr::kQBytes;
 
 #pragma unroll

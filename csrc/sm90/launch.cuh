@@ -120,7 +120,7 @@ cudaError_t launch(Kernel kernel, const FlashFwdParams& p, cudaStream_t stream,
   args.p = p;
   const bool ok =
       make_tensor_map(&args.tma_q, p.q, kBf16, p.batch, p.heads, p.seqlen_q, kHeadDim,
-                      p.q_batch_stride, p.q_head_stride, p.q_row_stride, Tr::kBlockM,
+                      p.q_batch_stride, p.q_head_stride, p.q_row_stride, Tr::kQBoxRows,
                       Tr::kSwizzleBytes) &&
       make_tensor_map(&args.tma_k, p.k, kBf16, p.batch, p.heads_k, p.seqlen_k, kHeadDim,
                       p.k_batch_stride, p.k_head_stride, p.k_row_stride, Tr::kBlockN,

@@ -128,6 +128,9 @@ namespace sm90 {
 #ifndef SK_SM90_STAGGER
 #define SK_SM90_STAGGER -1  // -1: per shape (1 in D64 causal short keys); L >= 0: that many pingpong turns
 #endif
+#ifndef SK_SM90_Q_PER_CONSUMER
+#define SK_SM90_Q_PER_CONSUMER 0  // 1: each consumer's 64 rows of Q in a slot of its own, with its own barriers
+#endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
@@ -336,6 +339,18 @@ struct Traits {
   static constexpr bool kTmaStoreOShape = SK_SM90_TMA_STORE_O != 0 && !kSplitKV &&
                                           kConsumerWarpgroups <= 2 && kSwizzleBytes == 128 &&
                                           kHeadDim <= 128;
+  // Experiment (off; docs/kernel-notes.md, Next hypotheses 0f): each consumer's 64 rows of Q in a
+  // slot of their own, loaded by a 64-row TMA box behind that consumer's own full and empty
+  // barriers, instead of the tile's whole Q behind shared ones. The same bytes as one Q slot; a
+  // consumer's rows of the next tile load as soon as that consumer has issued its last Q K^T, so
+  // the stagger no longer needs the second Q slot (nor its slot arithmetic in the key-block loop).
+  // Not in the causal kernels at D=96-256, which spill 4 bytes with it.
+  static constexpr bool kQPerConsumer =
+      SK_SM90_Q_PER_CONSUMER != 0 && (kHeadDim_ == 64 || !kCausal_);
+  // Full/empty barrier pairs of Q: one per Q slot, or one per consumer.
+  static constexpr int q_barrier_pairs(int q_stages) {
+    return kQPerConsumer ? kConsumerWarpgroups : q_stages;
+  }
   // Shared memory of the plan with q_stages Q slots, with or without the O staging: Q slots, the
   // K and V rings, O, the mbarriers (q full/empty per Q slot, k and v full/empty per stage, the
   // tile ring's full/empty), the tile ring's two indices, and 1024 bytes for rounding the dynamic
@@ -343,7 +358,7 @@ struct Traits {
   static constexpr int smem_bytes(int q_stages, bool o_staging) {
     return q_stages * kQBytes + 2 * kStages * kKVBytes +
            (o_staging ? kConsumerWarpgroups * kOBytesPerConsumer : 0) +
-           8 * (2 * q_stages + 4 * kStages + 4) + 8 + 1024;
+           8 * (2 * q_barrier_pairs(q_stages) + 4 * kStages + 4) + 8 + 1024;
   }
   // Q slots: with two, the producer loads the next tile's Q (and then its first key blocks) while
   // the consumers still read the current one; with one it waits for their last Q K^T of the tile.
@@ -373,7 +388,8 @@ struct Traits {
                                          kConsumerWarpgroups == 2 && kPingpong &&
                                          kStages >= kStaggerTurns + 2;
   static constexpr int kQStagesWanted =
-      kStaggerWanted ? 2
+      kQPerConsumer ? 1
+      : kStaggerWanted ? 2
       : kHeadDim == 128 && ((!kCausal_ && kVariant_ == Sm90Variant::kDefault) ||
                             (kCausal_ && kVariant_ == Sm90Variant::kShortKeys))
           ? SK_SM90_Q_STAGES_D128
@@ -386,7 +402,10 @@ struct Traits {
           : 1;
   static constexpr bool kTmaStoreO =
       kTmaStoreOShape && smem_bytes(kQStages, true) <= kSmemPerBlockMax;
-  static constexpr int kStagger = kStaggerWanted && kQStages == 2 ? kStaggerTurns : 0;
+  static constexpr int kStagger =
+      kStaggerWanted && (kQStages == 2 || kQPerConsumer) ? kStaggerTurns : 0;
+  static constexpr int kQBarrierPairs = q_barrier_pairs(kQStages);
+  static constexpr int kQBoxRows = kQPerConsumer ? 64 : kBlockM;  // rows of Q's TMA box
   // The epilogue's stores of O into that staging: per thread 2 * kDTiles 4-byte shared stores
   // (16 at D=64, 32 at D=128), or kDTiles / 2 stmatrix.x4 (the accumulator layout is stmatrix's
   // fragment layout). At D64 causal S=512 the epilogue is 11 % of a tile (v15's wait profile).
@@ -417,7 +436,7 @@ struct Traits {
   static constexpr int kKOffset = kQOffset + kQStages * kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKVBytes;
   static constexpr int kOOffset = kVOffset + kStages * kKVBytes;
-  static constexpr int kBarriers = 2 * kQStages + 4 * kStages + 4;
+  static constexpr int kBarriers = 2 * kQBarrierPairs + 4 * kStages + 4;
   static constexpr int kBarrierOffset =
       kOOffset + (kTmaStoreO ? kConsumerWarpgroups * kOBytesPerConsumer : 0);
   // The tile ring: two int32 tile indices the producer passes to the consumers.
@@ -426,6 +445,8 @@ struct Traits {
   static constexpr int kSmemBytes = kTileSlotOffset + 8 + 1024;
 
   static_assert(kConsumerWarpgroups >= 1 && kConsumerWarpgroups <= 3, "one to three consumers");
+  static_assert(!kQPerConsumer || kBlockM == 64 * kConsumerWarpgroups,
+                "per-consumer Q slots need 64 rows per consumer");
   static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumerWarpgroups <=
                     kRegistersPerSm,
                 "setmaxnreg budgets exceed the CTA's registers");
