@@ -378,7 +378,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         // with the stagger after its first kStagger + 1 key blocks: a consumer that runs behind
         // releases its rows of the previous tile about kStagger turns after the first, and the
         // producer, waiting for that release, must not hold back the first consumer's key blocks.
-        // (No cycle: the release needs only loads issued before, and the first consumer's turns.)
+        // (No cycle for kStagger <= 2, which Traits enforces: the release needs only loads issued
+        // before and the first consumer's turns. The protocol's model, tests/sm90_protocol_model.py,
+        // finds hangs from a lag of 3 turns on, with or without these slots.)
         load_q_rows(0);
         ++q_round;
       } else if (n_blocks > 0) {
