@@ -45,13 +45,7 @@ class MBar:
 
     def arrive_expect_tx(self, b):
         self.tx += b
-        self.arrive_no_complete()
-
-    def arrive_no_complete(self):
-        self.pending -= 1
-        if self.pending < 0:
-            raise Err(f"{self.name}: too many arrivals")
-        self._maybe()
+        self.arrive()
 
     def complete_tx(self, b):
         self.tx -= b
