@@ -75,7 +75,11 @@ class Model:
     ``pingpong``; ``keyless_turn`` is the stagger's turn on a key-less tile. Deliberate faults, to
     show that the checks catch them: ``mut_early_release`` (a consumer frees its Q before its last
     Q K^T has read it), ``mut_q_all_first`` (the producer loads every consumer's Q at the start of
-    a tile) and ``mut_qj`` (the key block after which the other consumers' Q is loaded)."""
+    a tile) and ``mut_qj`` (the key block after which the other consumers' Q is loaded). Design
+    options that the kernel does not have yet (docs/kernel-notes.md, Next hypotheses 0f):
+    ``q_after_epilogue`` (a consumer's O staged in its own Q rows, which it frees only after the
+    O store has read them) and ``piece_turn`` (an empty tail-split piece takes a turn, as a
+    key-less tile does under the stagger)."""
 
     def __init__(self, cfg, tiles, rng):
         self.cfg, self.tiles, self.rng = cfg, tiles, rng
@@ -101,6 +105,12 @@ class Model:
         self.log = []
 
     # ---- helpers ----
+    def _release_q_at_last_qk(self, qs):
+        # The kernel frees a Q slot after its last Q K^T; with the design option q_after_epilogue
+        # the release waits for the epilogue instead (below).
+        if not self.cfg.get("q_after_epilogue"):
+            self.q_empty[qs].arrive()
+
     def tma(self, regions, tag, bar, nbytes):
         for r in regions:
             if r.readers:
@@ -245,6 +255,9 @@ class Model:
                 break
             t = self.tiles[index]
             if t.get("pieces0"):
+                if S > 0 and cfg.get("piece_turn"):  # design option: an empty piece takes a turn
+                    yield from sched_wait()
+                    sched_signal()
                 continue  # work.pieces == 0 (its n is 0 for the producer too)
             n = t["n"]
             qs = c if qpc else q_round % cfg["qstages"]
@@ -270,7 +283,7 @@ class Model:
                     sched_signal()
                     self.k_empty[s].arrive()
                     if j == n - 1:
-                        self.q_empty[qs].arrive()
+                        self._release_q_at_last_qk(qs)
                     b = self.v_full[s]
                     yield lambda b=b, ph=ph: b.ready(ph)
                     b.check((it + j) // K + 1, f"{who} v_full")
@@ -298,7 +311,7 @@ class Model:
                 self.read_end(who, self.Kr[s])
                 self.k_empty[s].arrive()
                 if n == 1:
-                    self.q_empty[qs].arrive()
+                    self._release_q_at_last_qk(qs)
                 for j in range(1, n):
                     s = (it + j) % K
                     ph = ((it + j) // K) & 1
@@ -316,13 +329,13 @@ class Model:
                     self.read_start(who, self.Vr[sp], ("V", index, n - j, it + j - 1))
                     sched_signal()
                     if cfg.get("mut_early_release") and j == n - 1:
-                        self.q_empty[qs].arrive()
+                        self._release_q_at_last_qk(qs)
                     yield lambda: True  # wgmma_wait_group<1>: S_j done
                     self.read_end(who, qreg)
                     self.read_end(who, self.Kr[s])
                     self.k_empty[s].arrive()
                     if j == n - 1 and not cfg.get("mut_early_release"):
-                        self.q_empty[qs].arrive()
+                        self._release_q_at_last_qk(qs)
                     yield lambda: True  # wgmma_wait_group<0>: P V done
                     self.read_end(who, self.Vr[sp])
                     self.v_empty[sp].arrive()
@@ -343,6 +356,13 @@ class Model:
                 sched_signal()
             # epilogue: no shared barrier with others in the model
             yield lambda: True
+            if cfg.get("q_after_epilogue") and n > 0:
+                # Design option: O staged in this consumer's Q rows, TMA-stored from there; the
+                # rows are freed once the store has read them.
+                qreg.readers.add(who + " O store")
+                yield lambda: True
+                qreg.readers.discard(who + " O store")
+                self.q_empty[qs].arrive()
         if S > 0 and c == 0:
             yield from pass_turns()
         if c == 0 and pingpong:
