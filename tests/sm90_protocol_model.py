@@ -75,11 +75,11 @@ class Model:
     ``pingpong``; ``keyless_turn`` is the stagger's turn on a key-less tile. Deliberate faults, to
     show that the checks catch them: ``mut_early_release`` (a consumer frees its Q before its last
     Q K^T has read it), ``mut_q_all_first`` (the producer loads every consumer's Q at the start of
-    a tile) and ``mut_qj`` (the key block after which the other consumers' Q is loaded). Design
-    options that the kernel does not have yet (docs/kernel-notes.md, Next hypotheses 0f):
-    ``q_after_epilogue`` (a consumer's O staged in its own Q rows, which it frees only after the
-    O store has read them) and ``piece_turn`` (an empty tail-split piece takes a turn, as a
-    key-less tile does under the stagger)."""
+    a tile) and ``mut_qj`` (the key block after which the other consumers' Q is loaded). The
+    D=128 stagger (-DSK_SM90_STAGGER_D128, Traits::kOInQ) adds ``q_after_epilogue`` (a consumer's
+    O staged in its own Q rows, which it frees only after the O store has read them) and
+    ``piece_turn`` (an empty tail-split piece takes a turn, as a key-less tile does under the
+    stagger)."""
 
     def __init__(self, cfg, tiles, rng):
         self.cfg, self.tiles, self.rng = cfg, tiles, rng

@@ -221,6 +221,9 @@ EXPERIMENTS = [
     ("-DSK_SM90_Q_PER_CONSUMER=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_Q_PER_CONSUMER=1", "flash_fwd_sm90_fp16_hdim64_noncausal_shortkeys", "0xa0", "0x20"),
     ("-DSK_SM90_Q_PER_CONSUMER=1", "flash_fwd_sm90_bf16_hdim128_noncausal", "0xf0", "0x18"),
+    # D128 full's consumers one turn apart, O staged in each one's Q rows, three stages
+    ("-DSK_SM90_STAGGER_D128=1", "flash_fwd_sm90_bf16_hdim128_noncausal", "0xf0", "0x18"),
+    ("-DSK_SM90_STAGGER_D128=1", "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),
     # each warp's rows of O stored by their own TMA store
     ("-DSK_SM90_WARP_STORE_O=1 -DSK_SM90_STMATRIX_O=1",
      "flash_fwd_sm90_fp16_hdim128_noncausal", "0xf0", "0x18"),

@@ -133,3 +133,19 @@ def test_per_consumer_q_slots_fit_in_one_slot_and_keep_the_stagger(tmp_path):
         assert plan["tma_store_o"] == one[name]["tma_store_o"], (name, plan)
         assert plan["smem"] - one[name]["smem"] == 16 * (consumers - 1), (name, one[name], plan)
         assert plan["stagger"] == STAGGER_SHIPPED.get(name, 0), (name, plan)
+
+
+def test_the_d128_stagger_stages_o_in_its_q_rows(tmp_path):
+    """-DSK_SM90_STAGGER_D128=1 gives D128 full (the default variant) a stagger of one turn on a
+    three-stage ring, with per-consumer Q rows in which each consumer also stages its O: one Q
+    slot, the TMA store kept, no separate O staging (3 x 64 KB of K and V, 32 KB of Q, two Q
+    barrier pairs, 12 ring and 4 tile-ring barriers, 8 bytes of tile slots, 1 KB of alignment).
+    No other plan changes."""
+    plain, plans = _plans(tmp_path), _plans(tmp_path, "-DSK_SM90_STAGGER_D128=1")
+    for name, plan in plans.items():
+        if name != "d128_noncausal":
+            assert plan == plain[name], (name, plan, plain[name])
+            continue
+        assert (plan["stages"], plan["q_stages"], plan["tma_store_o"], plan["stagger"]) == (3, 1, 1, 1)
+        assert plan["smem"] == 2 * 3 * 32768 + 32768 + 8 * (2 * 2 + 4 * 3 + 4) + 8 + 1024, plan
+        assert plan["smem"] <= plan["smem_max"], plan

@@ -65,10 +65,11 @@ def test_the_model_catches_faults(fault, cfg):
 @pytest.mark.parametrize("stages", [2, 3])
 @pytest.mark.parametrize("shape", ["d128_noncausal", "d128_causal_shortkeys"])
 def test_the_d128_stagger_design_holds(shape, stages):
-    """The design of docs/kernel-notes.md's 0f, before any kernel code: at D=128 a stagger of one
-    turn with per-consumer Q rows in which each consumer also stages its O, freeing them only
-    after the O store has read them, on a two- or three-stage ring, with empty tail-split pieces
-    (non-causal) or key-less tiles through the tile ring (causal)."""
+    """-DSK_SM90_STAGGER_D128 (docs/kernel-notes.md, 0f): at D=128 a stagger of one turn with
+    per-consumer Q rows in which each consumer also stages its O, freeing them only after the O
+    store has read them, on the switch's three-stage ring (and on two), with empty tail-split
+    pieces that take a turn (non-causal, the switch's shape) or key-less tiles through the tile
+    ring (causal, the design's other use)."""
     cfg = dict(SHIPPED[shape], stages=stages, qstages=1, qpc=True, stagger=1,
                q_after_epilogue=True, piece_turn=True)
     fails = _explore(iters=300, seed=stages, **cfg)

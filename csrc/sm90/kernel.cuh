@@ -569,7 +569,13 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     if (index >= args.num_tiles) break;
     const TileWork work = work_at<Tr, kCausal>(args, index);
     if constexpr (Tr::kTailSplit) {
-      if (work.pieces == 0) continue;  // an empty piece of the tail split: no loads, no output
+      if (work.pieces == 0) {  // an empty piece of the tail split: no loads, no output
+        if constexpr (Tr::kStagger > 0) {  // and, as a key-less tile, one turn in each consumer
+          sched_wait();
+          sched_signal();
+        }
+        continue;
+      }
     }
     const Tile tile = work.tile;
     const int row0 = work.row0, n_begin = work.n_begin, n_blocks = work.n_blocks;
@@ -616,7 +622,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         sched_signal();
         if (signals) {
           mbarrier_arrive(sm.k_empty(s));
-          if (j == n_blocks - 1) mbarrier_arrive(sm.q_empty(qs));
+          if (!Tr::kOInQ && j == n_blocks - 1) mbarrier_arrive(sm.q_empty(qs));
         }
         SK_WAIT(kWaitV, mbarrier_wait(sm.v_full(s), phase));
         if (signals) mbarrier_arrive(sm.v_empty(s));
@@ -668,7 +674,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         fence_registers(acc_s);
         if (signals) {
           mbarrier_arrive(sm.k_empty(s));
-          if (n_blocks == 1) mbarrier_arrive(sm.q_empty(qs));  // Q is no longer read
+          if (!Tr::kOInQ && n_blocks == 1) mbarrier_arrive(sm.q_empty(qs));  // Q is no longer read
         }
         if constexpr (Tr::kCausalHalfSoftmax) {
           // The block's second half of keys lies past this consumer's last row: every score
@@ -713,7 +719,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         fence_registers(acc_s);
         if (signals) {
           mbarrier_arrive(sm.k_empty(s));
-          if (j == n_blocks - 1) mbarrier_arrive(sm.q_empty(qs));
+          if (!Tr::kOInQ && j == n_blocks - 1) mbarrier_arrive(sm.q_empty(qs));
         }
         softmax_block(n_begin + n_blocks - 1 - j);
         // With kSoftmaxFence, a branch that is never taken (a row sum is never negative, NaN
@@ -811,7 +817,13 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         // the branch does not make the loop's ring slots and descriptors leave the uniform
         // registers (Traits::kUniform).
         const int merges = __shfl_sync(0xffffffffu, bar_red_or(kEpilogueBarrier0 + consumer, 128, last), 0);
-        if (!merges) continue;
+        if (!merges) {
+          // kOInQ: this consumer's Q rows are freed here, the merging piece's after its store.
+          if constexpr (Tr::kOInQ) {
+            if (signals) mbarrier_arrive(sm.q_empty(qs));
+          }
+          continue;
+        }
         float row_max[2] = {-INFINITY, -INFINITY};
         for (int j = 0; j < tw.pieces; ++j) {
           const float4 stats = __ldcg(slot_of(j) + kDTiles * 128);
@@ -874,7 +886,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
           if (t == 0) p.lse_accum[plane + row] = row_lse[r];
         }
       }
-    } else if (Tr::kTmaStoreO && args.tma_store) {
+    } else if (Tr::kTmaStoreO && args.tma_store && (!Tr::kOInQ || n_blocks > 0)) {
+      // (kOInQ: a tile with no key block loaded no Q rows of its own, and the producer may be
+      // filling them with the next tile's: its zeros leave in plain stores below.)
       SK_SPAN_BEGIN(lse_t0);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -882,7 +896,10 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         if (t == 0 && row < p.seqlen_q) lse[static_cast<int64_t>(row) * p.lse_row_stride] = row_lse[r];
       }
       SK_SPAN_END(kEpiStore, lse_t0);
-      const uint32_t o_base = o_smem_base + consumer * Tr::kOBytesPerConsumer;
+      // kOInQ: this consumer's own Q rows (its last Q K^T has read them; they are freed below,
+      // once the store has read O from them).
+      const uint32_t o_base =
+          Tr::kOInQ ? q_base0 : o_smem_base + consumer * Tr::kOBytesPerConsumer;
       // Through shared memory (the 128-byte swizzle TMA expects: 16-byte chunk c of row r sits
       // at c ^ (r % 8), so the quad's four 4-byte writes of 8 rows hit 32 different banks), then
       // one TMA store per 64-column chunk (per warp's 16 rows with kWarpStoreO); the tensor map
@@ -905,7 +922,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
 #pragma unroll
         for (int i = 0; i < kDTiles; i += 2) {
           const uint32_t addr =
-              o_base + o_stage_group(row, o_stage_stmatrix_n8(i, lane), Tr::kOChunkBytes);
+              o_base + o_stage_group(row, o_stage_stmatrix_n8(i, lane), Tr::kOStageChunkBytes);
           stmatrix_x4(addr,
                       fwd::pack2<kDtype>(acc_o[i][0] * inv_sum[0], acc_o[i][1] * inv_sum[0]),
                       fwd::pack2<kDtype>(acc_o[i][2] * inv_sum[1], acc_o[i][3] * inv_sum[1]),
@@ -918,7 +935,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
           const int row = warp * 16 + g + 8 * r;  // within this consumer's 64 rows
 #pragma unroll
           for (int i = 0; i < kDTiles; ++i) {
-            const uint32_t addr = o_base + o_stage_group(row, i, Tr::kOChunkBytes) + 4 * t;
+            const uint32_t addr = o_base + o_stage_group(row, i, Tr::kOStageChunkBytes) + 4 * t;
             const uint32_t packed =
                 fwd::pack2<kDtype>(acc_o[i][2 * r] * inv_sum[r], acc_o[i][2 * r + 1] * inv_sum[r]);
             st_shared_b32(addr, packed);
@@ -939,7 +956,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         if (lane == 0) {
 #pragma unroll
           for (int c = 0; c < Tr::kChunks; ++c) {
-            const uint32_t rows = o_base + c * Tr::kOChunkBytes + warp * 16 * Tr::kSwizzleBytes;
+            const uint32_t rows = o_base + c * Tr::kOStageChunkBytes + warp * 16 * Tr::kSwizzleBytes;
             cp_async_bulk_tensor_4d_shared_to_global(&args.tma_o, c * Tr::kChunkCols,
                                                      wg_row0 + warp * 16, tile.head, tile.batch,
                                                      rows);
@@ -951,9 +968,14 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         for (int c = 0; c < Tr::kChunks; ++c) {
           cp_async_bulk_tensor_4d_shared_to_global(&args.tma_o, c * Tr::kChunkCols, wg_row0,
                                                    tile.head, tile.batch,
-                                                   o_base + c * Tr::kOChunkBytes);
+                                                   o_base + c * Tr::kOStageChunkBytes);
         }
         cp_async_bulk_commit_group();
+        if constexpr (Tr::kOInQ) {
+          // The rows are Q's: freed for the next tile once the store has read them.
+          cp_async_bulk_wait_group_read<0>();
+          mbarrier_arrive(sm.q_empty(qs));
+        }
       }
     } else if (Tr::kWideStoreO && args.o_wide) {
       // Plain stores, 16 bytes wide: per row and group of four n8 tiles, the quad's transpose
@@ -1006,6 +1028,10 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         }
       }
       SK_SPAN_END(kEpiStore, plain_t0);
+    }
+    if constexpr (Tr::kOInQ) {
+      // O left in plain stores (a caller's out that TMA cannot describe): the rows are freed here.
+      if (!args.tma_store && n_blocks > 0 && signals) mbarrier_arrive(sm.q_empty(qs));
     }
 #if SK_SM90_WAIT_PROFILE
     wait_cycles[kEpilogue] += static_cast<uint32_t>(clock64() - epilogue_t0) -

@@ -131,6 +131,9 @@ namespace sm90 {
 #ifndef SK_SM90_Q_PER_CONSUMER
 #define SK_SM90_Q_PER_CONSUMER 0  // 1: each consumer's 64 rows of Q in a slot of its own, with its own barriers
 #endif
+#ifndef SK_SM90_STAGGER_D128
+#define SK_SM90_STAGGER_D128 0  // 1: D128 full's consumers one turn apart, O staged in each one's Q rows
+#endif
 #ifndef SK_SM90_TMA_STORE_O
 #define SK_SM90_TMA_STORE_O 1  // O through shared memory and TMA where the shape allows it
 #endif
@@ -150,6 +153,14 @@ struct Traits {
   // non-causal runs key blocks of 176 there (FlashAttention-3's tile), which leaves no shared
   // memory for the TMA store of O; measured +2-3 % at 8k-16k keys and 4-13 % slower at 512-2048.
   static constexpr bool kLongKeys = kVariant_ == Sm90Variant::kLongKeys;
+  // Experiment (off; docs/kernel-notes.md, Next hypotheses 0f): D128 full's two consumers one
+  // pingpong turn apart (kStagger), on a three-stage ring with per-consumer Q rows
+  // (kQPerConsumer), each consumer staging its O in its own Q rows (kOInQ), which it frees for
+  // the next tile only after the TMA store of O has read them. That is what fits: three stages
+  // (192 KB) and one Q slot (32 KB) leave no room for a separate O staging.
+  static constexpr bool kStaggerD128 = SK_SM90_STAGGER_D128 != 0 && kHeadDim_ == 128 &&
+                                       !kCausal_ && kVariant_ == Sm90Variant::kDefault;
+  static constexpr bool kOInQ = kStaggerD128;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kCausal = kCausal_;
   static constexpr int kConsumerWarpgroups =
@@ -181,6 +192,7 @@ struct Traits {
   static constexpr int kStages = kHeadDim == 64 && kCausal_ && kShortKeys && kConsumerWarpgroups > 1
                                      ? SK_SM90_STAGES_D64_CAUSAL_SHORT
                                  : kHeadDim == 64                ? SK_SM90_STAGES_D64
+                                 : kStaggerD128                  ? 3
                                  : kHeadDim == 128 && !kLongKeys ? SK_SM90_STAGES_D128
                                                                  : SK_SM90_STAGES;
   // A consumer whose 64 rows all lie past seqlen_q skips its GEMMs (see kernel.cuh). The three-
@@ -346,7 +358,7 @@ struct Traits {
   // the stagger no longer needs the second Q slot (nor its slot arithmetic in the key-block loop).
   // Not in the causal kernels at D=96-256, which spill 4 bytes with it.
   static constexpr bool kQPerConsumer =
-      SK_SM90_Q_PER_CONSUMER != 0 && (kHeadDim_ == 64 || !kCausal_);
+      (SK_SM90_Q_PER_CONSUMER != 0 && (kHeadDim_ == 64 || !kCausal_)) || kStaggerD128;
   // Full/empty barrier pairs of Q: one per Q slot, or one per consumer.
   static constexpr int q_barrier_pairs(int q_stages) {
     return kQPerConsumer ? kConsumerWarpgroups : q_stages;
@@ -357,7 +369,7 @@ struct Traits {
   // shared-memory base up to the 1024-byte swizzle alignment.
   static constexpr int smem_bytes(int q_stages, bool o_staging) {
     return q_stages * kQBytes + 2 * kStages * kKVBytes +
-           (o_staging ? kConsumerWarpgroups * kOBytesPerConsumer : 0) +
+           (o_staging && !kOInQ ? kConsumerWarpgroups * kOBytesPerConsumer : 0) +
            8 * (2 * q_barrier_pairs(q_stages) + 4 * kStages + 4) + 8 + 1024;
   }
   // Q slots: with two, the producer loads the next tile's Q (and then its first key blocks) while
@@ -386,11 +398,11 @@ struct Traits {
   // L <= 2 only: the turn accounting (and the per-consumer Q slots' producer order) is argued and
   // model-checked for that (tests/test_sm90_protocol.py); L = 3 with 5 stages hangs on two
   // key-less tiles before a long one.
-  static constexpr bool kStaggerWanted = kStaggerTurns > 0 && kStaggerTurns <= 2 &&
-                                         kHeadDim_ == 64 && kCausal_ &&
-                                         kVariant_ == Sm90Variant::kShortKeys &&
-                                         kConsumerWarpgroups == 2 && kPingpong &&
-                                         kStages >= kStaggerTurns + 2;
+  static constexpr bool kStaggerWanted =
+      kStaggerD128 ? kConsumerWarpgroups == 2 && kPingpong && kStages >= 3
+                   : kStaggerTurns > 0 && kStaggerTurns <= 2 && kHeadDim_ == 64 && kCausal_ &&
+                         kVariant_ == Sm90Variant::kShortKeys && kConsumerWarpgroups == 2 &&
+                         kPingpong && kStages >= kStaggerTurns + 2;
   static constexpr int kQStagesWanted =
       kQPerConsumer ? 1
       : kStaggerWanted ? 2
@@ -407,7 +419,7 @@ struct Traits {
   static constexpr bool kTmaStoreO =
       kTmaStoreOShape && smem_bytes(kQStages, true) <= kSmemPerBlockMax;
   static constexpr int kStagger =
-      kStaggerWanted && (kQStages == 2 || kQPerConsumer) ? kStaggerTurns : 0;
+      !(kStaggerWanted && (kQStages == 2 || kQPerConsumer)) ? 0 : kStaggerD128 ? 1 : kStaggerTurns;
   static constexpr int kQBarrierPairs = q_barrier_pairs(kQStages);
   static constexpr int kQBoxRows = kQPerConsumer ? 64 : kBlockM;  // rows of Q's TMA box
   // The epilogue's stores of O into that staging: per thread 2 * kDTiles 4-byte shared stores
@@ -422,6 +434,8 @@ struct Traits {
   // 1.5-2.2 % of a 512-key tile in v14's and v18's wait profiles (`ostore`, `osync`).
   static constexpr bool kWarpStoreO = SK_SM90_WARP_STORE_O != 0 && kTmaStoreO;
   static constexpr int kOBoxRows = kWarpStoreO ? 16 : 64;  // rows of the TMA store's box of O
+  // The O staging's column-chunk stride: its own 64-row chunks, or Q's chunks with kOInQ.
+  static constexpr int kOStageChunkBytes = kOInQ ? kQChunkBytes : kOChunkBytes;
   // Where O leaves in plain stores (three consumers, D=96, D=256, the 176-key block, or a
   // caller's out that TMA cannot describe), each thread's 4-byte stores write 8 rows x 16 bytes a
   // warp instruction, so the epilogue queues 2 * kDTiles of them per thread (64 at D=256). With
@@ -442,13 +456,15 @@ struct Traits {
   static constexpr int kOOffset = kVOffset + kStages * kKVBytes;
   static constexpr int kBarriers = 2 * kQBarrierPairs + 4 * kStages + 4;
   static constexpr int kBarrierOffset =
-      kOOffset + (kTmaStoreO ? kConsumerWarpgroups * kOBytesPerConsumer : 0);
+      kOOffset + (kTmaStoreO && !kOInQ ? kConsumerWarpgroups * kOBytesPerConsumer : 0);
   // The tile ring: two int32 tile indices the producer passes to the consumers.
   static constexpr int kTileSlotOffset = kBarrierOffset + 8 * kBarriers;
   // +1024: the dynamic shared-memory base is rounded up to the 1024-byte swizzle alignment.
   static constexpr int kSmemBytes = kTileSlotOffset + 8 + 1024;
 
   static_assert(kConsumerWarpgroups >= 1 && kConsumerWarpgroups <= 3, "one to three consumers");
+  static_assert(!kOInQ || (kQPerConsumer && kTmaStoreO && !kWarpStoreO && kStagger == 1),
+                "O staged in Q rows: per-consumer rows, one warpgroup store, the D=128 stagger");
   static_assert(!kQPerConsumer || kBlockM == 64 * kConsumerWarpgroups,
                 "per-consumer Q slots need 64 rows per consumer");
   static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumerWarpgroups <=
