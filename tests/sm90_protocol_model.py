@@ -76,8 +76,10 @@ class Model:
     show that the checks catch them: ``mut_early_release`` (a consumer frees its Q before its last
     Q K^T has read it), ``mut_q_all_first`` (the producer loads every consumer's Q at the start of
     a tile) and ``mut_qj`` (the key block after which the other consumers' Q is loaded). The
-    D=128 stagger (-DSK_SM90_STAGGER_D128, Traits::kOInQ) adds ``q_after_epilogue`` (a consumer's
-    O staged in its own Q rows, which it frees only after the O store has read them) and
+    D=128 stagger (-DSK_SM90_STAGGER_D128, Traits::kOInQ) adds ``o_in_q`` (each consumer stages
+    its O in its own Q rows, and the producer loads the first consumer's rows after the tile's
+    first K and V), ``q_after_epilogue`` (the rows are freed only after the O store has read them;
+    without it they are freed at the last Q K^T, a fault the checks must catch) and
     ``piece_turn`` (an empty tail-split piece takes a turn, as a key-less tile does under the
     stagger)."""
 
@@ -171,7 +173,8 @@ class Model:
                 self.tma([self.Q[(0, c)]], ("Q", index), self.q_full[c], nb)
 
             if qpc and n > 0:
-                yield from load_q_rows(0)
+                if not cfg.get("o_in_q"):  # with O in the Q rows: after block 0's K and V (below)
+                    yield from load_q_rows(0)
                 if cfg.get("mut_q_all_first"):
                     for c in range(1, C):
                         yield from load_q_rows(c)
@@ -197,6 +200,8 @@ class Model:
                     e.check(it // K, f"producer {kind}_empty{s}")
                     full[s].arrive_expect_tx(1000)
                     self.tma([reg[s]], (kind, index, blk, it), full[s], 1000)
+                if qpc and cfg.get("o_in_q") and j == 0:
+                    yield from load_q_rows(0)
                 if qpc and not cfg.get("mut_q_all_first") and j == min(cfg.get("mut_qj", S), n - 1):
                     for c in range(1, C):
                         yield from load_q_rows(c)
@@ -356,13 +361,18 @@ class Model:
                 sched_signal()
             # epilogue: no shared barrier with others in the model
             yield lambda: True
-            if cfg.get("q_after_epilogue") and n > 0:
-                # Design option: O staged in this consumer's Q rows, TMA-stored from there; the
-                # rows are freed once the store has read them.
+            if cfg.get("o_in_q") and n > 0:
+                # O staged in this consumer's Q rows (generic stores), TMA-stored from there; with
+                # q_after_epilogue the rows are freed once the store has read them.
+                if qreg.writing or qreg.tag != ("Q", index):
+                    raise Err(f"{who} stages O in {qreg.name}, which holds {qreg.tag}"
+                              f"{' (being written)' if qreg.writing else ''}, not its Q")
+                qreg.tag = ("O", index)
                 qreg.readers.add(who + " O store")
                 yield lambda: True
                 qreg.readers.discard(who + " O store")
-                self.q_empty[qs].arrive()
+                if cfg.get("q_after_epilogue"):
+                    self.q_empty[qs].arrive()
         if S > 0 and c == 0:
             yield from pass_turns()
         if c == 0 and pingpong:

@@ -55,6 +55,8 @@ def test_staggers_of_one_and_two_turns_hold(stagger, stages, qpc):
     ("every Q first", dict(stagger=2, qpc=True, mut_q_all_first=True)),
     # A lag of three turns (Traits caps the stagger at two).
     ("three turns", dict(stagger=3, stages=5)),
+    # O staged in the Q rows, but the rows freed at the last Q K^T (before the O store).
+    ("O in Q rows freed early", dict(stagger=1, stages=3, qstages=1, qpc=True, o_in_q=True)),
 ])
 def test_the_model_catches_faults(fault, cfg):
     params = dict(C=2, stages=4, qstages=2, ring=True, keyless=True)
@@ -70,7 +72,7 @@ def test_the_d128_stagger_design_holds(shape, stages):
     store has read them, on the switch's three-stage ring (and on two), with empty tail-split
     pieces that take a turn (non-causal, the switch's shape) or key-less tiles through the tile
     ring (causal, the design's other use)."""
-    cfg = dict(SHIPPED[shape], stages=stages, qstages=1, qpc=True, stagger=1,
+    cfg = dict(SHIPPED[shape], stages=stages, qstages=1, qpc=True, stagger=1, o_in_q=True,
                q_after_epilogue=True, piece_turn=True)
     fails = _explore(iters=300, seed=stages, **cfg)
     assert not fails, fails

@@ -381,7 +381,10 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         // (No cycle for kStagger <= 2, which Traits enforces: the release needs only loads issued
         // before and the first consumer's turns. The protocol's model, tests/sm90_protocol_model.py,
         // finds hangs from a lag of 3 turns on, with or without these slots.)
-        load_q_rows(0);
+        // With O staged in the Q rows (kOInQ) the first consumer frees its rows only after its
+        // epilogue's store: its rows load after the tile's first K and V, which then need not
+        // wait for that release.
+        if constexpr (!Tr::kOInQ) load_q_rows(0);
         ++q_round;
       } else if (n_blocks > 0) {
         // Q: the consumers release its slot after their last Q K^T of the tile that used it
@@ -425,6 +428,9 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
         };
         load(&args.tma_k, sm.k_stage(s), sm.k_full(s), sm.k_empty(s));
         load(&args.tma_v, sm.v_stage(s), sm.v_full(s), sm.v_empty(s));
+        if constexpr (Tr::kOInQ) {
+          if (j == 0) load_q_rows(0);
+        }
         if constexpr (Tr::kQPerConsumer) {
           if (j == min(Tr::kStagger, n_blocks - 1)) {
 #pragma unroll
