@@ -12,9 +12,9 @@
 #   the session's report (one column per bench step) lands in $OUT/ab.md, its database in $OUT/ab.db.
 #   With $AB_GUARD (pytest arguments, e.g. "tests/test_kernel_gpu.py -k causal"), each variant
 #   first runs those GPU tests under `timeout $AB_GUARD_S` (default 150 s): a variant that fails
-#   them or hangs is not checked or timed (each build is compiled first, by `step build`, outside
-#   that limit), and the run goes on with the next one (the plain build,
-#   the shipped kernels, is not guarded).
+#   them or hangs is not checked or timed, and the run goes on with the next one. Each build is
+#   compiled first, by `step build`, outside that limit; the plain build (the shipped kernels) is
+#   not guarded.
 # validate: the kernel issue's checks as one sessionkit session (the standard grid first, on a rested
 #   GPU; then `step correctness --configs 200` on the dispatcher's family and on sm80 forced, next to
 #   `pytest -m gpu` in four processes and the sanitizers on both families); its report and database

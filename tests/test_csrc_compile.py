@@ -109,6 +109,13 @@ def _compile_kernel(tmp_path: Path, name: str, flags: str | None = None) -> tupl
     return cubin, proc.stdout + proc.stderr
 
 
+def _assert_builds_clean(output: str, name: str) -> None:
+    """The ptxas report of ``name`` in ``output``: no spills, no serialized wgmma."""
+    res = parse_ptxas(output).get(name)
+    assert res is not None and res.spill_store_bytes + res.spill_load_bytes == 0, res
+    assert res.wgmma_serialized is None, f"ptxas serialized the wgmma: {res.wgmma_serialized}"
+
+
 def _sass(cuobjdump: str, cubin: Path) -> str:
     sass = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True,
                           timeout=120)
@@ -249,10 +256,8 @@ EXPERIMENTS = [
 def test_experiment_switches_build_without_spills(tmp_path, flag, name, consumer_regs,
                                                   producer_regs):
     cubin, output = _compile_kernel(tmp_path, name, flag)
-    res = parse_ptxas(output).get(name)
-    assert res is not None and res.spill_store_bytes + res.spill_load_bytes == 0, res
-    assert res.wgmma_serialized is None, f"ptxas serialized the wgmma: {res.wgmma_serialized}"
-    assert res.stack_frame_bytes == 0
+    _assert_builds_clean(output, name)
+    assert parse_ptxas(output)[name].stack_frame_bytes == 0
     cuobjdump = _cuobjdump()
     sass = _sass(cuobjdump, cubin)
     regs = [line for line in sass.splitlines() if "USETMAXREG" in line]
@@ -365,9 +370,7 @@ def test_warp_store_switch_drops_the_epilogue_barriers(tmp_path, flag, barriers)
     cuobjdump = _cuobjdump()
     name = "flash_fwd_sm90_bf16_hdim64_causal_shortkeys"
     cubin, output = _compile_kernel(tmp_path, name, flag)
-    res = parse_ptxas(output).get(name)
-    assert res is not None and res.spill_store_bytes + res.spill_load_bytes == 0, res
-    assert res.wgmma_serialized is None, f"ptxas serialized the wgmma: {res.wgmma_serialized}"
+    _assert_builds_clean(output, name)
     sass = _sass(cuobjdump, cubin).splitlines()
     epilogue_barriers = [line for line in sass if re.search(r"BAR\.SYNC\S*\s+\S+,\s*0x80\s*;", line)]
     assert len(epilogue_barriers) == barriers, epilogue_barriers

@@ -540,15 +540,17 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     if constexpr (Tr::kPingpong) bar_arrive(next_turn, 256);
   };
   if (consumer == kConsumers - 1) sched_signal();
+  // A turn passed without work: wait for it and hand it on.
+  auto pass_turn = [&] {
+    sched_wait();
+    sched_signal();
+  };
   // Tr::kStagger: the second consumer passes its first kStagger turns without work, so that it
   // runs that many turns behind the first; the first passes as many at the end (below), so that
   // every wait still meets one arrival.
   auto pass_turns = [&] {
 #pragma unroll 1
-    for (int i = 0; i < Tr::kStagger; ++i) {
-      sched_wait();
-      sched_signal();
-    }
+    for (int i = 0; i < Tr::kStagger; ++i) pass_turn();
   };
   if constexpr (Tr::kStagger > 0) {
     if (consumer == 1) pass_turns();
@@ -576,10 +578,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
     const TileWork work = work_at<Tr, kCausal>(args, index);
     if constexpr (Tr::kTailSplit) {
       if (work.pieces == 0) {  // an empty piece of the tail split: no loads, no output
-        if constexpr (Tr::kStagger > 0) {  // and, as a key-less tile, one turn in each consumer
-          sched_wait();
-          sched_signal();
-        }
+        if constexpr (Tr::kStagger > 0) pass_turn();  // and, as a key-less tile, one turn
         continue;
       }
     }
@@ -770,8 +769,7 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
       // A tile with no key block takes one turn in each consumer (both see every tile), so that
       // the first consumer cannot run through two such tiles, two rounds of the two-slot tile
       // ring, while the second still waits for its turn in the tile before them.
-      sched_wait();
-      sched_signal();
+      pass_turn();
     }
 
     // Epilogue: normalise and store O and the LSE (a row that saw no key gets O = 0 and

@@ -394,15 +394,15 @@ struct Traits {
   // Measured (v20, one A/B): L = 1 +3.6 % at S=512 (bf16; fp16 +1.7 %), -0.8 % at 1024 (+0.3 %
   // when timed again on the shipped build) and -0.4 % at 2048; L = 2 equal at 512 and -2 % at
   // 1024. L = 1 ships there.
-  static constexpr int kStaggerTurns = SK_SM90_STAGGER < 0 ? 1 : SK_SM90_STAGGER;
+  // (-DSK_SM90_STAGGER_D128=1 takes one turn at D128 full whatever SK_SM90_STAGGER says.)
+  static constexpr int kStaggerTurns = kStaggerD128 || SK_SM90_STAGGER < 0 ? 1 : SK_SM90_STAGGER;
   // L <= 2 only: the turn accounting (and the per-consumer Q slots' producer order) is argued and
   // model-checked for that (tests/test_sm90_protocol.py); L = 3 with 5 stages hangs on two
   // key-less tiles before a long one.
   static constexpr bool kStaggerWanted =
-      kStaggerD128 ? kConsumerWarpgroups == 2 && kPingpong && kStages >= 3
-                   : kStaggerTurns > 0 && kStaggerTurns <= 2 && kHeadDim_ == 64 && kCausal_ &&
-                         kVariant_ == Sm90Variant::kShortKeys && kConsumerWarpgroups == 2 &&
-                         kPingpong && kStages >= kStaggerTurns + 2;
+      (kStaggerD128 || (kHeadDim_ == 64 && kCausal_ && kVariant_ == Sm90Variant::kShortKeys)) &&
+      kStaggerTurns > 0 && kStaggerTurns <= 2 && kConsumerWarpgroups == 2 && kPingpong &&
+      kStages >= kStaggerTurns + 2;
   static constexpr int kQStagesWanted =
       kQPerConsumer ? 1
       : kStaggerWanted ? 2
@@ -419,7 +419,7 @@ struct Traits {
   static constexpr bool kTmaStoreO =
       kTmaStoreOShape && smem_bytes(kQStages, true) <= kSmemPerBlockMax;
   static constexpr int kStagger =
-      !(kStaggerWanted && (kQStages == 2 || kQPerConsumer)) ? 0 : kStaggerD128 ? 1 : kStaggerTurns;
+      kStaggerWanted && (kQStages == 2 || kQPerConsumer) ? kStaggerTurns : 0;
   static constexpr int kQBarrierPairs = q_barrier_pairs(kQStages);
   static constexpr int kQBoxRows = kQPerConsumer ? 64 : kBlockM;  // rows of Q's TMA box
   // The epilogue's stores of O into that staging: per thread 2 * kDTiles 4-byte shared stores
