@@ -16,8 +16,9 @@
 #   compiled first, by `step build`, outside that limit; the plain build (the shipped kernels) is
 #   not guarded.
 # validate: the kernel issue's checks as one sessionkit session (the standard grid first, on a rested
-#   GPU; then `step correctness --configs 200` on the dispatcher's family and on sm80 forced, next to
-#   `pytest -m gpu` in four processes and the sanitizers on both families); its report and database
+#   GPU, and the timing tests alone after it; then `step correctness --configs 200` on the
+#   dispatcher's family and on sm80 forced, next to the rest of `pytest -m gpu` in four processes
+#   and the sanitizers on both families); its report and database
 #   land in $OUT/validate/, the session ends failed if anything failed or ran out of time, and
 #   everything is bounded to end within $VALIDATE_BUDGET seconds (default 520: one 10-minute call).
 #
@@ -218,6 +219,13 @@ if has validate; then
     note "validate: FAILED (build)"
   else
     step grid bench --grid standard
+    # The timing tests compare two timers on the same configs; next to the other GPU processes
+    # below they measured the contention (do_bench's own repeats spread 11 %), so they run first,
+    # with the GPU to themselves.
+    timing_tests="test_sdpa_medians_agree_with_do_bench"
+    timeout -k 10 "$(left 200)" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_bench_gpu.py \
+      -k "$timing_tests" > "$VDIR/pytest_timing.txt" 2>&1
+    echo "pytest exit $?" >> "$VDIR/pytest_timing.txt"
     pids=()
     # Four processes: test_kernel_gpu_variants.py alone ran past 240 s next to the others, so its
     # two largest tests (b1) run apart from the rest of it (b2).
@@ -228,7 +236,8 @@ if has validate; then
         a) files="tests/test_kernel_gpu.py" ;;
         b1) files="tests/test_kernel_gpu_variants.py"; select=(-k "$big") ;;
         b2) files="tests/test_kernel_gpu_variants.py"; select=(-k "not ($big)") ;;
-        c) files="tests/test_bench_gpu.py tests/test_correctness_step.py tests/test_preflight.py tests/test_profile.py tests/test_profile_source_step.py" ;;
+        c) files="tests/test_bench_gpu.py tests/test_correctness_step.py tests/test_preflight.py tests/test_profile.py tests/test_profile_source_step.py"
+           select=(-k "not ($timing_tests)") ;;
       esac
       ( timeout -k 10 "$(left 30)" python3 -m pytest -q -p no:cacheprovider -m gpu $files "${select[@]}" > "$VDIR/pytest_$part.txt" 2>&1
         echo "pytest exit $?" >> "$VDIR/pytest_$part.txt" ) &
@@ -250,7 +259,7 @@ if has validate; then
     step correctness correctness --configs 200
     SESSIONKIT_KERNEL_FAMILY=sm80 step correctness_sm80 correctness --configs 200
     wait "${pids[@]}"
-    for part in a b1 b2 c; do
+    for part in timing a b1 b2 c; do
       note "validate pytest $part: $(grep -E '[0-9]+ (passed|failed|error|skipped)' "$VDIR/pytest_$part.txt" | tail -n 1) | $(tail -n 1 "$VDIR/pytest_$part.txt")"
       grep -E "^(FAILED|ERROR)" "$VDIR/pytest_$part.txt" | head -n 10 | tee -a "$SUMMARY"
       tail -n 1 "$VDIR/pytest_$part.txt" | grep -q "pytest exit 0" || failures=$((failures + 1))

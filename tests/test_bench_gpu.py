@@ -21,7 +21,9 @@ def test_sdpa_medians_agree_with_do_bench():
     """The bench step's median of SDPA agrees with triton's do_bench within 5 % on every config of
     0.2 ms and more. Another process on the GPU (a sanitizer run, say) can slow one method's runs
     of a config and not the other's (once: -36 % on one config, the other six within 1.7 %), so a
-    config that disagrees is measured again, by both, before the test fails on it."""
+    config that disagrees is measured again, by both, before the test fails on it. Run it with the
+    GPU to itself (`gpu_check.sh validate` does): next to three other test processes and two
+    sanitizer runs it once failed at -12.8 % with do_bench's own repeats 11 % apart."""
     _cuda()
     pytest.importorskip("triton")
     from sessionkit.bench.agreement import agreement_rows, format_rows
@@ -42,7 +44,8 @@ def test_sdpa_medians_agree_with_do_bench():
     gated = [r for r in rows if r["do_bench_ms"] >= 0.2]
     assert len(gated) >= 5, "the quick grid should hold configs of 0.2 ms and more"
     for r in gated:
-        assert not disagrees(r), f"{r['config']}: {r['diff_pct']:+.2f} % vs do_bench"
+        assert not disagrees(r), (f"{r['config']}: {r['diff_pct']:+.2f} % vs do_bench (do_bench's "
+                                  f"own repeats spread {r['do_bench_spread_pct']:.1f} %)")
 
 
 def test_bench_step_records_results_samples_ceiling_and_csv(make_context, db, tmp_path):

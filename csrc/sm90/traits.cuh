@@ -391,9 +391,10 @@ struct Traits {
   // short-keys kernel (four stages), whose 512-2048-key tiles are short chains. Every tile takes
   // at least one turn in each consumer (a tile with no key block passes one), so the lag stays
   // within the two-slot tile ring.
-  // Measured (v20, one A/B): L = 1 +3.6 % at S=512 (bf16; fp16 +1.7 %), -0.8 % at 1024 (+0.3 %
-  // when timed again on the shipped build) and -0.4 % at 2048; L = 2 equal at 512 and -2 % at
-  // 1024. L = 1 ships there.
+  // Measured (v20, first A/B): L = 1 +3.6 % at S=512 (bf16; fp16 +1.7 %), -0.8 % at 1024 and
+  // -0.4 % at 2048; L = 2 equal at 512 and -2 % at 1024. Timed again after v20 (shipped build
+  // against -DSK_SM90_STAGGER=0, same call): +2.0 % at S=512 (fp16 +1.6 %), +0.3 % at 1024,
+  // -0.3 % at 2048. L = 1 ships there.
   // (-DSK_SM90_STAGGER_D128=1 takes one turn at D128 full whatever SK_SM90_STAGGER says.)
   static constexpr int kStaggerTurns = kStaggerD128 || SK_SM90_STAGGER < 0 ? 1 : SK_SM90_STAGGER;
   // L <= 2 only: the turn accounting (and the per-consumer Q slots' producer order) is argued and
