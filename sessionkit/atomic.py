@@ -128,7 +128,11 @@ def _replace(path: Path, text: str | bytes, *, make_parents: bool, shown: Path) 
             path.parent.mkdir(parents=True, exist_ok=True)
         elif not path.parent.is_dir():
             raise SessionkitError(f"cannot write {shown}: the folder {path.parent} does not exist")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as exc:  # the file is written beside its target, then renamed over it
+            raise SessionkitError(f"cannot write {shown}: no new file can be made in its folder "
+                                  f"{path.parent} ({_reason(exc)})") from None
         with os.fdopen(fd, "wb") as fh:
             fh.write(text.encode("utf-8") if isinstance(text, str) else text)
             fh.flush()

@@ -77,8 +77,10 @@ def _check_plannable_name(name: str, where: str) -> None:
 
 def parse_plan(value) -> list[str]:
     """``"preflight,build"`` or ``["preflight", "build"]`` -> list of step names; ``[]`` for no plan
-    (None, "", []). UsageError for names that are empty (",") or bad, and for a name given twice."""
-    if value is None or value == "" or value == []:  # no plan
+    (None or []). UsageError for a plan that names no step ("", " ", ","; ``start`` read
+    ``--plan ""`` as no plan and ``run`` as its default plan, so neither guesses), for names that
+    are bad, and for a name given twice."""
+    if value is None or value == []:  # no plan
         return []
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):

@@ -75,6 +75,11 @@ class SessionAlreadyOpen(SessionkitError):
     """``start`` was asked while another session is open."""
 
 
+class SessionStateError(SessionkitError):
+    """A well-formed request that the session's state refuses: ending a session already ended, or
+    one with a step still running (exit status 1)."""
+
+
 class StepNotFound(UsageError):
     """No registered step has that name: one of the choices a command offers (a plan, like a
     subcommand's name) was misspelt, a usage error (exit status 2)."""

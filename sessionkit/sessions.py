@@ -10,7 +10,8 @@ import uuid
 from .costs import session_costs, stored_number
 from .db import SQLITE_MAX_INT
 from .gitinfo import git_commit
-from .errors import NoOpenSession, SessionAlreadyOpen, SessionNotFound, UsageError
+from .errors import (NoOpenSession, SessionAlreadyOpen, SessionNotFound, SessionStateError,
+                     UsageError)
 from .timefmt import fmt_duration, now_iso, seconds_between
 
 END_STATUSES = ("passed", "failed", "abandoned")
@@ -100,6 +101,8 @@ def start_session(db, name: str | None = None, *, objective: str, plan=None, bud
         "cwd": os.getcwd(),
         "git_commit": git_commit(),
     }
+    if name is not None and not name.isprintable():  # as step names (runner.check_step_name)
+        raise UsageError(f"bad session name {name!r}: it holds control characters")
     given_name = scrub_prose((name or "").strip())
     # One statement reads the next number and inserts it, so that sessions started by several
     # processes at once never share a number.
@@ -166,8 +169,10 @@ def end_session(db, session: dict | None = None, *, outcome: str, status: str | 
     ``passed``; the
     returned row then carries the reason as ``status_reason``.
 
-    Raises :class:`UsageError` for a bad status, an empty outcome, a session already ended or a step
-    still running, and :class:`NoOpenSession` when no session is given and none is open.
+    Raises :class:`UsageError` for a bad status or an empty outcome (exit 2),
+    :class:`SessionStateError` for a session already ended or a step still running (a well-formed
+    request the session's state refuses: exit 1), and :class:`NoOpenSession` when no session is
+    given and none is open.
     """
     if status is not None and status not in END_STATUSES:
         raise UsageError(f"bad status {status!r}: use one of {', '.join(END_STATUSES)}")
@@ -177,7 +182,7 @@ def end_session(db, session: dict | None = None, *, outcome: str, status: str | 
 
     session = session or get_open_session(db)
     if session["status"] != "open":
-        raise UsageError(f"session {session['number']} is already ended ({session['status']})")
+        raise SessionStateError(f"session {session['number']} is already ended ({session['status']})")
     # The checks and the update share one write transaction, and the update only touches a session
     # that is still open: of several processes ending one session at once, exactly one succeeds.
     conn = db.conn
@@ -186,7 +191,7 @@ def end_session(db, session: dict | None = None, *, outcome: str, status: str | 
         running = db.execute("SELECT name FROM steps WHERE session_id = ? AND status = 'running'",
                              [session["id"]]).fetchall()
         if running:
-            raise UsageError(f"step {running[0][0]!r} is still running in this session; "
+            raise SessionStateError(f"step {running[0][0]!r} is still running in this session; "
                              "wait for it or stop it")
         reason = None
         if status is None:
@@ -196,8 +201,8 @@ def end_session(db, session: dict | None = None, *, outcome: str, status: str | 
             [status, scrub_prose(outcome.strip()), now_iso(), session["id"]]).rowcount
         if changed != 1:
             now = db.execute("SELECT status FROM sessions WHERE id = ?", [session["id"]]).fetchone()
-            raise UsageError(f"session {session['number']} is already ended "
-                             f"({now[0] if now else 'gone'}): another process ended it first")
+            raise SessionStateError(f"session {session['number']} is already ended "
+                                    f"({now[0] if now else 'gone'}): another process ended it first")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -210,8 +215,11 @@ def end_session(db, session: dict | None = None, *, outcome: str, status: str | 
 
 
 def get_session(db, ref: str | int | None = None) -> dict:
-    """A session by UUID (or unique prefix), number, name, ``last`` or ``open``; default: open, else last."""
-    if ref is None or str(ref).strip() == "":
+    """A session by UUID (or unique prefix), number, name, ``last`` or ``open``; default (``None``):
+    open, else last. An empty or blank ``ref`` is a mistake, not the default: UsageError."""
+    if ref is not None and str(ref).strip() == "":
+        raise UsageError(f"empty session reference {ref!r}: give a session number, id, name or 'last'")
+    if ref is None:
         found = get_open_session(db, required=False)
         if found:
             return found

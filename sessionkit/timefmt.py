@@ -17,7 +17,8 @@ MAX_DURATION_S = 366 * 86400.0
 
 def parse_duration(text: str) -> float:
     """Seconds in a duration with its unit, such as ``45s``, ``90m``, ``2h``, ``1h30m``, ``1.5h`` or
-    ``250ms`` (units ``ms``, ``s``, ``m``/``min``, ``h``, ``d``).
+    ``250ms`` (units ``ms``, ``s``, ``m``/``min``, ``h``, ``d``, in lower case; in a combined
+    duration each unit appears once, the largest first).
 
     A bare number (``"90"``, or a TOML number) has no unit and is refused, since one reader takes
     ``--budget 2`` as two hours and another as two seconds. Raises :class:`UsageError` (one line) for
@@ -34,13 +35,17 @@ def parse_duration(text: str) -> float:
             raise UsageError(f"bad duration {text!r}: give it a unit, e.g. {number}s, {number}m or "
                              f"{number}h (a bare number is not taken as seconds)")
         raise UsageError(f"bad duration {text!r}: use a form like 45s, 10m, 2h or 1h30m")
-    raw = str(text).strip().lower()
-    pos, value = 0, 0.0
+    raw = str(text).strip()  # units in lower case only: 90M could be read as 90 months
+    pos, value, last_unit = 0, 0.0, math.inf
     for match in _PART.finditer(raw):
         if match.start() != pos and raw[pos : match.start()].strip():
             break
-        value += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
+        unit = _UNITS[match.group(2)]
+        if unit >= last_unit:  # 30s30s or 1m1h: each unit once, the largest first, as in 1h30m
+            raise UsageError(f"bad duration {text!r}: give each unit once, the largest first, "
+                             "as in 1h30m")
+        value += float(match.group(1)) * unit
+        last_unit, pos = unit, match.end()
     if not raw or pos != len(raw) or not _PART.search(raw):
         raise UsageError(f"bad duration {text!r}: use a form like 45s, 10m, 2h or 1h30m")
     if not math.isfinite(value) or value <= 0:

@@ -118,15 +118,68 @@ def test_run_names_only_the_steps_a_plan_can_hold():
                                      "correctness, preflight, profile")
 
 
-@pytest.mark.parametrize("plan, words", [(",", "it names no step"),
+@pytest.mark.parametrize("plan, words", [(",", "it names no step"), ("", "it names no step"),
+                                         (" ", "it names no step"),
                                          ("build,build", "a step appears twice in the plan"),
                                          ("build,-n", "bad step name '-n' in plan: it begins with '-'")])
 def test_start_refuses_the_plans_run_refuses(plan, words):
-    """`start --plan` took an empty plan and a step twice, which `run` refuses."""
-    result = invoke("start", "--objective", "x", "--plan", plan)
+    """`start --plan` took an empty plan and a step twice, which `run` refuses. `--plan ""` was no
+    plan to `start` and the default plan to `run`: both refuse it now."""
+    for command in ("start", "run"):
+        result = invoke(command, "--objective", "x", "--plan", plan, *(
+            ["--no-hooks", "--no-plots"] if command == "run" else []))
+        one_line_error(result, 2)
+        assert words in result.output
+        assert not os.path.exists(".sessionkit/sessions.db") or open_db()["sessions"].count == 0
+
+
+@pytest.mark.parametrize("ref", ["", " ", "\t"])
+@pytest.mark.parametrize("command", [["show"], ["report", "--no-plots"], ["export"],
+                                     ["end", "--outcome", "x", "--session"], ["compare", "1"]])
+def test_an_empty_session_reference_is_refused_not_read_as_the_default(command, ref):
+    """`show ""` showed the last session and `end --session ""` ended the open one."""
+    assert invoke("start", "first", "--objective", "x").exit_code == 0
+    assert invoke("end", "--outcome", "done").exit_code == 0
+    assert invoke("start", "second", "--objective", "y").exit_code == 0
+    args = [*command, ref] if command[0] != "compare" else ["compare", ref, "1"]
+    result = invoke(*args)
     one_line_error(result, 2)
-    assert words in result.output
+    assert "empty session reference" in result.output
+    assert [r["status"] for r in open_db().query("SELECT status FROM sessions ORDER BY number")] \
+        == ["failed", "open"]
+
+
+def test_ending_a_session_its_state_refuses_exits_1():
+    """A well-formed `end` that the session's state refuses is not a usage error (exit 1)."""
+    assert invoke("start", "--objective", "x").exit_code == 0
+    assert invoke("end", "--outcome", "done").exit_code == 0
+    result = invoke("end", "--outcome", "again", "--session", "1")
+    one_line_error(result, 1)
+    assert "session 1 is already ended" in result.output
+
+
+@pytest.mark.parametrize("name", ["evil\x1b[2Jname", "tab\there", "new\nline", "bell\x07"])
+def test_a_session_name_with_control_characters_is_refused(name):
+    """As a step name is: the terminal would act on it, and each view showed it another way."""
+    for command in (["start", name, "--objective", "x"],
+                    ["run", name, "--objective", "x", "--no-hooks", "--no-plots"]):
+        result = invoke(*command)
+        one_line_error(result, 2)
+        assert "control characters" in result.output
     assert not os.path.exists(".sessionkit/sessions.db") or open_db()["sessions"].count == 0
+
+
+def test_an_output_whose_folder_takes_no_new_file_says_so():
+    """A file is written beside its target and renamed over it; where no file can be made there
+    (/proc, even for root) the one line says that, not only the errno's words ("No such file or
+    directory" for a file that is there)."""
+    if not os.path.isfile("/proc/version"):
+        pytest.skip("needs Linux's /proc")
+    assert invoke("start", "--objective", "x").exit_code == 0
+    result = invoke("export", "last", "-o", "/proc/version")
+    one_line_error(result, 1)
+    assert "cannot write /proc/version: no new file can be made in its folder /proc" in result.output
+
 
 
 def test_a_step_budget_for_a_name_no_step_can_carry_is_refused():

@@ -198,7 +198,8 @@ def test_usage_errors_are_one_line():
 
 def test_stored_control_characters_are_escaped_on_the_terminal(tmp_path):
     """A session name with an OSC escape and an objective with a newline cannot drive the terminal or
-    fake table rows in sessions, show, status or history."""
+    fake table rows in sessions, show, status or history. `start` refuses such a name now, but a
+    database merged from elsewhere or written by an older version can hold one."""
     import subprocess
     import sys
 
@@ -208,9 +209,14 @@ def test_stored_control_characters_are_escaped_on_the_terminal(tmp_path):
 
     name = "evil\x1b]0;PWN\x07"
     objective = "line one\n2  fake  passed  row\rback"
-    started = sk("start", name, "--objective", objective)
+    refused = sk("start", name, "--objective", objective)
+    assert refused.returncode == 2 and "control characters" in refused.stderr
+    started = sk("start", "plain", "--objective", objective)
     assert started.returncode == 0, started.stderr
-    assert "\x1b" not in started.stdout and "\\x1b]0;PWN\\x07" in started.stdout
+    db = open_db()
+    db.execute("UPDATE sessions SET name = ? WHERE number = 1", [name])
+    db.conn.commit()
+    db.conn.close()
     assert sk("step", "run", "s", "--", "echo", "hi").returncode == 0
     outputs = {cmd[0]: sk(*cmd) for cmd in (["sessions"], ["show", "1"], ["status"], ["history"])}
     for cmd, res in outputs.items():

@@ -40,7 +40,8 @@ def test_open_session_costs_up_to_now():
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("45s", 45), ("2h", 7200), ("1h30m", 5400),
-                                           ("1.5h", 5400), ("250ms", 0.25), ("10 m", 600), ("1d", 86400)])
+                                           ("1.5h", 5400), ("250ms", 0.25), ("10 m", 600), ("1d", 86400),
+                                           ("1d2h3m4s5ms", 93784.005)])
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -48,7 +49,8 @@ def test_parse_duration(text, seconds):
 @pytest.mark.parametrize("text", ["", "soon", "0", "-5", "5x", "h", "1h x", "inf", "nan",
                                   "\u0661\u0660s", "1_0s",  # non-ASCII digits, underscores
                                   "99999999999999999999999999d", "367d",  # no session lasts that
-                                  "0.0000001ms", "0.5ms"])  # below any clock's resolution here
+                                  "0.0000001ms", "0.5ms",  # below any clock's resolution here
+                                  "30s30s", "1m1h", "1m2min", "90M", "2H"])  # repeated, out of order, capitals
 def test_parse_duration_rejects(text):
     with pytest.raises(UsageError, match="bad duration"):
         parse_duration(text)

@@ -92,7 +92,7 @@ def end(ctx, outcome, end_status, session_ref, as_json):
     from ..sessions import end_session, get_session, get_open_session
 
     db = open_db(ctx)
-    session = get_session(db, session_ref) if session_ref else get_open_session(db)
+    session = get_session(db, session_ref) if session_ref is not None else get_open_session(db)
     done = end_session(db, session, outcome=outcome, status=end_status)
     if as_json:
         echo_json(done)
