@@ -192,7 +192,7 @@ def end_session(db, session: dict | None = None, *, outcome: str, status: str | 
                              [session["id"]]).fetchall()
         if running:
             raise SessionStateError(f"step {running[0][0]!r} is still running in this session; "
-                             "wait for it or stop it")
+                                    "wait for it or stop it")
         reason = None
         if status is None:
             status, reason = steps_status(db, session["id"])
