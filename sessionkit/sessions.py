@@ -82,8 +82,11 @@ def start_session(db, name: str | None = None, *, objective: str, plan=None, bud
     """Open a new session and return its row.
 
     Refuses while another session is open, unless ``force``; raises
-    :class:`~sessionkit.errors.UsageError` for the options :func:`check_start_options` refuses.
+    :class:`~sessionkit.errors.UsageError` for a name with control characters and for the options
+    :func:`check_start_options` refuses, before anything else is read or written.
     """
+    if name is not None and not name.isprintable():  # as step names (runner.check_step_name)
+        raise UsageError(f"bad session name {name!r}: it holds control characters")
     check_start_options(objective=objective, gpu_rate=gpu_rate, ai_rate=ai_rate)
     from .secrets import scrub_prose
 
@@ -101,8 +104,6 @@ def start_session(db, name: str | None = None, *, objective: str, plan=None, bud
         "cwd": os.getcwd(),
         "git_commit": git_commit(),
     }
-    if name is not None and not name.isprintable():  # as step names (runner.check_step_name)
-        raise UsageError(f"bad session name {name!r}: it holds control characters")
     given_name = scrub_prose((name or "").strip())
     # One statement reads the next number and inserts it, so that sessions started by several
     # processes at once never share a number.
