@@ -7,7 +7,8 @@ The build adds `SK_SM90_WAIT_PROFILE=1` to $SESSIONKIT_NVCC_FLAGS (its own cache
 consumer thread times its waits with clock64, and a small kernel after each launch prints one
 "sk_wait" line per consumer warpgroup (csrc/sm90/kernel.cuh). The clock reads add a few
 instructions to the loop, so the build is slower than the shipped one: read the shares, not the
-speed (the three-consumer D=64 non-causal kernels, at 160 registers a thread, even spill in it).
+speed (the three-consumer D=64 kernels, non-causal and causal of long keys, at 160 registers a
+thread, may even spill in it).
 Kinds: tile (the next tile's index, dynamic schedule), q / k / v (the TMA loads: mbarrier waits on
 Q, K and V), turn (the pingpong turn: the other consumers' GEMMs), s (Q K^T not yet done),
 pv (P V not yet done), epilogue (the rest of the epilogue, not a wait: normalising O, the tail

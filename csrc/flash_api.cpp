@@ -235,7 +235,10 @@ cudaError_t run_sm80(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
 
 // The sm90 shapes that have a short-keys variant (generate_kernels.py, VARIANTS) run it up to this
 // many keys: D=64 causal measured 0.78 -> 0.87 of SDPA at S=512 with key blocks of 128 instead of
-// 192, equal at 2048, and 5-10 % slower from 4096 on (docs/kernel-notes.md, v8); D=64 non-causal,
+// 192, equal at 2048, and 5-10 % slower from 4096 on (docs/kernel-notes.md, v8); since v21 its
+// long-keys kernel has three consumers and 128-key blocks, and the two differ in consumers (two
+// here), K/V stages, Q slots, the stagger and the half softmax; three consumers at S=2048 measured
+// +8 % in the short-keys traits, so this threshold is to be timed again there (v21); D=64 non-causal,
 // whose variant skips the GEMMs of idle consumers, +4.6 % at S=512, equal at 2048, 1-3 % slower
 // from 4096 on (v11).
 constexpr int kShortKeysMax = 2048;

@@ -5,7 +5,8 @@
 //
 // Two kernel families compute the same function:
 //   sm80/  mma.sync tensor cores, cp.async loads; runs on sm_80 and later (the fallback path).
-//   sm90/  Hopper only (sm_90a): TMA loads, wgmma, a producer warp and two consumer warpgroups.
+//   sm90/  Hopper only (sm_90a): TMA loads, wgmma, a producer warpgroup and two or three consumer
+//          warpgroups.
 // flash_api.cpp picks one per call from the device's compute capability.
 #pragma once
 
@@ -75,7 +76,8 @@ template <DType kDtype, int kHeadDim, bool kCausal>
 cudaError_t run_flash_fwd_sm80(const FlashFwdParams& params, cudaStream_t stream);
 
 // The sm90 family's extra instantiations of some shapes (generate_kernels.py, VARIANTS):
-//   kShortKeys: the tile shape tuned for seq_len_k <= 2048 (D=64 causal);
+//   kShortKeys: the tile shape tuned for seq_len_k <= 2048 (D=64, causal and not), or <= 1024
+//               (D=128 causal);
 //   kSplitKV: non-causal kernels that split the keys (FlashFwdParams::num_splits), for
 //             decode-shaped calls;
 //   kLongKeys: the tile shape tuned for seq_len_k >= 8192 (D=128 non-causal).

@@ -28,8 +28,8 @@ DTYPES = {"fp16": "sessionkit::DType::kFloat16", "bf16": "sessionkit::DType::kBF
 MASKS = {"causal": "true", "noncausal": "false"}
 # Extra instantiations of some sm90 shapes: (family, head dim, mask) -> variant names, each an
 # Sm90Variant (flash_fwd.h). "shortkeys": the binding picks it when seq_len_k <= 2048
-# (flash_api.cpp, kShortKeysMax): D=64 causal runs key blocks of 128 there and of 192 above
-# (docs/kernel-notes.md, v8); D=128 causal, up to 1024 keys (kD128CausalShortKeysMax), has two Q
+# (flash_api.cpp, kShortKeysMax): D=64 causal runs two consumers there (four K/V stages, the
+# stagger) and three above (v21; key blocks of 192 above until then, v8); D=128 causal, up to 1024 keys (kD128CausalShortKeysMax), has two Q
 # slots there and one above (v12). "splitkv": non-causal kernels that split the keys over several tiles
 # and write float32 partial results, for decode-shaped calls (flash_api.cpp, launch_decode).
 # "longkeys": D=128 non-causal with key blocks of 176, picked when seq_len_k >= 8192

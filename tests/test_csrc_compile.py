@@ -187,8 +187,13 @@ def test_generated_files_are_current():
 # spills, so that a GPU call can time it straight away (docs/kernel-notes.md, "Next hypotheses").
 EXPERIMENTS = [
     ("-DSK_SM90_CONSUMERS_D64_CAUSAL=1", "flash_fwd_sm90_bf16_hdim64_causal", "0xe8", "0x18"),
-    ("-DSK_SM90_CONSUMERS_D64_CAUSAL=1", "flash_fwd_sm90_fp16_hdim64_causal_shortkeys", "0xe8",
-     "0x18"),
+    ("-DSK_SM90_CONSUMERS_D64_CAUSAL_SHORT=1", "flash_fwd_sm90_fp16_hdim64_causal_shortkeys",
+     "0xe8", "0x18"),
+    # D64 causal of long keys in v20's shape: two consumers, 192-key blocks, the softmax fence
+    ("-DSK_SM90_CONSUMERS_D64_CAUSAL=2 -DSK_SM90_BLOCK_N_D64_CAUSAL=192",
+     "flash_fwd_sm90_bf16_hdim64_causal", "0xf0", "0x18"),
+    # the three-consumer D=64 tiles with plain stores of O (v20's D64 full)
+    ("-DSK_SM90_TMA_STORE_O=0", "flash_fwd_sm90_fp16_hdim64_noncausal_shortkeys", "0xa0", "0x20"),
     ("-DSK_SM90_CONSUMERS_D64_FULL=1", "flash_fwd_sm90_bf16_hdim64_noncausal", "0xe8", "0x18"),
     ("-DSK_SOFTMAX_POLY_EXP2_EIGHTHS=2", "flash_fwd_sm90_bf16_hdim64_noncausal", "0xa0", "0x20"),
     ("-DSK_SOFTMAX_POLY_EXP2_EIGHTHS=2", "flash_fwd_sm90_bf16_hdim128_causal", "0xf0", "0x18"),
@@ -213,14 +218,17 @@ EXPERIMENTS = [
     ("-DSK_SM90_SOFTMAX_FENCE=1", "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0", "0x20"),
     # the row max as four FMNMX chains; warp-uniform tile indices and wgmma descriptors
     ("-DSK_SOFTMAX_TREE_MAX=1", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
-    ("-DSK_SM90_UNIFORM=1", "flash_fwd_sm90_bf16_hdim64_causal", "0xf0", "0x18"),
+    ("-DSK_SM90_UNIFORM=1", "flash_fwd_sm90_bf16_hdim64_causal", "0xa0", "0x20"),
     ("-DSK_SM90_UNIFORM=1", "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0", "0x20"),
     ("-DSK_SM90_UNIFORM=1", "flash_fwd_sm90_bf16_hdim128_noncausal_splitkv", "0xf0", "0x18"),
     ("-DSK_SM90_UNIFORM=0", "flash_fwd_sm90_bf16_hdim256_noncausal", "0xf0", "0x18"),
-    # D64 full (three consumers) on the vector-register loop, which also turns its tail split off
-    # (v19's shipped build), short and long keys
-    ("-DSK_SM90_UNIFORM=0", "flash_fwd_sm90_bf16_hdim64_noncausal_shortkeys", "0xa0", "0x20"),
-    ("-DSK_SM90_UNIFORM=0", "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0", "0x20"),
+    # D64 full (three consumers) on the vector-register loop, which also turns its tail split off,
+    # with plain stores of O (v19's shipped build; with v21's TMA store that loop spills 76 bytes),
+    # short and long keys
+    ("-DSK_SM90_UNIFORM=0 -DSK_SM90_TMA_STORE_O=0", "flash_fwd_sm90_bf16_hdim64_noncausal_shortkeys",
+     "0xa0", "0x20"),
+    ("-DSK_SM90_UNIFORM=0 -DSK_SM90_TMA_STORE_O=0", "flash_fwd_sm90_fp16_hdim64_noncausal", "0xa0",
+     "0x20"),
     # D64 causal short keys' second consumer in step with the first, or two pingpong turns behind
     ("-DSK_SM90_STAGGER=0", "flash_fwd_sm90_bf16_hdim64_causal_shortkeys", "0xf0", "0x18"),
     ("-DSK_SM90_STAGGER=2", "flash_fwd_sm90_fp16_hdim64_causal_shortkeys", "0xf0", "0x18"),

@@ -259,12 +259,28 @@ def test_plain_store_paths_of_o(out_kind, dtype, dim, causal):
     (B, H, S, D), or a view 16 bytes into its storage), and 4 bytes a lane otherwise (a row stride
     of D + 4, or rows 4 bytes past a 16-byte boundary): every element, nothing written outside
     out, within the 2x rule."""
-    from sessionkit.kernels import flash_attention_into
-
     if dim not in torch.ops.sessionkit.flash_attn_head_dims(torch.cuda.current_device()):
         pytest.skip(f"this GPU's kernel family has no head dim {dim}")
-    batch, heads, seq = 2, 3, 200
-    q, k, v = _make(batch, heads, seq, seq, dim, dtype, seed=dim + causal)
+    _check_out_layout(out_kind, dtype, dim, causal, batch=2, heads=3, seq=200)
+
+
+@pytest.mark.parametrize("causal,seq", [(False, 200), (False, 2100), (True, 2100)],
+                         ids=["full_short_keys", "full", "causal_long_keys"])
+@pytest.mark.parametrize("out_kind", list(OUT_LAYOUTS))
+def test_o_of_three_consumer_tiles_in_every_layout(out_kind, causal, seq):
+    """The three-consumer D=64 kernels of the sm90 family (non-causal, and causal of more than 2048
+    keys; v21) store O by TMA where out is a tensor TMA can describe, and in 4-byte plain stores
+    where it is not (a row stride of D + 4, rows 4 bytes past a 16-byte boundary): every element,
+    nothing written outside out, within the 2x rule. (On the sm80 family: its own stores.)"""
+    _check_out_layout(out_kind, torch.bfloat16, 64, causal, batch=1, heads=2, seq=seq)
+
+
+def _check_out_layout(out_kind, dtype, dim, causal, batch, heads, seq):
+    """O and the LSE into an out laid out as OUT_LAYOUTS[out_kind] says, inside a NaN-poisoned
+    buffer: within the 2x rule, and nothing written outside out."""
+    from sessionkit.kernels import flash_attention_into
+
+    q, k, v = _make(batch, heads, seq, seq, dim, dtype, seed=dim + causal + seq)
     layout = OUT_LAYOUTS[out_kind]
     if layout is None:
         store = torch.full((batch, seq, heads, dim), float("nan"), device="cuda", dtype=dtype)

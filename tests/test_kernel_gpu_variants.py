@@ -242,6 +242,16 @@ def test_many_keyless_tiles_in_a_row(sq, sk, family):
         _check_forward(1, 16, 16, sq, sk, d, torch.bfloat16, True, True, seed=sq + sk + d)
 
 
+@pytest.mark.parametrize("sq,sk", [(4200, 2100), (3000, 2049)])
+@pytest.mark.parametrize("bottom_right", [False, True], ids=["top_left", "bottom_right"])
+def test_long_key_causal_with_more_queries_than_keys(sq, sk, bottom_right, family):
+    """seq_len_q > seq_len_k > 2048, causal: the long-keys kernels (at D=64 three consumers on
+    192-row tiles since v21), whose last rows see every key (top-left) or whose first
+    seq_len_q - seq_len_k rows see none (bottom-right), with grouped heads."""
+    for d in _head_dims():
+        _check_forward(1, 4, 2, sq, sk, d, torch.bfloat16, True, bottom_right, seed=sq + sk + d)
+
+
 def test_correctness_step_configs_pass():
     """The correctness step's own random configs (GQA, both alignments, Sq != Sk, every head dim
     of the family) through its checker."""

@@ -11,9 +11,10 @@ import pytest
 
 from host_check import run_host_check
 
-# Shapes whose O leaves by TMA store in the shipped plan (two consumers, 128-byte swizzle, room).
-TMA_STORE = {"d64_causal_shortkeys", "d64_causal", "d128_causal", "d128_causal_shortkeys",
-             "d128_noncausal"}
+# Shapes whose O leaves by TMA store in the shipped plan (128-byte swizzle and room; the
+# three-consumer D=64 tiles since v21).
+TMA_STORE = {"d64_causal_shortkeys", "d64_causal", "d64_noncausal", "d64_noncausal_shortkeys",
+             "d128_causal", "d128_causal_shortkeys", "d128_noncausal"}
 # Shapes that ship with two Q slots.
 TWO_Q_SHIPPED = {"d64_causal_shortkeys", "d128_causal_shortkeys", "d128_noncausal"}
 # Shapes that ship with staggered consumers (Traits::kStagger), and by how many pingpong turns.
@@ -42,10 +43,15 @@ def test_shipped_plan_fits_and_has_two_q_slots_where_shipped(tmp_path):
         assert plan["smem"] <= plan["smem_max"] == 227 * 1024, (name, plan)
         assert plan["tma_store_o"] == (name in TMA_STORE), (name, plan)
     assert plans["d256_noncausal"]["block_n"] == 80
-    # D=64 causal's short-keys variant ships a four-stage K/V ring (the others two).
+    # D=64 causal's short-keys variant ships a four-stage K/V ring (the others two), on two
+    # consumers; its long-keys kernel has D64 full's tile since v21: three consumers, 128-key blocks.
     ring4 = 2 * 4 * plans["d64_causal_shortkeys"]["block_n"] * 64 * 2
     assert plans["d64_causal_shortkeys"]["smem"] >= ring4 + 128 * 64 * 2
-    assert plans["d64_causal"]["smem"] < 2 * 3 * plans["d64_causal"]["block_n"] * 64 * 2 + 128 * 64 * 2
+    assert plans["d64_causal_shortkeys"]["stages"] == 4
+    assert plans["d64_causal_shortkeys"]["block_m"] == 128
+    for name in ("d64_causal", "d64_noncausal", "d64_noncausal_shortkeys"):
+        assert (plans[name]["block_m"], plans[name]["block_n"], plans[name]["stages"]) == (192, 128, 2), \
+            (name, plans[name])
 
 
 @pytest.mark.parametrize("flag", ["-DSK_SM90_Q_STAGES=2"])

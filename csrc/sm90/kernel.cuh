@@ -934,12 +934,17 @@ __device__ __forceinline__ void flash_fwd_body(const Sm90Args& args) {
                       fwd::pack2<kDtype>(acc_o[i + 1][2] * inv_sum[1], acc_o[i + 1][3] * inv_sum[1]));
         }
       } else {
+        // Three causal consumers (128 registers a thread at compile time): the staging addresses are
+        // recomputed per tile from a base the empty asm makes opaque; hoisted out of the tile loop,
+        // they left D64 causal's kernel one register short (4 bytes of spill).
+        uint32_t stage_base = o_base;
+        if constexpr (Tr::kConsumerWarpgroups == 3 && kCausal) asm volatile("" : "+r"(stage_base));
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int row = warp * 16 + g + 8 * r;  // within this consumer's 64 rows
 #pragma unroll
           for (int i = 0; i < kDTiles; ++i) {
-            const uint32_t addr = o_base + o_stage_group(row, i, Tr::kOStageChunkBytes) + 4 * t;
+            const uint32_t addr = stage_base + o_stage_group(row, i, Tr::kOStageChunkBytes) + 4 * t;
             const uint32_t packed =
                 fwd::pack2<kDtype>(acc_o[i][2 * r] * inv_sum[r], acc_o[i][2 * r + 1] * inv_sum[r]);
             st_shared_b32(addr, packed);

@@ -18,13 +18,13 @@ namespace sm90 {
 #define SK_SM90_BLOCK_N_D64_FULL 128
 #endif
 #ifndef SK_SM90_CONSUMERS_D64_CAUSAL
-#define SK_SM90_CONSUMERS_D64_CAUSAL 2
+#define SK_SM90_CONSUMERS_D64_CAUSAL 3  // long keys (v21; two before, with key block 192)
 #endif
 #ifndef SK_SM90_CONSUMERS_D64_CAUSAL_SHORT
-#define SK_SM90_CONSUMERS_D64_CAUSAL_SHORT SK_SM90_CONSUMERS_D64_CAUSAL  // the short-keys variant
+#define SK_SM90_CONSUMERS_D64_CAUSAL_SHORT 2  // the short-keys variant (seq_len_k <= 2048)
 #endif
 #ifndef SK_SM90_BLOCK_N_D64_CAUSAL
-#define SK_SM90_BLOCK_N_D64_CAUSAL 192
+#define SK_SM90_BLOCK_N_D64_CAUSAL 128
 #endif
 #ifndef SK_SM90_BLOCK_N_D64_CAUSAL_SHORT
 #define SK_SM90_BLOCK_N_D64_CAUSAL_SHORT 128  // the short-keys variant (seq_len_k <= 2048)
@@ -163,6 +163,10 @@ struct Traits {
   static constexpr bool kOInQ = kStaggerD128;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kCausal = kCausal_;
+  // D=64 causal of long keys: three consumers (192-row tiles) and 128-key blocks since v21, as
+  // D=64 full has; v3 measured three consumers there at 0.89-0.91 of SDPA against 0.96-0.99 for
+  // two with 192-key blocks, but with v21's TMA store of O and twenty versions between, three
+  // measured +8 % at S=4096, +10 % at 8192 and +9 % at 16384 (docs/kernel-notes.md, v21).
   static constexpr int kConsumerWarpgroups =
       kSplitKV ? 2
       : kHeadDim == 64 ? (kCausal ? (kShortKeys ? SK_SM90_CONSUMERS_D64_CAUSAL_SHORT
@@ -230,7 +234,9 @@ struct Traits {
   // calls): D=128 -0.5 to -2.5 %, D256 full equal and causal -3 %, D64 causal short keys within
   // +-1 %; D64 causal with key block 192, where the uniform loop alone lost 3.6 % (the HGMMAs
   // issued back to back starved the other consumer's exponentials), the two together gain
-  // +2.2 % (S=4096), +2.8 % (8192), +3.7 % (16384). Shipped there, with kUniform, only;
+  // +2.2 % (S=4096), +2.8 % (8192), +3.7 % (16384). Shipped there, with kUniform, only; since
+  // v21 that kernel has three consumers and 128-key blocks, so it is in effect nowhere (back with
+  // -DSK_SM90_CONSUMERS_D64_CAUSAL=2 -DSK_SM90_BLOCK_N_D64_CAUSAL=192, v20's shape);
   // SK_SM90_SOFTMAX_FENCE=1 or 0 forces it.
   static constexpr bool kSoftmaxFenceShipped = kHeadDim == 64 && kCausal && !kShortKeys && !kSplitKV;
   static constexpr bool kSoftmaxFence =
@@ -242,8 +248,9 @@ struct Traits {
   // moves to uniform registers (R2UR) before each HGMMA go, 9-18 % of its instructions, and the P V
   // HGMMAs issue back to back. Measured (docs/kernel-notes.md, v14): D=128 and 256 +0.5-9 %
   // (D256 causal 1.00 -> 1.10), D64 causal short keys +1 %; D64 causal with key block 192 -3.6 %
-  // alone and +2-4 % with kSoftmaxFence (v15), so it has both; D64 full 16k -1.4 %, so D64 full
-  // keeps the vector-register loop. v16: D96 non-causal +4.3 % (S=4096, 1.09 -> 1.14 of SDPA),
+  // alone and +2-4 % with kSoftmaxFence (v15), so it had both (until v21 gave that kernel three
+  // consumers and 128-key blocks, where the fence does not apply: the uniform loop alone there, as
+  // measured in v21); D64 full 16k -1.4 %, so D64 full kept the vector-register loop. v16: D96 non-causal +4.3 % (S=4096, 1.09 -> 1.14 of SDPA),
   // so it has it; v17: D96 causal +0.7 % (S=2048) and +2.4 % (S=4096, 1.19 -> 1.22 of SDPA), so
   // it has it too; the split-KV kernels (decode, +0.3 %) do not. v20: D64 full, short and long
   // keys, with the tail split that it lets build without spills (kTailSplitShipped): +2.3-2.7 %
@@ -271,15 +278,17 @@ struct Traits {
   // tile's last P V and the wait for it, instead of after that wait in the epilogue. v17's
   // wait profile put the finalize at 4-5 % of a consumer's time on 512-key tiles, on the pingpong
   // turn's critical path (docs/kernel-notes.md, v18). A merging piece of the tail split finalizes
-  // again after its merge. Not in the three-consumer D=64 tile of long keys (128 registers a
-  // thread; it spills 4 bytes there), where the epilogue is under 1 % of a tile.
+  // again after its merge. Not in the three-consumer D=64 kernels of long keys, full and (since
+  // v21) causal: at 128 registers a thread D64 full's spills 4 bytes with it, and its epilogue is
+  // under 1 % of a tile (not measured in the causal one, which v21 timed without it).
   static constexpr bool kEarlyFinalize =
       SK_SM90_EARLY_FINALIZE != 0 && (kConsumerWarpgroups <= 2 || kShortKeys);
   // Where the early finalize goes: 1, after the last P V's issue (ptxas interleaves it with that
   // P V's HGMMAs); 2, before that P V's waits for V and for the pingpong turn, so that its
-  // HGMMAs issue back to back and its latency overlaps the waits. 2 at D=64 causal (measured
-  // +0.3-1.7 % at 512-4096 keys in two A/B runs, docs/kernel-notes.md v19), 1 elsewhere (D128
-  // full S=512 measured 1 % slower with 2; the three-consumer D=64 kernel spills 4 bytes with it).
+  // HGMMAs issue back to back and its latency overlaps the waits. 2 at D=64 causal on two
+  // consumers, since v21 the short-keys kernel only (measured +0.3-1.7 % at 512-4096 keys in two
+  // A/B runs, docs/kernel-notes.md v19), 1 elsewhere (D128 full S=512 measured 1 % slower with 2;
+  // the three-consumer D=64 kernel of short keys spills 4 bytes with it).
   static constexpr int kFinalizeSlot =
       !kEarlyFinalize ? 0
       : SK_SM90_EARLY_FINALIZE > 0 ? SK_SM90_EARLY_FINALIZE
@@ -345,12 +354,14 @@ struct Traits {
   // The output tile of each consumer (64 rows, chunked and swizzled like Q) for the TMA store.
   static constexpr int kOChunkBytes = 64 * kSwizzleBytes;
   static constexpr int kOBytesPerConsumer = kOChunkBytes * kChunks;
-  // O leaves through shared memory and TMA with two consumers and the 128-byte swizzle, where
-  // shared memory has room; otherwise (three consumers: no registers to spare; D=96; D=256 and
-  // the 176-key block: no shared memory to spare; split-KV: float32 partials) in plain stores.
+  // O leaves through shared memory and TMA with the 128-byte swizzle, where shared memory has
+  // room; otherwise (D=96; D=256 and the 176-key block: no shared memory to spare; split-KV:
+  // float32 partials) in plain stores. The three-consumer D=64 tiles had plain stores until v21
+  // (thought to have no registers to spare; they build without spills with the TMA store, and
+  // its key-block loop is 5 instructions shorter): D64 full +4.5 % at S=512, +2.2 % at 1024,
+  // +0.9 % at 2048, equal at 16384 (docs/kernel-notes.md, v21).
   static constexpr bool kTmaStoreOShape = SK_SM90_TMA_STORE_O != 0 && !kSplitKV &&
-                                          kConsumerWarpgroups <= 2 && kSwizzleBytes == 128 &&
-                                          kHeadDim <= 128;
+                                          kSwizzleBytes == 128 && kHeadDim <= 128;
   // Experiment (off; docs/kernel-notes.md, Next hypotheses 0f): each consumer's 64 rows of Q in a
   // slot of their own, loaded by a 64-row TMA box behind that consumer's own full and empty
   // barriers, instead of the tile's whole Q behind shared ones. The same bytes as one Q slot; a
@@ -437,15 +448,15 @@ struct Traits {
   static constexpr int kOBoxRows = kWarpStoreO ? 16 : 64;  // rows of the TMA store's box of O
   // The O staging's column-chunk stride: its own 64-row chunks, or Q's chunks with kOInQ.
   static constexpr int kOStageChunkBytes = kOInQ ? kQChunkBytes : kOChunkBytes;
-  // Where O leaves in plain stores (three consumers, D=96, D=256, the 176-key block, or a
-  // caller's out that TMA cannot describe), each thread's 4-byte stores write 8 rows x 16 bytes a
+  // Where O leaves in plain stores (D=96, D=256, the 176-key block, or a caller's out that TMA
+  // cannot describe; the three-consumer D=64 tiles too until v21), each thread's 4-byte stores write 8 rows x 16 bytes a
   // warp instruction, so the epilogue queues 2 * kDTiles of them per thread (64 at D=256). With
   // kWideStoreO a 4 x 4 transpose in each quad (4 shuffles) gives every lane eight contiguous
   // columns and the stores become 16-byte ones, a quarter as many (kernel.cuh; the binding's
   // out must then be 16-byte aligned with strides of multiples of 8 elements, Sm90Args::o_wide).
   // Measured (docs/kernel-notes.md, v17): D=256 full +4.2 % bf16 (1.00 -> 1.04 of SDPA) and
   // +3.8 % fp16, D=256 causal +4.8 %, D=96 full +0.9 %; D=64 full within the spread (and 4-32
-  // bytes of spill outside the loop), D=128's 176-key block -0.5 to -1.2 %. Shipped at D=96 and
+  // bytes of spill outside the loop; measured when its O left in plain stores, before v21), D=128's 176-key block -0.5 to -1.2 %. Shipped at D=96 and
   // 256; SK_SM90_WIDE_STORE_O=1 or 0 forces it on or off everywhere.
   static constexpr bool kWideStoreOShipped = kHeadDim == 96 || kHeadDim == 256;
   static constexpr bool kWideStoreO =
