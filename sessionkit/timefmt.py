@@ -106,8 +106,13 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def fmt_money(value: float | None) -> str:
+    """US dollars to the cent; an amount above 0 that would show as $0.00 shows as ``<$0.01``, so
+    that parts and their total agree (two parts of $0.004 are not "$0.00" each and "$0.01" in all).
+    None (no rate set) is "rate not set"."""
     if value is None:
         return "rate not set"
+    if 0 < value < 0.005:
+        return "<$0.01"
     return f"${value:,.2f}"
 
 

@@ -101,3 +101,11 @@ def test_a_rate_beyond_any_machine_is_refused(rate):
 def test_fmt_duration():
     assert [fmt_duration(s) for s in (None, 3.25, 45, 60, 90, 3725)] == ["-", "3.2 s", "45 s", "60 s",
                                                                           "1m30s", "1h02m"]
+
+
+@pytest.mark.parametrize("value, text", [(0.0, "$0.00"), (0.004, "<$0.01"), (0.00001, "<$0.01"),
+                                         (0.005, "$0.01"), (0.008, "$0.01"), (1234.5, "$1,234.50")])
+def test_money_under_a_cent_is_not_shown_as_zero(value, text):
+    """Parts of a cost under a cent show as <$0.01, so that two of them next to a total of $0.01
+    do not read as $0.00 + $0.00."""
+    assert fmt_money(value) == text

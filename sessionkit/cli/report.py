@@ -7,10 +7,14 @@ import click
 from ..paramtypes import OutputPath
 from .common import db_option, dumps_json, echo_json, json_option, open_db
 
-_out_option = click.option("-o", "--output", "out", type=OutputPath(),
-                           help="Write Markdown to this file (its missing folders made, plots beside "
-                                "it) instead of printing; with --json, the JSON. '-' prints it, as "
-                                "without -o (no plots).")
+def _out_option(plots: bool):
+    """``-o FILE``; ``plots``: the report draws its plots beside FILE (``report`` does; ``history``
+    and ``patterns`` draw none)."""
+    where = "its missing folders made, plots beside it" if plots else "its missing folders made"
+    tail = " (no plots)" if plots else ""
+    return click.option("-o", "--output", "out", type=OutputPath(),
+                        help=f"Write Markdown to this file ({where}) instead of printing; with "
+                             f"--json, the JSON. '-' prints it, as without -o{tail}.")
 
 
 def register(cli: click.Group) -> None:
@@ -43,14 +47,15 @@ def _render(ctx, make, out, as_json: bool, *args, **kwargs) -> None:
 
 def _report_command(fn):
     """A command that renders a whole-database report: ``-o``, ``--db`` and ``--json``."""
-    for decorate in (click.pass_context, json_option, db_option, _out_option, click.command()):
+    for decorate in (click.pass_context, json_option, db_option, _out_option(plots=False),
+                     click.command()):
         fn = decorate(fn)
     return fn
 
 
 @click.command()
 @click.argument("session_ref", metavar="[SESSION]", required=False)
-@_out_option
+@_out_option(plots=True)
 @click.option("--no-plots", is_flag=True, help="Do not draw plots (with -o).")
 @db_option
 @json_option

@@ -133,7 +133,7 @@ def history_data(db, *, now: str | None = None, table: list[str] | None = None) 
             f"| {number} | {shown} | "
             f"{started[:10] if started.endswith('+00:00') else f_date(started)} | "
             f"{f_dur(duration)}{' (open)' if is_open else ''} | "
-            f"{f_money(cost) if cost is None else f'${cost:,.2f}'} | "
+            f"{f_money(cost)} | "
             f"{passed}/{failed}{f' ({interrupted} interrupted)' if interrupted else ''} | "
             f"{corr} | {DASH if best is None else f'{best:.2f}x'} | "
             f"{DASH if geo is None else f'{geo:.2f}x'} | "
