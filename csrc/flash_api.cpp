@@ -242,6 +242,12 @@ cudaError_t run_sm80(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
 // whose variant skips the GEMMs of idle consumers, +4.6 % at S=512, equal at 2048, 1-3 % slower
 // from 4096 on (v11).
 constexpr int kShortKeysMax = 2048;
+// The same for D=64 causal alone: -DSK_SM90_D64_CAUSAL_SHORT_KEYS_MAX=1024 sends S=2048 to the
+// long-keys kernel (three consumers), an A/B that docs/kernel-notes.md (Next hypotheses 00) names.
+#ifndef SK_SM90_D64_CAUSAL_SHORT_KEYS_MAX
+#define SK_SM90_D64_CAUSAL_SHORT_KEYS_MAX kShortKeysMax
+#endif
+constexpr int kD64CausalShortKeysMax = SK_SM90_D64_CAUSAL_SHORT_KEYS_MAX;
 // D=128 causal runs its short-keys variant (two Q slots) up to this many keys: two slots measured
 // +3.5 % at S=512, equal at 1024 and 1 % slower from 2048 on (v12).
 constexpr int kD128CausalShortKeysMax = 1024;
@@ -254,7 +260,7 @@ cudaError_t run_sm90(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
                      cudaStream_t stream) {
   constexpr Sm90Variant kSplit = Sm90Variant::kSplitKV;
   const bool split = !kCausal && p.num_splits >= 1 && p.o_accum != nullptr;
-  if (head_dim == 64 && !split && p.seqlen_k <= kShortKeysMax) {
+  if (head_dim == 64 && !split && p.seqlen_k <= (kCausal ? kD64CausalShortKeysMax : kShortKeysMax)) {
     return run_flash_fwd_sm90<kDtype, 64, kCausal, Sm90Variant::kShortKeys>(p, stream);
   }
   if constexpr (!kCausal) {
