@@ -252,8 +252,13 @@ constexpr int kD64CausalShortKeysMax = SK_SM90_D64_CAUSAL_SHORT_KEYS_MAX;
 // +3.5 % at S=512, equal at 1024 and 1 % slower from 2048 on (v12).
 constexpr int kD128CausalShortKeysMax = 1024;
 // D=128 non-causal runs its long-keys variant (key blocks of 176) from this many keys: measured
-// +2-3 % of SDPA at 8192 and 16384 keys, equal at 4096, 4-13 % slower at 512-2048 (v10).
-constexpr int kLongKeysMin = 8192;
+// +2-3 % of SDPA at 8192 and 16384 keys, equal at 4096, 4-13 % slower at 512-2048 (v10). Those
+// figures are of v10's kernel: -DSK_SM90_D128_LONG_KEYS_MIN=2048 (say) times the long-keys kernel
+// at shorter keys again (docs/kernel-notes.md, Next hypotheses 01).
+#ifndef SK_SM90_D128_LONG_KEYS_MIN
+#define SK_SM90_D128_LONG_KEYS_MIN 8192
+#endif
+constexpr int kLongKeysMin = SK_SM90_D128_LONG_KEYS_MIN;
 
 template <::sessionkit::DType kDtype, bool kCausal, int... kDims>
 cudaError_t run_sm90(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
