@@ -7,11 +7,11 @@ For each head dim of the family the dispatcher picks (SESSIONKIT_KERNEL_FAMILY=s
 fallback), both dtypes and both masks, on ragged shapes: into a NaN-poisoned contiguous output,
 and into one whose rows start 4 bytes past a 16-byte boundary, its two guard columns holding a
 sentinel (the plain-store paths of O). On the sm90 family also: the causal kernels of long keys,
-a grouped-query decode call (split-KV and its combine kernel, bottom-right mask), and at D=128 a
-shape whose last round of tiles is split by keys (the tail split). Then causal calls of several
-tile counts back to back on two streams (each stream's tile counter). Every output element and
-LSE must be written and the guard columns untouched; exit status 1 otherwise (with the case), 2
-without a CUDA GPU.
+D=64 causal's mid-keys kernel, a grouped-query decode call (split-KV and its combine kernel,
+bottom-right mask), and at D=128 a shape whose last round of tiles is split by keys (the tail
+split). Then causal calls of several tile counts back to back on two streams (each stream's tile
+counter). Every output element and LSE must be written and the guard columns untouched; exit
+status 1 otherwise (with the case), 2 without a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -69,6 +69,12 @@ def main() -> int:
                 if family == "sm90":
                     # the causal kernels of long keys (the short-keys variants end at 2048 and 1024)
                     check((str(dtype), dim, "causal long keys"), 1, 1, 1, 2176, 2176, dim, dtype, True)
+                    if dim == 64:
+                        # D=64 causal's mid-keys kernel (1025-2048 keys), with key-less rows, O
+                        # by TMA store and by plain stores
+                        for offset in (False, True):
+                            check((str(dtype), dim, "causal mid keys", offset), 1, 2, 2, 1300, 1100,
+                                  dim, dtype, True, alignment="bottom_right", offset=offset)
                     # decode: split-KV ranges and their combine, grouped heads; and with the
                     # bottom-right mask
                     check((str(dtype), dim, "decode"), 1, 8, 2, 1, 4096, dim, dtype, False)

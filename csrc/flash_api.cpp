@@ -233,21 +233,25 @@ cudaError_t run_sm80(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
   return err;
 }
 
-// The sm90 shapes that have a short-keys variant (generate_kernels.py, VARIANTS) run it up to this
-// many keys: D=64 causal measured 0.78 -> 0.87 of SDPA at S=512 with key blocks of 128 instead of
-// 192, equal at 2048, and 5-10 % slower from 4096 on (docs/kernel-notes.md, v8); since v21 its
-// long-keys kernel has three consumers and 128-key blocks, and the two differ in consumers (two
-// here), K/V stages, Q slots, the stagger and the half softmax; three consumers at S=2048 measured
-// +8 % in the short-keys traits, so this threshold is to be timed again there (v21); D=64 non-causal,
-// whose variant skips the GEMMs of idle consumers, +4.6 % at S=512, equal at 2048, 1-3 % slower
-// from 4096 on (v11).
+// D=64 non-causal runs its short-keys variant (generate_kernels.py, VARIANTS), which skips the
+// GEMMs of idle consumers, up to this many keys: +4.6 % at S=512, equal at 2048, 1-3 % slower
+// from 4096 on (docs/kernel-notes.md, v11).
 constexpr int kShortKeysMax = 2048;
-// The same for D=64 causal alone: -DSK_SM90_D64_CAUSAL_SHORT_KEYS_MAX=1024 sends S=2048 to the
-// long-keys kernel (three consumers), an A/B that docs/kernel-notes.md (Next hypotheses 00) names.
+// D=64 causal has three kernels by seq_len_k. Up to 1024 keys, the short-keys variant: two
+// consumers, 128-key blocks (0.78 -> 0.87 of SDPA at S=512 against key blocks of 192, v8), four
+// K/V stages, two Q slots, the stagger, the half softmax. From 1025 to 2048, the mid-keys variant:
+// the same on three consumers (v22: +8 % at 2048 keys against two consumers, +3 % against the
+// long-keys kernel there; three lose 7 % at 1024). Above 2048, the long-keys kernel: three
+// consumers, two stages, the softmax fence (v21). -DSK_SM90_D64_CAUSAL_SHORT_KEYS_MAX and
+// -DSK_SM90_D64_CAUSAL_MID_KEYS_MAX move the two thresholds, for A/Bs.
 #ifndef SK_SM90_D64_CAUSAL_SHORT_KEYS_MAX
-#define SK_SM90_D64_CAUSAL_SHORT_KEYS_MAX kShortKeysMax
+#define SK_SM90_D64_CAUSAL_SHORT_KEYS_MAX 1024
+#endif
+#ifndef SK_SM90_D64_CAUSAL_MID_KEYS_MAX
+#define SK_SM90_D64_CAUSAL_MID_KEYS_MAX 2048
 #endif
 constexpr int kD64CausalShortKeysMax = SK_SM90_D64_CAUSAL_SHORT_KEYS_MAX;
+constexpr int kD64CausalMidKeysMax = SK_SM90_D64_CAUSAL_MID_KEYS_MAX;
 // D=128 causal runs its short-keys variant (two Q slots) up to this many keys: two slots measured
 // +3.5 % at S=512, equal at 1024 and 1 % slower from 2048 on (v12).
 constexpr int kD128CausalShortKeysMax = 1024;
@@ -273,6 +277,9 @@ cudaError_t run_sm90(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
       return run_flash_fwd_sm90<kDtype, 128, false, Sm90Variant::kLongKeys>(p, stream);
     }
   } else {
+    if (head_dim == 64 && p.seqlen_k <= kD64CausalMidKeysMax) {
+      return run_flash_fwd_sm90<kDtype, 64, true, Sm90Variant::kMidKeys>(p, stream);
+    }
     if (head_dim == 128 && p.seqlen_k <= kD128CausalShortKeysMax) {
       return run_flash_fwd_sm90<kDtype, 128, true, Sm90Variant::kShortKeys>(p, stream);
     }

@@ -80,8 +80,11 @@ cudaError_t run_flash_fwd_sm80(const FlashFwdParams& params, cudaStream_t stream
 //               (D=128 causal);
 //   kSplitKV: non-causal kernels that split the keys (FlashFwdParams::num_splits), for
 //             decode-shaped calls;
-//   kLongKeys: the tile shape tuned for seq_len_k >= 8192 (D=128 non-causal).
-enum class Sm90Variant : int { kDefault = 0, kShortKeys = 1, kSplitKV = 2, kLongKeys = 3 };
+//   kLongKeys: the tile shape tuned for seq_len_k >= 8192 (D=128 non-causal);
+//   kMidKeys: the short-keys tile on three consumer warpgroups, for D=64 causal with
+//             1025-2048 keys.
+enum class Sm90Variant : int { kDefault = 0, kShortKeys = 1, kSplitKV = 2, kLongKeys = 3,
+                               kMidKeys = 4 };
 
 // Returns cudaErrorNotSupported (launching nothing) when the inputs cannot be described by TMA
 // tensor maps (for example a zero stride); the caller then runs the sm80 family instead.

@@ -28,13 +28,16 @@ DTYPES = {"fp16": "sessionkit::DType::kFloat16", "bf16": "sessionkit::DType::kBF
 MASKS = {"causal": "true", "noncausal": "false"}
 # Extra instantiations of some sm90 shapes: (family, head dim, mask) -> variant names, each an
 # Sm90Variant (flash_fwd.h). "shortkeys": the binding picks it when seq_len_k <= 2048
-# (flash_api.cpp, kShortKeysMax): D=64 causal runs two consumers there (four K/V stages, the
-# stagger) and three above (v21; key blocks of 192 above until then, v8); D=128 causal, up to 1024 keys (kD128CausalShortKeysMax), has two Q
-# slots there and one above (v12). "splitkv": non-causal kernels that split the keys over several tiles
+# (flash_api.cpp, kShortKeysMax), or 1024 at D=64 causal (kD64CausalShortKeysMax), where it runs
+# two consumers (four K/V stages, the stagger); D=128 causal, up to 1024 keys
+# (kD128CausalShortKeysMax), has two Q slots there and one above (v12). "midkeys": D=64 causal
+# from 1025 to 2048 keys, the short-keys tile on three consumers (v22); above 2048 keys D=64
+# causal runs three consumers with two stages (v21; two consumers and key blocks of 192 until
+# then, v8). "splitkv": non-causal kernels that split the keys over several tiles
 # and write float32 partial results, for decode-shaped calls (flash_api.cpp, launch_decode).
 # "longkeys": D=128 non-causal with key blocks of 176, picked when seq_len_k >= 8192
 # (flash_api.cpp, kLongKeysMin; docs/kernel-notes.md, v10).
-VARIANTS = {("sm90", 64, "causal"): ("shortkeys",),
+VARIANTS = {("sm90", 64, "causal"): ("shortkeys", "midkeys"),
             ("sm90", 128, "causal"): ("shortkeys",),
             ("sm90", 64, "noncausal"): ("splitkv", "shortkeys"),
             **{("sm90", d, "noncausal"): ("splitkv",) for d in (96, 256)},
@@ -42,7 +45,8 @@ VARIANTS = {("sm90", 64, "causal"): ("shortkeys",),
 VARIANT_ENUMS = {"": "sessionkit::Sm90Variant::kDefault",
                  "shortkeys": "sessionkit::Sm90Variant::kShortKeys",
                  "splitkv": "sessionkit::Sm90Variant::kSplitKV",
-                 "longkeys": "sessionkit::Sm90Variant::kLongKeys"}
+                 "longkeys": "sessionkit::Sm90Variant::kLongKeys",
+                 "midkeys": "sessionkit::Sm90Variant::kMidKeys"}
 WGMMA_N = (64, 80, 96, 128, 176, 192, 256)  # n of the m64nNk16 shapes: the key block for Q K^T, the head dim for P V
 
 INSTANCE = """\

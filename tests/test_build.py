@@ -94,13 +94,15 @@ def test_sources_are_found_and_named():
     root = build.csrc_dir()
     names = build.kernel_names(root)
     # sm80: D 64, 128; sm90: D 64, 96, 128, 256; x {fp16, bf16} x {causal, not}; plus, in both
-    # dtypes, the sm90 short-keys variants (D=64 causal and non-causal, D=128 causal), a split-KV
-    # variant per sm90 head dim and the D=128 non-causal long-keys variant
-    assert len(names) == 8 + 16 + 6 + 8 + 2
+    # dtypes, the sm90 short-keys variants (D=64 causal and non-causal, D=128 causal), D=64
+    # causal's mid-keys variant, a split-KV variant per sm90 head dim and the D=128 non-causal
+    # long-keys variant
+    assert len(names) == 8 + 16 + 6 + 2 + 8 + 2
     assert "flash_fwd_sm90_fp16_hdim128_causal_shortkeys" in names
     assert "flash_fwd_sm90_fp16_hdim64_noncausal_shortkeys" in names
     assert "flash_fwd_sm90_bf16_hdim128_noncausal_longkeys" in names
     assert "flash_fwd_sm90_bf16_hdim64_causal_shortkeys" in names
+    assert "flash_fwd_sm90_fp16_hdim64_causal_midkeys" in names
     assert "flash_fwd_sm90_fp16_hdim256_noncausal_splitkv" in names
     assert "flash_fwd_sm90_bf16_hdim128_causal" in names
     assert "flash_fwd_sm80_fp16_hdim64_noncausal" in names

@@ -252,6 +252,17 @@ def test_long_key_causal_with_more_queries_than_keys(sq, sk, bottom_right, famil
         _check_forward(1, 4, 2, sq, sk, d, torch.bfloat16, True, bottom_right, seed=sq + sk + d)
 
 
+@pytest.mark.parametrize("sq,sk", [(1025, 1025), (2048, 1100), (700, 2048), (1537, 1999), (4000, 1500)])
+@pytest.mark.parametrize("bottom_right", [False, True], ids=["top_left", "bottom_right"])
+def test_mid_key_causal(sq, sk, bottom_right, family):
+    """1024 < seq_len_k <= 2048, causal: at D=64 the sm90 family's mid-keys kernel (the short-keys
+    tile on three consumers, v22), at both ends of its range, with fewer, as many and more queries
+    than keys, partial last key and query blocks, grouped heads and both alignments (bottom-right
+    with seq_len_q > seq_len_k leaves whole 192-row tiles without a key)."""
+    for d in _head_dims():
+        _check_forward(1, 4, 2, sq, sk, d, torch.bfloat16, True, bottom_right, seed=sq * 3 + sk + d)
+
+
 def test_correctness_step_configs_pass():
     """The correctness step's own random configs (GQA, both alignments, Sq != Sk, every head dim
     of the family) through its checker."""

@@ -13,8 +13,8 @@ from host_check import run_host_check
 
 # Shapes whose O leaves by TMA store in the shipped plan (128-byte swizzle and room; the
 # three-consumer D=64 tiles since v21).
-TMA_STORE = {"d64_causal_shortkeys", "d64_causal", "d64_noncausal", "d64_noncausal_shortkeys",
-             "d128_causal", "d128_causal_shortkeys", "d128_noncausal"}
+TMA_STORE = {"d64_causal_shortkeys", "d64_causal_midkeys", "d64_causal", "d64_noncausal",
+             "d64_noncausal_shortkeys", "d128_causal", "d128_causal_shortkeys", "d128_noncausal"}
 # Shapes that ship with two Q slots.
 TWO_Q_SHIPPED = {"d64_causal_shortkeys", "d128_causal_shortkeys", "d128_noncausal"}
 # Shapes that ship with staggered consumers (Traits::kStagger), and by how many pingpong turns.
@@ -31,7 +31,7 @@ def _plans(tmp_path, *flags) -> dict[str, dict[str, int]]:
         name, *values = line.split()
         plans[name] = dict(zip(("block_m", "block_n", "q_stages", "tma_store_o", "smem", "smem_max",
                                 "stages", "stagger"), map(int, values)))
-    assert len(plans) == 15, out
+    assert len(plans) == 16, out
     return plans
 
 
@@ -49,6 +49,11 @@ def test_shipped_plan_fits_and_has_two_q_slots_where_shipped(tmp_path):
     assert plans["d64_causal_shortkeys"]["smem"] >= ring4 + 128 * 64 * 2
     assert plans["d64_causal_shortkeys"]["stages"] == 4
     assert plans["d64_causal_shortkeys"]["block_m"] == 128
+    # The mid-keys variant (1025-2048 keys, v22) is the short-keys tile on three consumers: the
+    # four-stage ring and 128-key blocks, 192 query rows, one Q slot and no stagger.
+    mid = plans["d64_causal_midkeys"]
+    assert (mid["block_m"], mid["block_n"], mid["stages"], mid["q_stages"], mid["stagger"]) == \
+        (192, 128, 4, 1, 0), mid
     for name in ("d64_causal", "d64_noncausal", "d64_noncausal_shortkeys"):
         assert (plans[name]["block_m"], plans[name]["block_n"], plans[name]["stages"]) == (192, 128, 2), \
             (name, plans[name])
@@ -71,15 +76,17 @@ def test_two_q_slots_only_where_they_fit_and_keep_the_tma_store(tmp_path, flag):
 @pytest.mark.parametrize("flag, shapes, stages", [
     ("-DSK_SM90_STAGES_D64=4", ("d64_causal_shortkeys", "d64_causal", "d64_noncausal",
                                 "d64_noncausal_shortkeys", "d64_noncausal_splitkv"), 4),
-    ("-DSK_SM90_STAGES_D64_CAUSAL_SHORT=2", ("d64_causal_shortkeys",), 2),
-    ("-DSK_SM90_STAGES_D64_CAUSAL_SHORT=6", ("d64_causal_shortkeys",), 6),
+    ("-DSK_SM90_STAGES_D64_CAUSAL_SHORT=2", ("d64_causal_shortkeys", "d64_causal_midkeys"), 2),
+    ("-DSK_SM90_STAGES_D64_CAUSAL_SHORT=6", ("d64_causal_shortkeys", "d64_causal_midkeys"), 6),
     ("-DSK_SM90_STAGES_D128=3", ("d128_causal", "d128_causal_shortkeys", "d128_noncausal",
                                  "d128_noncausal_splitkv"), 3),
 ])
 def test_deeper_rings_fit_and_give_way_only_where_they_must(tmp_path, flag, shapes, stages):
     """A deeper K/V ring at one head dim changes only that head dim's plans, and fits: at D=64
-    everything else stays (there is room for four stages), at D=128 the second Q slot and the O
-    staging give way (three stages of 128-key blocks are 192 KB)."""
+    everything else stays where there is room for it (four stages; six beside 128 query rows), and
+    the O staging gives way only where it would not fit (six stages beside the mid-keys variant's
+    192 rows); at D=128 the second Q slot and the O staging give way (three stages of 128-key
+    blocks are 192 KB)."""
     # In step consumers on both sides: the stagger's second Q slot needs a ring of 3 stages or more.
     one, deep = _plans(tmp_path, "-DSK_SM90_STAGGER=0"), _plans(tmp_path, flag, "-DSK_SM90_STAGGER=0")
     for name in one:
@@ -92,8 +99,11 @@ def test_deeper_rings_fit_and_give_way_only_where_they_must(tmp_path, flag, shap
         ring = 2 * stages * plan["block_n"] * head_dim * 2
         assert plan["smem"] >= ring + plan["block_m"] * head_dim * 2, (name, plan)
         if head_dim == 64:
-            assert (plan["q_stages"], plan["tma_store_o"]) == (one[name]["q_stages"],
-                                                               one[name]["tma_store_o"]), name
+            assert plan["q_stages"] == one[name]["q_stages"], name
+            if plan["tma_store_o"] != one[name]["tma_store_o"]:
+                # the O staging (block_m rows of O) gave way: with it the plan would not fit
+                assert plan["tma_store_o"] == 0, (name, plan)
+                assert plan["smem"] + plan["block_m"] * head_dim * 2 > plan["smem_max"], (name, plan)
         else:
             assert (plan["q_stages"], plan["tma_store_o"]) == (1, 0), name
 

@@ -18,6 +18,7 @@ BASE = dict(chunks=1, pingpong=True, keyless_turn=True, qstages=1, qpc=False, nm
 # (C consumers, ring stages, Q slots, stagger, tile ring) of the shipped kernels (csrc/sm90/traits.cuh)
 SHIPPED = {
     "d64_causal_shortkeys": dict(C=2, stages=4, qstages=2, stagger=1, ring=True, keyless=True),
+    "d64_causal_midkeys": dict(C=3, stages=4, qstages=1, stagger=0, ring=True, keyless=True),
     "d64_causal": dict(C=3, stages=2, qstages=1, stagger=0, ring=True, keyless=True),
     "d64_noncausal": dict(C=3, stages=2, qstages=1, stagger=0, ring=False, idle=True,
                           pieces0=True),

@@ -21,13 +21,16 @@ namespace sm90 {
 #define SK_SM90_CONSUMERS_D64_CAUSAL 3  // long keys (v21; two before, with key block 192)
 #endif
 #ifndef SK_SM90_CONSUMERS_D64_CAUSAL_SHORT
-#define SK_SM90_CONSUMERS_D64_CAUSAL_SHORT 2  // the short-keys variant (seq_len_k <= 2048)
+#define SK_SM90_CONSUMERS_D64_CAUSAL_SHORT 2  // the short-keys variant (seq_len_k <= 1024)
+#endif
+#ifndef SK_SM90_CONSUMERS_D64_CAUSAL_MID
+#define SK_SM90_CONSUMERS_D64_CAUSAL_MID 3  // the mid-keys variant (1025-2048 keys)
 #endif
 #ifndef SK_SM90_BLOCK_N_D64_CAUSAL
 #define SK_SM90_BLOCK_N_D64_CAUSAL 128
 #endif
 #ifndef SK_SM90_BLOCK_N_D64_CAUSAL_SHORT
-#define SK_SM90_BLOCK_N_D64_CAUSAL_SHORT 128  // the short-keys variant (seq_len_k <= 2048)
+#define SK_SM90_BLOCK_N_D64_CAUSAL_SHORT 128  // the short- and mid-keys variants (seq_len_k <= 2048)
 #endif
 #ifndef SK_SM90_CONSUMERS_D128
 #define SK_SM90_CONSUMERS_D128 2
@@ -144,7 +147,12 @@ struct Traits {
   // uses a smaller key block there, where the causal diagonal's waste dominates; D=64 non-causal
   // lets the consumers of a query block's rows past seqlen_q skip their GEMMs (kSkipIdleRows);
   // D=128 causal (seq_len_k <= 1024) has two Q slots (kQStages).
-  static constexpr bool kShortKeys = kVariant_ == Sm90Variant::kShortKeys;
+  // The mid-keys variant (D=64 causal, 1025-2048 keys, chosen by the binding) is the short-keys
+  // variant on three consumers (SK_SM90_CONSUMERS_D64_CAUSAL_MID): at 2048 keys three measured
+  // +8 % over two, at 512-1024 keys 5-7 % slower (docs/kernel-notes.md, v21 and v22). Every
+  // other short-keys choice holds for it; the stagger and the two Q slots need two consumers.
+  static constexpr bool kMidKeys = kVariant_ == Sm90Variant::kMidKeys;
+  static constexpr bool kShortKeys = kVariant_ == Sm90Variant::kShortKeys || kMidKeys;
   // The split-KV variant (decode-shaped calls, non-causal): each tile is one range of key blocks
   // and writes float32 partial results (FlashFwdParams::num_splits). Two consumers at every head
   // dim: the three-consumer D=64 shape has no registers left for the split's bookkeeping.
@@ -169,8 +177,9 @@ struct Traits {
   // measured +8 % at S=4096, +10 % at 8192 and +9 % at 16384 (docs/kernel-notes.md, v21).
   static constexpr int kConsumerWarpgroups =
       kSplitKV ? 2
-      : kHeadDim == 64 ? (kCausal ? (kShortKeys ? SK_SM90_CONSUMERS_D64_CAUSAL_SHORT
-                                                : SK_SM90_CONSUMERS_D64_CAUSAL)
+      : kHeadDim == 64 ? (kCausal ? (kMidKeys     ? SK_SM90_CONSUMERS_D64_CAUSAL_MID
+                                     : kShortKeys ? SK_SM90_CONSUMERS_D64_CAUSAL_SHORT
+                                                  : SK_SM90_CONSUMERS_D64_CAUSAL)
                                   : SK_SM90_CONSUMERS_D64_FULL)
       : kHeadDim == 128 ? SK_SM90_CONSUMERS_D128
                         : 2;

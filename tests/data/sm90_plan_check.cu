@@ -18,6 +18,7 @@ void show(const char* name) {
 
 int main() {
   show<64, true, Sm90Variant::kShortKeys>("d64_causal_shortkeys");
+  show<64, true, Sm90Variant::kMidKeys>("d64_causal_midkeys");
   show<64, true, Sm90Variant::kDefault>("d64_causal");
   show<64, false, Sm90Variant::kDefault>("d64_noncausal");
   show<64, false, Sm90Variant::kShortKeys>("d64_noncausal_shortkeys");
