@@ -269,9 +269,10 @@ def test_plain_store_paths_of_o(out_kind, dtype, dim, causal):
 @pytest.mark.parametrize("out_kind", list(OUT_LAYOUTS))
 def test_o_of_three_consumer_tiles_in_every_layout(out_kind, causal, seq):
     """The three-consumer D=64 kernels of the sm90 family (non-causal; causal of 1025-2048 keys,
-    v22, and of more than 2048, v21) store O by TMA where out is a tensor TMA can describe, and in 4-byte plain stores
-    where it is not (a row stride of D + 4, rows 4 bytes past a 16-byte boundary): every element,
-    nothing written outside out, within the 2x rule. (On the sm80 family: its own stores.)"""
+    v22, and of more than 2048, v21) store O by TMA where out is a tensor TMA can describe, and in
+    4-byte plain stores where it is not (a row stride of D + 4, rows 4 bytes past a 16-byte
+    boundary): every element, nothing written outside out, within the 2x rule. (On the sm80
+    family: its own stores.)"""
     _check_out_layout(out_kind, torch.bfloat16, 64, causal, batch=1, heads=2, seq=seq)
 
 
