@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "flash_fwd.h"
+#include "sm90/dispatch.h"
 #include "static_switch.h"
 
 namespace sessionkit {
@@ -233,61 +234,35 @@ cudaError_t run_sm80(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
   return err;
 }
 
-// D=64 non-causal runs its short-keys variant (generate_kernels.py, VARIANTS), which skips the
-// GEMMs of idle consumers, up to this many keys: +4.6 % at S=512, equal at 2048, 1-3 % slower
-// from 4096 on (docs/kernel-notes.md, v11).
-constexpr int kShortKeysMax = 2048;
-// D=64 causal has three kernels by seq_len_k. Up to 1024 keys, the short-keys variant: two
-// consumers, 128-key blocks (0.78 -> 0.87 of SDPA at S=512 against key blocks of 192, v8), four
-// K/V stages, two Q slots, the stagger, the half softmax. From 1025 to 2048, the mid-keys variant:
-// the same on three consumers (v22: +8 % at 2048 keys against two consumers, +3 % against the
-// long-keys kernel there; three lose 7 % at 1024). Above 2048, the long-keys kernel: three
-// consumers, two stages, the softmax fence (v21). -DSK_SM90_D64_CAUSAL_SHORT_KEYS_MAX and
-// -DSK_SM90_D64_CAUSAL_MID_KEYS_MAX move the two thresholds, for A/Bs.
-#ifndef SK_SM90_D64_CAUSAL_SHORT_KEYS_MAX
-#define SK_SM90_D64_CAUSAL_SHORT_KEYS_MAX 1024
-#endif
-#ifndef SK_SM90_D64_CAUSAL_MID_KEYS_MAX
-#define SK_SM90_D64_CAUSAL_MID_KEYS_MAX 2048
-#endif
-constexpr int kD64CausalShortKeysMax = SK_SM90_D64_CAUSAL_SHORT_KEYS_MAX;
-constexpr int kD64CausalMidKeysMax = SK_SM90_D64_CAUSAL_MID_KEYS_MAX;
-// D=128 causal runs its short-keys variant (two Q slots) up to this many keys: two slots measured
-// +3.5 % at S=512, equal at 1024 and 1 % slower from 2048 on (v12).
-constexpr int kD128CausalShortKeysMax = 1024;
-// D=128 non-causal runs its long-keys variant (key blocks of 176) from this many keys: measured
-// +2-3 % of SDPA at 8192 and 16384 keys, equal at 4096, 4-13 % slower at 512-2048 (v10). Those
-// figures are of v10's kernel: -DSK_SM90_D128_LONG_KEYS_MIN=2048 (say) times the long-keys kernel
-// at shorter keys again (docs/kernel-notes.md, Next hypotheses 01).
-#ifndef SK_SM90_D128_LONG_KEYS_MIN
-#define SK_SM90_D128_LONG_KEYS_MIN 8192
-#endif
-constexpr int kLongKeysMin = SK_SM90_D128_LONG_KEYS_MIN;
-
 template <::sessionkit::DType kDtype, bool kCausal, int... kDims>
 cudaError_t run_sm90(HeadDims<kDims...>, int head_dim, const FlashFwdParams& p,
                      cudaStream_t stream) {
-  constexpr Sm90Variant kSplit = Sm90Variant::kSplitKV;
+  // The variant by head dim, mask and lengths: sm90/dispatch.h, where each threshold's
+  // measurement is named. Each branch below runs one that generate_kernels.py instantiates.
   const bool split = !kCausal && p.num_splits >= 1 && p.o_accum != nullptr;
-  if (head_dim == 64 && !split && p.seqlen_k <= (kCausal ? kD64CausalShortKeysMax : kShortKeysMax)) {
+  const Sm90Variant variant =
+      sm90::pick_variant(head_dim, kCausal, split, p.seqlen_q, p.seqlen_k);
+  if (head_dim == 64 && variant == Sm90Variant::kShortKeys) {
     return run_flash_fwd_sm90<kDtype, 64, kCausal, Sm90Variant::kShortKeys>(p, stream);
   }
   if constexpr (!kCausal) {
-    if (head_dim == 128 && !split && p.seqlen_k >= kLongKeysMin) {
+    if (head_dim == 128 && variant == Sm90Variant::kLongKeys) {
       return run_flash_fwd_sm90<kDtype, 128, false, Sm90Variant::kLongKeys>(p, stream);
     }
   } else {
-    if (head_dim == 64 && p.seqlen_k <= kD64CausalMidKeysMax) {
+    if (head_dim == 64 && variant == Sm90Variant::kMidKeys) {
       return run_flash_fwd_sm90<kDtype, 64, true, Sm90Variant::kMidKeys>(p, stream);
     }
-    if (head_dim == 128 && p.seqlen_k <= kD128CausalShortKeysMax) {
+    if (head_dim == 128 && variant == Sm90Variant::kShortKeys) {
       return run_flash_fwd_sm90<kDtype, 128, true, Sm90Variant::kShortKeys>(p, stream);
     }
   }
+  constexpr Sm90Variant kSplit = Sm90Variant::kSplitKV;
   cudaError_t err = cudaErrorInvalidValue;
   ((head_dim == kDims
-        ? (err = split ? run_flash_fwd_sm90<kDtype, kDims, false, kSplit>(p, stream)
-                       : run_flash_fwd_sm90<kDtype, kDims, kCausal, Sm90Variant::kDefault>(p, stream),
+        ? (err = variant == kSplit
+                     ? run_flash_fwd_sm90<kDtype, kDims, false, kSplit>(p, stream)
+                     : run_flash_fwd_sm90<kDtype, kDims, kCausal, Sm90Variant::kDefault>(p, stream),
            true)
         : false) ||
    ...);

@@ -75,9 +75,10 @@ struct FlashFwdParams {
 template <DType kDtype, int kHeadDim, bool kCausal>
 cudaError_t run_flash_fwd_sm80(const FlashFwdParams& params, cudaStream_t stream);
 
-// The sm90 family's extra instantiations of some shapes (generate_kernels.py, VARIANTS):
-//   kShortKeys: the tile shape tuned for seq_len_k <= 2048 (D=64, causal and not), or <= 1024
-//               (D=128 causal);
+// The sm90 family's extra instantiations of some shapes (generate_kernels.py, VARIANTS; which
+// one runs a call: sm90/dispatch.h):
+//   kShortKeys: the tile shape tuned for short keys: D=64 non-causal up to 2048 keys, D=64 causal
+//               up to 1024 (or 2048 for up to 1024 queries), D=128 causal up to 1024;
 //   kSplitKV: non-causal kernels that split the keys (FlashFwdParams::num_splits), for
 //             decode-shaped calls;
 //   kLongKeys: the tile shape tuned for seq_len_k >= 8192 (D=128 non-causal);

@@ -27,16 +27,14 @@ FAMILIES = {
 DTYPES = {"fp16": "sessionkit::DType::kFloat16", "bf16": "sessionkit::DType::kBFloat16"}
 MASKS = {"causal": "true", "noncausal": "false"}
 # Extra instantiations of some sm90 shapes: (family, head dim, mask) -> variant names, each an
-# Sm90Variant (flash_fwd.h). "shortkeys": the binding picks it when seq_len_k <= 2048
-# (flash_api.cpp, kShortKeysMax), or 1024 at D=64 causal (kD64CausalShortKeysMax), where it runs
-# two consumers (four K/V stages, the stagger); D=128 causal, up to 1024 keys
-# (kD128CausalShortKeysMax), has two Q slots there and one above (v12). "midkeys": D=64 causal
-# from 1025 to 2048 keys, the short-keys tile on three consumers (v22); above 2048 keys D=64
-# causal runs three consumers with two stages (v21; two consumers and key blocks of 192 until
-# then, v8). "splitkv": non-causal kernels that split the keys over several tiles
-# and write float32 partial results, for decode-shaped calls (flash_api.cpp, launch_decode).
-# "longkeys": D=128 non-causal with key blocks of 176, picked when seq_len_k >= 8192
-# (flash_api.cpp, kLongKeysMin; docs/kernel-notes.md, v10).
+# Sm90Variant (flash_fwd.h). Which one runs a call is sm90/dispatch.h's policy (pick_variant), with
+# the measurements behind each threshold. "shortkeys": D=64 up to 2048 keys (non-causal: the idle
+# consumers skip their GEMMs; causal: two consumers, four K/V stages, the stagger, up to 1024 keys,
+# or 2048 for query lengths up to 1024), D=128 causal up to 1024 keys (two Q slots). "midkeys":
+# D=64 causal over 1025-2048 keys and queries, the short-keys tile on three consumers (v22).
+# "splitkv": non-causal kernels that split the keys over several tiles and write float32 partial
+# results, for decode-shaped calls (flash_api.cpp, launch_decode). "longkeys": D=128 non-causal
+# with key blocks of 176, from 8192 keys (v10).
 VARIANTS = {("sm90", 64, "causal"): ("shortkeys", "midkeys"),
             ("sm90", 128, "causal"): ("shortkeys",),
             ("sm90", 64, "noncausal"): ("splitkv", "shortkeys"),

@@ -189,6 +189,9 @@ EXPERIMENTS = [
     ("-DSK_SM90_CONSUMERS_D64_CAUSAL=1", "flash_fwd_sm90_bf16_hdim64_causal", "0xe8", "0x18"),
     ("-DSK_SM90_CONSUMERS_D64_CAUSAL_SHORT=1", "flash_fwd_sm90_fp16_hdim64_causal_shortkeys",
      "0xe8", "0x18"),
+    # the mid-keys kernel on two consumers: the short-keys kernel's tile (v22's A/B, in reverse)
+    ("-DSK_SM90_CONSUMERS_D64_CAUSAL_MID=2", "flash_fwd_sm90_bf16_hdim64_causal_midkeys",
+     "0xf0", "0x18"),
     # D64 causal of long keys in v20's shape: two consumers, 192-key blocks, the softmax fence
     ("-DSK_SM90_CONSUMERS_D64_CAUSAL=2 -DSK_SM90_BLOCK_N_D64_CAUSAL=192",
      "flash_fwd_sm90_bf16_hdim64_causal", "0xf0", "0x18"),

@@ -233,11 +233,12 @@ def test_rows_that_see_no_key_are_zero_and_minus_inf(sq, sk, family):
         _check_forward(2, 4, 2, sq, sk, d, torch.bfloat16, True, True, seed=sq + d)
 
 
-@pytest.mark.parametrize("sq,sk", [(2048, 512), (4096, 256)])
+@pytest.mark.parametrize("sq,sk", [(2048, 512), (4096, 256), (4096, 1100)])
 def test_many_keyless_tiles_in_a_row(sq, sk, family):
     """Bottom-right causal with seq_len_q - seq_len_k of 1,536 rows or more and more query tiles
     than SMs (16 heads): most tiles see no key, and the persistent CTAs take several of them one
-    after the other, which an earlier draft of the staggered consumers (SK_SM90_STAGGER) hung on."""
+    after the other, which an earlier draft of the staggered consumers (SK_SM90_STAGGER) hung on.
+    (4096, 1100) runs D=64's mid-keys kernel: three consumers and four stages, 352 tiles."""
     for d in _head_dims():
         _check_forward(1, 16, 16, sq, sk, d, torch.bfloat16, True, True, seed=sq + sk + d)
 
@@ -252,15 +253,20 @@ def test_long_key_causal_with_more_queries_than_keys(sq, sk, bottom_right, famil
         _check_forward(1, 4, 2, sq, sk, d, torch.bfloat16, True, bottom_right, seed=sq + sk + d)
 
 
-@pytest.mark.parametrize("sq,sk", [(1025, 1025), (2048, 1100), (700, 2048), (1537, 1999), (4000, 1500)])
+@pytest.mark.parametrize("sq,sk,dtype", [
+    (1025, 1025, torch.bfloat16), (2048, 1100, torch.bfloat16), (1537, 1999, torch.bfloat16),
+    (4000, 1500, torch.bfloat16), (2048, 2048, torch.float16),
+    # fewer than 1025 queries: the short-keys kernel up to 2048 keys (sm90/dispatch.h)
+    (1024, 2048, torch.bfloat16), (700, 2048, torch.bfloat16), (64, 1300, torch.float16)])
 @pytest.mark.parametrize("bottom_right", [False, True], ids=["top_left", "bottom_right"])
-def test_mid_key_causal(sq, sk, bottom_right, family):
+def test_mid_key_causal(sq, sk, dtype, bottom_right, family):
     """1024 < seq_len_k <= 2048, causal: at D=64 the sm90 family's mid-keys kernel (the short-keys
-    tile on three consumers, v22), at both ends of its range, with fewer, as many and more queries
-    than keys, partial last key and query blocks, grouped heads and both alignments (bottom-right
-    with seq_len_q > seq_len_k leaves whole 192-row tiles without a key)."""
+    tile on three consumers, v22) where seq_len_q > 1024, at both ends of its range, with as many
+    and more queries than keys, partial last key and query blocks, grouped heads and both
+    alignments (bottom-right with seq_len_q > seq_len_k leaves whole 192-row tiles without a key);
+    and the short-keys kernel on the same key lengths with fewer queries."""
     for d in _head_dims():
-        _check_forward(1, 4, 2, sq, sk, d, torch.bfloat16, True, bottom_right, seed=sq * 3 + sk + d)
+        _check_forward(1, 4, 2, sq, sk, d, dtype, True, bottom_right, seed=sq * 3 + sk + d)
 
 
 def test_correctness_step_configs_pass():
@@ -414,7 +420,8 @@ def _within_rule(q, k, v, causal, out, lse):
 # Causal shapes of different tile counts, most of them several times the number of SMs, so that
 # the sm90 causal kernels hand out most tiles from their stream's counter (which each launch
 # leaves at 0 for the next one on that stream): (B, H, S, D).
-STREAM_SHAPES = [(4, 16, 2048, 128), (8, 16, 1024, 64), (2, 4, 1000, 64), (2, 8, 4097, 128)]
+STREAM_SHAPES = [(4, 16, 2048, 128), (8, 16, 1024, 64), (2, 4, 1000, 64), (2, 8, 4097, 128),
+                 (4, 16, 1536, 64)]
 
 
 def _sm90_causal_counters():

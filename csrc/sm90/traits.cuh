@@ -57,7 +57,7 @@ namespace sm90 {
 #define SK_SM90_STAGES_D64 SK_SM90_STAGES  // K/V ring depth at D=64 (room for 4 at every D=64 shape)
 #endif
 #ifndef SK_SM90_STAGES_D64_CAUSAL_SHORT
-#define SK_SM90_STAGES_D64_CAUSAL_SHORT 4  // D=64 causal's short-keys variant (measured +1-2.5 %)
+#define SK_SM90_STAGES_D64_CAUSAL_SHORT 4  // D=64 causal's short- and mid-keys variants (measured +1-2.5 %; six drop the mid-keys variant's O staging)
 #endif
 #ifndef SK_SM90_STAGES_D128
 #define SK_SM90_STAGES_D128 SK_SM90_STAGES  // at D=128 but the 176-key block (3 fit with one Q slot, no O staging)
@@ -143,14 +143,15 @@ namespace sm90 {
 
 template <int kHeadDim_, bool kCausal_, Sm90Variant kVariant_ = Sm90Variant::kDefault>
 struct Traits {
-  // The variant for short key sequences (seq_len_k <= 2048, chosen by the binding): D=64 causal
+  // The variant for short key sequences (chosen by the binding, sm90/dispatch.h): D=64 causal
   // uses a smaller key block there, where the causal diagonal's waste dominates; D=64 non-causal
   // lets the consumers of a query block's rows past seqlen_q skip their GEMMs (kSkipIdleRows);
   // D=128 causal (seq_len_k <= 1024) has two Q slots (kQStages).
-  // The mid-keys variant (D=64 causal, 1025-2048 keys, chosen by the binding) is the short-keys
-  // variant on three consumers (SK_SM90_CONSUMERS_D64_CAUSAL_MID): at 2048 keys three measured
-  // +8 % over two, at 512-1024 keys 5-7 % slower (docs/kernel-notes.md, v21 and v22). Every
-  // other short-keys choice holds for it; the stagger and the two Q slots need two consumers.
+  // The mid-keys variant (D=64 causal, 1025-2048 keys and queries, chosen by the binding) is the
+  // short-keys variant on three consumers (SK_SM90_CONSUMERS_D64_CAUSAL_MID): at 2048 keys three
+  // measured +8 % over two, at 512-1024 keys 5-7 % slower (docs/kernel-notes.md, v21 and v22).
+  // Every other short-keys choice holds for it; the stagger and the two Q slots need two
+  // consumers.
   static constexpr bool kMidKeys = kVariant_ == Sm90Variant::kMidKeys;
   static constexpr bool kShortKeys = kVariant_ == Sm90Variant::kShortKeys || kMidKeys;
   // The split-KV variant (decode-shaped calls, non-causal): each tile is one range of key blocks
@@ -195,8 +196,8 @@ struct Traits {
                         : SK_SM90_BLOCK_N_D256;
   // K/V ring depth. -DSK_SM90_STAGES_D64=4 (say) deepens the D=64 ring alone: a global
   // -DSK_SM90_STAGES=3 does not fit D=256. Two Q slots and the O staging give way where a deeper
-  // ring leaves them no room (kQStages, kTmaStoreO below). D=64 causal's short-keys variant
-  // ships four stages: its tiles hold 1-16 key blocks, and with two the producer could load only
+  // ring leaves them no room (kQStages, kTmaStoreO below). D=64 causal's short- and mid-keys
+  // variants ship four stages: their tiles hold 1-16 key blocks, and with two the producer could load only
   // one block ahead, so the next tile's first blocks waited for the slots of the one before.
   // Measured in two A/B runs (docs/kernel-notes.md, v13): +2.3 % at S=2048, +0.3-2.4 % at 1024,
   // 0-2 % at 512, both dtypes; six stages lost 0.5-1 %, and four on the other D=64 shapes did
@@ -408,7 +409,7 @@ struct Traits {
   // slots (the first consumer loads the next tile's Q while the second still reads this one) and
   // a ring of L + 2 stages or more (the producer refills a stage only when both consumers have
   // freed it; L + 1 would do, L + 2 leaves the producer a block of lead); only in D64 causal's
-  // short-keys kernel (four stages), whose 512-2048-key tiles are short chains. Every tile takes
+  // short-keys kernel (four stages, two consumers), whose tiles of up to 2048 keys are short chains. Every tile takes
   // at least one turn in each consumer (a tile with no key block passes one), so the lag stays
   // within the two-slot tile ring.
   // Measured (v20, first A/B): L = 1 +3.6 % at S=512 (bf16; fp16 +1.7 %), -0.8 % at 1024 and
