@@ -28,3 +28,24 @@ def test_gpu_scripts_without_a_gpu_say_so_in_one_line(args, tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("needs a CUDA GPU"), lines
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("script, args", [("gpu_check.sh", []), ("gpu_check.sh", ["validate"]),
+                                          ("gpu_sessions.sh", [])])
+def test_gpu_shell_scripts_without_a_gpu_say_so_and_exit_2(script, args, tmp_path):
+    """The shell drivers (every stage needs a GPU) stop at once: one line naming what they need,
+    exit status 2 (they exited 0 after a page of tracebacks), and nothing written, in the working
+    folder or in $OUT."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the script would run")
+    out_dir = tmp_path / "out"
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "OUT": str(out_dir),
+           "HOME": str(tmp_path)}
+    out = subprocess.run(["bash", str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path, env=env)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stdout == "" and "Traceback" not in out.stderr, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: needs a CUDA GPU"), lines
+    assert list(tmp_path.iterdir()) == []
