@@ -116,6 +116,42 @@ def fmt_money(value: float | None) -> str:
     return f"${value:,.2f}"
 
 
+def fmt_money_parts(parts: list[float | None]) -> list[str]:
+    """The parts of a sum of money and, last, their total, in US dollars to the cent, such that
+    the parts shown add up to the total shown: the total is rounded to the cent, and its cents are
+    shared out among the parts by largest remainder (Hamilton's method), so each part is within a
+    cent of its value. (Rounded each on its own, $0.0152 and $0.0367 show as $0.02 and $0.04 and
+    their $0.0519 as $0.05.) A part that gets no cent but is above 0 shows as ``<$0.01``, as in
+    :func:`fmt_money`; None parts (no rate set) show as "rate not set" and count as 0, and with
+    every part None the total is "rate not set" too.
+
+    >>> fmt_money_parts([0.0152, 0.0367])
+    ['$0.01', '$0.04', '$0.05']
+    """
+    known = [p for p in parts if p is not None]
+    if not known:
+        return ["rate not set"] * (len(parts) + 1)
+    total = sum(known)
+    # cents, with a little rounding of float noise first (0.29 * 100 is 28.999999999999996)
+    exact = [round(max(p, 0.0) * 100, 6) if p is not None else 0.0 for p in parts]
+    floors = [math.floor(c) for c in exact]
+    total_cents = math.floor(round(total * 100, 6) + 0.5)
+    spare = total_cents - sum(floors)
+    # the parts with the largest remainders get a cent each (ties: the earlier part)
+    order = sorted(range(len(parts)), key=lambda i: (-(exact[i] - floors[i]), i))
+    for i in order[:max(spare, 0)]:
+        floors[i] += 1
+    shown = []
+    for part, cents in zip(parts, floors):
+        if part is None:
+            shown.append("rate not set")
+        elif cents == 0 and part > 0:
+            shown.append("<$0.01")
+        else:
+            shown.append(f"${cents / 100:,.2f}")
+    return shown + [fmt_money(total) if total_cents == 0 else f"${total_cents / 100:,.2f}"]
+
+
 def utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .timefmt import fmt_duration, fmt_money
+from .timefmt import fmt_duration, fmt_money, fmt_money_parts
 
 
 def printable(value) -> str:
@@ -74,8 +74,8 @@ def _steps_table(data: dict) -> str:
 
 
 def _cost_line(costs: dict) -> str:
-    return (f"GPU {fmt_money(costs['gpu_usd'])}, AI {fmt_money(costs['ai_usd'])}, "
-            f"total {fmt_money(costs['total_usd'])}")
+    gpu, ai, total = fmt_money_parts([costs["gpu_usd"], costs["ai_usd"]])
+    return f"GPU {gpu}, AI {ai}, total {total}"
 
 
 def format_status(data: dict) -> str:

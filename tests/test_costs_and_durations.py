@@ -109,3 +109,41 @@ def test_money_under_a_cent_is_not_shown_as_zero(value, text):
     """Parts of a cost under a cent show as <$0.01, so that two of them next to a total of $0.01
     do not read as $0.00 + $0.00."""
     assert fmt_money(value) == text
+
+
+def _cents(text: str) -> int:
+    return 0 if text == "<$0.01" else round(float(text.lstrip("$").replace(",", "")) * 100)
+
+
+@pytest.mark.parametrize("parts, shown", [
+    ([0.0152, 0.0367], ["$0.01", "$0.04", "$0.05"]),  # each rounded alone: $0.02 + $0.04, $0.05
+    ([0.004, 0.004], ["$0.01", "<$0.01", "$0.01"]),  # a tie: the earlier part takes the cent
+    ([0.001, 0.001], ["<$0.01", "<$0.01", "<$0.01"]),
+    ([2.0, None], ["$2.00", "rate not set", "$2.00"]),
+    ([None, None], ["rate not set"] * 3),
+    ([0.0, 0.0], ["$0.00", "$0.00", "$0.00"]),
+    ([1234.565, 0.29], ["$1,234.57", "$0.29", "$1,234.86"]),
+])
+def test_money_parts_add_up_to_the_total_shown(parts, shown):
+    from sessionkit.timefmt import fmt_money_parts
+
+    assert fmt_money_parts(parts) == shown
+
+
+@given(st.lists(st.one_of(st.none(), st.floats(0, 1e6, allow_nan=False)), min_size=1, max_size=4))
+def test_money_parts_always_add_up_and_stay_within_a_cent(parts):
+    """Whatever the parts: the shown parts sum to the shown total, the total is the sum rounded
+    to the cent, and each shown part is within a cent of its value."""
+    from sessionkit.timefmt import fmt_money_parts
+
+    shown = fmt_money_parts(parts)
+    assert len(shown) == len(parts) + 1
+    known = [p for p in parts if p is not None]
+    if not known:
+        assert set(shown) == {"rate not set"}
+        return
+    texts = [t for t, p in zip(shown, parts) if p is not None]
+    assert sum(_cents(t) for t in texts) == _cents(shown[-1]) or shown[-1] == "<$0.01"
+    assert abs(_cents(shown[-1]) - sum(known) * 100) <= 0.5 + 1e-6 or shown[-1] == "<$0.01"
+    for text, part in zip(texts, known):
+        assert text == "<$0.01" and 0 < part < 0.01 or abs(_cents(text) - part * 100) < 1 + 1e-6
