@@ -135,11 +135,12 @@ def start_session(db, name: str | None = None, *, objective: str, plan=None, bud
     return _decode(row)
 
 
-def steps_status(db, session_id: str) -> tuple[str, str]:
+def steps_status(db, session_id: str, plan: list[str] | tuple[str, ...] = ()) -> tuple[str, str]:
     """The status a session's steps call for, and why: ``("failed", reason)`` when the latest run of
-    any step name ended ``failed`` or ``interrupted``, or when no step passed (none ran, or every
-    one was skipped), else ``("passed", reason)``. A step that failed and then passed on a later run
-    counts as passed; a skipped step counts as neither.
+    any step name ended ``failed`` or ``interrupted``, when no step passed (none ran, or every
+    one was skipped), or when a step of the session's ``plan`` never ran, else ``("passed",
+    reason)``. A step that failed and then passed on a later run counts as passed; a skipped step
+    counts as neither, and as run for the plan.
 
     This is what :func:`end_session` records when it is given no status.
     """
@@ -156,6 +157,9 @@ def steps_status(db, session_id: str) -> tuple[str, str]:
         return "failed", "no step ran"
     if not passed:  # every step skipped: nothing was shown to work
         return "failed", f"no step passed ({_count(len(latest), 'step')} skipped)"
+    never = [name for name in plan if name not in latest]
+    if never:  # the session did not do what it set out to do
+        return "failed", f"planned {'step' if len(never) == 1 else 'steps'} never ran: {', '.join(never)}"
     return "passed", f"the latest run of each step passed or was skipped ({passed} passed)"
 
 
@@ -166,8 +170,8 @@ def _count(n: int, noun: str) -> str:
 def end_session(db, session: dict | None = None, *, outcome: str, status: str | None = None) -> dict:
     """End ``session`` (default: the open one) with ``outcome`` and ``status`` (one of
     :data:`END_STATUSES`). Without ``status`` it is taken from the steps (:func:`steps_status`):
-    ``failed`` when the latest run of any step failed or was interrupted or no step passed, else
-    ``passed``; the
+    ``failed`` when the latest run of any step failed or was interrupted, no step passed or a
+    planned step never ran, else ``passed``; the
     returned row then carries the reason as ``status_reason``.
 
     Raises :class:`UsageError` for a bad status or an empty outcome (exit 2),
@@ -196,7 +200,7 @@ def end_session(db, session: dict | None = None, *, outcome: str, status: str | 
                                     "wait for it or stop it")
         reason = None
         if status is None:
-            status, reason = steps_status(db, session["id"])
+            status, reason = steps_status(db, session["id"], session.get("plan") or ())
         changed = conn.execute(
             "UPDATE sessions SET status = ?, outcome = ?, ended_at = ? WHERE id = ? AND status = 'open'",
             [status, scrub_prose(outcome.strip()), now_iso(), session["id"]]).rowcount

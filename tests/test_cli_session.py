@@ -273,6 +273,29 @@ def test_end_without_status_does_not_call_a_session_where_no_step_passed_passed(
     assert (done["status"], done["status_reason"]) == ("failed", "no step ran")
 
 
+def test_end_without_status_fails_a_session_whose_planned_steps_never_ran():
+    """A session started with --plan ends 'failed' by default when a planned step never ran (a
+    run of some other step passed), and says which; a planned step that was skipped counts as run,
+    and with every planned step run it is 'passed'."""
+    invoke("start", "--objective", "a", "--plan", "build,bench")
+    invoke("step", "run", "hello", "--", "true")
+    r = invoke("end", "--outcome", "only said hello")
+    assert r.exit_code == 0 and "Ended session 1 (Session 1): failed" in r.output
+    assert "planned steps never ran: build, bench" in r.output
+    assert get_session(open_db(), 1)["status"] == "failed"
+
+    invoke("start", "--objective", "b", "--plan", "compile,bench")
+    invoke("step", "run", "compile", "--", "true")
+    r = invoke("end", "--outcome", "built", "--json")
+    assert json.loads(r.output)["status_reason"] == "planned step never ran: bench"
+
+    invoke("start", "--objective", "c", "--plan", "compile,hello")
+    invoke("step", "run", "compile", "--", "true")
+    invoke("step", "run", "hello", "--", "true")
+    r = invoke("end", "--outcome", "all of it", "--json")
+    assert json.loads(r.output)["status"] == "passed"
+
+
 def test_end_session_default_counts_interrupted_steps(db, session):
     from sessionkit.sessions import end_session
 

@@ -82,7 +82,8 @@ def status(ctx, as_json):
 @click.option("--outcome", "-m", required=True, help="What came of the session, in a sentence.")
 @click.option("--status", "end_status", type=click.Choice(["passed", "failed", "abandoned"]),
               help="How the session ended (default: failed when the latest run of any step failed "
-                   "or was interrupted, or when no step passed; else passed).")
+                   "or was interrupted, when no step passed, or when a planned step never ran; else "
+                   "passed).")
 @click.option("--session", "session_ref", help="Session to end (default: the open one).")
 @db_option
 @json_option
