@@ -146,7 +146,8 @@ if has ab; then
   read -ra CONFIGS <<< "${AB_CONFIGS:-32,32,512,512,64,bf16,1 8,32,2048,2048,64,bf16,1 1,32,16384,16384,64,bf16,0}"
   CONFIG_ARGS=()
   for c in "${CONFIGS[@]}"; do CONFIG_ARGS+=(--config "$c"); done
-  python3 -m sessionkit start "A/B of experiment switches" \
+  # its own plan: without one it takes pyproject's (preflight first), and `end` would call it failed
+  python3 -m sessionkit start "A/B of experiment switches" --plan build,correctness,bench \
     -m "plain build against: ${VARIANTS:-(no variants)}" > /dev/null
   IFS=';' read -ra SETS <<< ";${VARIANTS:-}"  # the empty first set is the plain build
   for flags in "${SETS[@]}"; do

@@ -111,9 +111,24 @@ def fmt_money(value: float | None) -> str:
     None (no rate set) is "rate not set"."""
     if value is None:
         return "rate not set"
+    if not math.isfinite(value):  # a damaged or merged row: show it, do not fail on it
+        return f"${value}"
     if 0 < value < 0.005:
         return "<$0.01"
-    return f"${value:,.2f}"
+    if not math.isfinite(value * 100):  # beyond whole cents in a float
+        return f"${value:,.2f}"
+    return _cents_text(_to_cents(value))
+
+
+def _to_cents(value: float) -> int:
+    """Whole cents, half a cent up ($0.125 is 13 cents), after rounding off float noise
+    (0.29 * 100 is 28.999999999999996). For finite values."""
+    return math.floor(round(value * 100, 6) + 0.5)
+
+
+def _cents_text(cents: int) -> str:
+    sign = "-" if cents < 0 else ""
+    return f"{sign}${abs(cents) // 100:,}.{abs(cents) % 100:02d}"
 
 
 def fmt_money_parts(parts: list[float | None]) -> list[str]:
@@ -123,7 +138,8 @@ def fmt_money_parts(parts: list[float | None]) -> list[str]:
     cent of its value. (Rounded each on its own, $0.0152 and $0.0367 show as $0.02 and $0.04 and
     their $0.0519 as $0.05.) A part that gets no cent but is above 0 shows as ``<$0.01``, as in
     :func:`fmt_money`; None parts (no rate set) show as "rate not set" and count as 0, and with
-    every part None the total is "rate not set" too.
+    every part None the total is "rate not set" too. Parts below 0 or not finite (never stored by
+    sessionkit, but a merged row may hold anything) are shown each as :func:`fmt_money` shows it.
 
     >>> fmt_money_parts([0.0152, 0.0367])
     ['$0.01', '$0.04', '$0.05']
@@ -132,10 +148,12 @@ def fmt_money_parts(parts: list[float | None]) -> list[str]:
     if not known:
         return ["rate not set"] * (len(parts) + 1)
     total = sum(known)
+    if not all(math.isfinite(p * 100) and p >= 0 for p in known) or not math.isfinite(total * 100):
+        return [fmt_money(p) for p in parts] + [fmt_money(total)]
     # cents, with a little rounding of float noise first (0.29 * 100 is 28.999999999999996)
-    exact = [round(max(p, 0.0) * 100, 6) if p is not None else 0.0 for p in parts]
+    exact = [round(p * 100, 6) if p is not None else 0.0 for p in parts]
     floors = [math.floor(c) for c in exact]
-    total_cents = math.floor(round(total * 100, 6) + 0.5)
+    total_cents = _to_cents(total)
     spare = total_cents - sum(floors)
     # the parts with the largest remainders get a cent each (ties: the earlier part)
     order = sorted(range(len(parts)), key=lambda i: (-(exact[i] - floors[i]), i))
@@ -148,8 +166,8 @@ def fmt_money_parts(parts: list[float | None]) -> list[str]:
         elif cents == 0 and part > 0:
             shown.append("<$0.01")
         else:
-            shown.append(f"${cents / 100:,.2f}")
-    return shown + [fmt_money(total) if total_cents == 0 else f"${total_cents / 100:,.2f}"]
+            shown.append(_cents_text(cents))
+    return shown + [fmt_money(total) if total_cents == 0 else _cents_text(total_cents)]
 
 
 def utcnow() -> _dt.datetime:

@@ -123,11 +123,23 @@ def _cents(text: str) -> int:
     ([None, None], ["rate not set"] * 3),
     ([0.0, 0.0], ["$0.00", "$0.00", "$0.00"]),
     ([1234.565, 0.29], ["$1,234.57", "$0.29", "$1,234.86"]),
+    ([0.125, None], ["$0.13", "rate not set", "$0.13"]),  # as fmt_money(0.125) rounds it
+    ([float("inf"), 1.0], ["$inf", "$1.00", "$inf"]),  # a damaged row: shown, no traceback
 ])
 def test_money_parts_add_up_to_the_total_shown(parts, shown):
     from sessionkit.timefmt import fmt_money_parts
 
     assert fmt_money_parts(parts) == shown
+
+
+@pytest.mark.parametrize("parts", [[1e308, 1e308], [float("nan"), 1.0], [-1.0, 2.0], [1e307, 0.0]])
+def test_money_parts_of_rows_no_session_stores_do_not_fail(parts):
+    """Costs are never below 0 or infinite, but a merged or damaged row may hold anything: each
+    part is then shown as fmt_money shows it, and nothing raises (a rate of 1e308 overflowed)."""
+    from sessionkit.timefmt import fmt_money, fmt_money_parts
+
+    shown = fmt_money_parts(parts)
+    assert shown == [fmt_money(p) for p in parts] + [fmt_money(sum(parts))]
 
 
 @given(st.lists(st.one_of(st.none(), st.floats(0, 1e6, allow_nan=False)), min_size=1, max_size=4))

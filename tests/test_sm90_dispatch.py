@@ -27,18 +27,19 @@ def _picks(tmp_path, *flags) -> dict[tuple[int, bool, bool, int, int], int]:
     return picks
 
 
-def _expected(d, causal, split, sq, sk, short_max=1024, mid_max=2048, mid_queries=1025):
-    """The policy, as docs/kernel-notes.md (v22 and after) and sm90/dispatch.h state it."""
+def _expected(d, causal, split, sq, sk, short_max=1024, mid_max=2048, mid_queries=1025,
+              few_queries_keys_max=2048):
+    """The policy, as docs/kernel-notes.md (v22 and after) and sm90/dispatch.h state it: D=64
+    causal as the union of three key ranges, each for the query lengths it serves."""
     if split and not causal:
         return SPLIT
     if d == 64 and not causal:
         return SHORT if sk <= 2048 else DEFAULT
     if d == 64:
-        if sk <= short_max:
-            return SHORT
-        if sk <= mid_max and sq >= mid_queries:
-            return MID
-        return SHORT if sk <= 2048 else DEFAULT
+        short = sk <= short_max or (sq < mid_queries and sk <= few_queries_keys_max)
+        mid = short_max < sk <= mid_max and sq >= mid_queries
+        assert not (short and mid)
+        return SHORT if short else MID if mid else DEFAULT
     if d == 128 and causal:
         return SHORT if sk <= 1024 else DEFAULT
     if d == 128:
@@ -73,9 +74,21 @@ def test_shipped_policy(tmp_path):
     (("-DSK_SM90_D64_CAUSAL_SHORT_KEYS_MAX=2048",), dict(short_max=2048)),
     (("-DSK_SM90_D64_CAUSAL_MID_KEYS_MAX=16384",), dict(mid_max=16384)),
     (("-DSK_SM90_D64_CAUSAL_MID_QUERIES_MIN=1",), dict(mid_queries=1)),
-], ids=["v21_routing", "mid_keys_at_long_keys", "mid_keys_at_every_query_length"])
+    (("-DSK_SM90_D64_CAUSAL_MID_KEYS_MAX=1536",), dict(mid_max=1536)),
+    (("-DSK_SM90_D64_CAUSAL_FEW_QUERIES_KEYS_MAX=131072",), dict(few_queries_keys_max=131072)),
+], ids=["v21_routing", "mid_keys_at_long_keys", "mid_keys_at_every_query_length",
+        "mid_keys_end_at_1536", "few_queries_on_short_keys_at_every_length"])
 def test_switches_move_the_thresholds(tmp_path, flags, kwargs):
+    """Each switch moves its own threshold and nothing else: the square long shapes keep the
+    default kernel under the few-queries switch, and more than 1024 queries over keys past a lower
+    mid-keys end take the default kernel, not the short-keys one."""
     picks = _picks(tmp_path, *flags)
+    if "few_queries_keys_max" in kwargs:
+        assert picks[(64, True, False, 16384, 16384)] == DEFAULT
+        assert picks[(64, True, False, 128, 16384)] == SHORT
+    if "mid_max" in kwargs and kwargs["mid_max"] < 2048:
+        assert picks[(64, True, False, 2048, 2048)] == DEFAULT
+        assert picks[(64, True, False, 512, 2048)] == SHORT
     wrong = {key: (got, _expected(*key, **kwargs)) for key, got in picks.items()
              if got != _expected(*key, **kwargs)}
     assert not wrong, list(wrong.items())[:10]

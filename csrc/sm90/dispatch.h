@@ -63,10 +63,11 @@ inline Sm90Variant pick_variant(int head_dim, bool causal, bool split, int seqle
                                                          : Sm90Variant::kDefault;
     }
     if (seqlen_k <= SK_SM90_D64_CAUSAL_SHORT_KEYS_MAX) return Sm90Variant::kShortKeys;
-    if (seqlen_k <= SK_SM90_D64_CAUSAL_MID_KEYS_MAX &&
-        seqlen_q >= SK_SM90_D64_CAUSAL_MID_QUERIES_MIN) {
-      return Sm90Variant::kMidKeys;
+    if (seqlen_q >= SK_SM90_D64_CAUSAL_MID_QUERIES_MIN) {
+      return seqlen_k <= SK_SM90_D64_CAUSAL_MID_KEYS_MAX ? Sm90Variant::kMidKeys
+                                                         : Sm90Variant::kDefault;
     }
+    // fewer queries than the mid-keys kernel's minimum
     return seqlen_k <= SK_SM90_D64_CAUSAL_FEW_QUERIES_KEYS_MAX ? Sm90Variant::kShortKeys
                                                                : Sm90Variant::kDefault;
   }
