@@ -66,13 +66,22 @@ def find_pyproject(start: Path | None = None) -> Path | None:
     return None
 
 
+# The longest step name (sessionkit.runner.check_step_name refuses a longer one for a step).
+MAX_STEP_NAME = 100
+
+
 def _check_plannable_name(name: str, where: str) -> None:
     """UsageError for a step name a plan or a step budget cannot use because no step could ever
-    carry it: one that begins with '-', which the command line reads as an option
-    (:func:`sessionkit.runner.check_step_name` refuses it for a step)."""
+    carry it: one that begins with '-', which the command line reads as an option, or one longer
+    than :data:`MAX_STEP_NAME` (:func:`sessionkit.runner.check_step_name` refuses both for a
+    step). A plan that names such a step could never be met, and `end` calls a session whose
+    planned step never ran failed."""
     if name.startswith("-"):
         raise UsageError(f"bad step name {name!r} in {where}: it begins with '-', which the "
                          "command line reads as an option, so no step could carry it")
+    if len(name) > MAX_STEP_NAME:
+        raise UsageError(f"bad step name {name[:40]!r}... in {where}: {len(name)} characters, and "
+                         f"a step's name has at most {MAX_STEP_NAME}, so no step could carry it")
 
 
 def parse_plan(value) -> list[str]:

@@ -18,6 +18,7 @@ import traceback
 import uuid
 from pathlib import Path
 
+from .config import MAX_STEP_NAME  # one limit for steps and plans
 from .errors import SessionkitError, StepInterrupted, UsageError
 from .liveness import HEARTBEAT_S, pid_namespace, process_start_time, touch_heartbeat
 from .secrets import current_redactor
@@ -411,9 +412,6 @@ def _forget(db, step_id: str) -> None:
             db.execute("DELETE FROM steps WHERE id = ?", [step_id])
     except Exception:  # noqa: BLE001 - the caller raises the real reason
         pass
-
-
-MAX_STEP_NAME = 100
 
 
 HOOK_PREFIX = "hook:"  # the names of the hook steps 'sessionkit run' records: hook:before, hook:after

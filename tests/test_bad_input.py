@@ -121,10 +121,13 @@ def test_run_names_only_the_steps_a_plan_can_hold():
 @pytest.mark.parametrize("plan, words", [(",", "it names no step"), ("", "it names no step"),
                                          (" ", "it names no step"),
                                          ("build,build", "a step appears twice in the plan"),
-                                         ("build,-n", "bad step name '-n' in plan: it begins with '-'")])
+                                         ("build,-n", "bad step name '-n' in plan: it begins with '-'"),
+                                         ("build," + "x" * 101, "101 characters, and a step's name has "
+                                          "at most 100")])
 def test_start_refuses_the_plans_run_refuses(plan, words):
     """`start --plan` took an empty plan and a step twice, which `run` refuses. `--plan ""` was no
-    plan to `start` and the default plan to `run`: both refuse it now."""
+    plan to `start` and the default plan to `run`: both refuse it now. A name no step can carry
+    (over 100 characters) would leave the plan unmet for good: refused too."""
     for command in ("start", "run"):
         result = invoke(command, "--objective", "x", "--plan", plan, *(
             ["--no-hooks", "--no-plots"] if command == "run" else []))
