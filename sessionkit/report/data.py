@@ -15,7 +15,7 @@ from ..attention import SDPA_IMPLS, AttentionConfig
 from ..costs import session_costs
 from ..envinfo import snapshot_data
 from ..sessions import get_session, session_steps
-from ..timefmt import fmt_money_parts, now_iso, seconds_between
+from ..timefmt import now_iso, seconds_between
 from . import aggregates
 from .aggregates import geomean, table_exists
 
@@ -425,10 +425,7 @@ def telemetry_section(db, steps: list[dict]) -> list[dict]:
 
 def cost_section(session: dict, steps: list[dict], now: str) -> dict:
     costs = session_costs(session, steps, now=now)
-    # as the report shows them: to the cent, the parts adding up to the total
-    gpu_text, ai_text, total_text = fmt_money_parts([costs["gpu_usd"], costs["ai_usd"]])
     return {"gpu_usd": costs["gpu_usd"], "ai_usd": costs["ai_usd"], "total_usd": costs["total_usd"],
-            "shown": {"gpu": gpu_text, "ai": ai_text, "total": total_text},
             "per_passed_step_usd": costs.get("per_passed_step_usd"),
             "passed_steps": costs.get("passed_steps"), "wall_s": costs.get("wall_s"),
             "gpu_rate": session.get("gpu_rate_usd_per_h"), "ai_rate": session.get("ai_rate_usd_per_h")}

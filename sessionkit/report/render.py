@@ -9,7 +9,7 @@ import functools
 import math
 from pathlib import Path
 
-from ..timefmt import fmt_duration, fmt_money, parse_iso
+from ..timefmt import fmt_duration, fmt_money, fmt_money_parts, parse_iso
 from ..views import printable
 
 DASH = "-"
@@ -28,6 +28,11 @@ def f_delta(seconds) -> str:
 
 def f_money(value) -> str:
     return fmt_money(value)
+
+
+def f_money_parts(parts) -> list[str]:
+    """Parts of a cost and their total, to the cent, the parts adding up to the total shown."""
+    return fmt_money_parts(list(parts))
 
 
 def f_num(value, digits: int = 1) -> str:
@@ -135,7 +140,7 @@ def f_value(value, fmt: str) -> str:
     return f"{value:,.3g}"
 
 
-FILTERS = {"dur": f_dur, "delta": f_delta, "money": f_money, "num": f_num, "auto": f_auto, "int": f_int,
+FILTERS = {"dur": f_dur, "delta": f_delta, "money": f_money, "money_parts": f_money_parts, "num": f_num, "auto": f_auto, "int": f_int,
            "whole_pct": f_whole_pct,
            "pct": f_pct, "times": f_times, "sci": f_sci, "ts": f_ts, "date": f_date,
            "cell": f_cell, "short": f_short, "value": f_value, "code": f_code}
