@@ -24,12 +24,8 @@
 #
 # Builds into $SESSIONKIT_BUILD_DIR (default ./.skbuild) so that a run starts from a clean cache.
 set -u
-# Every stage needs a CUDA GPU: without one, say so in one line and exit 2 (not 0 after a page of
-# tracebacks).
-if ! python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  echo "$(basename "$0"): needs a CUDA GPU and torch with CUDA (torch.cuda.is_available() is false here, or torch is missing)" >&2
-  exit 2
-fi
+# Every stage needs a CUDA GPU.
+source "$(dirname "$0")/needs_gpu.sh"
 OUT=${OUT:-/tmp/sessionkit-gpu-check}
 mkdir -p "$OUT"
 export SESSIONKIT_BUILD_DIR=${SESSIONKIT_BUILD_DIR:-$PWD/.skbuild}

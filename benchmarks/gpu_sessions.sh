@@ -7,12 +7,8 @@
 #
 #   bash benchmarks/gpu_sessions.sh [GPU_RATE_USD_PER_HOUR]
 set -u
-# Every stage needs a CUDA GPU: without one, say so in one line and exit 2 (not 0 after a page of
-# tracebacks).
-if ! python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  echo "$(basename "$0"): needs a CUDA GPU and torch with CUDA (torch.cuda.is_available() is false here, or torch is missing)" >&2
-  exit 2
-fi
+# Every stage needs a CUDA GPU.
+source "$(dirname "$0")/needs_gpu.sh"
 OUT=${OUT:-/tmp/sessionkit-sessions}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
